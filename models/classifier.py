@@ -1,0 +1,216 @@
+"""``SequenceClassifier``: tokens or features -> bidirectional block -> pooling over valid steps -> logits.
+
+Pipeline (batch-first throughout, ``B`` sequences of ``T`` steps)::
+
+    tokens (B, T) --Embedding(padding_idx)--+
+                                            +-> dropout -> BiLSTM/BiGRU/BiRNN (merge mode per layer)
+    features (B, T, F) --Linear-------------+        -> pooling over valid steps -> dropout -> Linear -> (B, C)
+
+Valid steps:
+- token ids: every step whose id is not ``padding_idx`` (Keras ``mask_zero=True``). Valid steps are moved
+  to the front (``compact_valid_steps``) before the block runs, so left padding (Keras ``pad_sequences``
+  default), right padding and padding in the middle all give the same logits. An explicit ``lengths``
+  replaces the padding-id mask: the first ``lengths[b]`` steps of row ``b`` are valid (right padding).
+- features: all steps, or the first ``lengths[b]`` steps of row ``b`` when ``lengths`` is given.
+
+Pooling (``pooling=``):
+- ``"last"``: Keras ``return_sequences=False``: the last layer's merge mode applied to the forward
+  direction's state at each row's true end and the backward direction's state at step 0,
+  ``merge_directions(h_n[-2], h_n[-1], mode)``; ``None`` as the last mode concatenates them;
+- ``"mean"`` / ``"max"``: over valid steps of the merged output;
+- ``"attention"``: learned additive attention over valid steps (``AdditiveAttentionPool``).
+
+Empty rows (every token is ``padding_idx``, or ``lengths[b] == 0``): the pooled vector is zero, so the row's
+logits are the head's bias, the same for every such row; never NaN.
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import BiGRU, BiLSTM, BiRNN
+from .merge import MergeMode, merge_directions, merged_size, resolve_merge_modes
+from .pooling import AdditiveAttentionPool, compact_valid_steps, lengths_to_mask, masked_max, masked_mean
+
+CELLS = ("lstm", "gru", "rnn", "rnn_relu")
+"""Recurrent cells: LSTM, GRU, Elman RNN with tanh, Elman RNN with ReLU."""
+
+POOLINGS = ("last", "mean", "max", "attention")
+"""Ways to reduce the merged sequence ``(B, T, D)`` to ``(B, D)``."""
+
+
+class _NoAttention(nn.Module):
+    """Stand-in for ``AdditiveAttentionPool`` when ``pooling != "attention"`` (same signature, no parameters)."""
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return masked_mean(x, mask)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_probability(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1], got {value!r}")
+
+
+def _check_choice(name: str, value: object, choices: tuple) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}")
+
+
+class SequenceClassifier(nn.Module):
+    """Bidirectional-RNN sequence classifier; see the module docstring for the pipeline.
+
+    Args:
+        num_classes: number of logits.
+        vocab_size: token input ``(B, T)`` int64 through ``nn.Embedding(vocab_size, embed_dim, padding_idx)``.
+        input_size: feature input ``(B, T, input_size)`` float through ``nn.Linear(input_size, embed_dim)``.
+            Exactly one of ``vocab_size`` / ``input_size``.
+        embed_dim: embedding / projection size, the block's input size.
+        cell: ``"lstm" | "gru" | "rnn" | "rnn_relu"``.
+        hidden_size, num_layers: of the bidirectional block.
+        merge_mode: one merge mode for every layer or a list with one per layer (``"concat" | "sum" | "mul"
+            | "ave"``; ``None`` allowed for the last layer: both directions are concatenated for pooling).
+        dropout: between recurrent layers. embed_dropout: after the embedding / projection.
+        head_dropout: before the linear head.
+        pooling: ``"last" | "mean" | "max" | "attention"``. attention_size: of the attention scorer.
+        padding_idx: the padding token id (token input only).
+
+    Forward: ``x`` tokens ``(B, T)`` or features ``(B, T, F)``, optional ``lengths (B,)`` -> logits
+    ``(B, num_classes)``.
+    """
+
+    __constants__ = ["token_input", "padding_idx", "pooling", "last_merge_mode", "rnn_output_size"]
+    token_input: bool
+    last_merge_mode: Optional[str]
+
+    def __init__(
+        self,
+        num_classes: int,
+        vocab_size: Optional[int] = None,
+        input_size: Optional[int] = None,
+        embed_dim: int = 128,
+        cell: str = "lstm",
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        merge_mode: MergeMode = "concat",
+        dropout: float = 0.0,
+        embed_dropout: float = 0.0,
+        head_dropout: float = 0.0,
+        pooling: str = "last",
+        attention_size: int = 64,
+        padding_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        if (vocab_size is None) == (input_size is None):
+            raise ValueError(
+                f"give exactly one of vocab_size (token ids) or input_size (float features), got "
+                f"vocab_size={vocab_size!r}, input_size={input_size!r}"
+            )
+        _check_positive_int("num_classes", num_classes)
+        _check_positive_int("embed_dim", embed_dim)
+        _check_positive_int("hidden_size", hidden_size)
+        _check_positive_int("num_layers", num_layers)
+        _check_positive_int("attention_size", attention_size)
+        _check_choice("cell", cell, CELLS)
+        _check_choice("pooling", pooling, POOLINGS)
+        for name, value in (("dropout", dropout), ("embed_dropout", embed_dropout), ("head_dropout", head_dropout)):
+            _check_probability(name, value)
+        modes: List[Optional[str]] = resolve_merge_modes(merge_mode, num_layers)
+
+        self.num_classes = num_classes
+        self.vocab_size = vocab_size
+        self.input_size = input_size
+        self.embed_dim = embed_dim
+        self.cell = cell
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.merge_modes = modes
+        self.last_merge_mode = modes[-1]
+        self.pooling = pooling
+        self.token_input = vocab_size is not None
+
+        if vocab_size is not None:
+            _check_positive_int("vocab_size", vocab_size)
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, int) or not 0 <= padding_idx < vocab_size:
+                raise ValueError(f"padding_idx must be an int in [0, vocab_size) = [0, {vocab_size}), got {padding_idx!r}")
+            # One attribute for both kinds of input: each maps (B, T[, F]) -> (B, T, embed_dim).
+            self.embed: nn.Module = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        else:
+            _check_positive_int("input_size", input_size)
+            self.embed = nn.Linear(input_size, embed_dim)  # type: ignore[arg-type]
+        self.padding_idx = int(padding_idx)
+        self.embed_dropout = nn.Dropout(embed_dropout)
+
+        block_args = {"num_layers": num_layers, "batch_first": True, "dropout": dropout, "merge_mode": modes}
+        if cell == "lstm":
+            self.rnn: nn.Module = BiLSTM(embed_dim, hidden_size, **block_args)
+        elif cell == "gru":
+            self.rnn = BiGRU(embed_dim, hidden_size, **block_args)
+        else:
+            self.rnn = BiRNN(embed_dim, hidden_size, nonlinearity="tanh" if cell == "rnn" else "relu", **block_args)
+        self.rnn_output_size = merged_size(self.last_merge_mode, hidden_size)
+        # Only "attention" owns a scorer; the others keep a parameter-free stand-in (one TorchScript signature).
+        self.attention: nn.Module = (
+            AdditiveAttentionPool(self.rnn_output_size, attention_size) if pooling == "attention" else _NoAttention()
+        )
+        self.head_dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(self.rnn_output_size, num_classes)
+
+    def extra_repr(self) -> str:
+        source = f"vocab_size={self.vocab_size}" if self.token_input else f"input_size={self.input_size}"
+        return f"{source}, cell={self.cell!r}, merge_mode={self.merge_modes}, pooling={self.pooling!r}"
+
+    def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        """``x`` tokens ``(B, T)`` int or features ``(B, T, F)`` float; ``lengths (B,)`` optional -> ``(B, C)``."""
+        if self.token_input:
+            if x.dim() != 2 or x.is_floating_point():
+                raise ValueError(f"token input must be an integer tensor (B, T), got dtype {x.dtype} and shape "
+                                 f"{list(x.shape)}")
+        elif x.dim() != 3:
+            raise ValueError(f"feature input must be a float tensor (B, T, F), got shape {list(x.shape)}")
+        seq_len = x.shape[1]
+        if lengths is not None:
+            if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
+                raise ValueError(f"lengths must have shape (B,) = ({x.shape[0]},), got {list(lengths.shape)}")
+            if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+                if lengths.numel() > 0 and (int(lengths.min()) < 0 or int(lengths.max()) > seq_len):
+                    raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values from "
+                                     f"{int(lengths.min())} to {int(lengths.max())}")
+            valid = lengths_to_mask(lengths.to(x.device).long(), seq_len)
+        elif self.token_input:
+            valid = x != self.padding_idx
+        else:
+            valid = torch.ones(x.shape[0], seq_len, dtype=torch.bool, device=x.device)
+
+        h = self.embed_dropout(self.embed(x))                                          # (B, T, E)
+        # Valid steps first (identity for right padding); rows with no valid step get length 1.
+        h, steps = compact_valid_steps(h, valid)
+        nonempty = valid.any(1)                                                        # (B,)
+        out, h_n = self._run_rnn(h, steps)                                             # (B, T, D[, 2, H])
+        if self.pooling == "last":
+            pooled = merge_directions(h_n[-2], h_n[-1], self.last_merge_mode)
+        else:
+            if self.last_merge_mode is None:
+                out = out.flatten(2)
+            mask = lengths_to_mask(steps, seq_len)
+            if self.pooling == "mean":
+                pooled = masked_mean(out, mask)
+            elif self.pooling == "max":
+                pooled = masked_max(out, mask)
+            else:
+                pooled = self.attention(out, mask)
+        pooled = pooled.reshape(pooled.shape[0], self.rnn_output_size)
+        pooled = pooled.masked_fill(~nonempty.unsqueeze(1), 0.0)
+        return self.head(self.head_dropout(pooled))
+
+    def _run_rnn(self, h: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+        """Run the block; returns ``(output, h_n)`` whatever the cell (the LSTM's state is ``(h_n, c_n)``)."""
+        out, state = self.rnn(h, lengths)
+        if isinstance(state, Tensor):
+            return out, state
+        return out, state[0]
