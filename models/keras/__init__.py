@@ -1,0 +1,11 @@
+"""Import Keras 3 bidirectional-RNN models (``.keras``, legacy ``.h5``, ``.weights.h5``) as zoo modules.
+
+Files are read as data (JSON + h5py), never executed or unpickled; Keras is not needed at run time.
+"""
+
+from .convert import from_keras, load_keras_weights
+from .errors import KerasImportError
+from .module import KerasModel, KerasPairModel, module_from_specs
+
+__all__ = ["KerasImportError", "KerasModel", "KerasPairModel", "from_keras", "load_keras_weights",
+           "module_from_specs"]

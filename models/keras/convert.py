@@ -1,0 +1,193 @@
+"""Keras weights -> the imported module's state_dict, and the two entry points.
+
+Mapping (verified against Keras 3): a kernel ``(in, G*H)`` transposes to ``weight_ih (G*H, in)``, the recurrent
+kernel likewise to ``weight_hh``; LSTM gates i, f, c, o keep their order and ``bias (4H,)`` becomes ``bias_ih``
+with ``bias_hh`` zero; GRU gates z, r, h reorder to PyTorch's r, z, n and the ``(2, 3H)`` bias splits into
+``bias_ih`` (row 0) and ``bias_hh`` (row 1); SimpleRNN as LSTM with one gate; Dense ``kernel (in, out)``
+transposes; Embedding is as is.
+"""
+
+import dataclasses
+import json
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..blocks import _BiRNNBase
+from .archive import (
+    WeightFile,
+    keras_layer_datasets,
+    legacy_layer_datasets,
+    open_weights,
+    read_dataset,
+    read_model_file,
+)
+from .config import LayerSpec, parse_model_config
+from .errors import KerasImportError
+from .module import KerasModel, module_from_specs, plan_stages
+
+_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
+
+
+def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
+    o = spec.options
+    if spec.kind == "embedding":
+        return [(o["input_dim"], o["output_dim"])]
+    if spec.kind == "dense":
+        return [(spec.in_features, o["units"])] + ([(o["units"],)] if o["use_bias"] else [])
+    if spec.kind != "recurrent":
+        return []
+    width = _GATES[o["cell"]] * o["units"]
+    one = [(spec.in_features, width), (o["units"], width)]
+    if o["use_bias"]:
+        one.append((2, width) if o["cell"] == "GRU" else (width,))
+    return one * (2 if o["bidirectional"] else 1)
+
+
+def _read_layer(weights: WeightFile, spec: LayerSpec) -> List[np.ndarray]:
+    """The checked arrays of one layer, in Keras's variable order (forward direction first)."""
+    where = f"layer {spec.name!r}"
+    if weights.kind == "keras":
+        nested = {"Bidirectional": ["forward_layer/cell", "backward_layer/cell"], "LSTM": ["cell"], "GRU": ["cell"],
+                  "SimpleRNN": ["cell"]}.get(spec.class_name, [])
+        root = weights.h5.get("layers")
+        if root is not None and spec.path in root:
+            vars_group = root[spec.path].get("vars")
+            stored = vars_group.attrs.get("name") if vars_group is not None else None
+            if stored is not None and stored != spec.name:
+                raise KerasImportError(f"{where}: weights group layers/{spec.path} belongs to layer {stored!r}")
+        datasets = keras_layer_datasets(weights, spec.path, nested, where)
+    else:
+        datasets = legacy_layer_datasets(weights, spec.name, where)
+    expected = _expected_shapes(spec)
+    if len(datasets) != len(expected):
+        raise KerasImportError(f"{where}: expected {len(expected)} weight arrays, the file holds {len(datasets)}")
+    for dataset, shape in zip(datasets, expected, strict=True):
+        if tuple(dataset.shape or ()) != shape:
+            raise KerasImportError(f"{where}: weight {dataset.name!r} has shape {dataset.shape}, expected {shape}")
+    return [read_dataset(weights, dataset, where) for dataset in datasets]
+
+
+def _gru_order(array: np.ndarray, units: int) -> np.ndarray:
+    """Keras z, r, h blocks on axis 0 -> PyTorch r, z, n."""
+    return np.concatenate([array[units:2 * units], array[:units], array[2 * units:]], 0)
+
+
+def _direction(cell: str, units: int, arrays: List[np.ndarray]) -> List[np.ndarray]:
+    """One direction's Keras arrays -> ``[weight_ih, weight_hh, (bias_ih, bias_hh)]``."""
+    w_ih, w_hh = arrays[0].T, arrays[1].T
+    if cell == "GRU":
+        w_ih, w_hh = _gru_order(w_ih, units), _gru_order(w_hh, units)
+    out = [w_ih, w_hh]
+    if len(arrays) == 3:
+        if cell == "GRU":
+            out += [_gru_order(arrays[2][0], units), _gru_order(arrays[2][1], units)]
+        else:
+            out += [arrays[2], np.zeros_like(arrays[2])]
+    return out
+
+
+def _state_dict(specs: List[LayerSpec], arrays: List[List[np.ndarray]]) -> Dict[str, torch.Tensor]:
+    """State dict of ``module_from_specs(specs)`` holding the Keras arrays (one list per spec)."""
+    by_name = {id(spec): layer_arrays for spec, layer_arrays in zip(specs, arrays, strict=True)}
+    state: Dict[str, np.ndarray] = {}
+    groups = plan_stages([dataclasses.asdict(spec) | {"_id": id(spec)} for spec in specs])
+    for index, group in enumerate(groups):
+        prefix = f"stages.{index}."
+        for layer, spec in enumerate(group):
+            values, o = by_name[spec["_id"]], spec["options"]
+            if spec["kind"] == "embedding":
+                state[prefix + "embedding.weight"] = values[0]
+            elif spec["kind"] == "dense":
+                state[prefix + "linear.weight"] = values[0].T
+                if o["use_bias"]:
+                    state[prefix + "linear.bias"] = values[1]
+            elif spec["kind"] == "recurrent":
+                per = len(values) // (2 if o["bidirectional"] else 1)
+                names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+                owner = "block" if o["bidirectional"] else "rnn"
+                suffixes = ["", "_reverse"] if o["bidirectional"] else [""]
+                for direction, suffix in enumerate(suffixes):
+                    chunk = _direction(o["cell"], o["units"], values[direction * per:(direction + 1) * per])
+                    for name, value in zip(names, chunk, strict=False):
+                        state[f"{prefix}{owner}.{name}_l{layer}{suffix}"] = value
+    return {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in state.items()}
+
+
+def _install(module: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Copy a complete, shape-checked state dict in; checks everything before the first copy."""
+    own = module.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise KerasImportError(f"weights do not match the module: missing {missing}, unexpected {extra}")
+    for key, value in state.items():
+        if own[key].shape != value.shape:
+            raise KerasImportError(f"weight {key}: shape {tuple(value.shape)} does not fit {tuple(own[key].shape)}")
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value)
+
+
+def from_keras(path: str) -> KerasModel:
+    """Import a Keras 3 ``.keras`` archive or legacy ``.h5`` full model as a PyTorch module (eval mode).
+
+    The module takes what the Keras model takes, token ids ``(B, T)`` int64 or features ``(B, T, F)`` float32,
+    and returns what ``keras_model(x)`` returns: a tensor, or a ``(forward, backward)`` tuple for a model
+    ending in ``Bidirectional(merge_mode=None)``. Raises ``KerasImportError`` naming the layer and reason.
+    """
+    config, weights = read_model_file(str(path))
+    try:
+        specs, _ = parse_model_config(config)
+        arrays = [_read_layer(weights, spec) for spec in specs]
+    finally:
+        weights.close()
+    module = module_from_specs(json.dumps([dataclasses.asdict(spec) for spec in specs]))
+    _install(module, _state_dict(specs, arrays))
+    return module.eval()
+
+
+def _block_specs(block: _BiRNNBase, names: List[str]) -> List[LayerSpec]:
+    cell = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "SimpleRNN", "RNN_RELU": "SimpleRNN"}[block.mode]
+    specs: List[LayerSpec] = []
+    features = block.input_size
+    for path, mode in zip(names, block.merge_modes, strict=True):
+        options = {"cell": cell, "units": block.hidden_size, "use_bias": block.bias, "bidirectional": True,
+                   "merge_mode": mode, "return_sequences": True, "activation": "relu" if block.mode == "RNN_RELU"
+                   else "tanh", "zero_output_for_mask": True}
+        specs.append(LayerSpec("recurrent", "Bidirectional", path, path, features, options))
+        features = block.hidden_size * (2 if mode in (None, "concat") else 1)
+    return specs
+
+
+def load_keras_weights(module: nn.Module, path: str, layers: Optional[List[str]] = None) -> nn.Module:
+    """Load a Keras ``.weights.h5`` file into ``module``, all or nothing.
+
+    ``module`` is a ``from_keras`` result (or ``module_from_specs``) of the same architecture, or a
+    ``BiLSTM``/``BiGRU``/``BiRNN`` whose layers are the file's ``Bidirectional`` layers: by default the
+    groups ``layers/bidirectional, layers/bidirectional_1, ...`` (Keras's own names in a ``.weights.h5``),
+    or the group names given in ``layers`` (one per block layer).
+    """
+    weights = open_weights(str(path), "keras")
+    try:
+        if "layers" not in weights.h5:
+            raise KerasImportError(f"{path!r} is not a Keras 3 .weights.h5 file (no 'layers' group)")
+        if isinstance(module, _BiRNNBase):
+            names = layers or ["bidirectional" + (f"_{i}" if i else "") for i in range(module.num_layers)]
+            if len(names) != module.num_layers:
+                raise KerasImportError(f"{len(names)} layer names given for a {module.num_layers}-layer block")
+            specs = _block_specs(module, names)
+            arrays = [_read_layer(weights, spec) for spec in specs]
+            state = {key.split(".", 2)[2]: value for key, value in _state_dict(specs, arrays).items()}
+        elif isinstance(module, KerasModel):
+            specs = [LayerSpec(**spec) for spec in json.loads(module.keras_specs)]
+            arrays = [_read_layer(weights, spec) for spec in specs]
+            state = _state_dict(specs, arrays)
+        else:
+            raise KerasImportError(f"cannot map Keras weights onto a {type(module).__name__}; use a from_keras "
+                                   "module or a BiLSTM/BiGRU/BiRNN block")
+    finally:
+        weights.close()
+    _install(module, state)
+    return module

@@ -1,0 +1,269 @@
+"""The PyTorch side of an imported Keras model: a chain of stages built from the zoo's blocks.
+
+Every stage maps ``(x, mask) -> (x, mask)`` with ``x`` batch-first and ``mask (B, T)`` bool (True at valid
+steps) or ``None``, the way Keras passes a mask from layer to layer. Consecutive ``Bidirectional`` layers
+of one cell type and size that return sequences become one multi-layer ``BiLSTM``/``BiGRU``/``BiRNN`` with a
+merge mode per layer. Masks work at any position (left padding, gaps): the valid steps are compacted to
+right padding (``compact_valid_steps``), the blocks run with ``lengths``, and sequence outputs are put back
+on Keras's time axis (zero at masked steps for ``Bidirectional``; the last valid output carried forward for
+an unwrapped layer with ``zero_output_for_mask=False``, as Keras does).
+"""
+
+import json
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..blocks import BiGRU, BiLSTM, BiRNN
+from ..merge import merge_directions
+from ..pooling import compact_valid_steps
+
+_UNIDIRECTIONAL = {"LSTM": nn.LSTM, "GRU": nn.GRU, "SimpleRNN": nn.RNN}
+
+
+def _like(flags: Tensor, target: Tensor) -> Tensor:
+    """``flags (B,)`` or ``(B, T)`` -> unsqueezed on the right to ``target.dim()`` dims (for broadcasting)."""
+    while flags.dim() < target.dim():
+        flags = flags.unsqueeze(-1)
+    return flags
+
+
+def scatter_back(out: Tensor, mask: Tensor, zero_masked: bool) -> Tensor:
+    """Compacted ``out (B, T, ...)`` (valid steps first) -> Keras's time axis under ``mask (B, T)``.
+
+    Valid step ``t`` gets compacted step ``(number of valid steps up to t) - 1``. Masked steps get zeros
+    (``zero_masked``) or the previous valid output (zeros before the first one), as Keras's RNN loop does.
+    """
+    count = mask.to(torch.int64).cumsum(1)                                    # (B, T)
+    index = _like((count - 1).clamp(min=0), out).expand(out.shape)
+    keep = mask if zero_masked else count > 0
+    return out.gather(1, index).masked_fill(~_like(keep, out), 0.0)
+
+
+class EmbeddingStage(nn.Module):
+    """``ids (B, T)`` int -> ``(B, T, D)``; with ``mask_zero`` the mask is ``ids != 0``."""
+
+    __constants__ = ["mask_zero"]
+
+    def __init__(self, input_dim: int, output_dim: int, mask_zero: bool) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(input_dim, output_dim)
+        self.mask_zero = mask_zero
+
+    def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        if self.mask_zero:
+            mask = x != 0
+        return self.embedding(x), mask
+
+
+class MaskingStage(nn.Module):
+    """Keras ``Masking``: mask = any feature differs from ``mask_value``; masked steps are zeroed."""
+
+    __constants__ = ["mask_value"]
+
+    def __init__(self, mask_value: float) -> None:
+        super().__init__()
+        self.mask_value = mask_value
+
+    def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        new_mask = (x != self.mask_value).any(-1)
+        return x.masked_fill(~new_mask.unsqueeze(-1), 0.0), new_mask
+
+
+class BidirectionalStage(nn.Module):
+    """One or more fused Keras ``Bidirectional`` layers: ``(B, T, F)`` -> ``(B, T, D)`` or ``(B, D)`` (last step),
+    with ``D`` per the last merge mode (``(..., 2, H)`` for ``None``)."""
+
+    __constants__ = ["return_sequences", "last_merge"]
+
+    def __init__(self, cell: str, input_size: int, units: int, merge_modes: List[Optional[str]],
+                 return_sequences: bool, bias: bool, activation: str) -> None:
+        super().__init__()
+        if cell == "LSTM":
+            self.block = BiLSTM(input_size, units, len(merge_modes), bias=bias, batch_first=True,
+                                merge_mode=merge_modes)
+        elif cell == "GRU":
+            self.block = BiGRU(input_size, units, len(merge_modes), bias=bias, batch_first=True,
+                               merge_mode=merge_modes)
+        else:
+            self.block = BiRNN(input_size, units, len(merge_modes), nonlinearity=activation, bias=bias,
+                               batch_first=True, merge_mode=merge_modes)
+        self.return_sequences = return_sequences
+        self.last_merge: Optional[str] = merge_modes[-1]
+
+    def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        lengths: Optional[Tensor] = None
+        if mask is not None:
+            x, lengths = compact_valid_steps(x, mask)
+        out, h_n, _ = self.block._run(x, lengths, None, None)
+        if self.return_sequences:
+            if mask is None:
+                return out, None
+            return scatter_back(out, mask, True), mask
+        # Forward direction's state at the last valid step; backward's after reaching t = 0.
+        last = merge_directions(h_n[-2], h_n[-1], self.last_merge)
+        if mask is not None:
+            last = last.masked_fill(~_like(mask.any(1), last), 0.0)
+        return last, None
+
+
+class RecurrentStage(nn.Module):
+    """An unwrapped Keras ``LSTM``/``GRU``/``SimpleRNN`` on ``nn.LSTM``/``nn.GRU``/``nn.RNN``."""
+
+    __constants__ = ["return_sequences", "zero_output_for_mask"]
+
+    def __init__(self, cell: str, input_size: int, units: int, return_sequences: bool, bias: bool,
+                 activation: str, zero_output_for_mask: bool) -> None:
+        super().__init__()
+        if cell == "SimpleRNN":
+            self.rnn = nn.RNN(input_size, units, nonlinearity=activation, bias=bias, batch_first=True)
+        else:
+            self.rnn = _UNIDIRECTIONAL[cell](input_size, units, bias=bias, batch_first=True)
+        self.return_sequences = return_sequences
+        self.zero_output_for_mask = zero_output_for_mask
+
+    def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        if mask is None:
+            out = self.rnn(x)[0]
+            return (out, None) if self.return_sequences else (out[:, -1], None)
+        compact, lengths = compact_valid_steps(x, mask)
+        out = self.rnn(compact)[0]                      # trailing padding cannot reach the valid steps
+        if self.return_sequences:
+            return scatter_back(out, mask, self.zero_output_for_mask), mask
+        index = (lengths - 1).view(-1, 1, 1).expand(out.shape[0], 1, out.shape[2])
+        last = out.gather(1, index).squeeze(1)
+        valid = mask[:, -1] if self.zero_output_for_mask else mask.any(1)
+        return last.masked_fill(~valid.unsqueeze(-1), 0.0), None
+
+
+class DenseStage(nn.Module):
+    """Keras ``Dense`` on the last axis plus its activation (``softmax`` over the last axis)."""
+
+    __constants__ = ["activation"]
+
+    def __init__(self, in_features: int, units: int, activation: str, bias: bool) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, units, bias=bias)
+        self.activation = "silu" if activation == "swish" else activation
+
+    def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        y = self.linear(x)
+        name = self.activation
+        if name == "relu":
+            y = torch.relu(y)
+        elif name == "sigmoid":
+            y = torch.sigmoid(y)
+        elif name == "tanh":
+            y = torch.tanh(y)
+        elif name == "softmax":
+            y = torch.softmax(y, -1)
+        elif name == "softplus":
+            y = nn.functional.softplus(y)
+        elif name == "softsign":
+            y = nn.functional.softsign(y)
+        elif name == "elu":
+            y = nn.functional.elu(y)
+        elif name == "selu":
+            y = torch.selu(y)
+        elif name == "silu":
+            y = nn.functional.silu(y)
+        elif name == "gelu":
+            y = nn.functional.gelu(y)
+        return y, mask
+
+
+class PoolStage(nn.Module):
+    """``GlobalAveragePooling1D`` (mean over valid steps, as Keras: NaN for a row with none) or
+    ``GlobalMaxPooling1D`` (Keras 3 ignores the mask: max over all steps): ``(B, T, D)`` -> ``(B, D)``."""
+
+    __constants__ = ["mode"]
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        if self.mode == "max":
+            return x.amax(1), None
+        if mask is None:
+            return x.mean(1), None
+        weights = mask.to(x.dtype).unsqueeze(-1)
+        return x.masked_fill(~mask.unsqueeze(-1), 0.0).sum(1) / weights.sum(1), None
+
+
+class KerasModel(nn.Module):
+    """An imported Keras model: ``x`` token ids ``(B, T)`` int64 or features ``(B, T, F)`` float32 -> what
+    the Keras model returns. ``keras_specs`` (JSON text) rebuilds it: ``module_from_specs(keras_specs)``."""
+
+    def __init__(self, stages: List[nn.Module], specs_json: str) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.keras_specs = specs_json
+
+    def features(self, x: Tensor) -> Tensor:
+        mask: Optional[Tensor] = None
+        for stage in self.stages:
+            x, mask = stage(x, mask)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+
+class KerasPairModel(KerasModel):
+    """An imported model ending in ``Bidirectional(merge_mode=None)``: returns ``(forward, backward)``, each
+    ``(B, T, H)`` or ``(B, H)``, as Keras returns a list of the two directions."""
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:  # type: ignore[override]
+        both = self.features(x)
+        return both.select(-2, 0), both.select(-2, 1)
+
+
+def _fusable(group: List[Dict[str, Any]], spec: Dict[str, Any]) -> bool:
+    last = group[-1]
+    if last["kind"] != "recurrent" or not last["options"]["bidirectional"] or spec["kind"] != "recurrent":
+        return False
+    a, b = last["options"], spec["options"]
+    return (b["bidirectional"] and a["return_sequences"] and a["merge_mode"] is not None
+            and all(a[k] == b[k] for k in ("cell", "units", "use_bias", "activation")))
+
+
+def plan_stages(specs: List[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
+    """Group layer specs (dicts) into stages; identity layers (dropouts) vanish."""
+    groups: List[List[Dict[str, Any]]] = []
+    for spec in specs:
+        if spec["kind"] == "identity":
+            continue
+        if groups and _fusable(groups[-1], spec):
+            groups[-1].append(spec)
+        else:
+            groups.append([spec])
+    return groups
+
+
+def _stage(group: List[Dict[str, Any]]) -> nn.Module:
+    first, o = group[0], group[0]["options"]
+    kind = first["kind"]
+    if kind == "embedding":
+        return EmbeddingStage(o["input_dim"], o["output_dim"], o["mask_zero"])
+    if kind == "masking":
+        return MaskingStage(o["mask_value"])
+    if kind == "dense":
+        return DenseStage(first["in_features"], o["units"], o["activation"], o["use_bias"])
+    if kind == "pool":
+        return PoolStage(o["mode"])
+    if o["bidirectional"]:
+        return BidirectionalStage(o["cell"], first["in_features"], o["units"], [s["options"]["merge_mode"] for s in group],
+                                  group[-1]["options"]["return_sequences"], o["use_bias"], o["activation"])
+    return RecurrentStage(o["cell"], first["in_features"], o["units"], o["return_sequences"], o["use_bias"],
+                          o["activation"], o["zero_output_for_mask"])
+
+
+def module_from_specs(specs_json: str) -> KerasModel:
+    """Build the (randomly initialised) module for ``KerasModel.keras_specs``; load a state_dict after."""
+    specs = json.loads(specs_json)
+    stages = [_stage(group) for group in plan_stages(specs)]
+    last = specs[-1]
+    paired = last["kind"] == "recurrent" and last["options"]["bidirectional"] and last["options"]["merge_mode"] is None
+    return (KerasPairModel if paired else KerasModel)(stages, specs_json)
