@@ -1,0 +1,107 @@
+"""Checkpoints that survive a kill and load without unpickling code.
+
+``save_checkpoint`` writes to a temporary file in the target folder, fsyncs it, then ``os.replace``s it
+over the old one (atomic on POSIX), so a kill at any moment leaves either the old or the new checkpoint,
+never half of one. ``load_checkpoint`` uses ``torch.load(weights_only=True)`` only and turns every way a
+file can be wrong (missing, truncated, not a checkpoint, missing keys) into one clear ``ValueError``.
+
+A checkpoint is a plain dict of tensors and Python primitives:
+``format, model, optimizer, scheduler, scaler, rng, progress, config``.
+"""
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import numpy as np
+import torch
+
+FORMAT = "birnn-zoo/checkpoint/v1"
+REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "rng", "progress", "config")
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """Every RNG a run draws from (torch CPU and CUDA, Python, NumPy) as tensors and primitives."""
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        # NumPy's state holds an ndarray, which weights_only refuses: store the key as a tensor.
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+    }
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
+
+
+def save_checkpoint(checkpoint: Dict[str, Any], path: PathLike) -> Path:
+    """Atomically write ``checkpoint`` to ``path`` (temp file in the same folder, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise ValueError(f"checkpoint to save lacks keys {missing}; expected {list(REQUIRED_KEYS)}")
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    # Make the rename itself durable.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path
+
+
+def resolve_checkpoint_path(resume: PathLike) -> Path:
+    """``trainer.resume`` may name a checkpoint file or a run folder (then ``checkpoints/last.pt`` in it)."""
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise ValueError(
+            f"trainer.resume={str(resume)!r}: no checkpoint at {path}; give a run folder holding "
+            f"checkpoints/last.pt or a .pt checkpoint file"
+        )
+    return path
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Load and check a checkpoint written by :func:`save_checkpoint` (``weights_only=True``, never unpickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated zip, wrong magic, disallowed globals, ...
+        raise ValueError(
+            f"checkpoint {path} is corrupted, truncated or not a birnn-zoo checkpoint "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict")
+    if checkpoint.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {path} has format {checkpoint.get('format')!r}, expected {FORMAT!r}")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks keys {missing}; expected {list(REQUIRED_KEYS)}")
+    return checkpoint
