@@ -1,0 +1,229 @@
+"""``build_data(cfg, seed)``: validate a ``data`` config node and build a :class:`DataBundle`.
+
+Config keys (unknown keys raise ``ValueError``):
+
+- all: ``name`` (``synthetic`` | ``trec`` | ``sst2`` | ``sms_spam``), ``batch_size`` (64),
+  ``eval_batch_size`` (256), ``num_workers`` (0), ``bucket`` (true).
+- synthetic: ``task`` (see :mod:`models.data.synthetic`), ``num_train``, ``num_val``, ``num_test``,
+  ``min_len``, ``max_len``, ``vocab_size`` (including pad 0), ``seed`` (null: use the ``seed``
+  argument), plus the task's own keys (``ends_sum``: ``num_classes``; ``adding``: ``num_classes``, ``window``; ``negation``:
+  ``window``).
+- text: ``root`` (null: ``$BIRNN_ZOO_CACHE`` or ``~/.cache/birnn-zoo``), ``download`` (true),
+  ``verify_checksum`` (true), ``min_freq`` (1), ``max_vocab`` (null = no cap; counts pad and unk),
+  ``max_len`` (null = no truncation), ``lowercase`` (true), ``skip_malformed`` (false);
+  ``trec`` adds ``split_seed`` (0), ``val_fraction`` (0.1: TREC has no validation file);
+  ``sms_spam`` adds ``split_seed`` (0), ``val_fraction`` (0.1), ``test_fraction`` (0.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import download, synthetic, text
+from .batching import BatchLoader, ListDataset
+
+COMMON: dict[str, Any] = {"name": None, "batch_size": 64, "eval_batch_size": 256, "num_workers": 0,
+                          "bucket": True}
+SYNTHETIC: dict[str, Any] = {"task": "ends_sum", "num_train": 10000, "num_val": 2000, "num_test": 2000,
+                             "min_len": 20, "max_len": 60, "vocab_size": 11, "seed": None}
+TEXT: dict[str, Any] = {"root": None, "download": True, "verify_checksum": True, "min_freq": 1,
+                        "max_vocab": None, "max_len": None, "lowercase": True, "skip_malformed": False}
+TEXT_EXTRA: dict[str, dict[str, Any]] = {
+    "trec": {"split_seed": 0, "val_fraction": 0.1},
+    "sst2": {},
+    "sms_spam": {"split_seed": 0, "val_fraction": 0.1, "test_fraction": 0.2},
+}
+NAMES = ("synthetic", *TEXT_EXTRA)
+
+
+@dataclass
+class DataBundle:
+    """Splits plus metadata. ``splits[s][i] -> (token ids list[int], label int)``; pad id is 0."""
+
+    name: str
+    vocab_size: int
+    num_classes: int
+    class_names: list[str]
+    splits: dict[str, ListDataset]
+    config: dict[str, Any] = field(default_factory=dict)
+    vocab: text.Vocab | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    pad_id: int = 0
+
+    def loader(
+        self, split: str, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0,
+        start_batch: int = 0, num_workers: int = 0, bucket: bool = True,
+    ) -> BatchLoader:
+        """Iterable of :class:`~models.data.batching.Batch` (tokens (B, T), lengths (B,), labels (B,)).
+
+        The order depends only on ``(seed, epoch)`` (and the flags); ``start_batch`` skips batches of
+        that order without loading them; ``len()`` is the number of batches yielded.
+        """
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r}; expected one of {sorted(self.splits)}")
+        return BatchLoader(self.splits[split], batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                           start_batch=start_batch, num_workers=num_workers, bucket=bucket, pad_id=self.pad_id)
+
+    def majority_accuracy(self, split: str = "test") -> float:
+        """Accuracy of always predicting the most frequent training class on ``split``."""
+        major = int(np.bincount(self.splits["train"].labels, minlength=self.num_classes).argmax())
+        return float(np.mean(self.splits[split].labels == major))
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    if not isinstance(cfg, Mapping):
+        try:
+            from omegaconf import DictConfig, OmegaConf
+        except ImportError:  # pragma: no cover
+            DictConfig = ()  # type: ignore[assignment,misc]
+        if not isinstance(cfg, DictConfig):
+            raise ValueError(f"data config must be a mapping, got {type(cfg).__name__}")
+        return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def _int(c: dict[str, Any], key: str, lo: int, nullable: bool = False) -> None:
+    v = c[key]
+    if v is None and nullable:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"data.{key}={v!r}: expected an integer >= {lo}" + (" or null" if nullable else ""))
+
+
+def _bool(c: dict[str, Any], key: str) -> None:
+    if not isinstance(c[key], bool):
+        raise ValueError(f"data.{key}={c[key]!r}: expected true or false")
+
+
+def _fraction(c: dict[str, Any], key: str) -> None:
+    v = c[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
+        raise ValueError(f"data.{key}={v!r}: expected a number strictly between 0 and 1")
+
+
+def resolve_config(cfg: Any) -> dict[str, Any]:
+    """Validate ``cfg`` and return it completed with defaults (no data is touched)."""
+    c = _plain(cfg)
+    name = c.get("name")
+    if name not in NAMES:
+        raise ValueError(f"data.name={name!r}: expected one of {list(NAMES)}")
+    if name == "synthetic":
+        task = c.get("task", SYNTHETIC["task"])
+        if task not in synthetic.TASKS:
+            raise ValueError(f"data.task={task!r}: expected one of {sorted(synthetic.TASKS)}")
+        defaults = {**COMMON, **SYNTHETIC, **synthetic.TASKS[task].params}
+    else:
+        defaults = {**COMMON, **TEXT, **TEXT_EXTRA[name]}
+    unknown = sorted(set(c) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown data config key(s) {unknown} for data.name={name!r}; allowed keys: "
+                         f"{sorted(defaults)}")
+    c = {**defaults, **c}
+    for key in ("batch_size", "eval_batch_size"):
+        _int(c, key, 1)
+    _int(c, "num_workers", 0)
+    _bool(c, "bucket")
+    if name == "synthetic":
+        _resolve_synthetic(c)
+    else:
+        _int(c, "min_freq", 1)
+        _int(c, "max_vocab", 2, nullable=True)
+        _int(c, "max_len", 1, nullable=True)
+        for key in ("download", "verify_checksum", "lowercase", "skip_malformed"):
+            _bool(c, key)
+        if c["root"] is not None and not isinstance(c["root"], str):
+            raise ValueError(f"data.root={c['root']!r}: expected a folder path or null")
+        if "split_seed" in c:
+            _int(c, "split_seed", 0)
+        for key in ("val_fraction", "test_fraction"):
+            if key in c:
+                _fraction(c, key)
+        if c.get("val_fraction", 0) + c.get("test_fraction", 0) >= 1:
+            raise ValueError("data.val_fraction + data.test_fraction must be < 1")
+    return c
+
+
+def _resolve_synthetic(c: dict[str, Any]) -> None:
+    spec = synthetic.TASKS[c["task"]]
+    for key in ("num_train", "num_val", "num_test"):
+        _int(c, key, 1)
+    _int(c, "min_len", spec.min_len)
+    _int(c, "max_len", c["min_len"])
+    _int(c, "vocab_size", spec.min_vocab)
+    _int(c, "seed", 0, nullable=True)
+    if "num_classes" in c:
+        _int(c, "num_classes", 2)
+        digits = c["vocab_size"] - 1 if c["task"] == "ends_sum" else (c["vocab_size"] - 1) // 2
+        if min(map(len, synthetic._adding_bins(digits, c["num_classes"]))) == 0:
+            raise ValueError(f"data.num_classes={c['num_classes']}: too many sum bins for the "
+                             f"{2 * digits - 1} possible sums with data.vocab_size={c['vocab_size']}")
+    if "window" in c:
+        _int(c, "window", 1)
+
+
+def build_data(cfg: Any, seed: int = 0) -> DataBundle:
+    """Build the dataset described by the ``data`` config node (plain dict or OmegaConf)."""
+    c = resolve_config(cfg)
+    if c["name"] == "synthetic":
+        return _build_synthetic(c, seed)
+    return _build_text(c)
+
+
+def _build_synthetic(c: dict[str, Any], seed: int) -> DataBundle:
+    task = synthetic.TASKS[c["task"]]
+    params = {k: c[k] for k in task.params}
+    data_seed = seed if c["seed"] is None else c["seed"]
+    splits = {
+        s: synthetic.generate_split(c["task"], s, c[f"num_{s}"], seed=data_seed, min_len=c["min_len"],
+                                    max_len=c["max_len"], vocab_size=c["vocab_size"], **params)
+        for s in synthetic.SPLITS
+    }
+    names = task.class_names({**params, "vocab_size": c["vocab_size"]})
+    return DataBundle(name=f"synthetic-{c['task']}", vocab_size=c["vocab_size"], num_classes=len(names),
+                      class_names=names, splits=splits, config=c, info={"data_seed": data_seed})
+
+
+def _build_text(c: dict[str, Any]) -> DataBundle:
+    name = c["name"]
+    paths = download.ensure_files(name, c["root"], download=c["download"], verify=c["verify_checksum"])
+    skip = c["skip_malformed"]
+    skipped: dict[str, int] = {}
+
+    def read(part: str) -> list[tuple[str, str]]:
+        reader = {"trec": text.read_trec, "sst2": text.read_sst2, "sms_spam": text.read_sms}[name]
+        rows, skipped[str(paths[part])] = reader(paths[part], skip)
+        return rows
+
+    if name == "sst2":
+        classes = text.SST2_CLASSES
+        rows = {s: read(s) for s in ("train", "val", "test")}
+    elif name == "trec":
+        classes = text.TREC_CLASSES
+        full, test = read("train"), read("test")
+        train_idx, val_idx = text.stratified_split([r[0] for r in full], [c["val_fraction"]], c["split_seed"])
+        rows = {"train": [full[i] for i in train_idx], "val": [full[i] for i in val_idx], "test": test}
+    else:
+        classes = text.SMS_CLASSES
+        full = read("all")
+        parts = text.stratified_split([r[0] for r in full], [c["val_fraction"], c["test_fraction"]],
+                                      c["split_seed"])
+        rows = {s: [full[i] for i in idx] for s, idx in zip(("train", "val", "test"), parts, strict=True)}
+    vocab = text.Vocab.build((text.tokenize(t, c["lowercase"]) for _, t in rows["train"]),
+                             min_freq=c["min_freq"], max_size=c["max_vocab"])
+    splits = {s: text.encode_rows(r, vocab, classes, lowercase=c["lowercase"], max_len=c["max_len"])
+              for s, r in rows.items()}
+    info = {"files": {k: str(p) for k, p in paths.items()}, "skipped_malformed": sum(skipped.values()),
+            "skipped_by_file": skipped}
+    return DataBundle(name=name, vocab_size=len(vocab), num_classes=len(classes), class_names=list(classes),
+                      splits=splits, config=c, vocab=vocab, info=info)

@@ -1,0 +1,195 @@
+"""Tokenizer, vocabulary and readers for the real text datasets (TREC-6, SST-2, SMS spam).
+
+Row counts of the files (see ``../shared/data/README.md``): TREC train 5,452 / test 500; SST-2
+6,920 / 872 / 1,821; SMS 5,574 (ham 4,827, spam 747). Splits without an official counterpart are
+seeded and stratified (:func:`stratified_split`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .batching import ListDataset
+
+log = logging.getLogger(__name__)
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+_TOKEN_RE = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+
+TREC_CLASSES = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+SST2_CLASSES = ["negative", "positive"]
+SMS_CLASSES = ["ham", "spam"]
+
+
+class DataFormatError(ValueError):
+    """A malformed line; the message names the file and the 1-based line number."""
+
+
+def tokenize(text: str, lowercase: bool = True) -> list[str]:
+    """Word tokens: runs of word characters (with inner apostrophes, ``n't``) or single punctuation.
+
+    Idempotent on its own output: ``tokenize(" ".join(tokenize(s))) == tokenize(s)``.
+    """
+    return _TOKEN_RE.findall(text.lower() if lowercase else text)
+
+
+class Vocab:
+    """Token <-> id map with ``<pad>`` = 0 and ``<unk>`` = 1, built from training tokens."""
+
+    def __init__(self, itos: Sequence[str]) -> None:
+        if list(itos[:2]) != [PAD, UNK]:
+            raise ValueError(f"vocabulary must start with {PAD!r}, {UNK!r}")
+        self.itos = list(itos)
+        self.stoi = {t: i for i, t in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise ValueError("vocabulary has duplicate tokens")
+
+    @classmethod
+    def build(cls, token_lists: Iterable[Sequence[str]], min_freq: int = 1, max_size: int | None = None) -> Vocab:
+        """Tokens with count >= ``min_freq``, most frequent first (ties alphabetical), at most
+        ``max_size`` entries in total including ``<pad>`` and ``<unk>``."""
+        if min_freq < 1:
+            raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+        if max_size is not None and max_size < 2:
+            raise ValueError(f"max_size must be >= 2 (room for {PAD} and {UNK}), got {max_size}")
+        counts = Counter(t for toks in token_lists for t in toks)
+        kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in (PAD, UNK)),
+                      key=lambda t: (-counts[t], t))
+        if max_size is not None:
+            kept = kept[: max_size - 2]
+        return cls([PAD, UNK, *kept])
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        """Token strings -> ids; unknown tokens -> 1."""
+        return [self.stoi.get(t, UNK_ID) for t in tokens]
+
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        """Ids -> token strings (padding ids dropped)."""
+        return [self.itos[i] for i in ids if i != PAD_ID]
+
+
+def _read_lines(path: Path, encoding: str) -> list[str]:
+    with open(path, encoding=encoding, newline="") as f:
+        return [line.rstrip("\r\n") for line in f]
+
+
+def _parse(
+    path: Path, encoding: str, parse_line: callable, skip_malformed: bool  # type: ignore[valid-type]
+) -> tuple[list[tuple[str, str]], int]:
+    """Apply ``parse_line(line) -> (label, text)`` (raising ValueError) to every line of ``path``.
+
+    Returns ``(rows, skipped)``. A malformed line raises :class:`DataFormatError` naming the file and
+    line, unless ``skip_malformed`` (then it is counted, and a warning reports the count).
+    """
+    rows, skipped = [], 0
+    for lineno, line in enumerate(_read_lines(path, encoding), start=1):
+        try:
+            label, text = parse_line(line)
+            if not text.strip():
+                raise ValueError("no text after the label")
+        except ValueError as err:
+            if not skip_malformed:
+                raise DataFormatError(
+                    f"{path}:{lineno}: malformed line ({err}): {line[:80]!r}. Fix the file, or set "
+                    "data.skip_malformed=true to skip such lines"
+                ) from None
+            skipped += 1
+            continue
+        rows.append((label, text))
+    if skipped:
+        log.warning("%s: skipped %d malformed line(s) (data.skip_malformed=true)", path, skipped)
+    return rows, skipped
+
+
+def _trec_line(line: str) -> tuple[str, str]:
+    head, _, text = line.partition(" ")
+    coarse, sep, fine = head.partition(":")
+    if not sep or not fine:
+        raise ValueError("expected 'COARSE:fine question'")
+    if coarse not in TREC_CLASSES:
+        raise ValueError(f"unknown coarse class {coarse!r}, expected one of {TREC_CLASSES}")
+    return coarse, text
+
+
+def _sst2_line(line: str) -> tuple[str, str]:
+    label, _, text = line.partition(" ")
+    if label not in ("0", "1"):
+        raise ValueError(f"label {label!r} is not 0 or 1")
+    return SST2_CLASSES[int(label)], text
+
+
+def _sms_line(line: str) -> tuple[str, str]:
+    label, sep, text = line.partition("\t")
+    if not sep:
+        raise ValueError("expected 'label<TAB>message'")
+    if label not in SMS_CLASSES:
+        raise ValueError(f"label {label!r} is not one of {SMS_CLASSES}")
+    return label, text
+
+
+def read_trec(path: Path, skip_malformed: bool = False) -> tuple[list[tuple[str, str]], int]:
+    """TREC ``COARSE:fine question ...`` lines (latin-1) -> ``[(coarse, question)]``, skipped count."""
+    return _parse(path, "latin-1", _trec_line, skip_malformed)
+
+
+def read_sst2(path: Path, skip_malformed: bool = False) -> tuple[list[tuple[str, str]], int]:
+    """SST-2 ``LABEL sentence`` lines (UTF-8) -> ``[("negative"|"positive", sentence)]``, skipped count."""
+    return _parse(path, "utf-8", _sst2_line, skip_malformed)
+
+
+def read_sms(path: Path, skip_malformed: bool = False) -> tuple[list[tuple[str, str]], int]:
+    """SMS ``label<TAB>message`` lines (UTF-8) -> ``[("ham"|"spam", message)]``, skipped count."""
+    return _parse(path, "utf-8", _sms_line, skip_malformed)
+
+
+def stratified_split(
+    labels: Sequence[str], fractions: Sequence[float], seed: int
+) -> list[np.ndarray]:
+    """Seeded stratified split of row indices into ``len(fractions) + 1`` parts (the rest comes first).
+
+    For each class (in sorted order) its rows are permuted with ``default_rng(seed)`` and part ``k``
+    takes ``round(n_class * fractions[k])`` rows. Each returned index array is sorted (file order).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF]))
+    arr = np.asarray(labels)
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for cls in sorted(set(labels)):
+        idx = rng.permutation(np.flatnonzero(arr == cls))
+        start = 0
+        sizes = [round(len(idx) * f) for f in fractions]
+        for k, size in enumerate(sizes, start=1):
+            parts[k].append(idx[start : start + size])
+            start += size
+        parts[0].append(idx[start:])
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def encode_rows(
+    rows: Sequence[tuple[str, str]],
+    vocab: Vocab,
+    class_names: Sequence[str],
+    *,
+    lowercase: bool = True,
+    max_len: int | None = None,
+) -> ListDataset:
+    """Tokenize, truncate to ``max_len`` tokens and encode ``(label, text)`` rows into a dataset.
+
+    A text with no tokens at all becomes ``[<unk>]`` so every example has length >= 1.
+    """
+    index = {c: i for i, c in enumerate(class_names)}
+    seqs, labels = [], []
+    for label, text in rows:
+        ids = vocab.encode(tokenize(text, lowercase))[:max_len] or [UNK_ID]
+        seqs.append(ids)
+        labels.append(index[label])
+    return ListDataset(seqs, labels)

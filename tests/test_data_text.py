@@ -1,0 +1,141 @@
+"""Real text datasets from ../shared/data: row counts, tokenizer/vocab round trip, malformed lines."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.data import DataFormatError, Vocab, batch_order, build_data, padding_fraction, tokenize
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_shared = pytest.mark.skipif(not (SHARED / "trec").is_dir(),
+                                  reason=f"shared data folder {SHARED} is missing (see shared/README.md)")
+
+
+def _cfg(name: str, **kw: object) -> dict:
+    return {"name": name, "root": str(SHARED), "download": False, **kw}
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    ("name", "sizes", "classes", "train_counts"),
+    [
+        # TREC: train_5500 (5,452) split 90/10 stratified by seed; TREC_10 (500) is the test set.
+        ("trec", {"train": 4906, "val": 546, "test": 500}, 6, [77, 1046, 1125, 1101, 751, 806]),
+        ("sst2", {"train": 6920, "val": 872, "test": 1821}, 2, [3310, 3610]),
+        # SMS: 5,574 rows (ham 4,827, spam 747) split 70/10/20 stratified by seed.
+        ("sms_spam", {"train": 3902, "val": 558, "test": 1114}, 2, [3379, 523]),
+    ],
+)
+def test_real_dataset_row_counts(name: str, sizes: dict, classes: int, train_counts: list[int]) -> None:
+    b = build_data(_cfg(name))
+    assert {s: len(d) for s, d in b.splits.items()} == sizes
+    assert b.num_classes == len(b.class_names) == classes
+    assert np.bincount(b.splits["train"].labels).tolist() == train_counts
+    assert b.vocab is not None and b.vocab_size == len(b.vocab) and b.pad_id == 0
+    assert b.vocab.itos[:2] == ["<pad>", "<unk>"]
+    assert b.info["skipped_malformed"] == 0
+    for d in b.splits.values():
+        assert d.lengths.min() >= 1
+
+
+@needs_shared
+def test_counts_add_up_to_the_files() -> None:
+    trec = build_data(_cfg("trec"))
+    assert len(trec.splits["train"]) + len(trec.splits["val"]) == 5452
+    sms = build_data(_cfg("sms_spam"))
+    labels = np.concatenate([d.labels for d in sms.splits.values()])
+    assert np.bincount(labels).tolist() == [4827, 747]
+    assert sms.majority_accuracy("test") == pytest.approx(965 / 1114)
+
+
+@needs_shared
+def test_split_seed_changes_sms_split_and_vocab_options() -> None:
+    a = build_data(_cfg("sms_spam"))
+    b = build_data(_cfg("sms_spam", split_seed=1, min_freq=2, max_vocab=1000, max_len=20))
+    assert len(a.splits["train"]) == len(b.splits["train"])
+    assert a.splits["test"][0] != b.splits["test"][0]
+    assert b.vocab_size == 1000 and int(b.splits["train"].lengths.max()) == 20
+
+
+@needs_shared
+def test_bucketing_reduces_padding_on_sst2() -> None:
+    """SST-2 train, batch 64: random batches measured ~58% padding, bucketed ~3% (ratio < 0.1)."""
+    lens = build_data(_cfg("sst2")).splits["train"].lengths
+    rnd = padding_fraction(batch_order(lens, 64, shuffle=True, bucket=False, seed=0, epoch=0), lens)
+    bkt = padding_fraction(batch_order(lens, 64, shuffle=True, bucket=True, seed=0, epoch=0), lens)
+    assert rnd > 0.4 and bkt / rnd < 0.1, (bkt, rnd)
+
+
+def test_tokenizer_and_vocab_round_trip() -> None:
+    text = "It's NOT the movie's fault , isn't it ? Call 0800-123 now!"
+    toks = tokenize(text)
+    assert toks == ["it's", "not", "the", "movie's", "fault", ",", "isn't", "it", "?", "call", "0800",
+                    "-", "123", "now", "!"]
+    assert tokenize(" ".join(toks)) == toks
+    assert tokenize("ABC", lowercase=False) == ["ABC"]
+    vocab = Vocab.build([toks, ["it", "now"]], min_freq=1)
+    assert vocab.itos[:4] == ["<pad>", "<unk>", "it", "now"]  # most frequent first, ties alphabetical
+    assert vocab.decode(vocab.encode(toks)) == toks
+    assert vocab.encode(["zebra"]) == [1] and vocab.decode([0, 2, 0]) == ["it"]
+    assert Vocab.build([toks, ["it", "now"]], min_freq=2).itos == ["<pad>", "<unk>", "it", "now"]
+    assert len(Vocab.build([toks], max_size=5)) == 5
+    with pytest.raises(ValueError, match="min_freq"):
+        Vocab.build([toks], min_freq=0)
+
+
+def _copy(tmp_path: Path, name: str) -> Path:
+    shutil.copytree(SHARED / name, tmp_path / name)
+    return tmp_path
+
+
+@needs_shared
+def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
+    root = _copy(tmp_path, "sst2")
+    path = root / "sst2" / "stsa.binary.dev"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[2] = "7 not a valid label\n"
+    path.chmod(0o644)
+    path.write_text("".join(lines), encoding="utf-8")
+    cfg = {"name": "sst2", "root": str(root), "download": False, "verify_checksum": False}
+    with pytest.raises(DataFormatError, match=r"stsa\.binary\.dev:3: malformed line"):
+        build_data(cfg)
+    b = build_data({**cfg, "skip_malformed": True})
+    assert len(b.splits["val"]) == 871 and b.info["skipped_malformed"] == 1
+    assert b.info["skipped_by_file"][str(path)] == 1
+
+
+@needs_shared
+def test_modified_copy_is_refused_by_checksum(tmp_path: Path) -> None:
+    from models.data import ChecksumError
+
+    root = _copy(tmp_path, "trec")
+    path = root / "trec" / "TREC_10.label"
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes() + b"NUM:count How many ?\n")
+    with pytest.raises(ChecksumError, match=r"TREC_10\.label.*refusing"):
+        build_data({"name": "trec", "root": str(root), "download": False})
+    assert len(build_data({"name": "trec", "root": str(root), "download": False,
+                           "verify_checksum": False}).splits["test"]) == 501
+
+
+def test_missing_file_names_path_and_remedy(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"sms_spam/sms\.tsv.*data\.root.*data\.download=true"):
+        build_data({"name": "sms_spam", "root": str(tmp_path), "download": False})
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        ({"name": "trec", "min_freq": 0}, r"data.min_freq=0: expected an integer >= 1"),
+        ({"name": "sst2", "split_seed": 0}, r"unknown data config key\(s\) \['split_seed'\]"),
+        ({"name": "sms_spam", "val_fraction": 0.5, "test_fraction": 0.5}, r"val_fraction \+ data.test_fraction"),
+        ({"name": "trec", "root": 3}, r"data.root=3"),
+    ],
+)
+def test_bad_text_config(cfg: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_data(cfg)
