@@ -133,19 +133,24 @@ def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
         raise
 
 
-def read_dataset(weights: WeightFile, dataset: h5py.Dataset, where: str) -> np.ndarray:
-    """One checked weight array: float32, declared size under the caps, plain storage, all finite."""
-    if dataset.dtype != np.dtype("<f4") and dataset.dtype != np.dtype(">f4"):
-        raise KerasImportError(f"{where}: weight {dataset.name!r} has dtype {dataset.dtype}, expected float32")
-    size = int(np.prod(dataset.shape, dtype=np.float64)) if dataset.shape else 1
-    if dataset.shape is None or size > MAX_DATASET_ELEMENTS:
-        raise KerasImportError(f"{where}: weight {dataset.name!r} declares shape {dataset.shape}, over the cap of "
+def check_dataset(weights: WeightFile, dataset: h5py.Dataset, where: str) -> None:
+    """Refuse before reading: declared size over the caps, external or virtual storage, a dtype not float32."""
+    shape = dataset.shape
+    size = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    if shape is None or size > MAX_DATASET_ELEMENTS:
+        raise KerasImportError(f"{where}: weight {dataset.name!r} declares shape {shape}, over the cap of "
                                f"{MAX_DATASET_ELEMENTS} elements")
     weights.total_elements += size
     if weights.total_elements > MAX_TOTAL_ELEMENTS:
         raise KerasImportError(f"{where}: weights together declare over {MAX_TOTAL_ELEMENTS} elements")
     if dataset.external or dataset.is_virtual:
         raise KerasImportError(f"{where}: weight {dataset.name!r} uses external or virtual storage; refused")
+    if dataset.dtype not in (np.dtype("<f4"), np.dtype(">f4")):
+        raise KerasImportError(f"{where}: weight {dataset.name!r} has dtype {dataset.dtype}, expected float32")
+
+
+def read_dataset(dataset: h5py.Dataset, where: str) -> np.ndarray:
+    """One weight array (after ``check_dataset``), refused unless every value is finite."""
     array = np.asarray(dataset[()], dtype=np.float32)
     if not np.isfinite(array).all():
         raise KerasImportError(f"{where}: weight {dataset.name!r} holds NaN or Inf")

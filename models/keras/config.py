@@ -175,7 +175,7 @@ def _model_layers(model: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], bool]:
             stray = sorted(set(kwargs) - {"training", "mask"})
             if stray:
                 raise _fail(name, f"call arguments {stray} are not supported")
-            entry = {**entry, "_called_with_mask": "mask" in kwargs}
+            entry = {**entry, "_called_with_mask": kwargs.get("mask") is not None}
         previous = name
         chain.append(entry)
     outputs = config.get("output_layers")

@@ -18,6 +18,7 @@ from torch import nn
 from ..blocks import _BiRNNBase
 from .archive import (
     WeightFile,
+    check_dataset,
     keras_layer_datasets,
     legacy_layer_datasets,
     open_weights,
@@ -46,14 +47,15 @@ def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
     return one * (2 if o["bidirectional"] else 1)
 
 
-def _read_layer(weights: WeightFile, spec: LayerSpec) -> List[np.ndarray]:
-    """The checked arrays of one layer, in Keras's variable order (forward direction first)."""
+def _read_layer(weights: WeightFile, spec: LayerSpec, check_name: bool = True) -> List[np.ndarray]:
+    """The checked arrays of one layer, in Keras's variable order (forward direction first). A ``.keras``
+    group records its layer's name; ``check_name`` insists it is ``spec.name`` (Keras itself matches by path)."""
     where = f"layer {spec.name!r}"
     if weights.kind == "keras":
         nested = {"Bidirectional": ["forward_layer/cell", "backward_layer/cell"], "LSTM": ["cell"], "GRU": ["cell"],
                   "SimpleRNN": ["cell"]}.get(spec.class_name, [])
         root = weights.h5.get("layers")
-        if root is not None and spec.path in root:
+        if check_name and root is not None and spec.path in root:
             vars_group = root[spec.path].get("vars")
             stored = vars_group.attrs.get("name") if vars_group is not None else None
             if stored is not None and stored != spec.name:
@@ -61,13 +63,15 @@ def _read_layer(weights: WeightFile, spec: LayerSpec) -> List[np.ndarray]:
         datasets = keras_layer_datasets(weights, spec.path, nested, where)
     else:
         datasets = legacy_layer_datasets(weights, spec.name, where)
+    for dataset in datasets:
+        check_dataset(weights, dataset, where)
     expected = _expected_shapes(spec)
     if len(datasets) != len(expected):
         raise KerasImportError(f"{where}: expected {len(expected)} weight arrays, the file holds {len(datasets)}")
     for dataset, shape in zip(datasets, expected, strict=True):
         if tuple(dataset.shape or ()) != shape:
             raise KerasImportError(f"{where}: weight {dataset.name!r} has shape {dataset.shape}, expected {shape}")
-    return [read_dataset(weights, dataset, where) for dataset in datasets]
+    return [read_dataset(dataset, where) for dataset in datasets]
 
 
 def _gru_order(array: np.ndarray, units: int) -> np.ndarray:
@@ -178,11 +182,11 @@ def load_keras_weights(module: nn.Module, path: str, layers: Optional[List[str]]
             if len(names) != module.num_layers:
                 raise KerasImportError(f"{len(names)} layer names given for a {module.num_layers}-layer block")
             specs = _block_specs(module, names)
-            arrays = [_read_layer(weights, spec) for spec in specs]
-            state = {key.split(".", 2)[2]: value for key, value in _state_dict(specs, arrays).items()}
+            arrays = [_read_layer(weights, spec, check_name=False) for spec in specs]
+            state = {key.removeprefix("stages.0.block."): value for key, value in _state_dict(specs, arrays).items()}
         elif isinstance(module, KerasModel):
             specs = [LayerSpec(**spec) for spec in json.loads(module.keras_specs)]
-            arrays = [_read_layer(weights, spec) for spec in specs]
+            arrays = [_read_layer(weights, spec, check_name=False) for spec in specs]
             state = _state_dict(specs, arrays)
         else:
             raise KerasImportError(f"cannot map Keras weights onto a {type(module).__name__}; use a from_keras "
