@@ -1,0 +1,105 @@
+"""Every config composes (Hydra compose API) and passes the checks; bad overrides fail with the key path."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from models import create_model
+from models.config import ConfigError, check_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("data", DATA)
+def test_every_model_and_data_config_composes_and_passes_the_checks(model: str, data: str) -> None:
+    cfg = composed(f"model={model}", f"data={data}", "optim=sgd" if model == "birnn" else "optim=adamw")
+    resolved = check_config(cfg)
+    assert resolved["name"] == cfg.data.name
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_yaml_matches_its_registered_preset(model: str) -> None:
+    """A preset's yaml spells out the preset's own defaults, so the two cannot drift apart."""
+    values = OmegaConf.to_container(composed(f"model={model}").model)
+    name = values.pop("name")
+    assert name == model
+    from_yaml = create_model(name, vocab_size=50, num_classes=3, **values)
+    from_registry = create_model(name, vocab_size=50, num_classes=3)
+    assert repr(from_yaml) == repr(from_registry)
+    assert [p.shape for p in from_yaml.parameters()] == [p.shape for p in from_registry.parameters()]
+
+
+def test_experiment_merge_modes_sweeps_modes_cells_and_seeds() -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=merge_modes"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params["model.merge_mode"] == "concat,sum,mul,ave"
+    assert params["model.cell"] == "lstm,gru"
+    assert cfg.hydra.mode.name == "MULTIRUN"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.merge_mode=avg"], "model.merge_mode='avg' is not a merge mode; choose one of ['concat', 'sum', 'mul', 'ave']"),
+        (["+model.typo=1"], "unknown config key model.typo; allowed keys under model:"),
+        (["model.cell=transformer"], "model.cell='transformer' is not allowed; choose one of ['lstm', 'gru', 'rnn', 'rnn_relu']"),
+        (["model.merge_mode=[null,sum]"], "model.merge_mode[0]=None is only allowed for the last layer"),
+        (["trainer.compile=jit"], "trainer.compile='jit' is not allowed; choose one of ['none', 'script', 'aot_eager', 'inductor']"),
+        (["trainer.device=tpu"], "trainer.device='tpu' is not allowed; choose one of ['auto', 'cpu', 'cuda']"),
+        (["optim.name=lion"], "optim.name='lion' is not allowed; choose one of ['adamw', 'adam', 'sgd']"),
+        (["+trainer.epochs=3"], "unknown config key trainer.epochs; allowed keys under trainer:"),
+        (["+data.shuffle=false"], "unknown data config key(s) ['shuffle']"),
+        (["data.task=sorting"], "data.task='sorting': expected one of"),
+        (["seed=-1"], "seed=-1 must be a non-negative integer"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be >= 1"),
+        (["+extra=1"], "unknown config key <root>.extra; allowed keys under <root>:"),
+    ],
+)
+def test_bad_values_and_added_keys_are_refused_by_the_checks(overrides: list, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_config(composed(*overrides))
+
+
+def run_train(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.merge_mode=avg", "config error: model.merge_mode='avg' is not a merge mode"),
+        ("+model.typo=1", "config error: unknown config key model.typo"),
+        ("model.typo=1", "Could not override 'model.typo'"),
+        ("model=resnet", "Could not find 'model/resnet'"),
+    ],
+)
+def test_bad_overrides_exit_non_zero_before_any_data_is_loaded(override: str, message: str, tmp_path: Path) -> None:
+    result = run_train(override, f"hydra.run.dir={tmp_path}", "data=trec", "data.root=/nonexistent")
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert "nonexistent" not in result.stderr + result.stdout, "the checks must run before the data is read"
+
+
+def test_config_error_path_does_not_need_torch_compute() -> None:
+    # The checks are pure config work: nothing is allocated on a device.
+    before = torch.get_rng_state()
+    with pytest.raises(ConfigError):
+        check_config(composed("model.pooling=sum"))
+    assert torch.equal(before, torch.get_rng_state())

@@ -1,0 +1,134 @@
+"""``python train.py`` end to end on a tiny config: outputs, sweep + report, kill and resume, checkpoints."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import FORMAT, REQUIRED_KEYS, load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.num_train=192", "data.num_val=64", "data.num_test=64", "data.min_len=6", "data.max_len=12",
+        "data.batch_size=32", "model.hidden_size=8", "model.embed_dim=8", "trainer.max_epochs=2",
+        "trainer.patience=100", "trainer.infer_batches=2", "trainer.num_threads=1"]
+
+
+def run_train(*overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *TINY, *overrides]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_a_tiny_run_writes_every_output(tmp_path: Path) -> None:
+    result = run_train(f"hydra.run.dir={tmp_path}", "model.merge_mode=sum")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert set(lines[0]) == {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "tokens_per_s", "lr",
+                             "seconds"}
+    assert lines[1]["step"] == 12                           # 192 / 32 batches per epoch, 2 epochs
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ("model", "cell", "merge_mode", "data", "seed", "num_parameters", "best_val_accuracy",
+                "test_accuracy", "train_tokens_per_s", "infer_tokens_per_s", "wall_time_s", "compile", "device",
+                "torch"):
+        assert key in results, key
+    assert results["merge_mode"] == "sum" and results["cell"] == "lstm" and results["data"] == "synthetic-ends_sum"
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and results["infer_tokens_per_s"] > 0
+    for name in ("last.pt", "best.pt"):
+        checkpoint = load_checkpoint(tmp_path / "checkpoints" / name)
+        assert checkpoint["progress"]["epoch"] >= 1 and checkpoint["config"]["model"]["merge_mode"] == "sum"
+    assert (tmp_path / "train.log").read_text().count("epoch 2:") == 1
+
+
+def test_a_two_job_sweep_writes_both_results_and_the_report(tmp_path: Path) -> None:
+    result = run_train(f"hydra.sweep.dir={tmp_path}", "model.merge_mode=concat,mul", "trainer.max_epochs=1",
+                       multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(tmp_path.glob("*/results.json"))) == 2
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| synthetic-ends_sum | lstm | concat | 1 |" in summary and "| synthetic-ends_sum | lstm | mul | 1 |" in summary
+    assert (tmp_path / "summary.csv").read_text().count("\n") == 3
+    # The report also runs on its own.
+    again = subprocess.run([sys.executable, "-m", "models.report", str(tmp_path)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0 and "merge mode" in again.stdout
+
+
+def final_parameters(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def test_kill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+    common = ["model.dropout=0.3", "model.head_dropout=0.3", "trainer.checkpoint_every_steps=4"]
+    reference = run_train(f"hydra.run.dir={tmp_path / 'straight'}", *common)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    killed = run_train(f"hydra.run.dir={killed_dir}", *common, "trainer.kill_at_step=10")
+    assert killed.returncode == -signal.SIGKILL
+    assert load_checkpoint(killed_dir / "checkpoints" / "last.pt")["progress"]["batch_in_epoch"] == 2  # mid-epoch
+    resumed = run_train(f"hydra.run.dir={killed_dir}", *common, f"trainer.resume={killed_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    straight, after_kill = final_parameters(tmp_path / "straight"), final_parameters(killed_dir)
+    assert all(torch.equal(straight[name], after_kill[name]) for name in straight), "resume must be bit for bit"
+
+    # Negative control: the same resume without restoring the RNG state draws other dropout masks.
+    control_dir = tmp_path / "control"
+    run_train(f"hydra.run.dir={control_dir}", *common, "trainer.kill_at_step=10")
+    control = run_train(f"hydra.run.dir={control_dir}", *common, f"trainer.resume={control_dir}",
+                        "trainer.restore_rng=false")
+    assert control.returncode == 0, control.stderr[-3000:]
+    differs = final_parameters(control_dir)
+    assert not all(torch.equal(straight[name], differs[name]) for name in straight)
+
+
+def minimal_checkpoint(value: float) -> dict:
+    return {"format": FORMAT, "model": {"w": torch.full((3,), value)}, "optimizer": {}, "scheduler": {},
+            "scaler": {}, "rng": {}, "progress": {"step": int(value)}, "config": {}}
+
+
+def test_a_kill_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(minimal_checkpoint(1.0), path)
+
+    def dies_halfway(obj: object, file: object) -> None:
+        file.write(b"PK\x03\x04 half a zip")                  # type: ignore[attr-defined]
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(minimal_checkpoint(2.0), path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert list(tmp_path.iterdir()) == [path], "the temporary file is removed"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "not_a_dict", "missing_keys", "pickle"])
+def test_a_damaged_checkpoint_gives_a_clear_error(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(minimal_checkpoint(1.0), path)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:200])
+        expected = "is corrupted, truncated or not a birnn-zoo checkpoint"
+    elif damage == "garbage":
+        path.write_bytes(b"\x00" * 64)
+        expected = "is corrupted, truncated or not a birnn-zoo checkpoint"
+    elif damage == "not_a_dict":
+        torch.save([1, 2], path)
+        expected = "holds a list, expected a dict"
+    elif damage == "missing_keys":
+        partial = minimal_checkpoint(1.0)
+        del partial["optimizer"], partial["rng"]
+        torch.save(partial, path)
+        expected = "lacks keys ['optimizer', 'rng']"
+    else:
+        torch.save({"format": FORMAT, "model": Path("x")}, path)   # needs unpickling of a class: refused
+        expected = "is corrupted, truncated or not a birnn-zoo checkpoint"
+    with pytest.raises(ValueError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        load_checkpoint(path)
+    assert set(REQUIRED_KEYS) >= {"model", "optimizer", "rng"}
