@@ -174,6 +174,7 @@ class SequenceClassifier(nn.Module):
         elif x.dim() != 3:
             raise ValueError(f"feature input must be a float tensor (B, T, F), got shape {list(x.shape)}")
         seq_len = x.shape[1]
+        valid: Optional[Tensor] = None
         if lengths is not None:
             if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
                 raise ValueError(f"lengths must have shape (B,) = ({x.shape[0]},), got {list(lengths.shape)}")
@@ -181,23 +182,31 @@ class SequenceClassifier(nn.Module):
                 if lengths.numel() > 0 and (int(lengths.min()) < 0 or int(lengths.max()) > seq_len):
                     raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values from "
                                      f"{int(lengths.min())} to {int(lengths.max())}")
-            valid = lengths_to_mask(lengths.to(x.device).long(), seq_len)
+            lengths = lengths.to(x.device).long()
+            valid = lengths_to_mask(lengths, seq_len)
         elif self.token_input:
             valid = x != self.padding_idx
-        else:
-            valid = torch.ones(x.shape[0], seq_len, dtype=torch.bool, device=x.device)
 
         h = self.embed_dropout(self.embed(x))                                          # (B, T, E)
-        # Valid steps first (identity for right padding); rows with no valid step get length 1.
-        h, steps = compact_valid_steps(h, valid)
-        nonempty = valid.any(1)                                                        # (B,)
-        out, h_n = self._run_rnn(h, steps)                                             # (B, T, D[, 2, H])
+        if valid is None:
+            # Features without lengths: every step is valid; the block's fastest path (no lengths).
+            out, h_n = self._run_rnn(h, None)
+            mask = torch.ones(x.shape[0], seq_len, dtype=torch.bool, device=x.device)
+            nonempty = mask[:, 0]
+        else:
+            if lengths is None:
+                # Padding ids anywhere: valid steps first, in order; rows with no valid step get length 1.
+                h, steps = compact_valid_steps(h, valid)
+            else:
+                steps = lengths.clamp(min=1)                                           # already right padding
+            nonempty = valid.any(1)                                                    # (B,)
+            out, h_n = self._run_rnn(h, steps)                                         # (B, T, D[, 2, H])
+            mask = lengths_to_mask(steps, seq_len)
         if self.pooling == "last":
             pooled = merge_directions(h_n[-2], h_n[-1], self.last_merge_mode)
         else:
             if self.last_merge_mode is None:
                 out = out.flatten(2)
-            mask = lengths_to_mask(steps, seq_len)
             if self.pooling == "mean":
                 pooled = masked_mean(out, mask)
             elif self.pooling == "max":
@@ -208,7 +217,7 @@ class SequenceClassifier(nn.Module):
         pooled = pooled.masked_fill(~nonempty.unsqueeze(1), 0.0)
         return self.head(self.head_dropout(pooled))
 
-    def _run_rnn(self, h: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+    def _run_rnn(self, h: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Run the block; returns ``(output, h_n)`` whatever the cell (the LSTM's state is ``(h_n, c_n)``)."""
         out, state = self.rnn(h, lengths)
         if isinstance(state, Tensor):
