@@ -192,3 +192,12 @@ def test_compile_and_export(tmp_path):
     torch.testing.assert_close(torch.compile(module)(x), expected, rtol=0, atol=1e-6)
     exported = torch.export.export(module, (x,))
     torch.testing.assert_close(exported.module()(x), expected, rtol=0, atol=1e-6)
+
+
+def test_without_biases(tmp_path):
+    rng = np.random.default_rng(6)
+    model = keras.Sequential([*_head("masking"),
+                              layers.Bidirectional(layers.GRU(4, use_bias=False, return_sequences=True)),
+                              layers.SimpleRNN(3, use_bias=False, activation="relu", return_sequences=True),
+                              layers.LSTM(3, use_bias=False), layers.Dense(2, use_bias=False)])
+    _assert_parity(model, tmp_path, _inputs("features", rng), formats=("keras", "h5"))
