@@ -201,3 +201,14 @@ def test_without_biases(tmp_path):
                               layers.SimpleRNN(3, use_bias=False, activation="relu", return_sequences=True),
                               layers.LSTM(3, use_bias=False), layers.Dense(2, use_bias=False)])
     _assert_parity(model, tmp_path, _inputs("features", rng), formats=("keras", "h5"))
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_functional_masked_last_step(tmp_path, cell):
+    """Functional graphs pass the mask explicitly; a masked layer returning its last step ends the mask."""
+    rng = np.random.default_rng(7)
+    inputs = keras.Input((None,), dtype="int32")
+    hidden = layers.Embedding(V, 5, mask_zero=True)(inputs)
+    hidden = layers.Bidirectional(CELLS[cell](4), merge_mode="ave")(CELLS[cell](4, return_sequences=True)(hidden))
+    model = keras.Model(inputs, layers.Dense(2, activation="tanh")(hidden))
+    _assert_parity(model, tmp_path, _inputs("ids", rng))

@@ -63,6 +63,13 @@ def _activation(value: Any, layer: str, what: str) -> str:
     return value
 
 
+def _positive(config: Dict[str, Any], key: str, layer: str) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(layer, f"{key}={value!r} is not a positive int")
+    return value
+
+
 def _check_dtype(config: Dict[str, Any], layer: str) -> None:
     dtype = config.get("dtype")
     if isinstance(dtype, dict):
@@ -92,9 +99,7 @@ def _recurrent(class_name: str, config: Dict[str, Any], layer: str, wrapped: boo
     if class_name == "GRU" and not config.get("reset_after", True):
         raise _fail(layer, "GRU with reset_after=False has no PyTorch equivalent (PyTorch applies the reset gate "
                            "after the recurrent matmul, i.e. reset_after=True)")
-    units = config.get("units")
-    if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-        raise _fail(layer, f"units={units!r} is not a positive int")
+    units = _positive(config, "units", layer)
     _check_dtype(config, layer)
     return {"cell": class_name, "units": units, "activation": activation, "use_bias": bool(config.get("use_bias", True)),
             "return_sequences": bool(config.get("return_sequences", False)),
@@ -214,6 +219,7 @@ def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
             if not sequential:
                 used[to_snake_case(class_name)] = used.get(to_snake_case(class_name), -1) + 1
             continue
+        mask_in = masked
         snake = to_snake_case(class_name)
         used[snake] = used.get(snake, -1) + 1
         path = snake if used[snake] == 0 else f"{snake}_{used[snake]}"
@@ -229,7 +235,7 @@ def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
                 raise _fail(name, "quantized, sparse or LoRA embeddings are not supported")
             _check_dtype(config, name)
             spec = LayerSpec("embedding", class_name, name, path, 0, {
-                "input_dim": int(config["input_dim"]), "output_dim": int(config["output_dim"]),
+                "input_dim": _positive(config, "input_dim", name), "output_dim": _positive(config, "output_dim", name),
                 "mask_zero": bool(config.get("mask_zero", False))})
             masked, rank, features = spec.options["mask_zero"], 3, spec.options["output_dim"]
             input_kind = "ids"
@@ -264,7 +270,7 @@ def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
                 raise _fail(name, f"activation={activation!r} is not supported (supported: {list(DENSE_ACTIVATIONS)})")
             _check_dtype(config, name)
             spec = LayerSpec("dense", class_name, name, path, features, {
-                "units": int(config["units"]), "activation": activation, "use_bias": bool(config.get("use_bias", True))})
+                "units": _positive(config, "units", name), "activation": activation, "use_bias": bool(config.get("use_bias", True))})
             features = spec.options["units"]
         elif class_name in POOLING:
             if config.get("data_format", "channels_last") != "channels_last" or config.get("keepdims", False):
@@ -273,12 +279,10 @@ def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
         else:
             spec = LayerSpec("identity", class_name, name, path, features or 0)
         if class_name in POOLING:
-            masked_before, masked, rank = masked, False, 2
-        else:
-            masked_before = masked if spec.kind != "masking" else False
+            masked, rank = False, 2
         called_with_mask = entry.get("_called_with_mask")
         consumes = spec.kind == "recurrent" or spec.options.get("mode") == "avg"
-        if called_with_mask is not None and consumes and called_with_mask != masked_before:
+        if called_with_mask is not None and consumes and called_with_mask != mask_in:
             raise _fail(name, f"the saved graph {'passes' if called_with_mask else 'does not pass'} a mask here, "
                               "which this importer's Keras mask rules do not reproduce; refused")
         specs.append(spec)
