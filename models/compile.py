@@ -70,7 +70,10 @@ def export_program(model: nn.Module, max_len: int = DEFAULT_MAX_LEN) -> torch.ex
 class ExportedModel(nn.Module):
     """An exported classifier run in process: right-pads inputs to ``max_len`` and calls the exported graph.
 
-    ``forward(x, lengths=None)`` takes the classifier's inputs with any batch and ``T <= max_len``.
+    ``forward(x, lengths=None)`` takes the classifier's inputs with any batch and ``T <= max_len``. For token
+    models the graph reads padding from the ids alone: ``lengths`` turns the steps beyond each length into
+    ``padding_idx`` first (the classifier's own ``lengths`` also treats ``padding_idx`` ids inside the lengths as
+    steps; rows without such ids give the same logits either way).
     """
 
     def __init__(self, program: torch.export.ExportedProgram, max_len: int, token_input: bool, padding_idx: int):
