@@ -2,6 +2,7 @@
 
 Hydra composes ``conf/``; ``models.trainer.train`` does the rest (read it top to bottom). Sweeps:
 ``python train.py -m model.merge_mode=concat,sum,mul,ave`` then the report lands in the sweep folder.
+Data-parallel: ``torchrun --standalone --nproc_per_node=N train.py ...`` (see ``models/distributed.py``).
 """
 
 import os
@@ -16,6 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from models import distributed
 from models.config import ConfigError
 from models.trainer import train
 
@@ -35,4 +37,10 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    if distributed.launched_by_torchrun():
+        # Every rank runs Hydra; this callback makes them all resolve one run folder (rank 0's clock).
+        sys.argv.append(distributed.HYDRA_CALLBACK_OVERRIDE)
+    try:
+        main()
+    finally:
+        distributed.shutdown()

@@ -4,6 +4,10 @@
 Config -> checks -> data -> ``models.create_model`` -> loop -> best checkpoint on the test split. Writes to
 ``run_dir``: ``metrics.jsonl`` (one line per epoch), ``results.json``, ``checkpoints/last.pt`` and ``best.pt``
 (atomic, resumable with ``trainer.resume=<run dir>``), TensorBoard events when installed.
+
+Under ``torchrun`` the same loop runs as one rank of a DistributedDataParallel job: ``ddp.*`` calls shard each
+global batch, sum metrics over ranks and let rank 0 alone write (``models/distributed.py``); in one process
+they do nothing.
 """
 
 import json
@@ -21,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from . import distributed as ddp
 from .checkpoint import (
     FORMAT,
     capture_rng_state,
@@ -29,7 +34,6 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .compile import compile_model
 from .config import check_config
 from .data import build_data
 from .registry import create_model
@@ -53,6 +57,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     data_cfg = check_config(cfg)                       # every key and value, before any data is touched
+    dist = ddp.init()                                  # this process's rank and the world size (1 without torchrun)
     trainer, optim = cfg.trainer, cfg.optim
     config = OmegaConf.to_container(cfg, resolve=True)
     if trainer.num_threads:
@@ -66,12 +71,16 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     model_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
     model = create_model(cfg.model.name, vocab_size=data.vocab_size, num_classes=data.num_classes, **model_kwargs)
     model.to(device)
-    forward = compile_model(model, trainer.compile)    # shares the model's parameters
+    ddp.seed_rank_streams(cfg.seed)                    # ranks > 0: own dropout masks, same initial weights
+    # Both share the model's parameters; under DDP ``forward`` also averages gradients over ranks.
+    forward, eval_forward = ddp.prepare_model(model, trainer.compile, device)
     num_parameters = sum(p.numel() for p in model.parameters())
     log.info("model %s (%s params) on %s, data %s: %s", cfg.model.name, f"{num_parameters:,}", device, data.name,
              {s: len(d) for s, d in data.splits.items()})
 
-    batches_per_epoch = len(data.loader("train", data_cfg["batch_size"], shuffle=True, seed=cfg.seed))
+    train_order = data.loader("train", data_cfg["batch_size"], shuffle=True, seed=cfg.seed)
+    ddp.check_batch_sizes(train_order.all_batches)     # every rank needs a row of every global batch
+    batches_per_epoch = len(train_order)
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, optim, trainer.max_epochs * batches_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -89,18 +98,21 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         progress.update(state["progress"])
-        if trainer.restore_rng:
-            restore_rng_state(state["rng"])
+        rng = ddp.rng_state_for_rank(state)
+        if trainer.restore_rng and rng is not None:
+            restore_rng_state(rng)
         log.info("resumed from %s at epoch %d, step %d", path, progress["epoch"], progress["step"])
 
     def checkpoint(name: str) -> None:
-        save_checkpoint({"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "rng": capture_rng_state(), "progress": dict(progress), "config": config},
-                        checkpoints / name)
+        rng = ddp.gather_objects(capture_rng_state())  # every rank's (all ranks call checkpoint at the same step)
+        if dist.is_main:
+            save_checkpoint({"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                             "rng": rng[0], "progress": dict(progress), "config": config,
+                             **({"rng_ranks": rng} if dist.enabled else {})}, checkpoints / name)
 
     writer = None
-    if trainer.tensorboard:
+    if trainer.tensorboard and dist.is_main:
         try:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -109,7 +121,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     # -- the loop ----------------------------------------------------------------------------------------------
     metrics_file = run_dir / "metrics.jsonl"
-    show_progress = trainer.progress and sys.stderr.isatty()
+    show_progress = trainer.progress and sys.stderr.isatty() and dist.is_main
     stop_reason = "max_epochs"
     for epoch in range(progress["epoch"], trainer.max_epochs):
         model.train()
@@ -120,13 +132,18 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                    leave=False, dynamic_ncols=True)
         tick = time.perf_counter()
         for batch in bar:
+            batch, weight = ddp.shard(batch)           # this rank's rows of the global batch (all of it in one process)
             inputs, lengths, labels = to_device(batch, device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = forward(inputs, lengths)
             loss = F.cross_entropy(logits.float(), labels)
             progress["step"] += 1
             progress["batch_in_epoch"] += 1
-            if not torch.isfinite(loss):
+            # Sums over the global batch (one all-reduce under DDP); every rank skips a non-finite step together.
+            loss_sum, correct, count, tokens, finite = ddp.sum_over_ranks(
+                loss.item() * labels.numel(), int((logits.argmax(-1) == labels).sum()), labels.numel(),
+                int(lengths.sum()), int(torch.isfinite(loss)))
+            if finite < dist.world_size:
                 # Skip the update, count it; several in a row mean the run has diverged.
                 progress["nonfinite_steps"] += 1
                 progress["nonfinite_in_a_row"] += 1
@@ -139,7 +156,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                 continue
             progress["nonfinite_in_a_row"] = 0
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * weight).backward()     # weight: mean over this rank's rows -> share of the global mean
             if optim.grad_clip and optim.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
@@ -150,15 +167,15 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             now = time.perf_counter()
             progress["epoch_seconds"] += now - tick
             tick = now
-            progress["epoch_loss_sum"] += loss.item() * labels.numel()
-            progress["epoch_correct"] += int((logits.argmax(-1) == labels).sum())
-            progress["epoch_count"] += labels.numel()
-            progress["epoch_tokens"] += int(lengths.sum())
+            progress["epoch_loss_sum"] += loss_sum
+            progress["epoch_correct"] += correct
+            progress["epoch_count"] += count
+            progress["epoch_tokens"] += tokens
             bar.set_postfix(loss=f"{progress['epoch_loss_sum'] / progress['epoch_count']:.4f}",
                             acc=f"{progress['epoch_correct'] / progress['epoch_count']:.3f}",
                             tok_s=f"{progress['epoch_tokens'] / max(progress['epoch_seconds'], 1e-9):,.0f}")
             if writer is not None and progress["step"] % trainer.log_every_steps == 0:
-                writer.add_scalar("train/loss", loss.item(), progress["step"])
+                writer.add_scalar("train/loss", loss_sum / count, progress["step"])
             if trainer.checkpoint_every_steps and progress["step"] % trainer.checkpoint_every_steps == 0:
                 checkpoint("last.pt")
             if trainer.kill_at_step is not None and progress["step"] == trainer.kill_at_step:
@@ -166,8 +183,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             tick = time.perf_counter()
         bar.close()
 
-        val = evaluate(forward, data.loader("val", data_cfg["eval_batch_size"], shuffle=False, seed=cfg.seed),
-                       device, amp_dtype)
+        val = ddp.evaluate(evaluate, eval_forward,
+                           data.loader("val", data_cfg["eval_batch_size"], shuffle=False, seed=cfg.seed), device,
+                           amp_dtype)
         seconds = progress["epoch_seconds"]
         record = {"epoch": epoch + 1, "step": progress["step"],
                   "train_loss": progress["epoch_loss_sum"] / max(progress["epoch_count"], 1),
@@ -175,8 +193,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                   "val_loss": val["loss"], "val_acc": val["accuracy"],
                   "tokens_per_s": progress["epoch_tokens"] / max(seconds, 1e-9),
                   "lr": scheduler.get_last_lr()[0], "seconds": seconds}
-        with metrics_file.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        if dist.is_main:
+            with metrics_file.open("a") as file:
+                file.write(json.dumps(record) + "\n")
         if writer is not None:
             for key in ("train_loss", "train_acc", "val_loss", "val_acc", "tokens_per_s", "lr"):
                 writer.add_scalar(f"epoch/{key}", record[key], epoch + 1)
@@ -203,11 +222,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     log.info("training stopped (%s)", stop_reason)
 
     # -- test the best checkpoint ------------------------------------------------------------------------------
+    ddp.barrier()                                      # rank 0 has written best.pt
     model.load_state_dict(load_checkpoint(checkpoints / "best.pt", map_location=device)["model"])
     model.eval()
     test_loader = data.loader("test", data_cfg["eval_batch_size"], shuffle=False, seed=cfg.seed)
-    test = evaluate(forward, test_loader, device, amp_dtype)
-    timing = evaluate(forward, test_loader, device, amp_dtype, max_batches=trainer.infer_batches)  # warm now
+    test = ddp.evaluate(evaluate, eval_forward, test_loader, device, amp_dtype)
+    timing = evaluate(eval_forward, test_loader, device, amp_dtype, max_batches=trainer.infer_batches)  # warm now
     results = {
         "model": cfg.model.name, "cell": model.cell, "merge_mode": OmegaConf.to_container(cfg.model)["merge_mode"],
         "pooling": cfg.model.pooling, "data": data.name, "seed": cfg.seed, "num_parameters": num_parameters,
@@ -218,9 +238,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "infer_tokens_per_s": timing["tokens_per_s"], "wall_time_s": time.time() - started,
         "compile": trainer.compile, "precision": str(trainer.precision), "device": str(device),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-        "stop_reason": stop_reason, "run_dir": str(run_dir),
+        "stop_reason": stop_reason, "run_dir": str(run_dir), "world_size": dist.world_size,
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if dist.is_main:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    ddp.barrier()                                      # results.json exists for every rank (and a sweep's report)
     if writer is not None:
         writer.close()
     log.info("test accuracy %.4f (best val %.4f) in %.1fs; results in %s", test["accuracy"],
