@@ -17,7 +17,8 @@ Limit of ``pt2`` (torch 2.13): ``torch.export`` specialises the time dimension o
 program has a static ``T = max_len`` and a dynamic batch. Pad every batch to ``max_len`` (right padding with
 ``padding_idx``, or with ``lengths`` for features): the classifier only reads valid steps, so the logits are
 those of the unpadded batch. The TorchScript archive has no such limit and runs the same fused kernels.
-The ONNX export goes through the ``pt2`` program (``torch.onnx.export(..., dynamo=True)``, needs
+Export time grows with ``max_len`` (the fused ops are traced step by step under fake tensors: about 20 s
+for a 2-layer ``bilstm`` at ``max_len=64`` on a busy CPU). The ONNX export goes through the ``pt2`` program (``torch.onnx.export(..., dynamo=True)``, needs
 ``onnxscript``), so it has the same static ``T``.
 """
 
