@@ -88,19 +88,23 @@ def is_main() -> bool:
     return context().is_main
 
 
-def init() -> Context:
+def init(device_type: Optional[str] = None) -> Context:
     """Join the process group ``torchrun`` describes (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, ``MASTER_ADDR``/
-    ``MASTER_PORT``); idempotent, and a no-op without ``torchrun``. Backend: ``gloo`` on a CPU-only machine,
-    ``cpu:gloo,cuda:nccl`` when CUDA is available (rank ``r`` uses GPU ``LOCAL_RANK``)."""
+    ``MASTER_PORT``); idempotent, and a no-op without ``torchrun``. ``device_type`` is where training runs
+    (None: ``cuda`` when available): ``cpu`` -> backend ``gloo``; ``cuda`` -> ``cpu:gloo,cuda:nccl`` (NCCL for
+    CUDA tensors, gloo for CPU ones) and rank ``r`` uses GPU ``LOCAL_RANK``."""
     if dist.is_available() and dist.is_initialized():
         return context()
     if not launched_by_torchrun():
         return Context()
     local_rank = _env_int("LOCAL_RANK", 0)
-    if torch.cuda.is_available():
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices: start "
-                               f"at most that many processes per node (torchrun --nproc_per_node)")
+                               f"at most that many processes per node (torchrun --nproc_per_node), or train on "
+                               f"trainer.device=cpu")
         torch.cuda.set_device(local_rank)
         backend = "cpu:gloo,cuda:nccl"
     else:
@@ -161,7 +165,7 @@ def prepare_model(model: nn.Module, mode: str, device: torch.device) -> Tuple[Ca
     if not context().enabled:
         forward = compile_model(model, mode)
         return forward, forward
-    options: Dict[str, Any] = {"broadcast_buffers": False}   # the zoo's models hold no running buffers
+    options: Dict[str, Any] = {}
     if device.type == "cuda":
         options["device_ids"] = [device.index if device.index is not None else torch.cuda.current_device()]
     if mode == "script":
@@ -267,9 +271,9 @@ HYDRA_CALLBACK_OVERRIDE = "+hydra.callbacks.shared_run_dir._target_=models.distr
 """What ``train.py`` appends to its command line under ``torchrun``."""
 
 
-def agreed_time() -> datetime:
+def agreed_time(device_type: Optional[str] = None) -> datetime:
     """Rank 0's ``datetime.now()``, broadcast to every rank (a CPU tensor, so gloo carries it on any backend)."""
-    ctx = init()
+    ctx = init(device_type)
     stamp = torch.tensor([datetime.now().timestamp() if ctx.is_main else 0.0], dtype=torch.float64)
     if ctx.enabled:
         dist.broadcast(stamp, src=0)
@@ -286,7 +290,8 @@ class SharedRunDir(Callback):  # type: ignore[misc]
     and log to ``<job name>.rank<r>.log`` (warnings only on the console)."""
 
     def _agree(self, config: DictConfig, key: str) -> None:
-        agreed = agreed_time()
+        device = OmegaConf.select(config, "trainer.device", default="auto")
+        agreed = agreed_time("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
         OmegaConf.register_new_resolver("now", lambda pattern: agreed.strftime(pattern), use_cache=True,
                                         replace=True)
         cache = OmegaConf.get_cache(config)

@@ -57,13 +57,13 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     data_cfg = check_config(cfg)                       # every key and value, before any data is touched
-    dist = ddp.init()                                  # this process's rank and the world size (1 without torchrun)
     trainer, optim = cfg.trainer, cfg.optim
     config = OmegaConf.to_container(cfg, resolve=True)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
     seed_everything(cfg.seed)
     device = resolve_device(trainer.device)
+    dist = ddp.init(device.type)                       # this process's rank and the world size (1 without torchrun)
     amp_dtype = autocast_dtype(str(trainer.precision), device)
 
     # -- data and model --------------------------------------------------------------------------
