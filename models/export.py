@@ -23,7 +23,7 @@ for a 2-layer ``bilstm`` at ``max_len=64`` on a busy CPU). The ONNX export goes 
 """
 
 import os
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -67,7 +67,7 @@ def _export_onnx(model: nn.Module, path: str, max_len: int) -> None:
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise ImportError("format='onnx' needs the onnx and onnxscript packages (pip install onnx onnxscript)") from error
-    program = _without_stable_sort(export_program(model, max_len))
+    program = export_program(model, max_len)
     names = ["tokens"] if len(program.example_inputs[0]) == 1 else ["features", "lengths"]
     was_training = model.training
     model.eval()
@@ -76,37 +76,6 @@ def _export_onnx(model: nn.Module, path: str, max_len: int) -> None:
         onnx_program.save(path)
     finally:
         model.train(was_training)
-
-
-def _stable_sort_by_unique_key(
-    values: torch.Tensor, *, stable: Optional[bool] = None, dim: int = -1, descending: bool = False
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``aten.sort.stable`` for integer/bool values as a plain sort of unique int64 keys ``value * T + position``.
-
-    The ONNX exporter has no translation for ``aten.sort.stable`` (used by ``compact_valid_steps``); with
-    unique keys any sort is stable. Floating values are left to the exporter (they raise there as before).
-    """
-    size = values.shape[dim]
-    position = torch.arange(size, device=values.device)
-    shape = [1] * values.dim()
-    shape[dim] = size
-    keys = values.to(torch.int64) * size
-    keys = keys - position.view(shape) if descending else keys + position.view(shape)
-    indices = torch.argsort(keys, dim=dim, descending=descending)
-    return values.gather(dim, indices), indices
-
-
-def _without_stable_sort(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    """Rewrite integer ``aten.sort.stable`` nodes of ``program`` into ops the ONNX exporter translates."""
-    has_float_sort = any(
-        node.op == "call_function" and node.target is torch.ops.aten.sort.stable
-        and node.args[0].meta["val"].is_floating_point()
-        for node in program.graph.nodes
-    )
-    if has_float_sort:
-        return program
-    # Only this op: the ONNX exporter runs its own decompositions on the rest afterwards.
-    return program.run_decompositions({torch.ops.aten.sort.stable: _stable_sort_by_unique_key})
 
 
 def load_exported(path: PathLike) -> Any:

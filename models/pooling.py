@@ -24,8 +24,10 @@ def compact_valid_steps(x: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
     length is in ``[1, T]``; callers that care must check for empty rows themselves.
     """
     seq_len = mask.shape[1]
-    # Stable sort of "is padding" puts valid steps first without reordering them.
-    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True)[1]                  # (B, T)
+    # Sort the unique keys "is padding" * T + position: valid steps first, each group in its own order. A plain
+    # argsort of unique keys is stable by construction and, unlike sort(stable=True), exports to ONNX.
+    positions = torch.arange(seq_len, device=mask.device)
+    order = torch.argsort((~mask).long() * seq_len + positions.unsqueeze(0), dim=1)    # (B, T)
     lengths = mask.sum(1).clamp(min=1)
     keep = lengths_to_mask(lengths, seq_len)
     for _ in range(x.dim() - 2):
