@@ -142,11 +142,16 @@ def notebook_output_problems(notebook: Mapping[str, Any]) -> List[str]:
 
 
 def clear_outputs(notebook: Dict[str, Any]) -> Dict[str, Any]:
-    """Remove every code cell's outputs and execution count in place (what git keeps); returns ``notebook``."""
+    """Remove every code cell's outputs, execution count and execution timing metadata in place (what git keeps).
+
+    Returns ``notebook``. Clear files with
+    ``nbformat.write(clear_outputs(nbformat.read(path, as_version=4)), path)``.
+    """
     for cell in notebook.get("cells", []):
         if cell.get("cell_type") == "code":
             cell["outputs"] = []
             cell["execution_count"] = None
+            cell.get("metadata", {}).pop("execution", None)
     return notebook
 
 

@@ -165,10 +165,26 @@ def test_plot_merge_mode_runs() -> None:
 def test_notebook_output_problems_and_clear_outputs() -> None:
     notebook = {"cells": [
         {"cell_type": "markdown", "source": "# hi"},
-        {"cell_type": "code", "source": "1", "outputs": [{"output_type": "execute_result"}], "execution_count": 3},
+        {"cell_type": "code", "source": "1", "outputs": [{"output_type": "execute_result"}], "execution_count": 3,
+         "metadata": {"execution": {"iopub.status.busy": "2025-01-01T00:00:00Z"}, "tags": ["keep"]}},
         {"cell_type": "code", "source": "2", "outputs": [], "execution_count": None},
     ]}
     assert notebook_output_problems(notebook) == ["cell 1 has 1 output(s)", "cell 1 has execution_count 3"]
     assert clear_outputs(notebook) is notebook
     assert notebook_output_problems(notebook) == []
     assert notebook["cells"][1]["outputs"] == [] and notebook["cells"][1]["execution_count"] is None
+    assert notebook["cells"][1]["metadata"] == {"tags": ["keep"]}
+
+
+def test_clear_outputs_round_trips_an_executed_notebook(tmp_path: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
+    notebook.cells[0].outputs = [nbformat.v4.new_output("stream", text="1\n")]
+    notebook.cells[0].execution_count = 1
+    path = tmp_path / "x.ipynb"
+    nbformat.write(notebook, path)
+    assert notebook_output_problems(nbformat.read(path, as_version=4)) != []
+    nbformat.write(clear_outputs(nbformat.read(path, as_version=4)), path)
+    cleaned = nbformat.read(path, as_version=4)
+    nbformat.validate(cleaned)
+    assert notebook_output_problems(cleaned) == [] and cleaned.cells[0].source == "print(1)"
