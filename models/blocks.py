@@ -31,8 +31,7 @@ _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 _SATURATE = 1.0e4
 
 
-@torch.compiler.disable
-def _fused_call(
+def _fused_kernels(
     mode: str,
     x: Tensor,
     h0: Tensor,
@@ -44,11 +43,7 @@ def _fused_call(
     train: bool,
     bidirectional: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """One fused RNN call on time-major ``x (T, B, F)``; returns ``(output, h_n, c_n)`` (``c_n = h_n`` unless LSTM).
-
-    ``torch.compile`` leaves this call to eager PyTorch (one graph break) so the fused oneDNN/cuDNN kernel
-    and its autograd run as they are; dynamo would otherwise unroll the recurrence per time step.
-    """
+    """One fused RNN call on time-major ``x (T, B, F)``; returns ``(output, h_n, c_n)`` (``c_n = h_n`` unless LSTM)."""
     if mode == "LSTM":
         out, h, c = _VF.lstm(x, [h0, c0], weights, has_biases, num_layers, dropout, train, bidirectional, False)
         return out, h, c
@@ -59,6 +54,12 @@ def _fused_call(
     else:
         out, h = _VF.rnn_relu(x, h0, weights, has_biases, num_layers, dropout, train, bidirectional, False)
     return out, h, h
+
+
+# torch.compile leaves the fused call to eager PyTorch (one graph break) so the fused oneDNN/cuDNN kernel and its
+# autograd run as they are; dynamo would otherwise unroll the recurrence per time step. TorchScript cannot see
+# through this wrapper and calls _fused_kernels directly.
+_fused_call = torch.compiler.disable(_fused_kernels)
 
 
 class _BiRNNBase(nn.Module):
@@ -194,41 +195,34 @@ class _BiRNNBase(nn.Module):
         bidirectional: bool,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         if torch.jit.is_scripting():
-            # TorchScript cannot see through the compiler.disable wrapper; call the same kernels directly.
-            if self.mode == "LSTM":
-                out, h, c = _VF.lstm(x, [h0, c0], weights, self.bias, num_layers, dropout, self.training,
-                                     bidirectional, False)
-                return out, h, c
-            if self.mode == "GRU":
-                out, h = _VF.gru(x, h0, weights, self.bias, num_layers, dropout, self.training, bidirectional,
-                                 False)
-            elif self.mode == "RNN_TANH":
-                out, h = _VF.rnn_tanh(x, h0, weights, self.bias, num_layers, dropout, self.training,
-                                      bidirectional, False)
-            else:
-                out, h = _VF.rnn_relu(x, h0, weights, self.bias, num_layers, dropout, self.training,
-                                      bidirectional, False)
-            return out, h, h
+            return _fused_kernels(self.mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training,
+                                  bidirectional)
         return _fused_call(self.mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training,
                            bidirectional)
 
-    def _between_layers(self, out: Tensor, layer: int) -> Tensor:
-        if self.dropout > 0.0 and layer < self.num_layers - 1:
+    def _between_layers(self, out: Tensor, is_last: bool) -> Tensor:
+        if self.dropout > 0.0 and not is_last:
             out = torch.nn.functional.dropout(out, self.dropout, self.training)
         return out
 
+    # The per-layer work lives in its own method: torch.compile cannot compile a loop body that contains a graph
+    # break, but it compiles each call of a method (merges, gathers and masks) around the fused calls in it.
     def _run_layers(self, x: Tensor, h0: Tensor, c0: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """One fused bidirectional call per layer, then that layer's merge."""
         hs: List[Tensor] = []
         cs: List[Tensor] = []
         for layer in range(self.num_layers):
             first = 2 * layer
-            out, h, c = self._fused(x, h0[first:first + 2], c0[first:first + 2], self._layer_weights(layer, 2), 1,
-                                    0.0, True)
+            x, h, c = self._layer(x, h0[first:first + 2], c0[first:first + 2], self._layer_weights(layer, 2),
+                                  self.merge_modes[layer], layer == self.num_layers - 1)
             hs.append(h)
             cs.append(c)
-            x = self._between_layers(merge_stacked(out, self.merge_modes[layer], self.hidden_size), layer)
         return x, torch.cat(hs, 0), torch.cat(cs, 0)
+
+    def _layer(self, x: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor], mode: Optional[str],
+               is_last: bool) -> Tuple[Tensor, Tensor, Tensor]:
+        out, h, c = self._fused(x, h0, c0, weights, 1, 0.0, True)
+        return self._between_layers(merge_stacked(out, mode, self.hidden_size), is_last), h, c
 
     def _run_layers_with_lengths(
         self, x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor
@@ -237,49 +231,44 @@ class _BiRNNBase(nn.Module):
         seq_len, batch = x.shape[0], x.shape[1]
         steps = torch.arange(seq_len, device=x.device).unsqueeze(1)           # (T, 1)
         valid = steps < lengths.unsqueeze(0)                                   # (T, B)
-        pad = ~valid
+        pad = (~valid).unsqueeze(-1)                                           # (T, B, 1)
         # Reverse each sequence within its own length; padded steps stay where they are. The map is
         # its own inverse, so the same index reverses the backward output back.
-        reverse_index = torch.where(valid, lengths.unsqueeze(0) - 1 - steps, steps)  # (T, B)
+        reverse_index = torch.where(valid, lengths.unsqueeze(0) - 1 - steps, steps).unsqueeze(-1)  # (T, B, 1)
         last_index = (lengths - 1).view(1, batch, 1).expand(1, batch, self.hidden_size)
-        pad_3d = pad.unsqueeze(-1)
         # Padded inputs may hold anything (NaN included): zero them so no gradient can pick them up.
-        x = x.masked_fill(pad_3d, 0.0)
-        is_lstm = self.mode == "LSTM"
-        if is_lstm:
-            pad_flag = pad_3d.to(x.dtype)
-        else:
-            pad_flag = x.new_zeros(0)
-
+        x = x.masked_fill(pad, 0.0)
         hs: List[Tensor] = []
         cs: List[Tensor] = []
         for layer in range(self.num_layers):
-            if is_lstm:
-                x_in = torch.cat([x, pad_flag], -1)
-            else:
-                x_in = x
-            x_rev = x_in.gather(0, reverse_index.unsqueeze(-1).expand(seq_len, batch, x_in.shape[-1]))
-            outs: List[Tensor] = []
-            for direction in range(2):
-                weights = self._layer_weights(layer, direction)
-                if is_lstm:
-                    weights = [self._saturating_input_weight(weights[0])] + weights[1:]
-                state = 2 * layer + direction
-                h_init = h0[state:state + 1]
-                c_init = c0[state:state + 1]
-                out, _, c = self._fused(x_in if direction == 0 else x_rev, h_init, c_init, weights, 1, 0.0, False)
-                # h_n is the output at each sequence's last valid step; the kernel's own final h has
-                # run on through padding. The LSTM's c did not move at padded steps (see _SATURATE).
-                hs.append(out.gather(0, last_index))
-                cs.append(c)
-                if direction == 1:
-                    out = out.gather(0, reverse_index.unsqueeze(-1).expand(seq_len, batch, self.hidden_size))
-                outs.append(out.masked_fill(pad_3d, 0.0))
-            merged = merge_directions(outs[0], outs[1], self.merge_modes[layer])
-            x = self._between_layers(merged, layer)
+            first = 2 * layer
+            x, h, c = self._layer_with_lengths(
+                x, pad, reverse_index, last_index, h0[first:first + 2], c0[first:first + 2],
+                self._layer_weights(layer, 0), self._layer_weights(layer, 1), self.merge_modes[layer],
+                layer == self.num_layers - 1)
+            hs.append(h)
+            cs.append(c)
         h_n = torch.cat(hs, 0)
-        c_n = torch.cat(cs, 0) if is_lstm else h_n
-        return x, h_n, c_n
+        return x, h_n, torch.cat(cs, 0) if self.mode == "LSTM" else h_n
+
+    def _layer_with_lengths(
+        self, x: Tensor, pad: Tensor, reverse_index: Tensor, last_index: Tensor, h0: Tensor, c0: Tensor,
+        forward_weights: List[Tensor], backward_weights: List[Tensor], mode: Optional[str], is_last: bool,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """One layer on a right-padded ``x (T, B, F)``; returns the merged output and ``h, c`` each ``(2, B, H)``."""
+        if self.mode == "LSTM":
+            x = torch.cat([x, pad.to(x.dtype)], -1)
+            forward_weights = [self._saturating_input_weight(forward_weights[0])] + forward_weights[1:]
+            backward_weights = [self._saturating_input_weight(backward_weights[0])] + backward_weights[1:]
+        x_reversed = x.gather(0, reverse_index.expand(x.shape))
+        out_f, _, c_f = self._fused(x, h0[0:1], c0[0:1], forward_weights, 1, 0.0, False)
+        out_b, _, c_b = self._fused(x_reversed, h0[1:2], c0[1:2], backward_weights, 1, 0.0, False)
+        # h_n is the output at each sequence's last valid step: the kernel's own final h has run on through
+        # padding. The LSTM's c did not move at padded steps (see _SATURATE).
+        h = torch.cat([out_f.gather(0, last_index), out_b.gather(0, last_index)], 0)
+        out_b = out_b.gather(0, reverse_index.expand(out_b.shape))
+        merged = merge_directions(out_f.masked_fill(pad, 0.0), out_b.masked_fill(pad, 0.0), mode)
+        return self._between_layers(merged, is_last), h, torch.cat([c_f, c_b], 0)
 
     def _saturating_input_weight(self, weight_ih: Tensor) -> Tensor:
         """``(4H, F)`` -> ``(4H, F + 1)``: an extra input column (1 at padded steps) that pins i=0, f=1."""
