@@ -183,6 +183,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             tick = time.perf_counter()
         bar.close()
 
+        model.eval()                                    # dropout off for validation; model.train() next epoch
         val = ddp.evaluate(evaluate, eval_forward,
                            data.loader("val", data_cfg["eval_batch_size"], shuffle=False, seed=cfg.seed), device,
                            amp_dtype)

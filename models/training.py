@@ -68,7 +68,7 @@ def to_device(batch: Iterable[torch.Tensor], device: torch.device) -> Tuple[torc
     return tuple(t.to(device, non_blocking=True) for t in batch)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: a scripted model would cache inference tensors it later trains on
 def evaluate(forward: Callable[..., torch.Tensor], loader: Iterable, device: torch.device,
              amp_dtype: Any = None, max_batches: int = 0) -> Dict[str, float]:
     """Loss, accuracy and inference tokens/s of ``forward(tokens, lengths)`` over ``loader`` (all batches, or the

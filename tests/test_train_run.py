@@ -132,3 +132,36 @@ def test_a_damaged_checkpoint_gives_a_clear_error(tmp_path: Path, damage: str) -
     with pytest.raises(ValueError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         load_checkpoint(path)
     assert set(REQUIRED_KEYS) >= {"model", "optimizer", "rng"}
+
+
+@pytest.mark.parametrize("mode", ["script", "aot_eager"])
+def test_training_runs_under_each_compile_mode(tmp_path: Path, mode: str) -> None:
+    result = run_train(f"hydra.run.dir={tmp_path}", f"trainer.compile={mode}", "model.merge_mode=ave",
+                       "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "results.json").read_text())["compile"] == mode
+
+
+def test_validation_runs_in_eval_mode(tmp_path: Path) -> None:
+    """The logged val loss is the eval-mode (dropout off) loss of the epoch's final parameters."""
+    from hydra import compose, initialize_config_dir
+
+    from models import create_model
+    from models.data import build_data
+    from models.training import evaluate
+
+    overrides = [*TINY, "trainer.max_epochs=1", "model.head_dropout=0.9", "model.embed_dropout=0.5"]
+    result = run_train(f"hydra.run.dir={tmp_path}", *overrides[len(TINY):])
+    assert result.returncode == 0, result.stderr[-3000:]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    data = build_data(cfg.data, seed=cfg.seed)
+    values = {k: v for k, v in cfg.model.items() if k != "name"}
+    model = create_model(cfg.model.name, vocab_size=data.vocab_size, num_classes=data.num_classes, **values)
+    model.load_state_dict(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"])
+    model.eval()
+    val = evaluate(model, data.loader("val", cfg.data.eval_batch_size, shuffle=False, seed=cfg.seed),
+                   torch.device("cpu"))
+    logged = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert logged["val_loss"] == pytest.approx(val["loss"], rel=1e-5)
+    assert logged["val_acc"] == pytest.approx(val["accuracy"])
