@@ -75,14 +75,14 @@ def test_compile_model_arguments():
 def test_graph_breaks_are_the_fused_calls_only():
     """Pinned for ``bilstm``: dynamo's count of graph breaks, every one a ``compiler.disable``d fused RNN call.
 
-    Token input runs the lengths path (two single-direction fused calls per layer); the break sits in the
-    block's per-layer loop, so dynamo runs that loop eagerly and reports 6 breaks / 7 graphs on torch 2.13.
+    Token input runs the lengths path (two single-direction fused calls per layer, each layer its own method so
+    dynamo compiles the gathers, masks and merge around the calls): 8 breaks / 9 graphs on torch 2.13.
     Feature input without lengths and all-``concat`` layers is one fused call for the whole stack: 3 breaks
     (the one call, seen from each enclosing frame).
     """
     torch._dynamo.reset()
     explained = torch._dynamo.explain(tiny("bilstm", "concat"))(padded_batch())
-    assert (explained.graph_count, explained.graph_break_count) == (7, 6)
+    assert (explained.graph_count, explained.graph_break_count) == (9, 8)
     assert explained.break_reasons and all("compiler.disable" in b.reason for b in explained.break_reasons)
 
 
