@@ -71,9 +71,10 @@ class _BiRNNBase(nn.Module):
     merge_modes: List[Optional[str]]
     _flat_weights: List[Tensor]
 
+    MODE = "LSTM"  # the kernel family, set by each subclass
+
     def __init__(
         self,
-        mode: str,
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
@@ -90,7 +91,7 @@ class _BiRNNBase(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be a float in [0, 1], got {dropout!r}")
-        self.mode = mode
+        self.mode = self.MODE
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -99,7 +100,7 @@ class _BiRNNBase(nn.Module):
         self.dropout = float(dropout)
         self.merge_modes = resolve_merge_modes(merge_mode, num_layers)
         self.all_concat = all(m == "concat" for m in self.merge_modes)
-        self.gates = _GATES[mode]
+        self.gates = _GATES[self.mode]
         self.output_size = merged_size(self.merge_modes[-1], hidden_size)
 
         factory = {"device": device, "dtype": dtype}
@@ -294,20 +295,7 @@ class BiLSTM(_BiRNNBase):
     at each sequence's true end.
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        merge_mode: MergeMode = "concat",
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-    ) -> None:
-        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, merge_mode,
-                         device, dtype)
+    MODE = "LSTM"
 
     def forward(
         self, input: Tensor, lengths: Optional[Tensor] = None, hx: Optional[Tuple[Tensor, Tensor]] = None
@@ -326,20 +314,7 @@ class BiGRU(_BiRNNBase):
     forward returns ``output, h_n``.
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        merge_mode: MergeMode = "concat",
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-    ) -> None:
-        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, merge_mode,
-                         device, dtype)
+    MODE = "GRU"
 
     def forward(
         self, input: Tensor, lengths: Optional[Tensor] = None, hx: Optional[Tensor] = None
@@ -368,8 +343,8 @@ class BiRNN(_BiRNNBase):
     ) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size,
-                         num_layers, bias, batch_first, dropout, merge_mode, device, dtype)
+        self.MODE = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"  # read by the base constructor
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, merge_mode, device, dtype)
         self.nonlinearity = nonlinearity
 
     def forward(

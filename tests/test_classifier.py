@@ -10,13 +10,6 @@ from models.merge import MERGE_MODES, merge_directions
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared, busy CPU: one intra-op thread is ~50x faster than two (no contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 VOCAB = 23
 SMALL = {"embed_dim": 8, "hidden_size": 8, "num_classes": 3}
 

@@ -30,15 +30,6 @@ COVERING = [("bigru_attn", "sum"), ("birnn", "mul"), ("bilstm_attn", "ave")]
 EVERY = [(name, merge) for name in PRESETS for merge in MERGES]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared, busy CPU: one intra-op thread avoids contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def padded_batch(batch: int = 4, seq_len: int = 9, left: bool = False) -> torch.Tensor:
     ids = torch.randint(1, VOCAB, (batch, seq_len))
     lengths = [seq_len, 1, *torch.randint(2, seq_len + 1, (max(batch - 2, 0),)).tolist()][:batch]

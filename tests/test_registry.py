@@ -14,15 +14,6 @@ PRESETS = ["bilstm", "bigru", "birnn", "bilstm_attn", "bigru_attn", "bilstm_deep
 MERGES = ["concat", "sum", "mul", "ave"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared, busy CPU: one intra-op thread avoids contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def padded_batch(batch: int = 4, seq_len: int = 9) -> torch.Tensor:
     """Random ids, rows of lengths seq_len, 1, and others, right padded with 0."""
     ids = torch.randint(1, VOCAB, (batch, seq_len))
