@@ -53,6 +53,13 @@ def test_experiment_merge_modes_sweeps_modes_cells_and_seeds() -> None:
     assert cfg.hydra.mode.name == "MULTIRUN"
 
 
+@pytest.mark.parametrize("experiment", ["trec", "sst2"])
+def test_dataset_experiments_compose_and_pass_the_checks(experiment: str) -> None:
+    cfg = composed(f"experiment={experiment}")
+    assert check_config(cfg)["name"] == experiment
+    assert cfg.trainer.max_epochs == 10 and cfg.model.head_dropout == 0.3
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
