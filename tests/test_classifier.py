@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from token_batches import padded_tokens
 
 from models import SequenceClassifier
 from models.classifier import CELLS, POOLINGS
@@ -16,13 +17,8 @@ SMALL = {"embed_dim": 8, "hidden_size": 8, "num_classes": 3}
 
 def tokens(batch: int, seq_len: int, lengths, left: bool = False) -> torch.Tensor:
     """Random ids in [1, VOCAB) with each row padded (id 0) after (or before, ``left``) its length."""
-    ids = torch.randint(1, VOCAB, (batch, seq_len))
-    for row, length in enumerate(lengths):
-        if left:
-            ids[row, : seq_len - length] = 0
-        else:
-            ids[row, length:] = 0
-    return ids
+    assert len(lengths) == batch
+    return padded_tokens(seq_len, lengths, VOCAB, left)
 
 
 def left_to_right(ids: torch.Tensor) -> torch.Tensor:

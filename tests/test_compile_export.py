@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 import torch
+from token_batches import mixed_lengths, padded_tokens
 
 import models
 from models import compile_model, create_model, export, load_exported
@@ -31,14 +32,7 @@ EVERY = [(name, merge) for name in PRESETS for merge in MERGES]
 
 
 def padded_batch(batch: int = 4, seq_len: int = 9, left: bool = False) -> torch.Tensor:
-    ids = torch.randint(1, VOCAB, (batch, seq_len))
-    lengths = [seq_len, 1, *torch.randint(2, seq_len + 1, (max(batch - 2, 0),)).tolist()][:batch]
-    for row, length in enumerate(lengths):
-        if left:
-            ids[row, : seq_len - length] = 0
-        else:
-            ids[row, length:] = 0
-    return ids
+    return padded_tokens(seq_len, mixed_lengths(batch, seq_len), VOCAB, left)
 
 
 def tiny(name: str, merge_mode: str, seed: int = 0) -> torch.nn.Module:

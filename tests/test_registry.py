@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from token_batches import mixed_lengths, padded_tokens
 
 import models
 from models import SequenceClassifier, create_model, describe_models, list_models, register_model
@@ -16,11 +17,7 @@ MERGES = ["concat", "sum", "mul", "ave"]
 
 def padded_batch(batch: int = 4, seq_len: int = 9) -> torch.Tensor:
     """Random ids, rows of lengths seq_len, 1, and others, right padded with 0."""
-    ids = torch.randint(1, VOCAB, (batch, seq_len))
-    lengths = [seq_len, 1, *torch.randint(2, seq_len, (batch - 2,)).tolist()]
-    for row, length in enumerate(lengths):
-        ids[row, length:] = 0
-    return ids
+    return padded_tokens(seq_len, mixed_lengths(batch, seq_len), VOCAB)
 
 
 def test_list_models_shows_the_zoo_with_descriptions():
