@@ -98,8 +98,9 @@ def plot(summary: Sequence[Dict[str, Any]], path: Path) -> bool:
         axis.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
         axis.set_xticklabels([m if len({d for d, _ in labels}) == 1 else f"{d}\n{m}" for d, m in labels])
         axis.set_title(title)
-        axis.legend()
-    figure.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="lower center", ncol=max(len(cells), 1), frameon=False)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below the bars
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
