@@ -37,9 +37,9 @@ def autocast_dtype(precision: str, device: torch.device) -> Any:
 
 
 def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """AdamW / Adam / SGD from the ``optim`` config; no weight decay on biases, norms and embeddings' pads."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    """AdamW / Adam / SGD from the ``optim`` config; weight decay on matrices only (not on biases)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": optim["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
     if optim["name"] == "sgd":
         return torch.optim.SGD(groups, lr=optim["lr"], momentum=optim.get("momentum") or 0.0)
