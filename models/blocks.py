@@ -20,6 +20,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import _VF, Tensor, nn
 
+from . import cpu_kernel
 from .merge import MergeMode, merge_directions, merge_stacked, merged_size, resolve_merge_modes
 from .validation import check_hidden, check_input, check_lengths
 
@@ -180,7 +181,9 @@ class _BiRNNBase(nn.Module):
         else:
             check_hidden(c0, shape, "hx[1]", x)
 
-        if lengths is None and self.all_concat:
+        if not torch.jit.is_scripting() and self._kernel_applies(x):
+            out, h_n, c_n = self._run_kernel_layers(x, lengths, h0, c0)
+        elif lengths is None and self.all_concat:
             # The whole stack in one fused call: exactly nn.LSTM(bidirectional=True).
             out, h_n, c_n = self._fused(x, h0, c0, self._flat_weights, self.num_layers, self.dropout, True)
         elif lengths is None:
@@ -190,6 +193,31 @@ class _BiRNNBase(nn.Module):
         if self.batch_first:
             out = out.transpose(0, 1)
         return out, h_n, c_n
+
+    @torch.jit.unused
+    def _kernel_applies(self, x: Tensor) -> bool:
+        return cpu_kernel.applies(x, self.mode)
+
+    @torch.jit.unused
+    def _run_kernel_layers(
+        self, x: Tensor, lengths: Optional[Tensor], h0: Tensor, c0: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """CPU: one call of ``models/csrc``'s kernel per layer (both directions at once), then the merge."""
+        if lengths is not None:
+            # Padded inputs may hold anything (NaN included): zero them so no gradient can pick them up.
+            steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+            x = x.masked_fill((steps >= lengths.unsqueeze(0)).unsqueeze(-1), 0.0)
+        hs: List[Tensor] = []
+        cs: List[Tensor] = []
+        for layer in range(self.num_layers):
+            first = 2 * layer
+            out, h, c = cpu_kernel.fused_layer(self.mode, x, h0[first:first + 2], c0[first:first + 2], lengths,
+                                               self._layer_weights(layer, 2), self.bias)
+            x = self._between_layers(merge_stacked(out.flatten(2), self.merge_modes[layer], self.hidden_size),
+                                     layer == self.num_layers - 1)
+            hs.append(h)
+            cs.append(c)
+        return x, torch.cat(hs, 0), torch.cat(cs, 0)
 
     def _fused(
         self, x: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor], num_layers: int, dropout: float,

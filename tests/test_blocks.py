@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models import MERGE_MODES, BiGRU, BiLSTM, BiRNN
+from models import MERGE_MODES, BiGRU, BiLSTM, BiRNN, cpu_kernel
 
 BLOCKS = {"lstm": (BiLSTM, nn.LSTM), "gru": (BiGRU, nn.GRU), "rnn": (BiRNN, nn.RNN)}
 FORMULAS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -18,6 +18,15 @@ FORMULAS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "ave": lambda f, b: (f + b) / 2,
 }
 TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+@pytest.fixture(autouse=True, params=["cpu-kernel", "aten"])
+def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs on both CPU paths: the project's kernel and PyTorch's fused kernels (the fallback)."""
+    if request.param == "aten":
+        monkeypatch.setattr(cpu_kernel, "applies", lambda x, mode: False)
+    elif not cpu_kernel.available():
+        pytest.skip("CPU kernel not built (tests/test_cpu_kernel.py says why)")
 
 
 def states(cell: str, result: tuple) -> torch.Tensor:

@@ -1,0 +1,350 @@
+// The time loop of one bidirectional LSTM/GRU layer on CPU, both directions at once (one OpenMP thread each).
+//
+// Python (models/cpu_kernel.py) does every large matrix product: the input projections of all time steps
+// before the loop (gi), and the weight/input gradients after the backward loop. What is left here is the
+// sequential part: per step one small matrix product h @ W_hh^T (BLAS sgemm_/dgemm_ from the BLAS inside
+// libtorch_cpu) and the gate math fused into one pass per row, so a step costs one BLAS call instead of ~10
+// ATen operator dispatches. The two directions are independent, so each runs its whole loop on its own thread:
+// small per-step products are faster on one thread than split across two.
+//
+// Layouts (row-major, contiguous; T steps, B rows, H hidden, G = 4 LSTM | 3 GRU, d = direction):
+//   gi     (T, B, 2, G*H)  input projection incl. biases (LSTM: b_ih + b_hh; GRU: b_ih only)
+//   w_hh   (2, G*H, H)     b_hh (2, G*H) GRU only (its n part is gated by r)
+//   h0, c0 (2, B, H)       lengths (B,) int64 or null (right padding: step t of row b is valid iff t < len[b])
+//   out    (T, B, 2, H)    zero at padded steps;  h_n, c_n (2, B, H): state at each row's last valid step
+//   stash (training only): h_all, c_all (T, B, 2, H) state after each step (carried through padding),
+//   gates (T, B, 2, G*H) post-activation gates, ghn (T, B, 2, H) GRU's W_hn h + b_hn.
+// Gate order as torch.nn: LSTM i, f, g, o; GRU r, z, n; GRU h' = n + z * (h - n) as ATen computes it.
+// At padded steps a row's state is not updated, so the backward direction starts at each row's last valid
+// step and h_n/c_n are exact, with no packing.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+extern "C" {
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*, const int*,
+            const double*, const int*, const double*, double*, const int*);
+// MKL's packed GEMM: W_hh is packed once per call instead of once per time step (most of a small sgemm's time).
+size_t sgemm_pack_get_size_(const char*, const int*, const int*, const int*);
+void sgemm_pack_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+                 float*);
+void sgemm_compute_(const char*, const char*, const int*, const int*, const int*, const float*, const int*,
+                    const float*, const int*, const float*, float*, const int*);
+}
+
+namespace {
+
+// Row-major C (M x N) = op(A) @ op(B) (+ C if accumulate); lda/ldb/ldc are row strides. BLAS is column-major,
+// so this computes C^T = op(B)^T op(A)^T. float64 only (tests); float32 uses StepGemm's packed path.
+void blas_gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb, bool acc,
+               double* c, int ldc) {
+  const char opa = tb ? 'T' : 'N', opb = ta ? 'T' : 'N';
+  const double one = 1.0, beta = acc ? 1.0 : 0.0;
+  dgemm_(&opa, &opb, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc);
+}
+
+// C (B x N, row stride ldc) = A (B x K, row stride lda) @ W' for a fixed row-major W used at every step:
+// W' = W^T (W is N x K: forward, h @ W_hh^T) or W itself (W is K x N: backward, dG @ W_hh).
+// float32 packs W once with MKL's packed GEMM; float64 (tests, gradcheck) calls plain dgemm.
+template <typename T>
+class StepGemm;
+
+template <>
+class StepGemm<float> {
+ public:
+  StepGemm(const float* w, bool transposed, int n, int k) : n_(n), k_(k) {
+    const char id = 'A', trans = transposed ? 'T' : 'N';
+    const int ld = transposed ? k : n, one_row = 1;  // the packed size does not depend on the row count
+    const float one = 1.0f;
+    packed_.resize(sgemm_pack_get_size_(&id, &n_, &one_row, &k_) / sizeof(float) + 1);
+    sgemm_pack_(&id, &trans, &n_, &one_row, &k_, &one, w, &ld, packed_.data());
+  }
+  void operator()(int rows, const float* a, int lda, float* c, int ldc) const {
+    const char pa = 'P', nb = 'N';
+    const float zero = 0.0f;
+    sgemm_compute_(&pa, &nb, &n_, &rows, &k_, packed_.data(), &n_, a, &lda, &zero, c, &ldc);
+  }
+
+ private:
+  int n_, k_;
+  std::vector<float> packed_;
+};
+
+template <>
+class StepGemm<double> {
+ public:
+  StepGemm(const double* w, bool transposed, int n, int k) : w_(w), transposed_(transposed), n_(n), k_(k) {}
+  void operator()(int rows, const double* a, int lda, double* c, int ldc) const {
+    blas_gemm(false, transposed_, rows, n_, k_, a, lda, w_, transposed_ ? k_ : n_, false, c, ldc);
+  }
+
+ private:
+  const double* w_;
+  bool transposed_;
+  int n_, k_;
+};
+
+// In-place sigmoid / tanh over n values.
+void sigmoid_(double* x, int n) {
+  for (int j = 0; j < n; ++j) x[j] = 1.0 / (1.0 + std::exp(-x[j]));
+}
+void tanh_(double* x, int n) {
+  for (int j = 0; j < n; ++j) x[j] = std::tanh(x[j]);
+}
+#ifdef __AVX512F__
+// exp for 16 floats: x = n ln2 + r, |r| <= ln2/2, e^r by its degree-7 Taylor polynomial (truncation < 1e-8
+// relative), then scaled by 2^n. Inlined, it is ~4x faster than a call to SLEEF's expf; it and the tanh
+// below agree with ATen's float32 sigmoid/tanh to ~1e-7.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2 split in two for exact n*ln2
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+// 1 / (1 + e^-x), the reciprocal by rcp14 and one Newton step (~1 ulp, no division).
+inline __m512 sigmoid16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 d = _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)));
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+#endif
+
+void sigmoid_(float* x, int n) {
+  int j = 0;
+#ifdef __AVX512F__
+  for (; j + 16 <= n; j += 16) _mm512_storeu_ps(x + j, sigmoid16(_mm512_loadu_ps(x + j)));
+#endif
+  for (; j < n; ++j) x[j] = 1.0f / (1.0f + std::exp(-x[j]));
+}
+// tanh(x) = 2 sigmoid(2x) - 1 (absolute error ~1e-7 near 0, like float32 rounding of the result).
+void tanh_(float* x, int n) {
+  int j = 0;
+#ifdef __AVX512F__
+  const __m512 two = _mm512_set1_ps(2.0f), one = _mm512_set1_ps(1.0f);
+  for (; j + 16 <= n; j += 16)
+    _mm512_storeu_ps(x + j, _mm512_fmsub_ps(two, sigmoid16(_mm512_mul_ps(two, _mm512_loadu_ps(x + j))), one));
+#endif
+  for (; j < n; ++j) x[j] = std::tanh(x[j]);
+}
+
+template <typename T>
+struct Layer {
+  int cell;  // 0 LSTM, 1 GRU
+  int steps, batch, hidden;
+  int gh() const { return (cell == 0 ? 4 : 3) * hidden; }
+  // time index of processing step s in direction d
+  int time(int d, int s) const { return d == 0 ? s : steps - 1 - s; }
+  bool valid(const int64_t* lengths, int t, int b) const { return lengths == nullptr || t < lengths[b]; }
+  // (T, B, 2, n) element offset of row b, direction d, step t
+  int64_t at(int t, int b, int d, int n) const { return ((int64_t(t) * batch + b) * 2 + d) * n; }
+};
+
+template <typename T>
+void forward_direction(const Layer<T>& L, int d, const T* gi, const T* w_hh, const T* b_hh, const T* h0,
+                       const T* c0, const int64_t* lengths, T* out, T* h_n, T* c_n, T* h_all, T* c_all, T* gates,
+                       T* ghn) {
+  const int B = L.batch, H = L.hidden, G = L.gh();
+  const bool lstm = L.cell == 0;
+  const T* w = w_hh + int64_t(d) * G * H;
+  const T* bh = b_hh ? b_hh + int64_t(d) * G : nullptr;
+  T* h = h_n + int64_t(d) * B * H;  // the running state lives in h_n / c_n
+  T* c = c_n + int64_t(d) * B * H;
+  std::memcpy(h, h0 + int64_t(d) * B * H, sizeof(T) * B * H);
+  if (lstm) std::memcpy(c, c0 + int64_t(d) * B * H, sizeof(T) * B * H);
+  std::vector<T> pre(int64_t(B) * G), tmp(H);
+  const StepGemm<T> gemm(w, true, G, H);
+  for (int s = 0; s < L.steps; ++s) {
+    const int t = L.time(d, s);
+    gemm(B, h, H, pre.data(), G);  // pre = h @ W_hh^T
+    for (int b = 0; b < B; ++b) {
+      T* hb = h + int64_t(b) * H;
+      T* o = out + L.at(t, b, d, H);
+      if (L.valid(lengths, t, b)) {
+        T* g = pre.data() + int64_t(b) * G;
+        const T* x = gi + L.at(t, b, d, G);
+        if (lstm) {
+          T* cb = c + int64_t(b) * H;
+          for (int j = 0; j < G; ++j) g[j] += x[j];
+          sigmoid_(g, 2 * H);
+          tanh_(g + 2 * H, H);
+          sigmoid_(g + 3 * H, H);
+          for (int j = 0; j < H; ++j) tmp[j] = cb[j] = g[H + j] * cb[j] + g[j] * g[2 * H + j];
+          tanh_(tmp.data(), H);
+          for (int j = 0; j < H; ++j) o[j] = hb[j] = g[3 * H + j] * tmp[j];
+        } else {
+          for (int j = 0; j < 2 * H; ++j) g[j] = (g[j] + (bh ? bh[j] : T(0))) + x[j];
+          sigmoid_(g, 2 * H);
+          for (int j = 0; j < H; ++j) {
+            const T hn = g[2 * H + j] + (bh ? bh[2 * H + j] : T(0));
+            if (ghn) ghn[L.at(t, b, d, H) + j] = hn;
+            g[2 * H + j] = x[2 * H + j] + hn * g[j];
+          }
+          tanh_(g + 2 * H, H);
+          for (int j = 0; j < H; ++j) {
+            const T n = g[2 * H + j];
+            o[j] = hb[j] = n + g[H + j] * (hb[j] - n);
+          }
+        }
+        if (gates) std::memcpy(gates + L.at(t, b, d, G), g, sizeof(T) * G);
+      } else {
+        std::memset(o, 0, sizeof(T) * H);
+        if (gates) std::memset(gates + L.at(t, b, d, G), 0, sizeof(T) * G);
+        if (ghn) std::memset(ghn + L.at(t, b, d, H), 0, sizeof(T) * H);
+      }
+      if (h_all) std::memcpy(h_all + L.at(t, b, d, H), hb, sizeof(T) * H);
+      if (c_all) std::memcpy(c_all + L.at(t, b, d, H), c + int64_t(b) * H, sizeof(T) * H);
+    }
+  }
+}
+
+// Gradients through the loop of direction d. In: d_out (T, B, 2, H), dh/dc hold d h_n / d c_n (2, B, H) and
+// come back as d h0 / d c0. Out: d_gi (T, B, 2, G*H) the gradient of the gate pre-activations (= of gi), and for
+// GRU d_gh (T, B, 2, G*H), the gradient of W_hh h + b_hh (its n part differs from d_gi's by the factor r).
+template <typename T>
+void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh, const T* h0, const T* c0,
+                        const int64_t* lengths, const T* h_all, const T* c_all, const T* gates, const T* ghn,
+                        T* dh_io, T* dc_io, T* d_gi, T* d_gh) {
+  const int B = L.batch, H = L.hidden, G = L.gh();
+  const bool lstm = L.cell == 0;
+  const T* w = w_hh + int64_t(d) * G * H;
+  T* dh = dh_io + int64_t(d) * B * H;
+  T* dc = dc_io + int64_t(d) * B * H;
+  T* dhh = lstm ? d_gi : d_gh;  // what multiplies W_hh
+  std::vector<T> prev_grad(int64_t(B) * H), direct(int64_t(B) * H, T(0)), tc(H);
+  const StepGemm<T> gemm(w, false, H, G);
+  for (int s = L.steps - 1; s >= 0; --s) {
+    const int t = L.time(d, s);
+    const int tp = d == 0 ? t - 1 : t + 1;  // where the previous state is stored
+    const bool from_start = tp < 0 || tp >= L.steps;
+    for (int b = 0; b < B; ++b) {
+      const int64_t row = L.at(t, b, d, G);
+      if (!L.valid(lengths, t, b)) {
+        std::memset(d_gi + row, 0, sizeof(T) * G);
+        if (!lstm) std::memset(d_gh + row, 0, sizeof(T) * G);
+        continue;
+      }
+      const T* g = gates + row;
+      const T* hp = from_start ? h0 + (int64_t(d) * B + b) * H : h_all + L.at(tp, b, d, H);
+      const T* dob = d_out + L.at(t, b, d, H);
+      T* dhb = dh + int64_t(b) * H;
+      T* dgi = d_gi + row;
+      if (lstm) {
+        const T* ct = c_all + L.at(t, b, d, H);
+        const T* cp = from_start ? c0 + (int64_t(d) * B + b) * H : c_all + L.at(tp, b, d, H);
+        T* dcb = dc + int64_t(b) * H;
+        std::memcpy(tc.data(), ct, sizeof(T) * H);
+        tanh_(tc.data(), H);
+        for (int j = 0; j < H; ++j) {
+          const T i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j];
+          const T dhv = dhb[j] + dob[j];
+          const T dct = dcb[j] + dhv * o * (T(1) - tc[j] * tc[j]);
+          dgi[j] = dct * gg * i * (T(1) - i);
+          dgi[H + j] = dct * cp[j] * f * (T(1) - f);
+          dgi[2 * H + j] = dct * i * (T(1) - gg * gg);
+          dgi[3 * H + j] = dhv * tc[j] * o * (T(1) - o);
+          dcb[j] = dct * f;
+        }
+      } else {
+        const T* hn = ghn + L.at(t, b, d, H);
+        T* dgh = d_gh + row;
+        T* db = direct.data() + int64_t(b) * H;
+        for (int j = 0; j < H; ++j) {
+          const T r = g[j], z = g[H + j], n = g[2 * H + j];
+          const T dhv = dhb[j] + dob[j];
+          const T dn = dhv * (T(1) - z) * (T(1) - n * n);
+          const T dz = dhv * (hp[j] - n) * z * (T(1) - z);
+          const T dr = dn * hn[j] * r * (T(1) - r);
+          db[j] = dhv * z;
+          dgi[j] = dgh[j] = dr;
+          dgi[H + j] = dgh[H + j] = dz;
+          dgi[2 * H + j] = dn;
+          dgh[2 * H + j] = dn * r;
+        }
+      }
+    }
+    // d h_prev = d(W_hh h) @ W_hh over all rows, then keep the carried gradient of rows padded at this step.
+    gemm(B, dhh + L.at(t, 0, d, G), 2 * G, prev_grad.data(), H);
+    for (int b = 0; b < B; ++b) {
+      if (!L.valid(lengths, t, b)) continue;
+      T* dhb = dh + int64_t(b) * H;
+      const T* pg = prev_grad.data() + int64_t(b) * H;
+      const T* db = direct.data() + int64_t(b) * H;
+      if (lstm) {
+        for (int j = 0; j < H; ++j) dhb[j] = pg[j];
+      } else {
+        for (int j = 0; j < H; ++j) dhb[j] = pg[j] + db[j];
+      }
+    }
+  }
+}
+
+template <typename T>
+void forward(int cell, int steps, int batch, int hidden, const T* gi, const T* w_hh, const T* b_hh, const T* h0,
+             const T* c0, const int64_t* lengths, T* out, T* h_n, T* c_n, T* h_all, T* c_all, T* gates, T* ghn,
+             int threads) {
+  const Layer<T> L{cell, steps, batch, hidden};
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int d = 0; d < 2; ++d)
+    forward_direction(L, d, gi, w_hh, b_hh, h0, c0, lengths, out, h_n, c_n, h_all, c_all, gates, ghn);
+}
+
+template <typename T>
+void backward(int cell, int steps, int batch, int hidden, const T* d_out, const T* w_hh, const T* h0, const T* c0,
+              const int64_t* lengths, const T* h_all, const T* c_all, const T* gates, const T* ghn, T* dh, T* dc,
+              T* d_gi, T* d_gh, int threads) {
+  const Layer<T> L{cell, steps, batch, hidden};
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int d = 0; d < 2; ++d)
+    backward_direction(L, d, d_out, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, dh, dc, d_gi, d_gh);
+}
+
+}  // namespace
+
+extern "C" {
+// C entry points for ctypes (float32 and float64). Null pointers: b_hh without bias or for LSTM, lengths
+// without padding, c0/c_n/c_all for GRU, the stash when no gradient is needed.
+void birnn_forward_f32(int cell, int steps, int batch, int hidden, const float* gi, const float* w_hh,
+                       const float* b_hh, const float* h0, const float* c0, const int64_t* lengths, float* out,
+                       float* h_n, float* c_n, float* h_all, float* c_all, float* gates, float* ghn, int threads) {
+  forward(cell, steps, batch, hidden, gi, w_hh, b_hh, h0, c0, lengths, out, h_n, c_n, h_all, c_all, gates, ghn,
+          threads);
+}
+void birnn_forward_f64(int cell, int steps, int batch, int hidden, const double* gi, const double* w_hh,
+                       const double* b_hh, const double* h0, const double* c0, const int64_t* lengths, double* out,
+                       double* h_n, double* c_n, double* h_all, double* c_all, double* gates, double* ghn,
+                       int threads) {
+  forward(cell, steps, batch, hidden, gi, w_hh, b_hh, h0, c0, lengths, out, h_n, c_n, h_all, c_all, gates, ghn,
+          threads);
+}
+void birnn_backward_f32(int cell, int steps, int batch, int hidden, const float* d_out, const float* w_hh,
+                        const float* h0, const float* c0, const int64_t* lengths, const float* h_all,
+                        const float* c_all, const float* gates, const float* ghn, float* dh, float* dc, float* d_gi,
+                        float* d_gh, int threads) {
+  backward(cell, steps, batch, hidden, d_out, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, dh, dc, d_gi, d_gh,
+           threads);
+}
+void birnn_backward_f64(int cell, int steps, int batch, int hidden, const double* d_out, const double* w_hh,
+                        const double* h0, const double* c0, const int64_t* lengths, const double* h_all,
+                        const double* c_all, const double* gates, const double* ghn, double* dh, double* dc,
+                        double* d_gi, double* d_gh, int threads) {
+  backward(cell, steps, batch, hidden, d_out, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, dh, dc, d_gi, d_gh,
+           threads);
+}
+}
