@@ -15,10 +15,9 @@ from torch import Tensor, nn
 
 from models import BiGRU, BiLSTM
 
-from .concurrent import ConcurrentBiRNN
 from .configs import Config, forward_flops
 from .keras_stack import KerasStack, keras_available
-from .variants import FlipBiRNN, LoopBiRNN, fused_baseline
+from .variants import AtenPath, FlipBiRNN, LoopBiRNN, fused_baseline
 
 _BLOCKS = {"LSTM": BiLSTM, "GRU": BiGRU}
 _LOW = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -119,10 +118,14 @@ def build_cases(config: Config, device: str, threads: int, log: Callable[[str], 
     if "lengths" in fam:
         for mode in some:
             add(f"blocks[{mode}]+lengths", "lengths", mode, block(mode), [x, lengths], compare_to=f"blocks[{mode}]")
-    if "concurrent" in fam and device == "cpu":
-        for mode in some:
-            add(f"concurrent[{mode}]", "concurrent", mode, ConcurrentBiRNN(block(mode), threads), [x],
-                compare_to=f"blocks[{mode}]")
+    if "aten" in fam and device == "cpu":
+        # The same blocks with the CPU kernel switched off: the before/after of models/cpu_kernel.py.
+        for mode in c.merge_modes:
+            add(f"aten[{mode}]", "aten", mode, AtenPath(block(mode)), [x], compare_to=f"blocks[{mode}]")
+        if "lengths" in fam:
+            for mode in some:
+                add(f"aten[{mode}]+lengths", "aten", mode, AtenPath(block(mode)), [x, lengths],
+                    compare_to=f"blocks[{mode}]+lengths")
     if "script" in fam:
         for mode in extra:
             with warnings.catch_warnings():

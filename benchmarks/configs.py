@@ -7,10 +7,10 @@ _GATES = {"LSTM": 4, "GRU": 3}
 
 # Variant families (see cases.py): which ones run on a configuration.
 FULL_MATRIX = ("fused", "threads1", "blocks", "script", "compile", "flip", "loop", "keras", "lengths", "lowp",
-               "concurrent")
-GRU_MATRIX = ("fused", "threads1", "blocks", "script", "compile", "flip", "loop", "keras", "lengths", "concurrent",
+               "aten")
+GRU_MATRIX = ("fused", "threads1", "blocks", "script", "compile", "flip", "loop", "keras", "lengths", "aten",
               "one_mode")  # GRU: script/compile/flip/loop for sum only; autocast does not touch aten::gru
-CORE = ("fused", "blocks", "lengths", "concurrent", "one_length")
+CORE = ("fused", "blocks", "lengths", "aten", "one_length")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def plan(quick: bool) -> List[Config]:
     """
     every_mode = ("concat", "sum", "mul", "ave")
     if quick:
-        quick_families = ("fused", "blocks", "lengths", "concurrent", "script", "flip", "loop", "keras")
+        quick_families = ("fused", "blocks", "lengths", "aten", "script", "flip", "loop", "keras")
         return [Config(cell, 16, 32, 64, 128, 2, quick_families, ("concat", "sum"), budget_s=10.0)
                 for cell in ("LSTM", "GRU")]
     configs: List[Config] = [

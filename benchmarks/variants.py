@@ -2,7 +2,9 @@
 
 - ``fused_baseline``: ``nn.LSTM``/``nn.GRU(num_layers=L, bidirectional=True)``, concat only;
 - ``FlipBiRNN``: two unidirectional RNNs per layer, the backward one on ``torch.flip``-ed input;
-- ``LoopBiRNN``: a Python loop of ``nn.LSTM(bidirectional=True)`` layers with a merge after each.
+- ``LoopBiRNN``: a Python loop of ``nn.LSTM(bidirectional=True)`` layers with a merge after each;
+- ``AtenPath``: a block with the CPU kernel switched off (``models.cpu_kernel.disabled``): the blocks as they
+  ran before the kernel, on PyTorch's fused kernels.
 """
 
 from typing import Optional, Tuple
@@ -10,6 +12,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from models import cpu_kernel
 from models.merge import merge_directions, merged_size
 
 _CELLS = {"LSTM": nn.LSTM, "GRU": nn.GRU}
@@ -60,3 +63,15 @@ class LoopBiRNN(nn.Module):
             out, _ = layer(x)
             x = merge_directions(out[..., : self.hidden], out[..., self.hidden :], self.merge_mode)
         return x, None
+
+
+class AtenPath(nn.Module):
+    """``block`` run inside ``models.cpu_kernel.disabled()``: PyTorch's fused kernels only."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args: Tensor) -> Tuple[Tensor, object]:
+        with cpu_kernel.disabled():
+            return self.block(*args)

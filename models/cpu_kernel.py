@@ -13,6 +13,7 @@ another BLAS), or ``BIRNN_ZOO_CPU_KERNEL=0``, ``available()`` is False and the b
 kernels; the results agree to float32 rounding either way.
 """
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -22,7 +23,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -33,6 +34,7 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _lock = threading.Lock()
 _library: Optional[ctypes.CDLL] = None
 _tried = False
+_switch = threading.local()  # .off: set by disabled() on this thread only
 
 
 def _cache_dir() -> Path:
@@ -87,10 +89,23 @@ def available() -> bool:
     return _library is not None
 
 
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within this block (this thread only) the blocks run on PyTorch's fused kernels, as without the kernel."""
+    before = getattr(_switch, "off", False)
+    _switch.off = True
+    try:
+        yield
+    finally:
+        _switch.off = before
+
+
 def applies(x: Tensor, mode: str) -> bool:
-    """Whether ``fused_layer`` can run this input: CPU float32/float64, LSTM or GRU, no autocast, not traced."""
+    """Whether ``fused_layer`` can run this input: CPU float32/float64, LSTM or GRU, no autocast, not inside
+    ``torch.compile``/``torch.export``/``torch.jit.trace`` (they cannot see into a ctypes call) nor ``disabled()``."""
     return (mode in _CELLS and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and available())
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and not getattr(_switch, "off", False) and available())
 
 
 def _kernel() -> ctypes.CDLL:

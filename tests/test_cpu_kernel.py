@@ -134,14 +134,24 @@ def test_blocks_use_the_kernel_on_cpu_and_fall_back_elsewhere(monkeypatch: pytes
     x = torch.randn(6, 3, 4)
     fast, _ = block(x)
     assert calls == ["LSTM", "LSTM"]
-    monkeypatch.setattr(cpu_kernel, "applies", lambda x, mode: False)
-    aten, _ = block(x)
+    with cpu_kernel.disabled():
+        assert not cpu_kernel.applies(x, "LSTM")
+        aten, _ = block(x)
     assert len(calls) == 2
     torch.testing.assert_close(fast, aten, atol=1e-5, rtol=1e-5)
+    assert cpu_kernel.applies(x, "LSTM")
     assert not cpu_kernel.applies(x.bfloat16(), "LSTM")
     assert not cpu_kernel.applies(x, "RNN_TANH")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not cpu_kernel.applies(x, "LSTM")
+
+
+def test_jit_trace_records_the_fallback_path() -> None:
+    """A trace cannot see into the kernel's ctypes call: tracing uses PyTorch's kernels, so the trace is right."""
+    block = BiGRU(3, 4, num_layers=2, merge_mode="mul")
+    traced = torch.jit.trace(block, (torch.randn(5, 2, 3),), check_trace=False)
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(traced(x)[0], block(x)[0], atol=1e-5, rtol=1e-5)
 
 
 def run_isolated(code: str, **env: str) -> subprocess.CompletedProcess:
