@@ -34,8 +34,8 @@ import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional
 
-# Run as a script, this file's folder heads sys.path and benchmarks/concurrent.py would shadow the standard
-# library's ``concurrent`` (which TensorFlow imports): drop the folder from the path.
+# Run as a script, this file's folder heads sys.path, where a module named like a standard one (an earlier
+# benchmarks/concurrent.py shadowed ``concurrent``, which TensorFlow imports) would break TF: drop the folder.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 

@@ -327,8 +327,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads; TF intra- and inter-op threads")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case and worker (median)")
     parser.add_argument("--min-time", type=float, default=0.1, help="seconds each repeat lasts at least")
-    parser.add_argument("--only", default="", help="only configurations whose name contains this text, "
-                        "e.g. 'GRU' or 'B=16 T=512'")
+    parser.add_argument("--only", action="append", default=[], help="only configurations whose name contains "
+                        "this text, e.g. 'GRU' or 'B=16 T=512'; repeat it for several")
     parser.add_argument("--quick", action="store_true", help="one tiny configuration per cell, 2 rounds")
     parser.add_argument("--out", default=None, help="output stem under benchmarks/results (default vs_tensorflow[-quick])")
     parser.add_argument("--worker", choices=("torch",), default=None, help=argparse.SUPPRESS)
@@ -342,7 +342,7 @@ def orchestrate(args: argparse.Namespace) -> Dict[str, Any]:
 
     check_tf_python(args.tf_python)
     rounds = args.rounds if args.rounds is not None else (2 if args.quick else 5)
-    configs = [c for c in plan(args.quick) if not args.only or args.only in c.name]
+    configs = [c for c in plan(args.quick) if not args.only or any(text in c.name for text in args.only)]
     if not configs:
         raise SystemExit(f"--only {args.only!r} matches no configuration of {[c.name for c in plan(args.quick)]}")
     stem = RESULTS / (args.out or ("vs_tensorflow" + ("-quick" if args.quick else "")))
