@@ -66,8 +66,9 @@ def _load() -> Optional[ctypes.CDLL]:
     library = ctypes.CDLL(str(target))
     pointer, integer = ctypes.c_void_p, ctypes.c_int
     for suffix in ("f32", "f64"):
-        getattr(library, f"birnn_forward_{suffix}").argtypes = [integer] * 4 + [pointer] * 13 + [integer]
-        getattr(library, f"birnn_backward_{suffix}").argtypes = [integer] * 4 + [pointer] * 13 + [integer]
+        getattr(library, f"birnn_forward_{suffix}").argtypes = (
+            [integer] * 5 + [pointer] * 9 + [integer] + [pointer] * 6 + [integer])
+        getattr(library, f"birnn_backward_{suffix}").argtypes = [integer] * 5 + [pointer] * 20 + [integer]
     return library
 
 
@@ -116,104 +117,115 @@ def _kernel() -> ctypes.CDLL:
 
 
 def _ptr(t: Optional[Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
+    """The address the C code reads; None (a null pointer) for an absent or empty tensor."""
+    return None if t is None or t.numel() == 0 else t.data_ptr()
 
 
 def _threads() -> int:
     return max(1, min(2, torch.get_num_threads()))
 
 
-def _run_forward(cell: int, gi: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], h0: Tensor, c0: Tensor,
-                 lengths: Optional[Tensor], stash: bool) -> Tuple[Tensor, ...]:
-    """The kernel's loop: ``gi (T, B, 2, G*H)`` -> ``out (T, B, 2, H)``, ``h_n, c_n (2, B, H)`` and the stash."""
-    steps, batch, _, _ = gi.shape
-    hidden = w_hh.shape[2]
-    out = gi.new_empty(steps, batch, 2, hidden)
-    h_n = gi.new_empty(2, batch, hidden)
-    c_n = gi.new_empty(2, batch, hidden) if cell == 0 else h_n
-    h_all = gi.new_empty(steps, batch, 2, hidden) if stash else None
-    c_all = gi.new_empty(steps, batch, 2, hidden) if stash and cell == 0 else None
-    gates = torch.empty_like(gi) if stash else None
-    ghn = gi.new_empty(steps, batch, 2, hidden) if stash and cell == 1 else None
+# The layer and its reverse loop are two custom operators: eager PyTorch calls them like any op, and
+# torch.compile traces each as one opaque node (shapes from the fake implementations) instead of breaking
+# the graph. Outputs may not alias each other: what the GRU lacks (c_n, c_all) is an empty tensor.
+_Outputs = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+@torch.library.custom_op("birnn_zoo::bidirectional_layer", mutates_args=(), device_types="cpu")
+def _layer(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor, b_hh: Optional[Tensor], h0: Tensor,
+           c0: Tensor, lengths: Optional[Tensor], cell: int, stash: bool) -> _Outputs:
+    """``x (T, B, F)`` -> ``out (T, B, 2, H)``, ``h_n``, ``c_n (2, B, H)``; when ``stash``, also what the reverse
+    loop reads: ``h_all``, ``c_all (T, B, 2, H)``, ``gates (T, B, 2, G)``, ``ghn (T, B, 2, H)``."""
+    out, h_n, c_n, h_all, c_all, gates, ghn = _layer_outputs(x, w_ih, b_ih, w_hh, b_hh, h0, c0, lengths, cell, stash)
+    steps, batch, input_size = x.shape
+    scratch = gates if stash else x.new_empty(steps, batch, 2, w_hh.shape[1])
+    x, w_ih, w_hh, h0, c0 = x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous()
+    b_ih = None if b_ih is None else b_ih.contiguous()
+    b_hh = None if b_hh is None else b_hh.contiguous()
     library = _kernel()
-    fn = library.birnn_forward_f32 if gi.dtype == torch.float32 else library.birnn_forward_f64
-    fn(cell, steps, batch, hidden, _ptr(gi), _ptr(w_hh), _ptr(b_hh), _ptr(h0), _ptr(c0) if cell == 0 else None,
-       _ptr(lengths), _ptr(out), _ptr(h_n), _ptr(c_n) if cell == 0 else None, _ptr(h_all), _ptr(c_all),
-       _ptr(gates), _ptr(ghn), _threads())
+    fn = library.birnn_forward_f32 if x.dtype == torch.float32 else library.birnn_forward_f64
+    fn(cell, steps, batch, w_hh.shape[2], input_size, _ptr(x), _ptr(w_ih), _ptr(b_ih), _ptr(w_hh), _ptr(b_hh),
+       _ptr(h0), _ptr(c0) if cell == 0 else None, _ptr(lengths), _ptr(scratch), int(stash), _ptr(out), _ptr(h_n),
+       _ptr(c_n), _ptr(h_all), _ptr(c_all), _ptr(ghn), _threads())
     return out, h_n, c_n, h_all, c_all, gates, ghn
 
 
-def _prepare(cell: int, x: Tensor, weights: List[Tensor], has_biases: bool
-             ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-    """``x (T, B, F)`` and ``[w_ih, w_hh, (b_ih, b_hh)] x 2`` -> ``w_ih (2GH, F)``, ``gi (T, B, 2, GH)``,
-    ``w_hh (2, GH, H)``, ``b_hh (2, GH)`` (GRU with bias only; the LSTM's b_hh is folded into gi)."""
-    per = 4 if has_biases else 2
-    fw, bw = weights[:per], weights[per:]
-    w_ih = torch.cat([fw[0], bw[0]], 0)
-    w_hh = torch.stack([fw[1], bw[1]], 0).contiguous()
-    x2 = x.reshape(-1, x.shape[-1])
-    b_hh: Optional[Tensor] = None
-    if has_biases:
-        bias = torch.cat([fw[2] + fw[3], bw[2] + bw[3]] if cell == 0 else [fw[2], bw[2]], 0)
-        gi = torch.addmm(bias, x2, w_ih.t())
-        if cell == 1:
-            b_hh = torch.stack([fw[3], bw[3]], 0).contiguous()
-    else:
-        gi = x2 @ w_ih.t()
-    return w_ih, gi.view(x.shape[0], x.shape[1], 2, -1), w_hh, b_hh
+@_layer.register_fake
+def _layer_outputs(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor, b_hh: Optional[Tensor],
+                   h0: Tensor, c0: Tensor, lengths: Optional[Tensor], cell: int, stash: bool) -> _Outputs:
+    steps, batch, _ = x.shape
+    hidden = w_hh.shape[2]
+
+    def state(wanted: bool, *shape: int) -> Tensor:
+        return x.new_empty(shape if wanted else (0,))
+
+    return (x.new_empty(steps, batch, 2, hidden), x.new_empty(2, batch, hidden), state(cell == 0, 2, batch, hidden),
+            state(stash, steps, batch, 2, hidden), state(stash and cell == 0, steps, batch, 2, hidden),
+            state(stash, steps, batch, 2, w_hh.shape[1]), state(stash and cell == 1, steps, batch, 2, hidden))
 
 
-class _BidirectionalLayer(torch.autograd.Function):
-    """Autograd around the kernel; ``backward`` runs the kernel's reverse loop, then the large products."""
+_Gradients = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
-    @staticmethod
-    def forward(ctx: Any, cell: int, has_biases: bool, x: Tensor, h0: Tensor, c0: Tensor,
-                lengths: Optional[Tensor], *weights: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        w_ih, gi, w_hh, b_hh = _prepare(cell, x, list(weights), has_biases)
-        out, h_n, c_n, h_all, c_all, gates, ghn = _run_forward(cell, gi, w_hh, b_hh, h0, c0, lengths, True)
-        ctx.cell, ctx.has_biases = cell, has_biases
-        ctx.save_for_backward(x, h0, c0, lengths, w_ih, w_hh, h_all, c_all, gates, ghn)
-        if cell == 1:  # GRU has no cell state: an empty placeholder keeps one output signature
-            c_n = h_n.new_empty(0)
-            ctx.mark_non_differentiable(c_n)
-        return out, h_n, c_n
 
-    @staticmethod
-    def backward(ctx: Any, d_out: Optional[Tensor], d_hn: Optional[Tensor], d_cn: Optional[Tensor]
-                 ) -> Tuple[Optional[Tensor], ...]:
-        x, h0, c0, lengths, w_ih, w_hh, h_all, c_all, gates, ghn = ctx.saved_tensors
-        cell = ctx.cell
-        steps, batch, _ = x.shape
-        hidden = w_hh.shape[2]
-        gates_size = w_hh.shape[1]
-        d_out = torch.zeros_like(h_all) if d_out is None else d_out.contiguous()
-        dh = torch.zeros_like(h0) if d_hn is None else d_hn.clone(memory_format=torch.contiguous_format)
-        if cell == 0 and d_cn is not None:
-            dc = d_cn.clone(memory_format=torch.contiguous_format)
-        else:
-            dc = torch.zeros_like(c0)
-        d_gi = torch.empty_like(gates)
-        d_gh = torch.empty_like(gates) if cell == 1 else d_gi
-        library = _kernel()
-        fn = library.birnn_backward_f32 if x.dtype == torch.float32 else library.birnn_backward_f64
-        fn(cell, steps, batch, hidden, _ptr(d_out), _ptr(w_hh), _ptr(h0), _ptr(c0) if cell == 0 else None,
-           _ptr(lengths), _ptr(h_all), _ptr(c_all), _ptr(gates), _ptr(ghn), _ptr(dh),
-           _ptr(dc) if cell == 0 else None, _ptr(d_gi), _ptr(d_gh) if cell == 1 else None, _threads())
+@torch.library.custom_op("birnn_zoo::bidirectional_layer_backward", mutates_args=(), device_types="cpu")
+def _layer_backward(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, h0: Tensor,
+                    c0: Tensor, lengths: Optional[Tensor], h_all: Tensor, c_all: Tensor, gates: Tensor, ghn: Tensor,
+                    cell: int, want_dx: bool, has_b_ih: bool, has_b_hh: bool) -> _Gradients:
+    """The reverse loops, then every gradient: ``d_x`` (empty unless ``want_dx``), ``d_w_ih``, ``d_b_ih``,
+    ``d_w_hh``, ``d_b_hh`` (empty where there is no such bias), ``d_h0``, ``d_c0`` (empty for GRU)."""
+    grads = _layer_backward_outputs(d_out, d_hn, d_cn, x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn,
+                                    cell, want_dx, has_b_ih, has_b_hh)
+    d_x, d_w_ih, d_b_ih, d_w_hh, d_b_hh, dh, dc = grads
+    dh.copy_(d_hn)  # in: the gradients of h_n / c_n; the kernel turns them into those of h0 / c0
+    if cell == 0:
+        dc.copy_(d_cn)
+    d_gi = torch.empty_like(gates)                                  # the gate pre-activations' gradient
+    d_gh = torch.empty_like(gates) if cell == 1 else None           # GRU: that of W_hh h + b_hh
+    library = _kernel()
+    fn = library.birnn_backward_f32 if gates.dtype == torch.float32 else library.birnn_backward_f64
+    steps, batch, input_size = x.shape
+    d_out, x, w_ih, w_hh = d_out.contiguous(), x.contiguous(), w_ih.contiguous(), w_hh.contiguous()
+    h0, c0 = h0.contiguous(), c0.contiguous()
+    fn(cell, steps, batch, w_hh.shape[2], input_size, _ptr(d_out), _ptr(x), _ptr(w_ih), _ptr(w_hh), _ptr(h0),
+       _ptr(c0) if cell == 0 else None, _ptr(lengths), _ptr(h_all), _ptr(c_all), _ptr(gates), _ptr(ghn), _ptr(dh),
+       _ptr(dc), _ptr(d_gi), _ptr(d_gh), _ptr(d_x), _ptr(d_w_ih), _ptr(d_b_ih), _ptr(d_w_hh), _ptr(d_b_hh),
+       _threads())
+    return grads
 
-        d_gi2 = d_gi.view(steps * batch, 2 * gates_size)
-        d_x = (d_gi2 @ w_ih).view(steps, batch, -1)
-        d_w_ih = d_gi2.t() @ x.reshape(steps * batch, -1)                      # (2GH, F)
-        # The state each step read: h0 then h_all shifted by one step in each direction's own time order.
-        h_prev = [torch.cat([h0[0:1], h_all[:-1, :, 0]], 0), torch.cat([h_all[1:, :, 1], h0[1:2]], 0)]
-        grads: List[Optional[Tensor]] = []
-        for d in range(2):
-            d_gh_d = d_gh[:, :, d].reshape(steps * batch, gates_size)
-            grads.append(d_w_ih[d * gates_size:(d + 1) * gates_size])
-            grads.append(d_gh_d.t() @ h_prev[d].reshape(steps * batch, hidden))
-            if ctx.has_biases:
-                grads.append(d_gi[:, :, d].sum((0, 1)))
-                grads.append(d_gh_d.sum(0))
-        return (None, None, d_x, dh, dc if cell == 0 else None, None, *grads)
+
+@_layer_backward.register_fake
+def _layer_backward_outputs(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
+                            h0: Tensor, c0: Tensor, lengths: Optional[Tensor], h_all: Tensor, c_all: Tensor,
+                            gates: Tensor, ghn: Tensor, cell: int, want_dx: bool, has_b_ih: bool, has_b_hh: bool
+                            ) -> _Gradients:
+    def grad_of(t: Tensor, wanted: bool) -> Tensor:
+        return torch.empty_like(t, memory_format=torch.contiguous_format) if wanted else x.new_empty(0)
+
+    two_gates = w_hh.new_empty(2, w_hh.shape[1])
+    return (grad_of(x, want_dx), grad_of(w_ih, True), grad_of(two_gates, has_b_ih), grad_of(w_hh, True),
+            grad_of(two_gates, has_b_hh), grad_of(h0, True), grad_of(c0, cell == 0))
+
+
+def _save_for_backward(ctx: Any, inputs: Tuple[Any, ...], output: _Outputs) -> None:
+    x, w_ih, b_ih, w_hh, b_hh, h0, c0, lengths, cell, stash = inputs
+    _, _, _, h_all, c_all, gates, ghn = output
+    if not stash:
+        raise RuntimeError("birnn_zoo::bidirectional_layer ran with stash=False but a gradient is needed")
+    ctx.cell, ctx.has_b_ih, ctx.has_b_hh = cell, b_ih is not None, b_hh is not None
+    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn)
+
+
+def _gradients(ctx: Any, d_out: Tensor, d_hn: Tensor, d_cn: Tensor, *_: Tensor) -> Tuple[Optional[Tensor], ...]:
+    x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn = ctx.saved_tensors
+    cell = ctx.cell
+    d_x, d_w_ih, d_b_ih, d_w_hh, d_b_hh, d_h0, d_c0 = _layer_backward(
+        d_out, d_hn, d_cn if cell == 0 else d_hn, x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, cell,
+        ctx.needs_input_grad[0], ctx.has_b_ih, ctx.has_b_hh)
+    return (d_x if ctx.needs_input_grad[0] else None, d_w_ih, d_b_ih if ctx.has_b_ih else None, d_w_hh,
+            d_b_hh if ctx.has_b_hh else None, d_h0, d_c0 if cell == 0 else None, None, None, None)
+
+
+_layer.register_autograd(_gradients, setup_context=_save_for_backward)
 
 
 def fused_layer(mode: str, x: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], weights: List[Tensor],
@@ -228,13 +240,16 @@ def fused_layer(mode: str, x: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[
     cell = _CELLS[mode]
     if lengths is not None:
         lengths = lengths.to(device="cpu", dtype=torch.int64).contiguous()
-    x = x.contiguous()
-    h0 = h0.contiguous()
-    c0 = c0.contiguous()
-    if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or c0.requires_grad
-                                    or any(w.requires_grad for w in weights)):
-        out, h_n, c_n = _BidirectionalLayer.apply(cell, has_biases, x, h0, c0, lengths, *weights)
-        return out, h_n, c_n if cell == 0 else h_n
-    _, gi, w_hh, b_hh = _prepare(cell, x, weights, has_biases)
-    out, h_n, c_n, *_ = _run_forward(cell, gi, w_hh, b_hh, h0, c0, lengths, False)
-    return out, h_n, c_n
+    per = 4 if has_biases else 2
+    fw, bw = weights[:per], weights[per:]
+    w_ih = torch.stack([fw[0], bw[0]])
+    w_hh = torch.stack([fw[1], bw[1]])
+    b_ih: Optional[Tensor] = None
+    b_hh: Optional[Tensor] = None
+    if has_biases:  # the LSTM adds both biases to the same gates: fold them; the GRU's b_hn is gated by r
+        b_ih = torch.stack([fw[2] + fw[3], bw[2] + bw[3]] if cell == 0 else [fw[2], bw[2]])
+        b_hh = torch.stack([fw[3], bw[3]]) if cell == 1 else None
+    inputs = [x, w_ih, w_hh, h0, c0] + [b for b in (b_ih, b_hh) if b is not None]
+    stash = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    out, h_n, c_n, *_ = _layer(x, w_ih, b_ih, w_hh, b_hh, h0, c0, lengths, cell, stash)
+    return out, h_n, c_n if cell == 0 else h_n

@@ -1,19 +1,20 @@
-// The time loop of one bidirectional LSTM/GRU layer on CPU, both directions at once (one OpenMP thread each).
+// One bidirectional LSTM/GRU layer on CPU: both directions at once, one OpenMP thread each.
 //
-// Python (models/cpu_kernel.py) does every large matrix product: the input projections of all time steps
-// before the loop (gi), and the weight/input gradients after the backward loop. What is left here is the
-// sequential part: per step one small matrix product h @ W_hh^T (BLAS sgemm_/dgemm_ from the BLAS inside
-// libtorch_cpu) and the gate math fused into one pass per row, so a step costs one BLAS call instead of ~10
-// ATen operator dispatches. The two directions are independent, so each runs its whole loop on its own thread:
-// small per-step products are faster on one thread than split across two.
+// Each direction's thread first computes its input projections of all time steps (one GEMM on that thread),
+// then runs its time loop: per step one small GEMM h @ W_hh^T (MKL's packed GEMM: W_hh is packed once, not at
+// every step) and one fused pass of gate math per row, instead of ~10 ATen operator dispatches per step. The
+// two directions are independent, so neither waits for the other, and GEMMs of one direction stay on one thread:
+// measured faster than splitting small per-step products over two threads. The backward loop (training)
+// returns the gradients of the gate pre-activations; Python turns them into the weight and input gradients
+// with large matrix products (models/cpu_kernel.py).
 //
-// Layouts (row-major, contiguous; T steps, B rows, H hidden, G = 4 LSTM | 3 GRU, d = direction):
-//   gi     (T, B, 2, G*H)  input projection incl. biases (LSTM: b_ih + b_hh; GRU: b_ih only)
-//   w_hh   (2, G*H, H)     b_hh (2, G*H) GRU only (its n part is gated by r)
-//   h0, c0 (2, B, H)       lengths (B,) int64 or null (right padding: step t of row b is valid iff t < len[b])
-//   out    (T, B, 2, H)    zero at padded steps;  h_n, c_n (2, B, H): state at each row's last valid step
-//   stash (training only): h_all, c_all (T, B, 2, H) state after each step (carried through padding),
-//   gates (T, B, 2, G*H) post-activation gates, ghn (T, B, 2, H) GRU's W_hn h + b_hn.
+// Layouts (row-major, contiguous; T steps, B rows, F inputs, H hidden, G = 4H LSTM | 3H GRU, d = direction):
+//   x (T, B, F); w_ih (2, G, F); b_ih (2, G) (LSTM: b_ih + b_hh); w_hh (2, G, H); b_hh (2, G) GRU only
+//   h0, c0 (2, B, H); lengths (B,) int64 or null (right padding: step t of row b is valid iff t < len[b])
+//   gi (T, B, 2, G) scratch for the projections; with keep_gates it ends holding the activated gates
+//   out (T, B, 2, H) zero at padded steps; h_n, c_n (2, B, H): the state at each row's last valid step
+//   stash for the backward loop: h_all, c_all (T, B, 2, H) state after each step (carried through padding),
+//   ghn (T, B, 2, H) GRU's W_hn h + b_hn.
 // Gate order as torch.nn: LSTM i, f, g, o; GRU r, z, n; GRU h' = n + z * (h - n) as ATen computes it.
 // At padded steps a row's state is not updated, so the backward direction starts at each row's last valid
 // step and h_n/c_n are exact, with no packing.
@@ -28,9 +29,14 @@
 #endif
 
 extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+            const float*, const int*, const float*, float*, const int*);
 void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*, const int*,
             const double*, const int*, const double*, double*, const int*);
 // MKL's packed GEMM: W_hh is packed once per call instead of once per time step (most of a small sgemm's time).
+// MKL threads of the calling thread only. PyTorch turns MKL's dynamic adjustment off, so without this every
+// small GEMM inside the two-direction parallel region would start its own nested team (measured: 1.5x slower).
+int mkl_set_num_threads_local_(const int*);  // the Fortran entry (by reference): it is what libtorch exports
 size_t sgemm_pack_get_size_(const char*, const int*, const int*, const int*);
 void sgemm_pack_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
                  float*);
@@ -41,7 +47,13 @@ void sgemm_compute_(const char*, const char*, const int*, const int*, const int*
 namespace {
 
 // Row-major C (M x N) = op(A) @ op(B) (+ C if accumulate); lda/ldb/ldc are row strides. BLAS is column-major,
-// so this computes C^T = op(B)^T op(A)^T. float64 only (tests); float32 uses StepGemm's packed path.
+// so this computes C^T = op(B)^T op(A)^T.
+void blas_gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb, bool acc,
+               float* c, int ldc) {
+  const char opa = tb ? 'T' : 'N', opb = ta ? 'T' : 'N';
+  const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
+  sgemm_(&opa, &opb, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc);
+}
 void blas_gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb, bool acc,
                double* c, int ldc) {
   const char opa = tb ? 'T' : 'N', opb = ta ? 'T' : 'N';
@@ -157,15 +169,19 @@ struct Layer {
 };
 
 template <typename T>
-void forward_direction(const Layer<T>& L, int d, const T* gi, const T* w_hh, const T* b_hh, const T* h0,
-                       const T* c0, const int64_t* lengths, T* out, T* h_n, T* c_n, T* h_all, T* c_all, T* gates,
-                       T* ghn) {
+void forward_direction(const Layer<T>& L, int d, int input_size, const T* x, const T* w_ih, const T* b_ih,
+                       const T* w_hh, const T* b_hh, const T* h0, const T* c0, const int64_t* lengths, T* gi,
+                       bool keep_gates, T* out, T* h_n, T* c_n, T* h_all, T* c_all, T* ghn) {
   const int B = L.batch, H = L.hidden, G = L.gh();
   const bool lstm = L.cell == 0;
+  // This direction's input projections of all steps, one GEMM on this thread: gi[:, :, d] = x @ W_ih[d]^T.
+  blas_gemm(false, true, L.steps * B, G, input_size, x, input_size, w_ih + int64_t(d) * G * input_size, input_size,
+            false, gi + int64_t(d) * G, 2 * G);
   const T* w = w_hh + int64_t(d) * G * H;
+  const T* bi = b_ih ? b_ih + int64_t(d) * G : nullptr;
   const T* bh = b_hh ? b_hh + int64_t(d) * G : nullptr;
   T* h = h_n + int64_t(d) * B * H;  // the running state lives in h_n / c_n
-  T* c = c_n + int64_t(d) * B * H;
+  T* c = lstm ? c_n + int64_t(d) * B * H : nullptr;
   std::memcpy(h, h0 + int64_t(d) * B * H, sizeof(T) * B * H);
   if (lstm) std::memcpy(c, c0 + int64_t(d) * B * H, sizeof(T) * B * H);
   std::vector<T> pre(int64_t(B) * G), tmp(H);
@@ -176,12 +192,12 @@ void forward_direction(const Layer<T>& L, int d, const T* gi, const T* w_hh, con
     for (int b = 0; b < B; ++b) {
       T* hb = h + int64_t(b) * H;
       T* o = out + L.at(t, b, d, H);
+      T* xg = gi + L.at(t, b, d, G);  // read here once; overwritten by the activated gates when kept
       if (L.valid(lengths, t, b)) {
         T* g = pre.data() + int64_t(b) * G;
-        const T* x = gi + L.at(t, b, d, G);
         if (lstm) {
           T* cb = c + int64_t(b) * H;
-          for (int j = 0; j < G; ++j) g[j] += x[j];
+          for (int j = 0; j < G; ++j) g[j] += xg[j] + (bi ? bi[j] : T(0));
           sigmoid_(g, 2 * H);
           tanh_(g + 2 * H, H);
           sigmoid_(g + 3 * H, H);
@@ -189,12 +205,12 @@ void forward_direction(const Layer<T>& L, int d, const T* gi, const T* w_hh, con
           tanh_(tmp.data(), H);
           for (int j = 0; j < H; ++j) o[j] = hb[j] = g[3 * H + j] * tmp[j];
         } else {
-          for (int j = 0; j < 2 * H; ++j) g[j] = (g[j] + (bh ? bh[j] : T(0))) + x[j];
+          for (int j = 0; j < 2 * H; ++j) g[j] = (g[j] + (bh ? bh[j] : T(0))) + (xg[j] + (bi ? bi[j] : T(0)));
           sigmoid_(g, 2 * H);
           for (int j = 0; j < H; ++j) {
             const T hn = g[2 * H + j] + (bh ? bh[2 * H + j] : T(0));
             if (ghn) ghn[L.at(t, b, d, H) + j] = hn;
-            g[2 * H + j] = x[2 * H + j] + hn * g[j];
+            g[2 * H + j] = (xg[2 * H + j] + (bi ? bi[2 * H + j] : T(0))) + hn * g[j];
           }
           tanh_(g + 2 * H, H);
           for (int j = 0; j < H; ++j) {
@@ -202,10 +218,10 @@ void forward_direction(const Layer<T>& L, int d, const T* gi, const T* w_hh, con
             o[j] = hb[j] = n + g[H + j] * (hb[j] - n);
           }
         }
-        if (gates) std::memcpy(gates + L.at(t, b, d, G), g, sizeof(T) * G);
+        if (keep_gates) std::memcpy(xg, g, sizeof(T) * G);
       } else {
         std::memset(o, 0, sizeof(T) * H);
-        if (gates) std::memset(gates + L.at(t, b, d, G), 0, sizeof(T) * G);
+        if (keep_gates) std::memset(xg, 0, sizeof(T) * G);
         if (ghn) std::memset(ghn + L.at(t, b, d, H), 0, sizeof(T) * H);
       }
       if (h_all) std::memcpy(h_all + L.at(t, b, d, H), hb, sizeof(T) * H);
@@ -296,23 +312,71 @@ void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh,
 }
 
 template <typename T>
-void forward(int cell, int steps, int batch, int hidden, const T* gi, const T* w_hh, const T* b_hh, const T* h0,
-             const T* c0, const int64_t* lengths, T* out, T* h_n, T* c_n, T* h_all, T* c_all, T* gates, T* ghn,
-             int threads) {
+void forward(int cell, int steps, int batch, int hidden, int input_size, const T* x, const T* w_ih, const T* b_ih,
+             const T* w_hh, const T* b_hh, const T* h0, const T* c0, const int64_t* lengths, T* gi, int keep_gates,
+             T* out, T* h_n, T* c_n, T* h_all, T* c_all, T* ghn, int threads) {
   const Layer<T> L{cell, steps, batch, hidden};
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
-  for (int d = 0; d < 2; ++d)
-    forward_direction(L, d, gi, w_hh, b_hh, h0, c0, lengths, out, h_n, c_n, h_all, c_all, gates, ghn);
+  for (int d = 0; d < 2; ++d) {
+    const int one = 1, before = mkl_set_num_threads_local_(&one);
+    forward_direction(L, d, input_size, x, w_ih, b_ih, w_hh, b_hh, h0, c0, lengths, gi, keep_gates != 0, out, h_n,
+                      c_n, h_all, c_all, ghn);
+    mkl_set_num_threads_local_(&before);
+  }
 }
 
+// d_w (G x K, += when acc) = sum over rows of d_g[row]^T @ v[row]: d_g rows of stride 2G, v rows of stride ldv.
 template <typename T>
-void backward(int cell, int steps, int batch, int hidden, const T* d_out, const T* w_hh, const T* h0, const T* c0,
-              const int64_t* lengths, const T* h_all, const T* c_all, const T* gates, const T* ghn, T* dh, T* dc,
-              T* d_gi, T* d_gh, int threads) {
+void weight_grad(int rows, int G, int K, const T* d_g, const T* v, int ldv, bool acc, T* d_w) {
+  if (rows > 0) blas_gemm(true, false, G, K, rows, d_g, 2 * G, v, ldv, acc, d_w, K);
+}
+
+// Column sums of (rows x G) with row stride 2G.
+template <typename T>
+void bias_grad(int64_t rows, int G, const T* d_g, T* d_b) {
+  std::memset(d_b, 0, sizeof(T) * G);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int j = 0; j < G; ++j) d_b[j] += d_g[r * 2 * G + j];
+}
+
+// The reverse loops (one thread per direction), then on the same thread that direction's weight and bias
+// gradients; after both, the input gradient, its rows split between the threads. d_x/d_b_* may be null.
+template <typename T>
+void backward(int cell, int steps, int batch, int hidden, int input_size, const T* d_out, const T* x, const T* w_ih,
+              const T* w_hh, const T* h0, const T* c0, const int64_t* lengths, const T* h_all, const T* c_all,
+              const T* gates, const T* ghn, T* dh, T* dc, T* d_gi, T* d_gh, T* d_x, T* d_w_ih, T* d_b_ih, T* d_w_hh,
+              T* d_b_hh, int threads) {
   const Layer<T> L{cell, steps, batch, hidden};
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-  for (int d = 0; d < 2; ++d)
-    backward_direction(L, d, d_out, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, dh, dc, d_gi, d_gh);
+  const int G = L.gh(), H = hidden, F = input_size, B = batch;
+  const int64_t rows = int64_t(steps) * batch;
+  const T* dhh = cell == 0 ? d_gi : d_gh;
+#pragma omp parallel num_threads(threads)
+  {
+    const int one = 1, before = mkl_set_num_threads_local_(&one);
+#pragma omp for schedule(static, 1)
+    for (int d = 0; d < 2; ++d) {
+      backward_direction(L, d, d_out, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, dh, dc, d_gi, d_gh);
+      weight_grad(int(rows), G, F, d_gi + d * G, x, F, false, d_w_ih + int64_t(d) * G * F);
+      // W_hh met the previous state: h0 at the direction's first step, else h_all one step back in its order.
+      T* dw = d_w_hh + int64_t(d) * G * H;
+      const int first = d == 0 ? 0 : steps - 1;
+      weight_grad(B, G, H, dhh + L.at(first, 0, d, G), h0 + int64_t(d) * B * H, H, false, dw);
+      const int later = d == 0 ? 1 : 0;  // d_g rows of the steps after the first, against h_all shifted by one
+      weight_grad((steps - 1) * B, G, H, dhh + L.at(later, 0, d, G), h_all + L.at(1 - later, 0, d, H), 2 * H, true,
+                  dw);
+      if (d_b_ih) bias_grad(rows, G, d_gi + d * G, d_b_ih + int64_t(d) * G);
+      if (d_b_hh) bias_grad(rows, G, dhh + d * G, d_b_hh + int64_t(d) * G);
+    }
+    if (d_x) {
+#pragma omp for schedule(static, 1)
+      for (int part = 0; part < 2; ++part) {
+        const int64_t r0 = rows * part / 2, r1 = rows * (part + 1) / 2;
+        if (r1 > r0) blas_gemm(false, false, int(r1 - r0), F, 2 * G, d_gi + r0 * 2 * G, 2 * G, w_ih, F, false,
+                               d_x + r0 * F, F);
+      }
+    }
+    mkl_set_num_threads_local_(&before);
+  }
 }
 
 }  // namespace
@@ -320,31 +384,35 @@ void backward(int cell, int steps, int batch, int hidden, const T* d_out, const 
 extern "C" {
 // C entry points for ctypes (float32 and float64). Null pointers: b_hh without bias or for LSTM, lengths
 // without padding, c0/c_n/c_all for GRU, the stash when no gradient is needed.
-void birnn_forward_f32(int cell, int steps, int batch, int hidden, const float* gi, const float* w_hh,
-                       const float* b_hh, const float* h0, const float* c0, const int64_t* lengths, float* out,
-                       float* h_n, float* c_n, float* h_all, float* c_all, float* gates, float* ghn, int threads) {
-  forward(cell, steps, batch, hidden, gi, w_hh, b_hh, h0, c0, lengths, out, h_n, c_n, h_all, c_all, gates, ghn,
-          threads);
+void birnn_forward_f32(int cell, int steps, int batch, int hidden, int input_size, const float* x, const float* w_ih,
+                       const float* b_ih, const float* w_hh, const float* b_hh, const float* h0, const float* c0,
+                       const int64_t* lengths, float* gi, int keep_gates, float* out, float* h_n, float* c_n,
+                       float* h_all, float* c_all, float* ghn, int threads) {
+  forward(cell, steps, batch, hidden, input_size, x, w_ih, b_ih, w_hh, b_hh, h0, c0, lengths, gi, keep_gates, out,
+          h_n, c_n, h_all, c_all, ghn, threads);
 }
-void birnn_forward_f64(int cell, int steps, int batch, int hidden, const double* gi, const double* w_hh,
-                       const double* b_hh, const double* h0, const double* c0, const int64_t* lengths, double* out,
-                       double* h_n, double* c_n, double* h_all, double* c_all, double* gates, double* ghn,
+void birnn_forward_f64(int cell, int steps, int batch, int hidden, int input_size, const double* x,
+                       const double* w_ih, const double* b_ih, const double* w_hh, const double* b_hh,
+                       const double* h0, const double* c0, const int64_t* lengths, double* gi, int keep_gates,
+                       double* out, double* h_n, double* c_n, double* h_all, double* c_all, double* ghn,
                        int threads) {
-  forward(cell, steps, batch, hidden, gi, w_hh, b_hh, h0, c0, lengths, out, h_n, c_n, h_all, c_all, gates, ghn,
-          threads);
+  forward(cell, steps, batch, hidden, input_size, x, w_ih, b_ih, w_hh, b_hh, h0, c0, lengths, gi, keep_gates, out,
+          h_n, c_n, h_all, c_all, ghn, threads);
 }
-void birnn_backward_f32(int cell, int steps, int batch, int hidden, const float* d_out, const float* w_hh,
-                        const float* h0, const float* c0, const int64_t* lengths, const float* h_all,
-                        const float* c_all, const float* gates, const float* ghn, float* dh, float* dc, float* d_gi,
-                        float* d_gh, int threads) {
-  backward(cell, steps, batch, hidden, d_out, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, dh, dc, d_gi, d_gh,
-           threads);
+void birnn_backward_f32(int cell, int steps, int batch, int hidden, int input_size, const float* d_out,
+                        const float* x, const float* w_ih, const float* w_hh, const float* h0, const float* c0,
+                        const int64_t* lengths, const float* h_all, const float* c_all, const float* gates,
+                        const float* ghn, float* dh, float* dc, float* d_gi, float* d_gh, float* d_x, float* d_w_ih,
+                        float* d_b_ih, float* d_w_hh, float* d_b_hh, int threads) {
+  backward(cell, steps, batch, hidden, input_size, d_out, x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn,
+           dh, dc, d_gi, d_gh, d_x, d_w_ih, d_b_ih, d_w_hh, d_b_hh, threads);
 }
-void birnn_backward_f64(int cell, int steps, int batch, int hidden, const double* d_out, const double* w_hh,
-                        const double* h0, const double* c0, const int64_t* lengths, const double* h_all,
-                        const double* c_all, const double* gates, const double* ghn, double* dh, double* dc,
-                        double* d_gi, double* d_gh, int threads) {
-  backward(cell, steps, batch, hidden, d_out, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, dh, dc, d_gi, d_gh,
-           threads);
+void birnn_backward_f64(int cell, int steps, int batch, int hidden, int input_size, const double* d_out,
+                        const double* x, const double* w_ih, const double* w_hh, const double* h0, const double* c0,
+                        const int64_t* lengths, const double* h_all, const double* c_all, const double* gates,
+                        const double* ghn, double* dh, double* dc, double* d_gi, double* d_gh, double* d_x,
+                        double* d_w_ih, double* d_b_ih, double* d_w_hh, double* d_b_hh, int threads) {
+  backward(cell, steps, batch, hidden, input_size, d_out, x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn,
+           dh, dc, d_gi, d_gh, d_x, d_w_ih, d_b_ih, d_w_hh, d_b_hh, threads);
 }
 }
