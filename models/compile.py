@@ -4,8 +4,9 @@
 |-------------|------------------------------------------|--------|----------------------------|-------------------------------|
 | none        | the model itself                         | yes    | any                        |                               |
 | script      | ``torch.jit.script(model)``              | yes    | any (B and T dynamic)      | fused kernels via ``_VF``     |
-| aot_eager   | ``torch.compile(model, backend=...)``    | yes    | any (recompiles, then      | one graph break per fused RNN |
-| inductor    | ``torch.compile(model, backend=...)``    | yes    | dynamic after a recompile) | call (``compiler.disable``)   |
+| aot_eager   | ``torch.compile(model, backend=...)``    | yes    | any (recompiles, then      | CPU: the kernel is a custom   |
+| inductor    | ``torch.compile(model, backend=...)``    | yes    | dynamic after a recompile) | op, no break; else a graph    |
+|             |                                          |        |                            | break per fused RNN call      |
 | export      | ``ExportedModel``: ``torch.export`` ->   | no     | dynamic B, ``T <= max_len``| the graph ``export(..., "pt2")``|
 |             | ``.module()``, inputs padded to max_len  |        |                            | writes, run in process        |
 
@@ -23,6 +24,8 @@ from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from . import cpu_kernel
 
 COMPILE_MODES = ("none", "script", "aot_eager", "inductor", "export")
 """Modes accepted by ``compile_model``."""
@@ -103,8 +106,8 @@ class ExportedModel(nn.Module):
 def compile_model(model: nn.Module, mode: str = "none", *, max_len: Optional[int] = None, **compile_kwargs: Any) -> Any:
     """Compile ``model`` for training or inference; ``mode`` in ``none | script | aot_eager | inductor | export``.
 
-    ``compile_kwargs`` go to ``torch.compile`` (``dynamic``, ``fullgraph``, ``options``; ``fullgraph=True`` fails:
-    every fused RNN call is a deliberate graph break). ``max_len`` is the static sequence length of
+    ``compile_kwargs`` go to ``torch.compile`` (``dynamic``, ``fullgraph``, ``options``; ``fullgraph=True`` fails
+    off the CPU kernel: every fused RNN call is then a deliberate graph break). ``max_len`` is the static sequence length of
     ``mode="export"`` (default ``DEFAULT_MAX_LEN``). The returned object shares the model's parameters for
     every mode but ``export`` (a snapshot of them). See the module docstring for the trade-offs.
     """
@@ -119,6 +122,7 @@ def compile_model(model: nn.Module, mode: str = "none", *, max_len: Optional[int
     if mode == "script":
         return torch.jit.script(model)
     if mode in ("aot_eager", "inductor"):
+        cpu_kernel.available()  # build/load the CPU kernel now: torch.compile traces it only once it is loaded
         return torch.compile(model, backend=mode, **compile_kwargs)
     length = DEFAULT_MAX_LEN if max_len is None else max_len
     return ExportedModel(

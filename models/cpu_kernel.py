@@ -103,10 +103,16 @@ def disabled() -> Iterator[None]:
 
 def applies(x: Tensor, mode: str) -> bool:
     """Whether ``fused_layer`` can run this input: CPU float32/float64, LSTM or GRU, no autocast, not inside
-    ``torch.compile``/``torch.export``/``torch.jit.trace`` (they cannot see into a ctypes call) nor ``disabled()``."""
-    return (mode in _CELLS and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing() and not getattr(_switch, "off", False) and available())
+    ``torch.export`` (an exported program must load without this project) or ``torch.jit.trace`` (it cannot
+    see into the kernel), not inside ``disabled()``. Under ``torch.compile`` it applies when the kernel was
+    loaded before (any eager call or ``available()``): the trace then holds it as one custom op."""
+    if mode not in _CELLS or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.compiler.is_exporting():
+        return False
+    if torch.compiler.is_compiling():
+        return _library is not None
+    return not getattr(_switch, "off", False) and available()
 
 
 def _kernel() -> ctypes.CDLL:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch._dynamo
 
-from models import BiGRU, BiLSTM, BiRNN
+from models import BiGRU, BiLSTM, BiRNN, cpu_kernel
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 CASES = [
@@ -26,14 +26,24 @@ def test_script_equals_eager_with_and_without_lengths(cls: type, mode: object) -
             torch.testing.assert_close(ours, eager, **TOL)
 
 
+@pytest.mark.parametrize("path", ["cpu-kernel", "aten"])
 @pytest.mark.parametrize(
-    ("cls", "mode", "with_lengths", "graph_breaks"),
+    ("cls", "mode", "with_lengths", "aten_graph_breaks"),
     [(BiLSTM, "concat", False, 0), (BiLSTM, "sum", False, 1), (BiLSTM, "sum", True, 5), (BiGRU, "mul", True, 5)],
 )
 def test_compile_graph_breaks_are_pinned_and_outputs_match(cls: type, mode: str, with_lengths: bool,
-                                                           graph_breaks: int) -> None:
-    """Each fused call is left to eager PyTorch (torch.compiler.disable); the merges, gathers and masks
-    around it are compiled. The counts below are what torch._dynamo.explain reports on torch 2.13."""
+                                                           aten_graph_breaks: int, path: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU kernel: one graph, the kernel a custom op inside it. PyTorch's fused kernels: each fused call is left
+    to eager PyTorch (torch.compiler.disable), the merges, gathers and masks around it compiled. The counts are
+    what torch._dynamo.explain reports on torch 2.13."""
+    if path == "aten":
+        monkeypatch.setattr(cpu_kernel, "applies", lambda x, mode: False)
+        graph_breaks = aten_graph_breaks
+    elif not cpu_kernel.available():
+        pytest.skip("CPU kernel not built (tests/test_cpu_kernel.py says why)")
+    else:
+        graph_breaks = 0
     block = cls(3, 4, num_layers=2, merge_mode=mode)
     x = torch.randn(5, 2, 3)
     lengths = torch.tensor([5, 3]) if with_lengths else None

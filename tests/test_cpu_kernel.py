@@ -173,3 +173,32 @@ def test_disabled_or_unbuildable_kernel_falls_back_with_a_warning(tmp_path: Path
     assert "available False (5, 2, 4)" in broken.stdout
     assert "CPU kernel unavailable" in broken.stderr
     assert not list((tmp_path / "b").glob("*.so"))  # a failed build leaves nothing to load later
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_custom_ops_pass_torch_library_opcheck(mode: str) -> None:
+    """Schemas, fake (meta) implementations and autograd registration are consistent (what torch.compile uses)."""
+    cell = 0 if mode == "LSTM" else 1
+    gates, steps, batch, features, hidden = (4 if cell == 0 else 3) * 3, 4, 2, 5, 3
+    x = torch.randn(steps, batch, features, dtype=torch.float64, requires_grad=True)
+    w_ih = torch.randn(2, gates, features, dtype=torch.float64, requires_grad=True)
+    w_hh = torch.randn(2, gates, hidden, dtype=torch.float64, requires_grad=True)
+    b_ih = torch.randn(2, gates, dtype=torch.float64, requires_grad=True)
+    b_hh = torch.randn(2, gates, dtype=torch.float64, requires_grad=True) if cell == 1 else None
+    h0 = torch.randn(2, batch, hidden, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, batch, hidden, dtype=torch.float64, requires_grad=True)
+    for lengths in (None, torch.tensor([4, 2])):
+        torch.library.opcheck(torch.ops.birnn_zoo.bidirectional_layer,
+                              (x, w_ih, b_ih, w_hh, b_hh, h0, c0, lengths, cell, True))
+
+
+@needs_kernel
+def test_export_keeps_pytorch_kernels_so_the_program_loads_without_the_project() -> None:
+    block = BiGRU(3, 4, num_layers=2, merge_mode="sum").eval()
+    x = torch.randn(5, 2, 3)
+    program = torch.export.export(block, (x,))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not any("birnn_zoo" in t for t in targets)
+    assert any("gru" in t for t in targets)
+    torch.testing.assert_close(program.module()(x)[0], block(x)[0], atol=1e-5, rtol=1e-5)
