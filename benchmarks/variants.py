@@ -72,6 +72,6 @@ class AtenPath(nn.Module):
         super().__init__()
         self.block = block
 
-    def forward(self, *args: Tensor) -> Tuple[Tensor, object]:
+    def forward(self, *args: Tensor, **kwargs: Tensor) -> Tuple[Tensor, object]:
         with cpu_kernel.disabled():
-            return self.block(*args)
+            return self.block(*args, **kwargs)

@@ -68,7 +68,9 @@ RATIO_LABELS = {
     "blocks_vs_tf": "blocks / TF-Keras",
     "tf_vs_fused": "TF-Keras / torch fused",
     "blocks_vs_fused": "blocks / torch fused",
+    "aten_vs_tf": "blocks on PyTorch's kernels / TF-Keras",
 }
+ATEN = "aten "  # case-key prefix: the same block with the CPU kernel switched off (the blocks before it)
 _WORKER_LOG = re.compile(r"^\[\d\d:\d\d:\d\d\] (tf|torch): ")
 
 
@@ -118,7 +120,7 @@ def torch_cases(spec: Dict[str, Any]) -> Dict[str, Callable[[], None]]:
     """``{case_key: callable}``: the fused reference (full length), then the blocks per merge mode and lengths."""
     from models import BiGRU, BiLSTM
 
-    from .variants import fused_baseline
+    from .variants import AtenPath, fused_baseline
 
     blocks = {"LSTM": BiLSTM, "GRU": BiGRU}
     torch.manual_seed(spec["seed"])
@@ -134,6 +136,8 @@ def torch_cases(spec: Dict[str, Any]) -> Dict[str, Callable[[], None]]:
             kwargs = {"lengths": lengths} if with_lengths else {}
             for kind, fn in torch_callables(block, x, kwargs).items():
                 cases[case_key(mode, with_lengths, kind)] = fn
+            for kind, fn in torch_callables(AtenPath(block), x, kwargs).items():
+                cases[ATEN + case_key(mode, with_lengths, kind)] = fn
     return cases
 
 
@@ -207,6 +211,8 @@ def round_ratios(tf_times: Dict[str, float], torch_times: Dict[str, float]) -> D
         fused = torch_times[case_key("fused", False, kind)]
         ratios = {"blocks_vs_tf": torch_times[key] / tf_s, "tf_vs_fused": tf_s / fused,
                   "blocks_vs_fused": torch_times[key] / fused}
+        if ATEN + key in torch_times:
+            ratios["aten_vs_tf"] = torch_times[ATEN + key] / tf_s
         full = case_key(mode, False, kind)
         if lengths == "lengths" and full in tf_times:
             ratios["blocks_lengths_cost"] = torch_times[key] / torch_times[full]
@@ -268,11 +274,12 @@ def markdown(payload: Dict[str, Any]) -> str:
         "worker processes run back to back, alternating which goes first. `blocks / TF-Keras` < 1 means the blocks "
         "are faster. TF-Keras: `Bidirectional(LSTM|GRU(H, return_sequences=True), merge_mode=m) x L`, batch-major, "
         "`tf.function` (no XLA); with lengths a boolean mask. blocks: `models.BiLSTM/BiGRU`, time-major, `lengths=`. "
-        "torch fused: `nn.LSTM/nn.GRU(bidirectional=True)` without lengths (concat). Training step: forward + mean + "
+        "torch fused: `nn.LSTM/nn.GRU(bidirectional=True)` without lengths (concat). blocks on PyTorch's kernels: the "
+        "blocks inside `models.cpu_kernel.disabled()`, as they ran before the CPU kernel. Training step: forward + mean + "
         "gradients, no optimizer.", "",
-        "| config | cell | merge | lengths | blocks / TF-Keras infer | blocks / TF-Keras train | TF-Keras / torch "
-        "fused infer | TF-Keras / torch fused train | blocks / torch fused infer | blocks / torch fused train |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| config | cell | merge | lengths | " + " | ".join(f"{label} {kind}" for label in RATIO_LABELS.values()
+                                                      for kind in KINDS) + " |",
+        "|---|---|---|---|" + "---:|" * (len(RATIO_LABELS) * len(KINDS)),
     ]
     cost = ["## Cost of lengths", "", "Time with lengths / the same case without (median of per-round ratios).", "",
             "| config | cell | merge | blocks infer | blocks train | TF-Keras infer | TF-Keras train |",

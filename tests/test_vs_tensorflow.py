@@ -112,8 +112,8 @@ def test_torch_worker_prints_json_with_every_case() -> None:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)
-    expected = {"fused|full|infer", "fused|full|train"} | {
-        case_key(m, n, k) for m in ("sum", "concat") for n in (False, True) for k in ("infer", "train")}
+    blocks = {case_key(m, n, k) for m in ("sum", "concat") for n in (False, True) for k in ("infer", "train")}
+    expected = {"fused|full|infer", "fused|full|train"} | blocks | {vs.ATEN + key for key in blocks}
     assert set(out["times"]) == expected
     assert all(t > 0 for t in out["times"].values())
     assert all(len(s) == 2 for s in out["samples"].values())
