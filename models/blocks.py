@@ -120,6 +120,10 @@ class _BiRNNBase(nn.Module):
             layer_input = merged_size(self.merge_modes[layer], hidden_size)
         self._init_flat_weights()
         self.reset_parameters()
+        if device is None or torch.device(device).type == "cpu":
+            # Build (first time on this machine, ~7 s) or load the CPU kernel now, not at the first forward:
+            # torch.compile can only trace a kernel that is already loaded.
+            cpu_kernel.available()
 
     # -- parameters ---------------------------------------------------------------------------------
     def _init_flat_weights(self) -> None:

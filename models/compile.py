@@ -25,8 +25,6 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import cpu_kernel
-
 COMPILE_MODES = ("none", "script", "aot_eager", "inductor", "export")
 """Modes accepted by ``compile_model``."""
 
@@ -122,7 +120,6 @@ def compile_model(model: nn.Module, mode: str = "none", *, max_len: Optional[int
     if mode == "script":
         return torch.jit.script(model)
     if mode in ("aot_eager", "inductor"):
-        cpu_kernel.available()  # build/load the CPU kernel now: torch.compile traces it only once it is loaded
         return torch.compile(model, backend=mode, **compile_kwargs)
     length = DEFAULT_MAX_LEN if max_len is None else max_len
     return ExportedModel(

@@ -104,8 +104,8 @@ def disabled() -> Iterator[None]:
 def applies(x: Tensor, mode: str) -> bool:
     """Whether ``fused_layer`` can run this input: CPU float32/float64, LSTM or GRU, no autocast, not inside
     ``torch.export`` (an exported program must load without this project) or ``torch.jit.trace`` (it cannot
-    see into the kernel), not inside ``disabled()``. Under ``torch.compile`` it applies when the kernel was
-    loaded before (any eager call or ``available()``): the trace then holds it as one custom op."""
+    see into the kernel), not inside ``disabled()``. Under ``torch.compile`` it applies when the kernel is loaded (every
+    CPU block loads it when constructed): the trace then holds it as one custom op."""
     if mode not in _CELLS or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
     if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.compiler.is_exporting():

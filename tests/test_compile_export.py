@@ -57,14 +57,19 @@ def test_compile_model_arguments():
     torch.testing.assert_close(scripted(ids), model(ids), **TOL)
 
 
-def test_graph_breaks_are_the_fused_calls_only():
-    """Pinned for ``bilstm``: dynamo's count of graph breaks, every one a ``compiler.disable``d fused RNN call.
+def test_graph_breaks_are_the_fused_calls_only(monkeypatch: pytest.MonkeyPatch):
+    """Pinned for ``bilstm``: dynamo's count of graphs and breaks on torch 2.13.
 
-    Token input runs the lengths path (two single-direction fused calls per layer, each layer its own method so
-    dynamo compiles the gathers, masks and merge around the calls): 8 breaks / 9 graphs on torch 2.13.
-    Feature input without lengths and all-``concat`` layers is one fused call for the whole stack: 3 breaks
-    (the one call, seen from each enclosing frame).
+    On the CPU kernel (a custom op) the whole model is one graph. On PyTorch's fused kernels every break is a
+    ``compiler.disable``d fused RNN call: token input runs the lengths path (two single-direction fused calls
+    per layer, each layer its own method so dynamo compiles the gathers, masks and merge around the calls),
+    8 breaks / 9 graphs.
     """
+    if models.cpu_kernel.available():
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(tiny("bilstm", "concat"))(padded_batch())
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    monkeypatch.setattr(models.cpu_kernel, "applies", lambda x, mode: False)
     torch._dynamo.reset()
     explained = torch._dynamo.explain(tiny("bilstm", "concat"))(padded_batch())
     assert (explained.graph_count, explained.graph_break_count) == (9, 8)
@@ -72,7 +77,10 @@ def test_graph_breaks_are_the_fused_calls_only():
 
 
 @pytest.mark.slow
-def test_graph_breaks_of_the_single_fused_call():
+def test_graph_breaks_of_the_single_fused_call(monkeypatch: pytest.MonkeyPatch):
+    """Feature input without lengths and all-``concat`` layers, on PyTorch's kernels: one fused call for the whole
+    stack, 3 breaks (the one call, seen from each enclosing frame)."""
+    monkeypatch.setattr(models.cpu_kernel, "applies", lambda x, mode: False)
     torch.manual_seed(0)
     features = create_model("bilstm", input_size=4, embed_dim=8, hidden_size=8).eval()
     torch._dynamo.reset()
