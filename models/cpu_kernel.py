@@ -144,14 +144,13 @@ def _layer(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor, b_hh: 
     loop reads: ``h_all``, ``c_all (T, B, 2, H)``, ``gates (T, B, 2, G)``, ``ghn (T, B, 2, H)``."""
     out, h_n, c_n, h_all, c_all, gates, ghn = _layer_outputs(x, w_ih, b_ih, w_hh, b_hh, h0, c0, lengths, cell, stash)
     steps, batch, input_size = x.shape
-    scratch = gates if stash else x.new_empty(steps, batch, 2, w_hh.shape[1])
     x, w_ih, w_hh, h0, c0 = x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous()
     b_ih = None if b_ih is None else b_ih.contiguous()
     b_hh = None if b_hh is None else b_hh.contiguous()
     library = _kernel()
     fn = library.birnn_forward_f32 if x.dtype == torch.float32 else library.birnn_forward_f64
     fn(cell, steps, batch, w_hh.shape[2], input_size, _ptr(x), _ptr(w_ih), _ptr(b_ih), _ptr(w_hh), _ptr(b_hh),
-       _ptr(h0), _ptr(c0) if cell == 0 else None, _ptr(lengths), _ptr(scratch), int(stash), _ptr(out), _ptr(h_n),
+       _ptr(h0), _ptr(c0) if cell == 0 else None, _ptr(lengths), _ptr(gates), int(stash), _ptr(out), _ptr(h_n),
        _ptr(c_n), _ptr(h_all), _ptr(c_all), _ptr(ghn), _threads())
     return out, h_n, c_n, h_all, c_all, gates, ghn
 

@@ -202,3 +202,19 @@ def test_export_keeps_pytorch_kernels_so_the_program_loads_without_the_project()
     assert not any("birnn_zoo" in t for t in targets)
     assert any("gru" in t for t in targets)
     torch.testing.assert_close(program.module()(x)[0], block(x)[0], atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("batch", [3, 40, 300])  # chunks of 85, 6 and 1 steps (inference projects ~256 rows at once)
+def test_inference_path_equals_packed_torch_module(mode: str, batch: int) -> None:
+    """Without a gradient the kernel projects the input in chunks of steps (no stash); same results."""
+    module = getattr(nn, mode)(5, 4, bidirectional=True)
+    x = torch.randn(13, batch, 5)
+    lengths = torch.randint(1, 14, (batch,))
+    h0, c0 = torch.randn(2, batch, 4), torch.randn(2, batch, 4)
+    with torch.inference_mode():
+        expected = packed_reference(mode, module, x, lengths, h0, c0)
+        out, h_n, c_n = cpu_kernel.fused_layer(mode, x, h0, c0, lengths, list(module._flat_weights), True)
+    for a, b in zip((out.flatten(2), h_n, c_n), expected, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)

@@ -11,7 +11,7 @@
 // Layouts (row-major, contiguous; T steps, B rows, F inputs, H hidden, G = 4H LSTM | 3H GRU, d = direction):
 //   x (T, B, F); w_ih (2, G, F); b_ih (2, G) (LSTM: b_ih + b_hh); w_hh (2, G, H); b_hh (2, G) GRU only
 //   h0, c0 (2, B, H); lengths (B,) int64 or null (right padding: step t of row b is valid iff t < len[b])
-//   gi (T, B, 2, G) scratch for the projections; with keep_gates it ends holding the activated gates
+//   gi (T, B, 2, G) with keep_gates (training): the projections, then the activated gates; else unused (null)
 //   out (T, B, 2, H) zero at padded steps; h_n, c_n (2, B, H): the state at each row's last valid step
 //   stash for the backward loop: h_all, c_all (T, B, 2, H) state after each step (carried through padding),
 //   ghn (T, B, 2, H) GRU's W_hn h + b_hn.
@@ -21,6 +21,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -174,9 +175,17 @@ void forward_direction(const Layer<T>& L, int d, int input_size, const T* x, con
                        bool keep_gates, T* out, T* h_n, T* c_n, T* h_all, T* c_all, T* ghn) {
   const int B = L.batch, H = L.hidden, G = L.gh();
   const bool lstm = L.cell == 0;
-  // This direction's input projections of all steps, one GEMM on this thread: gi[:, :, d] = x @ W_ih[d]^T.
-  blas_gemm(false, true, L.steps * B, G, input_size, x, input_size, w_ih + int64_t(d) * G * input_size, input_size,
-            false, gi + int64_t(d) * G, 2 * G);
+  // This direction's input projections x @ W_ih[d]^T, GEMMs on this thread. Training keeps them (then the
+  // activated gates) for the backward pass: all steps at once into gi. Inference projects chunks of about 256
+  // rows into a small reused buffer instead: a (T, B, 2, G) scratch costs more in first-touch page faults
+  // (measured ~30 ms per 50 MB) than its GEMM.
+  const T* wi = w_ih + int64_t(d) * G * input_size;
+  const int chunk = keep_gates ? L.steps : std::max(1, std::min(L.steps, 256 / B));
+  std::vector<T> local(keep_gates ? 0 : int64_t(chunk) * B * G);
+  if (keep_gates)
+    blas_gemm(false, true, L.steps * B, G, input_size, x, input_size, wi, input_size, false, gi + int64_t(d) * G,
+              2 * G);
+  int chunk_start = 0;  // first time index of the chunk in local
   const T* w = w_hh + int64_t(d) * G * H;
   const T* bi = b_ih ? b_ih + int64_t(d) * G : nullptr;
   const T* bh = b_hh ? b_hh + int64_t(d) * G : nullptr;
@@ -188,11 +197,18 @@ void forward_direction(const Layer<T>& L, int d, int input_size, const T* x, con
   const StepGemm<T> gemm(w, true, G, H);
   for (int s = 0; s < L.steps; ++s) {
     const int t = L.time(d, s);
+    if (!keep_gates && s % chunk == 0) {
+      const int n = std::min(chunk, L.steps - s);
+      chunk_start = d == 0 ? s : L.steps - s - n;
+      blas_gemm(false, true, n * B, G, input_size, x + int64_t(chunk_start) * B * input_size, input_size, wi,
+                input_size, false, local.data(), G);
+    }
     gemm(B, h, H, pre.data(), G);  // pre = h @ W_hh^T
     for (int b = 0; b < B; ++b) {
       T* hb = h + int64_t(b) * H;
       T* o = out + L.at(t, b, d, H);
-      T* xg = gi + L.at(t, b, d, G);  // read here once; overwritten by the activated gates when kept
+      // The projection, read here once; in training overwritten by the activated gates.
+      T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.data() + (int64_t(t - chunk_start) * B + b) * G;
       if (L.valid(lengths, t, b)) {
         T* g = pre.data() + int64_t(b) * G;
         if (lstm) {
