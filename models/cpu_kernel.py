@@ -38,8 +38,13 @@ _switch = threading.local()  # .off: set by disabled() on this thread only
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("BIRNN_ZOO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "birnn-zoo")
-    return Path(root)
+    """``$BIRNN_ZOO_CACHE``, else ``~/.cache/birnn-zoo``; the system temp folder when that cannot be created."""
+    root = Path(os.environ.get("BIRNN_ZOO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "birnn-zoo"))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        root = Path(tempfile.gettempdir()) / f"birnn-zoo-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    return root
 
 
 def _build(target: Path) -> None:
