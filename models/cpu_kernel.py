@@ -44,6 +44,7 @@ def _cache_dir() -> Path:
         root.mkdir(parents=True, exist_ok=True)
     except OSError:
         root = Path(tempfile.gettempdir()) / f"birnn-zoo-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+        root.mkdir(parents=True, exist_ok=True)
     return root
 
 
