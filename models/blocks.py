@@ -1,10 +1,14 @@
-"""Merge-aware multi-layer bidirectional LSTM / GRU / RNN blocks on PyTorch's fused kernels.
+"""Merge-aware multi-layer bidirectional LSTM / GRU / RNN blocks.
 
 ``BiLSTM(input_size, hidden_size, num_layers, merge_mode="sum")`` is ``nn.LSTM(bidirectional=True)``
 plus a Keras merge mode after every layer. Parameters carry ``nn.LSTM``'s names (``weight_ih_l0``,
 ``weight_hh_l0_reverse``, ...), so with ``merge_mode="concat"`` an ``nn.LSTM`` state_dict loads as is.
 
 How each forward runs (``T`` time steps, ``B`` sequences, time-major inside):
+- CPU LSTM/GRU in float32/float64 (eager or ``torch.compile``): one call of the project's kernel per layer,
+  both directions at once, padded steps skipped per row (``models/cpu_kernel.py``), then the merge.
+Otherwise (CUDA, ``BiRNN``, autocast, TorchScript, ``torch.export``, the kernel unavailable or ``disabled()``),
+on PyTorch's fused kernels:
 - all layers ``concat`` and no ``lengths``: one fused call for the whole stack, exactly ``nn.LSTM``;
 - otherwise one fused bidirectional call per layer, then the merge;
 - with ``lengths`` each layer runs two single-direction fused calls on the padded batch: the forward
