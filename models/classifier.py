@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .blocks import BiGRU, BiLSTM, BiRNN
 from .merge import MergeMode, merge_directions, merged_size, resolve_merge_modes
 from .pooling import AdditiveAttentionPool, compact_valid_steps, lengths_to_mask, masked_max, masked_mean
+from .token_ids import check_token_ids
 
 CELLS = ("lstm", "gru", "rnn", "rnn_relu")
 """Recurrent cells: LSTM, GRU, Elman RNN with tanh, Elman RNN with ReLU."""
@@ -133,6 +134,9 @@ class SequenceClassifier(nn.Module):
         self.last_merge_mode = modes[-1]
         self.pooling = pooling
         self.token_input = vocab_size is not None
+        # Plain ints (0 when unused) for forward's input checks: TorchScript types an Optional attribute by value.
+        self.vocab_limit: int = vocab_size if vocab_size is not None else 0
+        self.feature_size: int = input_size if input_size is not None else 0
 
         if vocab_size is not None:
             _check_positive_int("vocab_size", vocab_size)
@@ -168,16 +172,25 @@ class SequenceClassifier(nn.Module):
     def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         """``x`` tokens ``(B, T)`` int or features ``(B, T, F)`` float; ``lengths (B,)`` optional -> ``(B, C)``."""
         if self.token_input:
-            if x.dim() != 2 or x.is_floating_point():
-                raise ValueError(f"token input must be an integer tensor (B, T), got dtype {x.dtype} and shape "
+            if x.dim() != 2:
+                raise ValueError(f"token input x must be an integer tensor (B, T), got dtype {x.dtype} and shape "
                                  f"{list(x.shape)}")
-        elif x.dim() != 3:
-            raise ValueError(f"feature input must be a float tensor (B, T, F), got shape {list(x.shape)}")
+            check_token_ids(x, self.vocab_limit, "x (token ids)")
+        else:
+            if x.dim() != 3 or x.shape[2] != self.feature_size:
+                raise ValueError(f"feature input x must be a float tensor (B, T, input_size) with input_size="
+                                 f"{self.feature_size}, got shape {list(x.shape)}")
+            if not x.is_floating_point():
+                raise TypeError(f"feature input x must be a floating-point tensor (B, T, {self.feature_size}), got "
+                                f"dtype {x.dtype}")
         seq_len = x.shape[1]
         valid: Optional[Tensor] = None
         if lengths is not None:
             if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
                 raise ValueError(f"lengths must have shape (B,) = ({x.shape[0]},), got {list(lengths.shape)}")
+            if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+                raise TypeError(f"lengths must be an integer tensor (B,) with values in [0, T] = [0, {seq_len}], "
+                                f"got dtype {lengths.dtype}")
             if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
                 if lengths.numel() > 0 and (int(lengths.min()) < 0 or int(lengths.max()) > seq_len):
                     raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values from "

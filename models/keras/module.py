@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..blocks import BiGRU, BiLSTM, BiRNN
 from ..merge import merge_directions
 from ..pooling import compact_valid_steps
+from ..token_ids import check_token_ids
 
 _UNIDIRECTIONAL = {"LSTM": nn.LSTM, "GRU": nn.GRU, "SimpleRNN": nn.RNN}
 
@@ -52,6 +53,7 @@ class EmbeddingStage(nn.Module):
         self.mask_zero = mask_zero
 
     def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        check_token_ids(x, self.embedding.num_embeddings, "x (token ids)")
         if self.mask_zero:
             mask = x != 0
         return self.embedding(x), mask
