@@ -203,6 +203,26 @@ def test_without_biases(tmp_path):
     _assert_parity(model, tmp_path, _inputs("features", rng), formats=("keras", "h5"))
 
 
+@pytest.mark.parametrize("kind", ["ids", "plain"])
+def test_time_distributed_dense_parity(tmp_path, kind):
+    """Sequence tagging: TimeDistributed(Dense) after Bidirectional(return_sequences=True) is a per-step linear
+    layer that passes the mask on (the masked average after it only sees valid steps)."""
+    rng = np.random.default_rng(10)
+    head = _head(kind)
+    out = head[0]
+    for layer in head[1:] + [layers.Bidirectional(layers.LSTM(4, return_sequences=True), merge_mode="sum"),
+                             layers.TimeDistributed(layers.Dense(3, activation="tanh"))]:
+        out = layer(out)
+    tagger = keras.Model(head[0], out)
+    for layer in tagger.layers:
+        layer.set_weights([rng.normal(size=w.shape).astype("float32") * 0.5 for w in layer.get_weights()])
+    inputs = _inputs("ids" if kind == "ids" else "features", rng)
+    _assert_parity(tagger, tmp_path, inputs)
+    pooled = keras.Sequential([*_head(kind), layers.Bidirectional(layers.GRU(4, return_sequences=True)),
+                               layers.TimeDistributed(layers.Dense(3)), layers.GlobalAveragePooling1D()])
+    _assert_parity(pooled, tmp_path, inputs, formats=("keras",))
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_functional_masked_last_step(tmp_path, cell):
     """Functional graphs pass the mask explicitly; a masked layer returning its last step ends the mask."""

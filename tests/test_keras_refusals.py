@@ -60,7 +60,6 @@ def _replace(h5, name, data, **kwargs):
 
 @pytest.mark.parametrize("layer,match", [
     (lambda: layers.Conv1D(4, 3), r"layer 'conv1d(_\d+)?'.*'Conv1D' is not supported"),
-    (lambda: layers.GRU(4, reset_after=False), r"layer 'gru.*reset_after=False"),
     (lambda: layers.LSTM(4, go_backwards=True), r"layer 'lstm.*go_backwards=True on an unwrapped"),
     (lambda: layers.LSTM(4, recurrent_activation="hard_sigmoid"), r"layer 'lstm.*recurrent_activation='hard_sigmoid'"),
     (lambda: layers.LSTM(4, activation="relu"), r"layer 'lstm.*activation='relu' has no exact"),

@@ -1,4 +1,5 @@
-"""Import Keras 3 bidirectional-RNN models (``.keras``, legacy ``.h5``, ``.weights.h5``) as zoo modules.
+"""Import Keras bidirectional-RNN models (``.keras``, ``.h5``, ``.weights.h5``; Keras 3, or Keras 2: tf.keras /
+``tf_keras``) as zoo modules.
 
 Files are read as data (JSON + h5py), never executed or unpickled; Keras is not needed at run time.
 """

@@ -9,6 +9,7 @@ datasets whose declared size is over ``MAX_DATASET_ELEMENTS`` (or all together o
 
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -98,8 +99,28 @@ def open_weights(source: Any, kind: str) -> WeightFile:
     return WeightFile(h5, kind)
 
 
+SAVED_MODEL_HINT = (
+    "A SavedModel holds TensorFlow graphs, not a Keras config, so it cannot be imported. Re-save it with "
+    "TensorFlow as .h5 or .keras: `model = tf.keras.models.load_model(folder); model.save('model.h5')` "
+    "(or 'model.keras'); on TensorFlow >= 2.16 install tf_keras and set TF_USE_LEGACY_KERAS=1 first "
+    "(`import tf_keras; model = tf_keras.models.load_model(folder)`). Then import that file.")
+
+
+def _refuse_saved_model(path: str) -> None:
+    """A TensorFlow SavedModel folder (or its ``saved_model.pb``) gets a message saying how to re-save it."""
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise KerasImportError(f"{path!r} is a TensorFlow SavedModel folder (it holds saved_model.pb). "
+                                   + SAVED_MODEL_HINT)
+        raise KerasImportError(f"{path!r} is a folder; expected a .keras archive or an .h5 file")
+    if os.path.basename(path) == "saved_model.pb":
+        raise KerasImportError(f"{path!r} is the graph of a TensorFlow SavedModel folder. " + SAVED_MODEL_HINT)
+
+
 def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
-    """``.keras`` or legacy ``.h5`` full model -> ``(config dict, weights)``; the caller closes the weights."""
+    """``.keras`` or legacy ``.h5`` full model -> ``(config dict, weights)``; the caller closes the weights.
+    Keras 3 and Keras 2 (``tf_keras``) files share these layouts; a TensorFlow SavedModel folder is refused."""
+    _refuse_saved_model(path)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()

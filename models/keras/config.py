@@ -1,9 +1,13 @@
 """Keras model configuration (plain JSON) -> a checked list of ``LayerSpec``s against an allow-list.
 
-Every layer that cannot be represented exactly is refused with a ``KerasImportError`` naming the layer
-and the reason. Mask propagation follows Keras 3 inference semantics: ``Embedding(mask_zero=True)`` and
-``Masking`` create a mask; recurrent layers with ``return_sequences=True``, ``Dense`` and the dropouts
-pass it on; recurrent layers with ``return_sequences=False`` and the global poolings end it.
+Reads Keras 3 configs and Keras 2 (tf.keras / ``tf_keras``) ones: a Keras 2 functional model lists its
+inbound nodes as nested lists (``[[["embedding", 0, 0, {}]]]``) where Keras 3 writes ``{"args", "kwargs"}``
+dicts, and gives input shapes as ``batch_input_shape``. Every layer that cannot be represented exactly is
+refused with a ``KerasImportError`` naming the layer and the reason, and so is a malformed config. Mask
+propagation follows Keras inference semantics (the same in Keras 2 and 3 for this subset):
+``Embedding(mask_zero=True)`` and ``Masking`` create a mask; recurrent layers with ``return_sequences=True``,
+``Dense``, ``TimeDistributed(Dense)`` and the dropouts pass it on; recurrent layers with
+``return_sequences=False`` and the global poolings end it.
 """
 
 import math
@@ -17,7 +21,8 @@ from .errors import KerasImportError
 RECURRENT = ("LSTM", "GRU", "SimpleRNN")
 IDENTITY = ("Dropout", "SpatialDropout1D")
 POOLING = {"GlobalAveragePooling1D": "avg", "GlobalMaxPooling1D": "max"}
-SUPPORTED = ("InputLayer", "Embedding", "Masking", "Bidirectional", "Dense", *RECURRENT, *IDENTITY, *POOLING)
+SUPPORTED = ("InputLayer", "Embedding", "Masking", "Bidirectional", "Dense", "TimeDistributed", *RECURRENT, *IDENTITY,
+             *POOLING)
 DENSE_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "softplus", "softsign", "elu", "selu",
                      "silu", "swish", "gelu")
 _MASK_OPS = ("NotEqual", "Any")
@@ -70,6 +75,14 @@ def _positive(config: Dict[str, Any], key: str, layer: str) -> int:
     return value
 
 
+def _flag(config: Dict[str, Any], key: str, default: bool, layer: str) -> bool:
+    """A boolean option; anything but true/false (or absent: ``default``) is a malformed config."""
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise _fail(layer, f"{key}={value!r} is not a bool; malformed config")
+    return value
+
+
 def _check_dtype(config: Dict[str, Any], layer: str) -> None:
     dtype = config.get("dtype")
     if isinstance(dtype, dict):
@@ -80,12 +93,12 @@ def _check_dtype(config: Dict[str, Any], layer: str) -> None:
 
 def _recurrent(class_name: str, config: Dict[str, Any], layer: str, wrapped: bool) -> Dict[str, Any]:
     """Options of an LSTM/GRU/SimpleRNN config, refusing anything the fused kernels cannot compute."""
-    for key, bad in (("stateful", True), ("unroll", True), ("return_state", True)):
-        if config.get(key, False) == bad:
+    for key, bad in (("stateful", True), ("unroll", True), ("return_state", True), ("time_major", True)):
+        if _flag(config, key, False, layer) == bad:
             raise _fail(layer, f"{key}={bad} is not supported")
-    if not wrapped and config.get("go_backwards", False):
+    if not wrapped and _flag(config, "go_backwards", False, layer):
         raise _fail(layer, "go_backwards=True on an unwrapped recurrent layer is not supported (use Bidirectional)")
-    if wrapped and config.get("go_backwards", False):
+    if wrapped and _flag(config, "go_backwards", False, layer):
         raise _fail(layer, "go_backwards=True on the forward layer of a Bidirectional is not supported")
     activation = _activation(config.get("activation", "tanh"), layer, "activation")
     allowed = ("tanh", "relu") if class_name == "SimpleRNN" else ("tanh",)
@@ -96,14 +109,12 @@ def _recurrent(class_name: str, config: Dict[str, Any], layer: str, wrapped: boo
         recurrent = _activation(config.get("recurrent_activation", "sigmoid"), layer, "recurrent_activation")
         if recurrent != "sigmoid":
             raise _fail(layer, f"non-default recurrent_activation={recurrent!r} is not supported (only 'sigmoid')")
-    if class_name == "GRU" and not config.get("reset_after", True):
-        raise _fail(layer, "GRU with reset_after=False has no PyTorch equivalent (PyTorch applies the reset gate "
-                           "after the recurrent matmul, i.e. reset_after=True)")
+    reset_after = _flag(config, "reset_after", True, layer) if class_name == "GRU" else True
     units = _positive(config, "units", layer)
     _check_dtype(config, layer)
-    return {"cell": class_name, "units": units, "activation": activation, "use_bias": bool(config.get("use_bias", True)),
-            "return_sequences": bool(config.get("return_sequences", False)),
-            "zero_output_for_mask": bool(config.get("zero_output_for_mask", False))}
+    return {"cell": class_name, "units": units, "activation": activation, "use_bias": _flag(config, "use_bias", True, layer),
+            "return_sequences": _flag(config, "return_sequences", False, layer),
+            "zero_output_for_mask": _flag(config, "zero_output_for_mask", False, layer), "reset_after": reset_after}
 
 
 def _plain(value: Any) -> Any:
@@ -125,26 +136,102 @@ def _bidirectional(config: Dict[str, Any], layer: str) -> Dict[str, Any]:
     if not isinstance(inner, dict) or inner.get("class_name") not in RECURRENT:
         inner_class = inner.get("class_name") if isinstance(inner, dict) else inner
         raise _fail(layer, f"Bidirectional wraps {inner_class!r}; only {list(RECURRENT)} are supported")
-    forward_config = inner.get("config") or {}
+    forward_config = _dict(inner.get("config"), layer, "the wrapped layer's config")
     options = _recurrent(inner["class_name"], forward_config, layer, wrapped=True)
     backward = config.get("backward_layer")
     if backward is not None:
-        backward_config = backward.get("config") or {} if isinstance(backward, dict) else {}
+        backward_config = _dict(backward.get("config") if isinstance(backward, dict) else None, layer,
+                                "backward_layer's config")
         same_class = isinstance(backward, dict) and backward.get("class_name") == inner["class_name"]
         fw, bw = _inference_keys(forward_config), _inference_keys(backward_config)
         differing = sorted(key for key in set(fw) | set(bw) if fw.get(key) != bw.get(key))
         if not same_class or differing:
             raise _fail(layer, f"custom backward_layer differs from the forward layer ({differing or 'class'}); "
                                "only a mirror of the forward layer is supported")
-        if not backward_config.get("go_backwards", True):
+        if not _flag(backward_config, "go_backwards", True, layer):
             raise _fail(layer, "backward_layer has go_backwards=False")
     merge_mode = config.get("merge_mode", "concat")
     if merge_mode is not None and merge_mode not in MERGE_MODES:
         raise _fail(layer, f"merge_mode={merge_mode!r} is not one of {list(MERGE_MODES)} or None")
     _check_dtype(config, layer)
+    if not options["reset_after"]:  # TEMPORARY until BiGRU takes reset_after (issue 20, next commit)
+        raise _fail(layer, "Bidirectional(GRU(reset_after=False)) is not supported yet")
     # Bidirectional forces zero_output_for_mask = return_sequences on both directions.
     options.update(bidirectional=True, merge_mode=merge_mode, zero_output_for_mask=options["return_sequences"])
     return options
+
+
+def _dict(value: Any, layer: str, what: str) -> Dict[str, Any]:
+    """``value`` if it is a JSON object (None counts as empty), else a clear refusal."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(layer, f"{what} is a {type(value).__name__}, expected a JSON object; malformed config")
+    return value
+
+
+def _history(value: Any, name: str) -> str:
+    """``[layer, node_index, tensor_index]`` (Keras 3 ``keras_history``, Keras 2 node entry head) -> ``layer``,
+    refusing a second call of a layer (node index) or a second output (tensor index)."""
+    if not isinstance(value, list) or len(value) < 3 or not isinstance(value[0], str):
+        raise _fail(name, f"inbound tensor {value!r} is not [layer, node_index, tensor_index]; malformed config")
+    if value[1] != 0 or value[2] != 0:
+        raise _fail(name, f"reads output {value[2]!r} of call {value[1]!r} of layer {value[0]!r}: a shared layer or "
+                          "a second output; linear models only")
+    return value[0]
+
+
+def _inbound(entry: Dict[str, Any], name: str) -> Tuple[str, Dict[str, Any], Optional[bool]]:
+    """The one inbound node of a functional layer: ``(source layer, call kwargs, called with a mask)``.
+
+    Keras 3: ``[{"args": [keras_tensor], "kwargs": {...}}]``; Keras 2: ``[[[source, 0, 0, {kwargs}]]]``. The
+    mask flag is ``None`` for Keras 2, whose configs do not record masks passed implicitly.
+    """
+    nodes = entry.get("inbound_nodes")
+    if not isinstance(nodes, list):
+        raise _fail(name, f"inbound_nodes={nodes!r} is not a list; malformed config")
+    if len(nodes) != 1:
+        raise _fail(name, f"layer is called {len(nodes)} times; linear models only")
+    node = nodes[0]
+    if isinstance(node, list):                                     # Keras 2
+        if not all(isinstance(tensor, list) for tensor in node):
+            raise _fail(name, f"inbound node {node!r} is not a list of [layer, node_index, tensor_index, kwargs]; "
+                              "malformed config")
+        if len(node) != 1:
+            raise _fail(name, f"layer is called on {len(node)} inputs; linear models only")
+        tensor = node[0]
+        source = _history(tensor, name)
+        kwargs = _dict(tensor[3] if len(tensor) > 3 else None, name, "the call arguments")
+        return source, kwargs, None
+    if not isinstance(node, dict):
+        raise _fail(name, f"inbound node {node!r} is neither a Keras 3 dict nor a Keras 2 list; malformed config")
+    args = node.get("args")
+    if not isinstance(args, list) or len(args) != 1:
+        raise _fail(name, "layer is called on several inputs (or none); linear models only")
+    tensor = args[0]
+    history = _dict(tensor, name, "the inbound tensor")
+    source = _history(_dict(history.get("config"), name, "the inbound tensor's config").get("keras_history"), name)
+    kwargs = _dict(node.get("kwargs"), name, "the call arguments")
+    return source, kwargs, kwargs.get("mask") is not None
+
+
+def _dense(class_name: str, config: Dict[str, Any], name: str) -> Dict[str, Any]:
+    """Options of a ``Dense``, or of the ``Dense`` inside a ``TimeDistributed`` (a per-step linear layer on a
+    ``(batch, time, features)`` input, the mask passed on, exactly what a ``Dense`` on that input does)."""
+    if class_name == "TimeDistributed":
+        _check_dtype(config, name)
+        inner = _dict(config.get("layer"), name, "the wrapped layer")
+        if inner.get("class_name") != "Dense":
+            raise _fail(name, f"TimeDistributed wraps {inner.get('class_name')!r}; only Dense is supported")
+        config = _dict(inner.get("config"), name, "the wrapped Dense's config")
+    if config.get("lora_rank") or config.get("quantization_config"):
+        raise _fail(name, "quantized or LoRA Dense layers are not supported")
+    activation = _activation(config.get("activation", "linear"), name, "activation")
+    if activation not in DENSE_ACTIVATIONS:
+        raise _fail(name, f"activation={activation!r} is not supported (supported: {list(DENSE_ACTIVATIONS)})")
+    _check_dtype(config, name)
+    return {"units": _positive(config, "units", name), "activation": activation,
+            "use_bias": _flag(config, "use_bias", True, name)}
 
 
 def _model_layers(model: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], bool]:
@@ -154,6 +241,10 @@ def _model_layers(model: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], bool]:
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
         raise KerasImportError(f"model config of class {class_name!r} has no layer list")
     layers = config["layers"]
+    for index, entry in enumerate(layers):
+        if not isinstance(entry, dict):
+            raise KerasImportError(f"layer #{index} of the model config is a {type(entry).__name__}, expected a "
+                                   "JSON object; malformed config")
     if class_name == "Sequential":
         return layers, True
     if class_name not in ("Functional", "Model"):
@@ -162,38 +253,54 @@ def _model_layers(model: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], bool]:
     previous: Optional[str] = None
     for entry in layers:
         cls, name = entry.get("class_name"), entry.get("name")
-        nodes = entry.get("inbound_nodes") or []
+        if not isinstance(name, str):
+            name = str(_dict(entry.get("config"), str(cls), "the layer config").get("name", cls))
         if cls in _MASK_OPS:
             continue  # mask computations of Masking / Embedding(mask_zero); masks are rebuilt by Keras's rules
         if cls == "InputLayer":
             if previous is not None:
                 raise _fail(name, "a second model input is not supported (linear models only)")
         else:
-            if len(nodes) != 1 or len(nodes[0].get("args", [])) != 1:
-                raise _fail(name, "layer is called more than once or on several inputs; linear models only")
-            source = (nodes[0]["args"][0].get("config") or {}).get("keras_history", [None])[0]
+            source, kwargs, called_with_mask = _inbound(entry, name)
             if source != previous:
-                raise _fail(name, f"reads {source!r}, not the previous layer {previous!r}; linear models only")
-            kwargs = nodes[0].get("kwargs") or {}
+                raise _fail(name, f"reads {source!r}, not the previous layer {previous!r} (a branch or skip "
+                                  "connection); only single-chain models are supported")
             if kwargs.get("training"):
                 raise _fail(name, "called with training=True (dropout active at inference); refused")
-            stray = sorted(set(kwargs) - {"training", "mask"})
+            allowed = {"training", "mask"} if called_with_mask is not None else {"training"}
+            stray = sorted(set(kwargs) - allowed)
             if stray:
                 raise _fail(name, f"call arguments {stray} are not supported")
-            entry = {**entry, "_called_with_mask": kwargs.get("mask") is not None}
+            entry = {**entry, "_called_with_mask": called_with_mask}
         previous = name
         chain.append(entry)
     outputs = config.get("output_layers")
     if isinstance(outputs, list) and outputs and isinstance(outputs[0], list):
         outputs = outputs[0] if len(outputs) == 1 else None
-    if not outputs or outputs[0] != previous:
+    if not isinstance(outputs, list) or not outputs or outputs[0] != previous or any(outputs[1:3]):
         raise KerasImportError(f"model output {outputs!r} is not the last layer {previous!r}; linear models only")
     return chain, False
 
 
 def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
-    """Checked specs of every layer in call order, and the input kind: ``"ids"`` ``(B, T)`` or ``"features"``."""
+    """Checked specs of every layer in call order, and the input kind: ``"ids"`` ``(B, T)`` or ``"features"``.
+
+    Raises ``KerasImportError`` for anything outside the supported subset and for a malformed config (the
+    checks above name the layer; a structure they do not foresee is still reported as a malformed config,
+    never as a bare ``AttributeError``/``KeyError``)."""
+    if not isinstance(model, dict):
+        raise KerasImportError(f"model config is a {type(model).__name__}, expected a JSON object")
+    try:
+        return _parse(model)
+    except KerasImportError:
+        raise
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError, RecursionError) as error:
+        raise KerasImportError(f"malformed model config ({type(error).__name__}: {error})") from None
+
+
+def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
     layers, sequential = _model_layers(model)
+    model_config = model["config"]
     specs: List[LayerSpec] = []
     used: Dict[str, int] = {}
     features: Optional[int] = None
@@ -203,8 +310,9 @@ def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
     input_kind = "features"
     for index, entry in enumerate(layers):
         class_name = entry.get("class_name")
-        config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
-        name = str(config.get("name", entry.get("name", f"#{index}")))
+        name = str(entry.get("name", f"#{index}"))
+        config = _dict(entry.get("config"), name, "the layer config")
+        name = str(config.get("name", name))
         if class_name not in SUPPORTED:
             raise _fail(name, f"layer class {class_name!r} is not supported (supported: {list(SUPPORTED)})")
         if "/" in name or name in ("", ".", ".."):
@@ -223,8 +331,9 @@ def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
         snake = to_snake_case(class_name)
         used[snake] = used.get(snake, -1) + 1
         path = snake if used[snake] == 0 else f"{snake}_{used[snake]}"
-        if rank is None:  # Sequential without an InputLayer: the first layer's build shape
-            shape = (entry.get("build_config") or {}).get("input_shape")
+        if rank is None:  # Sequential without an InputLayer: the first layer's build shape (Keras 3 or 2)
+            shape = (_dict(entry.get("build_config"), name, "build_config").get("input_shape")
+                     or config.get("batch_input_shape") or model_config.get("build_input_shape"))
             if not isinstance(shape, list) or len(shape) not in (2, 3):
                 raise KerasImportError("model has no InputLayer and no input shape; cannot size the import")
             rank, features = len(shape), (shape[2] if len(shape) == 3 else None)
@@ -236,7 +345,7 @@ def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
             _check_dtype(config, name)
             spec = LayerSpec("embedding", class_name, name, path, 0, {
                 "input_dim": _positive(config, "input_dim", name), "output_dim": _positive(config, "output_dim", name),
-                "mask_zero": bool(config.get("mask_zero", False))})
+                "mask_zero": _flag(config, "mask_zero", False, name)})
             masked, rank, features = spec.options["mask_zero"], 3, spec.options["output_dim"]
             input_kind = "ids"
         elif rank != 3 and class_name not in ("Dense", *IDENTITY):
@@ -262,15 +371,8 @@ def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
             paired = options["bidirectional"] and options["merge_mode"] is None
             if not options["return_sequences"]:
                 masked, rank = False, 2
-        elif class_name == "Dense":
-            if config.get("lora_rank") or config.get("quantization_config"):
-                raise _fail(name, "quantized or LoRA Dense layers are not supported")
-            activation = _activation(config.get("activation", "linear"), name, "activation")
-            if activation not in DENSE_ACTIVATIONS:
-                raise _fail(name, f"activation={activation!r} is not supported (supported: {list(DENSE_ACTIVATIONS)})")
-            _check_dtype(config, name)
-            spec = LayerSpec("dense", class_name, name, path, features, {
-                "units": _positive(config, "units", name), "activation": activation, "use_bias": bool(config.get("use_bias", True))})
+        elif class_name in ("Dense", "TimeDistributed"):
+            spec = LayerSpec("dense", class_name, name, path, features, _dense(class_name, config, name))
             features = spec.options["units"]
         elif class_name in POOLING:
             if config.get("data_format", "channels_last") != "channels_last" or config.get("keepdims", False):

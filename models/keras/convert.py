@@ -3,8 +3,11 @@
 Mapping (verified against Keras 3): a kernel ``(in, G*H)`` transposes to ``weight_ih (G*H, in)``, the recurrent
 kernel likewise to ``weight_hh``; LSTM gates i, f, c, o keep their order and ``bias (4H,)`` becomes ``bias_ih``
 with ``bias_hh`` zero; GRU gates z, r, h reorder to PyTorch's r, z, n and the ``(2, 3H)`` bias splits into
-``bias_ih`` (row 0) and ``bias_hh`` (row 1); SimpleRNN as LSTM with one gate; Dense ``kernel (in, out)``
-transposes; Embedding is as is.
+``bias_ih`` (row 0) and ``bias_hh`` (row 1); a ``reset_after=False`` GRU's single ``bias (3H,)`` becomes
+``bias_ih`` with ``bias_hh`` zero (see ``models/gru_reset_before.py``); SimpleRNN as LSTM with one gate; Dense
+(or ``TimeDistributed(Dense)``) ``kernel (in, out)`` transposes; Embedding is as is. Keras 2 files use the
+same arrays and orders (``.h5``: ``model_weights/<name>`` by ``weight_names``; ``tf_keras``'s ``.keras``:
+Keras 3's ``layers/<path>`` layout).
 """
 
 import dataclasses
@@ -43,7 +46,7 @@ def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
     width = _GATES[o["cell"]] * o["units"]
     one = [(spec.in_features, width), (o["units"], width)]
     if o["use_bias"]:
-        one.append((2, width) if o["cell"] == "GRU" else (width,))
+        one.append((2, width) if o["cell"] == "GRU" and o.get("reset_after", True) else (width,))
     return one * (2 if o["bidirectional"] else 1)
 
 
@@ -53,7 +56,7 @@ def _read_layer(weights: WeightFile, spec: LayerSpec, check_name: bool = True) -
     where = f"layer {spec.name!r}"
     if weights.kind == "keras":
         nested = {"Bidirectional": ["forward_layer/cell", "backward_layer/cell"], "LSTM": ["cell"], "GRU": ["cell"],
-                  "SimpleRNN": ["cell"]}.get(spec.class_name, [])
+                  "SimpleRNN": ["cell"], "TimeDistributed": ["layer"]}.get(spec.class_name, [])
         root = weights.h5.get("layers")
         if check_name and root is not None and spec.path in root:
             vars_group = root[spec.path].get("vars")
@@ -86,8 +89,10 @@ def _direction(cell: str, units: int, arrays: List[np.ndarray]) -> List[np.ndarr
         w_ih, w_hh = _gru_order(w_ih, units), _gru_order(w_hh, units)
     out = [w_ih, w_hh]
     if len(arrays) == 3:
-        if cell == "GRU":
+        if cell == "GRU" and arrays[2].ndim == 2:
             out += [_gru_order(arrays[2][0], units), _gru_order(arrays[2][1], units)]
+        elif cell == "GRU":  # reset_after=False: one bias, all of it on the input side
+            out += [_gru_order(arrays[2], units), np.zeros_like(arrays[2])]
         else:
             out += [arrays[2], np.zeros_like(arrays[2])]
     return out
@@ -135,7 +140,8 @@ def _install(module: nn.Module, state: Dict[str, torch.Tensor]) -> None:
 
 
 def from_keras(path: str) -> KerasModel:
-    """Import a Keras 3 ``.keras`` archive or legacy ``.h5`` full model as a PyTorch module (eval mode).
+    """Import a Keras ``.keras`` archive or ``.h5`` full model (Keras 3, or Keras 2: tf.keras / ``tf_keras``) as a
+    PyTorch module (eval mode).
 
     The module takes what the Keras model takes, token ids ``(B, T)`` int64 or features ``(B, T, F)`` float32,
     and returns what ``keras_model(x)`` returns: a tensor, or a ``(forward, backward)`` tuple for a model
@@ -159,7 +165,7 @@ def _block_specs(block: _BiRNNBase, names: List[str]) -> List[LayerSpec]:
     for path, mode in zip(names, block.merge_modes, strict=True):
         options = {"cell": cell, "units": block.hidden_size, "use_bias": block.bias, "bidirectional": True,
                    "merge_mode": mode, "return_sequences": True, "activation": "relu" if block.mode == "RNN_RELU"
-                   else "tanh", "zero_output_for_mask": True}
+                   else "tanh", "zero_output_for_mask": True, "reset_after": bool(getattr(block, "reset_after", True))}
         specs.append(LayerSpec("recurrent", "Bidirectional", path, path, features, options))
         features = block.hidden_size * (2 if mode in (None, "concat") else 1)
     return specs

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..blocks import BiGRU, BiLSTM, BiRNN
+from ..gru_reset_before import GRUResetBefore
 from ..merge import merge_directions
 from ..pooling import compact_valid_steps
 from ..token_ids import check_token_ids
@@ -111,14 +112,17 @@ class BidirectionalStage(nn.Module):
 
 
 class RecurrentStage(nn.Module):
-    """An unwrapped Keras ``LSTM``/``GRU``/``SimpleRNN`` on ``nn.LSTM``/``nn.GRU``/``nn.RNN``."""
+    """An unwrapped Keras ``LSTM``/``GRU``/``SimpleRNN`` on ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (a ``reset_after=False``
+    GRU on ``GRUResetBefore``, same parameter names)."""
 
     __constants__ = ["return_sequences", "zero_output_for_mask"]
 
     def __init__(self, cell: str, input_size: int, units: int, return_sequences: bool, bias: bool,
-                 activation: str, zero_output_for_mask: bool) -> None:
+                 activation: str, zero_output_for_mask: bool, reset_after: bool = True) -> None:
         super().__init__()
-        if cell == "SimpleRNN":
+        if cell == "GRU" and not reset_after:
+            self.rnn = GRUResetBefore(input_size, units, bias=bias, batch_first=True)
+        elif cell == "SimpleRNN":
             self.rnn = nn.RNN(input_size, units, nonlinearity=activation, bias=bias, batch_first=True)
         else:
             self.rnn = _UNIDIRECTIONAL[cell](input_size, units, bias=bias, batch_first=True)
@@ -228,7 +232,8 @@ def _fusable(group: List[Dict[str, Any]], spec: Dict[str, Any]) -> bool:
         return False
     a, b = last["options"], spec["options"]
     return (b["bidirectional"] and a["return_sequences"] and a["merge_mode"] is not None
-            and all(a[k] == b[k] for k in ("cell", "units", "use_bias", "activation")))
+            and all(a[k] == b[k] for k in ("cell", "units", "use_bias", "activation"))
+            and a.get("reset_after", True) == b.get("reset_after", True))
 
 
 def plan_stages(specs: List[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
@@ -259,7 +264,7 @@ def _stage(group: List[Dict[str, Any]]) -> nn.Module:
         return BidirectionalStage(o["cell"], first["in_features"], o["units"], [s["options"]["merge_mode"] for s in group],
                                   group[-1]["options"]["return_sequences"], o["use_bias"], o["activation"])
     return RecurrentStage(o["cell"], first["in_features"], o["units"], o["return_sequences"], o["use_bias"],
-                          o["activation"], o["zero_output_for_mask"])
+                          o["activation"], o["zero_output_for_mask"], o.get("reset_after", True))
 
 
 def module_from_specs(specs_json: str) -> KerasModel:

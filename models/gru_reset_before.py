@@ -1,0 +1,180 @@
+"""Keras's original GRU (``reset_after=False``): an exact time-loop reference, scriptable, with ``lengths``.
+
+PyTorch's fused GRU (cuDNN, oneDNN, ``nn.GRU``) applies the reset gate after the recurrent product
+(Keras ``reset_after=True``). Keras's original formula applies it before::
+
+    r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+    z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)       # reset_after=True: ... + r * (W_hn h + b_hn)
+    h' = (1 - z) * n + z * h
+
+Parameter layout: exactly ``nn.GRU``'s (``weight_ih (3H, F)``, ``weight_hh (3H, H)``, ``bias_ih (3H,)``,
+``bias_hh (3H,)``, gate blocks in the order r, z, n). ``b_hn`` lies outside the reset product, so both biases
+only add to the pre-activations: Keras's single ``bias (3H,)`` maps to ``bias_ih`` (reordered z, r, h -> r, z,
+n) with ``bias_hh`` zero. Only the input projection is one matrix product for all steps; each step then
+does two recurrent products (``h @ W_h{r,z}`` and ``(r * h) @ W_hn``), so this is slower than the fused kernel.
+
+With ``lengths`` (right padding) padded steps do not update the state and output zeros, the backward
+direction starts at each row's true end, and ``h_n`` is the state there, as the blocks' other paths.
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+def _cell_loop(
+    gates_x: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Optional[Tensor], valid: Optional[Tensor], reverse: bool
+) -> Tuple[Tensor, Tensor]:
+    """Recurrence over precomputed ``gates_x (T, B, 3H)`` (input projection + ``bias_ih``), from ``h (B, H)``.
+
+    ``valid (T, B)`` bool or None; ``reverse`` walks ``t = T-1 .. 0``. Returns ``out (T, B, H)``, ``h_n (B, H)``.
+    """
+    hidden = h.shape[1]
+    w_rz, w_n = weight_hh[: 2 * hidden], weight_hh[2 * hidden:]
+    b_rz: Optional[Tensor] = None
+    b_n: Optional[Tensor] = None
+    if bias_hh is not None:
+        b_rz, b_n = bias_hh[: 2 * hidden], bias_hh[2 * hidden:]
+    seq_len = gates_x.shape[0]
+    outputs: List[Tensor] = []
+    for step in range(seq_len):
+        t = seq_len - 1 - step if reverse else step
+        g = gates_x[t]
+        rz = torch.mm(h, w_rz.t())
+        if b_rz is not None:
+            rz = rz + b_rz
+        rz = torch.sigmoid(g[:, : 2 * hidden] + rz)
+        r, z = rz[:, :hidden], rz[:, hidden:]
+        n = torch.mm(r * h, w_n.t())
+        if b_n is not None:
+            n = n + b_n
+        n = torch.tanh(g[:, 2 * hidden:] + n)
+        h_new = n + z * (h - n)                       # (1 - z) * n + z * h
+        if valid is not None:
+            keep = valid[t].unsqueeze(1)
+            h = torch.where(keep, h_new, h)
+            outputs.append(h_new.masked_fill(~keep, 0.0))
+        else:
+            h = h_new
+            outputs.append(h_new)
+    if reverse:
+        outputs.reverse()
+    return torch.stack(outputs, 0), h
+
+
+def gru_reset_before_direction(
+    x: Tensor,
+    h0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Optional[Tensor] = None,
+    bias_hh: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """One direction of a ``reset_after=False`` GRU layer on time-major ``x (T, B, F)`` from ``h0 (B, H)``.
+
+    ``lengths (B,)`` int64 in ``[1, T]`` (right padding; checked by the caller) or None. ``reverse`` runs the
+    backward direction: from each row's true end down to ``t = 0``. Returns ``out (T, B, H)`` (zero at padded
+    steps) and ``h_n (B, H)`` (the state at each row's true end, or after ``t = 0`` when reversed).
+    """
+    valid: Optional[Tensor] = None
+    index: Optional[Tensor] = None
+    if lengths is not None:
+        steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)            # (T, 1)
+        valid = steps < lengths.to(x.device).unsqueeze(0)                          # (T, B)
+        # Padded inputs may hold anything (NaN included): zero them so no gradient can pick them up.
+        x = x.masked_fill(~valid.unsqueeze(-1), 0.0)
+        if reverse:
+            # Reverse each row within its own length (padded steps stay put); the map is its own inverse.
+            index = torch.where(valid, lengths.to(x.device).unsqueeze(0) - 1 - steps, steps).unsqueeze(-1)
+            x = x.gather(0, index.expand(x.shape))
+    gates_x = torch.matmul(x, weight_ih.t())
+    if bias_ih is not None:
+        gates_x = gates_x + bias_ih
+    out, h_n = _cell_loop(gates_x, h0, weight_hh, bias_hh, valid, reverse and index is None)
+    if index is not None:
+        out = out.gather(0, index.expand(out.shape))
+    return out, h_n
+
+
+def gru_reset_before(
+    x: Tensor,
+    hx: Tensor,
+    weights: List[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    lengths: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Drop-in for ``torch._VF.gru`` (time-major, same flat weight order) with Keras's ``reset_after=False``.
+
+    ``x (T, B, F)``, ``hx (D * num_layers, B, H)`` with ``D = 2 if bidirectional else 1``, ``weights`` per layer
+    and direction ``[weight_ih, weight_hh, (bias_ih, bias_hh)]``. Bidirectional layers concatenate both
+    directions; ``dropout`` (when ``train``) applies between layers. Returns ``out (T, B, D * H)`` and
+    ``h_n (D * num_layers, B, H)``.
+    """
+    per = 4 if has_biases else 2
+    directions = 2 if bidirectional else 1
+    states: List[Tensor] = []
+    for layer in range(num_layers):
+        outs: List[Tensor] = []
+        for direction in range(directions):
+            start = (layer * directions + direction) * per
+            w = weights[start:start + per]
+            b_ih: Optional[Tensor] = None
+            b_hh: Optional[Tensor] = None
+            if has_biases:
+                b_ih, b_hh = w[2], w[3]
+            out, h = gru_reset_before_direction(x, hx[layer * directions + direction], w[0], w[1], b_ih, b_hh,
+                                                lengths, direction == 1)
+            outs.append(out)
+            states.append(h)
+        x = torch.cat(outs, -1) if directions == 2 else outs[0]
+        if dropout > 0.0 and train and layer < num_layers - 1:
+            x = torch.nn.functional.dropout(x, dropout, True)
+    return x, torch.stack(states, 0)
+
+
+class GRUResetBefore(nn.Module):
+    """Single-layer, single-direction ``reset_after=False`` GRU with ``nn.GRU``'s parameter names, for an
+    unwrapped Keras ``GRU(reset_after=False)``. ``x (B, T, F)`` (``batch_first``) or ``(T, B, F)`` ->
+    ``(out, h_n)`` as ``nn.GRU``: ``out`` with ``H`` features, ``h_n (1, B, H)``."""
+
+    __constants__ = ["input_size", "hidden_size", "bias", "batch_first"]
+    bias_ih_l0: Optional[Tensor]
+    bias_hh_l0: Optional[Tensor]
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False) -> None:
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.input_size, self.hidden_size, self.bias, self.batch_first = input_size, hidden_size, bool(bias), batch_first
+        self.weight_ih_l0 = nn.Parameter(torch.empty(3 * hidden_size, input_size))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
+        for name in ("bias_ih_l0", "bias_hh_l0"):
+            self.register_parameter(name, nn.Parameter(torch.empty(3 * hidden_size)) if self.bias else None)
+        bound = hidden_size ** -0.5
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, batch_first={self.batch_first}, " \
+               "reset_after=False"
+
+    def forward(self, x: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"input must be 3-D with {self.input_size} features, got shape {list(x.shape)}")
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        h0 = x.new_zeros(x.shape[1], self.hidden_size) if hx is None else hx[0]
+        out, h_n = gru_reset_before_direction(x, h0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0,
+                                              self.bias_hh_l0)
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        return out, h_n.unsqueeze(0)
