@@ -44,17 +44,19 @@ def _autocast(device: str, precision: str) -> Callable[[], ContextManager[None]]
     return lambda: torch.autocast(device, dtype=_LOW[precision])
 
 
-def _closures(model: nn.Module, args: List[object], device: str, precision: str):  # type: ignore[no-untyped-def]
+def _closures(model: nn.Module, args: List[object], device: str, precision: str,  # type: ignore[no-untyped-def]
+              kwargs: Optional[Dict[str, object]] = None):
     cast = _autocast(device, precision)
+    kwargs = kwargs or {}
 
     def infer() -> None:
         with torch.inference_mode(), cast():
-            model(*args)
+            model(*args, **kwargs)
 
     def train() -> None:
         model.zero_grad(set_to_none=True)
         with cast():
-            out = model(*args)[0]
+            out = model(*args, **kwargs)[0]
         out.float().sum().backward()
 
     return infer, train
@@ -96,8 +98,8 @@ def build_cases(config: Config, device: str, threads: int, log: Callable[[str], 
     cases: List[Case] = []
 
     def add(name: str, family: str, mode: str, model: nn.Module, args: List[object], precision: str = "fp32",
-            compare_to: Optional[str] = None) -> Case:
-        infer, train = _closures(model, args, device, precision)
+            compare_to: Optional[str] = None, kwargs: Optional[Dict[str, object]] = None) -> Case:
+        infer, train = _closures(model, args, device, precision, kwargs)
         case = Case(name, family, mode, precision, infer, train, forward_flops(c, mode), compare_to)
         cases.append(case)
         return case
@@ -117,15 +119,16 @@ def build_cases(config: Config, device: str, threads: int, log: Callable[[str], 
     extra = ["sum"] if "one_mode" in fam else list(c.merge_modes)
     if "lengths" in fam:
         for mode in some:
-            add(f"blocks[{mode}]+lengths", "lengths", mode, block(mode), [x, lengths], compare_to=f"blocks[{mode}]")
+            add(f"blocks[{mode}]+lengths", "lengths", mode, block(mode), [x], compare_to=f"blocks[{mode}]",
+                kwargs={"lengths": lengths})
     if "aten" in fam and device == "cpu":
         # The same blocks with the CPU kernel switched off: the before/after of models/cpu_kernel.py.
         for mode in c.merge_modes:
             add(f"aten[{mode}]", "aten", mode, AtenPath(block(mode)), [x], compare_to=f"blocks[{mode}]")
         if "lengths" in fam:
             for mode in some:
-                add(f"aten[{mode}]+lengths", "aten", mode, AtenPath(block(mode)), [x, lengths],
-                    compare_to=f"blocks[{mode}]+lengths")
+                add(f"aten[{mode}]+lengths", "aten", mode, AtenPath(block(mode)), [x],
+                    compare_to=f"blocks[{mode}]+lengths", kwargs={"lengths": lengths})
     if "script" in fam:
         for mode in extra:
             with warnings.catch_warnings():

@@ -19,14 +19,17 @@ on PyTorch's fused kernels:
 
 
 import math
-from typing import List, Optional, Tuple
+import warnings
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import _VF, Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from . import cpu_kernel
 from .merge import MergeMode, merge_directions, merge_stacked, merged_size, resolve_merge_modes
-from .validation import check_hidden, check_input, check_lengths
+from .packed import repack, unpack
+from .validation import check_hidden, check_input, check_lengths, check_not_lengths, check_weights
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
@@ -71,7 +74,8 @@ class _BiRNNBase(nn.Module):
     """Shared machinery of ``BiLSTM``, ``BiGRU`` and ``BiRNN`` (see the module docstring)."""
 
     __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-                     "all_concat", "gates", "output_size", "saturate"]
+                     "all_concat", "gates", "output_size", "saturate", "bidirectional", "proj_size"]
+    __jit_unused_properties__ = ["all_weights"]
     saturate = _SATURATE
     merge_modes: List[Optional[str]]
     _flat_weights: List[Tensor]
@@ -89,6 +93,8 @@ class _BiRNNBase(nn.Module):
         merge_mode: MergeMode = "concat",
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        *,
+        bidirectional: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
@@ -96,13 +102,30 @@ class _BiRNNBase(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be a float in [0, 1], got {dropout!r}")
+        for name, flag in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}: {flag!r}")
+        if bidirectional is not True:
+            raise ValueError(
+                f"bidirectional={bidirectional!r}: {type(self).__name__} is always bidirectional (it exists to "
+                f"merge the two directions); use nn.{self.MODE.split('_')[0]} for one direction"
+            )
+        if dropout > 0 and num_layers == 1:
+            # nn.LSTM's own warning, word for word.
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=3,
+            )
         self.mode = self.MODE
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        self.bias = bias
+        self.batch_first = batch_first
         self.dropout = float(dropout)
+        self.bidirectional = True
+        self.proj_size = 0
         self.merge_modes = resolve_merge_modes(merge_mode, num_layers)
         self.all_concat = all(m == "concat" for m in self.merge_modes)
         self.gates = _GATES[self.mode]
@@ -111,16 +134,18 @@ class _BiRNNBase(nn.Module):
         factory = {"device": device, "dtype": dtype}
         gate_size = self.gates * hidden_size
         self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []  # names per (layer, direction), as nn.LSTM keeps them
         layer_input = input_size
         for layer in range(num_layers):
             for suffix in ("", "_reverse"):
                 shapes = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, hidden_size))]
                 if self.bias:
                     shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
-                for kind, shape in shapes:
-                    name = f"{kind}_l{layer}{suffix}"
+                names = [f"{kind}_l{layer}{suffix}" for kind, _ in shapes]
+                for name, (_, shape) in zip(names, shapes, strict=True):
                     setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
-                    self._flat_weights_names.append(name)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
             layer_input = merged_size(self.merge_modes[layer], hidden_size)
         self._init_flat_weights()
         self.reset_parameters()
@@ -130,11 +155,17 @@ class _BiRNNBase(nn.Module):
             cpu_kernel.available()
 
     # -- parameters ---------------------------------------------------------------------------------
+    # Eager code (and torch.compile) reads the weights from the module's attributes at every call
+    # (_current_weights), so functional_call, parametrizations, pruning, vmap ensembles and assign=True loads
+    # all see what they set. TorchScript cannot look attributes up by name: it reads _flat_weights, the
+    # list kept in step below (as nn.RNNBase keeps its own).
     def _init_flat_weights(self) -> None:
-        self._flat_weights = [getattr(self, name) for name in self._flat_weights_names]
+        try:
+            self._flat_weights = [getattr(self, name) for name in self._flat_weights_names]
+        except AttributeError:
+            pass  # a weight is being replaced (pruning, parametrizations): the next assignment refreshes the list
 
     def __setattr__(self, name: str, value: object) -> None:
-        # Keep the flat list in step when a weight is replaced (as nn.RNNBase does).
         super().__setattr__(name, value)
         if hasattr(self, "_flat_weights_names") and name in self._flat_weights_names:
             self._init_flat_weights()
@@ -143,6 +174,28 @@ class _BiRNNBase(nn.Module):
         result = super()._apply(fn, recurse)
         self._init_flat_weights()
         return result
+
+    @torch.jit.unused
+    def _current_weights(self) -> List[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def _weights_now(self) -> List[Tensor]:
+        """The weights in ``nn.LSTM``'s flat order (per layer: forward then backward, each
+        ``w_ih, w_hh[, b_ih, b_hh]``), as the module holds them at this call."""
+        if torch.jit.is_scripting():
+            return self._flat_weights
+        return self._current_weights()
+
+    @property
+    def all_weights(self) -> List[List[Tensor]]:
+        """Weights per ``(layer, direction)``: ``[[w_ih, w_hh, b_ih, b_hh] of layer 0 forward, ... reverse, ...]``,
+        as ``nn.LSTM.all_weights`` nests them (without the biases when ``bias=False``)."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """Does nothing, on purpose: ``nn.LSTM`` uses it to copy its weights into one cuDNN buffer; the blocks
+        pass each weight to the kernels as it is, so there is nothing to flatten. Kept so code written for
+        ``nn.LSTM`` (``rnn.flatten_parameters()`` after ``.cuda()`` or in ``DataParallel``) runs unchanged."""
 
     def reset_parameters(self) -> None:
         """Uniform(-1/sqrt(H), 1/sqrt(H)) for every weight and bias, as ``nn.LSTM`` does."""
@@ -160,47 +213,112 @@ class _BiRNNBase(nn.Module):
             text += f", dropout={self.dropout}"
         return text
 
-    def _layer_weights(self, layer: int, direction: int) -> List[Tensor]:
+    def _layer_weights(self, weights: List[Tensor], layer: int, direction: int) -> List[Tensor]:
         """Weights of one layer: ``direction`` 0 forward, 1 backward, 2 both (fused bidirectional order)."""
         per = 4 if self.bias else 2
         start = layer * 2 * per
         if direction == 2:
-            return self._flat_weights[start:start + 2 * per]
+            return weights[start:start + 2 * per]
         start += direction * per
-        return self._flat_weights[start:start + per]
+        return weights[start:start + per]
+
+    # -- TorchScript ----------------------------------------------------------------------------------
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` compiles a twin whose ``forward`` takes ``lengths`` as an ordinary third argument
+        (TorchScript has no keyword-only arguments) and a plain tensor input (no ``PackedSequence``). The twin
+        shares this module's ``__dict__``: parameters, buffers, ``training``, everything."""
+        twin_class = _SCRIPTABLE.get(type(self))
+        if twin_class is None:
+            return self  # already a twin, or a user's subclass with its own forward
+        twin = twin_class.__new__(twin_class)
+        twin.__dict__ = self.__dict__
+        return twin
 
     # -- forward --------------------------------------------------------------------------------------
-    def _run(
-        self, input: Tensor, lengths: Optional[Tensor], h0: Optional[Tensor], c0: Optional[Tensor]
+    def run(
+        self, input: Tensor, h0: Optional[Tensor] = None, c0: Optional[Tensor] = None,
+        lengths: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Validated input -> ``(output, h_n, c_n)``; output ``(T, B, out)`` or batch-first, states ``(2L, B, H)``."""
-        check_input(input, self.input_size, self.batch_first)
-        x = input.transpose(0, 1) if self.batch_first else input
+        """The forward on a tensor with one return type for all three blocks (scriptable):
+        ``(output, h_n, c_n)``, with ``c_n`` equal to ``h_n`` for ``BiGRU``/``BiRNN`` (which take no ``c0``).
+        Shapes, ``lengths`` and checks as ``forward``."""
+        if self.mode != "LSTM" and c0 is not None:
+            raise ValueError(f"c0 is the LSTM's cell state; {self.mode} blocks take h0 only")
+        return self._run(input, h0, c0, lengths, self.batch_first, "h0", "c0")
+
+    def _run(
+        self, input: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], lengths: Optional[Tensor],
+        batch_first: bool, h_name: str, c_name: str,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Checked input -> ``(output, h_n, c_n)``; output ``(T, B, out)`` (``(B, T, out)`` when ``batch_first``,
+        ``(T, out)`` unbatched), states ``(2L, B, H)`` (``(2L, H)`` unbatched). Every check comes before compute."""
+        weights = self._weights_now()
+        check_input(input, self.input_size, batch_first)
+        check_not_lengths(h0, h_name)
+        if torch.jit.is_scripting() or not self._autocasting():
+            check_weights(input, weights[0])
+        batched = input.dim() == 3
+        batch_axis = 0 if batch_first else 1
+        if not batched:
+            input = input.unsqueeze(batch_axis)  # batch_first does not apply to unbatched input (as nn.LSTM)
+            if lengths is not None:
+                if lengths.numel() != 1 or lengths.dim() > 1:
+                    raise ValueError(f"lengths for unbatched input must hold one length (shape () or (1,)), got "
+                                     f"shape {list(lengths.shape)}")
+                lengths = lengths.reshape(1)
+        x = input.transpose(0, 1) if batch_first else input
         seq_len, batch = x.shape[0], x.shape[1]
         if lengths is not None:
             lengths = check_lengths(lengths, batch, seq_len).to(x.device)
         shape = [2 * self.num_layers, batch, self.hidden_size]
+        given = shape if batched else [2 * self.num_layers, self.hidden_size]
         if h0 is None:
             h0 = x.new_zeros(shape)
         else:
-            check_hidden(h0, shape, "hx" if self.mode != "LSTM" else "hx[0]", x)
+            check_hidden(h0, given, h_name, x)
+            h0 = h0 if batched else h0.unsqueeze(1)
         if c0 is None:
             c0 = h0 if self.mode != "LSTM" else x.new_zeros(shape)
         else:
-            check_hidden(c0, shape, "hx[1]", x)
+            check_hidden(c0, given, c_name, x)
+            c0 = c0 if batched else c0.unsqueeze(1)
+        # An empty batch runs on the fused kernels, which return outputs and states of the right shapes (a trace
+        # records sizes as tensors: it takes the general path).
+        empty = not torch.jit.is_tracing() and batch == 0
+        if empty:
+            lengths = None
 
-        if not torch.jit.is_scripting() and self._kernel_applies(x):
-            out, h_n, c_n = self._run_kernel_layers(x, lengths, h0, c0)
+        if not torch.jit.is_scripting() and not empty and self._kernel_applies(x):
+            out, h_n, c_n = self._run_kernel_layers(x, lengths, h0, c0, weights)
         elif lengths is None and self.all_concat:
             # The whole stack in one fused call: exactly nn.LSTM(bidirectional=True).
-            out, h_n, c_n = self._fused(x, h0, c0, self._flat_weights, self.num_layers, self.dropout, True)
+            out, h_n, c_n = self._fused(x, h0, c0, weights, self.num_layers, self.dropout, True)
         elif lengths is None:
-            out, h_n, c_n = self._run_layers(x, h0, c0)
+            out, h_n, c_n = self._run_layers(x, h0, c0, weights)
         else:
-            out, h_n, c_n = self._run_layers_with_lengths(x, lengths, h0, c0)
-        if self.batch_first:
+            out, h_n, c_n = self._run_layers_with_lengths(x, lengths, h0, c0, weights)
+        if batch_first:
             out = out.transpose(0, 1)
+        if not batched:
+            out, h_n, c_n = out.squeeze(batch_axis), h_n.squeeze(1), c_n.squeeze(1)
         return out, h_n, c_n
+
+    @torch.jit.unused
+    def _autocasting(self) -> bool:
+        return torch._C._is_any_autocast_enabled()
+
+    @torch.jit.unused
+    def _run_packed(
+        self, packed: PackedSequence, h0: Optional[Tensor], c0: Optional[Tensor], lengths: Optional[Tensor],
+        h_name: str, c_name: str,
+    ) -> Tuple[PackedSequence, Tensor, Tensor]:
+        """``PackedSequence`` in and out, on the ``lengths`` path (see ``models/packed.py``)."""
+        if lengths is not None:
+            raise ValueError("pass either a PackedSequence or lengths, not both: a PackedSequence carries its own "
+                             "lengths")
+        padded, packed_lengths = unpack(packed)
+        out, h_n, c_n = self._run(padded, h0, c0, packed_lengths, False, h_name, c_name)
+        return repack(out, packed_lengths, packed), h_n, c_n
 
     @torch.jit.unused
     def _kernel_applies(self, x: Tensor) -> bool:
@@ -208,7 +326,7 @@ class _BiRNNBase(nn.Module):
 
     @torch.jit.unused
     def _run_kernel_layers(
-        self, x: Tensor, lengths: Optional[Tensor], h0: Tensor, c0: Tensor
+        self, x: Tensor, lengths: Optional[Tensor], h0: Tensor, c0: Tensor, weights: List[Tensor]
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """CPU: one call of ``models/csrc``'s kernel per layer (both directions at once), then the merge."""
         if lengths is not None:
@@ -220,7 +338,7 @@ class _BiRNNBase(nn.Module):
         for layer in range(self.num_layers):
             first = 2 * layer
             out, h, c = cpu_kernel.fused_layer(self.mode, x, h0[first:first + 2], c0[first:first + 2], lengths,
-                                               self._layer_weights(layer, 2), self.bias)
+                                               self._layer_weights(weights, layer, 2), self.bias)
             x = self._between_layers(merge_stacked(out.flatten(2), self.merge_modes[layer], self.hidden_size),
                                      layer == self.num_layers - 1)
             hs.append(h)
@@ -244,13 +362,13 @@ class _BiRNNBase(nn.Module):
 
     # The per-layer work lives in its own method: torch.compile cannot compile a loop body that contains a graph
     # break, but it compiles each call of a method (merges, gathers and masks) around the fused calls in it.
-    def _run_layers(self, x: Tensor, h0: Tensor, c0: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def _run_layers(self, x: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """One fused bidirectional call per layer, then that layer's merge."""
         hs: List[Tensor] = []
         cs: List[Tensor] = []
         for layer in range(self.num_layers):
             first = 2 * layer
-            x, h, c = self._layer(x, h0[first:first + 2], c0[first:first + 2], self._layer_weights(layer, 2),
+            x, h, c = self._layer(x, h0[first:first + 2], c0[first:first + 2], self._layer_weights(weights, layer, 2),
                                   self.merge_modes[layer], layer == self.num_layers - 1)
             hs.append(h)
             cs.append(c)
@@ -262,7 +380,7 @@ class _BiRNNBase(nn.Module):
         return self._between_layers(merge_stacked(out, mode, self.hidden_size), is_last), h, c
 
     def _run_layers_with_lengths(
-        self, x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor
+        self, x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor]
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Right-padded batch with ``lengths (B,)``: two single-direction fused calls per layer."""
         seq_len, batch = x.shape[0], x.shape[1]
@@ -281,7 +399,7 @@ class _BiRNNBase(nn.Module):
             first = 2 * layer
             x, h, c = self._layer_with_lengths(
                 x, pad, reverse_index, last_index, h0[first:first + 2], c0[first:first + 2],
-                self._layer_weights(layer, 0), self._layer_weights(layer, 1), self.merge_modes[layer],
+                self._layer_weights(weights, layer, 0), self._layer_weights(weights, layer, 1), self.merge_modes[layer],
                 layer == self.num_layers - 1)
             hs.append(h)
             cs.append(c)
@@ -316,52 +434,293 @@ class _BiRNNBase(nn.Module):
         return torch.cat([weight_ih, column], 1)
 
 
+_SHAPES = """
+    Shapes: ``T`` time steps, ``B`` sequences, ``L`` = ``num_layers``, ``H`` = ``hidden_size``, ``out`` the last
+    layer's merged width (``2H`` for ``concat`` and ``None``, else ``H``; ``None`` gives ``(..., 2, H)``)."""
+
+
+def _lstm_hx(hx: object) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """``hx`` of ``BiLSTM.forward`` -> ``(h_0, c_0)``; a tensor where the tuple belongs is a clear ``TypeError``."""
+    if hx is None:
+        return None, None
+    if isinstance(hx, Tensor):
+        check_not_lengths(hx, "hx")
+        raise TypeError(f"hx for BiLSTM must be a tuple (h_0, c_0) as for nn.LSTM, got one tensor of shape "
+                        f"{list(hx.shape)}")
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
+        raise TypeError(f"hx for BiLSTM must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+    return hx[0], hx[1]
+
+
+def _check_call(input: object, hx: object, lengths: object) -> None:
+    """Eager type checks of ``forward``'s arguments (TorchScript's signature does these itself)."""
+    if not isinstance(input, (Tensor, PackedSequence)):
+        raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+    if lengths is not None and not isinstance(lengths, Tensor):
+        raise TypeError(f"lengths must be an integer tensor (B,), got {type(lengths).__name__}: {lengths!r}")
+    if hx is not None and not isinstance(hx, (Tensor, tuple, list)):
+        raise TypeError(f"hx must be a tensor (h_0) or, for BiLSTM, a tuple (h_0, c_0); got {type(hx).__name__}")
+
+
 class BiLSTM(_BiRNNBase):
-    """Multi-layer bidirectional LSTM with a Keras merge mode after every layer.
+    r"""Multi-layer bidirectional LSTM with a Keras merge mode after every layer; ``nn.LSTM(bidirectional=True)``'s
+    constructor, forward, parameters and checks, plus ``merge_mode`` and ``lengths``.
 
-    Args: as ``nn.LSTM`` (``input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-    dropout=0.0``) plus ``merge_mode``: one of ``"concat" | "sum" | "mul" | "ave"`` for every layer, or a
-    list with one per layer; ``None`` (last layer only) keeps both directions, output ``(T, B, 2, H)``.
+    Each layer runs ``nn.LSTM``'s cell in both directions (``i, f, g, o`` gates; ``c' = f * c + i * g``,
+    ``h' = o * tanh(c')``), then merges the two direction outputs with the layer's merge mode; the merged
+    output is the next layer's input (after dropout, in training, except after the last layer). With
+    ``merge_mode="concat"`` it is ``nn.LSTM(bidirectional=True)``: the same parameters (an ``nn.LSTM``
+    state_dict loads as is), outputs and gradients.
 
-    Forward: ``input (T, B, input_size)`` (``(B, T, input_size)`` with batch_first), optional
-    ``lengths (B,)`` int64 in ``[1, T]`` for right-padded batches (any order), optional
-    ``hx = (h_0, c_0)`` each ``(2 * num_layers, B, H)``. Returns ``output, (h_n, c_n)``: output
-    ``(T, B, 2H)`` for concat, ``(T, B, H)`` for sum/mul/ave, zero at padded steps; ``h_n``/``c_n``
-    ``(2 * num_layers, B, H)`` in ``nn.LSTM``'s order (layer 0 forward, layer 0 backward, ...), the states
-    at each sequence's true end.
+    Args:
+        input_size: ``F``, the number of features of the input.
+        hidden_size: ``H``, the number of features of each direction's hidden and cell state.
+        num_layers: number of stacked bidirectional layers. Default: 1.
+        bias: whether the layers have ``b_ih`` and ``b_hh``. Default: True.
+        batch_first: input and output as ``(B, T, *)`` instead of ``(T, B, *)``; not the states, and not
+            unbatched input. Default: False.
+        dropout: probability of dropout on each layer's merged output except the last layer's (training mode
+            only). ``nn.LSTM``'s warning when ``num_layers == 1``. Default: 0.
+        merge_mode: ``"concat" | "sum" | "mul" | "ave"`` after every layer, or a list with one per layer;
+            ``None`` (last layer only) keeps the two directions apart. Default: ``"concat"``.
+        device, dtype: of the parameters, as for ``nn.LSTM``.
+        bidirectional: keyword only, must be True (accepted so ``nn.LSTM(..., bidirectional=True)`` arguments
+            carry over).
+        proj_size: keyword only, must be 0: ``nn.LSTM``'s projections are not supported (``ValueError``).
+
+    Inputs: input, (h_0, c_0), lengths
+        * **input**: ``(T, B, F)``, ``(B, T, F)`` when ``batch_first=True``, ``(T, F)`` unbatched, or a
+          ``PackedSequence`` (data ``(N, F)``, sorted or not) as for ``nn.LSTM``. Floating point, the dtype and
+          device of the parameters (a mismatch is a ``ValueError`` before any compute). ``B = 0`` gives empty
+          outputs; ``T = 0`` is a ``ValueError``.
+        * **h_0**, **c_0**: ``(2 * L, B, H)`` (``(2 * L, H)`` unbatched), the initial states of layer 0 forward,
+          layer 0 backward, layer 1 forward, ... Default: zeros. ``hx`` is the second positional argument,
+          as in ``nn.LSTM``; both or neither.
+        * **lengths** (keyword only): ``(B,)`` integer, in ``[1, T]``, any order: the batch is right padded and
+          only the first ``lengths[b]`` steps of row ``b`` are read (padding may hold anything, NaN included).
+          Not with a ``PackedSequence``, which carries its own lengths. Unbatched input takes one length.
+    {shapes}
+
+    Outputs: output, (h_n, c_n)
+        * **output**: ``(T, B, out)``, ``(B, T, out)`` when ``batch_first=True``, ``(T, out)`` unbatched; the
+          last layer's merged output at every step; zero at padded steps. A ``PackedSequence`` when the input
+          is one, with the input's ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices`` and data
+          ``(N, out)`` (``(N, 2, H)`` for ``None``).
+        * **h_n**, **c_n**: ``(2 * L, B, H)`` (``(2 * L, H)`` unbatched) in ``nn.LSTM``'s order (layer 0 forward,
+          layer 0 backward, ...): the states at each sequence's true end (forward direction) and after step 0
+          (backward direction), unmerged, in the caller's batch order.
+
+    Attributes:
+        weight_ih_l[k], weight_ih_l[k]_reverse: ``(4H, F)`` for ``k = 0``, ``(4H, in_k)`` after, where ``in_k`` is
+            layer ``k - 1``'s merged width (``2H`` for concat, ``H`` for sum/mul/ave); gates ``i|f|g|o``.
+        weight_hh_l[k], weight_hh_l[k]_reverse: ``(4H, H)``.
+        bias_ih_l[k], bias_hh_l[k] (and ``_reverse``): ``(4H,)``, when ``bias=True``.
+        merge_modes: the merge mode of each layer. output_size: ``out``.
+        all_weights: the weights per (layer, direction), nested as ``nn.LSTM.all_weights``.
+        All weights and biases start from ``U(-1/sqrt(H), 1/sqrt(H))``, as ``nn.LSTM``'s.
+
+    Example::
+
+        >>> block = BiLSTM(10, 20, num_layers=2, merge_mode="sum")
+        >>> output, (h_n, c_n) = block(torch.randn(5, 3, 10), (torch.zeros(4, 3, 20), torch.zeros(4, 3, 20)))
+        >>> output.shape, h_n.shape                      # (T, B, H) for sum; (2L, B, H)
+        (torch.Size([5, 3, 20]), torch.Size([4, 3, 20]))
+        >>> output, _ = block(torch.randn(5, 3, 10), lengths=torch.tensor([5, 2, 4]))
     """
 
     MODE = "LSTM"
 
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        merge_mode: MergeMode = "concat",
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        bidirectional: bool = True,
+        proj_size: int = 0,
+    ) -> None:
+        if proj_size != 0:
+            raise ValueError(f"proj_size={proj_size!r}: BiLSTM does not support nn.LSTM's projections; use "
+                             f"proj_size=0 (the default)")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, merge_mode, device, dtype,
+                         bidirectional=bidirectional)
+
     def forward(
-        self, input: Tensor, lengths: Optional[Tensor] = None, hx: Optional[Tuple[Tensor, Tensor]] = None
-    ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        h0: Optional[Tensor] = None
-        c0: Optional[Tensor] = None
-        if hx is not None:
-            h0, c0 = hx
-        out, h_n, c_n = self._run(input, lengths, h0, c0)
+        self,
+        input: Union[Tensor, PackedSequence],
+        hx: Optional[Tuple[Tensor, Tensor]] = None,
+        *,
+        lengths: Optional[Tensor] = None,
+    ) -> Tuple[Union[Tensor, PackedSequence], Tuple[Tensor, Tensor]]:
+        _check_call(input, hx, lengths)
+        h0, c0 = _lstm_hx(hx)
+        if isinstance(input, PackedSequence):
+            packed, h_n, c_n = self._run_packed(input, h0, c0, lengths, "hx[0]", "hx[1]")
+            return packed, (h_n, c_n)
+        out, h_n, c_n = self._run(input, h0, c0, lengths, self.batch_first, "hx[0]", "hx[1]")
         return out, (h_n, c_n)
 
 
 class BiGRU(_BiRNNBase):
-    """Multi-layer bidirectional GRU (PyTorch's formula, i.e. Keras ``reset_after=True``) with a merge mode
-    after every layer. Arguments and shapes as ``BiLSTM``; ``hx`` is ``h_0 (2 * num_layers, B, H)`` and the
-    forward returns ``output, h_n``.
+    r"""Multi-layer bidirectional GRU with a Keras merge mode after every layer; ``nn.GRU(bidirectional=True)``'s
+    constructor, forward, parameters and checks, plus ``merge_mode`` and ``lengths``.
+
+    Each layer runs ``nn.GRU``'s cell in both directions (``r, z, n`` gates with
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, Keras's ``reset_after=True``; ``h' = (1 - z) * n + z * h``),
+    then merges the two direction outputs with the layer's merge mode; the merged output is the next layer's
+    input (after dropout, in training, except after the last layer). With ``merge_mode="concat"`` it is
+    ``nn.GRU(bidirectional=True)``: the same parameters (an ``nn.GRU`` state_dict loads as is), outputs and
+    gradients.
+
+    Args:
+        input_size: ``F``, the number of features of the input.
+        hidden_size: ``H``, the number of features of each direction's hidden state.
+        num_layers: number of stacked bidirectional layers. Default: 1.
+        bias: whether the layers have ``b_ih`` and ``b_hh``. Default: True.
+        batch_first: input and output as ``(B, T, *)`` instead of ``(T, B, *)``; not the state, and not
+            unbatched input. Default: False.
+        dropout: probability of dropout on each layer's merged output except the last layer's (training mode
+            only). ``nn.GRU``'s warning when ``num_layers == 1``. Default: 0.
+        merge_mode: ``"concat" | "sum" | "mul" | "ave"`` after every layer, or a list with one per layer;
+            ``None`` (last layer only) keeps the two directions apart. Default: ``"concat"``.
+        device, dtype: of the parameters, as for ``nn.GRU``.
+        bidirectional: keyword only, must be True (accepted so ``nn.GRU(..., bidirectional=True)`` arguments
+            carry over).
+
+    Inputs: input, h_0, lengths
+        * **input**: ``(T, B, F)``, ``(B, T, F)`` when ``batch_first=True``, ``(T, F)`` unbatched, or a
+          ``PackedSequence`` (data ``(N, F)``, sorted or not) as for ``nn.GRU``. Floating point, the dtype and
+          device of the parameters (a mismatch is a ``ValueError`` before any compute). ``B = 0`` gives empty
+          outputs; ``T = 0`` is a ``ValueError``.
+        * **h_0**: ``(2 * L, B, H)`` (``(2 * L, H)`` unbatched), the initial state of layer 0 forward, layer 0
+          backward, layer 1 forward, ... Default: zeros. The second positional argument, as in ``nn.GRU``.
+        * **lengths** (keyword only): ``(B,)`` integer, in ``[1, T]``, any order: the batch is right padded and
+          only the first ``lengths[b]`` steps of row ``b`` are read (padding may hold anything, NaN included).
+          Not with a ``PackedSequence``, which carries its own lengths. Unbatched input takes one length.
+    {shapes}
+
+    Outputs: output, h_n
+        * **output**: ``(T, B, out)``, ``(B, T, out)`` when ``batch_first=True``, ``(T, out)`` unbatched; the
+          last layer's merged output at every step; zero at padded steps. A ``PackedSequence`` when the input
+          is one, with the input's ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices`` and data
+          ``(N, out)`` (``(N, 2, H)`` for ``None``).
+        * **h_n**: ``(2 * L, B, H)`` (``(2 * L, H)`` unbatched) in ``nn.GRU``'s order (layer 0 forward, layer 0
+          backward, ...): the state at each sequence's true end (forward direction) and after step 0 (backward
+          direction), unmerged, in the caller's batch order.
+
+    Attributes:
+        weight_ih_l[k], weight_ih_l[k]_reverse: ``(3H, F)`` for ``k = 0``, ``(3H, in_k)`` after, where ``in_k`` is
+            layer ``k - 1``'s merged width (``2H`` for concat, ``H`` for sum/mul/ave); gates ``r|z|n``.
+        weight_hh_l[k], weight_hh_l[k]_reverse: ``(3H, H)``.
+        bias_ih_l[k], bias_hh_l[k] (and ``_reverse``): ``(3H,)``, when ``bias=True``.
+        merge_modes: the merge mode of each layer. output_size: ``out``.
+        all_weights: the weights per (layer, direction), nested as ``nn.GRU.all_weights``.
+        All weights and biases start from ``U(-1/sqrt(H), 1/sqrt(H))``, as ``nn.GRU``'s.
+
+    Example::
+
+        >>> block = BiGRU(10, 20, num_layers=2, merge_mode="ave", batch_first=True)
+        >>> output, h_n = block(torch.randn(3, 5, 10), torch.zeros(4, 3, 20))
+        >>> output.shape, h_n.shape                      # (B, T, H) for ave; (2L, B, H)
+        (torch.Size([3, 5, 20]), torch.Size([4, 3, 20]))
+        >>> output, h_n = block(torch.randn(3, 5, 10), lengths=torch.tensor([5, 2, 4]))
     """
 
     MODE = "GRU"
 
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        merge_mode: MergeMode = "concat",
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        bidirectional: bool = True,
+    ) -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, merge_mode, device, dtype,
+                         bidirectional=bidirectional)
+
     def forward(
-        self, input: Tensor, lengths: Optional[Tensor] = None, hx: Optional[Tensor] = None
-    ) -> Tuple[Tensor, Tensor]:
-        out, h_n, _ = self._run(input, lengths, hx, None)
-        return out, h_n
+        self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None
+    ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
+        _check_call(input, hx, lengths)
+        return _forward_one_state(self, input, hx, lengths)
 
 
 class BiRNN(_BiRNNBase):
-    """Multi-layer bidirectional Elman RNN (``nonlinearity="tanh" | "relu"``, Keras ``SimpleRNN``) with a merge
-    mode after every layer. Arguments and shapes as ``BiGRU``.
+    r"""Multi-layer bidirectional Elman RNN (Keras ``SimpleRNN``) with a Keras merge mode after every layer;
+    ``nn.RNN(bidirectional=True)``'s constructor, forward, parameters and checks, plus ``merge_mode`` and
+    ``lengths``.
+
+    Each layer runs ``nn.RNN``'s cell in both directions (``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, ``act``
+    tanh or relu), then merges the two direction outputs with the layer's merge mode; the merged output is the
+    next layer's input (after dropout, in training, except after the last layer). With
+    ``merge_mode="concat"`` it is ``nn.RNN(bidirectional=True)``: the same parameters (an ``nn.RNN`` state_dict
+    loads as is), outputs and gradients. It always runs on PyTorch's fused kernels.
+
+    Args:
+        input_size: ``F``, the number of features of the input.
+        hidden_size: ``H``, the number of features of each direction's hidden state.
+        num_layers: number of stacked bidirectional layers. Default: 1.
+        nonlinearity: ``"tanh"`` or ``"relu"``. Default: ``"tanh"``.
+        bias: whether the layers have ``b_ih`` and ``b_hh``. Default: True.
+        batch_first: input and output as ``(B, T, *)`` instead of ``(T, B, *)``; not the state, and not
+            unbatched input. Default: False.
+        dropout: probability of dropout on each layer's merged output except the last layer's (training mode
+            only). ``nn.RNN``'s warning when ``num_layers == 1``. Default: 0.
+        merge_mode: ``"concat" | "sum" | "mul" | "ave"`` after every layer, or a list with one per layer;
+            ``None`` (last layer only) keeps the two directions apart. Default: ``"concat"``.
+        device, dtype: of the parameters, as for ``nn.RNN``.
+        bidirectional: keyword only, must be True (accepted so ``nn.RNN(..., bidirectional=True)`` arguments
+            carry over).
+
+    Inputs: input, h_0, lengths
+        * **input**: ``(T, B, F)``, ``(B, T, F)`` when ``batch_first=True``, ``(T, F)`` unbatched, or a
+          ``PackedSequence`` (data ``(N, F)``, sorted or not) as for ``nn.RNN``. Floating point, the dtype and
+          device of the parameters (a mismatch is a ``ValueError`` before any compute). ``B = 0`` gives empty
+          outputs; ``T = 0`` is a ``ValueError``.
+        * **h_0**: ``(2 * L, B, H)`` (``(2 * L, H)`` unbatched), the initial state of layer 0 forward, layer 0
+          backward, layer 1 forward, ... Default: zeros. The second positional argument, as in ``nn.RNN``.
+        * **lengths** (keyword only): ``(B,)`` integer, in ``[1, T]``, any order: the batch is right padded and
+          only the first ``lengths[b]`` steps of row ``b`` are read (padding may hold anything, NaN included).
+          Not with a ``PackedSequence``, which carries its own lengths. Unbatched input takes one length.
+    {shapes}
+
+    Outputs: output, h_n
+        * **output**: ``(T, B, out)``, ``(B, T, out)`` when ``batch_first=True``, ``(T, out)`` unbatched; the
+          last layer's merged output at every step; zero at padded steps. A ``PackedSequence`` when the input
+          is one, with the input's ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices`` and data
+          ``(N, out)`` (``(N, 2, H)`` for ``None``).
+        * **h_n**: ``(2 * L, B, H)`` (``(2 * L, H)`` unbatched) in ``nn.RNN``'s order (layer 0 forward, layer 0
+          backward, ...): the state at each sequence's true end (forward direction) and after step 0 (backward
+          direction), unmerged, in the caller's batch order.
+
+    Attributes:
+        weight_ih_l[k], weight_ih_l[k]_reverse: ``(H, F)`` for ``k = 0``, ``(H, in_k)`` after, where ``in_k`` is
+            layer ``k - 1``'s merged width (``2H`` for concat, ``H`` for sum/mul/ave).
+        weight_hh_l[k], weight_hh_l[k]_reverse: ``(H, H)``.
+        bias_ih_l[k], bias_hh_l[k] (and ``_reverse``): ``(H,)``, when ``bias=True``.
+        nonlinearity: ``"tanh"`` or ``"relu"``. merge_modes: the merge mode of each layer. output_size: ``out``.
+        all_weights: the weights per (layer, direction), nested as ``nn.RNN.all_weights``.
+        All weights and biases start from ``U(-1/sqrt(H), 1/sqrt(H))``, as ``nn.RNN``'s.
+
+    Example::
+
+        >>> block = BiRNN(10, 20, num_layers=2, nonlinearity="relu", merge_mode=["sum", None])
+        >>> output, h_n = block(torch.randn(5, 10))     # unbatched (T, F)
+        >>> output.shape, h_n.shape                      # (T, 2, H) for None; (2L, H)
+        (torch.Size([5, 2, 20]), torch.Size([4, 20]))
     """
 
     def __init__(
@@ -376,15 +735,77 @@ class BiRNN(_BiRNNBase):
         merge_mode: MergeMode = "concat",
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        *,
+        bidirectional: bool = True,
     ) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.MODE = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"  # read by the base constructor
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, merge_mode, device, dtype)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, merge_mode, device, dtype,
+                         bidirectional=bidirectional)
         self.nonlinearity = nonlinearity
 
     def forward(
-        self, input: Tensor, lengths: Optional[Tensor] = None, hx: Optional[Tensor] = None
+        self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None
+    ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
+        _check_call(input, hx, lengths)
+        return _forward_one_state(self, input, hx, lengths)
+
+
+for _block in (BiLSTM, BiGRU, BiRNN):
+    _block.__doc__ = _block.__doc__.replace("    {shapes}", _SHAPES)
+
+
+def _forward_one_state(
+    block: _BiRNNBase, input: Union[Tensor, PackedSequence], hx: Optional[Tensor], lengths: Optional[Tensor]
+) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
+    """``BiGRU``/``BiRNN`` forward in eager mode (one state tensor)."""
+    if hx is not None and not isinstance(hx, Tensor):
+        raise TypeError(f"hx for {type(block).__name__} must be a tensor h_0, got {type(hx).__name__}")
+    if isinstance(input, PackedSequence):
+        packed, h_n, _ = block._run_packed(input, hx, None, lengths, "hx", "hx")
+        return packed, h_n
+    out, h_n, _ = block._run(input, hx, None, lengths, block.batch_first, "hx", "hx")
+    return out, h_n
+
+
+# TorchScript twins (see _BiRNNBase.__prepare_scriptable__): the same module, forward(input, hx, lengths) on
+# tensors. Their repr keeps the public name.
+class _ScriptableBiLSTM(BiLSTM):
+    def forward(  # type: ignore[override]
+        self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None, lengths: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        h0: Optional[Tensor] = None
+        c0: Optional[Tensor] = None
+        if hx is not None:
+            h0, c0 = hx
+        out, h_n, c_n = self._run(input, h0, c0, lengths, self.batch_first, "hx[0]", "hx[1]")
+        return out, (h_n, c_n)
+
+    def _get_name(self) -> str:
+        return "BiLSTM"
+
+
+class _ScriptableBiGRU(BiGRU):
+    def forward(  # type: ignore[override]
+        self, input: Tensor, hx: Optional[Tensor] = None, lengths: Optional[Tensor] = None
     ) -> Tuple[Tensor, Tensor]:
-        out, h_n, _ = self._run(input, lengths, hx, None)
+        out, h_n, _ = self._run(input, hx, None, lengths, self.batch_first, "hx", "hx")
         return out, h_n
+
+    def _get_name(self) -> str:
+        return "BiGRU"
+
+
+class _ScriptableBiRNN(BiRNN):
+    def forward(  # type: ignore[override]
+        self, input: Tensor, hx: Optional[Tensor] = None, lengths: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Tensor]:
+        out, h_n, _ = self._run(input, hx, None, lengths, self.batch_first, "hx", "hx")
+        return out, h_n
+
+    def _get_name(self) -> str:
+        return "BiRNN"
+
+
+_SCRIPTABLE: Dict[type, type] = {BiLSTM: _ScriptableBiLSTM, BiGRU: _ScriptableBiGRU, BiRNN: _ScriptableBiRNN}

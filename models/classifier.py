@@ -232,7 +232,7 @@ class SequenceClassifier(nn.Module):
 
     def _run_rnn(self, h: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Run the block; returns ``(output, h_n)`` whatever the cell (the LSTM's state is ``(h_n, c_n)``)."""
-        out, state = self.rnn(h, lengths)
+        out, state = self.rnn(h, lengths=lengths)
         if isinstance(state, Tensor):
             return out, state
         return out, state[0]

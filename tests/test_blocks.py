@@ -111,7 +111,7 @@ def test_a_padded_batch_equals_each_sequence_run_alone(cell: str, mode: str) -> 
     block = BLOCKS[cell][0](3, 5, num_layers=2, merge_mode=mode if mode is not None else ["sum", None])
     lengths = torch.tensor([4, 9, 1, 6, 9])                 # unsorted, with the extremes
     x = right_padded(9, lengths, 3, fill=float("nan"))
-    out, state = block(x, lengths)
+    out, state = block(x, lengths=lengths)
     full_state = states(cell, (out, state))
     assert torch.isfinite(out).all() and torch.isfinite(full_state).all()
     for i, n in enumerate(lengths.tolist()):
@@ -130,7 +130,7 @@ def test_padding_values_never_reach_outputs_states_or_gradients(cell: str) -> No
     for fill in (0.0, float("nan"), 1e6):
         pad = (torch.arange(7).unsqueeze(1) >= lengths).unsqueeze(-1)
         x = base.masked_fill(pad, fill).requires_grad_(True)
-        out, state = block(x, lengths)
+        out, state = block(x, lengths=lengths)
         loss = out.pow(2).sum() + states(cell, (out, state)).sum()
         grads = torch.autograd.grad(loss, [x, *block.parameters()])
         valid_grad_x = grads[0].masked_fill(pad, 0.0)
@@ -153,7 +153,7 @@ def test_lengths_with_concat_match_packed_torch_module_and_initial_states(cell: 
     x = right_padded(8, lengths, 3, fill=0.0).transpose(0, 1).contiguous()
     h0 = torch.randn(4, 4, 5)
     hx = (h0, torch.randn_like(h0)) if cell == "lstm" else h0
-    ours = block(x, lengths, hx)
+    ours = block(x, hx, lengths=lengths)
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     packed_out, packed_state = reference(packed, hx)
     theirs_out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=8)
@@ -169,7 +169,7 @@ def test_float64_gradcheck(mode: str, with_lengths: bool) -> None:
     x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
 
     def run(inp: torch.Tensor) -> tuple:
-        out, (h, c) = block(inp, lengths)
+        out, (h, c) = block(inp, lengths=lengths)
         return out, h, c
 
     assert torch.autograd.gradcheck(run, (x,), eps=1e-6, atol=1e-5)
@@ -179,7 +179,7 @@ def test_float64_gradcheck_gru_and_rnn_with_lengths() -> None:
     for block in (BiGRU(2, 3, 2, merge_mode="mul", dtype=torch.float64),
                   BiRNN(2, 3, 2, merge_mode="sum", nonlinearity="relu", dtype=torch.float64)):
         x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(lambda inp, b=block: b(inp, torch.tensor([1, 3]))[0], (x,), eps=1e-6,
+        assert torch.autograd.gradcheck(lambda inp, b=block: b(inp, lengths=torch.tensor([1, 3]))[0], (x,), eps=1e-6,
                                         atol=1e-5)
 
 
@@ -203,7 +203,7 @@ def test_bfloat16_autocast_runs_and_stays_close() -> None:
     x = torch.randn(6, 3, 8)
     lengths = torch.tensor([6, 2, 4])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low, (_, c) = block(x, lengths)
-    high, (_, c32) = block(x, lengths)
+        low, (_, c) = block(x, lengths=lengths)
+    high, (_, c32) = block(x, lengths=lengths)
     torch.testing.assert_close(low.float(), high, atol=5e-2, rtol=5e-2)
     torch.testing.assert_close(c.float(), c32, atol=5e-2, rtol=5e-2)

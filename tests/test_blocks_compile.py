@@ -22,7 +22,7 @@ def test_script_equals_eager_with_and_without_lengths(cls: type, mode: object) -
     block = cls(3, 4, num_layers=3, merge_mode=mode, batch_first=True)
     scripted = torch.jit.script(block)
     for x, lengths in ((torch.randn(5, 7, 3), None), (torch.randn(4, 6, 3), torch.tensor([6, 1, 3, 5]))):
-        for ours, eager in zip(outputs(scripted(x, lengths)), outputs(block(x, lengths)), strict=True):
+        for ours, eager in zip(outputs(scripted(x, None, lengths)), outputs(block(x, lengths=lengths)), strict=True):
             torch.testing.assert_close(ours, eager, **TOL)
 
 
@@ -48,7 +48,7 @@ def test_compile_graph_breaks_are_pinned_and_outputs_match(cls: type, mode: str,
     x = torch.randn(5, 2, 3)
     lengths = torch.tensor([5, 3]) if with_lengths else None
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(block)(x, lengths)
+    explained = torch._dynamo.explain(block)(x, lengths=lengths)
     assert explained.graph_break_count == graph_breaks
     assert all("compiler.disable" in str(reason.reason) for reason in explained.break_reasons)
     torch._dynamo.reset()
@@ -56,7 +56,7 @@ def test_compile_graph_breaks_are_pinned_and_outputs_match(cls: type, mode: str,
     for seq_len, batch in ((5, 2), (9, 3)):     # a second shape reuses the dynamic graph
         x = torch.randn(seq_len, batch, 3, requires_grad=True)
         lengths = torch.randint(1, seq_len + 1, (batch,)) if with_lengths else None
-        got, want = outputs(compiled(x, lengths)), outputs(block(x, lengths))
+        got, want = outputs(compiled(x, lengths=lengths)), outputs(block(x, lengths=lengths))
         for ours, eager in zip(got, want, strict=True):
             torch.testing.assert_close(ours, eager, **TOL)
         grad = torch.autograd.grad(got[0].sum(), x)[0]
@@ -69,7 +69,8 @@ def test_export_with_dynamic_batch_equals_eager(cls: type, mode: object) -> None
     block = cls(3, 4, num_layers=2, merge_mode=mode, batch_first=True).eval()
     x, lengths = torch.randn(2, 6, 3), torch.tensor([6, 2])
     batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.export.export(block, (x, lengths), dynamic_shapes={"input": {0: batch}, "lengths": {0: batch}})
+    program = torch.export.export(block, (x,), {"lengths": lengths},
+                                  dynamic_shapes={"input": {0: batch}, "lengths": {0: batch}})
     x, lengths = torch.randn(5, 6, 3), torch.tensor([1, 6, 3, 4, 2])
-    for ours, eager in zip(outputs(program.module()(x, lengths)), outputs(block(x, lengths)), strict=True):
+    for ours, eager in zip(outputs(program.module()(x, lengths=lengths)), outputs(block(x, lengths=lengths)), strict=True):
         torch.testing.assert_close(ours, eager, **TOL)

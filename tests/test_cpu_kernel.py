@@ -117,7 +117,7 @@ def test_one_thread_and_two_threads_give_identical_bits() -> None:
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            out, h_n = block(x, lengths)
+            out, h_n = block(x, lengths=lengths)
             (grad,) = torch.autograd.grad(out.square().sum() + h_n.sum(), x)
             results.append((out, h_n, grad))
     finally:
@@ -163,7 +163,7 @@ def run_isolated(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_disabled_or_unbuildable_kernel_falls_back_with_a_warning(tmp_path: Path) -> None:
     code = ("import warnings, torch; warnings.simplefilter('always')\n"
             "from models import BiGRU, cpu_kernel\n"
-            "out, _ = BiGRU(3, 4, merge_mode='sum')(torch.randn(5, 2, 3), torch.tensor([5, 2]))\n"
+            "out, _ = BiGRU(3, 4, merge_mode='sum')(torch.randn(5, 2, 3), lengths=torch.tensor([5, 2]))\n"
             "print('available', cpu_kernel.available(), tuple(out.shape))\n")
     disabled = run_isolated(code, BIRNN_ZOO_CPU_KERNEL="0", BIRNN_ZOO_CACHE=str(tmp_path / "a"))
     assert disabled.returncode == 0, disabled.stderr

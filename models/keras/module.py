@@ -99,7 +99,7 @@ class BidirectionalStage(nn.Module):
         lengths: Optional[Tensor] = None
         if mask is not None:
             x, lengths = compact_valid_steps(x, mask)
-        out, h_n, _ = self.block._run(x, lengths, None, None)
+        out, h_n, _ = self.block.run(x, lengths=lengths)
         if self.return_sequences:
             if mask is None:
                 return out, None
