@@ -139,3 +139,19 @@ def test_missing_file_names_path_and_remedy(tmp_path: Path) -> None:
 def test_bad_text_config(cfg: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_data(cfg)
+
+
+@needs_shared
+def test_an_undecodable_byte_names_file_and_line_and_can_be_skipped(tmp_path: Path) -> None:
+    root = _copy(tmp_path, "sst2")
+    path = root / "sst2" / "stsa.binary.train"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[41] = b"1 a caf\xe9 in latin-1, not utf-8\n"                  # line 42
+    path.chmod(0o644)
+    path.write_bytes(b"".join(lines))
+    cfg = {"name": "sst2", "root": str(root), "download": False, "verify_checksum": False}
+    with pytest.raises(DataFormatError, match=r"stsa\.binary\.train:42: malformed line \(byte b'\\xe9' at column 8 "
+                                              r"is not valid utf-8\)"):
+        build_data(cfg)
+    b = build_data({**cfg, "skip_malformed": True})
+    assert len(b.splits["train"]) == 6919 and b.info["skipped_by_file"][str(path)] == 1

@@ -78,9 +78,17 @@ class Vocab:
         return [self.itos[i] for i in ids if i != PAD_ID]
 
 
-def _read_lines(path: Path, encoding: str) -> list[str]:
-    with open(path, encoding=encoding, newline="") as f:
-        return [line.rstrip("\r\n") for line in f]
+def _read_lines(path: Path, encoding: str) -> list[str | UnicodeDecodeError]:
+    """The file's lines without line endings; a line that does not decode is its ``UnicodeDecodeError``
+    (one bad byte spoils its line, not the file)."""
+    lines: list[str | UnicodeDecodeError] = []
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                lines.append(raw.decode(encoding).rstrip("\r\n"))
+            except UnicodeDecodeError as error:
+                lines.append(error)
+    return lines
 
 
 def _parse(
@@ -88,19 +96,23 @@ def _parse(
 ) -> tuple[list[tuple[str, str]], int]:
     """Apply ``parse_line(line) -> (label, text)`` (raising ValueError) to every line of ``path``.
 
-    Returns ``(rows, skipped)``. A malformed line raises :class:`DataFormatError` naming the file and
-    line, unless ``skip_malformed`` (then it is counted, and a warning reports the count).
+    Returns ``(rows, skipped)``. A malformed or undecodable line raises :class:`DataFormatError` naming the
+    file and line, unless ``skip_malformed`` (then it is counted, and a warning reports the count).
     """
     rows, skipped = [], 0
     for lineno, line in enumerate(_read_lines(path, encoding), start=1):
         try:
+            if isinstance(line, UnicodeDecodeError):
+                bad = line.object[line.start:line.end]
+                raise ValueError(f"byte {bad!r} at column {line.start + 1} is not valid {encoding}")
             label, text = parse_line(line)
             if not text.strip():
                 raise ValueError("no text after the label")
         except ValueError as err:
             if not skip_malformed:
+                shown = line.object[:80] if isinstance(line, UnicodeDecodeError) else line[:80]
                 raise DataFormatError(
-                    f"{path}:{lineno}: malformed line ({err}): {line[:80]!r}. Fix the file, or set "
+                    f"{path}:{lineno}: malformed line ({err}): {shown!r}. Fix the file, or set "
                     "data.skip_malformed=true to skip such lines"
                 ) from None
             skipped += 1
