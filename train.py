@@ -9,30 +9,69 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: 2 busy cores, do not spin-wait
 
+import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from models import distributed
 from models.config import ConfigError
+from models.report import JOB_ERROR
+from models.stopping import Interrupted, TrainingDiverged
 from models.trainer import train
 
 log = logging.getLogger("train")
+failed_jobs: list = []   # sweep jobs that failed in this process (the basic launcher runs them all here)
+
+
+def _record_failure(run_dir: Path, error: BaseException, kind: str) -> None:
+    """A failed sweep job leaves ``job_error.json`` in its folder; the sweep goes on and the report lists it."""
+    overrides = list(HydraConfig.get().overrides.task)
+    record = {"kind": kind, "error": type(error).__name__, "message": str(error), "overrides": overrides,
+              "traceback": "".join(traceback.format_exception(error)) if kind == "exception" else None}
+    try:
+        (run_dir / JOB_ERROR).write_text(json.dumps(record, indent=2) + "\n")
+    except OSError:
+        pass
+    failed_jobs.append(record)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         results = train(cfg, run_dir)
     except ConfigError as error:
-        log.error("config error: %s", error)
-        print(f"config error: {error}", file=sys.stderr)
+        message = "config error: " + " ".join(str(error).split())     # one line, whatever the message held
+        log.error("%s", message)
+        print(message, file=sys.stderr)
+        if sweeping:
+            _record_failure(run_dir, error, "config error")
+            return None
         sys.exit(2)
+    except Interrupted as interrupt:
+        print(f"interrupted at step {interrupt.step}; continue with: {interrupt.command}", file=sys.stderr)
+        sys.exit(interrupt.exit_code)                  # 130 (SIGINT) / 143 (SIGTERM); a sweep stops too
+    except TrainingDiverged as error:
+        log.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        if sweeping:
+            _record_failure(run_dir, error, "diverged")
+            return None
+        sys.exit(1)
+    except Exception as error:                         # noqa: BLE001 - a sweep records it and goes on
+        if not sweeping:
+            raise
+        log.exception("job failed; the sweep goes on")
+        _record_failure(run_dir, error, "exception")
+        return None
     return results["test_accuracy"]
 
 
@@ -44,3 +83,7 @@ if __name__ == "__main__":
         main()
     finally:
         distributed.shutdown()
+    from models import report
+
+    if failed_jobs or report.failed_in_last_sweep:
+        sys.exit(1)                                    # the sweep ran to its end, but not every job succeeded

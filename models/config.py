@@ -6,8 +6,9 @@ value and the allowed values, so a typo costs a second, not a run.
 """
 
 import inspect
-from typing import Any, Dict, Iterable, Mapping
+from typing import Any, Dict, Iterable, Mapping, Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .classifier import CELLS, POOLINGS, SequenceClassifier
@@ -22,6 +23,9 @@ SCHEDULERS = ("none", "cosine", "linear")
 TRAIN_COMPILE_MODES = tuple(mode for mode in COMPILE_MODES if mode != "export")  # export graphs are eval-only
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("32", "bf16", "fp16")
+# What users type (``trainer.precision=32`` arrives as an int) -> the canonical name.
+PRECISION_ALIASES = {"32": "32", "fp32": "32", "32-true": "32", "16": "fp16", "fp16": "fp16", "16-mixed": "fp16",
+                     "bf16": "bf16", "bf16-mixed": "bf16"}
 # Filled in by the training app; the data sizes come from the dataset.
 MODEL_KEYS_FROM_DATA = ("vocab_size", "num_classes", "input_size")
 
@@ -29,10 +33,16 @@ OPTIM_KEYS: Dict[str, type] = {"name": str, "lr": float, "weight_decay": float, 
                                "scheduler": str, "warmup_steps": int, "grad_clip": float}
 TRAINER_KEYS: Dict[str, type] = {
     "max_epochs": int, "device": str, "compile": str, "precision": str, "patience": int, "resume": str,
+    "overwrite": bool, "init_from": str,
     "checkpoint_every_steps": int, "max_nonfinite_steps": int, "num_threads": int, "log_every_steps": int,
     "progress": bool, "tensorboard": bool, "infer_batches": int, "restore_rng": bool, "kill_at_step": int,
 }
-NULLABLE = {"trainer.resume", "trainer.num_threads", "trainer.kill_at_step", "trainer.checkpoint_every_steps",
+# Lower bounds of the integer and float settings (checked after the type).
+MINIMUM: Dict[str, float] = {"optim.weight_decay": 0.0, "optim.momentum": 0.0, "optim.warmup_steps": 0,
+                             "optim.grad_clip": 0.0, "trainer.patience": 1, "trainer.checkpoint_every_steps": 1,
+                             "trainer.max_nonfinite_steps": 1, "trainer.num_threads": 1,
+                             "trainer.log_every_steps": 1, "trainer.infer_batches": 0, "trainer.kill_at_step": 1}
+NULLABLE = {"trainer.resume", "trainer.init_from", "trainer.num_threads", "trainer.kill_at_step", "trainer.checkpoint_every_steps",
             "optim.betas", "optim.momentum"}
 
 
@@ -57,6 +67,21 @@ def _known_keys(path: str, node: Mapping[str, Any], allowed: Iterable[str]) -> N
         raise ConfigError(f"unknown config key {path}.{unknown[0]}; allowed keys under {path}: {allowed}")
 
 
+def normalize_precision(value: Any) -> str:
+    """``trainer.precision`` as typed (``32``, ``"32"``, ``16``, ``bf16``, ``fp16``, ...) -> ``"32" | "bf16" | "fp16"``."""
+    name = str(value).strip().lower() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    if name not in PRECISION_ALIASES:
+        raise ConfigError(f"trainer.precision={value!r} is not allowed; choose one of 32, bf16, fp16 (16)")
+    return PRECISION_ALIASES[name]
+
+
+def optional_path(value: Any) -> Optional[str]:
+    """``trainer.resume`` / ``trainer.init_from``: None or an empty string (an unset shell variable) mean none."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return str(value)
+
+
 def _typed(path: str, value: Any, kind: type) -> None:
     if value is None:
         if path in NULLABLE:
@@ -67,6 +92,8 @@ def _typed(path: str, value: Any, kind: type) -> None:
         ok = True
     if not ok:
         raise ConfigError(f"{path}={value!r} must be of type {kind.__name__}")
+    if path in MINIMUM and value < MINIMUM[path]:
+        raise ConfigError(f"{path}={value!r} must be >= {MINIMUM[path]}")
 
 
 def check_model_config(model: Mapping[str, Any]) -> None:
@@ -83,6 +110,19 @@ def check_model_config(model: Mapping[str, Any]) -> None:
         raise ConfigError(f"model.{error}") from error
     _choice("model.cell", model.get("cell", "lstm"), CELLS)
     _choice("model.pooling", model.get("pooling", "last"), POOLINGS)
+    # Every other argument: build the model on the meta device (no memory, no compute), with stand-in data
+    # sizes, and turn its own argument check into a config error naming the key.
+    arguments = {key: value for key, value in model.items() if key != "name"}
+    padding = arguments.get("padding_idx", 0)
+    vocab = padding + 1 if isinstance(padding, int) and not isinstance(padding, bool) and padding >= 1 else 2
+    try:
+        with torch.device("meta"):
+            SequenceClassifier(num_classes=2, vocab_size=vocab, **arguments)
+    except (TypeError, ValueError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        key = next((k for k in sorted(arguments, key=len, reverse=True) if message.startswith(k)), None)
+        prefix = f"model.{key}={arguments[key]!r}: " if key is not None else "model: "
+        raise ConfigError(prefix + message) from error
 
 
 def check_config(cfg: Any) -> Dict[str, Any]:
@@ -101,16 +141,32 @@ def check_config(cfg: Any) -> Dict[str, Any]:
     _choice("optim.scheduler", optim.get("scheduler", "none"), SCHEDULERS)
     if optim["lr"] <= 0:
         raise ConfigError(f"optim.lr={optim['lr']!r} must be > 0")
+    betas = optim.get("betas")
+    if betas is not None and (len(betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas)):
+        raise ConfigError(f"optim.betas={betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
 
     trainer = _plain(cfg.trainer)
     _known_keys("trainer", trainer, TRAINER_KEYS)
+    precision = normalize_precision(trainer.get("precision"))
     for key, value in trainer.items():
-        _typed(f"trainer.{key}", value, TRAINER_KEYS[key])
+        if key != "precision":
+            _typed(f"trainer.{key}", value, TRAINER_KEYS[key])
     _choice("trainer.device", trainer["device"], DEVICES)
     _choice("trainer.compile", trainer["compile"], TRAIN_COMPILE_MODES)
-    _choice("trainer.precision", str(trainer["precision"]), PRECISIONS)
     if trainer["max_epochs"] < 1:
         raise ConfigError(f"trainer.max_epochs={trainer['max_epochs']!r} must be >= 1")
+    cuda = torch.cuda.is_available()
+    if trainer["device"] == "cuda" and not cuda:
+        raise ConfigError("trainer.device='cuda' but no CUDA device is available (torch.cuda.is_available() is "
+                          "False); use trainer.device=auto or cpu")
+    if precision == "fp16" and (trainer["device"] == "cpu" or not cuda):
+        raise ConfigError(f"trainer.precision={trainer['precision']!r} (fp16) needs a CUDA device; use "
+                          f"trainer.precision=bf16 on CPU")
+    if optional_path(trainer.get("resume")) and optional_path(trainer.get("init_from")):
+        raise ConfigError(f"trainer.resume={trainer['resume']!r} and trainer.init_from={trainer['init_from']!r} "
+                          f"both given: resume continues a run (weights, optimiser, schedule, step), init_from "
+                          f"starts a new one from a checkpoint's weights; choose one")
 
     try:
         return resolve_data_config(_plain(cfg.data))

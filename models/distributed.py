@@ -76,6 +76,11 @@ def launched_by_torchrun() -> bool:
     return _env_int("WORLD_SIZE", 1) > 1
 
 
+def env_rank() -> int:
+    """This process's rank as ``torchrun`` announces it (``RANK``), readable before the process group exists."""
+    return _env_int("RANK", 0) if launched_by_torchrun() else 0
+
+
 def context() -> Context:
     """The current process group's rank and size; one process when none is initialised."""
     if dist.is_available() and dist.is_initialized():

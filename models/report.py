@@ -1,10 +1,16 @@
-"""The merge-mode report of a sweep: ``python -m models.report <sweep dir>``.
+"""The report of a sweep: ``python -m models.report <sweep dir>``.
 
 Reads every ``results.json`` under the sweep folder and writes, next to them:
-- ``summary.csv``: one row per run;
-- ``summary.md``: mean +- std over seeds of test accuracy, parameters, train and inference tokens/s per
-  (data, cell, merge mode);
-- ``summary.png``: accuracy and throughput per merge mode and cell (when matplotlib is installed).
+- ``summary.csv``: one row per run, with every setting that differs between the runs;
+- ``summary.md``: mean +- std over seeds of test accuracy, train and inference tokens/s, one row per group
+  of runs that share every setting except the seed (and the run folder), with how many seeds it averages;
+  then the failed jobs (``job_error.json``, written by ``train.py``) and the ``results.json`` files that were
+  skipped because they are broken or incomplete;
+- ``summary.png``: accuracy and throughput per group (when matplotlib is installed).
+
+A run's settings are the ``config`` its ``results.json`` holds (older runs: ``.hydra/config.yaml`` beside
+it; else the few settings ``results.json`` names). So a sweep over ``model.hidden_size=8,12`` gets one row
+per size, never an average of the two.
 
 ``ReportCallback`` runs the same at the end of a Hydra multirun (``conf/hydra/default.yaml``).
 """
@@ -20,60 +26,150 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
+JOB_ERROR = "job_error.json"
+"""What ``train.py`` writes into the folder of a sweep job that failed."""
+
 COLUMNS = ("data", "model", "cell", "merge_mode", "pooling", "seed", "num_parameters", "best_val_accuracy",
            "test_accuracy", "train_tokens_per_s", "infer_tokens_per_s", "epochs", "wall_time_s", "compile",
            "device", "run_dir")
+REQUIRED = ("data", "seed", "num_parameters", "test_accuracy", "train_tokens_per_s", "infer_tokens_per_s")
+"""Keys a ``results.json`` must hold to be reported."""
+NOT_GROUPED = ("seed", "data.seed", "trainer.resume", "trainer.overwrite", "trainer.kill_at_step")
+"""Settings that never split a group: seeds (what is averaged) and where or how a run was started."""
+METRICS = ("test_accuracy", "train_tokens_per_s", "infer_tokens_per_s")
+
+failed_in_last_sweep = 0
+"""Failed jobs the last :class:`ReportCallback` saw (``train.py`` exits non-zero when any)."""
 
 
-def load_results(sweep_dir: Path) -> List[Dict[str, Any]]:
-    """All ``results.json`` below ``sweep_dir``, sorted by path. Raises ``ValueError`` if there are none."""
+def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(node, dict):
+        flat: Dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: json.dumps(node) if isinstance(node, list) else node}
+
+
+def _settings(row: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """The run's config as ``{dotted key: value}``."""
+    config = row.get("config")
+    if not isinstance(config, dict):
+        hydra_config = path.parent / ".hydra" / "config.yaml"
+        try:
+            from omegaconf import OmegaConf
+
+            config = OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=False)
+        except Exception:  # noqa: BLE001 - an old or hand-made results.json: fall back to its own fields
+            config = {"data": {"name": row.get("data")},
+                      "model": {k: row.get(k) for k in ("model", "cell", "merge_mode", "pooling") if k in row},
+                      "seed": row.get("seed")}
+    return _flatten(config)
+
+
+def load_results(sweep_dir: Path) -> Tuple[List[Dict[str, Any]], List[Tuple[Path, str]]]:
+    """``(rows, skipped)``: every usable ``results.json`` below ``sweep_dir`` (sorted by path; each row gets
+    ``settings`` and ``path``), and ``(path, reason)`` for each broken or incomplete one. Raises ``ValueError``
+    if there is none at all."""
     paths = sorted(sweep_dir.rglob("results.json"))
     if not paths:
         raise ValueError(f"no results.json under {sweep_dir}: is it a finished sweep folder (multirun/...)?")
-    rows = []
+    rows, skipped = [], []
     for path in paths:
         try:
-            rows.append(json.loads(path.read_text()))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from error
-    return rows
+            row = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            skipped.append((path, f"not valid JSON ({error})"))
+            continue
+        if not isinstance(row, dict):
+            skipped.append((path, f"holds a {type(row).__name__}, not an object"))
+            continue
+        missing = [key for key in REQUIRED if key not in row]
+        if missing:
+            skipped.append((path, f"incomplete: lacks {missing}"))
+            continue
+        try:
+            [float(row[key]) for key in METRICS]
+        except (TypeError, ValueError):
+            skipped.append((path, "a metric is not a number"))
+            continue
+        rows.append({**row, "settings": _settings(row, path), "path": str(path)})
+    return rows, skipped
 
 
-def _mode_name(mode: Any) -> str:
-    return "/".join(str(m) for m in mode) if isinstance(mode, list) else str(mode)
+def load_failures(sweep_dir: Path) -> List[Dict[str, Any]]:
+    """The ``job_error.json`` records below ``sweep_dir`` (each with its ``folder``)."""
+    failures = []
+    for path in sorted(sweep_dir.rglob(JOB_ERROR)):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            record = {"kind": "?", "error": "?", "message": f"unreadable {path.name}"}
+        failures.append({**record, "folder": str(path.parent)})
+    return failures
 
 
-def summarize(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Group runs by (data, cell, merge mode): mean and std over seeds of the headline numbers."""
-    groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = defaultdict(list)
+def varying_keys(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """Settings whose value differs between the runs, except :data:`NOT_GROUPED`."""
+    keys = sorted({key for row in rows for key in row["settings"]} - set(NOT_GROUPED))
+    return [key for key in keys if len({json.dumps(row["settings"].get(key), sort_keys=True, default=str)
+                                        for row in rows}) > 1]
+
+
+def summarize(rows: Sequence[Dict[str, Any]]) -> Tuple[List[str], List[Dict[str, Any]]]:
+    """``(keys, summary)``: runs grouped by every varying setting (``keys``); mean and std over the seeds of
+    each group, ``seeds`` = how many distinct seeds, ``runs`` = how many runs."""
+    keys = varying_keys(rows)
+    groups: Dict[Tuple[str, ...], List[Dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[(row["data"], row["cell"], _mode_name(row["merge_mode"]))].append(row)
+        groups[tuple(json.dumps(row["settings"].get(key), default=str) for key in keys)].append(row)
     summary = []
-    for (data, cell, mode), runs in sorted(groups.items()):
-        entry: Dict[str, Any] = {"data": data, "cell": cell, "merge_mode": mode, "runs": len(runs),
-                                 "num_parameters": runs[0]["num_parameters"]}
-        for key in ("test_accuracy", "train_tokens_per_s", "infer_tokens_per_s"):
+    for label, runs in sorted(groups.items()):
+        first = runs[0]
+        entry: Dict[str, Any] = {"group": {key: first["settings"].get(key) for key in keys}, "runs": len(runs),
+                                 "seeds": len({run["seed"] for run in runs}), "data": first["data"],
+                                 "num_parameters": first["num_parameters"]}
+        for key in METRICS:
             values = [float(run[key]) for run in runs]
             entry[key] = statistics.fmean(values)
             entry[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         summary.append(entry)
-    return summary
+    return keys, summary
 
 
-def markdown_table(summary: Sequence[Dict[str, Any]]) -> str:
-    lines = ["| data | cell | merge mode | runs | params | test accuracy | train tokens/s | infer tokens/s |",
-             "|---|---|---|---|---|---|---|---|"]
+def _value(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def markdown_table(keys: Sequence[str], summary: Sequence[Dict[str, Any]]) -> str:
+    columns = [*(keys or ["data"]), "seeds", "runs", "params", "test accuracy", "train tokens/s", "infer tokens/s"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for s in summary:
+        group = [_value(s["group"][key]) for key in keys] if keys else [s["data"]]
         lines.append(
-            f"| {s['data']} | {s['cell']} | {s['merge_mode']} | {s['runs']} | {s['num_parameters']:,} | "
+            "| " + " | ".join(group) + f" | {s['seeds']} | {s['runs']} | {s['num_parameters']:,} | "
             f"{100 * s['test_accuracy']:.1f} +- {100 * s['test_accuracy_std']:.1f} | "
             f"{s['train_tokens_per_s']:,.0f} +- {s['train_tokens_per_s_std']:,.0f} | "
             f"{s['infer_tokens_per_s']:,.0f} +- {s['infer_tokens_per_s_std']:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: Sequence[Dict[str, Any]], path: Path) -> bool:
-    """Accuracy and train throughput per merge mode, one bar group per cell. False if matplotlib is missing."""
+def problems_section(failures: Sequence[Dict[str, Any]], skipped: Sequence[Tuple[Path, str]]) -> str:
+    text = ""
+    if failures:
+        text += f"\n## Failed jobs ({len(failures)})\n\n"
+        for f in failures:
+            overrides = " ".join(f.get("overrides") or [])
+            message = " ".join(str(f.get("message", "")).split())
+            text += f"- `{f['folder']}` ({overrides}): {f.get('kind')}: {f.get('error')}: {message}\n"
+    if skipped:
+        text += f"\n## Skipped results ({len(skipped)})\n\n"
+        text += "".join(f"- `{path}`: {reason}\n" for path, reason in skipped)
+    return text
+
+
+def plot(keys: Sequence[str], summary: Sequence[Dict[str, Any]], path: Path) -> bool:
+    """Accuracy and train throughput per group. False if matplotlib is missing."""
     try:
         import matplotlib
 
@@ -82,43 +178,52 @@ def plot(summary: Sequence[Dict[str, Any]], path: Path) -> bool:
     except ImportError:
         log.warning("matplotlib not installed: no %s", path.name)
         return False
-    labels = sorted({(s["data"], s["merge_mode"]) for s in summary})
-    cells = sorted({s["cell"] for s in summary})
-    lookup = {(s["data"], s["merge_mode"], s["cell"]): s for s in summary}
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / max(len(cells), 1)
-    for c, cell in enumerate(cells):
-        xs = [i + c * width for i in range(len(labels))]
-        for axis, key, scale in ((axes[0], "test_accuracy", 100.0), (axes[1], "train_tokens_per_s", 1.0)):
-            values = [scale * lookup[(d, m, cell)][key] if (d, m, cell) in lookup else 0.0 for d, m in labels]
-            errors = [scale * lookup[(d, m, cell)][key + "_std"] if (d, m, cell) in lookup else 0.0
-                      for d, m in labels]
-            axis.bar(xs, values, width, yerr=errors, label=cell, capsize=3)
-    for axis, title in ((axes[0], "test accuracy (%)"), (axes[1], "training tokens/s")):
-        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
-        axis.set_xticklabels([m if len({d for d, _ in labels}) == 1 else f"{d}\n{m}" for d, m in labels])
+    labels = ["\n".join(f"{key.split('.')[-1]}={_value(s['group'][key])}" for key in keys) or s["data"]
+              for s in summary]
+    figure, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(summary) + 3), 4.5))
+    xs = range(len(summary))
+    for axis, key, scale, title in ((axes[0], "test_accuracy", 100.0, "test accuracy (%)"),
+                                    (axes[1], "train_tokens_per_s", 1.0, "training tokens/s")):
+        axis.bar(xs, [scale * s[key] for s in summary], 0.7, yerr=[scale * s[key + "_std"] for s in summary],
+                 capsize=3)
+        axis.set_xticks(list(xs))
+        axis.set_xticklabels(labels, fontsize=7)
         axis.set_title(title)
-    handles, names = axes[0].get_legend_handles_labels()
-    figure.legend(handles, names, loc="lower center", ncol=max(len(cells), 1), frameon=False)
-    figure.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below the bars
+    figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
 
 
 def write_report(sweep_dir: Path) -> Dict[str, Path]:
-    """Write ``summary.csv``, ``summary.md`` and ``summary.png`` into ``sweep_dir``; returns their paths."""
+    """Write ``summary.csv``, ``summary.md`` and ``summary.png`` into ``sweep_dir``; returns their paths.
+
+    Raises ``ValueError`` when there is not one usable ``results.json`` (the failed jobs are still listed in
+    ``summary.md`` then)."""
     sweep_dir = Path(sweep_dir)
-    rows = load_results(sweep_dir)
+    failures = load_failures(sweep_dir)
+    try:
+        rows, skipped = load_results(sweep_dir)
+    except ValueError:
+        rows, skipped = [], []
     outputs = {"csv": sweep_dir / "summary.csv", "md": sweep_dir / "summary.md", "png": sweep_dir / "summary.png"}
+    if not rows:
+        if failures or skipped:
+            outputs["md"].write_text("No finished runs.\n" + problems_section(failures, skipped))
+        raise ValueError(f"no usable results.json under {sweep_dir}"
+                         + (f" ({len(failures)} failed job(s), {len(skipped)} broken result(s))"
+                            if failures or skipped else ": is it a finished sweep folder (multirun/...)?"))
+    keys, summary = summarize(rows)
     with outputs["csv"].open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS, extrasaction="ignore")
+        extra = [key for key in keys if key not in COLUMNS]
+        writer = csv.DictWriter(file, fieldnames=[*COLUMNS, *extra], extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "merge_mode": _mode_name(row["merge_mode"])})
-    summary = summarize(rows)
-    outputs["md"].write_text(markdown_table(summary))
-    if not plot(summary, outputs["png"]):
+            mode = row.get("merge_mode")
+            writer.writerow({**row, **{key: row["settings"].get(key) for key in extra},
+                             "merge_mode": "/".join(map(str, mode)) if isinstance(mode, list) else mode})
+    outputs["md"].write_text(markdown_table(keys, summary) + problems_section(failures, skipped))
+    if not plot(keys, summary, outputs["png"]):
         del outputs["png"]
     return outputs
 
@@ -133,14 +238,19 @@ class ReportCallback(Callback):  # type: ignore[misc]
     """Hydra callback: writes the report into the sweep folder when a multirun ends."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        global failed_in_last_sweep
         sweep_dir = Path(config.hydra.sweep.dir)
+        failures = load_failures(sweep_dir)
+        failed_in_last_sweep = len(failures)
         try:
             outputs = write_report(sweep_dir)
         except ValueError as error:
-            log.warning("no merge-mode report: %s", error)
+            log.warning("no sweep report: %s", error)
             return
         print(Path(outputs["md"]).read_text())
         print(f"report: {', '.join(str(p) for p in outputs.values())}")
+        if failures:
+            log.warning("%d of the sweep's jobs failed (listed in %s)", len(failures), outputs["md"])
 
 
 def main(argv: Sequence[str] = ()) -> None:

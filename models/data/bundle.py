@@ -68,10 +68,39 @@ class DataBundle:
         return BatchLoader(self.splits[split], batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
                            start_batch=start_batch, num_workers=num_workers, bucket=bucket, pad_id=self.pad_id)
 
+    def check(self, world_size: int = 1) -> None:
+        """Refuse degenerate data with a ``ValueError`` naming the config key to change: a split without rows,
+        a training split with fewer rows than processes (one batch per process needs a row each), labels
+        outside ``[0, num_classes)``."""
+        for split, dataset in self.splits.items():
+            if len(dataset) == 0:
+                raise ValueError(f"{split_key(self.config, split)}: the {split} split of {self.name} has no rows; "
+                                 f"sizes {({s: len(d) for s, d in self.splits.items()})}")
+            labels = dataset.labels
+            if labels.min() < 0 or labels.max() >= self.num_classes:
+                key = "data.num_classes" if "num_classes" in self.config else f"data.name={self.name}"
+                raise ValueError(f"{key}: the {split} split of {self.name} has labels from {int(labels.min())} to "
+                                 f"{int(labels.max())}, outside the {self.num_classes} classes [0, "
+                                 f"{self.num_classes})")
+        if len(self.splits["train"]) < world_size:
+            raise ValueError(f"{split_key(self.config, 'train')}: the train split of {self.name} has "
+                             f"{len(self.splits['train'])} row(s), fewer than the {world_size} processes (one "
+                             f"batch per process needs a row each)")
+
     def majority_accuracy(self, split: str = "test") -> float:
         """Accuracy of always predicting the most frequent training class on ``split``."""
         major = int(np.bincount(self.splits["train"].labels, minlength=self.num_classes).argmax())
         return float(np.mean(self.splits[split].labels == major))
+
+
+def split_key(c: Mapping[str, Any], split: str) -> str:
+    """The config key (with its value) that sets the size of ``split``, for error messages."""
+    if c.get("name") == "synthetic":
+        return f"data.num_{split}={c.get(f'num_{split}')!r}"
+    keys = [k for k in ("val_fraction", "test_fraction") if k in c]
+    if keys and (split != "test" or "test_fraction" in c):
+        return ", ".join(f"data.{k}={c[k]!r}" for k in keys)
+    return f"data.root={c.get('root')!r} (the {split} file)"
 
 
 def _plain(cfg: Any) -> dict[str, Any]:

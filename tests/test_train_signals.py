@@ -1,0 +1,100 @@
+"""A real ``python train.py`` stopped by SIGTERM / SIGINT, and one that diverges: each stops cleanly and prints the
+exact command that continues it, and that command works (issue 19)."""
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+# 100 steps per epoch: a signal sent a moment after epoch 1 ends lands in the middle of epoch 2.
+LONGER = ["data.num_train=3200", "data.num_val=64", "data.num_test=64", "data.min_len=6", "data.max_len=12",
+          "data.batch_size=32", "model.hidden_size=8", "model.embed_dim=8", "trainer.max_epochs=2",
+          "trainer.patience=100", "trainer.infer_batches=2", "trainer.num_threads=1", "trainer.tensorboard=false",
+          "model.dropout=0.3", "model.head_dropout=0.3"]
+
+
+def command(*overrides: str) -> list:
+    return [sys.executable, str(ROOT / "train.py"), *overrides]
+
+
+def run(words: list) -> subprocess.CompletedProcess:
+    return subprocess.run(words, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def the_exact_command(stderr: str, kind: str) -> list:
+    """The command a message prints, as argv (``python`` -> this interpreter)."""
+    found = re.findall(rf"{kind}: (python train\.py .*)$", stderr, flags=re.MULTILINE)
+    assert found, stderr[-3000:]
+    words = shlex.split(found[-1])
+    return [sys.executable, str(ROOT / "train.py"), *words[2:]]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    run_dir = tmp_path_factory.mktemp("straight")
+    result = run(command(*LONGER, f"hydra.run.dir={run_dir}"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_writes_last_pt_at_the_step_and_the_printed_command_continues_bit_for_bit(
+        tmp_path: Path, straight: dict, signum: int, status: int) -> None:
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(command(*LONGER, f"hydra.run.dir={run_dir}"), cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.jsonl").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)                                     # into epoch 2
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == status, stderr[-3000:]
+    assert "Traceback" not in stderr
+
+    step = int(re.search(r"interrupted at step (\d+); continue with:", stderr).group(1))
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]
+    assert saved["step"] == step and 100 < step < 200, "last.pt is written at the interrupted step"
+    assert saved["batch_in_epoch"] == step - 100 >= 1, "mid-epoch"
+    assert f"interrupted at step {step}; continue with: python train.py" in (run_dir / "train.log").read_text()
+
+    continued = run(the_exact_command(stderr, "continue with"))
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    after = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(straight[name], after[name]) for name in straight), "continued run must be bit for bit"
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 200
+
+
+def test_divergence_names_healthy_weights_and_the_command_with_a_lower_lr_works(tmp_path: Path) -> None:
+    # lr * weight_decay = 19: AdamW's decoupled decay multiplies the weights by -18 per step until they overflow;
+    # a tenth of the lr multiplies them by -0.9, which is stable.
+    run_dir = tmp_path / "diverged"
+    overrides = [*LONGER[:2], *LONGER[3:], "data.num_train=192", "trainer.max_epochs=8", "optim.lr=190",
+                 "optim.weight_decay=0.1", "optim.warmup_steps=0", "optim.scheduler=none", "model.dropout=0.0"]
+    result = run(command(*overrides, f"hydra.run.dir={run_dir}"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "non-finite losses in a row" in result.stderr and "recover.pt" in result.stderr
+    recover = load_checkpoint(run_dir / "checkpoints" / "recover.pt")
+    assert all(torch.isfinite(w).all() and w.abs().max() < 100 for w in recover["model"].values())
+
+    again = the_exact_command(result.stderr, "continue from them with a lower learning rate")
+    assert "optim.lr=19" in again and f"trainer.init_from={run_dir / 'checkpoints' / 'recover.pt'}" in again
+    continued = run(again)
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    new_dir = Path(next(w for w in again if w.startswith("hydra.run.dir=")).split("=", 1)[1])
+    results = json.loads((new_dir / "results.json").read_text())
+    assert results["nonfinite_steps"] == 0 and results["steps"] == 8 * 6, "a fresh step count"
+    assert results["init_from"].endswith("recover.pt")
