@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from models import create_model
-from models.config import ConfigError, check_config
+from models.config import ConfigError, check_config, normalize_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -76,11 +76,34 @@ def test_dataset_experiments_compose_and_pass_the_checks(experiment: str) -> Non
         (["seed=-1"], "seed=-1 must be a non-negative integer"),
         (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be >= 1"),
         (["+extra=1"], "unknown config key <root>.extra; allowed keys under <root>:"),
+        (["model.hidden_size=0"], "model.hidden_size=0: hidden_size must be a positive int, got 0"),
+        (["model.dropout=1.5"], "model.dropout=1.5: dropout must be a float in [0, 1], got 1.5"),
+        (["model.padding_idx=-1"], "model.padding_idx=-1: padding_idx must be an int in [0, vocab_size)"),
+        (["optim.betas=[0.9]"], "optim.betas=[0.9] must be two numbers in [0, 1)"),
+        (["optim.weight_decay=-1"], "optim.weight_decay=-1 must be >= 0.0"),
+        (["trainer.patience=0"], "trainer.patience=0 must be >= 1"),
+        (["trainer.precision=8"], "trainer.precision=8 is not allowed; choose one of 32, bf16, fp16 (16)"),
+        (["trainer.device=cpu", "trainer.precision=fp16"], "trainer.precision='fp16' (fp16) needs a CUDA device"),
+        (["trainer.device=cpu", "trainer.precision=16"], "trainer.precision=16 (fp16) needs a CUDA device"),
+        (["trainer.resume=a", "trainer.init_from=b"], "trainer.resume='a' and trainer.init_from='b' both given"),
     ],
 )
 def test_bad_values_and_added_keys_are_refused_by_the_checks(overrides: list, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_config(composed(*overrides))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"trainer.device='cuda' but no CUDA device is available"):
+        check_config(composed("trainer.device=cuda"))
+
+
+@pytest.mark.parametrize("typed", ["32", "'32'", "fp32", "bf16", "BF16"])
+def test_documented_precisions_are_accepted_as_typed(typed: str) -> None:
+    check_config(composed(f"trainer.precision={typed}", "trainer.device=cpu"))
+    assert normalize_precision(16) == normalize_precision("16") == "fp16"
+    assert normalize_precision(32) == normalize_precision("32") == "32"
 
 
 def run_train(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -95,6 +118,7 @@ def run_train(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         ("+model.typo=1", "config error: unknown config key model.typo"),
         ("model.typo=1", "Could not override 'model.typo'"),
         ("model=resnet", "Could not find 'model/resnet'"),
+        ("model.hidden_size=0", "config error: model.hidden_size=0: hidden_size must be a positive int, got 0"),
     ],
 )
 def test_bad_overrides_exit_non_zero_before_any_data_is_loaded(override: str, message: str, tmp_path: Path) -> None:
@@ -102,11 +126,15 @@ def test_bad_overrides_exit_non_zero_before_any_data_is_loaded(override: str, me
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert "nonexistent" not in result.stderr + result.stdout, "the checks must run before the data is read"
+    if message.startswith("config error:"):
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.splitlines()[-1].startswith(message), "the error is the one last line"
 
 
 def test_config_error_path_does_not_need_torch_compute() -> None:
-    # The checks are pure config work: nothing is allocated on a device.
+    # The checks are pure config work: nothing is allocated on a device, no random number is drawn.
     before = torch.get_rng_state()
     with pytest.raises(ConfigError):
         check_config(composed("model.pooling=sum"))
+    check_config(composed("model=bilstm_attn"))         # builds the model on the meta device
     assert torch.equal(before, torch.get_rng_state())
