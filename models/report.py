@@ -123,8 +123,13 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> Tuple[List[str], List[Dict[str,
     groups: Dict[Tuple[str, ...], List[Dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[tuple(json.dumps(row["settings"].get(key), default=str) for key in keys)].append(row)
+    def order(item: Tuple[Tuple[str, ...], List[Dict[str, Any]]]) -> Tuple[Tuple[int, Any], ...]:
+        values = [item[1][0]["settings"].get(key) for key in keys]  # numbers by value (8 before 12), then text
+        return tuple((0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v))
+                     for v in values)
+
     summary = []
-    for label, runs in sorted(groups.items()):
+    for _, runs in sorted(groups.items(), key=order):
         first = runs[0]
         entry: Dict[str, Any] = {"group": {key: first["settings"].get(key) for key in keys}, "runs": len(runs),
                                  "seeds": len({run["seed"] for run in runs}), "data": first["data"],

@@ -43,18 +43,22 @@ def test_a_tiny_run_writes_every_output(tmp_path: Path) -> None:
     assert (tmp_path / "train.log").read_text().count("epoch 2:") == 1
 
 
-def test_a_two_job_sweep_writes_both_results_and_the_report(tmp_path: Path) -> None:
-    result = run_train(f"hydra.sweep.dir={tmp_path}", "model.merge_mode=concat,mul", "trainer.max_epochs=1",
+def test_a_sweep_survives_a_bad_job_and_reports_the_others_by_what_differs(tmp_path: Path) -> None:
+    result = run_train(f"hydra.sweep.dir={tmp_path}", "model.hidden_size=8,0,12", "trainer.max_epochs=1",
                        multirun=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list(tmp_path.glob("*/results.json"))) == 2
+    assert result.returncode == 1, result.stderr[-3000:]           # the sweep ran to its end, one job failed
+    assert sorted(p.parent.name for p in tmp_path.glob("*/results.json")) == ["0", "2"]
+    failure = json.loads((tmp_path / "1" / "job_error.json").read_text())
+    assert failure["kind"] == "config error" and "model.hidden_size=0" in failure["overrides"]
     summary = (tmp_path / "summary.md").read_text()
-    assert "| synthetic-ends_sum | lstm | concat | 1 |" in summary and "| synthetic-ends_sum | lstm | mul | 1 |" in summary
+    assert "| model.hidden_size | seeds | runs |" in summary
+    assert "| 8 | 1 | 1 |" in summary and "| 12 | 1 | 1 |" in summary, "sizes are never averaged together"
+    assert "## Failed jobs (1)" in summary and "hidden_size must be a positive int, got 0" in summary
     assert (tmp_path / "summary.csv").read_text().count("\n") == 3
     # The report also runs on its own.
     again = subprocess.run([sys.executable, "-m", "models.report", str(tmp_path)], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
-    assert again.returncode == 0 and "merge mode" in again.stdout
+    assert again.returncode == 0 and "model.hidden_size" in again.stdout
 
 
 def final_parameters(run_dir: Path) -> dict:
