@@ -15,6 +15,8 @@ on PyTorch's fused kernels:
   direction as is (trailing padding cannot reach valid steps) and the backward direction on each
   sequence reversed within its own length (an index gather), reversed back after. No
   ``PackedSequence``: it takes the CPU LSTM off oneDNN (2.4x-6.1x slower per training step).
+``BiGRU(reset_after=False)`` (Keras's original GRU) takes the paths above (never the CPU kernel) with each
+fused call replaced by the exact time loop of ``models/gru_reset_before.py``.
 """
 
 
@@ -27,6 +29,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import cpu_kernel
+from .gru_reset_before import gru_reset_before
 from .merge import MergeMode, merge_directions, merge_stacked, merged_size, resolve_merge_modes
 from .packed import repack, unpack
 from .validation import check_hidden, check_input, check_lengths, check_not_lengths, check_weights
@@ -57,6 +60,8 @@ def _fused_kernels(
         return out, h, c
     if mode == "GRU":
         out, h = _VF.gru(x, h0, weights, has_biases, num_layers, dropout, train, bidirectional, False)
+    elif mode == "GRU_RESET_BEFORE":  # Keras reset_after=False: no fused kernel computes it, a time loop does
+        out, h = gru_reset_before(x, h0, weights, has_biases, num_layers, dropout, train, bidirectional)
     elif mode == "RNN_TANH":
         out, h = _VF.rnn_tanh(x, h0, weights, has_biases, num_layers, dropout, train, bidirectional, False)
     else:
@@ -74,9 +79,10 @@ class _BiRNNBase(nn.Module):
     """Shared machinery of ``BiLSTM``, ``BiGRU`` and ``BiRNN`` (see the module docstring)."""
 
     __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-                     "all_concat", "gates", "output_size", "saturate", "bidirectional", "proj_size"]
+                     "all_concat", "gates", "output_size", "saturate", "bidirectional", "proj_size", "reset_after"]
     __jit_unused_properties__ = ["all_weights"]
     saturate = _SATURATE
+    reset_after = True  # BiGRU(reset_after=False) sets False: Keras's original GRU on gru_reset_before
     merge_modes: List[Optional[str]]
     _flat_weights: List[Tensor]
 
@@ -322,7 +328,8 @@ class _BiRNNBase(nn.Module):
 
     @torch.jit.unused
     def _kernel_applies(self, x: Tensor) -> bool:
-        return cpu_kernel.applies(x, self.mode)
+        # The CPU kernel computes PyTorch's GRU only: a reset_after=False BiGRU never goes there.
+        return self.reset_after and cpu_kernel.applies(x, self.mode)
 
     @torch.jit.unused
     def _run_kernel_layers(
@@ -349,11 +356,11 @@ class _BiRNNBase(nn.Module):
         self, x: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor], num_layers: int, dropout: float,
         bidirectional: bool,
     ) -> Tuple[Tensor, Tensor, Tensor]:
+        mode = self.mode if self.reset_after else "GRU_RESET_BEFORE"
         if torch.jit.is_scripting():
-            return _fused_kernels(self.mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training,
+            return _fused_kernels(mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training,
                                   bidirectional)
-        return _fused_call(self.mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training,
-                           bidirectional)
+        return _fused_call(mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training, bidirectional)
 
     def _between_layers(self, out: Tensor, is_last: bool) -> Tensor:
         if self.dropout > 0.0 and not is_last:
@@ -572,8 +579,8 @@ class BiGRU(_BiRNNBase):
     constructor, forward, parameters and checks, plus ``merge_mode`` and ``lengths``.
 
     Each layer runs ``nn.GRU``'s cell in both directions (``r, z, n`` gates with
-    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, Keras's ``reset_after=True``; ``h' = (1 - z) * n + z * h``),
-    then merges the two direction outputs with the layer's merge mode; the merged output is the next layer's
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, Keras's ``reset_after=True``; ``h' = (1 - z) * n + z * h``;
+    or, with ``reset_after=False``, Keras's original ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``), then merges the two direction outputs with the layer's merge mode; the merged output is the next layer's
     input (after dropout, in training, except after the last layer). With ``merge_mode="concat"`` it is
     ``nn.GRU(bidirectional=True)``: the same parameters (an ``nn.GRU`` state_dict loads as is), outputs and
     gradients.
@@ -592,6 +599,11 @@ class BiGRU(_BiRNNBase):
         device, dtype: of the parameters, as for ``nn.GRU``.
         bidirectional: keyword only, must be True (accepted so ``nn.GRU(..., bidirectional=True)`` arguments
             carry over).
+        reset_after: keyword only. True: PyTorch's GRU (Keras ``reset_after=True``), on the fused kernels.
+            False: Keras's original GRU (the reset gate applied before the recurrent product), computed on
+            every device and path by ``models/gru_reset_before.py``'s exact time loop (never the CPU kernel;
+            slower). Same parameters (names, shapes, gate order); ``b_hn`` lies outside the reset product, so
+            ``bias_ih`` and ``bias_hh`` just add up (Keras's single bias maps to ``bias_ih``). Default: True.
 
     Inputs: input, h_0, lengths
         * **input**: ``(T, B, F)``, ``(B, T, F)`` when ``batch_first=True``, ``(T, F)`` unbatched, or a
@@ -647,9 +659,16 @@ class BiGRU(_BiRNNBase):
         dtype: Optional[torch.dtype] = None,
         *,
         bidirectional: bool = True,
+        reset_after: bool = True,
     ) -> None:
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}: {reset_after!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, merge_mode, device, dtype,
                          bidirectional=bidirectional)
+        self.reset_after = reset_after
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
 
     def forward(
         self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None

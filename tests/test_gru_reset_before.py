@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from models import BiGRU, cpu_kernel
 from models.gru_reset_before import GRUResetBefore, gru_reset_before, gru_reset_before_direction
+from models.merge import merge_directions
 
 
 def _keras_gru_reset_before(x: np.ndarray, h: np.ndarray, kernel: np.ndarray, recurrent: np.ndarray,
@@ -118,3 +120,113 @@ def test_scripted_module_matches_eager_and_has_nn_gru_parameter_names() -> None:
     torch.testing.assert_close(h_n[0], out[:, -1], atol=0, rtol=0)
     with pytest.raises(ValueError, match="3 features"):
         module(torch.randn(2, 5, 7))
+
+
+# -- BiGRU(reset_after=False): the blocks route every path to the reference --------------------------------------
+
+def _block(merge_mode, num_layers: int = 2, bias: bool = True, dtype: torch.dtype = torch.float32,
+           device: str = "cpu") -> BiGRU:
+    torch.manual_seed(5)
+    return BiGRU(3, 4, num_layers, bias=bias, merge_mode=merge_mode, reset_after=False).to(device, dtype)
+
+
+def _expected_block(block: BiGRU, x: torch.Tensor, h0: torch.Tensor) -> tuple:
+    """Layer by layer from gru_reset_before_direction and merge_directions (time-major, full length)."""
+    states = []
+    for layer in range(block.num_layers):
+        outs = []
+        for direction, suffix in enumerate(("", "_reverse")):
+            names = [f"{k}_l{layer}{suffix}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            weights = [getattr(block, n) if hasattr(block, n) else None for n in names]
+            out, h = gru_reset_before_direction(x, h0[2 * layer + direction], *weights, reverse=direction == 1)
+            outs.append(out)
+            states.append(h)
+        x = merge_directions(outs[0], outs[1], block.merge_modes[layer])
+    return x, torch.stack(states)
+
+
+@pytest.mark.parametrize("merge_mode,bias", [("concat", True), (["sum", "mul"], False), (["ave", None], True)])
+def test_bigru_reset_before_matches_the_reference(merge_mode, bias: bool) -> None:
+    block = _block(merge_mode, bias=bias)
+    x, h0 = torch.randn(6, 3, 3), torch.randn(4, 3, 4)
+    expected, expected_h = _expected_block(block, x, h0)
+    out, h_n = block(x, hx=h0)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(h_n, expected_h, atol=1e-6, rtol=0)
+    # Not PyTorch's formula: the same weights in a reset_after=True block give other outputs.
+    other = BiGRU(3, 4, 2, bias=bias, merge_mode=merge_mode)
+    other.load_state_dict(block.state_dict())
+    assert (other(x, hx=h0)[0] - out).abs().max() > 1e-3
+
+
+def test_bigru_reset_before_lengths_match_per_row_runs_and_script() -> None:
+    block = _block(["sum", "concat"])
+    block.batch_first = True
+    lengths = torch.tensor([5, 2, 4])
+    x = torch.randn(3, 5, 3)
+    out, h_n = block(x, lengths=lengths)
+    for row, length in enumerate(lengths.tolist()):
+        alone, alone_h = block(x[row:row + 1, :length])
+        torch.testing.assert_close(out[row:row + 1, :length], alone, atol=1e-6, rtol=0)
+        torch.testing.assert_close(h_n[:, row:row + 1], alone_h, atol=1e-6, rtol=0)
+        assert (out[row, length:] == 0).all()
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    packed_out, packed_h = block(packed)
+    torch.testing.assert_close(nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=True)[0], out[:, :5],
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(packed_h, h_n, atol=1e-6, rtol=0)
+    scripted = torch.jit.script(block)
+    for got, expected in zip(scripted(x, lengths=lengths), (out, h_n), strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_bigru_reset_before_never_reaches_the_cpu_kernel(monkeypatch) -> None:
+    calls = []
+    real = cpu_kernel.fused_layer
+    monkeypatch.setattr(cpu_kernel, "fused_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, lengths = torch.randn(5, 2, 3), torch.tensor([5, 3])
+    _block("concat")(x, lengths=lengths)
+    _block("concat", dtype=torch.float64)(x.double())
+    assert calls == []
+    if cpu_kernel.available():   # the same call on a reset_after=True block does use the kernel
+        BiGRU(3, 4, 2)(x, lengths=lengths)
+        assert calls
+
+
+def test_bigru_reset_before_gradcheck_float64() -> None:
+    """Through the block (merges, lengths): input, initial state and every weight (the block reads its weights
+    at each call, so ``functional_call`` substitutes them)."""
+    block = _block(["ave", "concat"], dtype=torch.float64)
+    names = [name for name, _ in block.named_parameters()]
+    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True)
+    weights = [p.detach().clone().requires_grad_() for p in block.parameters()]
+    lengths = torch.tensor([3, 2])
+
+    def run(x: torch.Tensor, h0: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        state = dict(zip(names, weights, strict=True))
+        out, h_n = torch.func.functional_call(block, state, (x, h0), {"lengths": lengths})
+        return torch.cat([out.flatten(), h_n.flatten()])
+
+    assert torch.autograd.gradcheck(run, [x, h0, *weights], atol=1e-7, fast_mode=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bigru_reset_before_on_cuda_matches_cpu() -> None:
+    cpu = _block(["sum", "concat"])
+    gpu = _block(["sum", "concat"], device="cuda")
+    x, lengths = torch.randn(6, 3, 3), torch.tensor([6, 2, 4])
+    for got, expected in zip(gpu(x.cuda(), lengths=lengths.cuda()), cpu(x, lengths=lengths), strict=True):
+        torch.testing.assert_close(got.cpu(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_bigru_reset_before_compile_and_export() -> None:
+    block = _block(["sum", "concat"]).eval()
+    block.batch_first = True
+    x, lengths = torch.randn(3, 5, 3), torch.tensor([5, 2, 4])
+    expected = block(x, lengths=lengths)
+    for got in (torch.compile(block)(x, lengths=lengths),
+                torch.export.export(block, (x,), {"lengths": lengths}).module()(x, lengths=lengths)):
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e, atol=1e-6, rtol=0)

@@ -19,7 +19,7 @@ from models.keras import KerasImportError, from_keras
 from models.keras.config import parse_model_config
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "keras2")
-PARITY = ["seq_bilstm3", "seq_bigru", "fn_imdb", "fn_gru_pool", "fn_masking_rnn", "fn_tagger"]
+PARITY = ["seq_bilstm3", "seq_bigru", "fn_imdb", "fn_gru_pool", "fn_masking_rnn", "seq_gru_reset_before", "fn_tagger"]
 ALL = [*PARITY, "fn_branches"]
 FORMATS = ["h5", "keras"]
 TOL = 1e-5   # float32 rounding of Keras 2's TensorFlow kernels vs PyTorch's (observed <= 2e-7)
@@ -69,6 +69,9 @@ def test_structure_of_imported_modules() -> None:
     assert [type(s).__name__ for s in tagger.stages] == ["EmbeddingStage", "BidirectionalStage", "DenseStage"]
     stacked = from_keras(os.path.join(HERE, "seq_bilstm3.h5"))
     assert stacked.stages[1].block.merge_modes == ["sum", "ave", "mul"]     # three layers, one block
+    gru = from_keras(os.path.join(HERE, "seq_gru_reset_before.h5"))
+    assert gru.stages[1].block.reset_after is False and gru.stages[1].block.num_layers == 2
+    assert type(gru.stages[2].rnn).__name__ == "GRUResetBefore"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -120,6 +123,8 @@ def _edits() -> list:
         ("fn_imdb", lambda c: c["config"]["layers"].append(7), r"layer #5.*malformed"),
         ("fn_imdb", lambda c: c["config"].update(output_layers=[["dense", 0, 1]]), r"model output"),
         ("fn_imdb", lambda c: c["config"].update(output_layers=[["bidirectional", 0, 0]]), r"model output"),
+        ("fn_imdb", lambda c: c["config"].update(output_layers=[["dense", 0, 0], ["dense", 0, 1]]), r"model output"),
+        ("fn_imdb", lambda c: c["config"].update(output_layers="dense"), r"model output"),
         ("fn_imdb", lambda c: _layer(c, "Dense").update(config=[1, 2]), r"'dense'.*malformed"),
         ("fn_imdb", lambda c: _layer(c, "Bidirectional")["config"].update(layer={"class_name": "LSTM", "config": 3}),
          r"'bidirectional'.*malformed"),

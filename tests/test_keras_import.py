@@ -203,6 +203,32 @@ def test_without_biases(tmp_path):
     _assert_parity(model, tmp_path, _inputs("features", rng), formats=("keras", "h5"))
 
 
+@pytest.mark.parametrize("kind,use_bias", [("ids", True), ("masking", False), ("plain", True)])
+def test_gru_reset_before_parity(tmp_path, kind, use_bias):
+    """Keras's original GRU (reset_after=False): two fused Bidirectional layers, then an unwrapped one, on the
+    reference path (eager and TorchScript), masks anywhere."""
+    rng = np.random.default_rng(8)
+    gru = lambda units, **kw: layers.GRU(units, reset_after=False, use_bias=use_bias, **kw)  # noqa: E731
+    model = keras.Sequential([*_head(kind), layers.Bidirectional(gru(4, return_sequences=True), merge_mode="mul"),
+                              layers.Bidirectional(gru(4, return_sequences=True), merge_mode="concat"),
+                              gru(3, return_sequences=True), layers.Dense(2)])
+    for layer in model.layers:  # Keras initialises biases to zero: random ones show a misplaced bias
+        layer.set_weights([rng.normal(size=w.shape).astype("float32") * 0.5 for w in layer.get_weights()])
+    module = _assert_parity(model, tmp_path, _inputs("ids" if kind == "ids" else "features", rng))
+    fused = [s for s in module.stages if isinstance(s, BidirectionalStage)]
+    assert len(fused) == 1 and fused[0].block.num_layers == 2 and fused[0].block.reset_after is False
+
+
+def test_gru_reset_after_kinds_are_not_fused(tmp_path):
+    """A reset_after=True and a reset_after=False Bidirectional(GRU) in a row stay two stages."""
+    rng = np.random.default_rng(9)
+    model = keras.Sequential([keras.Input((None, F)),
+                              layers.Bidirectional(layers.GRU(4, return_sequences=True, reset_after=False)),
+                              layers.Bidirectional(layers.GRU(4, return_sequences=True))])
+    module = _assert_parity(model, tmp_path, _inputs("features", rng), formats=("keras",))
+    assert [s.block.reset_after for s in module.stages] == [False, True]
+
+
 @pytest.mark.parametrize("kind", ["ids", "plain"])
 def test_time_distributed_dense_parity(tmp_path, kind):
     """Sequence tagging: TimeDistributed(Dense) after Bidirectional(return_sequences=True) is a per-step linear
@@ -221,6 +247,16 @@ def test_time_distributed_dense_parity(tmp_path, kind):
     pooled = keras.Sequential([*_head(kind), layers.Bidirectional(layers.GRU(4, return_sequences=True)),
                                layers.TimeDistributed(layers.Dense(3)), layers.GlobalAveragePooling1D()])
     _assert_parity(pooled, tmp_path, inputs, formats=("keras",))
+
+
+def test_functional_ending_in_merge_none(tmp_path):
+    """A functional model whose output is both directions (a list of two outputs in its config)."""
+    rng = np.random.default_rng(11)
+    inputs = keras.Input((None,), dtype="int32")
+    hidden = layers.Embedding(V, 5, mask_zero=True)(inputs)
+    outputs = layers.Bidirectional(layers.GRU(3, return_sequences=True, reset_after=False), merge_mode=None)(hidden)
+    module = _assert_parity(keras.Model(inputs, outputs), tmp_path, _inputs("ids", rng))
+    assert isinstance(module, KerasPairModel)
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])

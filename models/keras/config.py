@@ -154,8 +154,6 @@ def _bidirectional(config: Dict[str, Any], layer: str) -> Dict[str, Any]:
     if merge_mode is not None and merge_mode not in MERGE_MODES:
         raise _fail(layer, f"merge_mode={merge_mode!r} is not one of {list(MERGE_MODES)} or None")
     _check_dtype(config, layer)
-    if not options["reset_after"]:  # TEMPORARY until BiGRU takes reset_after (issue 20, next commit)
-        raise _fail(layer, "Bidirectional(GRU(reset_after=False)) is not supported yet")
     # Bidirectional forces zero_output_for_mask = return_sequences on both directions.
     options.update(bidirectional=True, merge_mode=merge_mode, zero_output_for_mask=options["return_sequences"])
     return options
@@ -275,10 +273,16 @@ def _model_layers(model: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], bool]:
         previous = name
         chain.append(entry)
     outputs = config.get("output_layers")
-    if isinstance(outputs, list) and outputs and isinstance(outputs[0], list):
-        outputs = outputs[0] if len(outputs) == 1 else None
-    if not isinstance(outputs, list) or not outputs or outputs[0] != previous or any(outputs[1:3]):
-        raise KerasImportError(f"model output {outputs!r} is not the last layer {previous!r}; linear models only")
+    if isinstance(outputs, list) and outputs and not isinstance(outputs[0], list):
+        outputs = [outputs]
+    # One output, the last layer's; or both directions of a last Bidirectional(merge_mode=None), a list of two.
+    last = chain[-1] if chain else {}
+    pair = (last.get("class_name") == "Bidirectional"
+            and isinstance(last.get("config"), dict) and last["config"].get("merge_mode", "concat") is None)
+    expected = [[previous, 0, index] for index in range(2 if pair else 1)]
+    if not isinstance(outputs, list) or [list(o[:3]) if isinstance(o, list) else o for o in outputs] != expected:
+        raise KerasImportError(f"model outputs {outputs!r} are not the last layer {previous!r}'s output; "
+                               "single-chain models only")
     return chain, False
 
 

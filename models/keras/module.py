@@ -81,14 +81,14 @@ class BidirectionalStage(nn.Module):
     __constants__ = ["return_sequences", "last_merge"]
 
     def __init__(self, cell: str, input_size: int, units: int, merge_modes: List[Optional[str]],
-                 return_sequences: bool, bias: bool, activation: str) -> None:
+                 return_sequences: bool, bias: bool, activation: str, reset_after: bool = True) -> None:
         super().__init__()
         if cell == "LSTM":
             self.block = BiLSTM(input_size, units, len(merge_modes), bias=bias, batch_first=True,
                                 merge_mode=merge_modes)
         elif cell == "GRU":
             self.block = BiGRU(input_size, units, len(merge_modes), bias=bias, batch_first=True,
-                               merge_mode=merge_modes)
+                               merge_mode=merge_modes, reset_after=reset_after)
         else:
             self.block = BiRNN(input_size, units, len(merge_modes), nonlinearity=activation, bias=bias,
                                batch_first=True, merge_mode=merge_modes)
@@ -262,7 +262,8 @@ def _stage(group: List[Dict[str, Any]]) -> nn.Module:
         return PoolStage(o["mode"])
     if o["bidirectional"]:
         return BidirectionalStage(o["cell"], first["in_features"], o["units"], [s["options"]["merge_mode"] for s in group],
-                                  group[-1]["options"]["return_sequences"], o["use_bias"], o["activation"])
+                                  group[-1]["options"]["return_sequences"], o["use_bias"], o["activation"],
+                                  o.get("reset_after", True))
     return RecurrentStage(o["cell"], first["in_features"], o["units"], o["return_sequences"], o["use_bias"],
                           o["activation"], o["zero_output_for_mask"], o.get("reset_after", True))
 
