@@ -75,7 +75,9 @@ def main(cfg: DictConfig) -> float | None:
     return results["test_accuracy"]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python train.py ...``: one run, a sweep (``-m``) or one rank of a ``torchrun`` job. Exit status: 0, 2 for a
+    config error, 1 for a failed run or a sweep with a failed job, 130/143 after SIGINT/SIGTERM."""
     if distributed.launched_by_torchrun():
         # Every rank runs Hydra; this callback makes them all resolve one run folder (rank 0's clock).
         sys.argv.append(distributed.HYDRA_CALLBACK_OVERRIDE)
@@ -87,3 +89,7 @@ if __name__ == "__main__":
 
     if failed_jobs or report.failed_in_last_sweep:
         sys.exit(1)                                    # the sweep ran to its end, but not every job succeeded
+
+
+if __name__ == "__main__":
+    cli()
