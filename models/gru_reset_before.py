@@ -172,7 +172,13 @@ class GRUResetBefore(nn.Module):
             raise ValueError(f"input must be 3-D with {self.input_size} features, got shape {list(x.shape)}")
         if self.batch_first:
             x = x.transpose(0, 1)
-        h0 = x.new_zeros(x.shape[1], self.hidden_size) if hx is None else hx[0]
+        if hx is None:
+            h0 = x.new_zeros(x.shape[1], self.hidden_size)
+        else:
+            if list(hx.shape) != [1, x.shape[1], self.hidden_size] or hx.dtype != x.dtype:
+                raise ValueError(f"hx must be (1, B, hidden_size) = {[1, x.shape[1], self.hidden_size]} of the "
+                                 f"input's dtype {x.dtype}, got shape {list(hx.shape)} and dtype {hx.dtype}")
+            h0 = hx[0]
         out, h_n = gru_reset_before_direction(x, h0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0,
                                               self.bias_hh_l0)
         if self.batch_first:

@@ -120,6 +120,9 @@ def test_scripted_module_matches_eager_and_has_nn_gru_parameter_names() -> None:
     torch.testing.assert_close(h_n[0], out[:, -1], atol=0, rtol=0)
     with pytest.raises(ValueError, match="3 features"):
         module(torch.randn(2, 5, 7))
+    with pytest.raises(ValueError, match=r"hx must be \(1, B, hidden_size\)"):
+        module(x, torch.zeros(2, 2, 4))
+    torch.testing.assert_close(module(x, h_n)[0], module(torch.cat([x, x], 1))[0][:, 5:], atol=1e-6, rtol=0)
 
 
 # -- BiGRU(reset_after=False): the blocks route every path to the reference --------------------------------------

@@ -18,8 +18,8 @@ import torch
 keras = pytest.importorskip("keras")
 from keras import layers  # noqa: E402
 
-from models import BiLSTM  # noqa: E402
-from models.keras import KerasPairModel, from_keras, load_keras_weights, module_from_specs  # noqa: E402
+from models import BiGRU, BiLSTM  # noqa: E402
+from models.keras import KerasImportError, KerasPairModel, from_keras, load_keras_weights, module_from_specs  # noqa: E402
 from models.keras.module import BidirectionalStage  # noqa: E402
 
 B, T, F, V = 4, 7, 3, 12
@@ -217,6 +217,24 @@ def test_gru_reset_before_parity(tmp_path, kind, use_bias):
     module = _assert_parity(model, tmp_path, _inputs("ids" if kind == "ids" else "features", rng))
     fused = [s for s in module.stages if isinstance(s, BidirectionalStage)]
     assert len(fused) == 1 and fused[0].block.num_layers == 2 and fused[0].block.reset_after is False
+
+
+def test_gru_reset_before_weights_file_into_a_block(tmp_path):
+    """A .weights.h5 of Bidirectional(GRU(reset_after=False)) layers loads into BiGRU(reset_after=False) (one bias
+    per direction), and is refused by a reset_after=True block (its biases are (2, 3H))."""
+    rng = np.random.default_rng(12)
+    model = keras.Sequential([keras.Input((None, F)),
+                              layers.Bidirectional(layers.GRU(4, return_sequences=True, reset_after=False),
+                                                   merge_mode="ave")])
+    for layer in model.layers:
+        layer.set_weights([rng.normal(size=w.shape).astype("float32") * 0.5 for w in layer.get_weights()])
+    model.save_weights(tmp_path / "gru.weights.h5")
+    x = _inputs("features", rng)[0]
+    block = BiGRU(F, 4, batch_first=True, merge_mode="ave", reset_after=False)
+    load_keras_weights(block, tmp_path / "gru.weights.h5")
+    np.testing.assert_allclose(block(torch.as_tensor(x))[0].detach().numpy(), _numpy(model(x)), atol=1e-5, rtol=0)
+    with pytest.raises(KerasImportError, match=r"shape \(12,\), expected \(2, 12\)"):
+        load_keras_weights(BiGRU(F, 4, batch_first=True, merge_mode="ave"), tmp_path / "gru.weights.h5")
 
 
 def test_gru_reset_after_kinds_are_not_fused(tmp_path):
