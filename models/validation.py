@@ -12,6 +12,27 @@ import torch
 from torch import Tensor
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``"torch.float32"``, in eager code and under TorchScript (where a dtype formats as a bare number)."""
+    if not torch.jit.is_scripting():
+        return str(dtype)
+    if dtype == torch.float32:
+        return "torch.float32"
+    if dtype == torch.float64:
+        return "torch.float64"
+    if dtype == torch.float16:
+        return "torch.float16"
+    if dtype == torch.bfloat16:
+        return "torch.bfloat16"
+    if dtype == torch.int64:
+        return "torch.int64"
+    if dtype == torch.int32:
+        return "torch.int32"
+    if dtype == torch.bool:
+        return "torch.bool"
+    return "dtype number " + str(dtype)
+
+
 def check_input(input: Tensor, input_size: int, batch_first: bool) -> None:
     """``input`` must be a floating ``(T, B, input_size)`` tensor (``(B, T, input_size)`` with batch_first) or an
     unbatched ``(T, input_size)`` one, with ``T >= 1`` (``B = 0`` is an empty batch, allowed as in ``nn.LSTM``)."""
@@ -22,7 +43,7 @@ def check_input(input: Tensor, input_size: int, batch_first: bool) -> None:
             f"input_size={input_size}, got a {input.dim()}-D tensor of shape {list(input.shape)}"
         )
     if not input.is_floating_point():
-        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+        raise TypeError(f"input must be a floating-point tensor, got dtype {dtype_name(input.dtype)}")
     if input.shape[-1] != input_size:
         raise ValueError(
             f"input has {input.shape[-1]} features (shape {list(input.shape)}) but the block was built with "
@@ -41,8 +62,9 @@ def check_weights(input: Tensor, weight: Tensor) -> None:
     to a float32 module is refused, never converted. Callers skip the dtype half under autocast."""
     if input.dtype != weight.dtype:
         raise ValueError(
-            f"input dtype ({input.dtype}) does not match the block's weight dtype ({weight.dtype}); convert the "
-            f"input, input.to({weight.dtype}), or the block, block.to({input.dtype})"
+            f"input dtype ({dtype_name(input.dtype)}) does not match the block's weight dtype "
+            f"({dtype_name(weight.dtype)}); convert the input, input.to({dtype_name(weight.dtype)}), or the block, "
+            f"block.to({dtype_name(input.dtype)})"
         )
     if input.device != weight.device:
         raise ValueError(
@@ -56,7 +78,7 @@ def check_not_lengths(state: Optional[Tensor], name: str) -> None:
     this project's blocks took it before they took ``nn.LSTM``'s ``forward(input, hx)``."""
     if state is not None and state.dim() == 1 and not state.is_floating_point() and not state.is_complex():
         raise TypeError(
-            f"{name} got a 1-D integer tensor (dtype {state.dtype}, shape {list(state.shape)}), which looks like "
+            f"{name} got a 1-D integer tensor (dtype {dtype_name(state.dtype)}, shape {list(state.shape)}), which looks like "
             f"lengths: the second positional argument is hx, as in nn.LSTM/nn.GRU/nn.RNN; pass lengths by keyword, "
             f"block(input, lengths=lengths)"
         )
@@ -67,7 +89,7 @@ def check_lengths(lengths: Tensor, batch: int, seq_len: int) -> Tensor:
     if lengths.dim() != 1 or lengths.shape[0] != batch:
         raise ValueError(f"lengths must have shape (B,) = ({batch},), got shape {list(lengths.shape)}")
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-        raise TypeError(f"lengths must be an integer tensor (int64), got dtype {lengths.dtype}")
+        raise TypeError(f"lengths must be an integer tensor (int64), got dtype {dtype_name(lengths.dtype)}")
     if batch > 0 and not torch.compiler.is_compiling():
         low = int(lengths.min())
         high = int(lengths.max())
@@ -87,6 +109,6 @@ def check_hidden(state: Tensor, shape: List[int], name: str, input: Tensor) -> N
             layout = "(2 * num_layers, hidden_size) for unbatched input"
         raise ValueError(f"{name} must have shape {layout} = {shape}, got {list(state.shape)}")
     if state.dtype != input.dtype:
-        raise TypeError(f"{name} has dtype {state.dtype} but input has dtype {input.dtype}")
+        raise TypeError(f"{name} has dtype {dtype_name(state.dtype)} but input has dtype {dtype_name(input.dtype)}")
     if state.device != input.device:
         raise ValueError(f"{name} is on device {state.device} but input is on device {input.device}")
