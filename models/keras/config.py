@@ -17,6 +17,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..merge import MERGE_MODES
 from .errors import KerasImportError
+from .graph import as_object as _dict
+from .graph import fail as _fail
+from .graph import model_layers
 
 RECURRENT = ("LSTM", "GRU", "SimpleRNN")
 IDENTITY = ("Dropout", "SpatialDropout1D")
@@ -25,7 +28,6 @@ SUPPORTED = ("InputLayer", "Embedding", "Masking", "Bidirectional", "Dense", "Ti
              *POOLING)
 DENSE_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "softplus", "softsign", "elu", "selu",
                      "silu", "swish", "gelu")
-_MASK_OPS = ("NotEqual", "Any")
 # Keys of a recurrent layer's config that may differ between the forward and backward layer of a Bidirectional
 # (besides initializers, regularizers and constraints, which do not change inference).
 _DIRECTION_KEYS = ("name", "go_backwards", "zero_output_for_mask", "seed", "trainable")
@@ -53,10 +55,6 @@ def to_snake_case(name: str) -> str:
     name = re.sub(r"\W+", "", name)
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
-def _fail(layer: str, reason: str) -> KerasImportError:
-    return KerasImportError(f"layer {layer!r}: {reason}")
 
 
 def _activation(value: Any, layer: str, what: str) -> str:
@@ -159,60 +157,6 @@ def _bidirectional(config: Dict[str, Any], layer: str) -> Dict[str, Any]:
     return options
 
 
-def _dict(value: Any, layer: str, what: str) -> Dict[str, Any]:
-    """``value`` if it is a JSON object (None counts as empty), else a clear refusal."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _fail(layer, f"{what} is a {type(value).__name__}, expected a JSON object; malformed config")
-    return value
-
-
-def _history(value: Any, name: str) -> str:
-    """``[layer, node_index, tensor_index]`` (Keras 3 ``keras_history``, Keras 2 node entry head) -> ``layer``,
-    refusing a second call of a layer (node index) or a second output (tensor index)."""
-    if not isinstance(value, list) or len(value) < 3 or not isinstance(value[0], str):
-        raise _fail(name, f"inbound tensor {value!r} is not [layer, node_index, tensor_index]; malformed config")
-    if value[1] != 0 or value[2] != 0:
-        raise _fail(name, f"reads output {value[2]!r} of call {value[1]!r} of layer {value[0]!r}: a shared layer or "
-                          "a second output; linear models only")
-    return value[0]
-
-
-def _inbound(entry: Dict[str, Any], name: str) -> Tuple[str, Dict[str, Any], Optional[bool]]:
-    """The one inbound node of a functional layer: ``(source layer, call kwargs, called with a mask)``.
-
-    Keras 3: ``[{"args": [keras_tensor], "kwargs": {...}}]``; Keras 2: ``[[[source, 0, 0, {kwargs}]]]``. The
-    mask flag is ``None`` for Keras 2, whose configs do not record masks passed implicitly.
-    """
-    nodes = entry.get("inbound_nodes")
-    if not isinstance(nodes, list):
-        raise _fail(name, f"inbound_nodes={nodes!r} is not a list; malformed config")
-    if len(nodes) != 1:
-        raise _fail(name, f"layer is called {len(nodes)} times; linear models only")
-    node = nodes[0]
-    if isinstance(node, list):                                     # Keras 2
-        if not all(isinstance(tensor, list) for tensor in node):
-            raise _fail(name, f"inbound node {node!r} is not a list of [layer, node_index, tensor_index, kwargs]; "
-                              "malformed config")
-        if len(node) != 1:
-            raise _fail(name, f"layer is called on {len(node)} inputs; linear models only")
-        tensor = node[0]
-        source = _history(tensor, name)
-        kwargs = _dict(tensor[3] if len(tensor) > 3 else None, name, "the call arguments")
-        return source, kwargs, None
-    if not isinstance(node, dict):
-        raise _fail(name, f"inbound node {node!r} is neither a Keras 3 dict nor a Keras 2 list; malformed config")
-    args = node.get("args")
-    if not isinstance(args, list) or len(args) != 1:
-        raise _fail(name, "layer is called on several inputs (or none); linear models only")
-    tensor = args[0]
-    history = _dict(tensor, name, "the inbound tensor")
-    source = _history(_dict(history.get("config"), name, "the inbound tensor's config").get("keras_history"), name)
-    kwargs = _dict(node.get("kwargs"), name, "the call arguments")
-    return source, kwargs, kwargs.get("mask") is not None
-
-
 def _dense(class_name: str, config: Dict[str, Any], name: str) -> Dict[str, Any]:
     """Options of a ``Dense``, or of the ``Dense`` inside a ``TimeDistributed`` (a per-step linear layer on a
     ``(batch, time, features)`` input, the mask passed on, exactly what a ``Dense`` on that input does)."""
@@ -232,60 +176,6 @@ def _dense(class_name: str, config: Dict[str, Any], name: str) -> Dict[str, Any]
             "use_bias": _flag(config, "use_bias", True, name)}
 
 
-def _model_layers(model: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], bool]:
-    """The model's layer configs in call order and whether it is Sequential; refuses non-linear graphs."""
-    class_name = model.get("class_name")
-    config = model.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
-        raise KerasImportError(f"model config of class {class_name!r} has no layer list")
-    layers = config["layers"]
-    for index, entry in enumerate(layers):
-        if not isinstance(entry, dict):
-            raise KerasImportError(f"layer #{index} of the model config is a {type(entry).__name__}, expected a "
-                                   "JSON object; malformed config")
-    if class_name == "Sequential":
-        return layers, True
-    if class_name not in ("Functional", "Model"):
-        raise KerasImportError(f"model class {class_name!r} is not supported (Sequential or a linear Functional)")
-    chain: List[Dict[str, Any]] = []
-    previous: Optional[str] = None
-    for entry in layers:
-        cls, name = entry.get("class_name"), entry.get("name")
-        if not isinstance(name, str):
-            name = str(_dict(entry.get("config"), str(cls), "the layer config").get("name", cls))
-        if cls in _MASK_OPS:
-            continue  # mask computations of Masking / Embedding(mask_zero); masks are rebuilt by Keras's rules
-        if cls == "InputLayer":
-            if previous is not None:
-                raise _fail(name, "a second model input is not supported (linear models only)")
-        else:
-            source, kwargs, called_with_mask = _inbound(entry, name)
-            if source != previous:
-                raise _fail(name, f"reads {source!r}, not the previous layer {previous!r} (a branch or skip "
-                                  "connection); only single-chain models are supported")
-            if kwargs.get("training"):
-                raise _fail(name, "called with training=True (dropout active at inference); refused")
-            allowed = {"training", "mask"} if called_with_mask is not None else {"training"}
-            stray = sorted(set(kwargs) - allowed)
-            if stray:
-                raise _fail(name, f"call arguments {stray} are not supported")
-            entry = {**entry, "_called_with_mask": called_with_mask}
-        previous = name
-        chain.append(entry)
-    outputs = config.get("output_layers")
-    if isinstance(outputs, list) and outputs and not isinstance(outputs[0], list):
-        outputs = [outputs]
-    # One output, the last layer's; or both directions of a last Bidirectional(merge_mode=None), a list of two.
-    last = chain[-1] if chain else {}
-    pair = (last.get("class_name") == "Bidirectional"
-            and isinstance(last.get("config"), dict) and last["config"].get("merge_mode", "concat") is None)
-    expected = [[previous, 0, index] for index in range(2 if pair else 1)]
-    if not isinstance(outputs, list) or [list(o[:3]) if isinstance(o, list) else o for o in outputs] != expected:
-        raise KerasImportError(f"model outputs {outputs!r} are not the last layer {previous!r}'s output; "
-                               "single-chain models only")
-    return chain, False
-
-
 def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
     """Checked specs of every layer in call order, and the input kind: ``"ids"`` ``(B, T)`` or ``"features"``.
 
@@ -303,7 +193,7 @@ def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
 
 
 def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
-    layers, sequential = _model_layers(model)
+    layers, sequential = model_layers(model)
     model_config = model["config"]
     specs: List[LayerSpec] = []
     used: Dict[str, int] = {}
