@@ -150,6 +150,8 @@ def check_config(cfg: Any) -> Dict[str, Any]:
     _known_keys("trainer", trainer, TRAINER_KEYS)
     precision = normalize_precision(trainer.get("precision"))
     for key, value in trainer.items():
+        if key in ("resume", "init_from") and isinstance(value, int) and not isinstance(value, bool):
+            continue                                   # a folder named by digits (a sweep job's "3")
         if key != "precision":
             _typed(f"trainer.{key}", value, TRAINER_KEYS[key])
     _choice("trainer.device", trainer["device"], DEVICES)

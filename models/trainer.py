@@ -88,9 +88,12 @@ def _adopt_history(source_dir: Path, run_dir: Path, progress: Dict[str, Any]) ->
     than the checkpoint. The source folder is only read."""
     lines = []
     metrics = source_dir / "metrics.jsonl"
-    if metrics.is_file():
-        lines = [line for line in metrics.read_text().splitlines()
-                 if line.strip() and json.loads(line).get("epoch", 0) <= progress["epoch"]]
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        try:
+            if json.loads(line).get("epoch", 0) <= progress["epoch"]:
+                lines.append(line)
+        except (ValueError, AttributeError):           # a line cut short by a kill: dropped
+            continue
     (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
     best = source_dir / "checkpoints" / "best.pt"
     if not _same_folder(source_dir, run_dir) and best.is_file():

@@ -193,3 +193,18 @@ def test_degenerate_splits_and_labels_name_the_key() -> None:
                                          r"the 3 classes \[0, 3\)"):
         tiny_bundle([0, 3]).check()
     assert np.array_equal(tiny_bundle([2, 0]).splits["train"].labels, [2, 0])
+
+
+def test_resume_from_weights_only_is_refused_and_a_cut_metrics_line_is_dropped(tmp_path: Path,
+                                                                              finished: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(finished, source)
+    state = load_checkpoint(source / "checkpoints" / "last.pt")
+    save_checkpoint({**state, "optimizer": {}, "progress": {"step": 0, "weights_only": True}},
+                    source / "checkpoints" / "recover.pt")
+    with pytest.raises(ConfigError, match=r"holds model weights only.*trainer.init_from="):
+        run(tmp_path / "x", f"trainer.resume={source / 'checkpoints' / 'recover.pt'}")
+    with (source / "metrics.jsonl").open("a") as file:
+        file.write('{"epoch": 3, "st')                  # killed while writing a line
+    run(tmp_path / "y", f"trainer.resume={source}", "trainer.max_epochs=3")
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "y" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
