@@ -123,10 +123,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         if is_main and not _same_folder(source_dir, run_dir):
             refuse_a_used_folder(run_dir, trainer.overwrite)
     else:
+        if init_from:                                   # exists: fail now, not after the data is read
+            source = resolve_init_from(init_from).resolve()
+            if trainer.overwrite and run_dir.resolve() in source.parents:
+                raise ConfigError(f"trainer.init_from={init_from} lies in the run folder {run_dir} that "
+                                  f"trainer.overwrite=true would delete; choose another hydra.run.dir")
         if is_main:
             refuse_a_used_folder(run_dir, trainer.overwrite)
-        if init_from:
-            resolve_init_from(init_from)                # exists: fail now, not after the data is read
 
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)

@@ -208,3 +208,12 @@ def test_resume_from_weights_only_is_refused_and_a_cut_metrics_line_is_dropped(t
         file.write('{"epoch": 3, "st')                  # killed while writing a line
     run(tmp_path / "y", f"trainer.resume={source}", "trainer.max_epochs=3")
     assert [json.loads(x)["epoch"] for x in (tmp_path / "y" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_overwrite_never_deletes_the_checkpoint_init_from_names(tmp_path: Path, finished: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    before = fingerprint(run_dir)
+    with pytest.raises(ConfigError, match=r"lies in the run folder .* that trainer.overwrite=true would delete"):
+        run(run_dir, f"trainer.init_from={run_dir}", "trainer.overwrite=true")
+    assert fingerprint(run_dir) == before

@@ -75,9 +75,10 @@ def test_a_signal_writes_last_pt_at_the_step_and_the_printed_command_continues_b
     process = subprocess.Popen(command(*LONGER, f"hydra.run.dir={run_dir}"), cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (run_dir / "metrics.jsonl").exists() and process.poll() is None and time.monotonic() < deadline:
+    last = run_dir / "checkpoints" / "last.pt"          # written at the end of epoch 1 (no step cadence here)
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.2)                                     # into epoch 2
+    time.sleep(0.3)                                     # into epoch 2 (100 steps of about 10 ms)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == status, stderr[-3000:]
