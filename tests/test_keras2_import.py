@@ -66,7 +66,8 @@ def test_keras2_files_are_keras2() -> None:
 
 def test_structure_of_imported_modules() -> None:
     tagger = from_keras(os.path.join(HERE, "fn_tagger.keras"))
-    assert [type(s).__name__ for s in tagger.stages] == ["EmbeddingStage", "BidirectionalStage", "DenseStage"]
+    assert [type(s).__name__ for s in tagger.stages] == ["EmbeddingStage", "BidirectionalStage", "DenseStage",
+                                                         "ActivationStage"]
     stacked = from_keras(os.path.join(HERE, "seq_bilstm3.h5"))
     assert stacked.stages[1].block.merge_modes == ["sum", "ave", "mul"]     # three layers, one block
     gru = from_keras(os.path.join(HERE, "seq_gru_reset_before.h5"))

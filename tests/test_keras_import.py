@@ -142,6 +142,15 @@ def test_dense_activations_parity(tmp_path):
     _assert_parity(model, tmp_path, _inputs("features", rng), formats=("keras",))
 
 
+def test_activation_layers_parity(tmp_path):
+    """Activation layers (Dense then a separate softmax, Keras 2 style) pass the mask on to the masked average."""
+    rng = np.random.default_rng(13)
+    model = keras.Sequential([*_head("ids"), layers.Bidirectional(layers.LSTM(4, return_sequences=True)),
+                              layers.TimeDistributed(layers.Dense(3)), layers.Activation("softmax"),
+                              layers.GlobalAveragePooling1D(), layers.Dense(2), layers.Activation("swish")])
+    _assert_parity(model, tmp_path, _inputs("ids", rng))
+
+
 def test_rows_without_valid_steps(tmp_path):
     """An all-padding row: Keras gives zeros from the RNN and NaN from the masked average (0 / 0)."""
     model = keras.Sequential([*_head("ids"), layers.Bidirectional(layers.LSTM(4, return_sequences=True)),

@@ -66,6 +66,7 @@ def _replace(h5, name, data, **kwargs):
     (lambda: layers.Bidirectional(layers.LSTM(4, return_sequences=True), backward_layer=layers.LSTM(
         4, return_sequences=True, go_backwards=True, use_bias=False)), r"layer 'bidirectional.*backward_layer differs.*use_bias"),
     (lambda: layers.Dense(3, activation="hard_sigmoid"), r"layer 'dense.*activation='hard_sigmoid' is not supported"),
+    (lambda: layers.Activation("hard_sigmoid"), r"layer 'activation.*activation='hard_sigmoid' is not supported"),
 ])
 def test_refused_layers(tmp_path, layer, match):
     path = _save(tmp_path, keras.Input((None, 3)), layer())

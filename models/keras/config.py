@@ -6,7 +6,7 @@ dicts, and gives input shapes as ``batch_input_shape``. Every layer that cannot 
 refused with a ``KerasImportError`` naming the layer and the reason, and so is a malformed config. Mask
 propagation follows Keras inference semantics (the same in Keras 2 and 3 for this subset):
 ``Embedding(mask_zero=True)`` and ``Masking`` create a mask; recurrent layers with ``return_sequences=True``,
-``Dense``, ``TimeDistributed(Dense)`` and the dropouts pass it on; recurrent layers with
+``Dense``, ``TimeDistributed(Dense)``, ``Activation`` and the dropouts pass it on; recurrent layers with
 ``return_sequences=False`` and the global poolings end it.
 """
 
@@ -24,8 +24,8 @@ from .graph import model_layers
 RECURRENT = ("LSTM", "GRU", "SimpleRNN")
 IDENTITY = ("Dropout", "SpatialDropout1D")
 POOLING = {"GlobalAveragePooling1D": "avg", "GlobalMaxPooling1D": "max"}
-SUPPORTED = ("InputLayer", "Embedding", "Masking", "Bidirectional", "Dense", "TimeDistributed", *RECURRENT, *IDENTITY,
-             *POOLING)
+SUPPORTED = ("InputLayer", "Embedding", "Masking", "Bidirectional", "Dense", "TimeDistributed", "Activation", *RECURRENT,
+             *IDENTITY, *POOLING)
 DENSE_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "softplus", "softsign", "elu", "selu",
                      "silu", "swish", "gelu")
 # Keys of a recurrent layer's config that may differ between the forward and backward layer of a Bidirectional
@@ -35,7 +35,8 @@ _DIRECTION_KEYS = ("name", "go_backwards", "zero_output_for_mask", "seed", "trai
 
 @dataclass
 class LayerSpec:
-    """One Keras layer to rebuild. ``kind``: ``embedding | masking | recurrent | dense | pool | identity``.
+    """One Keras layer to rebuild. ``kind``: ``embedding | masking | recurrent | dense | activation | pool |
+    identity``.
 
     ``path`` is the layer's group in a ``.keras`` weights file (``layers/<path>``), ``name`` its Keras name
     (the group in a legacy ``.h5``), ``options`` the values the PyTorch side needs, ``in_features`` the
@@ -242,7 +243,7 @@ def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
                 "mask_zero": _flag(config, "mask_zero", False, name)})
             masked, rank, features = spec.options["mask_zero"], 3, spec.options["output_dim"]
             input_kind = "ids"
-        elif rank != 3 and class_name not in ("Dense", *IDENTITY):
+        elif rank != 3 and class_name not in ("Dense", "Activation", *IDENTITY):
             raise _fail(name, f"{class_name} needs a (batch, time, features) input here")
         elif features is None or isinstance(features, bool) or not isinstance(features, int) or features < 1:
             raise _fail(name, f"input feature size {features!r} is not known; give the Input a feature size")
@@ -268,6 +269,11 @@ def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
         elif class_name in ("Dense", "TimeDistributed"):
             spec = LayerSpec("dense", class_name, name, path, features, _dense(class_name, config, name))
             features = spec.options["units"]
+        elif class_name == "Activation":
+            activation = _activation(config.get("activation"), name, "activation")
+            if activation not in DENSE_ACTIVATIONS:
+                raise _fail(name, f"activation={activation!r} is not supported (supported: {list(DENSE_ACTIVATIONS)})")
+            spec = LayerSpec("activation", class_name, name, path, features, {"activation": activation})
         elif class_name in POOLING:
             if config.get("data_format", "channels_last") != "channels_last" or config.get("keepdims", False):
                 raise _fail(name, "only data_format='channels_last' and keepdims=False are supported")

@@ -143,8 +143,33 @@ class RecurrentStage(nn.Module):
         return last.masked_fill(~valid.unsqueeze(-1), 0.0), None
 
 
+def apply_activation(y: Tensor, name: str) -> Tensor:
+    """A Keras built-in activation by name (``softmax`` over the last axis; ``linear`` is the identity)."""
+    if name == "relu":
+        y = torch.relu(y)
+    elif name == "sigmoid":
+        y = torch.sigmoid(y)
+    elif name == "tanh":
+        y = torch.tanh(y)
+    elif name == "softmax":
+        y = torch.softmax(y, -1)
+    elif name == "softplus":
+        y = nn.functional.softplus(y)
+    elif name == "softsign":
+        y = nn.functional.softsign(y)
+    elif name == "elu":
+        y = nn.functional.elu(y)
+    elif name == "selu":
+        y = torch.selu(y)
+    elif name == "silu":
+        y = nn.functional.silu(y)
+    elif name == "gelu":
+        y = nn.functional.gelu(y)
+    return y
+
+
 class DenseStage(nn.Module):
-    """Keras ``Dense`` on the last axis plus its activation (``softmax`` over the last axis)."""
+    """Keras ``Dense`` (or ``TimeDistributed(Dense)``) on the last axis plus its activation."""
 
     __constants__ = ["activation"]
 
@@ -154,29 +179,23 @@ class DenseStage(nn.Module):
         self.activation = "silu" if activation == "swish" else activation
 
     def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
-        y = self.linear(x)
-        name = self.activation
-        if name == "relu":
-            y = torch.relu(y)
-        elif name == "sigmoid":
-            y = torch.sigmoid(y)
-        elif name == "tanh":
-            y = torch.tanh(y)
-        elif name == "softmax":
-            y = torch.softmax(y, -1)
-        elif name == "softplus":
-            y = nn.functional.softplus(y)
-        elif name == "softsign":
-            y = nn.functional.softsign(y)
-        elif name == "elu":
-            y = nn.functional.elu(y)
-        elif name == "selu":
-            y = torch.selu(y)
-        elif name == "silu":
-            y = nn.functional.silu(y)
-        elif name == "gelu":
-            y = nn.functional.gelu(y)
-        return y, mask
+        return apply_activation(self.linear(x), self.activation), mask
+
+
+class ActivationStage(nn.Module):
+    """Keras ``Activation`` layer (common after a ``Dense`` in Keras 2 models): the mask passes on."""
+
+    __constants__ = ["activation"]
+
+    def __init__(self, activation: str) -> None:
+        super().__init__()
+        self.activation = "silu" if activation == "swish" else activation
+
+    def extra_repr(self) -> str:
+        return self.activation
+
+    def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        return apply_activation(x, self.activation), mask
 
 
 class PoolStage(nn.Module):
@@ -256,6 +275,8 @@ def _stage(group: List[Dict[str, Any]]) -> nn.Module:
         return EmbeddingStage(o["input_dim"], o["output_dim"], o["mask_zero"])
     if kind == "masking":
         return MaskingStage(o["mask_value"])
+    if kind == "activation":
+        return ActivationStage(o["activation"])
     if kind == "dense":
         return DenseStage(first["in_features"], o["units"], o["activation"], o["use_bias"])
     if kind == "pool":
