@@ -13,6 +13,7 @@ uneven 3 + 4 split of the last batch (so only 2 of the 14 steps are wrong) the p
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,11 +111,25 @@ def test_a_killed_ddp_run_resumes_to_the_same_weights(runs: Dict[str, Path]) -> 
     killed = finish(start(f"hydra.run.dir={killed_dir}", "trainer.kill_at_step=10", processes=2))
     assert killed.returncode != 0
     assert load_checkpoint(killed_dir / "checkpoints" / "last.pt")["progress"]["step"] == 8    # mid-epoch 2
+    source = runs["root"] / "killed_copy"
+    shutil.copytree(killed_dir, source)
     resumed = finish(start(f"hydra.run.dir={killed_dir}", f"trainer.resume={killed_dir}", processes=2))
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     straight, after_kill = parameters(runs["ddp"]), parameters(killed_dir)
     assert all(torch.equal(straight[k], after_kill[k]) for k in straight), "DDP resume must be bit for bit"
     assert [m["epoch"] for m in metrics(killed_dir)] == [1, 2]
+
+    # The README's example: resume into a new timestamped folder; the source folder stays as it was.
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file() and p.name != ".lock"}
+    cwd = runs["root"] / "elsewhere"
+    cwd.mkdir()
+    elsewhere = finish(start(f"trainer.resume={source}", processes=2, cwd=cwd))
+    assert elsewhere.returncode == 0, elsewhere.stdout[-3000:]
+    (folder,) = [p for p in (cwd / "outputs").glob("*/*") if p.is_dir()]
+    assert all(torch.equal(straight[k], parameters(folder)[k]) for k in straight)
+    assert (folder / "checkpoints" / "best.pt").is_file() and (folder / "results.json").is_file()
+    assert [m["epoch"] for m in metrics(folder)] == [1, 2]
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
 # -- the helpers in one process ------------------------------------------------------------------------------------
