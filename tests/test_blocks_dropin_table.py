@@ -226,3 +226,31 @@ def test_constructor_refuses_what_it_does_not_do() -> None:
                                   enforce_sorted=False)
     out, _ = pad_packed_sequence(block(packed)[0], batch_first=True)           # packed data ignore batch_first
     assert out.shape == (4, 5, 8)
+
+
+class _Parent(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = BiGRU(3, 4, 2, merge_mode="sum")
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.block(x, lengths=lengths)[0]
+
+
+def test_scripting_a_parent_leaves_an_eager_block_that_still_takes_packed_sequences() -> None:
+    """torch.jit.script compiles a twin of each block (TorchScript has no keyword-only arguments) and leaves it in
+    the parent: eagerly it is still the public block, sharing the original's state."""
+    parent = _Parent()
+    block = parent.block
+    x, lengths = torch.randn(5, 3, 3), torch.tensor([5, 1, 3])
+    want = block(x, lengths=lengths)
+    scripted = torch.jit.script(parent)
+    torch.testing.assert_close(scripted(x, lengths), want[0], atol=1e-6, rtol=0)
+    twin = parent.block
+    assert twin is not block and isinstance(twin, BiGRU) and repr(twin) == repr(block)
+    assert twin.weight_ih_l0 is block.weight_ih_l0
+    assert_same(flat(twin(x, lengths=lengths)), flat(want))
+    packed = twin(pack_padded_sequence(x, lengths, enforce_sorted=False))[0]
+    torch.testing.assert_close(pad_packed_sequence(packed)[0], want[0], atol=1e-6, rtol=0)
+    block.eval()
+    assert not twin.training                                     # one module: the twin shares its state
