@@ -254,3 +254,32 @@ def test_scripting_a_parent_leaves_an_eager_block_that_still_takes_packed_sequen
     torch.testing.assert_close(pad_packed_sequence(packed)[0], want[0], atol=1e-6, rtol=0)
     block.eval()
     assert not twin.training                                     # one module: the twin shares its state
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_run_returns_output_and_both_states_for_every_block(cell: str, path: str) -> None:
+    """``run(input, h0, c0, lengths=)``: one return type for the three blocks (what models/keras/module.py calls)."""
+    block = CELLS[cell][0](3, 4, 2, merge_mode="ave", batch_first=True)
+    x, lengths = torch.randn(3, 5, 3), torch.tensor([5, 2, 4])
+    out, h_n, c_n = block.run(x, lengths=lengths)
+    want = flat(block(x, lengths=lengths))
+    assert_same([out, h_n, c_n], want if cell == "lstm" else [*want, want[1]])
+    if cell != "lstm":
+        with pytest.raises(ValueError, match="c0 is the LSTM's cell state"):
+            block.run(x, torch.zeros(4, 3, 4), torch.zeros(4, 3, 4))
+    with pytest.raises(TypeError, match="h0 got a 1-D integer tensor"):
+        block.run(x, lengths)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_unbatched_input_takes_one_length(cell: str, path: str) -> None:
+    block = CELLS[cell][0](3, 4, 2, merge_mode="sum")
+    x = torch.randn(6, 3)
+    for length in (torch.tensor(4), torch.tensor([4])):
+        out, state = flat(block(x, lengths=length))[0], flat(block(x, lengths=length))[1:]
+        alone = flat(block(x[:4]))
+        torch.testing.assert_close(out[:4], alone[0], atol=1e-6, rtol=0)
+        assert torch.equal(out[4:], torch.zeros_like(out[4:]))
+        assert_same(state, alone[1:])
+    with pytest.raises(ValueError, match=re.escape("lengths for unbatched input must hold one length")):
+        block(x, lengths=torch.tensor([4, 2]))
