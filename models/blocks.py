@@ -294,7 +294,7 @@ class _BiRNNBase(nn.Module):
         if empty:
             lengths = None
 
-        if not torch.jit.is_scripting() and not empty and self._kernel_applies(x):
+        if not torch.jit.is_scripting() and not empty and self._kernel_applies(x, lengths, weights):
             out, h_n, c_n = self._run_kernel_layers(x, lengths, h0, c0, weights)
         elif lengths is None and self.all_concat:
             # The whole stack in one fused call: exactly nn.LSTM(bidirectional=True).
@@ -327,9 +327,13 @@ class _BiRNNBase(nn.Module):
         return repack(out, packed_lengths, packed), h_n, c_n
 
     @torch.jit.unused
-    def _kernel_applies(self, x: Tensor) -> bool:
-        # The CPU kernel computes PyTorch's GRU only: a reset_after=False BiGRU never goes there.
-        return self.reset_after and cpu_kernel.applies(x, self.mode)
+    def _kernel_applies(self, x: Tensor, lengths: Optional[Tensor], weights: List[Tensor]) -> bool:
+        """The CPU kernel or PyTorch's kernels: ``models/cpu_kernel_policy.py`` decides (training = gradients).
+        The kernel computes PyTorch's GRU only: a reset_after=False BiGRU never goes there."""
+        if not self.reset_after:
+            return False
+        training = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
+        return cpu_kernel.applies(x, self.mode, self.hidden_size, lengths is not None, training)
 
     @torch.jit.unused
     def _run_kernel_layers(

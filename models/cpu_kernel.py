@@ -1,99 +1,70 @@
 """CPU fast path: one bidirectional LSTM/GRU layer with both directions' time loops in a small C++ kernel.
 
 Why: on CPU, PyTorch's fused GRU runs ~10 ATen operator dispatches per time step (its pointwise gate math is
-not fused), its LSTM (oneDNN) runs small batches poorly, and both run the two directions one after the other,
-each split over all threads, where per-step products of ``(B, H) @ (H, G*H)`` are too small to share.
-``models/csrc/birnn_cpu.cpp`` runs each direction's loop on its own thread with one BLAS call and one fused
-gate pass per step. Every large product stays in PyTorch: the input projections of all steps before the
-loop, and the weight and input gradients after it.
+not fused), its LSTM (oneDNN) runs small batches poorly, and both run the two directions one after the other.
+``models/csrc/birnn_cpu.cpp`` runs each direction on its own thread: that direction's input projections (GEMMs),
+then its time loop with one packed BLAS call and one fused, vectorised gate pass per step; in training, the
+reverse loop and that direction's weight gradients, then the input gradient split between the threads.
 
-The kernel is compiled with the system C++ compiler (``$CXX`` or ``c++``) on first use (about 7 s) into a
-per-user cache, ``$BIRNN_ZOO_CACHE`` or ``~/.cache/birnn-zoo``, and loaded with ``ctypes``. If that fails (no compiler,
-another BLAS), or ``BIRNN_ZOO_CPU_KERNEL=0``, ``available()`` is False and the blocks use PyTorch's fused
-kernels; the results agree to float32 rounding either way.
+Which path a block takes is decided in one place, ``models/cpu_kernel_policy.py`` (measured: the kernel only
+where it is faster than ``nn.LSTM``/``nn.GRU`` at the same thread count). The library is built once per
+machine, compiler and instruction set by ``models/cpu_kernel_build.py`` (AVX-512 or AVX2 + FMA, chosen at run
+time; ``BIRNN_ZOO_CPU_CAPABILITY=avx512|avx2|none`` forces one) into a private cache folder,
+``$BIRNN_ZOO_CACHE`` or ``~/.cache/birnn-zoo``. If it cannot be built (no compiler, a torch without MKL, not
+x86-64), or ``BIRNN_ZOO_CPU_KERNEL=0``, ``capability()`` is None and the blocks use PyTorch's fused kernels;
+the results agree to float32 rounding either way (NaN and Inf included).
+
+Autograd: first-order gradients run the kernel's reverse loop. A graph of the backward (``create_graph=True``:
+double backward, Hessian-vector products) recomputes the layer on PyTorch's differentiable kernels, and
+``torch.func`` transforms (``grad``, ``vmap``, ``jvp``) never reach the kernel (``applies`` is False inside them).
 """
 
 import contextlib
 import ctypes
-import hashlib
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import warnings
-from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "birnn_cpu.cpp"
+from . import cpu_kernel_build
+from .cpu_kernel_policy import kernel_wins
+from .cpu_kernel_reference import reference_gradients
+
 _CELLS = {"LSTM": 0, "GRU": 1}
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _lock = threading.Lock()
 _library: Optional[ctypes.CDLL] = None
+_capability: Optional[str] = None
 _tried = False
 _switch = threading.local()  # .off: set by disabled() on this thread only
 
 
-def _cache_dir() -> Path:
-    """``$BIRNN_ZOO_CACHE``, else ``~/.cache/birnn-zoo``; the system temp folder when that cannot be created."""
-    root = Path(os.environ.get("BIRNN_ZOO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "birnn-zoo"))
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        root = Path(tempfile.gettempdir()) / f"birnn-zoo-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-        root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _build(target: Path) -> None:
-    """Compile the kernel to ``target`` (atomically: a half-written library is never loaded)."""
-    torch_lib = Path(torch.__file__).resolve().parent / "lib"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    cmd = [os.environ.get("CXX", "c++"), *_FLAGS, str(_SOURCE), "-o", partial, f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
-
-
-def _load() -> Optional[ctypes.CDLL]:
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + torch.__version__.encode()
-                         + sys.version.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"birnn_cpu-{key}.so"
-    if not target.exists():
-        _build(target)
-    library = ctypes.CDLL(str(target))
-    pointer, integer = ctypes.c_void_p, ctypes.c_int
-    for suffix in ("f32", "f64"):
-        getattr(library, f"birnn_forward_{suffix}").argtypes = (
-            [integer] * 5 + [pointer] * 9 + [integer] + [pointer] * 6 + [integer])
-        getattr(library, f"birnn_backward_{suffix}").argtypes = [integer] * 5 + [pointer] * 20 + [integer]
-    return library
-
-
 def available() -> bool:
     """True when the kernel is compiled and loaded (built on the first call); False disables the fast path."""
-    global _library, _tried
+    global _library, _capability, _tried
     if _tried:
         return _library is not None
     with _lock:
         if not _tried:
-            if os.environ.get("BIRNN_ZOO_CPU_KERNEL", "1") != "0":
-                try:
-                    _library = _load()
-                except (OSError, subprocess.SubprocessError) as error:
-                    detail = getattr(error, "stderr", "") or str(error)
-                    warnings.warn(f"birnn-zoo: CPU kernel unavailable, using PyTorch's fused kernels ({detail})",
-                                  RuntimeWarning, stacklevel=2)
-            _tried = True
+            try:
+                wanted = None if os.environ.get("BIRNN_ZOO_CPU_KERNEL", "1") == "0" else \
+                    cpu_kernel_build.choose_capability()
+                if wanted is not None:
+                    _library = cpu_kernel_build.load(wanted)
+                    _capability = wanted
+            except (OSError, cpu_kernel_build.KernelUnavailable) as error:
+                warnings.warn(f"birnn-zoo: CPU kernel unavailable, using PyTorch's fused kernels ({error})",
+                              RuntimeWarning, stacklevel=2)
+            finally:
+                _tried = True
     return _library is not None
+
+
+def capability() -> Optional[str]:
+    """The kernel's instruction set in use: ``"avx512"``, ``"avx2"``, or None (PyTorch's kernels only)."""
+    return _capability if available() else None
 
 
 @contextlib.contextmanager
@@ -107,18 +78,51 @@ def disabled() -> Iterator[None]:
         _switch.off = before
 
 
-def applies(x: Tensor, mode: str) -> bool:
-    """Whether ``fused_layer`` can run this input: CPU float32/float64, LSTM or GRU, no autocast, not inside
-    ``torch.export`` (an exported program must load without this project) or ``torch.jit.trace`` (it cannot
-    see into the kernel), not inside ``disabled()``. Under ``torch.compile`` it applies when the kernel is loaded (every
-    CPU block loads it when constructed): the trace then holds it as one custom op."""
+@contextlib.contextmanager
+def forced() -> Iterator[None]:
+    """Within this block (this thread only) the blocks take the kernel wherever it can run, whatever the policy
+    says: for benchmarks that compare the two paths and tests that cover both."""
+    before = getattr(_switch, "forced", False)
+    _switch.forced = True
+    try:
+        yield
+    finally:
+        _switch.forced = before
+
+
+def _in_functorch_transform() -> bool:
+    """Inside ``torch.func.grad``/``vmap``/``jvp``: the kernel has no batching or forward-mode rule."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def can_run(x: Tensor, mode: str) -> bool:
+    """Whether the kernel *can* run this input: CPU float32/float64, LSTM or GRU, no autocast, no ``torch.func``
+    transform, not inside ``torch.export`` (an exported program must load without this project) or
+    ``torch.jit.trace`` (it cannot see into the kernel), not inside ``disabled()``. Under ``torch.compile`` it
+    can when the kernel is loaded (every CPU block loads it when constructed): the trace holds it as one op."""
     if mode not in _CELLS or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
     if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.compiler.is_exporting():
         return False
     if torch.compiler.is_compiling():
         return _library is not None
+    if _in_functorch_transform():
+        return False
     return not getattr(_switch, "off", False) and available()
+
+
+def applies(x: Tensor, mode: str, hidden_size: int = 0, has_lengths: bool = False, training: bool = False) -> bool:
+    """Whether a block runs this input on the kernel: it ``can_run`` and the policy says it is faster there
+    (``models/cpu_kernel_policy.kernel_wins``) for this cell, batch, hidden size, lengths, thread count,
+    capability and training (gradients needed) or inference. ``hidden_size=0`` or ``forced()`` asks only
+    ``can_run``."""
+    if not can_run(x, mode):
+        return False
+    if hidden_size <= 0 or getattr(_switch, "forced", False) or x.dtype == torch.float64:  # float64 (tests, gradcheck): no speed to weigh
+        return True
+    batch = x.shape[1] if x.dim() == 3 else 1
+    return kernel_wins(mode, batch, hidden_size, x.shape[0], has_lengths, torch.get_num_threads(),
+                       _capability or "avx2", training)
 
 
 def _kernel() -> ctypes.CDLL:
@@ -137,6 +141,44 @@ def _threads() -> int:
     return max(1, min(2, torch.get_num_threads()))
 
 
+def _check_layer(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor, b_hh: Optional[Tensor], h0: Tensor,
+                 c0: Tensor, lengths: Optional[Tensor], cell: int) -> None:
+    """The kernel reads raw memory: refuse anything it would misread, before it reads a byte (a second line of
+    defence behind the blocks' own checks)."""
+    if cell not in (0, 1):
+        raise ValueError(f"cell must be 0 (LSTM) or 1 (GRU), got {cell!r}")
+    if x.dim() != 3:
+        raise ValueError(f"x must be (T, B, F), got shape {list(x.shape)}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    steps, batch, features = x.shape
+    if w_hh.dim() != 3 or w_hh.shape[0] != 2:
+        raise ValueError(f"w_hh must be (2, G, H), got shape {list(w_hh.shape)}")
+    hidden = w_hh.shape[2]
+    gates = (4 if cell == 0 else 3) * hidden
+    expected = {"w_ih": (w_ih, [2, gates, features]), "w_hh": (w_hh, [2, gates, hidden]),
+                "h0": (h0, [2, batch, hidden])}
+    if cell == 0:
+        expected["c0"] = (c0, [2, batch, hidden])
+    for name, bias in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if bias is not None:
+            expected[name] = (bias, [2, gates])
+    for name, (tensor, shape) in expected.items():
+        if tensor.dtype != x.dtype or tensor.device != x.device:
+            raise TypeError(f"{name} is {tensor.dtype} on {tensor.device} but x is {x.dtype} on {x.device}; "
+                            "the kernel needs one dtype and the CPU for all of them")
+        if list(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} for x of shape {list(x.shape)}, got "
+                             f"{list(tensor.shape)}")
+    if lengths is not None:
+        if lengths.dtype != torch.int64 or lengths.device.type != "cpu" or list(lengths.shape) != [batch]:
+            raise TypeError(f"lengths must be a CPU int64 tensor of shape [{batch}], got {lengths.dtype} on "
+                            f"{lengths.device} of shape {list(lengths.shape)}")
+        if batch and not (0 <= int(lengths.min()) and int(lengths.max()) <= steps):
+            raise ValueError(f"lengths must lie in [0, {steps}], got values from {int(lengths.min())} to "
+                             f"{int(lengths.max())}")
+
+
 # The layer and its reverse loop are two custom operators: eager PyTorch calls them like any op, and
 # torch.compile traces each as one opaque node (shapes from the fake implementations) instead of breaking
 # the graph. Outputs may not alias each other: what the GRU lacks (c_n, c_all) is an empty tensor.
@@ -148,6 +190,7 @@ def _layer(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor, b_hh: 
            c0: Tensor, lengths: Optional[Tensor], cell: int, stash: bool) -> _Outputs:
     """``x (T, B, F)`` -> ``out (T, B, 2, H)``, ``h_n``, ``c_n (2, B, H)``; when ``stash``, also what the reverse
     loop reads: ``h_all``, ``c_all (T, B, 2, H)``, ``gates (T, B, 2, G)``, ``ghn (T, B, 2, H)``."""
+    _check_layer(x, w_ih, b_ih, w_hh, b_hh, h0, c0, lengths, cell)
     out, h_n, c_n, h_all, c_all, gates, ghn = _layer_outputs(x, w_ih, b_ih, w_hh, b_hh, h0, c0, lengths, cell, stash)
     steps, batch, input_size = x.shape
     x, w_ih, w_hh, h0, c0 = x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous()
@@ -184,6 +227,12 @@ def _layer_backward(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, w_ih: 
                     cell: int, want_dx: bool, has_b_ih: bool, has_b_hh: bool) -> _Gradients:
     """The reverse loops, then every gradient: ``d_x`` (empty unless ``want_dx``), ``d_w_ih``, ``d_b_ih``,
     ``d_w_hh``, ``d_b_hh`` (empty where there is no such bias), ``d_h0``, ``d_c0`` (empty for GRU)."""
+    _check_layer(x, w_ih, None, w_hh, None, h0, c0, lengths, cell)
+    steps, batch, _ = x.shape
+    for name, tensor, shape in (("d_out", d_out, [steps, batch, 2, w_hh.shape[2]]),
+                                ("gates", gates, [steps, batch, 2, w_hh.shape[1]])):
+        if tensor.dtype != x.dtype or list(tensor.shape) != shape:
+            raise ValueError(f"{name} must be {x.dtype} of shape {shape}, got {tensor.dtype} {list(tensor.shape)}")
     grads = _layer_backward_outputs(d_out, d_hn, d_cn, x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn,
                                     cell, want_dx, has_b_ih, has_b_hh)
     d_x, d_w_ih, d_b_ih, d_w_hh, d_b_hh, dh, dc = grads
@@ -223,12 +272,17 @@ def _save_for_backward(ctx: Any, inputs: Tuple[Any, ...], output: _Outputs) -> N
     if not stash:
         raise RuntimeError("birnn_zoo::bidirectional_layer ran with stash=False but a gradient is needed")
     ctx.cell, ctx.has_b_ih, ctx.has_b_hh = cell, b_ih is not None, b_hh is not None
-    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn)
+    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, b_ih, b_hh)
 
 
 def _gradients(ctx: Any, d_out: Tensor, d_hn: Tensor, d_cn: Tensor, *_: Tensor) -> Tuple[Optional[Tensor], ...]:
-    x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn = ctx.saved_tensors
+    x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, b_ih, b_hh = ctx.saved_tensors
     cell = ctx.cell
+    if torch.is_grad_enabled():
+        # create_graph=True: the backward itself must be differentiable, and the kernel's reverse loop is not.
+        # Recompute the layer on PyTorch's differentiable kernels and differentiate that, with a graph.
+        return reference_gradients(cell, (x, w_ih, b_ih, w_hh, b_hh, h0, c0), lengths, d_out, d_hn, d_cn,
+                                   ctx.needs_input_grad[:7]) + (None, None, None)
     d_x, d_w_ih, d_b_ih, d_w_hh, d_b_hh, d_h0, d_c0 = _layer_backward(
         d_out, d_hn, d_cn if cell == 0 else d_hn, x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, cell,
         ctx.needs_input_grad[0], ctx.has_b_ih, ctx.has_b_hh)

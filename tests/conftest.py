@@ -1,7 +1,11 @@
-"""Suite-wide settings."""
+"""Suite-wide settings and fixtures."""
+
+from typing import Iterator
 
 import pytest
 import torch
+
+from models import cpu_kernel, cpu_kernel_build
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -12,3 +16,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The kernel tests run once per instruction set this CPU supports (AVX-512 and AVX2 on an AVX-512 machine).
+KERNEL_CAPABILITIES = cpu_kernel_build.supported_capabilities() if cpu_kernel.available() else []
+
+
+@pytest.fixture(params=KERNEL_CAPABILITIES or [pytest.param(None, marks=pytest.mark.skip(reason="CPU kernel not built"))])
+def capability(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The kernel library of one capability loaded in place of the default, blocks forced onto it."""
+    monkeypatch.setattr(cpu_kernel, "_library", cpu_kernel_build.load(request.param))
+    monkeypatch.setattr(cpu_kernel, "_capability", request.param)
+    with cpu_kernel.forced():
+        yield request.param

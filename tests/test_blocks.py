@@ -1,7 +1,7 @@
 """BiLSTM / BiGRU / BiRNN against their references: the merge formulas, nn.LSTM/nn.GRU/nn.RNN, and
 sequences run one at a time. Fresh random inputs every run; float32 tolerances unless stated."""
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Iterator
 
 import pytest
 import torch
@@ -21,12 +21,17 @@ TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
 @pytest.fixture(autouse=True, params=["cpu-kernel", "aten"])
-def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test here runs on both CPU paths: the project's kernel and PyTorch's fused kernels (the fallback)."""
+def cpu_path(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test here runs on both CPU paths: the project's kernel (wherever it can run, whatever the speed
+    policy picks) and PyTorch's fused kernels (the fallback)."""
     if request.param == "aten":
-        monkeypatch.setattr(cpu_kernel, "applies", lambda x, mode: False)
-    elif not cpu_kernel.available():
+        with cpu_kernel.disabled():
+            yield
+        return
+    if not cpu_kernel.available():
         pytest.skip("CPU kernel not built (tests/test_cpu_kernel.py says why)")
+    with cpu_kernel.forced():
+        yield
 
 
 def states(cell: str, result: tuple) -> torch.Tensor:
@@ -199,9 +204,17 @@ def test_dropout_between_layers_only_in_training() -> None:
 
 
 def test_bfloat16_autocast_runs_and_stays_close() -> None:
+    """As nn.LSTM does: bf16 under autocast where oneDNN has a bf16 LSTM for this CPU, the same error where not."""
     block = BiLSTM(8, 16, num_layers=2, merge_mode="sum")
     x = torch.randn(6, 3, 8)
     lengths = torch.tensor([6, 2, 4])
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            nn.LSTM(8, 16, bidirectional=True)(x)
+    except RuntimeError as error:  # e.g. AVX2 CPUs: "could not create a primitive descriptor"
+        with pytest.raises(RuntimeError, match="primitive"), torch.autocast("cpu", dtype=torch.bfloat16):
+            block(x, lengths)
+        pytest.skip(f"nn.LSTM has no bf16 autocast on this CPU ({str(error)[:60]}...); the block raises as it does")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low, (_, c) = block(x, lengths=lengths)
     high, (_, c32) = block(x, lengths=lengths)

@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -219,14 +218,3 @@ def test_inference_path_equals_packed_torch_module(mode: str, batch: int) -> Non
         out, h_n, c_n = cpu_kernel.fused_layer(mode, x, h0, c0, lengths, list(module._flat_weights), True)
     for a, b in zip((out.flatten(2), h_n, c_n), expected, strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
-
-
-def test_cache_falls_back_to_the_temp_folder_when_its_folder_cannot_be_made(tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    monkeypatch.setenv("BIRNN_ZOO_CACHE", str(blocker / "cache"))
-    folder = cpu_kernel._cache_dir()
-    assert folder.is_dir() and str(folder).startswith(tempfile.gettempdir())
-    monkeypatch.setenv("BIRNN_ZOO_CACHE", str(tmp_path / "fine"))
-    assert cpu_kernel._cache_dir() == tmp_path / "fine"

@@ -25,9 +25,7 @@
 #include <cstring>
 #include <vector>
 
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+#include "activations.h"
 
 extern "C" {
 void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
@@ -46,6 +44,9 @@ void sgemm_compute_(const char*, const char*, const int*, const int*, const int*
 }
 
 namespace {
+
+using birnn::sigmoid_;
+using birnn::tanh_;
 
 // Row-major C (M x N) = op(A) @ op(B) (+ C if accumulate); lda/ldb/ldc are row strides. BLAS is column-major,
 // so this computes C^T = op(B)^T op(A)^T.
@@ -102,60 +103,6 @@ class StepGemm<double> {
   bool transposed_;
   int n_, k_;
 };
-
-// In-place sigmoid / tanh over n values.
-void sigmoid_(double* x, int n) {
-  for (int j = 0; j < n; ++j) x[j] = 1.0 / (1.0 + std::exp(-x[j]));
-}
-void tanh_(double* x, int n) {
-  for (int j = 0; j < n; ++j) x[j] = std::tanh(x[j]);
-}
-#ifdef __AVX512F__
-// exp for 16 floats: x = n ln2 + r, |r| <= ln2/2, e^r by its degree-7 Taylor polynomial (truncation < 1e-8
-// relative), then scaled by 2^n. Inlined, it is ~4x faster than a call to SLEEF's expf; it and the tanh
-// below agree with ATen's float32 sigmoid/tanh to ~1e-7.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2 split in two for exact n*ln2
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 5040);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-// 1 / (1 + e^-x), the reciprocal by rcp14 and one Newton step (~1 ulp, no division).
-inline __m512 sigmoid16(__m512 x) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 d = _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)));
-  const __m512 r = _mm512_rcp14_ps(d);
-  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-}
-#endif
-
-void sigmoid_(float* x, int n) {
-  int j = 0;
-#ifdef __AVX512F__
-  for (; j + 16 <= n; j += 16) _mm512_storeu_ps(x + j, sigmoid16(_mm512_loadu_ps(x + j)));
-#endif
-  for (; j < n; ++j) x[j] = 1.0f / (1.0f + std::exp(-x[j]));
-}
-// tanh(x) = 2 sigmoid(2x) - 1 (absolute error ~1e-7 near 0, like float32 rounding of the result).
-void tanh_(float* x, int n) {
-  int j = 0;
-#ifdef __AVX512F__
-  const __m512 two = _mm512_set1_ps(2.0f), one = _mm512_set1_ps(1.0f);
-  for (; j + 16 <= n; j += 16)
-    _mm512_storeu_ps(x + j, _mm512_fmsub_ps(two, sigmoid16(_mm512_mul_ps(two, _mm512_loadu_ps(x + j))), one));
-#endif
-  for (; j < n; ++j) x[j] = std::tanh(x[j]);
-}
 
 template <typename T>
 struct Layer {
@@ -398,6 +345,19 @@ void backward(int cell, int steps, int batch, int hidden, int input_size, const 
 }  // namespace
 
 extern "C" {
+// The vector width the gate math was compiled for (16 AVX-512, 8 AVX2, 1 scalar): models/cpu_kernel.py checks
+// it matches the library it meant to load.
+int birnn_vector_width() {
+#ifdef BIRNN_VECTOR
+  return BIRNN_VECTOR;
+#else
+  return 1;
+#endif
+}
+// The gate activations alone, in place, for tests/test_cpu_kernel_math.py.
+void birnn_sigmoid_f32(float* x, int n) { sigmoid_(x, n); }
+void birnn_tanh_f32(float* x, int n) { tanh_(x, n); }
+
 // C entry points for ctypes (float32 and float64). Null pointers: b_hh without bias or for LSTM, lengths
 // without padding, c0/c_n/c_all for GRU, the stash when no gradient is needed.
 void birnn_forward_f32(int cell, int steps, int batch, int hidden, int input_size, const float* x, const float* w_ih,
