@@ -63,11 +63,12 @@ def test_gradgradcheck_and_hvp(capability: str, mode: str) -> None:
     torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.xfail(strict=True, reason="issue 15: the blocks cache their weight list, functional_call is ignored")
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_torch_func_grad_vmap_jvp_equal_torch(capability: str, mode: str) -> None:
+def test_torch_func_grad_of_functional_call_equals_torch(capability: str, mode: str) -> None:
     block, reference = pair(mode, torch.float32)
     x = torch.randn(6, 2, 3)
-    params = {name: p.detach() for name, p in reference.named_parameters()}
+    params = {name: torch.randn_like(p) for name, p in reference.named_parameters()}  # not the modules' own
 
     def loss(module: nn.Module):
         return lambda p, a: functional_call(module, p, (a,))[0].square().sum()
@@ -75,6 +76,14 @@ def test_torch_func_grad_vmap_jvp_equal_torch(capability: str, mode: str) -> Non
     ours, theirs = grad(loss(block))(params, x), grad(loss(reference))(params, x)
     for name in params:
         torch.testing.assert_close(ours[name], theirs[name], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_torch_func_grad_vmap_jvp_equal_torch(capability: str, mode: str) -> None:
+    block, reference = pair(mode, torch.float32)
+    x = torch.randn(6, 2, 3)
+    torch.testing.assert_close(grad(lambda a: block(a)[0].square().sum())(x),
+                               grad(lambda a: reference(a)[0].square().sum())(x), atol=1e-5, rtol=1e-5)
     batch = torch.randn(3, 6, 2, 3)
     try:
         expected = vmap(lambda a: reference(a)[0])(batch)
