@@ -1,12 +1,12 @@
 // One bidirectional LSTM/GRU layer on CPU: both directions at once, one OpenMP thread each.
 //
-// Each direction's thread first computes its input projections of all time steps (one GEMM on that thread),
-// then runs its time loop: per step one small GEMM h @ W_hh^T (MKL's packed GEMM: W_hh is packed once, not at
-// every step) and one fused pass of gate math per row, instead of ~10 ATen operator dispatches per step. The
-// two directions are independent, so neither waits for the other, and GEMMs of one direction stay on one thread:
-// measured faster than splitting small per-step products over two threads. The backward loop (training)
-// returns the gradients of the gate pre-activations; Python turns them into the weight and input gradients
-// with large matrix products (models/cpu_kernel.py).
+// Each direction's thread first computes its input projections (BLAS GEMMs on that thread), then runs its time
+// loop: per step one small product h @ W_hh^T (step_gemm.h: W_hh packed once per call, a register-blocked FMA
+// micro-kernel) and one fused, vectorised pass of gate math per row (activations.h), instead of ~10 ATen
+// operator dispatches per step. The two directions are independent, so neither waits for the other, and the
+// products of one direction stay on one thread: measured faster than splitting small per-step products over two
+// threads. In training the reverse loop gives the gate pre-activations' gradients, then each direction's thread
+// computes its weight and bias gradients (GEMMs over all steps), and the threads split the input gradient.
 //
 // Layouts (row-major, contiguous; T steps, B rows, F inputs, H hidden, G = 4H LSTM | 3H GRU, d = direction):
 //   x (T, B, F); w_ih (2, G, F); b_ih (2, G) (LSTM: b_ih + b_hh); w_hh (2, G, H); b_hh (2, G) GRU only
@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "activations.h"
+#include "step_gemm.h"
 
 extern "C" {
 void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
@@ -69,6 +70,14 @@ void blas_gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, 
 template <typename T>
 class StepGemm;
 
+#ifdef BIRNN_VECTOR
+// AVX2 / AVX-512 builds: the project's own packed micro-kernel (models/csrc/step_gemm.h says why not MKL's).
+template <>
+class StepGemm<float> : public birnn::PanelGemm {
+ public:
+  using birnn::PanelGemm::PanelGemm;
+};
+#else
 template <>
 class StepGemm<float> {
  public:
@@ -89,6 +98,7 @@ class StepGemm<float> {
   int n_, k_;
   std::vector<float> packed_;
 };
+#endif
 
 template <>
 class StepGemm<double> {

@@ -1,0 +1,137 @@
+"""``python -m benchmarks.kernel_matrix [--threads 1 2] [--cells LSTM GRU] [--modes infer train] [--quick]``.
+
+The measurements behind ``models/cpu_kernel_policy.py``: for each cell, thread count, inference or training step,
+B in {1, 16, 64, 256}, H in {64, 128, 256, 512}, T in {64, 512} (one bidirectional layer, input size H), four
+variants timed side by side in interleaved rounds:
+
+- ``nn``: ``nn.LSTM``/``nn.GRU(bidirectional=True)``, no lengths (what the block must never be slower than);
+- ``kernel``: the block (``concat``) on the CPU kernel, no lengths;
+- ``kernel_len`` / ``aten_len``: the block with ``lengths`` (one row full length, the rest uniform in [1, T]) on
+  the kernel / on PyTorch's kernels.
+
+Configurations whose forward pass exceeds ``--max-gflop`` are skipped (on 2 cores the largest would take
+minutes a step); the JSON says which. Results go to ``benchmarks/results/kernel_matrix-<capability>.json``, one
+row per configuration, appended as they finish, with the machine (CPU model and flags) at the top.
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no OpenMP spin-waiting on a shared machine
+
+import argparse
+import contextlib
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from models import BiGRU, BiLSTM, cpu_kernel
+
+from .machine import describe
+from .timing import interleaved
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BATCHES, HIDDEN, STEPS = (1, 16, 64, 256), (64, 128, 256, 512), (64, 512)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def gflop(cell: str, batch: int, hidden: int, steps: int) -> float:
+    """Forward GFLOP of one bidirectional layer with input size H: (x and h) @ W for G = 4H | 3H, both ways."""
+    gates = (4 if cell == "LSTM" else 3) * hidden
+    return 2 * 2 * steps * batch * (2 * hidden) * gates / 1e9
+
+
+def cpu_flags() -> str:
+    """``lscpu``'s model name and the vector flags that matter here."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "lscpu unavailable"
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("Flags")), [])
+    wanted = [f for f in flags if f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_bf16")]
+    return f"{model}; {' '.join(wanted)}"
+
+
+def variants(cell: str, batch: int, hidden: int, steps: int, train: bool) -> Dict[str, Callable[[], None]]:
+    reference = getattr(nn, cell)(hidden, hidden, bidirectional=True)
+    block = (BiLSTM if cell == "LSTM" else BiGRU)(hidden, hidden)
+    block.load_state_dict(reference.state_dict())
+    x = torch.randn(steps, batch, hidden)
+    lengths = torch.randint(1, steps + 1, (batch,))
+    lengths[0] = steps
+
+    def step(module: nn.Module, switch: Optional[Callable[[], Any]], **kwargs: Any) -> Callable[[], None]:
+        def run() -> None:
+            with switch() if switch else contextlib.nullcontext():
+                if train:
+                    module(x, **kwargs)[0].sum().backward()
+                else:
+                    with torch.no_grad():
+                        module(x, **kwargs)
+        return run
+
+    return {"nn": step(reference, None), "kernel": step(block, cpu_kernel.forced),
+            "kernel_len": step(block, cpu_kernel.forced, lengths=lengths),
+            "aten_len": step(block, cpu_kernel.disabled, lengths=lengths)}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cells", nargs="+", default=["LSTM", "GRU"])
+    parser.add_argument("--modes", nargs="+", default=["infer", "train"])
+    parser.add_argument("--max-gflop", type=float, default=40.0, help="skip configurations above this forward cost")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="B in {1, 16}, H in {64, 128}, T 64, 3 rounds")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if not cpu_kernel.available():
+        raise SystemExit("the CPU kernel is not available here: nothing to compare")
+    capability = cpu_kernel.capability()
+    out = Path(args.out) if args.out else RESULTS / f"kernel_matrix-{capability}.json"
+    batches, hidden_sizes, steps_list = ((1, 16), (64, 128), (64,)) if args.quick else (BATCHES, HIDDEN, STEPS)
+    rounds = 3 if args.quick else args.rounds
+    machine = describe("cpu", max(args.threads))
+    machine.update(lscpu=cpu_flags(), capability=capability)
+    log(f"{machine['lscpu']} | capability {capability} | load {machine.get('load_average_start')}")
+    document: Dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    document["machine"] = machine
+    done = {(r["cell"], r["threads"], r["mode"], r["B"], r["H"], r["T"]) for r in document["rows"]}
+    for cell, threads, mode, steps, batch, hidden in itertools.product(
+            args.cells, args.threads, args.modes, steps_list, batches, hidden_sizes):
+        key = (cell, threads, mode, batch, hidden, steps)
+        if key in done:
+            continue
+        row: Dict[str, Any] = dict(zip(("cell", "threads", "mode", "B", "H", "T"), key))
+        cost = gflop(cell, batch, hidden, steps) * (3 if mode == "train" else 1)
+        if cost > args.max_gflop:
+            row["skipped"] = f"{cost:.0f} GFLOP per call > --max-gflop {args.max_gflop:g}"
+        else:
+            torch.manual_seed(0)
+            items = variants(cell, batch, hidden, steps, mode == "train")
+            series = interleaved(items, threads, 0.05, 0.0, rounds, rounds, lambda _: None)
+            row["seconds"] = {k: s.median for k, s in series.items()}
+            for name in ("kernel", "kernel_len", "aten_len"):  # per-round ratios, then their median
+                ratios = [a / b for a, b in zip(series[name].samples, series["nn"].samples)]
+                row[f"{name}/nn"] = round(statistics.median(ratios), 3)
+            log(f"{cell} {mode} thr={threads} T={steps} B={batch} H={hidden}: kernel/nn {row['kernel/nn']:.2f} "
+                f"kernel_len/nn {row['kernel_len/nn']:.2f} aten_len/nn {row['aten_len/nn']:.2f}")
+        document["rows"].append(row)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(document, indent=1) + "\n")
+    torch.set_num_threads(max(args.threads))
+
+
+if __name__ == "__main__":
+    main()
