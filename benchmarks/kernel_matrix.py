@@ -35,7 +35,6 @@ from torch import nn
 from models import BiGRU, BiLSTM, cpu_kernel
 
 from .machine import describe
-from .timing import interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCHES, HIDDEN, STEPS = (1, 16, 64, 256), (64, 128, 256, 512), (64, 512)
@@ -86,6 +85,30 @@ def variants(cell: str, batch: int, hidden: int, steps: int, train: bool) -> Dic
             "aten_len": step(block, cpu_kernel.disabled, lengths=lengths)}
 
 
+def timed_rounds(items: Dict[str, Callable[[], None]], threads: int, rounds: int, clock: str
+                 ) -> Dict[str, List[float]]:
+    """Seconds per call of each item, ``rounds`` interleaved rounds in rotating order, each sample at least
+    ~50 ms of calls. ``clock="process"`` (one thread) counts this process's CPU time: on a machine shared with
+    other jobs it does not count the time the core spent on them, where wall time would."""
+    torch.set_num_threads(threads)
+    now = time.process_time if clock == "process" else time.perf_counter
+    keys = list(items)
+    number = {}
+    for key in keys:
+        items[key]()  # warm-up
+        start = now()
+        items[key]()
+        number[key] = max(1, int(0.05 / max(now() - start, 1e-4)))
+    samples: Dict[str, List[float]] = {key: [] for key in keys}
+    for r in range(rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            start = now()
+            for _ in range(number[key]):
+                items[key]()
+            samples[key].append((now() - start) / number[key])
+    return samples
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -93,6 +116,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--modes", nargs="+", default=["infer", "train"])
     parser.add_argument("--max-gflop", type=float, default=40.0, help="skip configurations above this forward cost")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clock", choices=("auto", "wall", "process"), default="auto",
+                        help="auto: process CPU time at 1 thread (robust to other jobs), wall time otherwise")
     parser.add_argument("--quick", action="store_true", help="B in {1, 16}, H in {64, 128}, T 64, 3 rounds")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -120,10 +145,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         else:
             torch.manual_seed(0)
             items = variants(cell, batch, hidden, steps, mode == "train")
-            series = interleaved(items, threads, 0.05, 0.0, rounds, rounds, lambda _: None)
-            row["seconds"] = {k: s.median for k, s in series.items()}
+            clock = args.clock if args.clock != "auto" else ("process" if threads == 1 else "wall")
+            series = timed_rounds(items, threads, rounds, clock)
+            row["clock"] = clock
+            row["seconds"] = {k: statistics.median(v) for k, v in series.items()}
             for name in ("kernel", "kernel_len", "aten_len"):  # per-round ratios, then their median
-                ratios = [a / b for a, b in zip(series[name].samples, series["nn"].samples)]
+                ratios = [a / b for a, b in zip(series[name], series["nn"])]
                 row[f"{name}/nn"] = round(statistics.median(ratios), 3)
             log(f"{cell} {mode} thr={threads} T={steps} B={batch} H={hidden}: kernel/nn {row['kernel/nn']:.2f} "
                 f"kernel_len/nn {row['kernel_len/nn']:.2f} aten_len/nn {row['aten_len/nn']:.2f}")
