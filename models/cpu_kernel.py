@@ -121,8 +121,15 @@ def applies(x: Tensor, mode: str, hidden_size: int = 0, has_lengths: bool = Fals
     if hidden_size <= 0 or getattr(_switch, "forced", False) or x.dtype == torch.float64:  # float64 (tests, gradcheck): no speed to weigh
         return True
     batch = x.shape[1] if x.dim() == 3 else 1
-    return kernel_wins(mode, batch, hidden_size, x.shape[0], has_lengths, torch.get_num_threads(),
-                       _capability or "avx2", training)
+    return kernel_wins(mode, batch, hidden_size, x.shape[0], has_lengths, _thread_count(), _capability or "avx2",
+                       training)
+
+
+# torch.compile cannot put torch.get_num_threads() (an int) in a graph: read it once while tracing instead of
+# breaking the graph. A compiled graph keeps the path chosen for the thread count it was traced with.
+@torch.compiler.assume_constant_result
+def _thread_count() -> int:
+    return torch.get_num_threads()
 
 
 def _kernel() -> ctypes.CDLL:

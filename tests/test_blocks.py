@@ -213,7 +213,7 @@ def test_bfloat16_autocast_runs_and_stays_close() -> None:
             nn.LSTM(8, 16, bidirectional=True)(x)
     except RuntimeError as error:  # e.g. AVX2 CPUs: "could not create a primitive descriptor"
         with pytest.raises(RuntimeError, match="primitive"), torch.autocast("cpu", dtype=torch.bfloat16):
-            block(x, lengths)
+            block(x, lengths=lengths)
         pytest.skip(f"nn.LSTM has no bf16 autocast on this CPU ({str(error)[:60]}...); the block raises as it does")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low, (_, c) = block(x, lengths=lengths)

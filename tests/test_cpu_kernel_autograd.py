@@ -39,10 +39,7 @@ def test_double_backward_equals_torch(capability: str, mode: str, with_lengths: 
         g_x, g_w = torch.autograd.grad(out.pow(2).sum(), (x, weight), create_graph=True)
         return list(torch.autograd.grad(g_x.pow(2).sum() + g_w.sum(), (x, weight, module.bias_ih_l0_reverse)))
 
-    try:
-        ours = second_order(block, True)
-    except TypeError:  # the blocks' signature before `lengths=` became keyword-only (issue 15)
-        pytest.skip("blocks take lengths positionally")
+    ours = second_order(block, True)
     for a, b in zip(ours, second_order(reference, False), strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
@@ -63,7 +60,6 @@ def test_gradgradcheck_and_hvp(capability: str, mode: str) -> None:
     torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: the blocks cache their weight list, functional_call is ignored")
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_torch_func_grad_of_functional_call_equals_torch(capability: str, mode: str) -> None:
     block, reference = pair(mode, torch.float32)
