@@ -19,6 +19,7 @@ import os
 import shlex
 import shutil
 import socket
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -94,7 +95,12 @@ class RunLock:
                 handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder is None:                      # being written right now, or garbage
+                for _ in range(10):                     # created a moment ago, its content not yet written
+                    if holder is not None:
+                        break
+                    time.sleep(0.05)
+                    holder = self._holder()
+                if holder is None:                      # garbage: whoever wrote it is unknown, refuse
                     holder = {"host": "?", "pid": -1}
                 pid, host = holder.get("pid"), holder.get("host")
                 same_host = host == self.owner["host"]

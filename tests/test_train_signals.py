@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
+from models.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 # 100 steps per epoch: a signal sent a moment after epoch 1 ends lands in the middle of epoch 2.
@@ -75,6 +76,11 @@ def test_a_signal_writes_last_pt_at_the_step_and_the_printed_command_continues_b
     process = subprocess.Popen(command(*LONGER, f"hydra.run.dir={run_dir}"), cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
+    while not (run_dir / ".lock").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # A second run started in the same folder meanwhile is kept out by the lock (the first is unharmed).
+    with pytest.raises(ConfigError, match=rf"run folder {run_dir} is in use by process {process.pid} "):
+        train_in_process([*LONGER, f"hydra.run.dir={run_dir}"])
     last = run_dir / "checkpoints" / "last.pt"          # written at the end of epoch 1 (no step cadence here)
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
