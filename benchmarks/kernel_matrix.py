@@ -109,6 +109,38 @@ def timed_rounds(items: Dict[str, Callable[[], None]], threads: int, rounds: int
     return samples
 
 
+def report(document: Dict[str, Any]) -> str:
+    """Markdown: per cell, step kind and thread count, a (T, B) x H table of what the block costs relative to
+    ``nn.*`` under ``models/cpu_kernel_policy.py``: ``no lengths · lengths``, with the path the policy takes
+    (``k`` kernel, ``p`` PyTorch's kernels) and the other path's ratio in brackets where they differ."""
+    from models.cpu_kernel_policy import kernel_wins
+
+    capability = document["machine"]["capability"]
+    lines = [f"Machine: {document['machine']['lscpu']}, capability `{capability}`, torch {document['machine']['torch']}."]
+    rows = [r for r in document["rows"] if "seconds" in r]
+    groups = sorted({(r["cell"], r["mode"], r["threads"]) for r in rows})
+    for cell, mode, threads in groups:
+        here = {(r["T"], r["B"], r["H"]): r for r in rows if (r["cell"], r["mode"], r["threads"]) == (cell, mode, threads)}
+        sizes = sorted({h for _, _, h in here})
+        lines += ["", f"**{cell} {'training step' if mode == 'train' else 'inference'}, {threads} thread(s)**", "",
+                  "| T | B | " + " | ".join(f"H={h}" for h in sizes) + " |", "|---|---|" + "---:|" * len(sizes)]
+        for steps, batch in sorted({(t, b) for t, b, _ in here}):
+            cells = []
+            for h in sizes:
+                r = here.get((steps, batch, h))
+                if r is None:
+                    cells.append("-")
+                    continue
+                parts = []
+                for lengths, kernel_key, other in ((False, "kernel/nn", 1.0), (True, "kernel_len/nn", r["aten_len/nn"])):
+                    take = kernel_wins(cell, batch, h, steps, lengths, threads, capability, mode == "train")
+                    chosen, alternative = (r[kernel_key], other) if take else (other, r[kernel_key])
+                    parts.append(f"{chosen:.2f}{'k' if take else 'p'}")
+                cells.append(" · ".join(parts))
+            lines.append(f"| {steps} | {batch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -120,7 +152,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="auto: process CPU time at 1 thread (robust to other jobs), wall time otherwise")
     parser.add_argument("--quick", action="store_true", help="B in {1, 16}, H in {64, 128}, T 64, 3 rounds")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--report", default=None, metavar="JSON", help="print the Markdown tables of a results file")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text())))
+        return
     if not cpu_kernel.available():
         raise SystemExit("the CPU kernel is not available here: nothing to compare")
     capability = cpu_kernel.capability()

@@ -2,7 +2,7 @@
 
 Run it with the python of a separate TensorFlow environment (TF and torch do not share a process here)::
 
-    /work/tfvenv/bin/python benchmarks/tf_keras_worker.py --spec '{"cell": "LSTM", "batch": 16, ...}'
+    TFVENV/bin/python benchmarks/tf_keras_worker.py --spec '{"cell": "LSTM", "batch": 16, ...}'
 
 For every merge mode of the spec it builds ``keras.Sequential([Input((T, in)), Bidirectional(LSTM|GRU(H,
 return_sequences=True), merge_mode=m) x L])`` (float32, batch-major: Keras' native layout) and times:

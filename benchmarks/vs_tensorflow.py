@@ -2,8 +2,9 @@
 
 Usage (the TF side needs its own environment, outside the repo)::
 
-    python -m venv /work/tfvenv && /work/tfvenv/bin/pip install tensorflow-cpu keras
-    python -m benchmarks.vs_tensorflow [--tf-python /work/tfvenv/bin/python] [--rounds 5] [--threads 2]
+    python -m venv TFVENV && TFVENV/bin/pip install tensorflow-cpu keras      # TFVENV: any folder
+    python -m benchmarks.vs_tensorflow --tf-python TFVENV/bin/python [--rounds 5] [--threads 2]
+    (or set BIRNN_ZOO_TF_PYTHON=TFVENV/bin/python once instead of --tf-python)
                                        [--only TEXT] [--quick] [--out STEM]
 
 Writes ``benchmarks/results/vs_tensorflow[-quick].json`` (raw per-round times, versions, machine) and ``.md``.
@@ -56,8 +57,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 TF_WORKER = HERE / "tf_keras_worker.py"
-DEFAULT_TF_PYTHON = "/work/tfvenv/bin/python"
-VENV_HINT = "python -m venv /work/tfvenv && /work/tfvenv/bin/pip install tensorflow-cpu keras"
+TF_PYTHON_ENV = "BIRNN_ZOO_TF_PYTHON"  # no default path: where the TF venv lives is each machine's business
+VENV_HINT = "python -m venv TFVENV && TFVENV/bin/pip install tensorflow-cpu keras"
 
 # (batch, seq_len, input_size, hidden, num_layers): the issue's two sizes, then two more from configs.plan.
 SHAPES = [(64, 128, 128, 256, 2), (16, 512, 64, 128, 3), (64, 128, 128, 256, 4), (32, 64, 128, 256, 2)]
@@ -160,8 +161,8 @@ def check_tf_python(path: str) -> None:
     """Exit with instructions when the TF environment's python is missing or not executable."""
     if not (Path(path).is_file() and os.access(path, os.X_OK)):
         raise SystemExit(f"TensorFlow python not found at {path!r}. Create the TF environment outside the repo:\n"
-                         f"    {VENV_HINT}\nor pass --tf-python /path/to/python of an environment with tensorflow-cpu "
-                         "and keras.")
+                         f"    {VENV_HINT}\nand pass --tf-python /path/to/python of an environment with tensorflow-cpu "
+                         f"and keras (or set {TF_PYTHON_ENV}).")
 
 
 def worker_command(side: str, spec: Dict[str, Any], tf_python: str) -> List[str]:
@@ -329,7 +330,8 @@ def collect_versions(tf_result: Dict[str, Any], torch_result: Dict[str, Any]) ->
 def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Command-line arguments (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tf-python", default=DEFAULT_TF_PYTHON, help="python of the TF venv")
+    parser.add_argument("--tf-python", default=os.environ.get(TF_PYTHON_ENV, ""),
+                        help=f"python of the TF venv (default ${TF_PYTHON_ENV})")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of worker pairs (default 5; 2 with --quick)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads; TF intra- and inter-op threads")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case and worker (median)")
