@@ -1,0 +1,49 @@
+"""The one rule that picks the kernel or PyTorch's kernels: deterministic, and what the blocks follow."""
+
+import itertools
+
+import pytest
+import torch
+
+from models import BiGRU, BiLSTM, cpu_kernel, cpu_kernel_policy
+
+GRID = list(itertools.product(("LSTM", "GRU"), (1, 16, 64, 256), (64, 128, 256, 512), (64, 512), (False, True),
+                              (1, 2, 4, 16), ("avx2", "avx512"), (False, True)))
+
+
+def test_the_rule_is_a_pure_function_of_its_arguments() -> None:
+    first = [cpu_kernel_policy.kernel_wins(*args) for args in GRID]
+    assert first == [cpu_kernel_policy.kernel_wins(*args) for args in GRID]
+
+
+def test_more_than_two_threads_keeps_pytorchs_kernels() -> None:
+    assert not any(cpu_kernel_policy.kernel_wins(*args) for args in GRID if args[5] > 2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gru_and_lengths_take_the_kernel_up_to_two_threads(threads: int) -> None:
+    """Measured: nn.GRU is 1.1-16x slower than the kernel; PyTorch's lengths path 1.0-1.55x nn.LSTM."""
+    for cell, batch, hidden, steps, lengths, _, capability, training in GRID:
+        if cell == "GRU" or lengths:
+            assert cpu_kernel_policy.kernel_wins(cell, batch, hidden, steps, lengths, threads, capability, training)
+
+
+def test_blocks_follow_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not cpu_kernel.available():
+        pytest.skip("CPU kernel not built")
+    calls = []
+    real = cpu_kernel.fused_layer
+    monkeypatch.setattr(cpu_kernel, "fused_layer", lambda *args: calls.append(args[0]) or real(*args))
+    seen = []
+    monkeypatch.setattr(cpu_kernel, "kernel_wins", lambda *args: seen.append(args) or False)
+    x = torch.randn(6, 3, 4)
+    block = BiLSTM(4, 5, merge_mode="sum")
+    with torch.no_grad():
+        block(x)
+    assert calls == [] and seen[-1] == ("LSTM", 3, 5, 6, False, torch.get_num_threads(), cpu_kernel.capability(),
+                                        False)
+    block(x)  # parameters need gradients: a training step
+    assert calls == [] and seen[-1][7] is True
+    monkeypatch.setattr(cpu_kernel, "kernel_wins", lambda *args: seen.append(args) or True)
+    BiGRU(4, 5)(x.requires_grad_(), lengths=torch.tensor([6, 2, 3]))
+    assert calls == ["GRU"] and seen[-1][4] is True and seen[-1][7] is True
