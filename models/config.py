@@ -1,8 +1,11 @@
 """Check a composed training config before anything is loaded or built.
 
 Hydra's struct mode already refuses ``model.typo=1`` and a missing group option; this module refuses the
-rest (``+model.typo=1``, ``model.merge_mode=avg``, ``trainer.compile=jit``, ...) with the key path, the
-value and the allowed values, so a typo costs a second, not a run.
+rest (``+model.typo=1``, ``model.merge_mode=avg``, ``trainer.compile=jit``, ``model.hidden_size=0`` (the
+model is built on the meta device to run its own argument checks), ``optim.betas=[0.9]``,
+``trainer.device=cuda`` without a GPU, fp16 on CPU, ...) with the key path, the value and the allowed
+values, so a typo costs a second, not a run. ``train.py`` prints each as one line ``config error: ...`` and
+exits with status 2. Values are accepted as typed: ``trainer.precision=32`` (an int), ``"32"``, ``16``, ``bf16``.
 """
 
 import inspect

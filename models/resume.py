@@ -14,6 +14,8 @@ optimiser, schedule and step count): the way to continue with other optimisation
 rate after a divergence, or from another run's weights. The architecture must match (:func:`load_weights`).
 """
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -110,6 +112,30 @@ def load_for_resume(resume: str, current: Mapping[str, Any], device: torch.devic
     check_resume_config(path, state["config"], current)
     state["path"] = path
     return state
+
+
+def same_folder(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def adopt_history(source_dir: Path, run_dir: Path, progress: Dict[str, Any]) -> None:
+    """Make ``run_dir`` hold the resumed run's history up to the checkpoint: ``metrics.jsonl`` lines of the
+    epochs it has finished, and (resuming into another folder) the source's ``best.pt`` when it is not newer
+    than the checkpoint. The source folder is only read."""
+    lines = []
+    metrics = source_dir / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        try:
+            if json.loads(line).get("epoch", 0) <= progress["epoch"]:
+                lines.append(line)
+        except (ValueError, AttributeError):           # a line cut short by a kill: dropped
+            continue
+    (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    best = source_dir / "checkpoints" / "best.pt"
+    if not same_folder(source_dir, run_dir) and best.is_file():
+        if load_checkpoint(best)["progress"]["step"] <= progress["step"]:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(best, run_dir / "checkpoints" / "best.pt")
 
 
 def resolve_init_from(init_from: str) -> Path:

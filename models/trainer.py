@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import platform
-import shutil
 import signal
 import sys
 import time
@@ -43,7 +42,7 @@ from .checkpoint import (
 from .config import ConfigError, check_config, normalize_precision, optional_path
 from .data import ChecksumError, DataFormatError, build_data
 from .registry import create_model
-from .resume import load_for_resume, load_init_weights, load_weights, resolve_init_from
+from .resume import adopt_history, load_for_resume, load_init_weights, load_weights, resolve_init_from, same_folder
 from .run_folder import RunLock, continue_command, refuse_a_used_folder
 from .stopping import Interrupted, SignalStop, TrainingDiverged
 from .training import (
@@ -78,30 +77,6 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             lock.release()
 
 
-def _same_folder(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
-
-
-def _adopt_history(source_dir: Path, run_dir: Path, progress: Dict[str, Any]) -> None:
-    """Make ``run_dir`` hold the resumed run's history up to the checkpoint: ``metrics.jsonl`` lines of the
-    epochs it has finished, and (resuming into another folder) the source's ``best.pt`` when it is not newer
-    than the checkpoint. The source folder is only read."""
-    lines = []
-    metrics = source_dir / "metrics.jsonl"
-    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
-        try:
-            if json.loads(line).get("epoch", 0) <= progress["epoch"]:
-                lines.append(line)
-        except (ValueError, AttributeError):           # a line cut short by a kill: dropped
-            continue
-    (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
-    best = source_dir / "checkpoints" / "best.pt"
-    if not _same_folder(source_dir, run_dir) and best.is_file():
-        if load_checkpoint(best)["progress"]["step"] <= progress["step"]:
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(best, run_dir / "checkpoints" / "best.pt")
-
-
 def _finite(weights: Dict[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point())
 
@@ -120,7 +95,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         state = load_for_resume(resume, config, torch.device("cpu"))
         source_path: Path = state["path"]
         source_dir = source_path.parent.parent if source_path.parent.name == "checkpoints" else source_path.parent
-        if is_main and not _same_folder(source_dir, run_dir):
+        if is_main and not same_folder(source_dir, run_dir):
             refuse_a_used_folder(run_dir, trainer.overwrite)
     else:
         if init_from:                                   # exists: fail now, not after the data is read
@@ -180,9 +155,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         if trainer.restore_rng and rng is not None:
             restore_rng_state(rng)
         if dist.is_main:
-            _adopt_history(source_dir, run_dir, progress)
+            adopt_history(source_dir, run_dir, progress)
         log.info("resumed from %s at epoch %d, step %d%s", state["path"], progress["epoch"], progress["step"],
-                 "" if _same_folder(source_dir, run_dir) else f"; the continued run is written to {run_dir}")
+                 "" if same_folder(source_dir, run_dir) else f"; the continued run is written to {run_dir}")
         state = None                                   # free the loaded tensors
 
     # The last healthy weights (the start, then each last.pt written while the weights are finite and the
