@@ -135,7 +135,7 @@ def report(document: Dict[str, Any]) -> str:
                 for lengths, kernel_key, other in ((False, "kernel/nn", 1.0), (True, "kernel_len/nn", r["aten_len/nn"])):
                     take = kernel_wins(cell, batch, h, steps, lengths, threads, capability, mode == "train")
                     chosen, alternative = (r[kernel_key], other) if take else (other, r[kernel_key])
-                    parts.append(f"{chosen:.2f}{'k' if take else 'p'}")
+                    parts.append(f"{chosen:.2f}{'k' if take else 'p'}" + ("" if take else f" (k {alternative:.2f})"))
                 cells.append(" · ".join(parts))
             lines.append(f"| {steps} | {batch} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -174,7 +174,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         key = (cell, threads, mode, batch, hidden, steps)
         if key in done:
             continue
-        row: Dict[str, Any] = dict(zip(("cell", "threads", "mode", "B", "H", "T"), key))
+        row: Dict[str, Any] = dict(zip(("cell", "threads", "mode", "B", "H", "T"), key, strict=True))
         cost = gflop(cell, batch, hidden, steps) * (3 if mode == "train" else 1)
         if cost > args.max_gflop:
             row["skipped"] = f"{cost:.0f} GFLOP per call > --max-gflop {args.max_gflop:g}"
@@ -186,7 +186,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             row["clock"] = clock
             row["seconds"] = {k: statistics.median(v) for k, v in series.items()}
             for name in ("kernel", "kernel_len", "aten_len"):  # per-round ratios, then their median
-                ratios = [a / b for a, b in zip(series[name], series["nn"])]
+                ratios = [a / b for a, b in zip(series[name], series["nn"], strict=True)]
                 row[f"{name}/nn"] = round(statistics.median(ratios), 3)
             log(f"{cell} {mode} thr={threads} T={steps} B={batch} H={hidden}: kernel/nn {row['kernel/nn']:.2f} "
                 f"kernel_len/nn {row['kernel_len/nn']:.2f} aten_len/nn {row['aten_len/nn']:.2f}")

@@ -122,7 +122,7 @@ def _is_private(path: Path, kind: str) -> Optional[str]:
         return f"{path} cannot be read ({error})"
     if stat.S_ISLNK(info.st_mode):
         return f"{path} is a symbolic link"
-    if kind == "dir" and not stat.S_ISDIR(info.st_mode) or kind == "file" and not stat.S_ISREG(info.st_mode):
+    if (kind == "dir" and not stat.S_ISDIR(info.st_mode)) or (kind == "file" and not stat.S_ISREG(info.st_mode)):
         return f"{path} is not a {'folder' if kind == 'dir' else 'regular file'}"
     if hasattr(os, "getuid") and info.st_uid != os.getuid():
         return f"{path} belongs to another user (uid {info.st_uid})"

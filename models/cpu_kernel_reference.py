@@ -64,6 +64,6 @@ def reference_gradients(cell: int, inputs: Tuple[Tensor, Tensor, Optional[Tensor
         found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], seeds, create_graph=True,
                                     allow_unused=True)
     grads: List[Optional[Tensor]] = [None] * len(inputs)
-    for i, g in zip(wanted, found):
+    for i, g in zip(wanted, found, strict=True):
         grads[i] = g if g is not None else torch.zeros_like(inputs[i])  # type: ignore[arg-type]
     return tuple(grads)

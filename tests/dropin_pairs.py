@@ -1,7 +1,7 @@
 """A block next to its ``nn.LSTM``/``nn.GRU``/``nn.RNN(bidirectional=True)`` reference with the same weights, and
 the comparisons the drop-in tests make (float32 1e-5, float64 1e-10)."""
 
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Sequence, Tuple, Union
 
 import pytest
 import torch
@@ -13,20 +13,18 @@ from models import BiGRU, BiLSTM, BiRNN, cpu_kernel
 CELLS = {"lstm": (BiLSTM, nn.LSTM), "gru": (BiGRU, nn.GRU), "rnn": (BiRNN, nn.RNN)}
 TOL: Dict[torch.dtype, Dict[str, float]] = {torch.float32: {"atol": 1e-5, "rtol": 1e-5},
                                             torch.float64: {"atol": 1e-10, "rtol": 1e-10}}
-KERNEL_NO_FUNCTORCH = ("the CPU kernel is a custom op without functorch rules; models.cpu_kernel.applies is to route "
-                       "torch.func transforms to PyTorch's kernels (lead engineer's change)")
-KERNEL_NO_GRADGRAD = ("the CPU kernel's backward has no autograd formula; the lead engineer is making it recompute on "
-                      "PyTorch's kernels when create_graph=True")
-
-
 @pytest.fixture(params=["cpu-kernel", "aten"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both CPU paths: the project's kernel and PyTorch's fused kernels."""
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Both CPU paths: the project's kernel (wherever it can run, whatever the speed policy picks) and PyTorch's
+    fused kernels."""
     if request.param == "aten":
         monkeypatch.setattr(cpu_kernel, "applies", lambda *args, **kwargs: False)
-    elif not cpu_kernel.available():
+        yield request.param
+        return
+    if not cpu_kernel.available():
         pytest.skip("CPU kernel not built (tests/test_cpu_kernel.py says why)")
-    return request.param
+    with cpu_kernel.forced():
+        yield request.param
 
 
 def pair(cell: str, input_size: int = 3, hidden_size: int = 4, num_layers: int = 2,

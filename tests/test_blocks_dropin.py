@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from dropin_pairs import CELLS, KERNEL_NO_GRADGRAD, assert_same, assert_same_gradients, flat, initial_state, pair, path
+from dropin_pairs import CELLS, assert_same, assert_same_gradients, flat, initial_state, pair, path
 from torch.nn.utils import parametrizations, prune
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -205,6 +205,4 @@ def test_grad_and_gradgrad(cell: str, path: str, request: pytest.FixtureRequest)
     assert torch.autograd.gradcheck(call, (x, h, c))
     assert_same_gradients(call(x, h, c), _flat_call(reference, cell)(x, h, c), [x, h, c, *block.parameters()],
                           [x, h, c, *reference.parameters()], F64)
-    if path == "cpu-kernel" and cell != "rnn":
-        request.applymarker(pytest.mark.xfail(raises=RuntimeError, strict=True, reason=KERNEL_NO_GRADGRAD))
     assert torch.autograd.gradgradcheck(call, (x, h, c))

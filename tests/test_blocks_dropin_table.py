@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from dropin_pairs import CELLS, KERNEL_NO_FUNCTORCH, assert_same, assert_same_gradients, flat, initial_state, pair, path
+from dropin_pairs import CELLS, assert_same, assert_same_gradients, flat, initial_state, pair, path
 from torch.func import functional_call, grad, stack_module_state, vmap
 from torch.nn.utils import parametrizations
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -137,19 +137,12 @@ def test_row7_weight_norm_parametrization_is_used(cell: str, path: str) -> None:
     assert_same_gradients(flat(block(x)), flat(reference(x)), originals, their_originals)
 
 
-def _kernel_xfail(path: str, request: pytest.FixtureRequest, raises: type = RuntimeError) -> None:
-    if path == "cpu-kernel":
-        request.applymarker(pytest.mark.xfail(raises=raises, strict=True, reason=KERNEL_NO_FUNCTORCH))
-
-
 @pytest.mark.parametrize("cell", CELLS)
 def test_row8_torch_func_grad_equals_the_torch_module(cell: str, path: str, request: pytest.FixtureRequest) -> None:
     block, reference = pair(cell, 3, 4, 2, dtype=F64)
     x = torch.randn(5, 2, 3, dtype=F64)
     params = {name: p.detach() for name, p in reference.named_parameters()}
     theirs = grad(lambda p: functional_call(reference, p, (x,))[0].pow(2).sum())(params)
-    if cell != "rnn":
-        _kernel_xfail(path, request)
     ours = grad(lambda p: functional_call(block, p, (x,))[0].pow(2).sum())(params)
     assert_same(list(ours.values()), list(theirs.values()), F64)
 
@@ -164,8 +157,6 @@ def test_row8_vmap_over_stacked_ensembles_fails_as_for_the_torch_module(cell: st
         kwargs = {"bidirectional": True} if cls is CELLS[cell][1] else {}
         members = [cls(3, 4, **kwargs) for _ in range(3)]
         params, buffers = stack_module_state(members)
-        if cls is CELLS[cell][0] and cell != "rnn":
-            _kernel_xfail(path, request, raises=AssertionError)   # today the kernel's own error, not aten's
         with pytest.raises(RuntimeError, match="Batching rule not implemented for aten::"):
             vmap(lambda p, b, m=members[0]: functional_call(m, (p, b), (x,))[0])(params, buffers)
 

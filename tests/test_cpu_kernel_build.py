@@ -150,7 +150,7 @@ def test_capability_can_be_forced(forced: str, supported: list, expected: object
 
 def test_an_unknown_forced_capability_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cpu_kernel_build.FORCE_ENV, "sse9")
-    with pytest.raises(ValueError, match="BIRNN_ZOO_CPU_CAPABILITY='sse9'.*avx512, avx2, none"):
+    with pytest.raises(ValueError, match=r"BIRNN_ZOO_CPU_CAPABILITY='sse9'.*avx512, avx2, none"):
         cpu_kernel_build.choose_capability()
 
 

@@ -119,5 +119,5 @@ def test_kernel_entry_refuses_what_it_would_misread(position: int, bad: torch.Te
 def test_float64_input_to_a_float32_block_is_refused_not_misread() -> None:
     if not cpu_kernel.available():
         pytest.skip("CPU kernel not built")
-    with cpu_kernel.forced(), pytest.raises((TypeError, ValueError, RuntimeError), match="float64|Double|dtype"):
+    with cpu_kernel.forced(), pytest.raises((TypeError, ValueError, RuntimeError), match=r"float64|Double|dtype"):
         BiLSTM(5, 4)(torch.randn(6, 2, 5, dtype=torch.float64))
