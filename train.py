@@ -59,6 +59,11 @@ def main(cfg: DictConfig) -> float | None:
     except Interrupted as interrupt:
         print(f"interrupted at step {interrupt.step}; continue with: {interrupt.command}", file=sys.stderr)
         sys.exit(interrupt.exit_code)                  # 130 (SIGINT) / 143 (SIGTERM); a sweep stops too
+    except KeyboardInterrupt:                          # Ctrl-C outside the loop's steps, or a second Ctrl-C
+        message = f"interrupted; checkpoints in {run_dir / 'checkpoints'} are as last written"
+        log.warning("%s", message)
+        print(message, file=sys.stderr)
+        sys.exit(130)
     except TrainingDiverged as error:
         log.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
