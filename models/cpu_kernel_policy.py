@@ -7,7 +7,9 @@ so a run makes the same choice after a restart (bit-exact resume needs that; an 
 differently).
 
 What the measurements say (AVX2, AMD EPYC, torch 2.13; ratios are kernel time / ``nn.*`` time):
-- GRU: ``nn.GRU`` runs ~10 ATen ops per step; the kernel took 0.06-0.92x of its time at every size measured.
+- GRU: ``nn.GRU`` runs ~10 ATen ops per step; the kernel took 0.03-0.92x of its time at every size measured,
+  except one-thread training steps at B >= 256 with H >= 128 (1.41x, 1.44x with lengths where PyTorch's lengths
+  path took 1.13x): PyTorch's kernels there.
 - LSTM with ``lengths``: PyTorch's path costs 1.0-1.55x of ``nn.LSTM`` (two single-direction calls and
   gathers), the kernel 0.52-1.10x: the kernel, always.
 - LSTM without ``lengths``, one thread: 0.57-1.03x, except training steps with B >= 16 and H <= 128
@@ -29,7 +31,9 @@ def kernel_wins(cell: str, batch: int, hidden: int, steps: int, has_lengths: boo
     """
     if threads > 2:
         return False
-    if cell == "GRU" or has_lengths:
+    if cell == "GRU":
+        return not (threads == 1 and training and batch >= 256 and hidden >= 128)
+    if has_lengths:
         return True
     if threads == 1 and capability == "avx512":
         return False
