@@ -15,8 +15,8 @@ on PyTorch's fused kernels:
   direction as is (trailing padding cannot reach valid steps) and the backward direction on each
   sequence reversed within its own length (an index gather), reversed back after. No
   ``PackedSequence``: it takes the CPU LSTM off oneDNN (2.4x-6.1x slower per training step).
-``BiGRU(reset_after=False)`` (Keras's original GRU) takes the paths above (never the CPU kernel) with each
-fused call replaced by the exact time loop of ``models/gru_reset_before.py``.
+``BiGRU(reset_after=False)`` (Keras's original GRU) runs on the CPU kernel's third cell; elsewhere it takes the
+paths above with each fused call replaced by the exact time loop of ``models/gru_reset_before.py``.
 """
 
 
@@ -82,7 +82,7 @@ class _BiRNNBase(nn.Module):
                      "all_concat", "gates", "output_size", "saturate", "bidirectional", "proj_size", "reset_after"]
     __jit_unused_properties__ = ["all_weights"]
     saturate = _SATURATE
-    reset_after = True  # BiGRU(reset_after=False) sets False: Keras's original GRU on gru_reset_before
+    reset_after = True  # BiGRU(reset_after=False) sets False: Keras's original GRU (kernel cell 2, or gru_reset_before)
     merge_modes: List[Optional[str]]
     _flat_weights: List[Tensor]
 
@@ -329,11 +329,13 @@ class _BiRNNBase(nn.Module):
     @torch.jit.unused
     def _kernel_applies(self, x: Tensor, lengths: Optional[Tensor], weights: List[Tensor]) -> bool:
         """The CPU kernel or PyTorch's kernels: ``models/cpu_kernel_policy.py`` decides (training = gradients).
-        The kernel computes PyTorch's GRU only: a reset_after=False BiGRU never goes there."""
-        if not self.reset_after:
-            return False
+        A reset_after=False BiGRU is the kernel's third cell, ``GRU_RESET_BEFORE``."""
         training = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
-        return cpu_kernel.applies(x, self.mode, self.hidden_size, lengths is not None, training)
+        return cpu_kernel.applies(x, self._kernel_cell(), self.hidden_size, lengths is not None, training)
+
+    @torch.jit.unused
+    def _kernel_cell(self) -> str:
+        return self.mode if self.reset_after else "GRU_RESET_BEFORE"
 
     @torch.jit.unused
     def _run_kernel_layers(
@@ -348,7 +350,7 @@ class _BiRNNBase(nn.Module):
         cs: List[Tensor] = []
         for layer in range(self.num_layers):
             first = 2 * layer
-            out, h, c = cpu_kernel.fused_layer(self.mode, x, h0[first:first + 2], c0[first:first + 2], lengths,
+            out, h, c = cpu_kernel.fused_layer(self._kernel_cell(), x, h0[first:first + 2], c0[first:first + 2], lengths,
                                                self._layer_weights(weights, layer, 2), self.bias)
             x = self._between_layers(merge_stacked(out.flatten(2), self.merge_modes[layer], self.hidden_size),
                                      layer == self.num_layers - 1)
@@ -360,7 +362,7 @@ class _BiRNNBase(nn.Module):
         self, x: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor], num_layers: int, dropout: float,
         bidirectional: bool,
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        mode = self.mode if self.reset_after else "GRU_RESET_BEFORE"
+        mode = self.mode if self.reset_after else "GRU_RESET_BEFORE"  # not _kernel_cell(): TorchScript runs this
         if torch.jit.is_scripting():
             return _fused_kernels(mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training,
                                   bidirectional)
@@ -604,9 +606,9 @@ class BiGRU(_BiRNNBase):
         bidirectional: keyword only, must be True (accepted so ``nn.GRU(..., bidirectional=True)`` arguments
             carry over).
         reset_after: keyword only. True: PyTorch's GRU (Keras ``reset_after=True``), on the fused kernels.
-            False: Keras's original GRU (the reset gate applied before the recurrent product), computed on
-            every device and path by ``models/gru_reset_before.py``'s exact time loop (never the CPU kernel;
-            slower). Same parameters (names, shapes, gate order); ``b_hn`` lies outside the reset product, so
+            False: Keras's original GRU (the reset gate applied before the recurrent product), on the CPU
+            kernel (a second recurrent product per step), elsewhere by ``models/gru_reset_before.py``'s exact
+            time loop (slower). Same parameters (names, shapes, gate order); ``b_hn`` lies outside the reset product, so
             ``bias_ih`` and ``bias_hh`` just add up (Keras's single bias maps to ``bias_ih``). Default: True.
 
     Inputs: input, h_0, lengths

@@ -33,7 +33,7 @@ from . import cpu_kernel_build
 from .cpu_kernel_policy import kernel_wins
 from .cpu_kernel_reference import reference_gradients
 
-_CELLS = {"LSTM": 0, "GRU": 1}
+_CELLS = {"LSTM": 0, "GRU": 1, "GRU_RESET_BEFORE": 2}  # the last: Keras reset_after=False
 _lock = threading.Lock()
 _library: Optional[ctypes.CDLL] = None
 _capability: Optional[str] = None
@@ -152,8 +152,8 @@ def _check_layer(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor, 
                  c0: Tensor, lengths: Optional[Tensor], cell: int) -> None:
     """The kernel reads raw memory: refuse anything it would misread, before it reads a byte (a second line of
     defence behind the blocks' own checks)."""
-    if cell not in (0, 1):
-        raise ValueError(f"cell must be 0 (LSTM) or 1 (GRU), got {cell!r}")
+    if cell not in (0, 1, 2):
+        raise ValueError(f"cell must be 0 (LSTM), 1 (GRU) or 2 (GRU, reset gate before the product), got {cell!r}")
     if x.dim() != 3:
         raise ValueError(f"x must be (T, B, F), got shape {list(x.shape)}")
     if x.dtype not in (torch.float32, torch.float64):
@@ -318,8 +318,9 @@ def fused_layer(mode: str, x: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[
     w_hh = torch.stack([fw[1], bw[1]])
     b_ih: Optional[Tensor] = None
     b_hh: Optional[Tensor] = None
-    if has_biases:  # the LSTM adds both biases to the same gates: fold them; the GRU's b_hn is gated by r
-        b_ih = torch.stack([fw[2] + fw[3], bw[2] + bw[3]] if cell == 0 else [fw[2], bw[2]])
+    if has_biases:  # LSTM and reset-before GRU add both biases to the same pre-activations: fold them; the
+        # GRU's b_hn is gated by r
+        b_ih = torch.stack([fw[2] + fw[3], bw[2] + bw[3]] if cell != 1 else [fw[2], bw[2]])
         b_hh = torch.stack([fw[3], bw[3]]) if cell == 1 else None
     inputs = [x, w_ih, w_hh, h0, c0] + [b for b in (b_ih, b_hh) if b is not None]
     stash = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)

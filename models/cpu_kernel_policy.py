@@ -7,9 +7,9 @@ so a run makes the same choice after a restart (bit-exact resume needs that; an 
 differently).
 
 What the measurements say (AVX2, AMD EPYC, torch 2.13; ratios are kernel time / ``nn.*`` time):
-- GRU: ``nn.GRU`` runs ~10 ATen ops per step; the kernel took 0.03-0.92x of its time at every size measured,
-  except one-thread training steps at B >= 256 with H >= 128 (1.41x, 1.44x with lengths where PyTorch's lengths
-  path took 1.13x): PyTorch's kernels there.
+- GRU: ``nn.GRU`` runs ~10 ATen ops per step; the kernel took 0.03-0.98x of its time at every size measured,
+  except one-thread training steps at B = 256 (0.99-1.41x; with lengths 0.84-1.44x where PyTorch's lengths path
+  took 1.13-1.33x): PyTorch's kernels there.
 - LSTM with ``lengths``: PyTorch's path costs 1.0-1.55x of ``nn.LSTM`` (two single-direction calls and
   gathers), the kernel 0.52-1.10x: the kernel, always.
 - LSTM without ``lengths``, one thread: 0.57-1.03x, except training steps with B >= 16 and H <= 128
@@ -26,13 +26,16 @@ def kernel_wins(cell: str, batch: int, hidden: int, steps: int, has_lengths: boo
                 training: bool) -> bool:
     """True when the CPU kernel is expected to be at least as fast as PyTorch's fused kernels.
 
-    ``cell`` "LSTM" | "GRU"; ``batch``, ``hidden``, ``steps`` the layer's B, H, T; ``has_lengths`` a right-padded
+    ``cell`` "LSTM" | "GRU" | "GRU_RESET_BEFORE" (Keras ``reset_after=False``, whose only other path is a Python
+    time loop: always the kernel); ``batch``, ``hidden``, ``steps`` the layer's B, H, T; ``has_lengths`` a right-padded
     batch; ``threads`` ``torch.get_num_threads()``; ``capability`` "avx512" | "avx2"; ``training`` gradients needed.
     """
+    if cell == "GRU_RESET_BEFORE":  # Keras reset_after=False: no fused kernel exists, the fallback is a time loop
+        return True
     if threads > 2:
         return False
     if cell == "GRU":
-        return not (threads == 1 and training and batch >= 256 and hidden >= 128)
+        return not (threads == 1 and training and batch >= 256)
     if has_lengths:
         return True
     if threads == 1 and capability == "avx512":

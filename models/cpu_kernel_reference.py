@@ -13,15 +13,23 @@ import torch
 from torch import _VF, Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .gru_reset_before import gru_reset_before_direction
+
 
 def reference_layer(cell: int, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor,
                     b_hh: Optional[Tensor], h0: Tensor, c0: Tensor, lengths: Optional[Tensor]
                     ) -> Tuple[Tensor, Tensor, Tensor]:
-    """The kernel's layer in its own layout: ``x (T, B, F)``, ``w_ih (2, G, F)``, ``b_ih (2, G)`` (LSTM: both
-    biases folded), ``w_hh (2, G, H)``, ``b_hh (2, G)`` (GRU only), ``h0``/``c0 (2, B, H)`` -> ``out (T, B, 2, H)``
+    """The kernel's layer in its own layout (``cell`` 0 LSTM, 1 GRU, 2 reset-before GRU): ``x (T, B, F)``,
+    ``w_ih (2, G, F)``, ``b_ih (2, G)`` (LSTM and cell 2: both biases folded), ``w_hh (2, G, H)``, ``b_hh (2, G)``
+    (GRU only), ``h0``/``c0 (2, B, H)`` -> ``out (T, B, 2, H)``
     (zero at padded steps), ``h_n``, ``c_n (2, B, H)`` (``c_n`` is ``h_n`` for GRU)."""
     steps, batch, _ = x.shape
     hidden = w_hh.shape[2]
+    if cell == 2:  # reset gate before the recurrent product (Keras reset_after=False): its exact time loop
+        directions = [gru_reset_before_direction(x, h0[d], w_ih[d], w_hh[d], None if b_ih is None else b_ih[d], None,
+                                                 lengths, reverse=d == 1) for d in range(2)]
+        h_n = torch.stack([h for _, h in directions])
+        return torch.stack([out for out, _ in directions], 2), h_n, h_n
     has_biases = b_ih is not None or b_hh is not None
     weights: List[Tensor] = []
     for d in range(2):

@@ -112,3 +112,11 @@ def test_functorch_transforms_never_reach_the_kernel(capability: str, monkeypatc
     gru = BiGRU(3, 4)
     jvp(lambda a: gru(a)[0], (torch.randn(5, 2, 3),), (torch.randn(5, 2, 3),))
     assert calls == [1]
+
+
+def test_gradgradcheck_reset_before_gru(capability: str) -> None:
+    """Keras reset_after=False on the kernel: second order recomputed on its exact time loop."""
+    block = BiGRU(3, 2, reset_after=False).double()
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([4, 2])
+    assert torch.autograd.gradgradcheck(lambda a: block(a, lengths=lengths)[0], (x,))

@@ -2,6 +2,8 @@
 a float64 NumPy loop written from Keras's formula and Keras's weight layout, ``nn.GRU`` where both formulas
 agree (reset gate pinned to 1), per-row runs for ``lengths``, and ``gradcheck`` in float64."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -183,17 +185,28 @@ def test_bigru_reset_before_lengths_match_per_row_runs_and_script() -> None:
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
-def test_bigru_reset_before_never_reaches_the_cpu_kernel(monkeypatch) -> None:
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_bigru_reset_before_on_the_cpu_kernel_equals_the_time_loop(capability: str, monkeypatch, dtype, tol,
+                                                                   with_lengths: bool) -> None:
+    """The kernel's third cell (reset gate before the product) against the exact time loop: outputs, states and
+    every gradient, on each instruction set this CPU has."""
     calls = []
     real = cpu_kernel.fused_layer
-    monkeypatch.setattr(cpu_kernel, "fused_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
-    x, lengths = torch.randn(5, 2, 3), torch.tensor([5, 3])
-    _block("concat")(x, lengths=lengths)
-    _block("concat", dtype=torch.float64)(x.double())
-    assert calls == []
-    if cpu_kernel.available():   # the same call on a reset_after=True block does use the kernel
-        BiGRU(3, 4, 2)(x, lengths=lengths)
-        assert calls
+    monkeypatch.setattr(cpu_kernel, "fused_layer", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    block = _block(["sum", "concat"], dtype=dtype)
+    x = torch.randn(6, 3, 3, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(4, 3, 4, dtype=dtype, requires_grad=True)
+    lengths = torch.tensor([6, 2, 5]) if with_lengths else None
+    results = []
+    for switch in (contextlib.nullcontext, cpu_kernel.disabled):  # the fixture forces the kernel outside disabled()
+        with switch():
+            out, h_n = block(x, h0, lengths=lengths)
+            grads = torch.autograd.grad(out.square().sum() + h_n.sin().sum(), [x, h0, *block.parameters()])
+        results.append([out, h_n, *grads])
+    assert calls == ["GRU_RESET_BEFORE", "GRU_RESET_BEFORE"]  # two layers, the first run only
+    for kernel, loop in zip(*results, strict=True):
+        torch.testing.assert_close(kernel, loop, atol=tol, rtol=tol)
 
 
 def test_bigru_reset_before_gradcheck_float64() -> None:

@@ -116,7 +116,7 @@ class StepGemm<double> {
 
 template <typename T>
 struct Layer {
-  int cell;  // 0 LSTM, 1 GRU
+  int cell;  // 0 LSTM, 1 GRU, 2 GRU with the reset gate before the recurrent product (Keras reset_after=False)
   int steps, batch, hidden;
   int gh() const { return (cell == 0 ? 4 : 3) * hidden; }
   // time index of processing step s in direction d
@@ -151,7 +151,11 @@ void forward_direction(const Layer<T>& L, int d, int input_size, const T* x, con
   std::memcpy(h, h0 + int64_t(d) * B * H, sizeof(T) * B * H);
   if (lstm) std::memcpy(c, c0 + int64_t(d) * B * H, sizeof(T) * B * H);
   std::vector<T> pre(int64_t(B) * G), tmp(H);
-  const StepGemm<T> gemm(w, true, G, H);
+  // Reset-before GRU (cell 2): the r, z columns from h, then the n columns from r * h, a second product.
+  const bool reset_before = L.cell == 2;
+  const StepGemm<T> gemm(w, true, reset_before ? 2 * H : G, H);
+  const StepGemm<T> gemm_n(w + (reset_before ? int64_t(2) * H * H : 0), true, H, H);
+  std::vector<T> rh(reset_before ? int64_t(B) * H : 0);
   for (int s = 0; s < L.steps; ++s) {
     const int t = L.time(d, s);
     if (!keep_gates && s % chunk == 0) {
@@ -160,7 +164,24 @@ void forward_direction(const Layer<T>& L, int d, int input_size, const T* x, con
       blas_gemm(false, true, n * B, G, input_size, x + int64_t(chunk_start) * B * input_size, input_size, wi,
                 input_size, false, local.data(), G);
     }
-    gemm(B, h, H, pre.data(), G);  // pre = h @ W_hh^T
+    gemm(B, h, H, pre.data(), G);  // pre = h @ W_hh^T (reset-before: its r, z columns)
+    if (reset_before) {
+      // r, z for every valid row and r * h; then the n columns: (r * h) @ W_hn^T. b_ih holds both biases.
+      for (int b = 0; b < B; ++b) {
+        T* rhb = rh.data() + int64_t(b) * H;
+        if (!L.valid(lengths, t, b)) {
+          std::memset(rhb, 0, sizeof(T) * H);
+          continue;
+        }
+        const T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.data() + (int64_t(t - chunk_start) * B + b) * G;
+        T* g = pre.data() + int64_t(b) * G;
+        for (int j = 0; j < 2 * H; ++j) g[j] += xg[j] + (bi ? bi[j] : T(0));
+        sigmoid_(g, 2 * H);
+        const T* hb = h + int64_t(b) * H;
+        for (int j = 0; j < H; ++j) rhb[j] = g[j] * hb[j];
+      }
+      gemm_n(B, rh.data(), H, pre.data() + 2 * H, G);
+    }
     for (int b = 0; b < B; ++b) {
       T* hb = h + int64_t(b) * H;
       T* o = out + L.at(t, b, d, H);
@@ -177,6 +198,13 @@ void forward_direction(const Layer<T>& L, int d, int input_size, const T* x, con
           for (int j = 0; j < H; ++j) tmp[j] = cb[j] = g[H + j] * cb[j] + g[j] * g[2 * H + j];
           tanh_(tmp.data(), H);
           for (int j = 0; j < H; ++j) o[j] = hb[j] = g[3 * H + j] * tmp[j];
+        } else if (reset_before) {
+          for (int j = 2 * H; j < G; ++j) g[j] += xg[j] + (bi ? bi[j] : T(0));
+          tanh_(g + 2 * H, H);
+          for (int j = 0; j < H; ++j) {
+            const T n = g[2 * H + j];
+            o[j] = hb[j] = n + g[H + j] * (hb[j] - n);
+          }
         } else {
           for (int j = 0; j < 2 * H; ++j) g[j] = (g[j] + (bh ? bh[j] : T(0))) + (xg[j] + (bi ? bi[j] : T(0)));
           sigmoid_(g, 2 * H);
@@ -209,15 +237,18 @@ void forward_direction(const Layer<T>& L, int d, int input_size, const T* x, con
 template <typename T>
 void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh, const T* h0, const T* c0,
                         const int64_t* lengths, const T* h_all, const T* c_all, const T* gates, const T* ghn,
-                        T* dh_io, T* dc_io, T* d_gi, T* d_gh) {
+                        T* dh_io, T* dc_io, T* d_gi, T* d_gh, T* rh_all) {
   const int B = L.batch, H = L.hidden, G = L.gh();
-  const bool lstm = L.cell == 0;
+  const bool lstm = L.cell == 0, reset_before = L.cell == 2;
   const T* w = w_hh + int64_t(d) * G * H;
   T* dh = dh_io + int64_t(d) * B * H;
   T* dc = dc_io + int64_t(d) * B * H;
-  T* dhh = lstm ? d_gi : d_gh;  // what multiplies W_hh
+  T* dhh = lstm || reset_before ? d_gi : d_gh;  // what multiplies W_hh (reset-before: its r, z columns)
   std::vector<T> prev_grad(int64_t(B) * H), direct(int64_t(B) * H, T(0)), tc(H);
-  const StepGemm<T> gemm(w, false, H, G);
+  const StepGemm<T> gemm(w, false, H, reset_before ? 2 * H : G);
+  // Reset-before: d(r * h) = dn @ W_hn, one more product per step.
+  const StepGemm<T> gemm_n(w + (reset_before ? int64_t(2) * H * H : 0), false, H, H);
+  std::vector<T> d_rh(reset_before ? int64_t(B) * H : 0);
   for (int s = L.steps - 1; s >= 0; --s) {
     const int t = L.time(d, s);
     const int tp = d == 0 ? t - 1 : t + 1;  // where the previous state is stored
@@ -226,7 +257,8 @@ void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh,
       const int64_t row = L.at(t, b, d, G);
       if (!L.valid(lengths, t, b)) {
         std::memset(d_gi + row, 0, sizeof(T) * G);
-        if (!lstm) std::memset(d_gh + row, 0, sizeof(T) * G);
+        if (d_gh) std::memset(d_gh + row, 0, sizeof(T) * G);
+        if (rh_all) std::memset(rh_all + (int64_t(t) * B + b) * H, 0, sizeof(T) * H);
         continue;
       }
       const T* g = gates + row;
@@ -250,6 +282,18 @@ void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh,
           dgi[3 * H + j] = dhv * tc[j] * o * (T(1) - o);
           dcb[j] = dct * f;
         }
+      } else if (reset_before) {  // dr needs d(r * h) of every row first: the second pass below
+        T* db = direct.data() + int64_t(b) * H;
+        T* rh = rh_all + (int64_t(t) * B + b) * H;
+        for (int j = 0; j < H; ++j) {
+          const T r = g[j], z = g[H + j], n = g[2 * H + j];
+          const T dhv = dhb[j] + dob[j];
+          dgi[j] = T(0);
+          dgi[H + j] = dhv * (hp[j] - n) * z * (T(1) - z);
+          dgi[2 * H + j] = dhv * (T(1) - z) * (T(1) - n * n);
+          db[j] = dhv * z;
+          rh[j] = r * hp[j];
+        }
       } else {
         const T* hn = ghn + L.at(t, b, d, H);
         T* dgh = d_gh + row;
@@ -265,6 +309,22 @@ void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh,
           dgi[H + j] = dgh[H + j] = dz;
           dgi[2 * H + j] = dn;
           dgh[2 * H + j] = dn * r;
+        }
+      }
+    }
+    if (reset_before) {
+      gemm_n(B, d_gi + L.at(t, 0, d, G) + 2 * H, 2 * G, d_rh.data(), H);  // d(r * h) = dn @ W_hn
+      for (int b = 0; b < B; ++b) {
+        if (!L.valid(lengths, t, b)) continue;
+        const T* g = gates + L.at(t, b, d, G);
+        const T* hp = from_start ? h0 + (int64_t(d) * B + b) * H : h_all + L.at(tp, b, d, H);
+        const T* drh = d_rh.data() + int64_t(b) * H;
+        T* dgi = d_gi + L.at(t, b, d, G);
+        T* db = direct.data() + int64_t(b) * H;
+        for (int j = 0; j < H; ++j) {
+          const T r = g[j];
+          dgi[j] = drh[j] * hp[j] * r * (T(1) - r);
+          db[j] += drh[j] * r;
         }
       }
     }
@@ -298,10 +358,10 @@ void forward(int cell, int steps, int batch, int hidden, int input_size, const T
   }
 }
 
-// d_w (G x K, += when acc) = sum over rows of d_g[row]^T @ v[row]: d_g rows of stride 2G, v rows of stride ldv.
+// d_w (N x K, += when acc) = sum over rows of d_g[row]^T @ v[row]: d_g rows of stride ldg, v rows of stride ldv.
 template <typename T>
-void weight_grad(int rows, int G, int K, const T* d_g, const T* v, int ldv, bool acc, T* d_w) {
-  if (rows > 0) blas_gemm(true, false, G, K, rows, d_g, 2 * G, v, ldv, acc, d_w, K);
+void weight_grad(int rows, int N, int K, const T* d_g, int ldg, const T* v, int ldv, bool acc, T* d_w) {
+  if (rows > 0) blas_gemm(true, false, N, K, rows, d_g, ldg, v, ldv, acc, d_w, K);
 }
 
 // Column sums of (rows x G) with row stride 2G.
@@ -322,21 +382,27 @@ void backward(int cell, int steps, int batch, int hidden, int input_size, const 
   const Layer<T> L{cell, steps, batch, hidden};
   const int G = L.gh(), H = hidden, F = input_size, B = batch;
   const int64_t rows = int64_t(steps) * batch;
-  const T* dhh = cell == 0 ? d_gi : d_gh;
+  const bool reset_before = cell == 2;
+  const T* dhh = cell == 1 ? d_gh : d_gi;
+  const int G_h = reset_before ? 2 * H : G;  // rows of W_hh that meet the previous state itself
 #pragma omp parallel num_threads(threads)
   {
     const int one = 1, before = mkl_set_num_threads_local_(&one);
 #pragma omp for schedule(static, 1)
     for (int d = 0; d < 2; ++d) {
-      backward_direction(L, d, d_out, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, dh, dc, d_gi, d_gh);
-      weight_grad(int(rows), G, F, d_gi + d * G, x, F, false, d_w_ih + int64_t(d) * G * F);
+      std::vector<T> rh_all(reset_before ? rows * H : 0);  // reset-before: r * h_prev of every step, (T, B, H)
+      backward_direction(L, d, d_out, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, dh, dc, d_gi, d_gh,
+                         reset_before ? rh_all.data() : nullptr);
+      weight_grad(int(rows), G, F, d_gi + d * G, 2 * G, x, F, false, d_w_ih + int64_t(d) * G * F);
       // W_hh met the previous state: h0 at the direction's first step, else h_all one step back in its order.
       T* dw = d_w_hh + int64_t(d) * G * H;
       const int first = d == 0 ? 0 : steps - 1;
-      weight_grad(B, G, H, dhh + L.at(first, 0, d, G), h0 + int64_t(d) * B * H, H, false, dw);
+      weight_grad(B, G_h, H, dhh + L.at(first, 0, d, G), 2 * G, h0 + int64_t(d) * B * H, H, false, dw);
       const int later = d == 0 ? 1 : 0;  // d_g rows of the steps after the first, against h_all shifted by one
-      weight_grad((steps - 1) * B, G, H, dhh + L.at(later, 0, d, G), h_all + L.at(1 - later, 0, d, H), 2 * H, true,
-                  dw);
+      weight_grad((steps - 1) * B, G_h, H, dhh + L.at(later, 0, d, G), 2 * G, h_all + L.at(1 - later, 0, d, H),
+                  2 * H, true, dw);
+      if (reset_before)  // W_hn met r * h_prev
+        weight_grad(int(rows), H, H, d_gi + d * G + 2 * H, 2 * G, rh_all.data(), H, false, dw + int64_t(2) * H * H);
       if (d_b_ih) bias_grad(rows, G, d_gi + d * G, d_b_ih + int64_t(d) * G);
       if (d_b_hh) bias_grad(rows, G, dhh + d * G, d_b_hh + int64_t(d) * G);
     }
