@@ -8,12 +8,15 @@ differently).
 
 What the measurements say (AVX2, AMD EPYC, torch 2.13; ratios are kernel time / ``nn.*`` time):
 - GRU: ``nn.GRU`` runs ~10 ATen ops per step; the kernel took 0.03-0.98x of its time at every size measured,
-  except one-thread training steps at B = 256 (0.99-1.41x; with lengths 0.84-1.44x where PyTorch's lengths path
-  took 1.13-1.33x): PyTorch's kernels there.
+  except one-thread training steps at B = 256 (0.99-1.41x): PyTorch's kernels there, with lengths too from
+  H = 128 (kernel 1.44x, PyTorch's lengths path 1.13x; at H = 64 the kernel's 0.84-1.31x against 1.21-1.33x).
 - LSTM with ``lengths``: PyTorch's path costs 1.0-1.55x of ``nn.LSTM`` (two single-direction calls and
   gathers), the kernel 0.52-1.10x: the kernel, always.
 - LSTM without ``lengths``, one thread: 0.57-1.03x, except training steps with B >= 16 and H <= 128
   (1.00-1.11x: oneDNN's backward GEMMs beat MKL's at these shapes on AMD): PyTorch's kernels there.
+- Two threads (each direction on its own core): GRU 0.04-0.84x, LSTM 0.12-0.96x, except LSTM inference at
+  H >= 512 with 1 < B < 64 (1.0-1.05x, re-measured: oneDNN splits those large per-step products well over two
+  cores): PyTorch's kernels there unless with ``lengths`` (1.02x against PyTorch's 1.14x).
 - More than two threads: the kernel runs one thread per direction, oneDNN/ATen use every core. Not measured on
   a many-core machine yet: PyTorch's kernels, never slower than ``nn.*`` by construction.
 - AVX-512 builds: not re-measured since the gate math and step product were rewritten (no AVX-512 CPU in
@@ -35,11 +38,13 @@ def kernel_wins(cell: str, batch: int, hidden: int, steps: int, has_lengths: boo
     if threads > 2:
         return False
     if cell == "GRU":
-        return not (threads == 1 and training and batch >= 256)
+        return not (threads == 1 and training and batch >= 256 and (not has_lengths or hidden >= 128))
     if has_lengths:
         return True
     if threads == 1 and capability == "avx512":
         return False
     if threads == 1 and training and batch >= 16 and hidden <= 128:
+        return False
+    if threads == 2 and not training and hidden >= 512 and 1 < batch < 64:
         return False
     return True
