@@ -24,7 +24,7 @@ import ctypes
 import os
 import threading
 import warnings
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, ContextManager, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -68,26 +68,25 @@ def capability() -> Optional[str]:
 
 
 @contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """Within this block (this thread only) the blocks run on PyTorch's fused kernels, as without the kernel."""
-    before = getattr(_switch, "off", False)
-    _switch.off = True
+def _switched_on(flag: str) -> Iterator[None]:
+    """Set ``_switch.<flag>`` for this thread within the block, then restore it (blocks nest)."""
+    before = getattr(_switch, flag, False)
+    setattr(_switch, flag, True)
     try:
         yield
     finally:
-        _switch.off = before
+        setattr(_switch, flag, before)
 
 
-@contextlib.contextmanager
-def forced() -> Iterator[None]:
+def disabled() -> ContextManager[None]:
+    """Within this block (this thread only) the blocks run on PyTorch's fused kernels, as without the kernel."""
+    return _switched_on("off")
+
+
+def forced() -> ContextManager[None]:
     """Within this block (this thread only) the blocks take the kernel wherever it can run, whatever the policy
     says: for benchmarks that compare the two paths and tests that cover both."""
-    before = getattr(_switch, "forced", False)
-    _switch.forced = True
-    try:
-        yield
-    finally:
-        _switch.forced = before
+    return _switched_on("forced")
 
 
 def _in_functorch_transform() -> bool:
