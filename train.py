@@ -2,7 +2,7 @@
 
 Hydra composes ``conf/``; ``models.trainer.train`` does the rest (read it top to bottom). Sweeps:
 ``python train.py -m model.merge_mode=concat,sum,mul,ave`` then the report lands in the sweep folder.
-Data-parallel: ``torchrun --standalone --nproc_per_node=N train.py ...`` (see ``models/distributed.py``).
+Data-parallel: ``torchrun --standalone --nproc_per_node=N train.py ...`` (see ``models/training/distributed.py``).
 """
 
 import os
@@ -20,11 +20,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from models import distributed
-from models.config import ConfigError
-from models.report import JOB_ERROR
-from models.stopping import Interrupted, TrainingDiverged
-from models.trainer import train
+from models.training import distributed
+from models.training.config import ConfigError
+from models.training.loop import train
+from models.training.report import JOB_ERROR
+from models.training.stopping import Interrupted, TrainingDiverged
 
 log = logging.getLogger("train")
 failed_jobs: list = []   # sweep jobs that failed in this process (the basic launcher runs them all here)
@@ -71,7 +71,7 @@ def main(cfg: DictConfig) -> float | None:
             _record_failure(run_dir, error, "diverged")
             return None
         sys.exit(1)
-    except Exception as error:                         # noqa: BLE001 - a sweep records it and goes on
+    except Exception as error:
         if not sweeping:
             raise
         log.exception("job failed; the sweep goes on")
@@ -90,7 +90,7 @@ def cli() -> None:
         main()
     finally:
         distributed.shutdown()
-    from models import report
+    from models.training import report
 
     if failed_jobs or report.failed_in_last_sweep:
         sys.exit(1)                                    # the sweep ran to its end, but not every job succeeded

@@ -122,7 +122,7 @@ def build_cases(config: Config, device: str, threads: int, log: Callable[[str], 
             add(f"blocks[{mode}]+lengths", "lengths", mode, block(mode), [x], compare_to=f"blocks[{mode}]",
                 kwargs={"lengths": lengths})
     if "aten" in fam and device == "cpu":
-        # The same blocks with the CPU kernel switched off: the before/after of models/cpu_kernel.py.
+        # The same blocks with the CPU kernel switched off: the before/after of models/blocks/cpu_kernel/__init__.py.
         for mode in c.merge_modes:
             add(f"aten[{mode}]", "aten", mode, AtenPath(block(mode)), [x], compare_to=f"blocks[{mode}]")
         if "lengths" in fam:

@@ -1,6 +1,6 @@
 """``python -m benchmarks.kernel_matrix [--threads 1 2] [--cells LSTM GRU] [--modes infer train] [--quick]``.
 
-The measurements behind ``models/cpu_kernel_policy.py``: for each cell, thread count, inference or training step,
+The measurements behind ``models/blocks/cpu_kernel/policy.py``: for each cell, thread count, inference or training step,
 B in {1, 16, 64, 256}, H in {64, 128, 256, 512}, T in {64, 512} (one bidirectional layer, input size H), four
 variants timed side by side in interleaved rounds:
 
@@ -111,9 +111,9 @@ def timed_rounds(items: Dict[str, Callable[[], None]], threads: int, rounds: int
 
 def report(document: Dict[str, Any]) -> str:
     """Markdown: per cell, step kind and thread count, a (T, B) x H table of what the block costs relative to
-    ``nn.*`` under ``models/cpu_kernel_policy.py``: ``no lengths · lengths``, with the path the policy takes
+    ``nn.*`` under ``models/blocks/cpu_kernel/policy.py``: ``no lengths · lengths``, with the path the policy takes
     (``k`` kernel, ``p`` PyTorch's kernels) and the other path's ratio in brackets where they differ."""
-    from models.cpu_kernel_policy import kernel_wins
+    from models.blocks.cpu_kernel.policy import kernel_wins
 
     capability = document["machine"]["capability"]
     lines = [f"Machine: {document['machine']['lscpu']}, capability `{capability}`, torch {document['machine']['torch']}."]

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from models import cpu_kernel
+from models.blocks import cpu_kernel
 from models.merge import merge_directions, merged_size
 
 _CELLS = {"LSTM": nn.LSTM, "GRU": nn.GRU}

@@ -1,15 +1,35 @@
-"""birnn-zoo: multi-layer bidirectional RNNs with a Keras merge mode after every layer."""
+"""birnn-zoo: multi-layer bidirectional RNNs with a Keras merge mode after every layer.
 
-from . import zoo  # noqa: F401  (registers the presets)
+The package is grouped by layer; the public API is re-exported here:
+
+- ``models.merge``: the merge-mode words (``concat``, ``sum``, ``mul``, ``ave``, ``None``), spelled only there.
+- ``models.blocks``: the layers ``BiLSTM``, ``BiGRU``, ``BiRNN`` and their CPU kernel (``models.blocks.cpu_kernel``).
+- ``models.zoo``: the registry (``create_model``, ``list_models``, ``register_model``), presets, classifier, pooling.
+- ``models.deploy``: ``compile_model``, ``export``, ``load_exported``.
+- ``models.training``: the training loop behind ``train.py``, its config, checkpoints, run folders, reports.
+- ``models.data`` (datasets, batching, downloads) and ``models.keras`` (Keras model import).
+
+Old flat module paths (``models.cpu_kernel``, ``models.trainer``, ``models.report``, ...) keep importing:
+see ``models/_moved.py``.
+"""
+
+from types import ModuleType
+
+from . import _moved
 from .blocks import BiGRU, BiLSTM, BiRNN
-from .classifier import SequenceClassifier
-from .compile import COMPILE_MODES, compile_model
-from .export import EXPORT_FORMATS, export, load_exported
+from .deploy import COMPILE_MODES, EXPORT_FORMATS, compile_model, export, load_exported
 from .merge import MERGE_MODES, merge_directions, resolve_merge_modes
-from .registry import create_model, describe_models, list_models, register_model
+from .zoo import SequenceClassifier, create_model, describe_models, list_models, register_model
+
+_moved.install()
 
 __all__ = [
     "BiGRU", "BiLSTM", "BiRNN", "MERGE_MODES", "merge_directions", "resolve_merge_modes",
     "SequenceClassifier", "create_model", "describe_models", "list_models", "register_model",
     "COMPILE_MODES", "compile_model", "EXPORT_FORMATS", "export", "load_exported",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """Old module paths as attributes (``models.cpu_kernel.disabled()`` after ``import models``)."""
+    return _moved.old_attribute(name)

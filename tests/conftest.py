@@ -5,7 +5,8 @@ from typing import Iterator
 import pytest
 import torch
 
-from models import cpu_kernel, cpu_kernel_build
+from models.blocks import cpu_kernel
+from models.blocks.cpu_kernel import build as cpu_kernel_build
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -5,8 +5,8 @@ import torch
 from token_batches import padded_tokens
 
 from models import SequenceClassifier
-from models.classifier import CELLS, POOLINGS
 from models.merge import MERGE_MODES, merge_directions
+from models.zoo.classifier import CELLS, POOLINGS
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 

@@ -1,4 +1,4 @@
-"""The CPU kernel (models/csrc/birnn_cpu.cpp) against PyTorch's packed nn.LSTM/nn.GRU, float64 and float32,
+"""The CPU kernel (models/blocks/cpu_kernel/csrc/birnn_cpu.cpp) against PyTorch's packed nn.LSTM/nn.GRU, float64 and float32,
 and its fallback. Fresh random inputs every run."""
 
 import os

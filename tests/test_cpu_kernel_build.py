@@ -13,7 +13,8 @@ from typing import List
 import pytest
 import torch
 
-from models import cpu_kernel, cpu_kernel_build
+from models.blocks import cpu_kernel
+from models.blocks.cpu_kernel import build as cpu_kernel_build
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built")

@@ -22,10 +22,10 @@ from typing import Dict, List
 import pytest
 import torch
 
-from models import distributed
-from models.checkpoint import load_checkpoint
-from models.config import ConfigError
 from models.data.batching import Batch
+from models.training import distributed
+from models.training.checkpoint import load_checkpoint
+from models.training.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 # 199 examples in batches of 32: 6 full batches and one of 7, which 2 ranks split 3 + 4 (uneven on purpose).

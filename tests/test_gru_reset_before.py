@@ -1,4 +1,4 @@
-"""The ``reset_after=False`` GRU reference (``models/gru_reset_before.py``) against independent references:
+"""The ``reset_after=False`` GRU reference (``models/blocks/gru_reset_before.py``) against independent references:
 a float64 NumPy loop written from Keras's formula and Keras's weight layout, ``nn.GRU`` where both formulas
 agree (reset gate pinned to 1), per-row runs for ``lengths``, and ``gradcheck`` in float64."""
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from models import BiGRU, cpu_kernel
-from models.gru_reset_before import GRUResetBefore, gru_reset_before, gru_reset_before_direction
+from models.blocks.gru_reset_before import GRUResetBefore, gru_reset_before, gru_reset_before_direction
 from models.merge import merge_directions
 
 

@@ -20,7 +20,7 @@ keras = pytest.importorskip("keras")
 from keras import layers  # noqa: E402
 
 from models import BiGRU, BiLSTM, BiRNN  # noqa: E402
-from models.pooling import compact_valid_steps  # noqa: E402
+from models.zoo.pooling import compact_valid_steps  # noqa: E402
 
 B, T, F, H = 4, 6, 3, 4
 ATOL = 1e-5

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from models import create_model
-from models.classifier import SequenceClassifier
-from models.token_ids import check_token_ids
+from models.zoo.classifier import SequenceClassifier
+from models.zoo.token_ids import check_token_ids
 
 VOCAB = 11
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.notebook_utils import (
+from models.training.notebook_utils import (
     clear_outputs,
     count_parameters,
     find_repo_root,
@@ -50,9 +50,9 @@ def test_find_repo_root_defaults_to_the_working_directory(tmp_path: Path, monkey
 
 
 def test_find_repo_root_raises_when_nothing_has_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import models.notebook_utils as utils
+    import models.training.notebook_utils as utils
 
-    monkeypatch.setattr(utils, "__file__", str(tmp_path / "site-packages" / "models" / "notebook_utils.py"))
+    monkeypatch.setattr(utils, "__file__", str(tmp_path / "site-packages" / "models" / "training" / "notebook_utils.py"))
     with pytest.raises(FileNotFoundError, match=r"conf/config\.yaml"):
         find_repo_root(tmp_path)
 
@@ -81,7 +81,7 @@ def test_read_metrics_errors(tmp_path: Path) -> None:
 def test_read_metrics_reads_a_real_training_run(tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
 
-    from models.trainer import train
+    from models.training.loop import train
 
     overrides = ["data.num_train=64", "data.num_val=32", "data.num_test=32", "data.min_len=4", "data.max_len=8",
                  "data.batch_size=32", "model.hidden_size=4", "model.embed_dim=4", "trainer.max_epochs=2",
@@ -121,7 +121,7 @@ def test_read_summary_csv_converts_numbers(tmp_path: Path) -> None:
 
 
 def test_read_summary_csv_reads_the_report_format(tmp_path: Path) -> None:
-    from models.report import COLUMNS, write_report
+    from models.training.report import COLUMNS, write_report
 
     for seed in (0, 1):
         row = {key: 1 for key in COLUMNS}

@@ -15,7 +15,7 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKerne
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from models.notebook_utils import notebook_output_problems
+from models.training.notebook_utils import notebook_output_problems
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK_PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))

@@ -6,7 +6,7 @@ from token_batches import mixed_lengths, padded_tokens
 
 import models
 from models import SequenceClassifier, create_model, describe_models, list_models, register_model
-from models import registry as registry_module
+from models.zoo import registry as registry_module
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 VOCAB = 31

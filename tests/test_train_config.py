@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from models import create_model
-from models.config import ConfigError, check_config, normalize_precision
+from models.training.config import ConfigError, check_config, normalize_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.report import load_results, main, summarize, write_report
+from models.training.report import load_results, main, summarize, write_report
 
 
 def config(hidden: int, seed: int, lr: float = 0.003) -> dict:

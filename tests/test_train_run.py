@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import FORMAT, REQUIRED_KEYS, load_checkpoint, save_checkpoint
+from models.training.checkpoint import FORMAT, REQUIRED_KEYS, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.num_train=192", "data.num_val=64", "data.num_test=64", "data.min_len=6", "data.max_len=12",
@@ -46,7 +46,7 @@ def test_a_tiny_run_writes_every_output(tmp_path: Path) -> None:
 # ``python train.py`` whose training raises (a bug, a full disk, ...) for hidden size 16: a job that raised.
 RAISES_FOR_16 = """
 import runpy, sys
-import models.trainer
+import models.training.loop
 real = models.trainer.train
 def train(cfg, run_dir):
     if cfg.model.hidden_size == 16:
@@ -171,7 +171,7 @@ def test_validation_runs_in_eval_mode(tmp_path: Path) -> None:
 
     from models import create_model
     from models.data import build_data
-    from models.training import evaluate
+    from models.training.steps import evaluate
 
     overrides = [*TINY, "trainer.max_epochs=1", "model.head_dropout=0.9", "model.embed_dropout=0.5"]
     result = run_train(f"hydra.run.dir={tmp_path}", *overrides[len(TINY):])

@@ -13,10 +13,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.config import ConfigError
 from models.data import DataBundle, ListDataset
-from models.trainer import train
+from models.training.checkpoint import load_checkpoint, save_checkpoint
+from models.training.config import ConfigError
+from models.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
-from models.config import ConfigError
+from models.training.checkpoint import load_checkpoint
+from models.training.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 # 100 steps per epoch: a signal sent a moment after epoch 1 ends lands in the middle of epoch 2.
@@ -49,7 +49,7 @@ def train_in_process(overrides: list) -> dict:
     """``python train.py <overrides>`` in this process (``hydra.run.dir=`` is the run folder)."""
     from hydra import compose, initialize_config_dir
 
-    from models.trainer import train
+    from models.training.loop import train
 
     run_dir = Path(next(o for o in overrides if o.startswith("hydra.run.dir=")).split("=", 1)[1])
     threads = torch.get_num_threads()

@@ -4,7 +4,7 @@ Mapping (verified against Keras 3): a kernel ``(in, G*H)`` transposes to ``weigh
 kernel likewise to ``weight_hh``; LSTM gates i, f, c, o keep their order and ``bias (4H,)`` becomes ``bias_ih``
 with ``bias_hh`` zero; GRU gates z, r, h reorder to PyTorch's r, z, n and the ``(2, 3H)`` bias splits into
 ``bias_ih`` (row 0) and ``bias_hh`` (row 1); a ``reset_after=False`` GRU's single ``bias (3H,)`` becomes
-``bias_ih`` with ``bias_hh`` zero (see ``models/gru_reset_before.py``); SimpleRNN as LSTM with one gate; Dense
+``bias_ih`` with ``bias_hh`` zero (see ``models/blocks/gru_reset_before.py``); SimpleRNN as LSTM with one gate; Dense
 (or ``TimeDistributed(Dense)``) ``kernel (in, out)`` transposes; Embedding is as is. Keras 2 files use the
 same arrays and orders (``.h5``: ``model_weights/<name>`` by ``weight_names``; ``tf_keras``'s ``.keras``:
 Keras 3's ``layers/<path>`` layout).
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..blocks import _BiRNNBase
+from ..blocks.base import _BiRNNBase
 from .archive import (
     WeightFile,
     check_dataset,

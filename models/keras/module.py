@@ -16,10 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from ..blocks import BiGRU, BiLSTM, BiRNN
-from ..gru_reset_before import GRUResetBefore
+from ..blocks.gru_reset_before import GRUResetBefore
 from ..merge import merge_directions
-from ..pooling import compact_valid_steps
-from ..token_ids import check_token_ids
+from ..zoo.pooling import compact_valid_steps
+from ..zoo.token_ids import check_token_ids
 
 _UNIDIRECTIONAL = {"LSTM": nn.LSTM, "GRU": nn.GRU, "SimpleRNN": nn.RNN}
 

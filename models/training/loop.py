@@ -5,12 +5,12 @@ Config -> checks -> data -> ``models.create_model`` -> loop -> best checkpoint o
 ``run_dir``: ``metrics.jsonl`` (one line per epoch), ``results.json``, ``checkpoints/last.pt`` and ``best.pt``
 (atomic, resumable with ``trainer.resume=<run dir>``), TensorBoard events when installed.
 
-The run folder belongs to this run (``models/run_folder.py``: lock file, no silent reuse); a resume must
-match the checkpoint's model, data and optimisation settings (``models/resume.py``); SIGINT/SIGTERM and
-divergence stop cleanly with the command that continues (``models/stopping.py``).
+The run folder belongs to this run (``models/training/run_folder.py``: lock file, no silent reuse); a resume must
+match the checkpoint's model, data and optimisation settings (``models/training/resume.py``); SIGINT/SIGTERM and
+divergence stop cleanly with the command that continues (``models/training/stopping.py``).
 
 Under ``torchrun`` the same loop runs as one rank of a DistributedDataParallel job: ``ddp.*`` calls shard each
-global batch, sum metrics over ranks and let rank 0 alone write (``models/distributed.py``); in one process
+global batch, sum metrics over ranks and let rank 0 alone write (``models/training/distributed.py``); in one process
 they do nothing.
 """
 
@@ -30,22 +30,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from ..data import ChecksumError, DataFormatError, build_data
+from ..zoo.registry import create_model
 from . import distributed as ddp
 from .checkpoint import (
     FORMAT,
     capture_rng_state,
     load_checkpoint,
-    resolve_checkpoint_path,
     restore_rng_state,
     save_checkpoint,
 )
 from .config import ConfigError, check_config, normalize_precision, optional_path
-from .data import ChecksumError, DataFormatError, build_data
-from .registry import create_model
 from .resume import adopt_history, load_for_resume, load_init_weights, load_weights, resolve_init_from, same_folder
 from .run_folder import RunLock, continue_command, refuse_a_used_folder
-from .stopping import Interrupted, SignalStop, TrainingDiverged
-from .training import (
+from .steps import (
     autocast_dtype,
     build_optimizer,
     build_scheduler,
@@ -54,6 +52,7 @@ from .training import (
     seed_everything,
     to_device,
 )
+from .stopping import Interrupted, SignalStop, TrainingDiverged
 
 log = logging.getLogger("train")
 

@@ -14,11 +14,11 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .classifier import CELLS, POOLINGS, SequenceClassifier
-from .compile import COMPILE_MODES
-from .data import resolve_config as resolve_data_config
-from .merge import resolve_merge_modes
-from .registry import list_models
+from ..data import resolve_config as resolve_data_config
+from ..deploy.compile import COMPILE_MODES
+from ..merge import resolve_merge_modes
+from ..zoo.classifier import CELLS, POOLINGS, SequenceClassifier
+from ..zoo.registry import list_models
 
 TOP_LEVEL = ("model", "data", "optim", "trainer", "seed")
 OPTIMIZERS = ("adamw", "adam", "sgd")

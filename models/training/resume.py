@@ -22,9 +22,9 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
+from ..data import resolve_config as resolve_data_config
 from .checkpoint import load_checkpoint, resolve_checkpoint_path
 from .config import ConfigError, normalize_precision
-from .data import resolve_config as resolve_data_config
 
 DATA_LOCATION_KEYS = ("root", "download", "verify_checksum", "num_workers")
 """``data.*`` keys that say where files live or how they are loaded, not what the data is."""

@@ -105,7 +105,7 @@ class RunLock:
                 pid, host = holder.get("pid"), holder.get("host")
                 same_host = host == self.owner["host"]
                 if same_host and isinstance(pid, int) and pid == os.getpid():
-                    raise ConfigError(f"run folder {self.path.parent} is already in use by this process")
+                    raise ConfigError(f"run folder {self.path.parent} is already in use by this process") from None
                 if same_host and isinstance(pid, int) and pid > 0 and not _alive(pid):
                     log.warning("taking over the stale lock %s of process %d, which no longer runs", self.path, pid)
                     self.path.unlink(missing_ok=True)
@@ -113,7 +113,7 @@ class RunLock:
                 raise ConfigError(
                     f"run folder {self.path.parent} is in use by process {pid} on {host} (lock file {self.path}); "
                     f"wait for it to finish, choose another hydra.run.dir, or delete the lock file if that "
-                    f"process is gone")
+                    f"process is gone") from None
             with os.fdopen(handle, "w") as file:
                 json.dump(self.owner, file)
             self.held = True

@@ -33,7 +33,7 @@ def find_repo_root(start: Optional[PathLike] = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / CONFIG_MARKER).is_file():
             return folder
-    package_parent = Path(__file__).resolve().parents[1]
+    package_parent = Path(__file__).resolve().parents[2]  # models/training/notebook_utils.py -> the checkout
     if (package_parent / CONFIG_MARKER).is_file():
         return package_parent
     raise FileNotFoundError(

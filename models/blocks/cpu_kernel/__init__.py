@@ -2,13 +2,13 @@
 
 Why: on CPU, PyTorch's fused GRU runs ~10 ATen operator dispatches per time step (its pointwise gate math is
 not fused), its LSTM (oneDNN) runs small batches poorly, and both run the two directions one after the other.
-``models/csrc/birnn_cpu.cpp`` runs each direction on its own thread: that direction's input projections (GEMMs),
+``models/blocks/cpu_kernel/csrc/birnn_cpu.cpp`` runs each direction on its own thread: that direction's input projections (GEMMs),
 then its time loop with one packed BLAS call and one fused, vectorised gate pass per step; in training, the
 reverse loop and that direction's weight gradients, then the input gradient split between the threads.
 
-Which path a block takes is decided in one place, ``models/cpu_kernel_policy.py`` (measured: the kernel only
+Which path a block takes is decided in one place, ``models/blocks/cpu_kernel/policy.py`` (measured: the kernel only
 where it is faster than ``nn.LSTM``/``nn.GRU`` at the same thread count). The library is built once per
-machine, compiler and instruction set by ``models/cpu_kernel_build.py`` (AVX-512 or AVX2 + FMA, chosen at run
+machine, compiler and instruction set by ``models/blocks/cpu_kernel/build.py`` (AVX-512 or AVX2 + FMA, chosen at run
 time; ``BIRNN_ZOO_CPU_CAPABILITY=avx512|avx2|none`` forces one) into a private cache folder,
 ``$BIRNN_ZOO_CACHE`` or ``~/.cache/birnn-zoo``. If it cannot be built (no compiler, a torch without MKL, not
 x86-64), or ``BIRNN_ZOO_CPU_KERNEL=0``, ``capability()`` is None and the blocks use PyTorch's fused kernels;
@@ -29,9 +29,9 @@ from typing import Any, ContextManager, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import cpu_kernel_build
-from .cpu_kernel_policy import kernel_wins
-from .cpu_kernel_reference import reference_gradients
+from . import build as cpu_kernel_build
+from .policy import kernel_wins
+from .reference import reference_gradients
 
 _CELLS = {"LSTM": 0, "GRU": 1, "GRU_RESET_BEFORE": 2}  # the last: Keras reset_after=False
 _lock = threading.Lock()
@@ -112,7 +112,7 @@ def can_run(x: Tensor, mode: str) -> bool:
 
 def applies(x: Tensor, mode: str, hidden_size: int = 0, has_lengths: bool = False, training: bool = False) -> bool:
     """Whether a block runs this input on the kernel: it ``can_run`` and the policy says it is faster there
-    (``models/cpu_kernel_policy.kernel_wins``) for this cell, batch, hidden size, lengths, thread count,
+    (``models/blocks/cpu_kernel/policy.kernel_wins``) for this cell, batch, hidden size, lengths, thread count,
     capability and training (gradients needed) or inference. ``hidden_size=0`` or ``forced()`` asks only
     ``can_run``."""
     if not can_run(x, mode):

@@ -60,7 +60,7 @@ def _settings(row: Dict[str, Any], path: Path) -> Dict[str, Any]:
             from omegaconf import OmegaConf
 
             config = OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=False)
-        except Exception:  # noqa: BLE001 - an old or hand-made results.json: fall back to its own fields
+        except Exception:
             config = {"data": {"name": row.get("data")},
                       "model": {k: row.get(k) for k in ("model", "cell", "merge_mode", "pooling") if k in row},
                       "seed": row.get("seed")}

@@ -71,7 +71,7 @@ template <typename T>
 class StepGemm;
 
 #ifdef BIRNN_VECTOR
-// AVX2 / AVX-512 builds: the project's own packed micro-kernel (models/csrc/step_gemm.h says why not MKL's).
+// AVX2 / AVX-512 builds: the project's own packed micro-kernel (models/blocks/cpu_kernel/csrc/step_gemm.h says why not MKL's).
 template <>
 class StepGemm<float> : public birnn::PanelGemm {
  public:
@@ -421,7 +421,7 @@ void backward(int cell, int steps, int batch, int hidden, int input_size, const 
 }  // namespace
 
 extern "C" {
-// The vector width the gate math was compiled for (16 AVX-512, 8 AVX2, 1 scalar): models/cpu_kernel.py checks
+// The vector width the gate math was compiled for (16 AVX-512, 8 AVX2, 1 scalar): models/blocks/cpu_kernel/__init__.py checks
 // it matches the library it meant to load.
 int birnn_vector_width() {
 #ifdef BIRNN_VECTOR

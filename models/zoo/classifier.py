@@ -29,8 +29,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .blocks import BiGRU, BiLSTM, BiRNN
-from .merge import MergeMode, merge_directions, merged_size, resolve_merge_modes
+from ..blocks import BiGRU, BiLSTM, BiRNN
+from ..merge import MergeMode, merge_directions, merged_size, resolve_merge_modes
 from .pooling import AdditiveAttentionPool, compact_valid_steps, lengths_to_mask, masked_max, masked_mean
 from .token_ids import check_token_ids
 

@@ -5,7 +5,7 @@ deep inside the embedding (or a device-side assert on CUDA), naming neither the 
 Shared by the zoo's ``SequenceClassifier`` and the Keras importer's embedding stage; TorchScript can script
 it. The value check reads the tensor's minimum and maximum, so it is skipped while ``torch.compile`` /
 ``torch.export`` trace (it would force a graph break or a specialisation), like the ``lengths`` range check
-in :mod:`models.validation`.
+in :mod:`models.blocks.validation`.
 """
 
 import torch

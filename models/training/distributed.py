@@ -42,9 +42,9 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .compile import compile_model
+from ..data.batching import Batch
+from ..deploy.compile import compile_model
 from .config import ConfigError
-from .data.batching import Batch
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-// In-place sigmoid and tanh over float/double arrays: the gate math of models/csrc/birnn_cpu.cpp.
+// In-place sigmoid and tanh over float/double arrays: the gate math of models/blocks/cpu_kernel/csrc/birnn_cpu.cpp.
 //
-// The library is compiled once per instruction set (models/cpu_kernel.py: -march=x86-64-v4 for AVX-512,
+// The library is compiled once per instruction set (models/blocks/cpu_kernel/__init__.py: -march=x86-64-v4 for AVX-512,
 // -march=x86-64-v3 for AVX2 + FMA), and this header picks the matching vector width from the compiler's macros;
 // without either, the scalar libm loop below is all there is.
 //

@@ -1,6 +1,6 @@
 """The CPU kernel's layer on PyTorch's differentiable kernels: what a graph of the backward is built from.
 
-``models/cpu_kernel.py`` runs one bidirectional layer in C++; its reverse loop gives first-order gradients
+``models/blocks/cpu_kernel/__init__.py`` runs one bidirectional layer in C++; its reverse loop gives first-order gradients
 only. When autograd asks for a graph of the backward (``create_graph=True``: double backward, ``gradgradcheck``,
 Hessian-vector products), the layer is recomputed here from the same inputs with ``torch._VF.lstm``/``gru``
 (packed by ``lengths`` when given, so each backward direction starts at its row's true end, as in the kernel)
@@ -13,7 +13,7 @@ import torch
 from torch import _VF, Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .gru_reset_before import gru_reset_before_direction
+from ..gru_reset_before import gru_reset_before_direction
 
 
 def reference_layer(cell: int, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor,

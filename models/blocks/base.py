@@ -1,0 +1,451 @@
+"""Merge-aware multi-layer bidirectional LSTM / GRU / RNN blocks.
+
+``BiLSTM(input_size, hidden_size, num_layers, merge_mode="sum")`` is ``nn.LSTM(bidirectional=True)``
+plus a Keras merge mode after every layer. Parameters carry ``nn.LSTM``'s names (``weight_ih_l0``,
+``weight_hh_l0_reverse``, ...), so with ``merge_mode="concat"`` an ``nn.LSTM`` state_dict loads as is.
+
+How each forward runs (``T`` time steps, ``B`` sequences, time-major inside):
+- CPU LSTM/GRU in float32/float64 (eager or ``torch.compile``): one call of the project's kernel per layer,
+  both directions at once, padded steps skipped per row (``models/blocks/cpu_kernel/__init__.py``), then the merge.
+Otherwise (CUDA, ``BiRNN``, autocast, TorchScript, ``torch.export``, the kernel unavailable or ``disabled()``),
+on PyTorch's fused kernels:
+- all layers ``concat`` and no ``lengths``: one fused call for the whole stack, exactly ``nn.LSTM``;
+- otherwise one fused bidirectional call per layer, then the merge;
+- with ``lengths`` each layer runs two single-direction fused calls on the padded batch: the forward
+  direction as is (trailing padding cannot reach valid steps) and the backward direction on each
+  sequence reversed within its own length (an index gather), reversed back after. No
+  ``PackedSequence``: it takes the CPU LSTM off oneDNN (2.4x-6.1x slower per training step).
+``BiGRU(reset_after=False)`` (Keras's original GRU) runs on the CPU kernel's third cell; elsewhere it takes the
+paths above with each fused call replaced by the exact time loop of ``models/blocks/gru_reset_before.py``.
+"""
+
+
+import math
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import _VF, Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from ..merge import MergeMode, merge_directions, merge_stacked, merged_size, resolve_merge_modes
+from . import cpu_kernel
+from .gru_reset_before import gru_reset_before
+from .packed import repack, unpack
+from .validation import check_hidden, check_input, check_lengths, check_not_lengths, check_weights
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+# Pre-activation pushed onto the input and forget gates at padded steps of the LSTM lengths path:
+# sigmoid(+1e4) == 1.0 and sigmoid(-1e4) == 0.0 exactly (float32, bfloat16, float16), so the cell state
+# passes through padding unchanged and the fused kernel's final c is the state at each true end.
+_SATURATE = 1.0e4
+
+
+def _fused_kernels(
+    mode: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weights: List[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One fused RNN call on time-major ``x (T, B, F)``; returns ``(output, h_n, c_n)`` (``c_n = h_n`` unless LSTM)."""
+    if mode == "LSTM":
+        out, h, c = _VF.lstm(x, [h0, c0], weights, has_biases, num_layers, dropout, train, bidirectional, False)
+        return out, h, c
+    if mode == "GRU":
+        out, h = _VF.gru(x, h0, weights, has_biases, num_layers, dropout, train, bidirectional, False)
+    elif mode == "GRU_RESET_BEFORE":  # Keras reset_after=False: no fused kernel computes it, a time loop does
+        out, h = gru_reset_before(x, h0, weights, has_biases, num_layers, dropout, train, bidirectional)
+    elif mode == "RNN_TANH":
+        out, h = _VF.rnn_tanh(x, h0, weights, has_biases, num_layers, dropout, train, bidirectional, False)
+    else:
+        out, h = _VF.rnn_relu(x, h0, weights, has_biases, num_layers, dropout, train, bidirectional, False)
+    return out, h, h
+
+
+# torch.compile leaves the fused call to eager PyTorch (one graph break) so the fused oneDNN/cuDNN kernel and its
+# autograd run as they are; dynamo would otherwise unroll the recurrence per time step. TorchScript cannot see
+# through this wrapper and calls _fused_kernels directly.
+_fused_call = torch.compiler.disable(_fused_kernels)
+
+
+class _BiRNNBase(nn.Module):
+    """Shared machinery of ``BiLSTM``, ``BiGRU`` and ``BiRNN`` (see the module docstring)."""
+
+    __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                     "all_concat", "gates", "output_size", "saturate", "bidirectional", "proj_size", "reset_after"]
+    __jit_unused_properties__ = ["all_weights"]
+    saturate = _SATURATE
+    reset_after = True  # BiGRU(reset_after=False) sets False: Keras's original GRU (kernel cell 2, or gru_reset_before)
+    merge_modes: List[Optional[str]]
+    _flat_weights: List[Tensor]
+
+    MODE = "LSTM"  # the kernel family, set by each subclass
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        merge_mode: MergeMode = "concat",
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        bidirectional: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be a float in [0, 1], got {dropout!r}")
+        for name, flag in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}: {flag!r}")
+        if bidirectional is not True:
+            raise ValueError(
+                f"bidirectional={bidirectional!r}: {type(self).__name__} is always bidirectional (it exists to "
+                f"merge the two directions); use nn.{self.MODE.split('_')[0]} for one direction"
+            )
+        if dropout > 0 and num_layers == 1:
+            # nn.LSTM's own warning, word for word.
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=3,
+            )
+        self.mode = self.MODE
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = True
+        self.proj_size = 0
+        self.merge_modes = resolve_merge_modes(merge_mode, num_layers)
+        self.all_concat = all(m == "concat" for m in self.merge_modes)
+        self.gates = _GATES[self.mode]
+        self.output_size = merged_size(self.merge_modes[-1], hidden_size)
+
+        factory = {"device": device, "dtype": dtype}
+        gate_size = self.gates * hidden_size
+        self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []  # names per (layer, direction), as nn.LSTM keeps them
+        layer_input = input_size
+        for layer in range(num_layers):
+            for suffix in ("", "_reverse"):
+                shapes = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, hidden_size))]
+                if self.bias:
+                    shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
+                names = [f"{kind}_l{layer}{suffix}" for kind, _ in shapes]
+                for name, (_, shape) in zip(names, shapes, strict=True):
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+            layer_input = merged_size(self.merge_modes[layer], hidden_size)
+        self._init_flat_weights()
+        self.reset_parameters()
+        if device is None or torch.device(device).type == "cpu":
+            # Build (first time on this machine, ~7 s) or load the CPU kernel now, not at the first forward:
+            # torch.compile can only trace a kernel that is already loaded.
+            cpu_kernel.available()
+
+    # -- parameters ---------------------------------------------------------------------------------
+    # Eager code (and torch.compile) reads the weights from the module's attributes at every call
+    # (_current_weights), so functional_call, parametrizations, pruning, vmap ensembles and assign=True loads
+    # all see what they set. TorchScript cannot look attributes up by name: it reads _flat_weights, the
+    # list kept in step below (as nn.RNNBase keeps its own).
+    def _init_flat_weights(self) -> None:
+        try:
+            self._flat_weights = [getattr(self, name) for name in self._flat_weights_names]
+        except AttributeError:
+            pass  # a weight is being replaced (pruning, parametrizations): the next assignment refreshes the list
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if hasattr(self, "_flat_weights_names") and name in self._flat_weights_names:
+            self._init_flat_weights()
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        result = super()._apply(fn, recurse)
+        self._init_flat_weights()
+        return result
+
+    @torch.jit.unused
+    def _current_weights(self) -> List[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def _weights_now(self) -> List[Tensor]:
+        """The weights in ``nn.LSTM``'s flat order (per layer: forward then backward, each
+        ``w_ih, w_hh[, b_ih, b_hh]``), as the module holds them at this call."""
+        if torch.jit.is_scripting():
+            return self._flat_weights
+        return self._current_weights()
+
+    @property
+    def all_weights(self) -> List[List[Tensor]]:
+        """Weights per ``(layer, direction)``: ``[[w_ih, w_hh, b_ih, b_hh] of layer 0 forward, ... reverse, ...]``,
+        as ``nn.LSTM.all_weights`` nests them (without the biases when ``bias=False``)."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """Does nothing, on purpose: ``nn.LSTM`` uses it to copy its weights into one cuDNN buffer; the blocks
+        pass each weight to the kernels as it is, so there is nothing to flatten. Kept so code written for
+        ``nn.LSTM`` (``rnn.flatten_parameters()`` after ``.cuda()`` or in ``DataParallel``) runs unchanged."""
+
+    def reset_parameters(self) -> None:
+        """Uniform(-1/sqrt(H), 1/sqrt(H)) for every weight and bias, as ``nn.LSTM`` does."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, merge_mode={self.merge_modes}"
+        if not self.bias:
+            text += ", bias=False"
+        if self.batch_first:
+            text += ", batch_first=True"
+        if self.dropout:
+            text += f", dropout={self.dropout}"
+        return text
+
+    def _layer_weights(self, weights: List[Tensor], layer: int, direction: int) -> List[Tensor]:
+        """Weights of one layer: ``direction`` 0 forward, 1 backward, 2 both (fused bidirectional order)."""
+        per = 4 if self.bias else 2
+        start = layer * 2 * per
+        if direction == 2:
+            return weights[start:start + 2 * per]
+        start += direction * per
+        return weights[start:start + per]
+
+    # -- TorchScript ----------------------------------------------------------------------------------
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` compiles a twin whose ``forward`` takes ``lengths`` as an ordinary third argument
+        (TorchScript has no keyword-only arguments) and a plain tensor input (no ``PackedSequence``). The twin
+        shares this module's ``__dict__``: parameters, buffers, ``training``, everything."""
+        twin_class = _SCRIPTABLE.get(type(self))
+        if twin_class is None:
+            return self  # already a twin, or a user's subclass with its own forward
+        twin = twin_class.__new__(twin_class)
+        twin.__dict__ = self.__dict__
+        return twin
+
+    # -- forward --------------------------------------------------------------------------------------
+    def run(
+        self, input: Tensor, h0: Optional[Tensor] = None, c0: Optional[Tensor] = None,
+        lengths: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """The forward on a tensor with one return type for all three blocks (scriptable):
+        ``(output, h_n, c_n)``, with ``c_n`` equal to ``h_n`` for ``BiGRU``/``BiRNN`` (which take no ``c0``).
+        Shapes, ``lengths`` and checks as ``forward``."""
+        if self.mode != "LSTM" and c0 is not None:
+            raise ValueError(f"c0 is the LSTM's cell state; {self.mode} blocks take h0 only")
+        return self._run(input, h0, c0, lengths, self.batch_first, "h0", "c0")
+
+    def _run(
+        self, input: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], lengths: Optional[Tensor],
+        batch_first: bool, h_name: str, c_name: str,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Checked input -> ``(output, h_n, c_n)``; output ``(T, B, out)`` (``(B, T, out)`` when ``batch_first``,
+        ``(T, out)`` unbatched), states ``(2L, B, H)`` (``(2L, H)`` unbatched). Every check comes before compute."""
+        weights = self._weights_now()
+        check_input(input, self.input_size, batch_first)
+        check_not_lengths(h0, h_name)
+        if torch.jit.is_scripting() or not self._autocasting():
+            check_weights(input, weights[0])
+        batched = input.dim() == 3
+        batch_axis = 0 if batch_first else 1
+        if not batched:
+            input = input.unsqueeze(batch_axis)  # batch_first does not apply to unbatched input (as nn.LSTM)
+            if lengths is not None:
+                if lengths.numel() != 1 or lengths.dim() > 1:
+                    raise ValueError(f"lengths for unbatched input must hold one length (shape () or (1,)), got "
+                                     f"shape {list(lengths.shape)}")
+                lengths = lengths.reshape(1)
+        x = input.transpose(0, 1) if batch_first else input
+        seq_len, batch = x.shape[0], x.shape[1]
+        if lengths is not None:
+            lengths = check_lengths(lengths, batch, seq_len).to(x.device)
+        shape = [2 * self.num_layers, batch, self.hidden_size]
+        given = shape if batched else [2 * self.num_layers, self.hidden_size]
+        if h0 is None:
+            h0 = x.new_zeros(shape)
+        else:
+            check_hidden(h0, given, h_name, x)
+            h0 = h0 if batched else h0.unsqueeze(1)
+        if c0 is None:
+            c0 = h0 if self.mode != "LSTM" else x.new_zeros(shape)
+        else:
+            check_hidden(c0, given, c_name, x)
+            c0 = c0 if batched else c0.unsqueeze(1)
+        # An empty batch runs on the fused kernels, which return outputs and states of the right shapes (a trace
+        # records sizes as tensors: it takes the general path).
+        empty = not torch.jit.is_tracing() and batch == 0
+        if empty:
+            lengths = None
+
+        if not torch.jit.is_scripting() and not empty and self._kernel_applies(x, lengths, weights):
+            out, h_n, c_n = self._run_kernel_layers(x, lengths, h0, c0, weights)
+        elif lengths is None and self.all_concat:
+            # The whole stack in one fused call: exactly nn.LSTM(bidirectional=True).
+            out, h_n, c_n = self._fused(x, h0, c0, weights, self.num_layers, self.dropout, True)
+        elif lengths is None:
+            out, h_n, c_n = self._run_layers(x, h0, c0, weights)
+        else:
+            out, h_n, c_n = self._run_layers_with_lengths(x, lengths, h0, c0, weights)
+        if batch_first:
+            out = out.transpose(0, 1)
+        if not batched:
+            out, h_n, c_n = out.squeeze(batch_axis), h_n.squeeze(1), c_n.squeeze(1)
+        return out, h_n, c_n
+
+    @torch.jit.unused
+    def _autocasting(self) -> bool:
+        return torch._C._is_any_autocast_enabled()
+
+    @torch.jit.unused
+    def _run_packed(
+        self, packed: PackedSequence, h0: Optional[Tensor], c0: Optional[Tensor], lengths: Optional[Tensor],
+        h_name: str, c_name: str,
+    ) -> Tuple[PackedSequence, Tensor, Tensor]:
+        """``PackedSequence`` in and out, on the ``lengths`` path (see ``models/blocks/packed.py``)."""
+        if lengths is not None:
+            raise ValueError("pass either a PackedSequence or lengths, not both: a PackedSequence carries its own "
+                             "lengths")
+        padded, packed_lengths = unpack(packed)
+        out, h_n, c_n = self._run(padded, h0, c0, packed_lengths, False, h_name, c_name)
+        return repack(out, packed_lengths, packed), h_n, c_n
+
+    @torch.jit.unused
+    def _kernel_applies(self, x: Tensor, lengths: Optional[Tensor], weights: List[Tensor]) -> bool:
+        """The CPU kernel or PyTorch's kernels: ``models/blocks/cpu_kernel/policy.py`` decides (training = gradients).
+        A reset_after=False BiGRU is the kernel's third cell, ``GRU_RESET_BEFORE``."""
+        training = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
+        return cpu_kernel.applies(x, self._kernel_cell(), self.hidden_size, lengths is not None, training)
+
+    @torch.jit.unused
+    def _kernel_cell(self) -> str:
+        return self.mode if self.reset_after else "GRU_RESET_BEFORE"
+
+    @torch.jit.unused
+    def _run_kernel_layers(
+        self, x: Tensor, lengths: Optional[Tensor], h0: Tensor, c0: Tensor, weights: List[Tensor]
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """CPU: one call of ``models/blocks/cpu_kernel/csrc``'s kernel per layer (both directions at once), then the merge."""
+        if lengths is not None:
+            # Padded inputs may hold anything (NaN included): zero them so no gradient can pick them up.
+            steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+            x = x.masked_fill((steps >= lengths.unsqueeze(0)).unsqueeze(-1), 0.0)
+        hs: List[Tensor] = []
+        cs: List[Tensor] = []
+        for layer in range(self.num_layers):
+            first = 2 * layer
+            out, h, c = cpu_kernel.fused_layer(self._kernel_cell(), x, h0[first:first + 2], c0[first:first + 2], lengths,
+                                               self._layer_weights(weights, layer, 2), self.bias)
+            x = self._between_layers(merge_stacked(out.flatten(2), self.merge_modes[layer], self.hidden_size),
+                                     layer == self.num_layers - 1)
+            hs.append(h)
+            cs.append(c)
+        return x, torch.cat(hs, 0), torch.cat(cs, 0)
+
+    def _fused(
+        self, x: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor], num_layers: int, dropout: float,
+        bidirectional: bool,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        mode = self.mode if self.reset_after else "GRU_RESET_BEFORE"  # not _kernel_cell(): TorchScript runs this
+        if torch.jit.is_scripting():
+            return _fused_kernels(mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training,
+                                  bidirectional)
+        return _fused_call(mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training, bidirectional)
+
+    def _between_layers(self, out: Tensor, is_last: bool) -> Tensor:
+        if self.dropout > 0.0 and not is_last:
+            out = torch.nn.functional.dropout(out, self.dropout, self.training)
+        return out
+
+    # The per-layer work lives in its own method: torch.compile cannot compile a loop body that contains a graph
+    # break, but it compiles each call of a method (merges, gathers and masks) around the fused calls in it.
+    def _run_layers(self, x: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """One fused bidirectional call per layer, then that layer's merge."""
+        hs: List[Tensor] = []
+        cs: List[Tensor] = []
+        for layer in range(self.num_layers):
+            first = 2 * layer
+            x, h, c = self._layer(x, h0[first:first + 2], c0[first:first + 2], self._layer_weights(weights, layer, 2),
+                                  self.merge_modes[layer], layer == self.num_layers - 1)
+            hs.append(h)
+            cs.append(c)
+        return x, torch.cat(hs, 0), torch.cat(cs, 0)
+
+    def _layer(self, x: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor], mode: Optional[str],
+               is_last: bool) -> Tuple[Tensor, Tensor, Tensor]:
+        out, h, c = self._fused(x, h0, c0, weights, 1, 0.0, True)
+        return self._between_layers(merge_stacked(out, mode, self.hidden_size), is_last), h, c
+
+    def _run_layers_with_lengths(
+        self, x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor]
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Right-padded batch with ``lengths (B,)``: two single-direction fused calls per layer."""
+        seq_len, batch = x.shape[0], x.shape[1]
+        steps = torch.arange(seq_len, device=x.device).unsqueeze(1)           # (T, 1)
+        valid = steps < lengths.unsqueeze(0)                                   # (T, B)
+        pad = (~valid).unsqueeze(-1)                                           # (T, B, 1)
+        # Reverse each sequence within its own length; padded steps stay where they are. The map is
+        # its own inverse, so the same index reverses the backward output back.
+        reverse_index = torch.where(valid, lengths.unsqueeze(0) - 1 - steps, steps).unsqueeze(-1)  # (T, B, 1)
+        last_index = (lengths - 1).view(1, batch, 1).expand(1, batch, self.hidden_size)
+        # Padded inputs may hold anything (NaN included): zero them so no gradient can pick them up.
+        x = x.masked_fill(pad, 0.0)
+        hs: List[Tensor] = []
+        cs: List[Tensor] = []
+        for layer in range(self.num_layers):
+            first = 2 * layer
+            x, h, c = self._layer_with_lengths(
+                x, pad, reverse_index, last_index, h0[first:first + 2], c0[first:first + 2],
+                self._layer_weights(weights, layer, 0), self._layer_weights(weights, layer, 1), self.merge_modes[layer],
+                layer == self.num_layers - 1)
+            hs.append(h)
+            cs.append(c)
+        h_n = torch.cat(hs, 0)
+        return x, h_n, torch.cat(cs, 0) if self.mode == "LSTM" else h_n
+
+    def _layer_with_lengths(
+        self, x: Tensor, pad: Tensor, reverse_index: Tensor, last_index: Tensor, h0: Tensor, c0: Tensor,
+        forward_weights: List[Tensor], backward_weights: List[Tensor], mode: Optional[str], is_last: bool,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """One layer on a right-padded ``x (T, B, F)``; returns the merged output and ``h, c`` each ``(2, B, H)``."""
+        if self.mode == "LSTM":
+            x = torch.cat([x, pad.to(x.dtype)], -1)
+            forward_weights = [self._saturating_input_weight(forward_weights[0])] + forward_weights[1:]
+            backward_weights = [self._saturating_input_weight(backward_weights[0])] + backward_weights[1:]
+        x_reversed = x.gather(0, reverse_index.expand(x.shape))
+        out_f, _, c_f = self._fused(x, h0[0:1], c0[0:1], forward_weights, 1, 0.0, False)
+        out_b, _, c_b = self._fused(x_reversed, h0[1:2], c0[1:2], backward_weights, 1, 0.0, False)
+        # h_n is the output at each sequence's last valid step: the kernel's own final h has run on through
+        # padding. The LSTM's c did not move at padded steps (see _SATURATE).
+        h = torch.cat([out_f.gather(0, last_index), out_b.gather(0, last_index)], 0)
+        out_b = out_b.gather(0, reverse_index.expand(out_b.shape))
+        merged = merge_directions(out_f.masked_fill(pad, 0.0), out_b.masked_fill(pad, 0.0), mode)
+        return self._between_layers(merged, is_last), h, torch.cat([c_f, c_b], 0)
+
+    def _saturating_input_weight(self, weight_ih: Tensor) -> Tensor:
+        """``(4H, F)`` -> ``(4H, F + 1)``: an extra input column (1 at padded steps) that pins i=0, f=1."""
+        hidden = self.hidden_size
+        column = weight_ih.new_zeros(4 * hidden, 1)
+        column[:hidden] = -self.saturate
+        column[hidden:2 * hidden] = self.saturate
+        return torch.cat([weight_ih, column], 1)
+
+
+# Filled by models/blocks/scriptable.py: public class -> its TorchScript twin.
+_SCRIPTABLE: Dict[type, type] = {}
