@@ -70,7 +70,7 @@ def test_unknown_override_is_named():
 
 def test_register_model_needs_a_unique_name_and_a_docstring():
     with pytest.raises(ValueError, match="already registered"):
-        register_model(models.zoo.bilstm)
+        register_model(models.zoo.presets.bilstm)
 
     def undocumented(**kwargs) -> SequenceClassifier:
         return SequenceClassifier(**kwargs)
