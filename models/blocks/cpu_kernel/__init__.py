@@ -2,9 +2,11 @@
 
 Why: on CPU, PyTorch's fused GRU runs ~10 ATen operator dispatches per time step (its pointwise gate math is
 not fused), its LSTM (oneDNN) runs small batches poorly, and both run the two directions one after the other.
-``models/blocks/cpu_kernel/csrc/birnn_cpu.cpp`` runs each direction on its own thread: that direction's input projections (GEMMs),
-then its time loop with one packed BLAS call and one fused, vectorised gate pass per step; in training, the
-reverse loop and that direction's weight gradients, then the input gradient split between the threads.
+``models/blocks/cpu_kernel/csrc/birnn_cpu.cpp`` runs each direction on its own thread: that direction's input
+projections (GEMMs), then its time loop with one product by the packed ``W_hh`` (the project's FMA micro-kernel,
+``step_gemm.h``, in float32 on AVX2/AVX-512; BLAS otherwise) and one fused, vectorised gate pass per step; in
+training, the reverse loop and that direction's weight and bias gradients (GEMMs), then the input gradient split
+between the threads.
 
 Which path a block takes is decided in one place, ``models/blocks/cpu_kernel/policy.py`` (measured: the kernel only
 where it is faster than ``nn.LSTM``/``nn.GRU`` at the same thread count). The library is built once per
