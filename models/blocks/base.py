@@ -28,13 +28,13 @@ import torch
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ..arguments import check_positive_int, check_probability
+from ..cells import GATES, GRU_RESET_BEFORE
 from ..merge import MergeMode, merge_directions, merge_stacked, merged_size, resolve_merge_modes
 from . import cpu_kernel
 from .gru_reset_before import gru_reset_before
 from .packed import repack, unpack
 from .validation import check_hidden, check_input, check_lengths, check_not_lengths, check_weights
-
-_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 # Pre-activation pushed onto the input and forget gates at padded steps of the LSTM lengths path:
 # sigmoid(+1e4) == 1.0 and sigmoid(-1e4) == 0.0 exactly (float32, bfloat16, float16), so the cell state
@@ -104,10 +104,8 @@ class _BiRNNBase(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout must be a float in [0, 1], got {dropout!r}")
+            check_positive_int(name, value)
+        check_probability("dropout", dropout)
         for name, flag in (("bias", bias), ("batch_first", batch_first)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}: {flag!r}")
@@ -134,7 +132,7 @@ class _BiRNNBase(nn.Module):
         self.proj_size = 0
         self.merge_modes = resolve_merge_modes(merge_mode, num_layers)
         self.all_concat = all(m == "concat" for m in self.merge_modes)
-        self.gates = _GATES[self.mode]
+        self.gates = GATES[self.mode]
         self.output_size = merged_size(self.merge_modes[-1], hidden_size)
 
         factory = {"device": device, "dtype": dtype}
@@ -335,7 +333,7 @@ class _BiRNNBase(nn.Module):
 
     @torch.jit.unused
     def _kernel_cell(self) -> str:
-        return self.mode if self.reset_after else "GRU_RESET_BEFORE"
+        return self.mode if self.reset_after else GRU_RESET_BEFORE.mode
 
     @torch.jit.unused
     def _run_kernel_layers(

@@ -23,6 +23,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..arguments import check_positive_int
+
 
 def _cell_loop(
     gates_x: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Optional[Tensor], valid: Optional[Tensor], reverse: bool
@@ -151,9 +153,8 @@ class GRUResetBefore(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False) -> None:
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
         self.input_size, self.hidden_size, self.bias, self.batch_first = input_size, hidden_size, bool(bias), batch_first
         self.weight_ih_l0 = nn.Parameter(torch.empty(3 * hidden_size, input_size))
         self.weight_hh_l0 = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))

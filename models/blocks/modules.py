@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
+from ..cells import GRU, LSTM, RNN_RELU, RNN_TANH
 from ..merge import MergeMode
 from .base import _BiRNNBase
 from .validation import check_not_lengths
@@ -108,7 +109,7 @@ class BiLSTM(_BiRNNBase):
         >>> output, _ = block(torch.randn(5, 3, 10), lengths=torch.tensor([5, 2, 4]))
     """
 
-    MODE = "LSTM"
+    MODE = LSTM.mode
 
     def __init__(
         self,
@@ -217,7 +218,7 @@ class BiGRU(_BiRNNBase):
         >>> output, h_n = block(torch.randn(3, 5, 10), lengths=torch.tensor([5, 2, 4]))
     """
 
-    MODE = "GRU"
+    MODE = GRU.mode
 
     def __init__(
         self,
@@ -332,7 +333,7 @@ class BiRNN(_BiRNNBase):
     ) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        self.MODE = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"  # read by the base constructor
+        self.MODE = RNN_TANH.mode if nonlinearity == "tanh" else RNN_RELU.mode  # read by the base constructor
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, merge_mode, device, dtype,
                          bidirectional=bidirectional)
         self.nonlinearity = nonlinearity

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..arguments import PathLike
+
 CACHE_ENV = "BIRNN_ZOO_CACHE"
 
 
@@ -77,7 +79,7 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "birnn-zoo"
 
 
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -88,7 +90,7 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
 
 def download_file(
     url: str,
-    dest: str | os.PathLike[str],
+    dest: PathLike,
     sha256: str | None,
     *,
     progress: bool = True,
@@ -142,7 +144,7 @@ def verify_file(path: Path, sha256: str) -> None:
 
 def ensure_files(
     dataset: str,
-    root: str | os.PathLike[str] | None,
+    root: PathLike | None,
     *,
     download: bool,
     verify: bool = True,

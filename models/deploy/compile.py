@@ -25,6 +25,8 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..arguments import check_positive_int
+
 COMPILE_MODES = ("none", "script", "aot_eager", "inductor", "export")
 """Modes accepted by ``compile_model``."""
 
@@ -55,8 +57,7 @@ def example_inputs(model: nn.Module, max_len: int, batch: int = 2) -> Tuple[Tens
 
 def export_program(model: nn.Module, max_len: int = DEFAULT_MAX_LEN) -> torch.export.ExportedProgram:
     """``torch.export`` of ``model`` in eval mode with a dynamic batch and a static ``T = max_len``."""
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+    check_positive_int("max_len", max_len)
     inputs = example_inputs(model, max_len)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     dynamic: Tuple[Any, ...] = ({0: batch},) if len(inputs) == 1 else ({0: batch}, {0: batch})

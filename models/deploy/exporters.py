@@ -23,17 +23,17 @@ for a 2-layer ``bilstm`` at ``max_len=64`` on a busy CPU). The ONNX export goes 
 """
 
 import os
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
+from ..arguments import PathLike
 from .compile import DEFAULT_MAX_LEN, example_inputs, export_program
 
 EXPORT_FORMATS = ("torchscript", "pt2", "onnx")
 """Formats ``export`` writes."""
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def export(model: nn.Module, path: PathLike, format: str = "torchscript", *, max_len: Optional[int] = None) -> str:

@@ -18,9 +18,10 @@ from typing import Any, Dict, Union
 import numpy as np
 import torch
 
+from ..arguments import PathLike
+
 FORMAT = "birnn-zoo/checkpoint/v1"
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "rng", "progress", "config")
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def capture_rng_state() -> Dict[str, Any]:

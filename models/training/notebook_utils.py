@@ -10,13 +10,12 @@ and the logic is tested in ``tests/test_notebook_utils.py`` rather than only by 
 
 import csv
 import json
-import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from torch import nn
 
-PathLike = Union[str, "os.PathLike[str]"]
+from ..arguments import PathLike
 
 CONFIG_MARKER = Path("conf") / "config.yaml"
 """A folder holding this file is the repository root (the Hydra config lives there)."""

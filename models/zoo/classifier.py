@@ -29,13 +29,12 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..blocks import BiGRU, BiLSTM, BiRNN
+from ..arguments import check_positive_int, check_probability
+from ..blocks.factory import block_for_cell
+from ..cells import CELLS
 from ..merge import MergeMode, merge_directions, merged_size, resolve_merge_modes
 from .pooling import AdditiveAttentionPool, compact_valid_steps, lengths_to_mask, masked_max, masked_mean
 from .token_ids import check_token_ids
-
-CELLS = ("lstm", "gru", "rnn", "rnn_relu")
-"""Recurrent cells: LSTM, GRU, Elman RNN with tanh, Elman RNN with ReLU."""
 
 POOLINGS = ("last", "mean", "max", "attention")
 """Ways to reduce the merged sequence ``(B, T, D)`` to ``(B, D)``."""
@@ -46,16 +45,6 @@ class _NoAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return masked_mean(x, mask)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _check_probability(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a float in [0, 1], got {value!r}")
 
 
 def _check_choice(name: str, value: object, choices: tuple) -> None:
@@ -112,15 +101,15 @@ class SequenceClassifier(nn.Module):
                 f"give exactly one of vocab_size (token ids) or input_size (float features), got "
                 f"vocab_size={vocab_size!r}, input_size={input_size!r}"
             )
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("embed_dim", embed_dim)
-        _check_positive_int("hidden_size", hidden_size)
-        _check_positive_int("num_layers", num_layers)
-        _check_positive_int("attention_size", attention_size)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("embed_dim", embed_dim)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("num_layers", num_layers)
+        check_positive_int("attention_size", attention_size)
         _check_choice("cell", cell, CELLS)
         _check_choice("pooling", pooling, POOLINGS)
         for name, value in (("dropout", dropout), ("embed_dropout", embed_dropout), ("head_dropout", head_dropout)):
-            _check_probability(name, value)
+            check_probability(name, value)
         modes: List[Optional[str]] = resolve_merge_modes(merge_mode, num_layers)
 
         self.num_classes = num_classes
@@ -139,24 +128,19 @@ class SequenceClassifier(nn.Module):
         self.feature_size: int = input_size if input_size is not None else 0
 
         if vocab_size is not None:
-            _check_positive_int("vocab_size", vocab_size)
+            check_positive_int("vocab_size", vocab_size)
             if isinstance(padding_idx, bool) or not isinstance(padding_idx, int) or not 0 <= padding_idx < vocab_size:
                 raise ValueError(f"padding_idx must be an int in [0, vocab_size) = [0, {vocab_size}), got {padding_idx!r}")
             # One attribute for both kinds of input: each maps (B, T[, F]) -> (B, T, embed_dim).
             self.embed: nn.Module = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
         else:
-            _check_positive_int("input_size", input_size)
+            check_positive_int("input_size", input_size)
             self.embed = nn.Linear(input_size, embed_dim)  # type: ignore[arg-type]
         self.padding_idx = int(padding_idx)
         self.embed_dropout = nn.Dropout(embed_dropout)
 
-        block_args = {"num_layers": num_layers, "batch_first": True, "dropout": dropout, "merge_mode": modes}
-        if cell == "lstm":
-            self.rnn: nn.Module = BiLSTM(embed_dim, hidden_size, **block_args)
-        elif cell == "gru":
-            self.rnn = BiGRU(embed_dim, hidden_size, **block_args)
-        else:
-            self.rnn = BiRNN(embed_dim, hidden_size, nonlinearity="tanh" if cell == "rnn" else "relu", **block_args)
+        self.rnn: nn.Module = block_for_cell(cell, embed_dim, hidden_size, num_layers, batch_first=True, dropout=dropout,
+                                             merge_mode=modes)
         self.rnn_output_size = merged_size(self.last_merge_mode, hidden_size)
         # Only "attention" owns a scorer; the others keep a parameter-free stand-in (one TorchScript signature).
         self.attention: nn.Module = (

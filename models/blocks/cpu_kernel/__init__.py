@@ -31,11 +31,12 @@ from typing import Any, ContextManager, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ...cells import KERNEL_CODES
 from . import build as cpu_kernel_build
 from .policy import kernel_wins
 from .reference import reference_gradients
 
-_CELLS = {"LSTM": 0, "GRU": 1, "GRU_RESET_BEFORE": 2}  # the last: Keras reset_after=False
+_CELLS = KERNEL_CODES  # mode -> the C code's cell: {"LSTM": 0, "GRU": 1, "GRU_RESET_BEFORE": 2 (Keras reset_after=False)}
 _lock = threading.Lock()
 _library: Optional[ctypes.CDLL] = None
 _capability: Optional[str] = None
@@ -153,7 +154,7 @@ def _check_layer(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor, 
                  c0: Tensor, lengths: Optional[Tensor], cell: int) -> None:
     """The kernel reads raw memory: refuse anything it would misread, before it reads a byte (a second line of
     defence behind the blocks' own checks)."""
-    if cell not in (0, 1, 2):
+    if cell not in _CELLS.values():
         raise ValueError(f"cell must be 0 (LSTM), 1 (GRU) or 2 (GRU, reset gate before the product), got {cell!r}")
     if x.dim() != 3:
         raise ValueError(f"x must be (T, B, F), got shape {list(x.shape)}")
