@@ -3,7 +3,7 @@
 - Every ```python block runs: one fresh namespace per page, the page's blocks in order, in a temporary folder.
   A ```text block right after a ```python block is that block's printed output (``...`` matches anything).
 - Every ``python train.py ...`` command (in ```bash blocks, and inline in the prose where it has no
-  placeholder) composes with Hydra's compose API, each value of a sweep (``a=1,2``) once.
+  placeholder) composes with Hydra's compose API, each option of a config-group sweep (``model=a,b``) once.
 - A ```text block of ``$ python train.py ...`` lines is a transcript: each command runs through ``train.py``'s
   own entry point (all of them in one subprocess), and the lines under it must appear in what it prints.
 - Relative links (files, and ``#anchors`` into Markdown pages) resolve.
@@ -157,13 +157,15 @@ def train_commands(page: Path) -> List[tuple]:
 
 
 def expanded(overrides: List[str]) -> Iterator[List[str]]:
-    """One override list per value of each sweep override (the others at their first value)."""
+    """The override lists to compose for one command: every sweep at its first value, then each further option
+    of a config-group sweep (``model=bilstm,bigru``: another file); a key's further values (``a.b=1,2``) share
+    the first one's type, so they are not composed again."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     firsts = [o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
               for o in parsed]
     yield firsts
     for index, override in enumerate(parsed):
-        if override.is_sweep_override():
+        if override.is_sweep_override() and "." not in override.key_or_group:
             for value in list(override.sweep_string_iterator())[1:]:
                 yield [*firsts[:index], f"{override.get_key_element()}={value}", *firsts[index + 1:]]
 
