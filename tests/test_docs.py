@@ -268,6 +268,25 @@ def test_transcripts_of_train_py_print_what_the_page_shows(block: Block, files: 
             f"{block.where()}: {' '.join(words)} printed\n{printed[-3000:]}\nbut the page shows\n" + "\n".join(shown))
 
 
+# -- the presets table ----------------------------------------------------------------------------------------
+def test_the_readme_presets_table_is_what_create_model_builds() -> None:
+    """One row per registered preset; cell, layers, pooling and parameter counts as ``create_model`` builds them."""
+    import models
+
+    section = ROOT.joinpath("README.md").read_text().split("## Presets", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| `")]
+    assert sorted(row[0].strip(" `") for row in rows) == list(models.list_models())
+    blocks_by_cell = {"LSTM": models.BiLSTM, "GRU": models.BiGRU, "RNN (tanh)": models.BiRNN}
+    for name, cell, layers, pooling, parameters, _ in ([c.strip() for c in row] for row in rows):
+        model = models.create_model(name.strip("`"))
+        block = next(m for m in model.modules() if isinstance(m, (models.BiLSTM, models.BiGRU, models.BiRNN)))
+        total = sum(p.numel() for p in model.parameters()) / 1e6
+        recurrent = sum(p.numel() for p in block.parameters()) / 1e6
+        shown = f"{total:.2f} M ({recurrent:.2f} M recurrent)"
+        assert (type(block), block.num_layers, model.pooling, parameters) == (
+            blocks_by_cell[cell], int(layers), pooling, shown), f"README presets row {name}"
+
+
 # -- links ---------------------------------------------------------------------------------------------------
 def anchors(page: Path) -> set:
     """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
