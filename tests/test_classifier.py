@@ -164,3 +164,28 @@ def test_dropout_is_active_in_training_only():
 def test_repr_mentions_configuration():
     text = repr(SequenceClassifier(vocab_size=VOCAB, merge_mode=["sum", None], pooling="max", **SMALL))
     assert "pooling='max'" in text and "None" in text and "BiLSTM" in text
+
+
+def test_word_dropout_zeroes_whole_steps_in_training_only():
+    """Each step's embedding is kept whole (scaled by 1 / (1 - p)) or zeroed whole, at rate p; eval is untouched."""
+    torch.manual_seed(6)
+    p = 0.25
+    model = SequenceClassifier(vocab_size=VOCAB, word_dropout=p, **SMALL)
+    seen = {}
+    model.rnn.register_forward_pre_hook(lambda module, args, kwargs: seen.update(x=args[0]), with_kwargs=True)
+    ids = torch.randint(1, VOCAB, (64, 50))
+    model(ids)
+    embedded = model.embed(ids)                                                   # (B, T, E), before dropout
+    zeroed = seen["x"].abs().sum(-1) == 0                                         # (B, T): whole steps zeroed
+    assert abs(zeroed.float().mean().item() - p) < 0.03                           # 3,200 steps: std 0.008
+    torch.testing.assert_close(seen["x"][~zeroed], embedded[~zeroed] / (1 - p), atol=1e-6, rtol=1e-6)
+    model.eval()
+    plain = SequenceClassifier(vocab_size=VOCAB, **SMALL).eval()
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(ids), plain(ids), atol=0.0, rtol=0.0)
+    unhooked = SequenceClassifier(vocab_size=VOCAB, word_dropout=p, **SMALL).eval()        # hooks do not script
+    unhooked.load_state_dict(model.state_dict())
+    torch.testing.assert_close(torch.jit.script(unhooked)(ids), plain(ids), **TOL)
+    for bad in (1.0, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match="word_dropout"):
+            SequenceClassifier(vocab_size=VOCAB, word_dropout=bad, **SMALL)

@@ -3,7 +3,7 @@
 Pipeline (batch-first throughout, ``B`` sequences of ``T`` steps)::
 
     tokens (B, T) --Embedding(padding_idx)--+
-                                            +-> dropout -> BiLSTM/BiGRU/BiRNN (merge mode per layer)
+                                            +-> word dropout, dropout -> BiLSTM/BiGRU/BiRNN (merge mode per layer)
     features (B, T, F) --Linear-------------+        -> pooling over valid steps -> dropout -> Linear -> (B, C)
 
 Valid steps:
@@ -65,7 +65,10 @@ class SequenceClassifier(nn.Module):
         hidden_size, num_layers: of the bidirectional block.
         merge_mode: one merge mode for every layer or a list with one per layer (``"concat" | "sum" | "mul"
             | "ave"``; ``None`` allowed for the last layer: both directions are concatenated for pooling).
-        dropout: between recurrent layers. embed_dropout: after the embedding / projection.
+        dropout: between recurrent layers. embed_dropout: after the embedding / projection, per element.
+        word_dropout: in training, the whole embedding vector of each step is zeroed with this probability (the
+            step stays valid: the block sees "a word was here"), the kept ones scaled by ``1 / (1 - p)``;
+            in ``[0, 1)``. A regulariser for small text datasets (Iyyer et al. 2015 drop words).
         head_dropout: before the linear head.
         pooling: ``"last" | "mean" | "max" | "attention"``. attention_size: of the attention scorer.
         padding_idx: the padding token id (token input only).
@@ -74,7 +77,7 @@ class SequenceClassifier(nn.Module):
     ``(B, num_classes)``.
     """
 
-    __constants__ = ["token_input", "padding_idx", "pooling", "last_merge_mode", "rnn_output_size"]
+    __constants__ = ["token_input", "padding_idx", "pooling", "last_merge_mode", "rnn_output_size", "word_dropout"]
     token_input: bool
     last_merge_mode: Optional[str]
 
@@ -94,6 +97,7 @@ class SequenceClassifier(nn.Module):
         pooling: str = "last",
         attention_size: int = 64,
         padding_idx: int = 0,
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if (vocab_size is None) == (input_size is None):
@@ -110,6 +114,8 @@ class SequenceClassifier(nn.Module):
         _check_choice("pooling", pooling, POOLINGS)
         for name, value in (("dropout", dropout), ("embed_dropout", embed_dropout), ("head_dropout", head_dropout)):
             check_probability(name, value)
+        if isinstance(word_dropout, bool) or not isinstance(word_dropout, (int, float)) or not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be a float in [0, 1), got {word_dropout!r}")
         modes: List[Optional[str]] = resolve_merge_modes(merge_mode, num_layers)
 
         self.num_classes = num_classes
@@ -138,6 +144,7 @@ class SequenceClassifier(nn.Module):
             self.embed = nn.Linear(input_size, embed_dim)  # type: ignore[arg-type]
         self.padding_idx = int(padding_idx)
         self.embed_dropout = nn.Dropout(embed_dropout)
+        self.word_dropout = float(word_dropout)
 
         self.rnn: nn.Module = block_for_cell(cell, embed_dim, hidden_size, num_layers, batch_first=True, dropout=dropout,
                                              merge_mode=modes)
@@ -151,7 +158,8 @@ class SequenceClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         source = f"vocab_size={self.vocab_size}" if self.token_input else f"input_size={self.input_size}"
-        return f"{source}, cell={self.cell!r}, merge_mode={self.merge_modes}, pooling={self.pooling!r}"
+        extra = f", word_dropout={self.word_dropout}" if self.word_dropout else ""
+        return f"{source}, cell={self.cell!r}, merge_mode={self.merge_modes}, pooling={self.pooling!r}{extra}"
 
     def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         """``x`` tokens ``(B, T)`` int or features ``(B, T, F)`` float; ``lengths (B,)`` optional -> ``(B, C)``."""
@@ -184,7 +192,11 @@ class SequenceClassifier(nn.Module):
         elif self.token_input:
             valid = x != self.padding_idx
 
-        h = self.embed_dropout(self.embed(x))                                          # (B, T, E)
+        h = self.embed(x)                                                              # (B, T, E)
+        if self.training and self.word_dropout > 0.0:
+            keep = torch.rand(h.shape[0], h.shape[1], 1, device=h.device) >= self.word_dropout   # (B, T, 1)
+            h = h * keep.to(h.dtype) / (1.0 - self.word_dropout)
+        h = self.embed_dropout(h)
         if valid is None:
             # Features without lengths: every step is valid; the block's fastest path (no lengths).
             out, h_n = self._run_rnn(h, None)
