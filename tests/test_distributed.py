@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 import torch
@@ -26,6 +26,7 @@ from models.data.batching import Batch
 from models.training import distributed
 from models.training.checkpoint import load_checkpoint
 from models.training.config import ConfigError
+from models.training.testing_aids import KILL_AT_STEP_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 # 199 examples in batches of 32: 6 full batches and one of 7, which 2 ranks split 3 + 4 (uneven on purpose).
@@ -43,8 +44,9 @@ def command(*overrides: str, processes: int) -> List[str]:
     return [*launcher, str(ROOT / "train.py"), *TINY, *overrides]
 
 
-def start(*overrides: str, processes: int, cwd: Path = ROOT) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def start(*overrides: str, processes: int, cwd: Path = ROOT, env: Optional[Dict[str, str]] = None
+          ) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen(command(*overrides, processes=processes), cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -108,7 +110,7 @@ def test_only_rank_0_writes_and_ranks_share_one_folder(runs: Dict[str, Path]) ->
 @pytest.mark.slow                                   # two more torchrun launches (~45 s)
 def test_a_killed_ddp_run_resumes_to_the_same_weights(runs: Dict[str, Path]) -> None:
     killed_dir = runs["root"] / "killed"
-    killed = finish(start(f"hydra.run.dir={killed_dir}", "trainer.kill_at_step=10", processes=2))
+    killed = finish(start(f"hydra.run.dir={killed_dir}", processes=2, env={KILL_AT_STEP_ENV: "10"}))
     assert killed.returncode != 0
     assert load_checkpoint(killed_dir / "checkpoints" / "last.pt")["progress"]["step"] == 8    # mid-epoch 2
     source = runs["root"] / "killed_copy"

@@ -1,15 +1,18 @@
 """``python train.py`` end to end on a tiny config: outputs, sweep + report, kill and resume, checkpoints."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, Optional
 
 import pytest
 import torch
 
 from models.training.checkpoint import FORMAT, REQUIRED_KEYS, load_checkpoint, save_checkpoint
+from models.training.testing_aids import KILL_AT_STEP_ENV, SKIP_RNG_RESTORE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.num_train=192", "data.num_val=64", "data.num_test=64", "data.min_len=6", "data.max_len=12",
@@ -17,9 +20,12 @@ TINY = ["data.num_train=192", "data.num_val=64", "data.num_test=64", "data.min_l
         "trainer.patience=100", "trainer.infer_batches=2", "trainer.num_threads=1"]
 
 
-def run_train(*overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+def run_train(*overrides: str, multirun: bool = False, env: Optional[Dict[str, str]] = None
+              ) -> subprocess.CompletedProcess:
+    """``python train.py`` on the tiny run; ``env``: extra environment variables (the testing aids)."""
     command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *TINY, *overrides]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
 
 
 def test_a_tiny_run_writes_every_output(tmp_path: Path) -> None:
@@ -84,13 +90,16 @@ def final_parameters(run_dir: Path) -> dict:
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
 
 
+KILL_AT_10 = {KILL_AT_STEP_ENV: "10"}                   # SIGKILL right after global step 10 (testing aid)
+
+
 def test_kill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path: Path) -> None:
     common = ["model.dropout=0.3", "model.head_dropout=0.3", "trainer.checkpoint_every_steps=4"]
     reference = run_train(f"hydra.run.dir={tmp_path / 'straight'}", *common)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
-    killed = run_train(f"hydra.run.dir={killed_dir}", *common, "trainer.kill_at_step=10")
+    killed = run_train(f"hydra.run.dir={killed_dir}", *common, env=KILL_AT_10)
     assert killed.returncode == -signal.SIGKILL
     assert load_checkpoint(killed_dir / "checkpoints" / "last.pt")["progress"]["batch_in_epoch"] == 2  # mid-epoch
     resumed = run_train(f"hydra.run.dir={killed_dir}", *common, f"trainer.resume={killed_dir}")
@@ -101,9 +110,9 @@ def test_kill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path: Path)
 
     # Negative control: the same resume without restoring the RNG state draws other dropout masks.
     control_dir = tmp_path / "control"
-    run_train(f"hydra.run.dir={control_dir}", *common, "trainer.kill_at_step=10")
+    run_train(f"hydra.run.dir={control_dir}", *common, env=KILL_AT_10)
     control = run_train(f"hydra.run.dir={control_dir}", *common, f"trainer.resume={control_dir}",
-                        "trainer.restore_rng=false")
+                        env={SKIP_RNG_RESTORE_ENV: "1"})
     assert control.returncode == 0, control.stderr[-3000:]
     differs = final_parameters(control_dir)
     assert not all(torch.equal(straight[name], differs[name]) for name in straight)
@@ -171,7 +180,7 @@ def test_validation_runs_in_eval_mode(tmp_path: Path) -> None:
 
     from models import create_model
     from models.data import build_data
-    from models.training.steps import evaluate
+    from models.training.evaluation import evaluate
 
     overrides = [*TINY, "trainer.max_epochs=1", "model.head_dropout=0.9", "model.embed_dropout=0.5"]
     result = run_train(f"hydra.run.dir={tmp_path}", *overrides[len(TINY):])

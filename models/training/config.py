@@ -38,14 +38,14 @@ TRAINER_KEYS: Dict[str, type] = {
     "max_epochs": int, "device": str, "compile": str, "precision": str, "patience": int, "resume": str,
     "overwrite": bool, "init_from": str,
     "checkpoint_every_steps": int, "max_nonfinite_steps": int, "num_threads": int, "log_every_steps": int,
-    "progress": bool, "tensorboard": bool, "infer_batches": int, "restore_rng": bool, "kill_at_step": int,
+    "progress": bool, "tensorboard": bool, "infer_batches": int,
 }
 # Lower bounds of the integer and float settings (checked after the type).
 MINIMUM: Dict[str, float] = {"optim.weight_decay": 0.0, "optim.momentum": 0.0, "optim.warmup_steps": 0,
                              "optim.grad_clip": 0.0, "trainer.patience": 1, "trainer.checkpoint_every_steps": 1,
                              "trainer.max_nonfinite_steps": 1, "trainer.num_threads": 1,
-                             "trainer.log_every_steps": 1, "trainer.infer_batches": 0, "trainer.kill_at_step": 1}
-NULLABLE = {"trainer.resume", "trainer.init_from", "trainer.num_threads", "trainer.kill_at_step", "trainer.checkpoint_every_steps",
+                             "trainer.log_every_steps": 1, "trainer.infer_batches": 0}
+NULLABLE = {"trainer.resume", "trainer.init_from", "trainer.num_threads", "trainer.checkpoint_every_steps",
             "optim.betas", "optim.momentum"}
 
 

@@ -34,7 +34,7 @@ COLUMNS = ("data", "model", "cell", "merge_mode", "pooling", "seed", "num_parame
            "device", "run_dir")
 REQUIRED = ("data", "seed", "num_parameters", "test_accuracy", "train_tokens_per_s", "infer_tokens_per_s")
 """Keys a ``results.json`` must hold to be reported."""
-NOT_GROUPED = ("seed", "data.seed", "trainer.resume", "trainer.overwrite", "trainer.kill_at_step")
+NOT_GROUPED = ("seed", "data.seed", "trainer.resume", "trainer.overwrite")
 """Settings that never split a group: seeds (what is averaged) and where or how a run was started."""
 METRICS = ("test_accuracy", "train_tokens_per_s", "infer_tokens_per_s")
 

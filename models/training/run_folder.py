@@ -142,7 +142,7 @@ def _user_overrides() -> List[str]:
         return []
 
 
-DROPPED = ("trainer.resume", "trainer.init_from", "trainer.overwrite", "trainer.kill_at_step", "hydra.run.dir")
+DROPPED = ("trainer.resume", "trainer.init_from", "trainer.overwrite", "hydra.run.dir")
 
 
 def continue_command(run_dir: Path, settings: Sequence[str], world_size: int = 1,
