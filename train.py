@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from models.data import DownloadError
 from models.training import distributed
 from models.training.config import ConfigError
 from models.training.loop import train
@@ -64,11 +65,11 @@ def main(cfg: DictConfig) -> float | None:
         log.warning("%s", message)
         print(message, file=sys.stderr)
         sys.exit(130)
-    except TrainingDiverged as error:
+    except (TrainingDiverged, DownloadError) as error:
         log.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         if sweeping:
-            _record_failure(run_dir, error, "diverged")
+            _record_failure(run_dir, error, "diverged" if isinstance(error, TrainingDiverged) else "download")
             return None
         sys.exit(1)
     except Exception as error:

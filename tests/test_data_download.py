@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from models.data import ChecksumError, cache_dir, download_file, ensure_files, sha256_file
+from models.data import ChecksumError, DownloadError, build_data, cache_dir, download_file, ensure_files, sha256_file
 from models.data.download import SOURCES, FileSpec
 
 PAYLOAD = b"NUM:dist How far is it from Denver to Aspen ?\n" * 2000
@@ -99,3 +99,35 @@ def test_sources_use_the_shared_layout_and_public_urls() -> None:
         for parts in SOURCES.values():
             for s in parts.values():
                 assert sha256_file(shared / s.relpath) == s.sha256
+
+
+# A port nothing listens on, on this machine: the connection is refused at once, as without a network.
+UNREACHABLE = "http://127.0.0.1:9/birnn-zoo/a.tsv"
+
+
+@pytest.mark.parametrize("root", ["folder", None])
+def test_an_unreachable_source_is_one_line_naming_dataset_url_and_root(tmp_path: Path, root: str | None,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BIRNN_ZOO_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "root"
+    folder.mkdir()
+    sources = {"toy": {"all": FileSpec("toy/a.tsv", UNREACHABLE, "f" * 64)}}
+    with pytest.raises(DownloadError) as error:
+        ensure_files("toy", folder if root else None, download=True, progress=False, sources=sources)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"toy: cannot download {UNREACHABLE} into data.root=")
+    assert (f"data.root={folder}" if root else f"data.root=null (the cache {tmp_path / 'cache'})") in message
+    assert "data.download=false" in message
+    assert not list((folder if root else tmp_path / "cache").rglob("*.part")), "no partial file is left"
+
+
+@pytest.mark.parametrize("name", ["trec", "sst2", "sms_spam"])
+def test_a_data_root_that_does_not_exist_is_a_config_error_not_a_download(tmp_path: Path, name: str) -> None:
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(ValueError, match=rf"data.root='{missing}' does not exist; set data.root to the folder "
+                                         rf"holding {name}/"):
+        build_data({"name": name, "root": str(missing)})            # download is true: still refused
+    assert not missing.exists(), "nothing is created"
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"data.root='.*a_file' is a file, not a folder"):
+        build_data({"name": name, "root": str(tmp_path / "a_file")})

@@ -138,3 +138,35 @@ def test_config_error_path_does_not_need_torch_compute() -> None:
         check_config(composed("model.pooling=sum"))
     check_config(composed("model=bilstm_attn"))         # builds the model on the meta device
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_a_data_root_that_does_not_exist_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_folder"
+    result = run_train(f"hydra.run.dir={tmp_path / 'run'}", "data=trec", f"data.root={missing}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"config error: data.root='{missing}' does not exist")
+    assert not missing.exists()
+
+
+# ``python train.py`` with TREC's sources moved to a port nothing listens on (as without a network).
+OFFLINE = """
+import runpy, sys
+import models.data.download as download
+for name, spec in list(download.SOURCES["trec"].items()):
+    download.SOURCES["trec"][name] = download.FileSpec(spec.relpath, "http://127.0.0.1:9/" + spec.relpath, spec.sha256)
+sys.argv = [{script!r}, *sys.argv[1:]]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def test_a_download_without_network_ends_in_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    command = [sys.executable, "-c", OFFLINE.format(script=str(ROOT / "train.py")), f"hydra.run.dir={tmp_path / 'run'}",
+               "data=trec", f"data.root={root}", "trainer.num_threads=1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"error: trec: cannot download http://127.0.0.1:9/trec/train_5500.label into "
+                           f"data.root={root}: "), last
+    assert "data.download=false" in last

@@ -7,12 +7,12 @@
 
 from .batching import Batch, BatchLoader, ListDataset, batch_order, collate, padding_fraction
 from .bundle import DataBundle, build_data, resolve_config
-from .download import ChecksumError, cache_dir, download_file, ensure_files, sha256_file
+from .download import ChecksumError, DownloadError, cache_dir, download_file, ensure_files, sha256_file
 from .synthetic import TASKS
 from .text import DataFormatError, Vocab, tokenize
 
 __all__ = [
-    "Batch", "BatchLoader", "ChecksumError", "DataBundle", "DataFormatError", "ListDataset", "TASKS", "Vocab",
+    "Batch", "BatchLoader", "ChecksumError", "DataBundle", "DownloadError", "DataFormatError", "ListDataset", "TASKS", "Vocab",
     "batch_order", "build_data", "cache_dir", "collate", "download_file", "ensure_files", "padding_fraction",
     "resolve_config", "sha256_file", "tokenize",
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,6 +142,16 @@ def _fraction(c: dict[str, Any], key: str) -> None:
         raise ValueError(f"data.{key}={v!r}: expected a number strictly between 0 and 1")
 
 
+def _existing_folder(root: str | None, name: str) -> None:
+    """``data.root`` names a folder that exists (a typo must not fall through to a download into a new folder)."""
+    if root is None or Path(root).expanduser().is_dir():
+        return
+    what = "is a file, not a folder" if Path(root).expanduser().exists() else "does not exist"
+    raise ValueError(f"data.root={root!r} {what}; set data.root to the folder holding {name}/ (e.g. "
+                     f"data.root=../shared/data), or data.root=null for the cache (${download.CACHE_ENV} or "
+                     f"~/.cache/birnn-zoo, where missing files are downloaded)")
+
+
 def resolve_config(cfg: Any) -> dict[str, Any]:
     """Validate ``cfg`` and return it completed with defaults (no data is touched)."""
     c = _plain(cfg)
@@ -173,6 +184,7 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
             _bool(c, key)
         if c["root"] is not None and not isinstance(c["root"], str):
             raise ValueError(f"data.root={c['root']!r}: expected a folder path or null")
+        _existing_folder(c["root"], name)
         if "split_seed" in c:
             _int(c, "split_seed", 0)
         for key in ("val_fraction", "test_fraction"):

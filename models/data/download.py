@@ -73,6 +73,11 @@ class ChecksumError(ValueError):
     """A file's SHA-256 differs from the expected one; the file is refused."""
 
 
+class DownloadError(OSError):
+    """A dataset file could not be fetched (no network, a refused connection, an HTTP error); the message is one
+    line naming the dataset, the URL, ``data.root`` and what to do instead."""
+
+
 def cache_dir() -> Path:
     """``$BIRNN_ZOO_CACHE`` if set, else ``~/.cache/birnn-zoo``."""
     env = os.environ.get(CACHE_ENV)
@@ -155,7 +160,8 @@ def ensure_files(
 
     Returns ``{part: path}`` with parts as in :data:`SOURCES` (e.g. ``train``/``test``).
     Raises FileNotFoundError (naming the path, the URL and the config keys) for a missing file when
-    ``download`` is false, and :class:`ChecksumError` for a file whose SHA-256 is wrong.
+    ``download`` is false, :class:`DownloadError` (one line: dataset, URL, ``data.root``) when a missing file
+    cannot be fetched, and :class:`ChecksumError` for a file whose SHA-256 is wrong.
     """
     specs = (sources or SOURCES)[dataset]
     base = Path(root).expanduser() if root is not None else cache_dir()
@@ -169,7 +175,17 @@ def ensure_files(
                     f"{spec.relpath} (e.g. data.root=../shared/data), or allow download "
                     f"(data.download=true) to fetch it from {spec.url}"
                 )
-            download_file(spec.url, path, spec.sha256, progress=progress)  # downloads always verified
+            try:
+                download_file(spec.url, path, spec.sha256, progress=progress)  # downloads always verified
+            except ChecksumError:
+                raise
+            except OSError as error:                   # URLError, timeouts, refused connections, HTTP errors
+                where = f"data.root={root}" if root is not None else f"data.root=null (the cache {base})"
+                reason = " ".join(str(getattr(error, "reason", None) or error).split()) or type(error).__name__
+                raise DownloadError(
+                    f"{dataset}: cannot download {spec.url} into {where}: {reason}. Without network, copy the "
+                    f"files into a folder and set data.root to it (e.g. data.root=../shared/data "
+                    f"data.download=false)") from error
         elif verify:
             verify_file(path, spec.sha256)
         paths[part] = path

@@ -41,8 +41,9 @@ def _flatten(node: Any, prefix: str) -> Dict[str, Any]:
 
 def defining_settings(config: Mapping[str, Any]) -> Dict[str, Any]:
     """The settings of a (plain, resolved) config that define what a run trains, as ``{dotted key: value}``."""
-    try:
-        data = resolve_data_config(dict(config.get("data") or {}))
+    data = dict(config.get("data") or {})
+    try:                                               # where the files live is not compared (nor checked here)
+        data = resolve_data_config({**data, "root": None} if "root" in data else data)
     except ValueError:
         data = dict(config.get("data") or {})
     data = {k: v for k, v in data.items() if k not in DATA_LOCATION_KEYS}
