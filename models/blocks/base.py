@@ -32,6 +32,7 @@ from ..arguments import check_positive_int, check_probability
 from ..cells import GATES, GRU_RESET_BEFORE
 from ..merge import MergeMode, merge_directions, merge_stacked, merged_size, resolve_merge_modes
 from . import cpu_kernel
+from .cpu_kernel import inference as cpu_kernel_inference
 from .gru_reset_before import gru_reset_before
 from .packed import repack, unpack
 from .validation import check_hidden, check_input, check_lengths, check_not_lengths, check_weights
@@ -177,7 +178,12 @@ class _BiRNNBase(nn.Module):
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         result = super()._apply(fn, recurse)
         self._init_flat_weights()
+        cpu_kernel_inference.clear(self)  # the prepared inference weights are of the old tensors
         return result
+
+    def train(self, mode: bool = True) -> "_BiRNNBase":
+        cpu_kernel_inference.clear(self)  # a plan is kept in eval mode only, and eval() re-reads the weights
+        return super().train(mode)
 
     @torch.jit.unused
     def _current_weights(self) -> List[Tensor]:
@@ -339,7 +345,12 @@ class _BiRNNBase(nn.Module):
     def _run_kernel_layers(
         self, x: Tensor, lengths: Optional[Tensor], h0: Tensor, c0: Tensor, weights: List[Tensor]
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """CPU: one call of ``models/blocks/cpu_kernel/csrc``'s kernel per layer (both directions at once), then the merge."""
+        """CPU: one call of ``models/blocks/cpu_kernel/csrc``'s kernel per layer (both directions at once), then the
+        merge. Without gradients (and without dropout to apply), ``cpu_kernel/inference.py``'s direct path."""
+        if (not (self.training and self.dropout > 0.0)
+                and cpu_kernel_inference.usable(x, weights)):
+            return cpu_kernel_inference.run_layers(self, self._kernel_cell(), x, lengths, h0, c0, weights, self.bias,
+                                                   self.merge_modes, self.hidden_size)
         if lengths is not None:
             # Padded inputs may hold anything (NaN included): zero them so no gradient can pick them up.
             steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)

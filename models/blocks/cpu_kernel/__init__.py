@@ -206,8 +206,11 @@ def _layer(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor, b_hh: 
     b_ih = None if b_ih is None else b_ih.contiguous()
     b_hh = None if b_hh is None else b_hh.contiguous()
     library = _kernel()
+    # float32 takes prepacked W_ih, W_hh (inference.py); null here: W_hh packed per call
+    packed = (None,) if x.dtype == torch.float32 else ()
     fn = library.birnn_forward_f32 if x.dtype == torch.float32 else library.birnn_forward_f64
-    fn(cell, steps, batch, w_hh.shape[2], input_size, _ptr(x), _ptr(w_ih), _ptr(b_ih), _ptr(w_hh), _ptr(b_hh),
+    fn(cell, steps, batch, w_hh.shape[2], input_size, _ptr(x), _ptr(w_ih), *packed, _ptr(b_ih), _ptr(w_hh), *packed,
+       _ptr(b_hh),
        _ptr(h0), _ptr(c0) if cell == 0 else None, _ptr(lengths), _ptr(gates), int(stash), _ptr(out), _ptr(h_n),
        _ptr(c_n), _ptr(h_all), _ptr(c_all), _ptr(ghn), _threads())
     return out, h_n, c_n, h_all, c_all, gates, ghn

@@ -183,9 +183,17 @@ def _build_in(folder: Path, name: str, cxx: List[str], capability: str) -> Path:
 
 def _declare(library: ctypes.CDLL) -> None:
     pointer, integer = ctypes.c_void_p, ctypes.c_int
+    library.birnn_forward_f32.argtypes = [integer] * 5 + [pointer] * 11 + [integer] + [pointer] * 6 + [integer]
+    library.birnn_forward_f64.argtypes = [integer] * 5 + [pointer] * 9 + [integer] + [pointer] * 6 + [integer]
+    library.birnn_packed_hh_floats.argtypes = [integer, integer]
+    library.birnn_packed_hh_floats.restype = ctypes.c_int64
+    library.birnn_pack_hh_f32.argtypes = [integer, integer, pointer, pointer]
+    library.birnn_pack_hh_f32.restype = None
+    library.birnn_packed_ih_floats.argtypes = [integer, integer, integer]
+    library.birnn_packed_ih_floats.restype = ctypes.c_int64
+    library.birnn_pack_ih_f32.argtypes = [integer, integer, integer, pointer, pointer]
+    library.birnn_pack_ih_f32.restype = None
     for suffix in ("f32", "f64"):
-        getattr(library, f"birnn_forward_{suffix}").argtypes = (
-            [integer] * 5 + [pointer] * 9 + [integer] + [pointer] * 6 + [integer])
         getattr(library, f"birnn_forward_{suffix}").restype = None
         getattr(library, f"birnn_backward_{suffix}").argtypes = [integer] * 5 + [pointer] * 20 + [integer]
         getattr(library, f"birnn_backward_{suffix}").restype = None

@@ -80,32 +80,52 @@ inline void row_block(int K, int N, const float* a, int lda, const float* packed
 
 class PanelGemm {
  public:
-  // B (K x N) = W^T for a row-major W (N x K) when `transposed`, else W itself (K x N).
-  PanelGemm(const float* w, bool transposed, int n, int k) : n_(n), k_(k) {
-    const int panels = (n + kPanel - 1) / kPanel;
-    packed_.assign(size_t(panels) * k * kPanel, 0.0f);
-    for (int p = 0; p < panels; ++p)
+  // Floats that B (K x N) takes packed.
+  static size_t packed_floats(int n, int k) { return size_t((n + kPanel - 1) / kPanel) * k * kPanel; }
+  // Packs B = W^T for a row-major W (N x K) when `transposed`, else W itself (K x N), into `out`
+  // (packed_floats(n, k) floats). Reads W row by row (sequential), writes each row's columns into its panel.
+  static void pack(const float* w, bool transposed, int n, int k, float* out) {
+    std::memset(out, 0, sizeof(float) * packed_floats(n, k));
+    if (transposed) {
+      for (int col = 0; col < n; ++col) {
+        float* dst = out + size_t(col / kPanel) * k * kPanel + col % kPanel;
+        const float* src = w + int64_t(col) * k;
+        for (int kk = 0; kk < k; ++kk) dst[size_t(kk) * kPanel] = src[kk];
+      }
+    } else {
       for (int kk = 0; kk < k; ++kk)
-        for (int j = 0; j < kPanel && p * kPanel + j < n; ++j) {
-          const int col = p * kPanel + j;
-          packed_[(size_t(p) * k + kk) * kPanel + j] = transposed ? w[int64_t(col) * k + kk] : w[int64_t(kk) * n + col];
-        }
+        for (int col = 0; col < n; ++col)
+          out[(size_t(col / kPanel) * k + kk) * kPanel + col % kPanel] = w[int64_t(kk) * n + col];
+    }
   }
+  // Packs W now (owned), or, when `prepacked` is given, uses that buffer as is (packed by `pack` with the same
+  // n, k; the caller keeps it alive): inference caches the packed W_hh across calls.
+  PanelGemm(const float* w, bool transposed, int n, int k, const float* prepacked = nullptr) : n_(n), k_(k) {
+    if (prepacked != nullptr) {
+      data_ = prepacked;
+    } else {
+      own_.resize(packed_floats(n, k));
+      pack(w, transposed, n, k, own_.data());
+      data_ = own_.data();
+    }
+  }
+  PanelGemm(const PanelGemm&) = delete;  // data_ may point into own_
+  PanelGemm& operator=(const PanelGemm&) = delete;
   void operator()(int rows, const float* a, int lda, float* c, int ldc) const {
     int m = 0;
-    for (; m + kRows <= rows; m += kRows) row_block<kRows, 1>(k_, n_, a + int64_t(m) * lda, lda, packed_.data(),
+    for (; m + kRows <= rows; m += kRows) row_block<kRows, 1>(k_, n_, a + int64_t(m) * lda, lda, data_,
                                                                c + int64_t(m) * ldc, ldc);
     const float* a_rest = a + int64_t(m) * lda;
     float* c_rest = c + int64_t(m) * ldc;
     switch (rows - m) {  // the last rows: smaller blocks, more panels each to keep enough FMAs in flight
-      case 1: row_block<1, 4>(k_, n_, a_rest, lda, packed_.data(), c_rest, ldc); break;
-      case 2: row_block<2, 3>(k_, n_, a_rest, lda, packed_.data(), c_rest, ldc); break;
-      case 3: row_block<3, 2>(k_, n_, a_rest, lda, packed_.data(), c_rest, ldc); break;
-      case 4: row_block<4, 1>(k_, n_, a_rest, lda, packed_.data(), c_rest, ldc); break;
-      case 5: row_block<5, 1>(k_, n_, a_rest, lda, packed_.data(), c_rest, ldc); break;
+      case 1: row_block<1, 4>(k_, n_, a_rest, lda, data_, c_rest, ldc); break;
+      case 2: row_block<2, 3>(k_, n_, a_rest, lda, data_, c_rest, ldc); break;
+      case 3: row_block<3, 2>(k_, n_, a_rest, lda, data_, c_rest, ldc); break;
+      case 4: row_block<4, 1>(k_, n_, a_rest, lda, data_, c_rest, ldc); break;
+      case 5: row_block<5, 1>(k_, n_, a_rest, lda, data_, c_rest, ldc); break;
 #if BIRNN_VECTOR == 16
-      case 6: row_block<6, 1>(k_, n_, a_rest, lda, packed_.data(), c_rest, ldc); break;
-      case 7: row_block<7, 1>(k_, n_, a_rest, lda, packed_.data(), c_rest, ldc); break;
+      case 6: row_block<6, 1>(k_, n_, a_rest, lda, data_, c_rest, ldc); break;
+      case 7: row_block<7, 1>(k_, n_, a_rest, lda, data_, c_rest, ldc); break;
 #endif
       default: break;
     }
@@ -113,7 +133,8 @@ class PanelGemm {
 
  private:
   int n_, k_;
-  std::vector<float> packed_;
+  const float* data_;
+  std::vector<float> own_;
 };
 #endif
 
