@@ -1,0 +1,205 @@
+"""``python -m benchmarks.latency [--requests 1000] [--threads 1 2] [--model bilstm]``: serving latency on CPU.
+
+Single requests (B = 1) whose lengths are drawn from TREC's question lengths (``/work/shared/data`` or
+``--data``; a fixed stand-in distribution when absent, said in the output), the same request sequence for every
+variant, interleaved request by request (rotating order), wall time per call as a caller sees it; p50 / p99 /
+mean per variant. Then throughput at B = 64 (batches of those requests, right-padded). Variants:
+
+- ``block`` / ``block ORT``: the zoo model's recurrent encoder alone (``BiLSTM``/``BiGRU``, eager, no grad) on
+  ``(1, L, E)`` features, and ONNX Runtime on its twin graph of fused ``LSTM``/``GRU`` ops (dynamic ``T``,
+  ``benchmarks/onnx_rnn.py``);
+- ``zoo eager``: ``create_model(name)(token_ids)`` under ``torch.inference_mode``;
+- ``TorchScript``: ``models.export(model, ..., "torchscript")`` loaded with ``torch.jit.load`` (dynamic ``T``);
+- ``pt2`` / ``ORT .onnx``: ``models.export(..., "pt2" | "onnx", max_len=M)``: these take a static ``T = M`` (the
+  longest TREC question, rounded up), so each request is right-padded to ``M``; ``zoo eager @M`` is the eager
+  model on the same padded input, the like-for-like comparison for them.
+
+Results: ``benchmarks/results/latency-<capability>.json`` and a Markdown table on stdout. About 2-4 minutes on
+2 cores (the ONNX export is most of the setup).
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no OpenMP spin-waiting on a shared machine
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+import models
+from models import cpu_kernel
+
+from . import onnx_rnn
+from .machine import describe
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA = Path("/work/shared/data")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def trec_lengths(root: Path) -> Tuple[List[int], str]:
+    """Token counts of TREC's training questions (the project's tokenizer), and where they came from."""
+    path = root / "trec" / "train_5500.label"
+    if path.exists():
+        from models.data.text import read_trec, tokenize
+
+        rows, _ = read_trec(path)
+        return [max(1, len(tokenize(text))) for _, text in rows], str(path)
+    # Stand-in: TREC's shape (median 10, p99 25, max 37 tokens) as a clipped log-normal
+    rng = np.random.default_rng(0)
+    return [int(v) for v in np.clip(np.round(rng.lognormal(2.3, 0.35, 5000)), 3, 37)], "stand-in log-normal"
+
+
+def percentile(values: List[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def interleaved_requests(fns: Dict[str, Callable[[int], Any]], lengths: List[int]) -> Dict[str, List[float]]:
+    """Each request (index i, length lengths[i]) through every variant in a rotating order; seconds per call."""
+    keys = list(fns)
+    for key in keys:  # warm-up: first-call costs (allocations, prepared weights, TorchScript's profiling runs)
+        for i in range(min(20, len(lengths))):
+            fns[key](i)
+    times: Dict[str, List[float]] = {key: [] for key in keys}
+    for i in range(len(lengths)):
+        for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+            start = time.perf_counter()
+            fns[key](i)
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: List[str] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="bilstm", help="zoo model name (bilstm, bigru, ...)")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batches", type=int, default=30, help="B=64 batches timed per variant for throughput")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    pool, source = trec_lengths(args.data)
+    rng = random.Random(0)
+    lengths = [rng.choice(pool) for _ in range(args.requests)]
+    max_len = int(np.ceil(max(pool) / 8) * 8)
+    vocab = 8000
+    model = models.create_model(args.model, vocab_size=vocab, num_classes=6).eval()
+    encoder = next(m for m in model.modules() if isinstance(m, (models.BiLSTM, models.BiGRU)))
+    if not encoder.batch_first:
+        raise ValueError(f"{args.model}'s encoder is not batch-first; this benchmark feeds (B, T, E)")
+    twin = (nn.LSTM if isinstance(encoder, models.BiLSTM) else nn.GRU)(
+        encoder.input_size, encoder.hidden_size, encoder.num_layers, batch_first=True, bidirectional=True).eval()
+    if not encoder.all_concat:
+        raise ValueError("the ORT twin of the encoder is built for merge_mode='concat'")
+    twin.load_state_dict(encoder.state_dict())
+    tokens = [torch.randint(1, vocab, (1, n)) for n in lengths]
+    padded = [torch.nn.functional.pad(t, (0, max_len - t.shape[1])) for t in tokens]  # padding_idx 0 on the right
+    features = [torch.randn(1, n, encoder.input_size) for n in lengths]
+
+    folder = Path(tempfile.mkdtemp(prefix="birnn_latency_"))
+    started = time.perf_counter()
+    scripted = torch.jit.load(models.export(model, folder / "model.pt", "torchscript"))
+    log("exporting pt2 and onnx (static T = %d)" % max_len)
+    program = torch.export.load(models.export(model, folder / "model.pt2", "pt2", max_len=max_len)).module()
+    onnx_path = models.export(model, folder / "model.onnx", "onnx", max_len=max_len)
+    twin_bytes = onnx_rnn.build(twin, with_lengths=False)
+    log(f"exports took {time.perf_counter() - started:.0f} s")
+
+    machine = describe("cpu", max(args.threads))
+    machine.update(onnxruntime=ort.__version__, capability=cpu_kernel.capability(), lengths_source=source,
+                   model=args.model, max_len=max_len)
+    results: Dict[str, Any] = {"machine": machine, "latency": [], "throughput": []}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        zoo_session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        zoo_input = zoo_session.get_inputs()[0].name
+        block_session = onnx_rnn.session(twin_bytes, threads)
+
+        def grad_free(fn: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*a: Any) -> Any:
+                with torch.inference_mode():
+                    return fn(*a)
+            return call
+
+        with torch.inference_mode():  # the variants agree before any timing
+            want = model(padded[0])
+            for name, got in (("TorchScript", scripted(padded[0])), ("pt2", program(padded[0])),
+                              ("ORT .onnx", torch.from_numpy(zoo_session.run(None, {zoo_input: padded[0].numpy()})[0])),
+                              ("zoo eager (unpadded)", model(tokens[0]))):
+                diff = float((got - want).abs().max())
+                if diff > 1e-4:
+                    raise AssertionError(f"{name} differs from the eager model by {diff}")
+        variants: Dict[str, Callable[[int], Any]] = {
+            "block": grad_free(lambda i: encoder(features[i])),
+            "block ORT": lambda i: block_session.run(None, {"x": features[i].numpy()}),
+            "zoo eager": grad_free(lambda i: model(tokens[i])),
+            "TorchScript": grad_free(lambda i: scripted(tokens[i])),
+            f"zoo eager @{max_len}": grad_free(lambda i: model(padded[i])),
+            f"pt2 @{max_len}": grad_free(lambda i: program(padded[i])),
+            f"ORT .onnx @{max_len}": lambda i: zoo_session.run(None, {zoo_input: padded[i].numpy()}),
+        }
+        log(f"{threads} thread(s): {len(lengths)} requests x {len(variants)} variants")
+        times = interleaved_requests(variants, lengths)
+        for name, samples in times.items():
+            results["latency"].append({"variant": name, "threads": threads, "p50_ms": 1e3 * percentile(samples, 50),
+                                       "p99_ms": 1e3 * percentile(samples, 99),
+                                       "mean_ms": 1e3 * statistics.fmean(samples), "requests": len(samples)})
+        # Throughput: B = 64 batches of the same requests, padded to the batch's longest (static T: to max_len)
+        batches = []
+        for b in range(args.batches):
+            picked = [(b * 64 + j) % len(lengths) for j in range(64)]
+            longest = max(lengths[i] for i in picked)
+            batches.append((torch.cat([torch.nn.functional.pad(tokens[i], (0, longest - lengths[i])) for i in picked]),
+                            torch.cat([padded[i] for i in picked])))
+        throughput = {
+            "zoo eager": grad_free(lambda k: model(batches[k][0])),
+            "TorchScript": grad_free(lambda k: scripted(batches[k][0])),
+            f"pt2 @{max_len}": grad_free(lambda k: program(batches[k][1])),
+            f"ORT .onnx @{max_len}": lambda k: zoo_session.run(None, {zoo_input: batches[k][1].numpy()}),
+        }
+        batch_times = interleaved_requests(throughput, list(range(len(batches))))
+        for name, samples in batch_times.items():
+            results["throughput"].append({"variant": name, "threads": threads, "batch": 64,
+                                          "requests_per_s": 64 / statistics.median(samples),
+                                          "batch_ms_p50": 1e3 * statistics.median(samples)})
+    out = args.out or RESULTS / f"latency-{cpu_kernel.capability() or 'none'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(markdown(results))
+    log(f"total {time.perf_counter() - started:.0f} s; written {out}")
+
+
+def markdown(results: Dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [f"Machine: {m['summary']}; onnxruntime {m['onnxruntime']}; kernel {m['capability']}; model "
+             f"{m['model']}; request lengths from {m['lengths_source']}; static T of pt2/onnx = {m['max_len']}", "",
+             "| variant | threads | p50 ms | p99 ms | mean ms |", "|---|---|---|---|---|"]
+    for r in results["latency"]:
+        lines.append(f"| {r['variant']} | {r['threads']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['mean_ms']:.3f} |")
+    lines += ["", "| throughput, B = 64 | threads | requests / s | ms per batch (p50) |", "|---|---|---|---|"]
+    for r in results["throughput"]:
+        lines.append(f"| {r['variant']} | {r['threads']} | {r['requests_per_s']:.0f} | {r['batch_ms_p50']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
