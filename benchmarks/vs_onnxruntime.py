@@ -78,7 +78,7 @@ def timed_rounds(fns: Dict[str, Callable[[], Any]], threads: int, budget_s: floa
 
 
 def run_row(cell: str, batch: int, steps: int, hidden: int, with_lengths: bool, threads: int,
-            budget_s: float) -> Dict[str, Any]:
+            budget_s: float, with_nn: bool = True) -> Dict[str, Any]:
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(batch * 1000 + steps + hidden)
     torch.manual_seed(steps + hidden)
@@ -109,7 +109,7 @@ def run_row(cell: str, batch: int, steps: int, hidden: int, with_lengths: bool, 
     theirs = [torch.from_numpy(a) for a in run_ort()]
     diff = max(float((a - b).abs().max()) for a, b in zip(ours, theirs))
     fns: Dict[str, Callable[[], Any]] = {"block": run_block, "ort": run_ort}
-    if lengths is None:
+    if lengths is None and with_nn:
         fns["nn"] = run_nn
     samples = timed_rounds(fns, threads, budget_s)
     rounds = len(samples["block"])
@@ -152,6 +152,7 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=list(HIDDEN))
     parser.add_argument("--lengths", nargs="+", default=["no", "yes"], choices=["no", "yes"])
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of interleaved rounds per row (>= 3 rounds)")
+    parser.add_argument("--no-nn", action="store_true", help="skip timing nn.LSTM/nn.GRU (a third of the time)")
     parser.add_argument("--quick", action="store_true", help="B=1 and 16, T=64, H=128: a minute")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default results/vs_onnxruntime-<cap>.json)")
     args = parser.parse_args(argv)
@@ -168,7 +169,7 @@ def main(argv: List[str] = None) -> None:
     rows: List[Dict[str, Any]] = []
     for cell, steps, hidden, batch, lengths, threads in itertools.product(
             args.cells, args.steps, args.hidden, args.batches, args.lengths, args.threads):
-        row = run_row(cell, batch, steps, hidden, lengths == "yes", threads, args.budget)
+        row = run_row(cell, batch, steps, hidden, lengths == "yes", threads, args.budget, not args.no_nn)
         rows.append(row)
         log(f"{cell} T={steps} H={hidden} B={batch} lengths={lengths} threads={threads}: block "
             f"{row['block_ms']:.2f} ms, ORT {row['ort_ms']:.2f} ms, ratio {row['block_over_ort']:.2f} "

@@ -75,6 +75,23 @@ def test_direct_path_equals_operator_path(monkeypatch: pytest.MonkeyPatch, mode:
 
 
 @needs_kernel
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "GRU_RESET_BEFORE"])
+@pytest.mark.parametrize("merge", ["concat", "ave", None])
+def test_steps_after_the_longest_sequence_are_skipped_with_the_same_result(
+        monkeypatch: pytest.MonkeyPatch, mode: str, merge: Optional[str]) -> None:
+    steps, batch, features, hidden = 12, 3, 5, 9
+    block = block_of(mode, features, hidden, 2, merge_mode=["sum", merge]).eval()
+    x = torch.randn(steps, batch, features)
+    lengths = torch.tensor([7, 2, 5])  # every row padded after step 7
+    x[7:] = float("nan")
+    got = run(block, x, lengths, None, None)
+    expected = on_operator_path(monkeypatch, block, x, lengths, None, None)
+    assert got[0].shape == expected[0].shape and torch.all(got[0][7:] == 0)
+    for name, a, b in zip(("output", "h_n", "c_n"), got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6, msg=name)
+
+
+@needs_kernel
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("threads", [1, 2])

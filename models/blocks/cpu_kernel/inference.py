@@ -165,6 +165,15 @@ def run_layers(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor
         if list(lengths.shape) != [batch]:
             raise ValueError(f"lengths must have shape [{batch}], got {list(lengths.shape)}")
         length_address = lengths.data_ptr()
+        # Steps after the longest sequence change nothing (outputs zero, states kept): run up to it only. A
+        # single request padded to a static length (as the exported models take it) skips its padding.
+        longest = int(lengths.max()) if batch > 0 else steps
+        if 0 < longest < steps:
+            out, h_n, c_n = run_layers(module, mode, x[:longest], lengths, h0, c0, weights, has_biases, merge_modes,
+                                       hidden)
+            padded = out.new_zeros((steps,) + tuple(out.shape[1:]))
+            padded[:longest] = out
+            return padded, h_n, c_n
     h_n = x.new_empty(2 * num_layers, batch, hidden)
     c_n = x.new_empty(2 * num_layers, batch, hidden) if lstm else h_n
     forward = library.birnn_forward_f32 if x.dtype == torch.float32 else library.birnn_forward_f64
