@@ -170,3 +170,50 @@ def test_a_download_without_network_ends_in_one_line(tmp_path: Path) -> None:
     assert last.startswith(f"error: trec: cannot download http://127.0.0.1:9/trec/train_5500.label into "
                            f"data.root={root}: "), last
     assert "data.download=false" in last
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "cause"),
+    [
+        ("trainer.max_epochs=abc", "trainer.max_epochs", "could not be converted to Integer"),
+        ("optim.lr=fast", "optim.lr", "could not be converted to Float"),
+        ("trainer.progress=maybe", "trainer.progress", "is not a valid bool"),
+        ("data.batch_size=1.5", "data.batch_size", "could not be converted to Integer"),
+        ("data.window=3", "data.window", "Key 'window' not in 'EndsSumDataConfig'"),
+        ("trainer.epochs=3", "trainer.epochs", "Key 'epochs' not in 'TrainerConfig'"),
+    ],
+)
+def test_types_and_unknown_keys_are_refused_when_composing(override: str, key: str, cause: str) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as error:
+        composed(override)
+    assert override in str(error.value) or key in str(error.value)
+    assert cause.lower() in str(error.value.__cause__).lower() and f"full_key: {key}" in str(error.value.__cause__)
+
+
+@pytest.mark.parametrize("group", ["trainer", "optim", "data"])
+def test_every_group_file_names_its_registered_schema(group: str) -> None:
+    from omegaconf import OmegaConf
+
+    from models.data.schema import DataConfig
+    from models.training.schema import OptimConfig, TrainerConfig
+
+    expected = {"trainer": TrainerConfig, "optim": OptimConfig, "data": DataConfig}[group]
+    for path in sorted((CONF / group).glob("*.yaml")):
+        node = composed(f"{group}={path.stem}")[group]
+        assert issubclass(OmegaConf.get_type(node), expected), path
+
+
+def test_a_config_composed_without_the_schemas_gets_the_same_checks() -> None:
+    """``check_config`` checks types against the same dataclasses (a config loaded from a run's .hydra folder)."""
+    cfg = OmegaConf.create(OmegaConf.to_container(composed()))
+    cfg.trainer.max_epochs = "abc"
+    with pytest.raises(ConfigError, match=r"trainer.max_epochs='abc' must be of type int"):
+        check_config(cfg)
+    cfg.trainer.max_epochs = None
+    with pytest.raises(ConfigError, match=r"trainer.max_epochs must not be null"):
+        check_config(cfg)
+    del cfg.trainer["max_epochs"]
+    with pytest.raises(ConfigError, match=r"trainer.max_epochs is not set"):
+        check_config(cfg)

@@ -1,6 +1,6 @@
 """``build_data(cfg, seed)``: validate a ``data`` config node and build a :class:`DataBundle`.
 
-Config keys (unknown keys raise ``ValueError``):
+Config keys (unknown keys raise ``ValueError``; their types and defaults: ``models/data/schema.py``):
 
 - all: ``name`` (``synthetic`` | ``trec`` | ``sst2`` | ``sms_spam``), ``batch_size`` (64),
   ``eval_batch_size`` (256), ``num_workers`` (0), ``bucket`` (true).
@@ -24,21 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from . import download, synthetic, text
+from . import download, schema, synthetic, text
 from .batching import BatchLoader, ListDataset
 
-COMMON: dict[str, Any] = {"name": None, "batch_size": 64, "eval_batch_size": 256, "num_workers": 0,
-                          "bucket": True}
-SYNTHETIC: dict[str, Any] = {"task": "ends_sum", "num_train": 10000, "num_val": 2000, "num_test": 2000,
-                             "min_len": 20, "max_len": 60, "vocab_size": 11, "seed": None}
-TEXT: dict[str, Any] = {"root": None, "download": True, "verify_checksum": True, "min_freq": 1,
-                        "max_vocab": None, "max_len": None, "lowercase": True, "skip_malformed": False}
-TEXT_EXTRA: dict[str, dict[str, Any]] = {
-    "trec": {"split_seed": 0, "val_fraction": 0.1},
-    "sst2": {},
-    "sms_spam": {"split_seed": 0, "val_fraction": 0.1, "test_fraction": 0.2},
-}
-NAMES = ("synthetic", *TEXT_EXTRA)
+NAMES = ("synthetic", *schema.TEXT_SCHEMAS)
 
 
 @dataclass
@@ -156,15 +145,7 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
     """Validate ``cfg`` and return it completed with defaults (no data is touched)."""
     c = _plain(cfg)
     name = c.get("name")
-    if name not in NAMES:
-        raise ValueError(f"data.name={name!r}: expected one of {list(NAMES)}")
-    if name == "synthetic":
-        task = c.get("task", SYNTHETIC["task"])
-        if task not in synthetic.TASKS:
-            raise ValueError(f"data.task={task!r}: expected one of {sorted(synthetic.TASKS)}")
-        defaults = {**COMMON, **SYNTHETIC, **synthetic.TASKS[task].params}
-    else:
-        defaults = {**COMMON, **TEXT, **TEXT_EXTRA[name]}
+    defaults = schema.defaults(schema.schema_for(name, c.get("task", "ends_sum")))
     unknown = sorted(set(c) - set(defaults))
     if unknown:
         raise ValueError(f"unknown data config key(s) {unknown} for data.name={name!r}; allowed keys: "

@@ -1,2 +1,6 @@
-"""Training: the loop behind ``train.py`` (``loop.train``), its config checks, checkpoints, resume, run folders,
-stopping signals, multi-process sharding and the sweep report."""
+"""Training: the loop behind ``train.py`` (``loop.train``), its config schema and checks, checkpoints, resume, run
+folders, stopping signals, multi-process sharding and the sweep report."""
+
+from .schema import register as _register_config_schemas
+
+_register_config_schemas()                             # Hydra's ConfigStore: before anyone composes conf/

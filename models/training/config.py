@@ -1,52 +1,39 @@
 """Check a composed training config before anything is loaded or built.
 
-Hydra's struct mode already refuses ``model.typo=1`` and a missing group option; this module refuses the
-rest (``+model.typo=1``, ``model.merge_mode=avg``, ``trainer.compile=jit``, ``model.hidden_size=0`` (the
-model is built on the meta device to run its own argument checks), ``optim.betas=[0.9]``,
-``trainer.device=cuda`` without a GPU, fp16 on CPU, ...) with the key path, the value and the allowed
-values, so a typo costs a second, not a run. ``train.py`` prints each as one line ``config error: ...`` and
-exits with status 2. Values are accepted as typed: ``trainer.precision=32`` (an int), ``"32"``, ``16``, ``bf16``.
+Hydra checks the ``trainer``, ``optim`` and ``data`` groups' types and keys while composing (structured configs,
+``models/training/schema.py``) and refuses ``model.typo=1`` and a missing group option. This module checks the
+rest, with the key path, the value and the allowed values, so a typo costs a second, not a run: keys added with
+``+`` (``+model.typo=1``), each schema field's allowed values and bounds (``trainer.compile=jit``,
+``optim.weight_decay=-1``), the model's arguments (``model.merge_mode=avg``, ``model.hidden_size=0``: the model
+is built on the meta device to run its own checks), the data keys (``models.data.resolve_config``) and the checks
+across keys (``optim.betas``, ``trainer.device=cuda`` without a GPU, fp16 on CPU, ``resume`` with ``init_from``).
+``train.py`` prints each as one line ``config error: ...`` and exits with status 2. Values are accepted as typed:
+``trainer.precision=32`` (an int), ``"32"``, ``16``, ``bf16``.
 """
 
+import dataclasses
 import inspect
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ..data import resolve_config as resolve_data_config
-from ..deploy.compile import COMPILE_MODES
 from ..merge import resolve_merge_modes
 from ..zoo.classifier import CELLS, POOLINGS, SequenceClassifier
 from ..zoo.registry import list_models
+from .schema import DEVICES, OPTIMIZERS, SCHEDULERS, TRAIN_COMPILE_MODES, OptimConfig, TrainerConfig
+
+__all__ = ["ConfigError", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "TRAIN_COMPILE_MODES", "check_config",
+           "check_model_config", "normalize_precision", "optional_path"]
 
 TOP_LEVEL = ("model", "data", "optim", "trainer", "seed")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("none", "cosine", "linear")
-TRAIN_COMPILE_MODES = tuple(mode for mode in COMPILE_MODES if mode != "export")  # export graphs are eval-only
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("32", "bf16", "fp16")
 # What users type (``trainer.precision=32`` arrives as an int) -> the canonical name.
 PRECISION_ALIASES = {"32": "32", "fp32": "32", "32-true": "32", "16": "fp16", "fp16": "fp16", "16-mixed": "fp16",
                      "bf16": "bf16", "bf16-mixed": "bf16"}
 # Filled in by the training app; the data sizes come from the dataset.
 MODEL_KEYS_FROM_DATA = ("vocab_size", "num_classes", "input_size")
-
-OPTIM_KEYS: Dict[str, type] = {"name": str, "lr": float, "weight_decay": float, "betas": list, "momentum": float,
-                               "scheduler": str, "warmup_steps": int, "grad_clip": float}
-TRAINER_KEYS: Dict[str, type] = {
-    "max_epochs": int, "device": str, "compile": str, "precision": str, "patience": int, "resume": str,
-    "overwrite": bool, "init_from": str,
-    "checkpoint_every_steps": int, "max_nonfinite_steps": int, "num_threads": int, "log_every_steps": int,
-    "progress": bool, "tensorboard": bool, "infer_batches": int,
-}
-# Lower bounds of the integer and float settings (checked after the type).
-MINIMUM: Dict[str, float] = {"optim.weight_decay": 0.0, "optim.momentum": 0.0, "optim.warmup_steps": 0,
-                             "optim.grad_clip": 0.0, "trainer.patience": 1, "trainer.checkpoint_every_steps": 1,
-                             "trainer.max_nonfinite_steps": 1, "trainer.num_threads": 1,
-                             "trainer.log_every_steps": 1, "trainer.infer_batches": 0}
-NULLABLE = {"trainer.resume", "trainer.init_from", "trainer.num_threads", "trainer.checkpoint_every_steps",
-            "optim.betas", "optim.momentum"}
 
 
 class ConfigError(ValueError):
@@ -85,18 +72,47 @@ def optional_path(value: Any) -> Optional[str]:
     return str(value)
 
 
-def _typed(path: str, value: Any, kind: type) -> None:
-    if value is None:
-        if path in NULLABLE:
-            return
-        raise ConfigError(f"{path} must not be null")
-    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if not ok:
-        raise ConfigError(f"{path}={value!r} must be of type {kind.__name__}")
-    if path in MINIMUM and value < MINIMUM[path]:
-        raise ConfigError(f"{path}={value!r} must be >= {MINIMUM[path]}")
+def _shown(value: Any) -> str:
+    """A value as the user typed it: ``-1`` for the -1.0 a float field made of ``optim.weight_decay=-1``."""
+    if isinstance(value, float) and value.is_integer():
+        return repr(int(value))
+    return repr(value)
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+
+
+def check_group(path: str, node: Any, schema: type) -> Dict[str, Any]:
+    """``node`` (a composed group, or a plain mapping) against its schema dataclass: known keys, types (as Hydra
+    checks them when composing), then each field's ``choices``/``min``/``above``. Returns the typed values."""
+    plain = _plain(node)
+    if not isinstance(plain, Mapping):
+        raise ConfigError(f"{path}={plain!r} must be a mapping of keys to values")
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    _known_keys(path, plain, fields)
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), plain)
+    except OmegaConfBaseException as error:
+        key = str(error.full_key).split("[")[0] if error.full_key else "?"
+        value = plain.get(key)
+        if value is None:
+            raise ConfigError(f"{path}.{key} must not be null") from error
+        raise ConfigError(f"{path}.{key}={value!r} must be of type {_type_name(fields[key].type)}") from error
+    for key, spec in fields.items():
+        if OmegaConf.is_missing(typed, key):
+            raise ConfigError(f"{path}.{key} is not set; add it to the group's YAML file or the command line")
+        value = typed[key]
+        if value is None:
+            continue
+        bounds = spec.metadata
+        if "choices" in bounds:
+            _choice(f"{path}.{key}", value, bounds["choices"])
+        if "min" in bounds and value < bounds["min"]:
+            raise ConfigError(f"{path}.{key}={_shown(value)} must be >= {bounds['min']}")
+        if "above" in bounds and not value > bounds["above"]:
+            raise ConfigError(f"{path}.{key}={_shown(value)} must be > {bounds['above']}")
+    return OmegaConf.to_container(typed)
 
 
 def check_model_config(model: Mapping[str, Any]) -> None:
@@ -136,31 +152,14 @@ def check_config(cfg: Any) -> Dict[str, Any]:
         raise ConfigError(f"seed={seed!r} must be a non-negative integer")
     check_model_config(_plain(cfg.model))
 
-    optim = _plain(cfg.optim)
-    _known_keys("optim", optim, OPTIM_KEYS)
-    for key, value in optim.items():
-        _typed(f"optim.{key}", value, OPTIM_KEYS[key])
-    _choice("optim.name", optim["name"], OPTIMIZERS)
-    _choice("optim.scheduler", optim.get("scheduler", "none"), SCHEDULERS)
-    if optim["lr"] <= 0:
-        raise ConfigError(f"optim.lr={optim['lr']!r} must be > 0")
-    betas = optim.get("betas")
-    if betas is not None and (len(betas) != 2 or not all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas)):
-        raise ConfigError(f"optim.betas={betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    optim = check_group("optim", cfg.optim, OptimConfig)
+    betas = optim["betas"]
+    if betas is not None and (len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas)):
+        raise ConfigError(f"optim.betas={_plain(cfg.optim)['betas']!r} must be two numbers in [0, 1), e.g. "
+                          f"[0.9, 0.999]")
 
-    trainer = _plain(cfg.trainer)
-    _known_keys("trainer", trainer, TRAINER_KEYS)
-    precision = normalize_precision(trainer.get("precision"))
-    for key, value in trainer.items():
-        if key in ("resume", "init_from") and isinstance(value, int) and not isinstance(value, bool):
-            continue                                   # a folder named by digits (a sweep job's "3")
-        if key != "precision":
-            _typed(f"trainer.{key}", value, TRAINER_KEYS[key])
-    _choice("trainer.device", trainer["device"], DEVICES)
-    _choice("trainer.compile", trainer["compile"], TRAIN_COMPILE_MODES)
-    if trainer["max_epochs"] < 1:
-        raise ConfigError(f"trainer.max_epochs={trainer['max_epochs']!r} must be >= 1")
+    trainer = check_group("trainer", cfg.trainer, TrainerConfig)
+    precision = normalize_precision(trainer["precision"])
     cuda = torch.cuda.is_available()
     if trainer["device"] == "cuda" and not cuda:
         raise ConfigError("trainer.device='cuda' but no CUDA device is available (torch.cuda.is_available() is "

@@ -1,0 +1,103 @@
+"""The ``data`` config's keys, types and defaults: one dataclass per kind of dataset, the one source of them.
+
+``resolve_config`` completes a ``data`` node with these defaults and refuses keys they do not name;
+``train.py`` registers them in Hydra's ConfigStore (``models/training/schema.py``) so that ``conf/data/*.yaml``
+and their overrides are type-checked when the config is composed. A synthetic task's own keys (``num_classes``,
+``window``) come from its :class:`~models.data.synthetic.Task` ``params``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Optional
+
+from . import synthetic
+
+
+@dataclass
+class DataConfig:
+    """Keys of every dataset: how batches are formed and loaded."""
+
+    name: str = "synthetic"
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    bucket: bool = True                               # batches of similar lengths (less padding)
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    """A generated task (``models/data/synthetic.py``)."""
+
+    task: str = "ends_sum"
+    num_train: int = 10000
+    num_val: int = 2000
+    num_test: int = 2000
+    min_len: int = 20
+    max_len: int = 60
+    vocab_size: int = 11                              # including the padding id 0
+    seed: Optional[int] = None                        # None: the run's seed
+
+
+@dataclass
+class TextDataConfig(DataConfig):
+    """A real text dataset read from ``root`` (or the cache, where missing files are downloaded)."""
+
+    root: Optional[str] = None
+    download: bool = True
+    verify_checksum: bool = True
+    min_freq: int = 1
+    max_vocab: Optional[int] = None                   # counts <pad> and <unk>; None: no cap
+    max_len: Optional[int] = None                     # None: no truncation
+    lowercase: bool = True
+    skip_malformed: bool = False
+
+
+@dataclass
+class TrecDataConfig(TextDataConfig):
+    name: str = "trec"
+    split_seed: int = 0
+    val_fraction: float = 0.1                         # TREC has no validation file
+
+
+@dataclass
+class Sst2DataConfig(TextDataConfig):
+    name: str = "sst2"
+
+
+@dataclass
+class SmsSpamDataConfig(TextDataConfig):
+    name: str = "sms_spam"
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+
+TEXT_SCHEMAS: dict[str, type] = {"trec": TrecDataConfig, "sst2": Sst2DataConfig, "sms_spam": SmsSpamDataConfig}
+
+
+@cache
+def synthetic_schema(task: str) -> type:
+    """The schema of synthetic ``task``: :class:`SyntheticDataConfig` plus the task's own integer keys."""
+    params = synthetic.TASKS[task].params
+    own = [(key, int, field(default=value)) for key, value in params.items()]
+    name = "".join(part.title() for part in task.split("_")) + "DataConfig"
+    return dataclasses.make_dataclass(name, [("task", str, field(default=task)), *own], bases=(SyntheticDataConfig,))
+
+
+def schema_for(name: Any, task: Any = None) -> type:
+    """The schema of ``data.name`` (and ``data.task`` for synthetic data); ValueError for an unknown one."""
+    if name == "synthetic":
+        if task not in synthetic.TASKS:
+            raise ValueError(f"data.task={task!r}: expected one of {sorted(synthetic.TASKS)}")
+        return synthetic_schema(task)
+    if name not in TEXT_SCHEMAS:
+        raise ValueError(f"data.name={name!r}: expected one of {['synthetic', *TEXT_SCHEMAS]}")
+    return TEXT_SCHEMAS[name]
+
+
+def defaults(schema: type) -> dict[str, Any]:
+    """``{key: default}`` of a schema dataclass."""
+    return {f.name: f.default for f in dataclasses.fields(schema)}
