@@ -41,7 +41,7 @@ KERAS_LAYERS: Tuple[str, ...] = tuple(dict.fromkeys(cell.keras for cell in BY_NA
 """The Keras recurrent layer classes: ``("LSTM", "GRU", "SimpleRNN")``."""
 
 
-def from_keras(layer: str, activation: str = "tanh") -> Cell:
+def from_keras_layer(layer: str, activation: str = "tanh") -> Cell:
     """The cell of a Keras ``LSTM`` / ``GRU`` / ``SimpleRNN`` layer (``activation`` tells the two Elman RNNs apart;
     a ``reset_after=False`` GRU is still ``"gru"``). Raises ``ValueError`` for any other layer or activation."""
     for cell in BY_NAME.values():

@@ -15,13 +15,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..cells import KERAS_LAYERS
 from ..merge import MERGE_MODES
 from .errors import KerasImportError
 from .graph import as_object as _dict
 from .graph import fail as _fail
 from .graph import model_layers
 
-RECURRENT = ("LSTM", "GRU", "SimpleRNN")
+RECURRENT = KERAS_LAYERS  # ("LSTM", "GRU", "SimpleRNN")
 IDENTITY = ("Dropout", "SpatialDropout1D")
 POOLING = {"GlobalAveragePooling1D": "avg", "GlobalMaxPooling1D": "max"}
 SUPPORTED = ("InputLayer", "Embedding", "Masking", "Bidirectional", "Dense", "TimeDistributed", "Activation", *RECURRENT,

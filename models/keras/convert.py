@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..blocks.base import _BiRNNBase
+from ..cells import BY_MODE, from_keras_layer
 from .archive import (
     WeightFile,
     check_dataset,
@@ -32,8 +33,6 @@ from .config import LayerSpec, parse_model_config
 from .errors import KerasImportError
 from .module import KerasModel, module_from_specs, plan_stages
 
-_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
-
 
 def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
     o = spec.options
@@ -43,7 +42,7 @@ def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
         return [(spec.in_features, o["units"])] + ([(o["units"],)] if o["use_bias"] else [])
     if spec.kind != "recurrent":
         return []
-    width = _GATES[o["cell"]] * o["units"]
+    width = from_keras_layer(o["cell"], o["activation"]).gates * o["units"]
     one = [(spec.in_features, width), (o["units"], width)]
     if o["use_bias"]:
         one.append((2, width) if o["cell"] == "GRU" and o.get("reset_after", True) else (width,))
@@ -159,13 +158,13 @@ def from_keras(path: str) -> KerasModel:
 
 
 def _block_specs(block: _BiRNNBase, names: List[str]) -> List[LayerSpec]:
-    cell = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "SimpleRNN", "RNN_RELU": "SimpleRNN"}[block.mode]
+    cell = BY_MODE[block.mode]
     specs: List[LayerSpec] = []
     features = block.input_size
     for path, mode in zip(names, block.merge_modes, strict=True):
-        options = {"cell": cell, "units": block.hidden_size, "use_bias": block.bias, "bidirectional": True,
-                   "merge_mode": mode, "return_sequences": True, "activation": "relu" if block.mode == "RNN_RELU"
-                   else "tanh", "zero_output_for_mask": True, "reset_after": bool(getattr(block, "reset_after", True))}
+        options = {"cell": cell.keras, "units": block.hidden_size, "use_bias": block.bias, "bidirectional": True,
+                   "merge_mode": mode, "return_sequences": True, "activation": cell.activation,
+                   "zero_output_for_mask": True, "reset_after": bool(getattr(block, "reset_after", True))}
         specs.append(LayerSpec("recurrent", "Bidirectional", path, path, features, options))
         features = block.hidden_size * (2 if mode in (None, "concat") else 1)
     return specs

@@ -15,10 +15,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..blocks import BiGRU, BiLSTM, BiRNN
+from ..blocks.factory import block_for_cell
 from ..blocks.gru_reset_before import GRUResetBefore
-from ..merge import merge_directions
-from ..zoo.pooling import compact_valid_steps
+from ..cells import from_keras_layer
+from ..zoo.pooling import compact_valid_steps, last_state
 from ..zoo.token_ids import check_token_ids
 
 _UNIDIRECTIONAL = {"LSTM": nn.LSTM, "GRU": nn.GRU, "SimpleRNN": nn.RNN}
@@ -83,15 +83,8 @@ class BidirectionalStage(nn.Module):
     def __init__(self, cell: str, input_size: int, units: int, merge_modes: List[Optional[str]],
                  return_sequences: bool, bias: bool, activation: str, reset_after: bool = True) -> None:
         super().__init__()
-        if cell == "LSTM":
-            self.block = BiLSTM(input_size, units, len(merge_modes), bias=bias, batch_first=True,
-                                merge_mode=merge_modes)
-        elif cell == "GRU":
-            self.block = BiGRU(input_size, units, len(merge_modes), bias=bias, batch_first=True,
-                               merge_mode=merge_modes, reset_after=reset_after)
-        else:
-            self.block = BiRNN(input_size, units, len(merge_modes), nonlinearity=activation, bias=bias,
-                               batch_first=True, merge_mode=merge_modes)
+        self.block = block_for_cell(from_keras_layer(cell, activation).name, input_size, units, len(merge_modes),
+                                    reset_after=reset_after, bias=bias, batch_first=True, merge_mode=merge_modes)
         self.return_sequences = return_sequences
         self.last_merge: Optional[str] = merge_modes[-1]
 
@@ -104,11 +97,7 @@ class BidirectionalStage(nn.Module):
             if mask is None:
                 return out, None
             return scatter_back(out, mask, True), mask
-        # Forward direction's state at the last valid step; backward's after reaching t = 0.
-        last = merge_directions(h_n[-2], h_n[-1], self.last_merge)
-        if mask is not None:
-            last = last.masked_fill(~_like(mask.any(1), last), 0.0)
-        return last, None
+        return last_state(h_n, self.last_merge, None if mask is None else mask.any(1)), None
 
 
 class RecurrentStage(nn.Module):

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from ..arguments import check_positive_int, check_probability
 from ..blocks.factory import block_for_cell
 from ..cells import CELLS
-from ..merge import MergeMode, merge_directions, merged_size, resolve_merge_modes
-from .pooling import AdditiveAttentionPool, compact_valid_steps, lengths_to_mask, masked_max, masked_mean
+from ..merge import MergeMode, merged_size, resolve_merge_modes
+from .pooling import AdditiveAttentionPool, compact_valid_steps, last_state, lengths_to_mask, masked_max, masked_mean
 from .token_ids import check_token_ids
 
 POOLINGS = ("last", "mean", "max", "attention")
@@ -212,7 +212,7 @@ class SequenceClassifier(nn.Module):
             out, h_n = self._run_rnn(h, steps)                                         # (B, T, D[, 2, H])
             mask = lengths_to_mask(steps, seq_len)
         if self.pooling == "last":
-            pooled = merge_directions(h_n[-2], h_n[-1], self.last_merge_mode)
+            pooled = last_state(h_n, self.last_merge_mode)
         else:
             if self.last_merge_mode is None:
                 out = out.flatten(2)

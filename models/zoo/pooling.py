@@ -3,10 +3,12 @@
 Shared by the zoo's classifier and the Keras import: one definition of "valid step".
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from ..merge import merge_directions
 
 
 def lengths_to_mask(lengths: Tensor, seq_len: int) -> Tensor:
@@ -35,6 +37,20 @@ def compact_valid_steps(x: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
         keep = keep.unsqueeze(-1)
     compact = x.gather(1, order.expand(x.shape))
     return compact.masked_fill(~keep, 0), lengths
+
+
+def last_state(h_n: Tensor, merge_mode: Optional[str], valid_rows: Optional[Tensor] = None) -> Tensor:
+    """What Keras's ``Bidirectional(return_sequences=False)`` returns, from a block's ``h_n (2L, B, H)``: the last
+    layer's forward state (at each row's last valid step) and backward state (after step 0) merged with
+    ``merge_mode`` -> ``(B, H)``, ``(B, 2H)`` for ``concat``, ``(B, 2, H)`` for ``None``. Rows whose
+    ``valid_rows (B,)`` is False (no valid step) are zero."""
+    last = merge_directions(h_n[-2], h_n[-1], merge_mode)
+    if valid_rows is not None:
+        keep = valid_rows
+        while keep.dim() < last.dim():
+            keep = keep.unsqueeze(-1)
+        last = last.masked_fill(~keep, 0.0)
+    return last
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
