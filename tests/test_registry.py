@@ -11,7 +11,8 @@ from models.zoo import registry as registry_module
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 VOCAB = 31
 TINY = {"vocab_size": VOCAB, "embed_dim": 8, "hidden_size": 8, "num_classes": 3, "attention_size": 8}
-PRESETS = ["bilstm", "bigru", "birnn", "bilstm_attn", "bigru_attn", "bilstm_deep"]
+PRESETS = list(list_models())          # every registered model, so a new preset is tested without editing this file
+BUILT_IN = ["bilstm", "bigru", "birnn", "bilstm_attn", "bigru_attn", "bilstm_deep"]
 MERGES = ["concat", "sum", "mul", "ave"]
 
 
@@ -23,7 +24,7 @@ def padded_batch(batch: int = 4, seq_len: int = 9) -> torch.Tensor:
 def test_list_models_shows_the_zoo_with_descriptions():
     names = list_models()
     assert names == sorted(names)
-    assert set(PRESETS) <= set(names)
+    assert set(BUILT_IN) <= set(names)
     assert all(isinstance(name, str) for name in names)
     text = repr(names)
     for name, description in describe_models().items():
@@ -48,6 +49,7 @@ def test_preset_settings():
     assert create_model("bilstm_deep", **TINY).num_layers == 4
     assert create_model("bilstm_attn", **TINY).pooling == "attention"
     assert create_model("bigru", **TINY).cell == "gru" and create_model("birnn", **TINY).cell == "rnn"
+    assert create_model("birnn", cell="rnn_relu", **TINY).cell == "rnn_relu"     # both Elman RNNs are a birnn
     features = create_model("bigru_attn", input_size=5, embed_dim=8, hidden_size=8)
     assert features.vocab_size is None and features.input_size == 5
     assert features(torch.randn(2, 4, 5)).shape == (2, 2)
@@ -56,8 +58,23 @@ def test_preset_settings():
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown model 'bilstmm'") as info:
         create_model("bilstmm")
-    for name in PRESETS:
+    for name in BUILT_IN:
         assert name in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "override", "hint"), [
+    ("bilstm", {"cell": "gru"}, "use 'bigru'"),
+    ("bigru", {"cell": "lstm"}, "use 'bilstm' or 'bilstm_deep'"),
+    ("bilstm_attn", {"cell": "gru"}, "use 'bigru_attn'"),
+    ("bigru_attn", {"pooling": "last"}, "use 'bigru'"),
+    ("birnn", {"cell": "gru"}, "use 'bigru'"),
+])
+def test_a_preset_refuses_to_become_another_model(name, override, hint):
+    """create_model("bilstm", cell="gru") returned a BiGRU once: a preset pins what its name says."""
+    ((key, value),) = override.items()
+    with pytest.raises(ValueError, match=f"{key}={value!r} would change what preset {name!r} is") as info:
+        create_model(name, **override, **TINY)
+    assert info.value.args[0].endswith(hint)
 
 
 def test_unknown_override_is_named():

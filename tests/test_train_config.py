@@ -10,8 +10,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from models import create_model
+from models import list_models
 from models.training.config import ConfigError, check_config, normalize_precision
+from models.zoo.presets import preset_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -32,24 +33,38 @@ def test_every_model_and_data_config_composes_and_passes_the_checks(model: str, 
     assert resolved["name"] == cfg.data.name
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_model_yaml_matches_its_registered_preset(model: str) -> None:
-    """A preset's yaml spells out the preset's own defaults, so the two cannot drift apart."""
-    values = OmegaConf.to_container(composed(f"model={model}").model)
-    name = values.pop("name")
-    assert name == model
-    from_yaml = create_model(name, vocab_size=50, num_classes=3, **values)
-    from_registry = create_model(name, vocab_size=50, num_classes=3)
-    assert repr(from_yaml) == repr(from_registry)
-    assert [p.shape for p in from_yaml.parameters()] == [p.shape for p in from_registry.parameters()]
+def test_every_preset_has_a_model_config() -> None:
+    assert MODELS == list(list_models())
 
 
-def test_experiment_merge_modes_sweeps_modes_cells_and_seeds() -> None:
+@pytest.mark.parametrize("model", list_models())
+def test_model_yaml_takes_its_values_from_the_preset(model: str) -> None:
+    """conf/model/<name>.yaml names the preset; every value comes from models/zoo/presets.py, overrides win."""
+    values = OmegaConf.to_container(composed(f"model={model}").model, resolve=True)
+    assert values.pop("name") == model
+    expected = preset_arguments(model)
+    assert values == {key: expected[key] for key in values}
+    assert set(expected) - set(values) == {"vocab_size", "num_classes", "input_size"}
+    override = OmegaConf.to_container(composed(f"model={model}", "model.hidden_size=7").model, resolve=True)
+    assert override == {**values, "name": model, "hidden_size": 7}
+
+
+def test_a_preset_keeps_its_cell() -> None:
+    with pytest.raises(ConfigError, match=re.escape("model.cell='gru': cell='gru' would change what preset 'bilstm' "
+                                                    "is (cell 'lstm'); use 'bigru'")):
+        check_config(composed("model.cell=gru"))
+    with pytest.raises(ConfigError, match=re.escape("model.pooling='mean': pooling='mean' would change what preset "
+                                                    "'bigru_attn' is")):
+        check_config(composed("model=bigru_attn", "model.pooling=mean"))
+    check_config(composed("model=birnn", "model.cell=rnn_relu"))       # both Elman RNNs are a birnn
+
+
+def test_experiment_merge_modes_sweeps_modes_presets_and_seeds() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["experiment=merge_modes"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert params["model.merge_mode"] == "concat,sum,mul,ave"
-    assert params["model.cell"] == "lstm,gru"
+    assert params["model"] == "bilstm,bigru"
     assert cfg.hydra.mode.name == "MULTIRUN"
 
 

@@ -22,7 +22,8 @@ from omegaconf.errors import OmegaConfBaseException
 from ..data import resolve_config as resolve_data_config
 from ..merge import resolve_merge_modes
 from ..zoo.classifier import CELLS, POOLINGS, SequenceClassifier
-from ..zoo.registry import list_models
+from ..zoo.config_group import DATA_KEYS
+from ..zoo.registry import create_model, list_models
 from .schema import DEVICES, OPTIMIZERS, SCHEDULERS, TRAIN_COMPILE_MODES, OptimConfig, TrainerConfig
 
 __all__ = ["ConfigError", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "TRAIN_COMPILE_MODES", "check_config",
@@ -33,7 +34,7 @@ TOP_LEVEL = ("model", "data", "optim", "trainer", "seed")
 PRECISION_ALIASES = {"32": "32", "fp32": "32", "32-true": "32", "16": "fp16", "fp16": "fp16", "16-mixed": "fp16",
                      "bf16": "bf16", "bf16-mixed": "bf16"}
 # Filled in by the training app; the data sizes come from the dataset.
-MODEL_KEYS_FROM_DATA = ("vocab_size", "num_classes", "input_size")
+MODEL_KEYS_FROM_DATA = DATA_KEYS
 
 
 class ConfigError(ValueError):
@@ -130,13 +131,14 @@ def check_model_config(model: Mapping[str, Any]) -> None:
     _choice("model.cell", model.get("cell", "lstm"), CELLS)
     _choice("model.pooling", model.get("pooling", "last"), POOLINGS)
     # Every other argument: build the model on the meta device (no memory, no compute), with stand-in data
-    # sizes, and turn its own argument check into a config error naming the key.
+    # sizes, and turn its own argument check (and the preset's: model.cell=gru is not a bilstm) into a config
+    # error naming the key.
     arguments = {key: value for key, value in model.items() if key != "name"}
     padding = arguments.get("padding_idx", 0)
     vocab = padding + 1 if isinstance(padding, int) and not isinstance(padding, bool) and padding >= 1 else 2
     try:
         with torch.device("meta"):
-            SequenceClassifier(num_classes=2, vocab_size=vocab, **arguments)
+            create_model(name, num_classes=2, vocab_size=vocab, **arguments)
     except (TypeError, ValueError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         key = next((k for k in sorted(arguments, key=len, reverse=True) if message.startswith(k)), None)

@@ -190,7 +190,7 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
     timing = evaluate(run.eval_forward, test_loader, run.device, run.amp_dtype,   # warm now
                       max_batches=trainer.infer_batches)
     results = {
-        "model": cfg.model.name, "cell": run.model.cell, "merge_mode": OmegaConf.to_container(cfg.model)["merge_mode"],
+        "model": cfg.model.name, "cell": run.model.cell, "merge_mode": OmegaConf.to_container(cfg.model, resolve=True)["merge_mode"],
         "pooling": cfg.model.pooling, "data": run.data.name, "seed": cfg.seed, "num_parameters": run.num_parameters,
         "best_val_accuracy": progress.best_val_accuracy, "test_accuracy": test["accuracy"],
         "test_loss": test["loss"], "majority_test_accuracy": run.data.majority_accuracy("test"),
