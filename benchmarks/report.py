@@ -3,7 +3,7 @@ targets, and write ``results/<device>.json`` and ``results/<device>.md``."""
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from .cases import Case
 from .configs import Config
@@ -48,10 +48,6 @@ def rows(config: Config, cases: List[Case], timings: Dict[str, Series], peak: Di
             row["setup"] = setup
         out.append(row)
     return out
-
-
-def _find(results: List[Dict[str, Any]], name: str) -> Optional[Dict[str, Any]]:
-    return next((r for r in results if r["name"] == name), None)
 
 
 def check_targets(config: Config, results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from torch import nn
 
-__all__ = ["ModelList", "create_model", "describe_models", "is_model", "list_models", "register_model"]
+__all__ = ["ModelList", "create_model", "describe_models", "list_models", "register_model"]
 
 _ENTRYPOINTS: Dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: Dict[str, str] = {}
@@ -86,11 +86,6 @@ def _constructor_kwargs(factory: Callable[..., Any]) -> Optional[List[str]]:
         return None
     params = inspect.signature(returned.__init__).parameters.values()
     return [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-
-
-def is_model(name: str) -> bool:
-    """Whether ``name`` is a registered model."""
-    return name in _ENTRYPOINTS
 
 
 def list_models(pattern: str = "") -> ModelList:
