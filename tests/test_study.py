@@ -183,3 +183,15 @@ def test_a_tiny_study_trains_and_retimes_the_trained_models(tmp_path: Path) -> N
     assert study["timing_settings"]["batches"]["synthetic-first_last"]["shape"][0] == 16
     assert "re-timed after the sweep on one fixed batch per task (synthetic-first_last: 16x" in (
         tmp_path / "study.md").read_text()
+
+
+def test_one_seed_shows_no_spread_and_no_test(tmp_path: Path) -> None:
+    from models.training.study import machine, markdown
+
+    write_fake_run(tmp_path / "0", "first_last", "bilstm", "concat", 0, 0.5)
+    write_fake_run(tmp_path / "1", "first_last", "bilstm", "mul", 0, 0.9)
+    study = summarize_study(load_results(tmp_path)[0])
+    assert study["comparisons"][0]["p"] is None and not study["comparisons"][0]["differs"]
+    text = markdown({**study, "command": "python train.py", "machine": machine()})
+    assert "| bilstm | concat | 1 | 1,000 | 50.0 | 100 | 500 |" in text and "+- 0" not in text
+    assert "| concat - mul | 1 | -40.00 | n/a | n/a | n/a |" in text and "no spread to compare against" in text

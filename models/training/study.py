@@ -127,16 +127,21 @@ def machine() -> Dict[str, Any]:
         cpu = _cpu_model()
     except ImportError:
         cpu = platform.processor() or "unknown CPU"
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "load_average": load}
 
 
 def _pct(stat: Dict[str, float]) -> str:
-    return f"{100 * stat['mean']:.1f} +- {100 * stat['std']:.1f}"
+    """``mean +- std`` in percent; a single seed has no spread to show, so no ``+- 0.0``."""
+    return f"{100 * stat['mean']:.1f}" + (f" +- {100 * stat['std']:.1f}" if stat["n"] > 1 else "")
 
 
 def _speed(stat: Dict[str, float]) -> str:
-    return f"{stat['mean']:,.0f} +- {stat['std']:,.0f}"
+    return f"{stat['mean']:,.0f}" + (f" +- {stat['std']:,.0f}" if stat["n"] > 1 else "")
 
 
 def markdown(study: Dict[str, Any]) -> str:
@@ -144,7 +149,10 @@ def markdown(study: Dict[str, Any]) -> str:
     lines = [f"Command: `{study['command']}`", "",
              f"Machine: {study['machine']['cpu']}, {study['machine']['cores']} cores, torch "
              f"{study['machine']['torch']}" + (f", GPU {study['machine']['gpu']}" if study["machine"].get("gpu")
-                                               else "; no GPU numbers"), ""]
+                                               else "; no GPU numbers")
+             + (f"; load average {study['machine']['load_average'][0]} when the report was written (other "
+                f"processes on the machine slow every model alike: compare speeds within a task)"
+                if study["machine"].get("load_average") else ""), ""]
     timing = study.get("timing_settings")
     if timing:
         batches = ", ".join(f"{data}: {b['shape'][0]}x{b['shape'][1]}, {b['tokens']} tokens"
@@ -177,10 +185,13 @@ def markdown(study: Dict[str, Any]) -> str:
                 else flagged:
             p = "n/a" if c["p"] is None else f"{c['p']:.3g}"
             ph = "n/a" if c["p_holm"] is None else f"{c['p_holm']:.3g}"
+            spread = f"{100 * c['std_diff']:.2f}" if len(c["seeds"]) > 1 else "n/a"
             lines.append(f"| {c['data']} | {c['model']} | {c['a']} - {c['b']} | {len(c['seeds'])} | "
-                         f"{100 * c['mean_diff']:+.2f} | {100 * c['std_diff']:.2f} | {p} | {ph} |")
+                         f"{100 * c['mean_diff']:+.2f} | {spread} | {p} | {ph} |")
         lines.append("")
-        if not flagged:
+        if not flagged and all(c["p"] is None for c in comparisons):
+            lines += ["(One seed per mode: no spread to compare against, so no test; run at least 2 seeds.)", ""]
+        elif not flagged:
             lines += ["(None differs: the table lists the smallest p-values.)", ""]
     return "\n".join(lines)
 
@@ -206,9 +217,10 @@ def write_study(sweep_dir: Path, retime: bool = True, rounds: int = 5, batch_siz
     elif previous.is_file():
         timings = json.loads(previous.read_text()).get("timings")
     study = summarize_study(rows, timings)
-    old_command = json.loads(previous.read_text()).get("command") if previous.is_file() else None
-    study.update(command=command or old_command or f"python -m models.training.study {sweep_dir}",
-                 machine=machine(), timing_settings=(timings or {}).get("_settings"), timings=timings,
+    old = json.loads(previous.read_text()) if previous.is_file() else {}
+    # Without new timings the speeds are the earlier report's, so is the machine (and its load) they describe.
+    study.update(command=command or old.get("command") or f"python -m models.training.study {sweep_dir}",
+                 machine=old["machine"] if not retime and "machine" in old else machine(), timing_settings=(timings or {}).get("_settings"), timings=timings,
                  runs=len(rows), failed_jobs=[f.get("folder") for f in failures],
                  skipped_results=[str(path) for path, _ in skipped])
     outputs = {name: sweep_dir / name for name in OUTPUTS}
@@ -265,13 +277,15 @@ def main(argv: Sequence[str] = ()) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per model (median; default 5)")
     parser.add_argument("--batch-size", type=int, default=64, help="rows of the fixed timing batch (default 64)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1)")
+    parser.add_argument("--command", default=None, help="the command that trained the runs, for the report (default: "
+                        "the one an earlier study.json in the folder names, else this command)")
     args = parser.parse_args(list(argv) or None)
     for name in ("rounds", "batch_size", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     try:
         outputs = write_study(args.sweep_dir, retime=args.retime, rounds=args.rounds, batch_size=args.batch_size,
-                              threads=args.threads)
+                              threads=args.threads, command=args.command)
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
     if args.docs is not None:
