@@ -3,7 +3,9 @@
 import os
 import platform
 import re
-from typing import Any, Dict
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -20,10 +22,61 @@ def _cpu_model() -> str:
     return f"{match.group(1).strip() if match else 'unknown CPU'} ({', '.join(have) or 'no AVX-512'})"
 
 
+# The instruction-set flags that decide which CPU kernel runs and how fast PyTorch's kernels are.
+_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16")
+
+
+def cpu_flags() -> List[str]:
+    """The flags of :data:`_FLAGS` this CPU has (``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return []
+    flags = re.search(r"flags\s*:\s*(.+)", text)
+    have = set(flags.group(1).split()) if flags else set()
+    return [f for f in _FLAGS if f in have]
+
+
+def _cpu_family_model() -> Optional[str]:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    family = re.search(r"cpu family\s*:\s*(\d+)", text)
+    model = re.search(r"^model\s*:\s*(\d+)", text, re.M)
+    return f"family {family.group(1)} model {model.group(1)}" if family and model else None
+
+
+def _commit() -> Optional[str]:
+    """The git commit measured (``+dirty`` with uncommitted changes), or None outside a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "models"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def _kernel_capability() -> Optional[str]:
+    try:
+        from models import cpu_kernel
+
+        return cpu_kernel.capability()
+    except Exception:  # a benchmark still runs (and says so) where the package or its kernel cannot load
+        return None
+
+
 def describe(device: str, threads: int) -> Dict[str, Any]:
     """CPU/GPU, cores, thread setting, load average and library versions."""
     info: Dict[str, Any] = {
         "cpu": _cpu_model(),
+        "cpu_family_model": _cpu_family_model(),
+        "cpu_flags": cpu_flags(),
+        "kernel_capability": _kernel_capability(),
+        "commit": _commit(),
         "cores": os.cpu_count(),
         "threads": threads,
         "torch": torch.__version__,
@@ -45,6 +98,8 @@ def describe(device: str, threads: int) -> Dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name()
         info["cudnn"] = torch.backends.cudnn.version()
     summary = info.get("gpu") or info["cpu"]
-    info["summary"] = (f"{summary}; {info['cores']} cores, {threads} intra-op threads; torch {info['torch']}, "
+    info["summary"] = (f"{summary}; {info['cpu_family_model']}; flags {' '.join(info['cpu_flags']) or '-'}; "
+                       f"kernel {info['kernel_capability']}; commit {info['commit']}; "
+                       f"{info['cores']} cores, {threads} intra-op threads; torch {info['torch']}, "
                        f"keras {info['keras']}; load average at start {info.get('load_average_start')}")
     return info
