@@ -1,12 +1,21 @@
 """Suite-wide settings and fixtures."""
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import torch
+from composing import compose_config
+from omegaconf import DictConfig
 
 from models.blocks import cpu_kernel
 from models.blocks.cpu_kernel import build as cpu_kernel_build
+
+
+@pytest.fixture(scope="session")
+def compose() -> Callable[..., DictConfig]:
+    """``compose(*overrides, hydra=False)``: ``conf/config.yaml`` composed with Hydra's compose API
+    (``tests/composing.py``; ``*TINY`` first for the tiny run)."""
+    return compose_config
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 
 import pytest
 import torch
+from composing import TINY
 
 from models.data.batching import Batch
 from models.training import distributed
@@ -30,10 +31,7 @@ from models.training.testing_aids import KILL_AT_STEP_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 # 199 examples in batches of 32: 6 full batches and one of 7, which 2 ranks split 3 + 4 (uneven on purpose).
-TINY = ["data.num_train=199", "data.num_val=64", "data.num_test=64", "data.min_len=6", "data.max_len=12",
-        "data.batch_size=32", "model.hidden_size=8", "model.embed_dim=8", "trainer.max_epochs=2",
-        "trainer.patience=100", "trainer.infer_batches=2", "trainer.num_threads=1", "optim.warmup_steps=0",
-        "trainer.checkpoint_every_steps=4"]
+TINY_HERE = [*TINY, "data.num_train=199", "optim.warmup_steps=0", "trainer.checkpoint_every_steps=4"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 PARAM_ATOL = 1e-5
 METRIC_RTOL = 1e-5
@@ -41,7 +39,7 @@ METRIC_RTOL = 1e-5
 
 def command(*overrides: str, processes: int) -> List[str]:
     launcher = TORCHRUN if processes == 2 else [sys.executable]
-    return [*launcher, str(ROOT / "train.py"), *TINY, *overrides]
+    return [*launcher, str(ROOT / "train.py"), *TINY_HERE, *overrides]
 
 
 def start(*overrides: str, processes: int, cwd: Path = ROOT, env: Optional[Dict[str, str]] = None

@@ -4,6 +4,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -78,18 +79,12 @@ def test_read_metrics_errors(tmp_path: Path) -> None:
         read_metrics(tmp_path)
 
 
-def test_read_metrics_reads_a_real_training_run(tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_dir
+def test_read_metrics_reads_a_real_training_run(tmp_path: Path, compose: Callable[..., Any]) -> None:
+    from composing import TINY
 
     from models.training.loop import train
 
-    overrides = ["data.num_train=64", "data.num_val=32", "data.num_test=32", "data.min_len=4", "data.max_len=8",
-                 "data.batch_size=32", "model.hidden_size=4", "model.embed_dim=4", "trainer.max_epochs=2",
-                 "trainer.infer_batches=1", "trainer.tensorboard=false", "trainer.progress=false",
-                 "trainer.num_threads=1"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    train(cfg, tmp_path)
+    train(compose(*TINY, "trainer.tensorboard=false", "trainer.progress=false"), tmp_path)
     columns = read_metrics(tmp_path)
     assert columns["epoch"] == [1, 2] and len(columns["val_acc"]) == 2 and len(columns["tokens_per_s"]) == 2
 

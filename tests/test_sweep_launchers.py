@@ -12,24 +12,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from composing import TINY, compose_config
 from hydra.utils import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.num_train=192", "data.num_val=64", "data.num_test=64", "data.min_len=6", "data.max_len=12",
-        "data.batch_size=32", "model.hidden_size=8", "model.embed_dim=8", "trainer.max_epochs=1",
-        "trainer.patience=100", "trainer.infer_batches=2", "trainer.num_threads=1"]
+TINY_HERE = [*TINY, "trainer.max_epochs=1"]
 
 
 def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return compose_config(*overrides, hydra=True)
 
 
 def test_a_joblib_sweep_runs_two_jobs_in_parallel_and_writes_the_report(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     command = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-               f"hydra.sweep.dir={tmp_path}", "model.merge_mode=concat,mul", *TINY]
+               f"hydra.sweep.dir={tmp_path}", "model.merge_mode=concat,mul", *TINY_HERE]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr           # the joblib launcher ran them

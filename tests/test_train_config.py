@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from composing import compose_config
 from omegaconf import OmegaConf
 
 from models import list_models
@@ -21,8 +21,7 @@ DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
 
 
 def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose_config(*overrides)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -60,8 +59,7 @@ def test_a_preset_keeps_its_cell() -> None:
 
 
 def test_experiment_merge_modes_sweeps_modes_presets_and_seeds() -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["experiment=merge_modes"], return_hydra_config=True)
+    cfg = compose_config("experiment=merge_modes", hydra=True)
     params = cfg.hydra.sweeper.params
     assert params["model.merge_mode"] == "concat,sum,mul,ave"
     assert params["model"] == "bilstm,bigru"

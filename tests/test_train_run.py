@@ -6,18 +6,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import pytest
 import torch
+from composing import TINY
 
 from models.training.checkpoint import FORMAT, REQUIRED_KEYS, load_checkpoint, save_checkpoint
 from models.training.testing_aids import KILL_AT_STEP_ENV, SKIP_RNG_RESTORE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.num_train=192", "data.num_val=64", "data.num_test=64", "data.min_len=6", "data.max_len=12",
-        "data.batch_size=32", "model.hidden_size=8", "model.embed_dim=8", "trainer.max_epochs=2",
-        "trainer.patience=100", "trainer.infer_batches=2", "trainer.num_threads=1"]
 
 
 def run_train(*overrides: str, multirun: bool = False, env: Optional[Dict[str, str]] = None
@@ -174,10 +172,8 @@ def test_training_runs_under_each_compile_mode(tmp_path: Path, mode: str) -> Non
     assert json.loads((tmp_path / "results.json").read_text())["compile"] == mode
 
 
-def test_validation_runs_in_eval_mode(tmp_path: Path) -> None:
+def test_validation_runs_in_eval_mode(tmp_path: Path, compose: Callable[..., Any]) -> None:
     """The logged val loss is the eval-mode (dropout off) loss of the epoch's final parameters."""
-    from hydra import compose, initialize_config_dir
-
     from models import create_model
     from models.data import build_data
     from models.training.evaluation import evaluate
@@ -185,8 +181,7 @@ def test_validation_runs_in_eval_mode(tmp_path: Path) -> None:
     overrides = [*TINY, "trainer.max_epochs=1", "model.head_dropout=0.9", "model.embed_dropout=0.5"]
     result = run_train(f"hydra.run.dir={tmp_path}", *overrides[len(TINY):])
     assert result.returncode == 0, result.stderr[-3000:]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose(*overrides)
     data = build_data(cfg.data, seed=cfg.seed)
     values = {k: v for k, v in cfg.model.items() if k != "name"}
     model = create_model(cfg.model.name, vocab_size=data.vocab_size, num_classes=data.num_classes, **values)

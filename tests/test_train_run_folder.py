@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from composing import TINY, compose_config
 
 from models.data import DataBundle, ListDataset
 from models.training.checkpoint import load_checkpoint, save_checkpoint
@@ -20,9 +20,7 @@ from models.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-TINY = ["data.num_train=192", "data.num_val=64", "data.num_test=64", "data.min_len=6", "data.max_len=12",
-        "data.batch_size=32", "model.hidden_size=8", "model.embed_dim=8", "trainer.max_epochs=2",
-        "trainer.patience=100", "trainer.infer_batches=2", "trainer.num_threads=1", "trainer.tensorboard=false"]
+TINY_HERE = [*TINY, "trainer.tensorboard=false"]
 
 
 @pytest.fixture(autouse=True)
@@ -32,10 +30,8 @@ def keep_threads():
     torch.set_num_threads(threads)
 
 
-def run(run_dir: Path, *overrides: str, base: tuple = tuple(TINY)) -> dict:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*base, *overrides])
-    return train(cfg, run_dir)
+def run(run_dir: Path, *overrides: str, base: tuple = tuple(TINY_HERE)) -> dict:
+    return train(compose_config(*base, *overrides), run_dir)
 
 
 def fingerprint(folder: Path) -> dict:

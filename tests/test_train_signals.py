@@ -16,16 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from composing import TINY, compose_config
 
 from models.training.checkpoint import load_checkpoint
 from models.training.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 # 100 steps per epoch: a signal sent a moment after epoch 1 ends lands in the middle of epoch 2.
-LONGER = ["data.num_train=3200", "data.num_val=64", "data.num_test=64", "data.min_len=6", "data.max_len=12",
-          "data.batch_size=32", "model.hidden_size=8", "model.embed_dim=8", "trainer.max_epochs=2",
-          "trainer.patience=100", "trainer.infer_batches=2", "trainer.num_threads=1", "trainer.tensorboard=false",
-          "model.dropout=0.3", "model.head_dropout=0.3"]
+LONGER = [*TINY, "data.num_train=3200", "trainer.tensorboard=false", "model.dropout=0.3", "model.head_dropout=0.3"]
 
 
 def command(*overrides: str) -> list:
@@ -47,16 +45,12 @@ def the_exact_command(stderr: str, kind: str) -> list:
 
 def train_in_process(overrides: list) -> dict:
     """``python train.py <overrides>`` in this process (``hydra.run.dir=`` is the run folder)."""
-    from hydra import compose, initialize_config_dir
-
     from models.training.loop import train
 
     run_dir = Path(next(o for o in overrides if o.startswith("hydra.run.dir=")).split("=", 1)[1])
     threads = torch.get_num_threads()
     try:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[o for o in overrides if not o.startswith("hydra.")])
-        return train(cfg, run_dir)
+        return train(compose_config(*overrides), run_dir)     # hydra.* overrides are the process's, dropped
     finally:
         torch.set_num_threads(threads)
 
@@ -110,7 +104,7 @@ def test_divergence_names_healthy_weights_and_the_command_with_a_lower_lr_works(
     # lr * weight_decay = 19: AdamW's decoupled decay multiplies the weights by -18 per step until they overflow;
     # a tenth of the lr multiplies them by -0.9, which is stable.
     run_dir = tmp_path / "diverged"
-    overrides = [*LONGER[:2], *LONGER[3:], "data.num_train=192", "trainer.max_epochs=8", "optim.lr=190",
+    overrides = [*(o for o in LONGER if o != "data.num_train=3200"), "trainer.max_epochs=8", "optim.lr=190",
                  "optim.weight_decay=0.1", "optim.warmup_steps=0", "optim.scheduler=none", "model.dropout=0.0"]
     result = run(command(*overrides, f"hydra.run.dir={run_dir}"))
     assert result.returncode == 1, result.stderr[-3000:]
