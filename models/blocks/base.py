@@ -8,7 +8,7 @@ How each forward runs (``T`` time steps, ``B`` sequences, time-major inside):
 - CPU LSTM/GRU in float32/float64 (eager or ``torch.compile``): one call of the project's kernel per layer,
   both directions at once, padded steps skipped per row (``models/blocks/cpu_kernel/__init__.py``), then the merge.
 Otherwise (CUDA, ``BiRNN``, autocast, TorchScript, ``torch.export``, the kernel unavailable or ``disabled()``),
-on PyTorch's fused kernels:
+on PyTorch's fused kernels (``models/blocks/fused.py``):
 - all layers ``concat`` and no ``lengths``: one fused call for the whole stack, exactly ``nn.LSTM``;
 - otherwise one fused bidirectional call per layer, then the merge;
 - with ``lengths`` each layer runs two single-direction fused calls on the padded batch: the forward
@@ -25,58 +25,20 @@ import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch import _VF, Tensor, nn
+from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ..arguments import check_positive_int, check_probability
 from ..cells import GATES, GRU_RESET_BEFORE
-from ..merge import MergeMode, merge_directions, merge_stacked, merged_size, resolve_merge_modes
+from ..merge import MergeMode, merge_stacked, merged_size, resolve_merge_modes
 from . import cpu_kernel
 from .cpu_kernel import inference as cpu_kernel_inference
-from .gru_reset_before import gru_reset_before
+from .fused import _SATURATE, _FusedPaths
 from .packed import repack, unpack
 from .validation import check_hidden, check_input, check_lengths, check_not_lengths, check_weights
 
-# Pre-activation pushed onto the input and forget gates at padded steps of the LSTM lengths path:
-# sigmoid(+1e4) == 1.0 and sigmoid(-1e4) == 0.0 exactly (float32, bfloat16, float16), so the cell state
-# passes through padding unchanged and the fused kernel's final c is the state at each true end.
-_SATURATE = 1.0e4
 
-
-def _fused_kernels(
-    mode: str,
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    weights: List[Tensor],
-    has_biases: bool,
-    num_layers: int,
-    dropout: float,
-    train: bool,
-    bidirectional: bool,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """One fused RNN call on time-major ``x (T, B, F)``; returns ``(output, h_n, c_n)`` (``c_n = h_n`` unless LSTM)."""
-    if mode == "LSTM":
-        out, h, c = _VF.lstm(x, [h0, c0], weights, has_biases, num_layers, dropout, train, bidirectional, False)
-        return out, h, c
-    if mode == "GRU":
-        out, h = _VF.gru(x, h0, weights, has_biases, num_layers, dropout, train, bidirectional, False)
-    elif mode == "GRU_RESET_BEFORE":  # Keras reset_after=False: no fused kernel computes it, a time loop does
-        out, h = gru_reset_before(x, h0, weights, has_biases, num_layers, dropout, train, bidirectional)
-    elif mode == "RNN_TANH":
-        out, h = _VF.rnn_tanh(x, h0, weights, has_biases, num_layers, dropout, train, bidirectional, False)
-    else:
-        out, h = _VF.rnn_relu(x, h0, weights, has_biases, num_layers, dropout, train, bidirectional, False)
-    return out, h, h
-
-
-# torch.compile leaves the fused call to eager PyTorch (one graph break) so the fused oneDNN/cuDNN kernel and its
-# autograd run as they are; dynamo would otherwise unroll the recurrence per time step. TorchScript cannot see
-# through this wrapper and calls _fused_kernels directly.
-_fused_call = torch.compiler.disable(_fused_kernels)
-
-
-class _BiRNNBase(nn.Module):
+class _BiRNNBase(_FusedPaths):
     """Shared machinery of ``BiLSTM``, ``BiGRU`` and ``BiRNN`` (see the module docstring)."""
 
     __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
@@ -366,94 +328,6 @@ class _BiRNNBase(nn.Module):
             hs.append(h)
             cs.append(c)
         return x, torch.cat(hs, 0), torch.cat(cs, 0)
-
-    def _fused(
-        self, x: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor], num_layers: int, dropout: float,
-        bidirectional: bool,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        mode = self.mode if self.reset_after else "GRU_RESET_BEFORE"  # not _kernel_cell(): TorchScript runs this
-        if torch.jit.is_scripting():
-            return _fused_kernels(mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training,
-                                  bidirectional)
-        return _fused_call(mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training, bidirectional)
-
-    def _between_layers(self, out: Tensor, is_last: bool) -> Tensor:
-        if self.dropout > 0.0 and not is_last:
-            out = torch.nn.functional.dropout(out, self.dropout, self.training)
-        return out
-
-    # The per-layer work lives in its own method: torch.compile cannot compile a loop body that contains a graph
-    # break, but it compiles each call of a method (merges, gathers and masks) around the fused calls in it.
-    def _run_layers(self, x: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-        """One fused bidirectional call per layer, then that layer's merge."""
-        hs: List[Tensor] = []
-        cs: List[Tensor] = []
-        for layer in range(self.num_layers):
-            first = 2 * layer
-            x, h, c = self._layer(x, h0[first:first + 2], c0[first:first + 2], self._layer_weights(weights, layer, 2),
-                                  self.merge_modes[layer], layer == self.num_layers - 1)
-            hs.append(h)
-            cs.append(c)
-        return x, torch.cat(hs, 0), torch.cat(cs, 0)
-
-    def _layer(self, x: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor], mode: Optional[str],
-               is_last: bool) -> Tuple[Tensor, Tensor, Tensor]:
-        out, h, c = self._fused(x, h0, c0, weights, 1, 0.0, True)
-        return self._between_layers(merge_stacked(out, mode, self.hidden_size), is_last), h, c
-
-    def _run_layers_with_lengths(
-        self, x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor]
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Right-padded batch with ``lengths (B,)``: two single-direction fused calls per layer."""
-        seq_len, batch = x.shape[0], x.shape[1]
-        steps = torch.arange(seq_len, device=x.device).unsqueeze(1)           # (T, 1)
-        valid = steps < lengths.unsqueeze(0)                                   # (T, B)
-        pad = (~valid).unsqueeze(-1)                                           # (T, B, 1)
-        # Reverse each sequence within its own length; padded steps stay where they are. The map is
-        # its own inverse, so the same index reverses the backward output back.
-        reverse_index = torch.where(valid, lengths.unsqueeze(0) - 1 - steps, steps).unsqueeze(-1)  # (T, B, 1)
-        last_index = (lengths - 1).view(1, batch, 1).expand(1, batch, self.hidden_size)
-        # Padded inputs may hold anything (NaN included): zero them so no gradient can pick them up.
-        x = x.masked_fill(pad, 0.0)
-        hs: List[Tensor] = []
-        cs: List[Tensor] = []
-        for layer in range(self.num_layers):
-            first = 2 * layer
-            x, h, c = self._layer_with_lengths(
-                x, pad, reverse_index, last_index, h0[first:first + 2], c0[first:first + 2],
-                self._layer_weights(weights, layer, 0), self._layer_weights(weights, layer, 1), self.merge_modes[layer],
-                layer == self.num_layers - 1)
-            hs.append(h)
-            cs.append(c)
-        h_n = torch.cat(hs, 0)
-        return x, h_n, torch.cat(cs, 0) if self.mode == "LSTM" else h_n
-
-    def _layer_with_lengths(
-        self, x: Tensor, pad: Tensor, reverse_index: Tensor, last_index: Tensor, h0: Tensor, c0: Tensor,
-        forward_weights: List[Tensor], backward_weights: List[Tensor], mode: Optional[str], is_last: bool,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        """One layer on a right-padded ``x (T, B, F)``; returns the merged output and ``h, c`` each ``(2, B, H)``."""
-        if self.mode == "LSTM":
-            x = torch.cat([x, pad.to(x.dtype)], -1)
-            forward_weights = [self._saturating_input_weight(forward_weights[0])] + forward_weights[1:]
-            backward_weights = [self._saturating_input_weight(backward_weights[0])] + backward_weights[1:]
-        x_reversed = x.gather(0, reverse_index.expand(x.shape))
-        out_f, _, c_f = self._fused(x, h0[0:1], c0[0:1], forward_weights, 1, 0.0, False)
-        out_b, _, c_b = self._fused(x_reversed, h0[1:2], c0[1:2], backward_weights, 1, 0.0, False)
-        # h_n is the output at each sequence's last valid step: the kernel's own final h has run on through
-        # padding. The LSTM's c did not move at padded steps (see _SATURATE).
-        h = torch.cat([out_f.gather(0, last_index), out_b.gather(0, last_index)], 0)
-        out_b = out_b.gather(0, reverse_index.expand(out_b.shape))
-        merged = merge_directions(out_f.masked_fill(pad, 0.0), out_b.masked_fill(pad, 0.0), mode)
-        return self._between_layers(merged, is_last), h, torch.cat([c_f, c_b], 0)
-
-    def _saturating_input_weight(self, weight_ih: Tensor) -> Tensor:
-        """``(4H, F)`` -> ``(4H, F + 1)``: an extra input column (1 at padded steps) that pins i=0, f=1."""
-        hidden = self.hidden_size
-        column = weight_ih.new_zeros(4 * hidden, 1)
-        column[:hidden] = -self.saturate
-        column[hidden:2 * hidden] = self.saturate
-        return torch.cat([weight_ih, column], 1)
 
 
 # Filled by models/blocks/scriptable.py: public class -> its TorchScript twin.

@@ -1,7 +1,9 @@
 """The public blocks ``BiLSTM``, ``BiGRU``, ``BiRNN``: constructors, ``forward`` signatures and documentation.
 
 Each is ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN(bidirectional=True)``'s API plus ``merge_mode`` and ``lengths``; the
-shared parameters and the per-layer runner are in :mod:`models.blocks.base`.
+shared parameters and the per-layer runner are in :mod:`models.blocks.base`. The constructors spell out their whole
+signature (as ``nn.LSTM``'s do) rather than ``**kwargs``: ``help()``, IDEs, ``inspect.signature`` and TorchScript
+read it, so the argument lists of the three classes and of ``_BiRNNBase`` repeat on purpose.
 """
 
 from typing import Optional, Tuple, Union
@@ -18,6 +20,31 @@ from .validation import check_not_lengths
 _SHAPES = """
     Shapes: ``T`` time steps, ``B`` sequences, ``L`` = ``num_layers``, ``H`` = ``hidden_size``, ``out`` the last
     layer's merged width (``2H`` for ``concat`` and ``None``, else ``H``; ``None`` gives ``(..., 2, H)``)."""
+
+
+_ONE_STATE_IO = """
+    Inputs: input, h_0, lengths
+        * **input**: ``(T, B, F)``, ``(B, T, F)`` when ``batch_first=True``, ``(T, F)`` unbatched, or a
+          ``PackedSequence`` (data ``(N, F)``, sorted or not) as for ``{nn}``. Floating point, the dtype and
+          device of the parameters (a mismatch is a ``ValueError`` before any compute). ``B = 0`` gives empty
+          outputs; ``T = 0`` is a ``ValueError``.
+        * **h_0**: ``(2 * L, B, H)`` (``(2 * L, H)`` unbatched), the initial state of layer 0 forward, layer 0
+          backward, layer 1 forward, ... Default: zeros. The second positional argument, as in ``{nn}``.
+        * **lengths** (keyword only): ``(B,)`` integer, in ``[1, T]``, any order: the batch is right padded and
+          only the first ``lengths[b]`` steps of row ``b`` are read (padding may hold anything, NaN included).
+          Not with a ``PackedSequence``, which carries its own lengths. Unbatched input takes one length.
+    {shapes}
+
+    Outputs: output, h_n
+        * **output**: ``(T, B, out)``, ``(B, T, out)`` when ``batch_first=True``, ``(T, out)`` unbatched; the
+          last layer's merged output at every step; zero at padded steps. A ``PackedSequence`` when the input
+          is one, with the input's ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices`` and data
+          ``(N, out)`` (``(N, 2, H)`` for ``None``).
+        * **h_n**: ``(2 * L, B, H)`` (``(2 * L, H)`` unbatched) in ``{nn}``'s order (layer 0 forward, layer 0
+          backward, ...): the state at each sequence's true end (forward direction) and after step 0 (backward
+          direction), unmerged, in the caller's batch order.
+"""
+"""``BiGRU``'s and ``BiRNN``'s Inputs and Outputs (one state tensor); ``{nn}`` is ``nn.GRU`` or ``nn.RNN``."""
 
 
 def _lstm_hx(hx: object) -> Tuple[Optional[Tensor], Optional[Tensor]]:
@@ -179,26 +206,7 @@ class BiGRU(_BiRNNBase):
             time loop (slower). Same parameters (names, shapes, gate order); ``b_hn`` lies outside the reset product, so
             ``bias_ih`` and ``bias_hh`` just add up (Keras's single bias maps to ``bias_ih``). Default: True.
 
-    Inputs: input, h_0, lengths
-        * **input**: ``(T, B, F)``, ``(B, T, F)`` when ``batch_first=True``, ``(T, F)`` unbatched, or a
-          ``PackedSequence`` (data ``(N, F)``, sorted or not) as for ``nn.GRU``. Floating point, the dtype and
-          device of the parameters (a mismatch is a ``ValueError`` before any compute). ``B = 0`` gives empty
-          outputs; ``T = 0`` is a ``ValueError``.
-        * **h_0**: ``(2 * L, B, H)`` (``(2 * L, H)`` unbatched), the initial state of layer 0 forward, layer 0
-          backward, layer 1 forward, ... Default: zeros. The second positional argument, as in ``nn.GRU``.
-        * **lengths** (keyword only): ``(B,)`` integer, in ``[1, T]``, any order: the batch is right padded and
-          only the first ``lengths[b]`` steps of row ``b`` are read (padding may hold anything, NaN included).
-          Not with a ``PackedSequence``, which carries its own lengths. Unbatched input takes one length.
-    {shapes}
-
-    Outputs: output, h_n
-        * **output**: ``(T, B, out)``, ``(B, T, out)`` when ``batch_first=True``, ``(T, out)`` unbatched; the
-          last layer's merged output at every step; zero at padded steps. A ``PackedSequence`` when the input
-          is one, with the input's ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices`` and data
-          ``(N, out)`` (``(N, 2, H)`` for ``None``).
-        * **h_n**: ``(2 * L, B, H)`` (``(2 * L, H)`` unbatched) in ``nn.GRU``'s order (layer 0 forward, layer 0
-          backward, ...): the state at each sequence's true end (forward direction) and after step 0 (backward
-          direction), unmerged, in the caller's batch order.
+    {one_state_io}
 
     Attributes:
         weight_ih_l[k], weight_ih_l[k]_reverse: ``(3H, F)`` for ``k = 0``, ``(3H, in_k)`` after, where ``in_k`` is
@@ -278,26 +286,7 @@ class BiRNN(_BiRNNBase):
         bidirectional: keyword only, must be True (accepted so ``nn.RNN(..., bidirectional=True)`` arguments
             carry over).
 
-    Inputs: input, h_0, lengths
-        * **input**: ``(T, B, F)``, ``(B, T, F)`` when ``batch_first=True``, ``(T, F)`` unbatched, or a
-          ``PackedSequence`` (data ``(N, F)``, sorted or not) as for ``nn.RNN``. Floating point, the dtype and
-          device of the parameters (a mismatch is a ``ValueError`` before any compute). ``B = 0`` gives empty
-          outputs; ``T = 0`` is a ``ValueError``.
-        * **h_0**: ``(2 * L, B, H)`` (``(2 * L, H)`` unbatched), the initial state of layer 0 forward, layer 0
-          backward, layer 1 forward, ... Default: zeros. The second positional argument, as in ``nn.RNN``.
-        * **lengths** (keyword only): ``(B,)`` integer, in ``[1, T]``, any order: the batch is right padded and
-          only the first ``lengths[b]`` steps of row ``b`` are read (padding may hold anything, NaN included).
-          Not with a ``PackedSequence``, which carries its own lengths. Unbatched input takes one length.
-    {shapes}
-
-    Outputs: output, h_n
-        * **output**: ``(T, B, out)``, ``(B, T, out)`` when ``batch_first=True``, ``(T, out)`` unbatched; the
-          last layer's merged output at every step; zero at padded steps. A ``PackedSequence`` when the input
-          is one, with the input's ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices`` and data
-          ``(N, out)`` (``(N, 2, H)`` for ``None``).
-        * **h_n**: ``(2 * L, B, H)`` (``(2 * L, H)`` unbatched) in ``nn.RNN``'s order (layer 0 forward, layer 0
-          backward, ...): the state at each sequence's true end (forward direction) and after step 0 (backward
-          direction), unmerged, in the caller's batch order.
+    {one_state_io}
 
     Attributes:
         weight_ih_l[k], weight_ih_l[k]_reverse: ``(H, F)`` for ``k = 0``, ``(H, in_k)`` after, where ``in_k`` is
@@ -345,6 +334,8 @@ class BiRNN(_BiRNNBase):
         return _forward_one_state(self, input, hx, lengths)
 
 
+for _block, _nn in ((BiGRU, "nn.GRU"), (BiRNN, "nn.RNN")):
+    _block.__doc__ = _block.__doc__.replace("    {one_state_io}\n", _ONE_STATE_IO.lstrip("\n").replace("{nn}", _nn))
 for _block in (BiLSTM, BiGRU, BiRNN):
     _block.__doc__ = _block.__doc__.replace("    {shapes}", _SHAPES)
 

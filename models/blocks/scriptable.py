@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import _SCRIPTABLE
+from .base import _SCRIPTABLE, _BiRNNBase
 from .modules import BiGRU, BiLSTM, BiRNN
 
 
@@ -39,7 +39,9 @@ class _ScriptableBiLSTM(BiLSTM):
         return "BiLSTM"
 
 
-class _ScriptableBiGRU(BiGRU):
+class _OneStateTwin(_BiRNNBase):
+    """The TorchScript forward of ``BiGRU`` and ``BiRNN`` (one state tensor); mixed in before the public class."""
+
     def forward(  # type: ignore[override]
         self, input: Tensor, hx: Optional[Tensor] = None, lengths: Optional[Tensor] = None
     ) -> Tuple[Tensor, Tensor]:
@@ -50,27 +52,23 @@ class _ScriptableBiGRU(BiGRU):
 
     @torch.jit.unused
     def _eager_forward(self, input: Tensor, hx: Optional[Tensor], lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        return BiGRU.forward(self, input, hx, lengths=lengths)  # type: ignore[return-value]
+        return self._public().forward(self, input, hx, lengths=lengths)  # type: ignore[return-value]
+
+    @classmethod
+    def _public(cls) -> type:
+        """The public block this twin stands for (``BiGRU`` or ``BiRNN``)."""
+        return next(base for base in cls.__mro__ if base in _SCRIPTABLE)
 
     def _get_name(self) -> str:
-        return "BiGRU"
+        return self._public().__name__
 
 
-class _ScriptableBiRNN(BiRNN):
-    def forward(  # type: ignore[override]
-        self, input: Tensor, hx: Optional[Tensor] = None, lengths: Optional[Tensor] = None
-    ) -> Tuple[Tensor, Tensor]:
-        if not torch.jit.is_scripting():
-            return self._eager_forward(input, hx, lengths)
-        out, h_n, _ = self._run(input, hx, None, lengths, self.batch_first, "hx", "hx")
-        return out, h_n
+class _ScriptableBiGRU(_OneStateTwin, BiGRU):
+    pass
 
-    @torch.jit.unused
-    def _eager_forward(self, input: Tensor, hx: Optional[Tensor], lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        return BiRNN.forward(self, input, hx, lengths=lengths)  # type: ignore[return-value]
 
-    def _get_name(self) -> str:
-        return "BiRNN"
+class _ScriptableBiRNN(_OneStateTwin, BiRNN):
+    pass
 
 
 _SCRIPTABLE.update({BiLSTM: _ScriptableBiLSTM, BiGRU: _ScriptableBiGRU, BiRNN: _ScriptableBiRNN})

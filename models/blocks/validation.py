@@ -16,6 +16,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     """``"torch.float32"``, in eager code and under TorchScript (where a dtype formats as a bare number)."""
     if not torch.jit.is_scripting():
         return str(dtype)
+    # TorchScript holds a dtype as an int and has no dtype -> name table: one comparison per dtype the checks name.
     if dtype == torch.float32:
         return "torch.float32"
     if dtype == torch.float64:
