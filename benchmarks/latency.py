@@ -3,7 +3,8 @@
 Single requests (B = 1) whose lengths are drawn from TREC's question lengths (``/work/shared/data`` or
 ``--data``; a fixed stand-in distribution when absent, said in the output), the same request sequence for every
 variant, interleaved request by request (rotating order), wall time per call as a caller sees it; p50 / p99 /
-mean per variant. Then throughput at B = 64 (batches of those requests, right-padded). Variants:
+mean per variant, and the p50 of process CPU time (on a shared machine the wall times include waiting for a core;
+with one thread the CPU time is what the call itself cost). Then throughput at B = 64 (batches of those requests, right-padded). Variants:
 
 - ``block`` / ``block ORT``: the zoo model's recurrent encoder alone (``BiLSTM``/``BiGRU``, eager, no grad) on
   ``(1, L, E)`` features, and ONNX Runtime on its twin graph of fused ``LSTM``/``GRU`` ops (dynamic ``T``,
@@ -67,19 +68,23 @@ def percentile(values: List[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def interleaved_requests(fns: Dict[str, Callable[[int], Any]], lengths: List[int]) -> Dict[str, List[float]]:
-    """Each request (index i, length lengths[i]) through every variant in a rotating order; seconds per call."""
+def interleaved_requests(fns: Dict[str, Callable[[int], Any]], lengths: List[int]
+                         ) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """Each request (index i, length lengths[i]) through every variant in a rotating order; wall seconds and
+    process CPU seconds per call (CPU time: what the call cost when other jobs share the cores)."""
     keys = list(fns)
     for key in keys:  # warm-up: first-call costs (allocations, prepared weights, TorchScript's profiling runs)
         for i in range(min(20, len(lengths))):
             fns[key](i)
     times: Dict[str, List[float]] = {key: [] for key in keys}
+    cpu: Dict[str, List[float]] = {key: [] for key in keys}
     for i in range(len(lengths)):
         for key in keys[i % len(keys):] + keys[:i % len(keys)]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fns[key](i)
             times[key].append(time.perf_counter() - start)
-    return times
+            cpu[key].append(time.process_time() - start_cpu)
+    return times, cpu
 
 
 def main(argv: List[str] = None) -> None:
@@ -90,6 +95,9 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--batches", type=int, default=30, help="B=64 batches timed per variant for throughput")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--artifacts", type=Path, default=None,
+                        help="folder for the exported files; existing ones are reused (default: a new temporary "
+                             "folder). The exports are most of the setup: ~1 min idle, 5+ min on a loaded 2-core box")
     args = parser.parse_args(argv)
     import onnxruntime as ort
 
@@ -112,18 +120,29 @@ def main(argv: List[str] = None) -> None:
     padded = [torch.nn.functional.pad(t, (0, max_len - t.shape[1])) for t in tokens]  # padding_idx 0 on the right
     features = [torch.randn(1, n, encoder.input_size) for n in lengths]
 
-    folder = Path(tempfile.mkdtemp(prefix="birnn_latency_"))
+    folder = args.artifacts or Path(tempfile.mkdtemp(prefix="birnn_latency_"))
+    folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    scripted = torch.jit.load(models.export(model, folder / "model.pt", "torchscript"))
-    log("exporting pt2 and onnx (static T = %d)" % max_len)
-    program = torch.export.load(models.export(model, folder / "model.pt2", "pt2", max_len=max_len)).module()
-    onnx_path = models.export(model, folder / "model.onnx", "onnx", max_len=max_len)
+    tag = f"{args.model}-T{max_len}"
+    if args.artifacts is not None and (folder / f"{tag}.state.pt").exists():  # the weights the files were made from
+        model.load_state_dict(torch.load(folder / f"{tag}.state.pt", weights_only=True))
+    else:
+        torch.save(model.state_dict(), folder / f"{tag}.state.pt")
+    paths = {fmt: folder / f"{tag}.{ext}" for fmt, ext in (("torchscript", "pt"), ("pt2", "pt2"), ("onnx", "onnx"))}
+    for fmt, path in paths.items():
+        if not path.exists():
+            log(f"exporting {fmt}" + (f" (static T = {max_len})" if fmt != "torchscript" else ""))
+            models.export(model, path, fmt, **({} if fmt == "torchscript" else {"max_len": max_len}))
+    scripted = torch.jit.load(paths["torchscript"])
+    program = torch.export.load(paths["pt2"]).module()
+    onnx_path = str(paths["onnx"])
     twin_bytes = onnx_rnn.build(twin, with_lengths=False)
-    log(f"exports took {time.perf_counter() - started:.0f} s")
+    setup_s = time.perf_counter() - started
+    log(f"exports took {setup_s:.0f} s")
 
     machine = describe("cpu", max(args.threads))
     machine.update(onnxruntime=ort.__version__, capability=cpu_kernel.capability(), lengths_source=source,
-                   model=args.model, max_len=max_len)
+                   model=args.model, max_len=max_len, export_s=round(setup_s, 1))
     results: Dict[str, Any] = {"machine": machine, "latency": [], "throughput": []}
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -158,11 +177,12 @@ def main(argv: List[str] = None) -> None:
             f"ORT .onnx @{max_len}": lambda i: zoo_session.run(None, {zoo_input: padded[i].numpy()}),
         }
         log(f"{threads} thread(s): {len(lengths)} requests x {len(variants)} variants")
-        times = interleaved_requests(variants, lengths)
+        times, cpu = interleaved_requests(variants, lengths)
         for name, samples in times.items():
             results["latency"].append({"variant": name, "threads": threads, "p50_ms": 1e3 * percentile(samples, 50),
                                        "p99_ms": 1e3 * percentile(samples, 99),
-                                       "mean_ms": 1e3 * statistics.fmean(samples), "requests": len(samples)})
+                                       "mean_ms": 1e3 * statistics.fmean(samples), "requests": len(samples),
+                                       "cpu_p50_ms": 1e3 * percentile(cpu[name], 50)})
         # Throughput: B = 64 batches of the same requests, padded to the batch's longest (static T: to max_len)
         batches = []
         for b in range(args.batches):
@@ -176,7 +196,7 @@ def main(argv: List[str] = None) -> None:
             f"pt2 @{max_len}": grad_free(lambda k: program(batches[k][1])),
             f"ORT .onnx @{max_len}": lambda k: zoo_session.run(None, {zoo_input: batches[k][1].numpy()}),
         }
-        batch_times = interleaved_requests(throughput, list(range(len(batches))))
+        batch_times, _ = interleaved_requests(throughput, list(range(len(batches))))
         for name, samples in batch_times.items():
             results["throughput"].append({"variant": name, "threads": threads, "batch": 64,
                                           "requests_per_s": 64 / statistics.median(samples),
@@ -185,16 +205,17 @@ def main(argv: List[str] = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(markdown(results))
-    log(f"total {time.perf_counter() - started:.0f} s; written {out}")
+    log(f"total {time.perf_counter() - started:.0f} s (exports {setup_s:.0f} s); written {out}")
 
 
 def markdown(results: Dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['summary']}; onnxruntime {m['onnxruntime']}; kernel {m['capability']}; model "
              f"{m['model']}; request lengths from {m['lengths_source']}; static T of pt2/onnx = {m['max_len']}", "",
-             "| variant | threads | p50 ms | p99 ms | mean ms |", "|---|---|---|---|---|"]
+             "| variant | threads | p50 ms | p99 ms | mean ms | p50 CPU ms |", "|---|---|---|---|---|---|"]
     for r in results["latency"]:
-        lines.append(f"| {r['variant']} | {r['threads']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['mean_ms']:.3f} |")
+        lines.append(f"| {r['variant']} | {r['threads']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['mean_ms']:.3f} | "
+                     f"{r['cpu_p50_ms']:.3f} |")
     lines += ["", "| throughput, B = 64 | threads | requests / s | ms per batch (p50) |", "|---|---|---|---|"]
     for r in results["throughput"]:
         lines.append(f"| {r['variant']} | {r['threads']} | {r['requests_per_s']:.0f} | {r['batch_ms_p50']:.2f} |")
