@@ -170,6 +170,9 @@ def expanded(overrides: List[str]) -> Iterator[List[str]]:
                 yield [*firsts[:index], f"{override.get_key_element()}={value}", *firsts[index + 1:]]
 
 
+LAUNCHER_PLUGINS = {"hydra/launcher=slurm": "hydra_plugins.hydra_submitit_launcher",
+                    "hydra/launcher=parallel": "hydra_plugins.hydra_joblib_launcher",
+                    "hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher"}
 COMPOSED: set = set()   # override lists already composed (by another command or page): each once
 
 
@@ -178,9 +181,9 @@ def test_train_commands_compose(page: Path) -> None:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for where, overrides in train_commands(page):
-            if "hydra/launcher=slurm" in overrides and \
-                    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
-                continue   # the [sweep] extra; tests/test_sweep_launchers.py composes it where installed
+            plugins = [LAUNCHER_PLUGINS[o] for o in overrides if o in LAUNCHER_PLUGINS]
+            if any(importlib.util.find_spec(plugin) is None for plugin in plugins):
+                continue   # the [sweep] extra; tests/test_sweep_launchers.py composes them where installed
             for job in expanded(overrides):
                 if tuple(job) in COMPOSED:
                     continue
