@@ -32,6 +32,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+import models.training  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MARKER = re.compile(r"^<!--\s*test_docs:\s*(\w+):\s*(.+?)\s*-->\s*$")
