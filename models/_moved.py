@@ -60,12 +60,24 @@ class _AliasLoader(importlib.abc.Loader):
         return spec.loader.get_code(self.target)  # type: ignore[attr-defined]
 
 
+def new_name(fullname: str) -> Optional[str]:
+    """``models.cpu_kernel`` -> ``models.blocks.cpu_kernel``, and its submodules with it
+    (``models.cpu_kernel.policy`` -> ``models.blocks.cpu_kernel.policy``: one module object, not a second copy
+    loaded under the old package's name); None for names that did not move."""
+    parts = fullname.split(".")
+    for end in range(len(parts), 1, -1):
+        new = MOVED.get(".".join(parts[:end]))
+        if new is not None:
+            return ".".join([new, *parts[end:]])
+    return None
+
+
 class MovedModuleFinder(importlib.abc.MetaPathFinder):
     """Finds the old names in :data:`MOVED`; every other import is left to the normal finders."""
 
     def find_spec(self, fullname: str, path: Optional[Sequence[str]], target: Optional[ModuleType] = None
                   ) -> Optional[importlib.machinery.ModuleSpec]:
-        new = MOVED.get(fullname)
+        new = new_name(fullname)
         if new is None:
             return None
         target = importlib.util.find_spec(new)  # imports the new parent packages, not the module itself

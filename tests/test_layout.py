@@ -46,3 +46,12 @@ def test_python_dash_m_runs_a_moved_module() -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert "sweep" in done.stdout
+
+
+def test_submodules_of_a_moved_package_are_the_same_objects() -> None:
+    import models.blocks.cpu_kernel.policy as new
+    import models.cpu_kernel.policy as old
+
+    assert old is new
+    assert importlib.import_module("models.cpu_kernel.inference") is importlib.import_module(
+        "models.blocks.cpu_kernel.inference")
