@@ -18,6 +18,7 @@ def test_old_module_path_is_the_new_module(old: str, new: str) -> None:
 
 def test_patching_the_old_path_patches_the_new(monkeypatch: pytest.MonkeyPatch) -> None:
     import models.cpu_kernel as old
+
     from models.blocks import cpu_kernel as new
 
     monkeypatch.setattr(old, "capability", lambda: "patched")
@@ -49,8 +50,9 @@ def test_python_dash_m_runs_a_moved_module() -> None:
 
 
 def test_submodules_of_a_moved_package_are_the_same_objects() -> None:
-    import models.blocks.cpu_kernel.policy as new
     import models.cpu_kernel.policy as old
+
+    import models.blocks.cpu_kernel.policy as new
 
     assert old is new
     assert importlib.import_module("models.cpu_kernel.inference") is importlib.import_module(
