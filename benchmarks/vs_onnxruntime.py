@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -108,7 +108,7 @@ def run_row(cell: str, batch: int, steps: int, hidden: int, with_lengths: bool, 
     out, state = run_block()
     ours = [out, *(state if cell == "LSTM" else (state,))]
     theirs = [torch.from_numpy(a) for a in run_ort()]
-    diff = max(float((a - b).abs().max()) for a, b in zip(ours, theirs))
+    diff = max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True))
     fns: Dict[str, Callable[[], Any]] = {"block": run_block, "ort": run_ort}
     if lengths is None and with_nn:
         fns["nn"] = run_nn
@@ -147,7 +147,7 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: List[str] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cells", nargs="+", default=["LSTM", "GRU"], choices=["LSTM", "GRU"])

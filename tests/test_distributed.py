@@ -119,7 +119,7 @@ def test_a_killed_ddp_run_resumes_to_the_same_weights(runs: Dict[str, Path]) -> 
     assert all(torch.equal(straight[k], after_kill[k]) for k in straight), "DDP resume must be bit for bit"
     assert [m["epoch"] for m in metrics(killed_dir)] == [1, 2]
 
-    # The README's example: resume into a new timestamped folder; the source folder stays as it was.
+    # The example in docs/scaling-out.md: resume into a new timestamped folder; the source folder stays as it was.
     before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file() and p.name != ".lock"}
     cwd = runs["root"] / "elsewhere"
     cwd.mkdir()

@@ -10,7 +10,7 @@ from models import BiGRU, BiLSTM
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from benchmarks import onnx_rnn  # noqa: E402
+from benchmarks import onnx_rnn
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])

@@ -28,8 +28,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .. import cpu_kernel
 from ...merge import merge_stacked
+from .. import cpu_kernel
 
 _plans: "weakref.WeakKeyDictionary[nn.Module, _Plan]" = weakref.WeakKeyDictionary()
 _plans_lock = threading.Lock()
@@ -85,7 +85,7 @@ class _Plan:
     def matches(self, cell: int, weights: List[Tensor]) -> bool:
         if cell != self.cell or len(weights) != len(self.weights):
             return False
-        if self.state is None or any(w is not p for w, p in zip(weights, self.weights)):
+        if self.state is None or any(w is not p for w, p in zip(weights, self.weights, strict=True)):
             return False
         return _state(weights) == self.state
 
@@ -112,7 +112,7 @@ def usable(x: Tensor, weights: List[Tensor]) -> bool:
         return False
     if torch._C._len_torch_dispatch_stack() > 0:
         return False
-    if type(x) is not Tensor or x.requires_grad and torch.is_grad_enabled():
+    if type(x) is not Tensor or (x.requires_grad and torch.is_grad_enabled()):
         return False
     grad = torch.is_grad_enabled()
     for w in weights:
