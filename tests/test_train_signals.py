@@ -9,9 +9,9 @@ import json
 import re
 import shlex
 import signal
+import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from composing import TINY, compose_config
 
 from models.training.checkpoint import load_checkpoint
 from models.training.config import ConfigError
+from models.training.testing_aids import PAUSE_AT_STEP_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 # 100 steps per epoch: a signal sent a moment after epoch 1 ends lands in the middle of epoch 2.
@@ -43,6 +44,18 @@ def the_exact_command(stderr: str, kind: str) -> list:
     return words[2:]
 
 
+def wait_for_line(process: subprocess.Popen, wanted: str) -> str:
+    """Read ``process``'s stderr until a line containing ``wanted``; returns what was read. Fails if the process
+    ends first."""
+    read = []
+    for line in process.stderr:
+        read.append(line)
+        if wanted in line:
+            return "".join(read)
+    process.wait(timeout=60)
+    pytest.fail(f"the run ended (status {process.returncode}) before {wanted!r}:\n{''.join(read)[-3000:]}")
+
+
 def train_in_process(overrides: list) -> dict:
     """``python train.py <overrides>`` in this process (``hydra.run.dir=`` is the run folder)."""
     from models.training.loop import train
@@ -62,40 +75,29 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")
 
 
-def into_epoch_2(straight: dict) -> float:
-    """Seconds to wait after epoch 1's ``last.pt`` so that a signal lands inside epoch 2: about 30 of its 100
-    steps, from this machine's own pace in the straight run (a fixed 0.3 s overshot epoch 2 on a quiet, fast
-    machine and the signal then arrived after the loop), never more than the 0.3 s that held on slow ones."""
-    seconds_per_epoch = straight["progress"]["train_seconds"] / straight["progress"]["epoch"]
-    return min(0.3, max(0.01, 0.3 * seconds_per_epoch))
-
-
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143),
                                                pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
 def test_a_signal_writes_last_pt_at_the_step_and_the_printed_command_continues_bit_for_bit(
         tmp_path: Path, straight: dict, signum: int, status: int) -> None:
     run_dir = tmp_path / "run"
+    # The run waits after step 130 (epoch 2 of 100 steps each) until the signal: mid-epoch on any machine.
     process = subprocess.Popen(command(*LONGER, f"hydra.run.dir={run_dir}"), cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (run_dir / ".lock").exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, PAUSE_AT_STEP_ENV: "130"})
+    before = wait_for_line(process, f"paused at step 130 ({PAUSE_AT_STEP_ENV})")
     # A second run started in the same folder meanwhile is kept out by the lock (the first is unharmed).
     with pytest.raises(ConfigError, match=rf"run folder {run_dir} is in use by process {process.pid} "):
         train_in_process([*LONGER, f"hydra.run.dir={run_dir}"])
-    last = run_dir / "checkpoints" / "last.pt"          # written at the end of epoch 1 (no step cadence here)
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(into_epoch_2(straight))                  # into epoch 2 (100 steps)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
+    stderr = before + stderr
     assert process.returncode == status, stderr[-3000:]
     assert "Traceback" not in stderr
 
     step = int(re.search(r"interrupted at step (\d+); continue with:", stderr).group(1))
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]
-    assert saved["step"] == step and 100 < step < 200, "last.pt is written at the interrupted step"
-    assert saved["batch_in_epoch"] == step - 100 >= 1, "mid-epoch"
+    assert step == 131, "the step in which the signal arrived is finished, then the run stops"
+    assert saved["step"] == step, "last.pt is written at the interrupted step"
+    assert saved["batch_in_epoch"] == 31, "mid-epoch"
     assert f"interrupted at step {step}; continue with: python train.py" in (run_dir / "train.log").read_text()
 
     again = the_exact_command(stderr, "continue with")
@@ -128,3 +130,16 @@ def test_divergence_names_healthy_weights_and_the_command_with_a_lower_lr_works(
     results = train_in_process(again)
     assert results["nonfinite_steps"] == 0 and results["steps"] == 8 * 6, "a fresh step count"
     assert results["init_from"].endswith("recover.pt")
+
+
+def test_the_testing_aids_refuse_a_malformed_step_and_the_pause_ends_on_a_signal() -> None:
+    from models.training.testing_aids import TestingAids
+
+    with pytest.raises(ValueError, match=rf"{PAUSE_AT_STEP_ENV}='13x' must be a positive integer"):
+        TestingAids.from_environment({PAUSE_AT_STEP_ENV: "13x"})
+    aids = TestingAids.from_environment({PAUSE_AT_STEP_ENV: "3"})
+    asked = []
+    aids.after_step(2, lambda: asked.append(1) or True)
+    assert asked == [], "other steps do not pause"
+    aids.after_step(3, lambda: asked.append(1) or len(asked) >= 3)
+    assert asked == [1, 1, 1], "the pause polls until a signal has arrived, then returns"
