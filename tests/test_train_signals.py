@@ -6,10 +6,10 @@ run and the printed command run in this process, through Hydra's compose API wit
 """
 
 import json
+import os
 import re
 import shlex
 import signal
-import os
 import subprocess
 import sys
 from pathlib import Path
