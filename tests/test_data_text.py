@@ -87,6 +87,36 @@ def test_tokenizer_and_vocab_round_trip() -> None:
         Vocab.build([toks], min_freq=0)
 
 
+def test_unknown_words_map_to_their_shape_when_asked() -> None:
+    from models.data.text import UNK_SHAPES, encode_text, word_shape
+
+    assert [word_shape(w) for w in ("1900", "B52", "MO", "Aspen", "walrus", "?", "ü")] == [
+        "<unk:number>", "<unk:number>", "<unk:CAPS>", "<unk:Capital>", "<unk:lower>", "<unk:other>", "<unk:lower>"]
+    vocab = Vocab.build([["what", "is", "the", "?"]], unk_shapes=True)
+    assert vocab.itos[:7] == ["<pad>", "<unk>", *UNK_SHAPES] and vocab.has_shapes
+    ids = encode_text("What is Aspen , the MO of 1900 walrus ?", vocab)
+    assert vocab.decode(ids) == ["what", "is", "<unk:Capital>", "<unk:other>", "the", "<unk:CAPS>", "<unk:lower>",
+                                 "<unk:number>", "<unk:lower>", "?"]
+    assert Vocab(vocab.itos).has_shapes, "a vocabulary rebuilt from its tokens (a checkpoint) keeps its shapes"
+    plain = Vocab.build([["what", "is"]])
+    assert not plain.has_shapes and encode_text("What is Aspen", plain) == [3, 2, 1]
+    assert encode_text("What is Aspen", Vocab.build([["What", "is"]], unk_shapes=True), lowercase=False) == [7, 8, 4]
+    with pytest.raises(ValueError, match="max_size must be >= 7"):
+        Vocab.build([["a"]], max_size=6, unk_shapes=True)
+
+
+@needs_shared
+def test_unk_shapes_on_trec_gives_unknown_test_words_their_shape() -> None:
+    plain = build_data(_cfg("trec", min_freq=2))
+    shaped = build_data(_cfg("trec", min_freq=2, unk_shapes=True))
+    assert shaped.vocab_size == plain.vocab_size + 5
+    test_ids = np.concatenate([np.asarray(ids) for ids, _ in shaped.splits["test"]])
+    assert not (test_ids == 1).any(), "every unknown word has a shape"
+    assert all((test_ids == i).any() for i in (2, 3, 4, 5)), "numbers, acronyms, names and rare words all occur"
+    with pytest.raises(ValueError, match=r"data.max_vocab=6: expected an integer >= 7"):
+        build_data(_cfg("trec", unk_shapes=True, max_vocab=6))
+
+
 def _copy(tmp_path: Path, name: str) -> Path:
     shutil.copytree(SHARED / name, tmp_path / name)
     return tmp_path

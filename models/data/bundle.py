@@ -10,7 +10,8 @@ Config keys (unknown keys raise ``ValueError``; their types and defaults: ``mode
   ``window``).
 - text: ``root`` (null: ``$BIRNN_ZOO_CACHE`` or ``~/.cache/birnn-zoo``), ``download`` (true),
   ``verify_checksum`` (true), ``min_freq`` (1), ``max_vocab`` (null = no cap; counts pad and unk),
-  ``max_len`` (null = no truncation), ``lowercase`` (true), ``skip_malformed`` (false);
+  ``max_len`` (null = no truncation), ``lowercase`` (true), ``unk_shapes`` (false: unknown words -> ``<unk>``;
+  true: -> the token of their shape, number / CAPS / Capital / lower / other), ``skip_malformed`` (false);
   ``trec`` adds ``split_seed`` (0), ``val_fraction`` (0.1: TREC has no validation file);
   ``sms_spam`` adds ``split_seed`` (0), ``val_fraction`` (0.1), ``test_fraction`` (0.2).
 """
@@ -159,10 +160,10 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
         _resolve_synthetic(c)
     else:
         _int(c, "min_freq", 1)
-        _int(c, "max_vocab", 2, nullable=True)
         _int(c, "max_len", 1, nullable=True)
-        for key in ("download", "verify_checksum", "lowercase", "skip_malformed"):
+        for key in ("download", "verify_checksum", "lowercase", "unk_shapes", "skip_malformed"):
             _bool(c, key)
+        _int(c, "max_vocab", 2 + len(text.UNK_SHAPES) * c["unk_shapes"], nullable=True)   # room for the specials
         if c["root"] is not None and not isinstance(c["root"], str):
             raise ValueError(f"data.root={c['root']!r}: expected a folder path or null")
         _existing_folder(c["root"], name)
@@ -242,7 +243,7 @@ def _build_text(c: dict[str, Any]) -> DataBundle:
                                       c["split_seed"])
         rows = {s: [full[i] for i in idx] for s, idx in zip(("train", "val", "test"), parts, strict=True)}
     vocab = text.Vocab.build((text.tokenize(t, c["lowercase"]) for _, t in rows["train"]),
-                             min_freq=c["min_freq"], max_size=c["max_vocab"])
+                             min_freq=c["min_freq"], max_size=c["max_vocab"], unk_shapes=c["unk_shapes"])
     splits = {s: text.encode_rows(r, vocab, classes, lowercase=c["lowercase"], max_len=c["max_len"])
               for s, r in rows.items()}
     info = {"files": {k: str(p) for k, p in paths.items()}, "skipped_malformed": sum(skipped.values()),

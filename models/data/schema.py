@@ -52,6 +52,7 @@ class TextDataConfig(DataConfig):
     max_vocab: Optional[int] = None                   # counts <pad> and <unk>; None: no cap
     max_len: Optional[int] = None                     # None: no truncation
     lowercase: bool = True
+    unk_shapes: bool = False                          # unknown words -> <unk:number|CAPS|Capital|lower|other>
     skip_malformed: bool = False
 
 

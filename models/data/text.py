@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
+# With ``data.unk_shapes``, an unknown word maps to the token of its shape instead of ``<unk>`` (ids 2-6):
+# a number, an acronym, a name and a rare lower-case word say different things about a question's type.
+UNK_SHAPES = ("<unk:number>", "<unk:CAPS>", "<unk:Capital>", "<unk:lower>", "<unk:other>")
 _TOKEN_RE = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 
 TREC_CLASSES = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
@@ -40,8 +43,24 @@ def tokenize(text: str, lowercase: bool = True) -> list[str]:
     return _TOKEN_RE.findall(text.lower() if lowercase else text)
 
 
+def word_shape(token: str) -> str:
+    """The ``<unk:...>`` token of an unknown word, from its spelling *before* lowercasing: any digit
+    (``1900``, ``B52``), all capitals (``MO``), a capital first letter (``Aspen``), lower case (``walrus``), or
+    anything else (punctuation, other scripts)."""
+    if any(c.isdigit() for c in token):
+        return UNK_SHAPES[0]
+    if token.isupper() and len(token) > 1:
+        return UNK_SHAPES[1]
+    if token[:1].isupper():
+        return UNK_SHAPES[2]
+    if token.islower():
+        return UNK_SHAPES[3]
+    return UNK_SHAPES[4]
+
+
 class Vocab:
-    """Token <-> id map with ``<pad>`` = 0 and ``<unk>`` = 1, built from training tokens."""
+    """Token <-> id map with ``<pad>`` = 0 and ``<unk>`` = 1 (then the :data:`UNK_SHAPES`, when the vocabulary
+    has them), built from training tokens."""
 
     def __init__(self, itos: Sequence[str]) -> None:
         if list(itos[:2]) != [PAD, UNK]:
@@ -50,28 +69,39 @@ class Vocab:
         self.stoi = {t: i for i, t in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
             raise ValueError("vocabulary has duplicate tokens")
+        self.has_shapes = list(itos[2:2 + len(UNK_SHAPES)]) == list(UNK_SHAPES)
 
     @classmethod
-    def build(cls, token_lists: Iterable[Sequence[str]], min_freq: int = 1, max_size: int | None = None) -> Vocab:
+    def build(cls, token_lists: Iterable[Sequence[str]], min_freq: int = 1, max_size: int | None = None,
+              unk_shapes: bool = False) -> Vocab:
         """Tokens with count >= ``min_freq``, most frequent first (ties alphabetical), at most
-        ``max_size`` entries in total including ``<pad>`` and ``<unk>``."""
+        ``max_size`` entries in total including ``<pad>``, ``<unk>`` and (``unk_shapes``) the shape tokens."""
+        specials = [PAD, UNK, *(UNK_SHAPES if unk_shapes else ())]
         if min_freq < 1:
             raise ValueError(f"min_freq must be >= 1, got {min_freq}")
-        if max_size is not None and max_size < 2:
-            raise ValueError(f"max_size must be >= 2 (room for {PAD} and {UNK}), got {max_size}")
+        if max_size is not None and max_size < len(specials):
+            raise ValueError(f"max_size must be >= {len(specials)} (room for {', '.join(specials)}), got {max_size}")
         counts = Counter(t for toks in token_lists for t in toks)
-        kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in (PAD, UNK)),
+        kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in specials),
                       key=lambda t: (-counts[t], t))
         if max_size is not None:
-            kept = kept[: max_size - 2]
-        return cls([PAD, UNK, *kept])
+            kept = kept[: max_size - len(specials)]
+        return cls([*specials, *kept])
 
     def __len__(self) -> int:
         return len(self.itos)
 
-    def encode(self, tokens: Sequence[str]) -> list[int]:
-        """Token strings -> ids; unknown tokens -> 1."""
-        return [self.stoi.get(t, UNK_ID) for t in tokens]
+    def encode(self, tokens: Sequence[str], spellings: Sequence[str] | None = None) -> list[int]:
+        """Token strings -> ids. An unknown token -> 1, or, in a vocabulary with shapes, the id of the
+        :func:`word_shape` of its spelling (``spellings[i]``: token ``i`` as written, before lowercasing;
+        default the token itself)."""
+        if not self.has_shapes:
+            return [self.stoi.get(t, UNK_ID) for t in tokens]
+        spellings = tokens if spellings is None else spellings
+        if len(spellings) != len(tokens):
+            raise ValueError(f"spellings has {len(spellings)} entries for {len(tokens)} tokens")
+        return [self.stoi[t] if t in self.stoi else self.stoi[word_shape(w)]
+                for t, w in zip(tokens, spellings, strict=True)]
 
     def decode(self, ids: Sequence[int]) -> list[str]:
         """Ids -> token strings (padding ids dropped)."""
@@ -186,6 +216,14 @@ def stratified_split(
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
+def encode_text(text: str, vocab: Vocab, lowercase: bool = True) -> list[int]:
+    """One text -> token ids (unknown words by their shape when ``vocab`` has shape tokens)."""
+    if not vocab.has_shapes:
+        return vocab.encode(tokenize(text, lowercase))
+    spellings = tokenize(text, lowercase=False)
+    return vocab.encode([w.lower() for w in spellings] if lowercase else spellings, spellings)
+
+
 def encode_rows(
     rows: Sequence[tuple[str, str]],
     vocab: Vocab,
@@ -201,7 +239,7 @@ def encode_rows(
     index = {c: i for i, c in enumerate(class_names)}
     seqs, labels = [], []
     for label, text in rows:
-        ids = vocab.encode(tokenize(text, lowercase))[:max_len] or [UNK_ID]
+        ids = encode_text(text, vocab, lowercase)[:max_len] or [UNK_ID]
         seqs.append(ids)
         labels.append(index[label])
     return ListDataset(seqs, labels)
