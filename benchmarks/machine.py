@@ -10,10 +10,23 @@ from typing import Any, Dict, List, Optional
 import torch
 
 
+def _cpuinfo() -> Optional[str]:
+    """The text of ``/proc/cpuinfo`` (read once per process), or None where there is none (macOS, Windows)."""
+    global _CPUINFO
+    if _CPUINFO is None:
+        try:
+            _CPUINFO = open("/proc/cpuinfo").read()
+        except OSError:
+            _CPUINFO = ""
+    return _CPUINFO or None
+
+
+_CPUINFO: Optional[str] = None
+
+
 def _cpu_model() -> str:
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
+    text = _cpuinfo()
+    if text is None:
         return platform.processor() or "unknown CPU"
     match = re.search(r"model name\s*:\s*(.+)", text)
     flags = re.search(r"flags\s*:\s*(.+)", text)
@@ -28,20 +41,13 @@ _FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx5
 
 def cpu_flags() -> List[str]:
     """The flags of :data:`_FLAGS` this CPU has (``/proc/cpuinfo``; empty where it cannot be read)."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return []
-    flags = re.search(r"flags\s*:\s*(.+)", text)
+    flags = re.search(r"flags\s*:\s*(.+)", _cpuinfo() or "")
     have = set(flags.group(1).split()) if flags else set()
     return [f for f in _FLAGS if f in have]
 
 
 def _cpu_family_model() -> Optional[str]:
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return None
+    text = _cpuinfo() or ""
     family = re.search(r"cpu family\s*:\s*(\d+)", text)
     model = re.search(r"^model\s*:\s*(\d+)", text, re.M)
     return f"family {family.group(1)} model {model.group(1)}" if family and model else None
