@@ -8,7 +8,7 @@ from typing import Dict, List
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from composing import compose_config
 
 from models.training.config import check_config
 from models.training.report import load_results
@@ -61,8 +61,8 @@ def test_holm_adjustment() -> None:
 # -- the study config ------------------------------------------------------------------------------------------
 
 def composed(*overrides: str, hydra: bool = True):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+    """The study's configs, with the ``hydra`` node (sweeper params, launcher, callbacks) by default."""
+    return compose_config(*overrides, hydra=hydra)
 
 
 def test_the_study_config_composes_into_96_valid_runs_two_at_a_time() -> None:
