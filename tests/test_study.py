@@ -16,7 +16,6 @@ from models.training.study import main, summarize_study, write_study
 from models.training.study_docs import BEGIN, END, rewrite_docs
 from models.training.study_stats import holm, mean_std, paired_t_test, t_two_sided_p
 
-ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("ends_sum", "first_last", "trec", "sst2")
 
 
