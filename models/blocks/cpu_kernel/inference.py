@@ -127,9 +127,9 @@ def _plan_for(module: nn.Module, cell: int, weights: List[Tensor], has_biases: b
     """The module's cached plan if it still matches its weights, else a new one (cached in eval mode, when
     every weight has a version counter: inference-mode tensors do not)."""
     plan = _plans.get(module)
-    cacheable = not module.training and not any(w.is_inference() for w in weights)
-    if cacheable and plan is not None and plan.matches(cell, weights):
+    if plan is not None and not module.training and plan.matches(cell, weights):  # a cached plan has a state
         return plan
+    cacheable = not module.training and not any(w.is_inference() for w in weights)
     plan = _Plan(cell, weights, has_biases, num_layers)
     if cacheable:
         with _plans_lock:
