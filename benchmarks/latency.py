@@ -1,7 +1,7 @@
 """``python -m benchmarks.latency [--requests 1000] [--threads 1 2] [--model bilstm]``: serving latency on CPU.
 
-Single requests (B = 1) whose lengths are drawn from TREC's question lengths (``/work/shared/data`` or
-``--data``; a fixed stand-in distribution when absent, said in the output), the same request sequence for every
+Single requests (B = 1) whose lengths are drawn from TREC's question lengths (``../shared/data`` beside the
+checkout, or ``--data``; a fixed stand-in distribution when absent, said in the output), the same request sequence for every
 variant, interleaved request by request (rotating order), wall time per call as a caller sees it; p50 / p99 /
 mean per variant, and the p50 of process CPU time (on a shared machine the wall times include waiting for a core;
 with one thread the CPU time is what the call itself cost). Then throughput at B = 64 (batches of those requests, right-padded). Variants:
@@ -44,7 +44,7 @@ from . import onnx_rnn
 from .machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"   # ../shared/data beside the checkout
 
 
 def log(message: str) -> None:
