@@ -1,5 +1,6 @@
 """A short description of the machine and software a run was measured on."""
 
+import functools
 import os
 import platform
 import re
@@ -10,18 +11,13 @@ from typing import Any, Dict, List, Optional
 import torch
 
 
+@functools.cache
 def _cpuinfo() -> Optional[str]:
     """The text of ``/proc/cpuinfo`` (read once per process), or None where there is none (macOS, Windows)."""
-    global _CPUINFO
-    if _CPUINFO is None:
-        try:
-            _CPUINFO = open("/proc/cpuinfo").read()
-        except OSError:
-            _CPUINFO = ""
-    return _CPUINFO or None
-
-
-_CPUINFO: Optional[str] = None
+    try:
+        return open("/proc/cpuinfo").read()
+    except OSError:
+        return None
 
 
 def _cpu_model() -> str:
