@@ -147,7 +147,7 @@ def _ptr(t: Optional[Tensor]) -> Optional[int]:
 
 
 def _threads() -> int:
-    return max(1, min(2, torch.get_num_threads()))
+    return max(1, torch.get_num_threads())
 
 
 def _check_layer(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor, b_hh: Optional[Tensor], h0: Tensor,

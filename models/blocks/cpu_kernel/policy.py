@@ -17,8 +17,10 @@ What the measurements say (AVX2, AMD EPYC, torch 2.13; ratios are kernel time / 
 - Two threads (each direction on its own core): GRU 0.04-0.84x, LSTM 0.12-0.96x, except LSTM inference at
   H >= 512 with 1 < B < 64 (1.0-1.05x, re-measured: oneDNN splits those large per-step products well over two
   cores): PyTorch's kernels there unless with ``lengths`` (1.02x against PyTorch's 1.14x).
-- More than two threads: the kernel runs one thread per direction, oneDNN/ATen use every core. Not measured on
-  a many-core machine yet: PyTorch's kernels, never slower than ``nn.*`` by construction.
+- More than two threads: the kernel splits each direction's batch rows over the threads (at least 8 rows a
+  group), oneDNN/ATen use every core. Not measured on a many-core machine yet (``python -m
+  benchmarks.kernel_matrix --threads 4 8 16`` measures it): PyTorch's kernels, never slower than ``nn.*`` by
+  construction.
 - AVX-512 builds: not re-measured since the gate math and step product were rewritten (no AVX-512 CPU in
   this session); the same rule, except one-thread LSTM without lengths goes to oneDNN, where the previous kernel
   measured 1.09-1.19x on Zen 4.

@@ -116,7 +116,7 @@ inline vf vsigmoid(vf x) {
   const vf e = vexp(vsub(vset(0.0f), vabs(x)));
   const vf one = vset(1.0f);
   const vf d = vadd(one, e);
-  return vselect_ge0(x, vdivide(one, d), vdivide(e, d));  // NaN: e / d, NaN
+  return vdivide(vselect_ge0(x, one, e), d);  // NaN: e / d, NaN
 }
 
 // tanh |x| = (1 - e) / (1 + e), e = e^-2|x|, where |x| >= 0.5625; below, the Taylor series of tanh to x^17

@@ -1,12 +1,14 @@
-// One bidirectional LSTM/GRU layer on CPU: both directions at once, one OpenMP thread each.
+// One bidirectional LSTM/GRU layer on CPU: both directions at once, one OpenMP thread each; with more than two
+// threads each direction's batch rows are split into groups, a thread per direction and group (row_groups).
 //
 // Each direction's thread first computes its input projections (BLAS GEMMs on that thread), then runs its time
 // loop: per step one small product h @ W_hh^T (step_gemm.h: W_hh packed once per call, a register-blocked FMA
 // micro-kernel) and one fused, vectorised pass of gate math per row (activations.h), instead of ~10 ATen
 // operator dispatches per step. The two directions are independent, so neither waits for the other, and the
 // products of one direction stay on one thread: measured faster than splitting small per-step products over two
-// threads. In training the reverse loop gives the gate pre-activations' gradients, then each direction's thread
-// computes its weight and bias gradients (GEMMs over all steps), and the threads split the input gradient.
+// threads. In training the reverse loop gives the gate pre-activations' gradients, then the threads compute the
+// weight and bias gradients (GEMMs over all steps; a direction and a slice of gate rows each), then split the
+// input gradient.
 //
 // Layouts (row-major, contiguous; T steps, B rows, F inputs, H hidden, G = 4H LSTM | 3H GRU, d = direction):
 //   x (T, B, F); w_ih (2, G, F); b_ih (2, G) (LSTM: b_ih + b_hh); w_hh (2, G, H); b_hh (2, G) GRU only
@@ -24,6 +26,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <omp.h>
 #include <vector>
 
 #include "activations.h"
@@ -153,22 +156,29 @@ size_t packed_hh_floats(int cell, int hidden) {
 }
 
 template <typename T>
-void forward_direction(const Layer<T>& L, int d, int input_size, const T* x, const T* w_ih, const T* b_ih,
+void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size, const T* x, const T* w_ih, const T* b_ih,
                        const float* packed_ih, const T* w_hh, const float* packed_hh, const T* b_hh, const T* h0,
                        const T* c0, const int64_t* lengths, T* gi, bool keep_gates, T* out, T* h_n, T* c_n,
                        T* h_all, T* c_all, T* ghn) {
-  const int B = L.batch, H = L.hidden, G = L.gh();
+  const int B = L.batch, H = L.hidden, G = L.gh(), nb = b1 - b0;  // this thread's rows: [b0, b1) of B
   const bool lstm = L.cell == 0;
   // This direction's input projections x @ W_ih[d]^T, GEMMs on this thread. Training keeps them (then the
   // activated gates) for the backward pass: all steps at once into gi. Inference projects chunks of about 256
   // rows into a small reused buffer instead: a (T, B, 2, G) scratch costs more in first-touch page faults
-  // (measured ~30 ms per 50 MB) than its GEMM.
+  // (measured ~30 ms per 50 MB) than its GEMM. With the batch split (nb < B) a step's rows are contiguous but
+  // the steps are not: one GEMM a step.
   const T* wi = w_ih + int64_t(d) * G * input_size;
-  const int chunk = keep_gates ? L.steps : std::max(1, std::min(L.steps, 256 / B));
-  std::vector<T> local(keep_gates ? 0 : int64_t(chunk) * B * G);
-  if (keep_gates)
-    blas_gemm(false, true, L.steps * B, G, input_size, x, input_size, wi, input_size, false, gi + int64_t(d) * G,
-              2 * G);
+  const int chunk = keep_gates ? L.steps : std::max(1, std::min(L.steps, 256 / std::max(1, nb)));
+  std::vector<T> local(keep_gates ? 0 : int64_t(chunk) * nb * G);
+  if (keep_gates) {
+    if (nb == B)
+      blas_gemm(false, true, L.steps * B, G, input_size, x, input_size, wi, input_size, false, gi + int64_t(d) * G,
+                2 * G);
+    else
+      for (int t = 0; t < L.steps; ++t)
+        blas_gemm(false, true, nb, G, input_size, x + (int64_t(t) * B + b0) * input_size, input_size, wi,
+                  input_size, false, gi + L.at(t, b0, d, G), 2 * G);
+  }
   int chunk_start = 0;  // first time index of the chunk in local
   // Inference with W_ih prepacked (birnn_pack_ih_f32, cached by the caller): the projections on the step
   // product's micro-kernel, measured 1.2-1.3x MKL's sgemm rate at 64 rows on an AVX2 EPYC.
@@ -178,11 +188,11 @@ void forward_direction(const Layer<T>& L, int d, int input_size, const T* x, con
   const T* w = w_hh + int64_t(d) * G * H;
   const T* bi = b_ih ? b_ih + int64_t(d) * G : nullptr;
   const T* bh = b_hh ? b_hh + int64_t(d) * G : nullptr;
-  T* h = h_n + int64_t(d) * B * H;  // the running state lives in h_n / c_n
-  T* c = lstm ? c_n + int64_t(d) * B * H : nullptr;
-  std::memcpy(h, h0 + int64_t(d) * B * H, sizeof(T) * B * H);
-  if (lstm) std::memcpy(c, c0 + int64_t(d) * B * H, sizeof(T) * B * H);
-  std::vector<T> pre(int64_t(B) * G), tmp(H);
+  T* h = h_n + (int64_t(d) * B + b0) * H;  // the running state of rows b0.. lives in h_n / c_n
+  T* c = lstm ? c_n + (int64_t(d) * B + b0) * H : nullptr;
+  std::memcpy(h, h0 + (int64_t(d) * B + b0) * H, sizeof(T) * nb * H);
+  if (lstm) std::memcpy(c, c0 + (int64_t(d) * B + b0) * H, sizeof(T) * nb * H);
+  std::vector<T> pre(int64_t(nb) * G), tmp(H);
   // Reset-before GRU (cell 2): the r, z columns from h, then the n columns from r * h, a second product.
   const bool reset_before = L.cell == 2;
   // W_hh packed by birnn_pack_hh_f32 (inference caches it across calls), or packed here (null).
@@ -191,45 +201,49 @@ void forward_direction(const Layer<T>& L, int d, int input_size, const T* x, con
   // Only the reset-before GRU has a second product (W_hn on r * h); the other cells do not build one.
   const StepGemm<T> gemm_n(w + (reset_before ? int64_t(2) * H * H : 0), true, reset_before || !kPackedBuild ? H : 0, H,
                            packed && reset_before ? packed + packed_floats(2 * H, H) : nullptr);
-  std::vector<T> rh(reset_before ? int64_t(B) * H : 0);
+  std::vector<T> rh(reset_before ? int64_t(nb) * H : 0);
   for (int s = 0; s < L.steps; ++s) {
     const int t = L.time(d, s);
     if (!keep_gates && s % chunk == 0) {
       const int n = std::min(chunk, L.steps - s);
       chunk_start = d == 0 ? s : L.steps - s - n;
-      const T* xc = x + int64_t(chunk_start) * B * input_size;
-      if (gemm_ih)
-        (*gemm_ih)(n * B, xc, input_size, local.data(), G);
-      else
-        blas_gemm(false, true, n * B, G, input_size, xc, input_size, wi, input_size, false, local.data(), G);
+      for (int part = 0; part < (nb == B ? 1 : n); ++part) {  // the whole chunk at once, or a step at a time
+        const int rows = nb == B ? n * B : nb;
+        const T* xc = x + (int64_t(chunk_start + part) * B + b0) * input_size;
+        T* lc = local.data() + int64_t(part) * nb * G;
+        if (gemm_ih)
+          (*gemm_ih)(rows, xc, input_size, lc, G);
+        else
+          blas_gemm(false, true, rows, G, input_size, xc, input_size, wi, input_size, false, lc, G);
+      }
     }
-    gemm(B, h, H, pre.data(), G);  // pre = h @ W_hh^T (reset-before: its r, z columns)
+    gemm(nb, h, H, pre.data(), G);  // pre = h @ W_hh^T (reset-before: its r, z columns)
     if (reset_before) {
       // r, z for every valid row and r * h; then the n columns: (r * h) @ W_hn^T. b_ih holds both biases.
-      for (int b = 0; b < B; ++b) {
-        T* rhb = rh.data() + int64_t(b) * H;
+      for (int b = b0; b < b1; ++b) {
+        T* rhb = rh.data() + int64_t(b - b0) * H;
         if (!L.valid(lengths, t, b)) {
           std::memset(rhb, 0, sizeof(T) * H);
           continue;
         }
-        const T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.data() + (int64_t(t - chunk_start) * B + b) * G;
-        T* g = pre.data() + int64_t(b) * G;
+        const T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.data() + (int64_t(t - chunk_start) * nb + b - b0) * G;
+        T* g = pre.data() + int64_t(b - b0) * G;
         for (int j = 0; j < 2 * H; ++j) g[j] += xg[j] + (bi ? bi[j] : T(0));
         sigmoid_(g, 2 * H);
-        const T* hb = h + int64_t(b) * H;
+        const T* hb = h + int64_t(b - b0) * H;
         for (int j = 0; j < H; ++j) rhb[j] = g[j] * hb[j];
       }
-      gemm_n(B, rh.data(), H, pre.data() + 2 * H, G);
+      gemm_n(nb, rh.data(), H, pre.data() + 2 * H, G);
     }
-    for (int b = 0; b < B; ++b) {
-      T* hb = h + int64_t(b) * H;
+    for (int b = b0; b < b1; ++b) {
+      T* hb = h + int64_t(b - b0) * H;
       T* o = out + L.at(t, b, d, H);
       // The projection, read here once; in training overwritten by the activated gates.
-      T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.data() + (int64_t(t - chunk_start) * B + b) * G;
+      T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.data() + (int64_t(t - chunk_start) * nb + b - b0) * G;
       if (L.valid(lengths, t, b)) {
-        T* g = pre.data() + int64_t(b) * G;
+        T* g = pre.data() + int64_t(b - b0) * G;
         if (lstm) {
-          T* cb = c + int64_t(b) * H;
+          T* cb = c + int64_t(b - b0) * H;
           for (int j = 0; j < G; ++j) g[j] += xg[j] + (bi ? bi[j] : T(0));
           sigmoid_(g, 2 * H);
           tanh_(g + 2 * H, H);
@@ -265,7 +279,7 @@ void forward_direction(const Layer<T>& L, int d, int input_size, const T* x, con
         if (ghn) std::memset(ghn + L.at(t, b, d, H), 0, sizeof(T) * H);
       }
       if (h_all) std::memcpy(h_all + L.at(t, b, d, H), hb, sizeof(T) * H);
-      if (c_all) std::memcpy(c_all + L.at(t, b, d, H), c + int64_t(b) * H, sizeof(T) * H);
+      if (c_all) std::memcpy(c_all + L.at(t, b, d, H), c + int64_t(b - b0) * H, sizeof(T) * H);
     }
   }
 }
@@ -274,25 +288,25 @@ void forward_direction(const Layer<T>& L, int d, int input_size, const T* x, con
 // come back as d h0 / d c0. Out: d_gi (T, B, 2, G*H) the gradient of the gate pre-activations (= of gi), and for
 // GRU d_gh (T, B, 2, G*H), the gradient of W_hh h + b_hh (its n part differs from d_gi's by the factor r).
 template <typename T>
-void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh, const T* h0, const T* c0,
+void backward_direction(const Layer<T>& L, int d, int b0, int b1, const T* d_out, const T* w_hh, const T* h0, const T* c0,
                         const int64_t* lengths, const T* h_all, const T* c_all, const T* gates, const T* ghn,
                         T* dh_io, T* dc_io, T* d_gi, T* d_gh, T* rh_all) {
-  const int B = L.batch, H = L.hidden, G = L.gh();
+  const int B = L.batch, H = L.hidden, G = L.gh(), nb = b1 - b0;  // this thread's rows: [b0, b1) of B
   const bool lstm = L.cell == 0, reset_before = L.cell == 2;
   const T* w = w_hh + int64_t(d) * G * H;
-  T* dh = dh_io + int64_t(d) * B * H;
-  T* dc = dc_io + int64_t(d) * B * H;
+  T* dh = dh_io + (int64_t(d) * B + b0) * H;
+  T* dc = dc_io + (int64_t(d) * B + b0) * H;
   T* dhh = lstm || reset_before ? d_gi : d_gh;  // what multiplies W_hh (reset-before: its r, z columns)
-  std::vector<T> prev_grad(int64_t(B) * H), direct(int64_t(B) * H, T(0)), tc(H);
+  std::vector<T> prev_grad(int64_t(nb) * H), direct(int64_t(nb) * H, T(0)), tc(H);
   const StepGemm<T> gemm(w, false, H, reset_before ? 2 * H : G);
   // Reset-before: d(r * h) = dn @ W_hn, one more product per step.
   const StepGemm<T> gemm_n(w + (reset_before ? int64_t(2) * H * H : 0), false, H, reset_before || !kPackedBuild ? H : 0);
-  std::vector<T> d_rh(reset_before ? int64_t(B) * H : 0);
+  std::vector<T> d_rh(reset_before ? int64_t(nb) * H : 0);
   for (int s = L.steps - 1; s >= 0; --s) {
     const int t = L.time(d, s);
     const int tp = d == 0 ? t - 1 : t + 1;  // where the previous state is stored
     const bool from_start = tp < 0 || tp >= L.steps;
-    for (int b = 0; b < B; ++b) {
+    for (int b = b0; b < b1; ++b) {
       const int64_t row = L.at(t, b, d, G);
       if (!L.valid(lengths, t, b)) {
         std::memset(d_gi + row, 0, sizeof(T) * G);
@@ -303,12 +317,12 @@ void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh,
       const T* g = gates + row;
       const T* hp = from_start ? h0 + (int64_t(d) * B + b) * H : h_all + L.at(tp, b, d, H);
       const T* dob = d_out + L.at(t, b, d, H);
-      T* dhb = dh + int64_t(b) * H;
+      T* dhb = dh + int64_t(b - b0) * H;
       T* dgi = d_gi + row;
       if (lstm) {
         const T* ct = c_all + L.at(t, b, d, H);
         const T* cp = from_start ? c0 + (int64_t(d) * B + b) * H : c_all + L.at(tp, b, d, H);
-        T* dcb = dc + int64_t(b) * H;
+        T* dcb = dc + int64_t(b - b0) * H;
         std::memcpy(tc.data(), ct, sizeof(T) * H);
         tanh_(tc.data(), H);
         for (int j = 0; j < H; ++j) {
@@ -322,7 +336,7 @@ void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh,
           dcb[j] = dct * f;
         }
       } else if (reset_before) {  // dr needs d(r * h) of every row first: the second pass below
-        T* db = direct.data() + int64_t(b) * H;
+        T* db = direct.data() + int64_t(b - b0) * H;
         T* rh = rh_all + (int64_t(t) * B + b) * H;
         for (int j = 0; j < H; ++j) {
           const T r = g[j], z = g[H + j], n = g[2 * H + j];
@@ -336,7 +350,7 @@ void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh,
       } else {
         const T* hn = ghn + L.at(t, b, d, H);
         T* dgh = d_gh + row;
-        T* db = direct.data() + int64_t(b) * H;
+        T* db = direct.data() + int64_t(b - b0) * H;
         for (int j = 0; j < H; ++j) {
           const T r = g[j], z = g[H + j], n = g[2 * H + j];
           const T dhv = dhb[j] + dob[j];
@@ -352,14 +366,14 @@ void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh,
       }
     }
     if (reset_before) {
-      gemm_n(B, d_gi + L.at(t, 0, d, G) + 2 * H, 2 * G, d_rh.data(), H);  // d(r * h) = dn @ W_hn
-      for (int b = 0; b < B; ++b) {
+      gemm_n(nb, d_gi + L.at(t, b0, d, G) + 2 * H, 2 * G, d_rh.data(), H);  // d(r * h) = dn @ W_hn
+      for (int b = b0; b < b1; ++b) {
         if (!L.valid(lengths, t, b)) continue;
         const T* g = gates + L.at(t, b, d, G);
         const T* hp = from_start ? h0 + (int64_t(d) * B + b) * H : h_all + L.at(tp, b, d, H);
-        const T* drh = d_rh.data() + int64_t(b) * H;
+        const T* drh = d_rh.data() + int64_t(b - b0) * H;
         T* dgi = d_gi + L.at(t, b, d, G);
-        T* db = direct.data() + int64_t(b) * H;
+        T* db = direct.data() + int64_t(b - b0) * H;
         for (int j = 0; j < H; ++j) {
           const T r = g[j];
           dgi[j] = drh[j] * hp[j] * r * (T(1) - r);
@@ -368,12 +382,12 @@ void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh,
       }
     }
     // d h_prev = d(W_hh h) @ W_hh over all rows, then keep the carried gradient of rows padded at this step.
-    gemm(B, dhh + L.at(t, 0, d, G), 2 * G, prev_grad.data(), H);
-    for (int b = 0; b < B; ++b) {
+    gemm(nb, dhh + L.at(t, b0, d, G), 2 * G, prev_grad.data(), H);
+    for (int b = b0; b < b1; ++b) {
       if (!L.valid(lengths, t, b)) continue;
-      T* dhb = dh + int64_t(b) * H;
-      const T* pg = prev_grad.data() + int64_t(b) * H;
-      const T* db = direct.data() + int64_t(b) * H;
+      T* dhb = dh + int64_t(b - b0) * H;
+      const T* pg = prev_grad.data() + int64_t(b - b0) * H;
+      const T* db = direct.data() + int64_t(b - b0) * H;
       if (lstm) {
         for (int j = 0; j < H; ++j) dhb[j] = pg[j];
       } else {
@@ -383,16 +397,29 @@ void backward_direction(const Layer<T>& L, int d, const T* d_out, const T* w_hh,
   }
 }
 
+// How many row groups the batch is split into: with more than two threads, each direction's rows are split so
+// that every thread runs its own rows' recurrence (rows never interact, so no thread waits for another within a
+// layer). At least kMinRows rows a group, so the step product keeps whole micro-kernel blocks (a guess, not
+// measured: no many-core machine was at hand). A pure function of (threads, batch), so the split, and with it
+// every result, is the same after a restart with the same thread count; other thread counts change results only
+// to float rounding (BLAS may block a product of fewer rows, or a slice of the weight gradient, differently).
+constexpr int kMinRows = 8;
+int row_groups(int threads, int batch) { return std::max(1, std::min(threads / 2, batch / kMinRows)); }
+// Rows [b0, b1) of group p of P.
+inline int group_start(int batch, int p, int groups) { return int(int64_t(batch) * p / groups); }
+
 template <typename T>
 void forward(int cell, int steps, int batch, int hidden, int input_size, const T* x, const T* w_ih, const T* b_ih,
              const float* packed_ih, const T* w_hh, const float* packed_hh, const T* b_hh, const T* h0, const T* c0,
              const int64_t* lengths, T* gi, int keep_gates, T* out, T* h_n, T* c_n, T* h_all, T* c_all, T* ghn,
              int threads) {
   const Layer<T> L{cell, steps, batch, hidden};
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-  for (int d = 0; d < 2; ++d) {
+  const int P = row_groups(threads, batch);
+#pragma omp parallel for num_threads(std::min(threads, 2 * P)) schedule(static, 1)
+  for (int item = 0; item < 2 * P; ++item) {  // direction item % 2, row group item / 2
+    const int d = item % 2, p = item / 2;
     const int one = 1, before = mkl_set_num_threads_local_(&one);
-    forward_direction(L, d, input_size, x, w_ih, b_ih, packed_ih, w_hh, packed_hh, b_hh, h0, c0, lengths, gi, keep_gates != 0,
+    forward_direction(L, d, group_start(batch, p, P), group_start(batch, p + 1, P), input_size, x, w_ih, b_ih, packed_ih, w_hh, packed_hh, b_hh, h0, c0, lengths, gi, keep_gates != 0,
                       out, h_n, c_n, h_all, c_all, ghn);
     mkl_set_num_threads_local_(&before);
   }
@@ -404,16 +431,18 @@ void weight_grad(int rows, int N, int K, const T* d_g, int ldg, const T* v, int 
   if (rows > 0) blas_gemm(true, false, N, K, rows, d_g, ldg, v, ldv, acc, d_w, K);
 }
 
-// Column sums of (rows x G) with row stride 2G.
+// Column sums of (rows x G) with row stride 2G, columns [n0, n1) only.
 template <typename T>
-void bias_grad(int64_t rows, int G, const T* d_g, T* d_b) {
-  std::memset(d_b, 0, sizeof(T) * G);
+void bias_grad(int64_t rows, int G, int n0, int n1, const T* d_g, T* d_b) {
+  std::memset(d_b + n0, 0, sizeof(T) * (n1 - n0));
   for (int64_t r = 0; r < rows; ++r)
-    for (int j = 0; j < G; ++j) d_b[j] += d_g[r * 2 * G + j];
+    for (int j = n0; j < n1; ++j) d_b[j] += d_g[r * 2 * G + j];
 }
 
-// The reverse loops (one thread per direction), then on the same thread that direction's weight and bias
-// gradients; after both, the input gradient, its rows split between the threads. d_x/d_b_* may be null.
+// Three phases on one thread team: the reverse loops (a direction and a row group per thread), then the weight
+// and bias gradients (a direction and a slice of the gate rows per thread: GEMMs over all steps and rows, so each
+// gradient element is summed by one thread in one order), then the input gradient, its rows split over the team.
+// d_x/d_b_* may be null.
 template <typename T>
 void backward(int cell, int steps, int batch, int hidden, int input_size, const T* d_out, const T* x, const T* w_ih,
               const T* w_hh, const T* h0, const T* c0, const int64_t* lengths, const T* h_all, const T* c_all,
@@ -425,31 +454,49 @@ void backward(int cell, int steps, int batch, int hidden, int input_size, const 
   const bool reset_before = cell == 2;
   const T* dhh = cell == 1 ? d_gh : d_gi;
   const int G_h = reset_before ? 2 * H : G;  // rows of W_hh that meet the previous state itself
-#pragma omp parallel num_threads(threads)
+  const int P = row_groups(threads, batch);
+  std::vector<T> rh_all(reset_before ? 2 * rows * H : 0);  // reset-before: r * h_prev of every step, (2, T, B, H)
+#pragma omp parallel num_threads(std::min(threads, 2 * P))
   {
     const int one = 1, before = mkl_set_num_threads_local_(&one);
 #pragma omp for schedule(static, 1)
-    for (int d = 0; d < 2; ++d) {
-      std::vector<T> rh_all(reset_before ? rows * H : 0);  // reset-before: r * h_prev of every step, (T, B, H)
-      backward_direction(L, d, d_out, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, dh, dc, d_gi, d_gh,
-                         reset_before ? rh_all.data() : nullptr);
-      weight_grad(int(rows), G, F, d_gi + d * G, 2 * G, x, F, false, d_w_ih + int64_t(d) * G * F);
+    for (int item = 0; item < 2 * P; ++item) {
+      const int d = item % 2, p = item / 2;
+      backward_direction(L, d, group_start(B, p, P), group_start(B, p + 1, P), d_out, w_hh, h0, c0, lengths, h_all,
+                         c_all, gates, ghn, dh, dc, d_gi, d_gh, reset_before ? rh_all.data() + d * rows * H : nullptr);
+    }
+#pragma omp for schedule(static, 1)
+    for (int item = 0; item < 2 * P; ++item) {
+      const int d = item % 2, p = item / 2;
+      const int n0 = group_start(G, p, P), n1 = group_start(G, p + 1, P);  // gate rows of W_ih, biases
+      const int s0 = group_start(G_h, p, P), s1 = group_start(G_h, p + 1, P);  // of W_hh against the state
+      if (n1 > n0)
+        weight_grad(int(rows), n1 - n0, F, d_gi + d * G + n0, 2 * G, x, F, false,
+                    d_w_ih + (int64_t(d) * G + n0) * F);
       // W_hh met the previous state: h0 at the direction's first step, else h_all one step back in its order.
       T* dw = d_w_hh + int64_t(d) * G * H;
       const int first = d == 0 ? 0 : steps - 1;
-      weight_grad(B, G_h, H, dhh + L.at(first, 0, d, G), 2 * G, h0 + int64_t(d) * B * H, H, false, dw);
       const int later = d == 0 ? 1 : 0;  // d_g rows of the steps after the first, against h_all shifted by one
-      weight_grad((steps - 1) * B, G_h, H, dhh + L.at(later, 0, d, G), 2 * G, h_all + L.at(1 - later, 0, d, H),
-                  2 * H, true, dw);
-      if (reset_before)  // W_hn met r * h_prev
-        weight_grad(int(rows), H, H, d_gi + d * G + 2 * H, 2 * G, rh_all.data(), H, false, dw + int64_t(2) * H * H);
-      if (d_b_ih) bias_grad(rows, G, d_gi + d * G, d_b_ih + int64_t(d) * G);
-      if (d_b_hh) bias_grad(rows, G, dhh + d * G, d_b_hh + int64_t(d) * G);
+      if (s1 > s0) {
+        weight_grad(B, s1 - s0, H, dhh + L.at(first, 0, d, G) + s0, 2 * G, h0 + int64_t(d) * B * H, H, false,
+                    dw + int64_t(s0) * H);
+        weight_grad((steps - 1) * B, s1 - s0, H, dhh + L.at(later, 0, d, G) + s0, 2 * G,
+                    h_all + L.at(1 - later, 0, d, H), 2 * H, true, dw + int64_t(s0) * H);
+      }
+      if (reset_before) {  // W_hn met r * h_prev
+        const int r0 = group_start(H, p, P), r1 = group_start(H, p + 1, P);
+        if (r1 > r0)
+          weight_grad(int(rows), r1 - r0, H, d_gi + d * G + 2 * H + r0, 2 * G, rh_all.data() + d * rows * H, H,
+                      false, dw + (int64_t(2) * H + r0) * H);
+      }
+      if (d_b_ih) bias_grad(rows, G, n0, n1, d_gi + d * G, d_b_ih + int64_t(d) * G);
+      if (d_b_hh) bias_grad(rows, G, n0, n1, dhh + d * G, d_b_hh + int64_t(d) * G);
     }
     if (d_x) {
+      const int parts = omp_get_num_threads();
 #pragma omp for schedule(static, 1)
-      for (int part = 0; part < 2; ++part) {
-        const int64_t r0 = rows * part / 2, r1 = rows * (part + 1) / 2;
+      for (int part = 0; part < parts; ++part) {
+        const int64_t r0 = rows * part / parts, r1 = rows * (part + 1) / parts;
         if (r1 > r0) blas_gemm(false, false, int(r1 - r0), F, 2 * G, d_gi + r0 * 2 * G, 2 * G, w_ih, F, false,
                                d_x + r0 * F, F);
       }
