@@ -1,0 +1,36 @@
+"""``benchmarks.vs_onnxruntime``'s per-process timing on a tiny row: the block and ONNX Runtime each in its own
+spawned worker, outputs equal, ratios positive and finite; a worker's exception reaches the parent with its
+traceback, a dead worker is reported, and every worker has exited once the pool closes. Skipped without
+onnxruntime. (``nn.*``'s worker is left out: each worker's start imports torch, seconds of CPU on a shared machine.)"""
+
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from benchmarks import vs_onnxruntime as vs
+from benchmarks.process_timing import WorkerError, WorkerPool
+
+
+def test_tiny_row_in_worker_processes(tmp_path: Path) -> None:
+    with WorkerPool() as pool:
+        row = vs.run_row(pool, tmp_path, "LSTM", 1, 4, 8, False, threads=1, budget_s=0.0, with_nn=False,
+                         min_time=0.001)
+        block, ort = pool.get("block", 1), pool.get("ort", 1)
+        with pytest.raises(WorkerError, match=r"(?s)block worker .* raised:\nTraceback.*KeyError: 'tensors'"):
+            block.call("load", vs.block_runner, {"cell": "LSTM", "hidden": 8})
+        with pytest.raises(WorkerError, match="nothing loaded"):  # still serving after the error
+            block.call("run", 1)
+        ort.process.kill()
+        ort.process.join()
+        with pytest.raises(WorkerError, match=r"ort worker .* died"):
+            ort.call("run", 1)
+        processes = [worker.process for worker in pool.workers.values()]
+    assert len(processes) == 2 and not any(p.is_alive() for p in processes)
+    assert row["outputs_equal"] and row["max_abs_diff"] < vs.TOLERANCE
+    assert row["rounds"] >= 3 and row["clock"] == "process_cpu" and isinstance(row["kernel"], bool)
+    for key in ("block_ms", "ort_ms", "block_over_ort", "ratio_min", "ratio_max", "best_block_over_best_ort"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert "| LSTM | 4 | 8 | 1 | no | 1 |" in vs.markdown([row])
