@@ -71,16 +71,13 @@ def build(module: nn.Module, with_lengths: bool) -> bytes:
     return model.SerializeToString()
 
 
-def session(model: Union[bytes, str], threads: int, spinning: bool = True) -> Any:
+def session(model: Union[bytes, str], threads: int) -> Any:
     """An ONNX Runtime CPU session of ``model`` (serialised bytes or an ``.onnx`` path) with ``threads`` intra-op
     threads (ONNX Runtime's defaults otherwise, spinning included: what a deployment gets; with one thread it runs
-    on the calling thread). ``spinning=False``: idle pool threads sleep instead of spin-waiting, so a session
-    waiting between timed runs takes no core from another process being timed."""
+    on the calling thread)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

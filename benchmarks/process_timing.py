@@ -162,9 +162,11 @@ class WorkerPool:
 
 
 def interleaved(workers: Dict[str, Worker], cpu_clock: bool, budget_s: float, min_rounds: int = 3,
-                max_rounds: int = 21, min_time: float = 0.05) -> Dict[str, List[float]]:
+                max_rounds: int = 21, min_time: float = 0.05, settle_s: float = 0.05) -> Dict[str, List[float]]:
     """Seconds per call of each worker's loaded callable, one sample per round, rounds interleaved with a rotating
-    order; one worker runs at a time. ``cpu_clock``: the worker's process CPU time instead of wall time."""
+    order; one worker runs at a time. ``cpu_clock``: the worker's process CPU time instead of wall time.
+    ``settle_s``: a pause before each turn, so that a thread pool that spin-waits after its work (ONNX Runtime's
+    default) has parked before the next worker is timed."""
     clock = 1 if cpu_clock else 0
     numbers = {}
     for key, worker in workers.items():
@@ -179,5 +181,6 @@ def interleaved(workers: Dict[str, Worker], cpu_clock: bool, budget_s: float, mi
             break
         shift = r % len(keys)
         for key in keys[shift:] + keys[:shift]:
+            time.sleep(settle_s)
             samples[key].append(workers[key].call("run", numbers[key])[clock] / numbers[key])
     return samples
