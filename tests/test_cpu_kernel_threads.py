@@ -25,7 +25,8 @@ def run_layer(mode: str, threads: int, inputs: Dict[str, torch.Tensor], weights:
         w = [t.detach().clone().requires_grad_() for t in weights]
         out, h_n, c_n = cpu_kernel.fused_layer(mode, x, h0, c0, inputs["lengths"], w, True)
         used = [out, h_n] + ([c_n] if mode == "LSTM" else [])
-        loss = sum((t * g).sum() for t, g in zip(used, (inputs["g_out"], inputs["g_h"], inputs["g_c"])))
+        upstream = (inputs["g_out"], inputs["g_h"], inputs["g_c"])[:len(used)]
+        loss = sum((t * g).sum() for t, g in zip(used, upstream, strict=True))
         grads = torch.autograd.grad(loss, [x, h0, *([c0] if mode == "LSTM" else []), *w])
     finally:
         torch.set_num_threads(previous)
