@@ -151,6 +151,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--clock", choices=("auto", "wall", "process"), default="auto",
                         help="auto: process CPU time at 1 thread (robust to other jobs), wall time otherwise")
     parser.add_argument("--quick", action="store_true", help="B in {1, 16}, H in {64, 128}, T 64, 3 rounds")
+    parser.add_argument("--batches", type=int, nargs="+", default=None, help="B values instead of the matrix's")
+    parser.add_argument("--hidden", type=int, nargs="+", default=None, help="H values instead of the matrix's")
+    parser.add_argument("--steps", type=int, nargs="+", default=None, help="T values instead of the matrix's")
     parser.add_argument("--out", default=None)
     parser.add_argument("--report", default=None, metavar="JSON", help="print the Markdown tables of a results file")
     args = parser.parse_args(argv)
@@ -162,6 +165,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     capability = cpu_kernel.capability()
     out = Path(args.out) if args.out else RESULTS / f"kernel_matrix-{capability}.json"
     batches, hidden_sizes, steps_list = ((1, 16), (64, 128), (64,)) if args.quick else (BATCHES, HIDDEN, STEPS)
+    batches, hidden_sizes, steps_list = args.batches or batches, args.hidden or hidden_sizes, args.steps or steps_list
     rounds = 3 if args.quick else args.rounds
     machine = describe("cpu", max(args.threads))
     machine.update(lscpu=cpu_flags(), capability=capability)
