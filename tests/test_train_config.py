@@ -70,7 +70,7 @@ def test_experiment_merge_modes_sweeps_modes_presets_and_seeds() -> None:
 def test_dataset_experiments_compose_and_pass_the_checks(experiment: str) -> None:
     cfg = composed(f"experiment={experiment}")
     assert check_config(cfg)["name"] == experiment
-    assert cfg.trainer.max_epochs == 10 and cfg.model.head_dropout == 0.3
+    assert cfg.trainer.max_epochs == {"trec": 15, "sst2": 10}[experiment] and cfg.model.head_dropout == 0.3
 
 
 @pytest.mark.parametrize(
