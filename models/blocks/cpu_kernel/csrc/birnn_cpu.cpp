@@ -168,23 +168,27 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
   // (measured ~30 ms per 50 MB) than its GEMM. With the batch split (nb < B) a step's rows are contiguous but
   // the steps are not: one GEMM a step.
   const T* wi = w_ih + int64_t(d) * G * input_size;
-  const int chunk = keep_gates ? L.steps : std::max(1, std::min(L.steps, 256 / std::max(1, nb)));
-  std::vector<T> local(keep_gates ? 0 : int64_t(chunk) * nb * G);
-  if (keep_gates) {
-    if (nb == B)
-      blas_gemm(false, true, L.steps * B, G, input_size, x, input_size, wi, input_size, false, gi + int64_t(d) * G,
-                2 * G);
-    else
-      for (int t = 0; t < L.steps; ++t)
-        blas_gemm(false, true, nb, G, input_size, x + (int64_t(t) * B + b0) * input_size, input_size, wi,
-                  input_size, false, gi + L.at(t, b0, d, G), 2 * G);
-  }
-  int chunk_start = 0;  // first time index of the chunk in local
   // Inference with W_ih prepacked (birnn_pack_ih_f32, cached by the caller): the projections on the step
   // product's micro-kernel, measured 1.2-1.3x MKL's sgemm rate at 64 rows on an AVX2 EPYC.
   std::unique_ptr<StepGemm<T>> gemm_ih;
   if (packed_ih != nullptr && !keep_gates)
     gemm_ih.reset(new StepGemm<T>(wi, true, G, input_size, packed_ih + int64_t(d) * packed_floats(G, input_size)));
+  // Steps [t_first, t_first + n) of this thread's rows into dst (row stride ld; step k of a split batch at
+  // dst + k * dst_step).
+  auto project = [&](int t_first, int n, T* dst, int ld, int64_t dst_step) {
+    for (int k = 0; k < (nb == B ? 1 : n); ++k) {
+      const int rows = nb == B ? n * B : nb;
+      const T* xk = x + (int64_t(t_first + k) * B + b0) * input_size;
+      if (gemm_ih)
+        (*gemm_ih)(rows, xk, input_size, dst + k * dst_step, ld);
+      else
+        blas_gemm(false, true, rows, G, input_size, xk, input_size, wi, input_size, false, dst + k * dst_step, ld);
+    }
+  };
+  const int chunk = keep_gates ? L.steps : std::max(1, std::min(L.steps, 256 / std::max(1, nb)));
+  std::vector<T> local(keep_gates ? 0 : int64_t(chunk) * nb * G);
+  if (keep_gates) project(0, L.steps, gi + L.at(0, b0, d, G), 2 * G, L.at(1, 0, 0, G));
+  int chunk_start = 0;  // first time index of the chunk in local
   const T* w = w_hh + int64_t(d) * G * H;
   const T* bi = b_ih ? b_ih + int64_t(d) * G : nullptr;
   const T* bh = b_hh ? b_hh + int64_t(d) * G : nullptr;
@@ -207,15 +211,7 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
     if (!keep_gates && s % chunk == 0) {
       const int n = std::min(chunk, L.steps - s);
       chunk_start = d == 0 ? s : L.steps - s - n;
-      for (int part = 0; part < (nb == B ? 1 : n); ++part) {  // the whole chunk at once, or a step at a time
-        const int rows = nb == B ? n * B : nb;
-        const T* xc = x + (int64_t(chunk_start + part) * B + b0) * input_size;
-        T* lc = local.data() + int64_t(part) * nb * G;
-        if (gemm_ih)
-          (*gemm_ih)(rows, xc, input_size, lc, G);
-        else
-          blas_gemm(false, true, rows, G, input_size, xc, input_size, wi, input_size, false, lc, G);
-      }
+      project(chunk_start, n, local.data(), G, int64_t(nb) * G);
     }
     gemm(nb, h, H, pre.data(), G);  // pre = h @ W_hh^T (reset-before: its r, z columns)
     if (reset_before) {
