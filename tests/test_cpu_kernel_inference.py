@@ -214,3 +214,34 @@ def test_inference_mode_weights_and_gradients_still_use_the_operator(monkeypatch
     calls = taken(monkeypatch)
     out = trained(torch.randn(3, 2, 4))[0]  # gradients needed: the operator with its autograd
     assert not calls and out.requires_grad
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "GRU_RESET_BEFORE"])
+@pytest.mark.parametrize("merges", [["ave", "concat", "sum"], ["mul", "sum", None]])
+def test_direct_path_on_more_threads_equals_two_threads(monkeypatch: pytest.MonkeyPatch, mode: str,
+                                                        merges: list) -> None:
+    """All layers and merges in one parallel region, the batch split into row groups (4 and 8 threads: 2 and 4
+    groups of 9-19 rows), against the operator path on two threads; a repeat gives the same bits."""
+    steps, batch, features, hidden = 9, 37, 6, 13
+    block = block_of(mode, features, hidden, 3, merge_mode=merges).eval()
+    x = torch.randn(steps, batch, features)
+    lengths = torch.randint(1, steps + 1, (batch,))
+    h0 = torch.randn(6, batch, hidden)
+    c0 = torch.randn(6, batch, hidden) if mode == "LSTM" else None
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        expected = on_operator_path(monkeypatch, block, x, lengths, h0, c0)
+        for threads in (4, 8):
+            torch.set_num_threads(threads)
+            calls = taken(monkeypatch)
+            with cpu_kernel.forced():  # the policy keeps PyTorch's kernels above two threads
+                got = run(block, x, lengths, h0, c0)
+                again = run(block, x, lengths, h0, c0)
+            assert calls, "the direct path was not taken"
+            for name, a, b in zip(("output", "h_n", "c_n"), got, expected, strict=True):
+                torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6, msg=f"{threads} threads, {name}")
+            assert all(torch.equal(a, b) for a, b in zip(got, again, strict=True)), f"{threads} threads: a repeat differs"
+    finally:
+        torch.set_num_threads(previous)

@@ -185,6 +185,10 @@ def _declare(library: ctypes.CDLL) -> None:
     pointer, integer = ctypes.c_void_p, ctypes.c_int
     library.birnn_forward_f32.argtypes = [integer] * 5 + [pointer] * 11 + [integer] + [pointer] * 6 + [integer]
     library.birnn_forward_f64.argtypes = [integer] * 5 + [pointer] * 9 + [integer] + [pointer] * 6 + [integer]
+    for suffix in ("f32", "f64"):
+        stack = getattr(library, f"birnn_forward_stack_{suffix}")
+        stack.argtypes = [integer] * 5 + [pointer] * 10 + [integer]
+        stack.restype = None
     library.birnn_packed_hh_floats.argtypes = [integer, integer]
     library.birnn_packed_hh_floats.restype = ctypes.c_int64
     library.birnn_pack_hh_f32.argtypes = [integer, integer, pointer, pointer]

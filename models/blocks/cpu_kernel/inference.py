@@ -1,4 +1,4 @@
-"""Eager inference on the CPU kernel: weights prepared once, one direct kernel call per layer.
+"""Eager inference on the CPU kernel: weights prepared once, one direct kernel call for all the layers.
 
 Why: a single request (B = 1, T = 64, H = 128, 2 layers) spends about as long in fixed costs as in arithmetic
 (``benchmarks/RESULTS.md``, "Inference against ONNX Runtime"): each call re-stacked both directions' weights,
@@ -6,8 +6,9 @@ repacked ``W_hh`` for the step product (35-240 us a direction and layer at H = 1
 custom operator's dispatch and autograd glue, and allocated outputs it then concatenated. Without gradients
 none of that is needed: ``run_layers`` keeps each layer's stacked weights and packed ``W_ih``, ``W_hh`` (the
 input projections then run on the step product's micro-kernel too: 1.2-1.3x MKL's rate) in a plan cached
-per module, and calls the kernel's C entry point directly, writing ``h_n``/``c_n`` of every layer into one
-``(2L, B, H)`` tensor.
+per module, and makes one call of the kernel's C entry point ``birnn_forward_stack_*``, which runs every layer
+and merge in one parallel region and writes ``h_n``/``c_n`` of every layer into one ``(2L, B, H)`` tensor (one
+call per layer, with the merges as torch ops between, cost a short request ~100 us more: ``benchmarks/RESULTS.md``).
 
 The plan is reused only while every weight is the same tensor object, with the same storage (kept alive by the
 plan, so an address cannot be reused) and the same version counter (bumped by every in-place write that
@@ -21,6 +22,7 @@ already chose the kernel. Outputs, ``h_n`` and ``c_n`` are those of the custom o
 (``tests/test_cpu_kernel_inference.py``).
 """
 
+import ctypes
 import threading
 import weakref
 from typing import List, Optional, Tuple
@@ -28,8 +30,11 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ...merge import merge_stacked
+from ...merge import MERGE_MODES, merged_size
 from .. import cpu_kernel
+
+# The merge code birnn_forward_stack_* reads: its position in MERGE_MODES, None after them.
+_MERGE_CODES = {**{mode: code for code, mode in enumerate(MERGE_MODES)}, None: len(MERGE_MODES)}
 
 _plans: "weakref.WeakKeyDictionary[nn.Module, _Plan]" = weakref.WeakKeyDictionary()
 _plans_lock = threading.Lock()
@@ -39,7 +44,7 @@ class _LayerWeights:
     """One layer's weights as the kernel reads them: ``w_ih (2, G, F)``, ``w_hh (2, G, H)``, the biases
     ``(2, G)`` (LSTM and reset-before GRU: ``b_ih + b_hh`` folded; GRU: ``b_hh`` apart, gated by r) and the
     packed ``W_ih`` and ``W_hh`` (float32 vector builds; else None: ``W_hh`` packed per call, the projections on
-    BLAS), and the addresses ``birnn_forward_f32``/``_f64`` takes in that order."""
+    BLAS)."""
 
     def __init__(self, cell: int, weights: List[Tensor], has_biases: bool) -> None:
         per = 4 if has_biases else 2
@@ -63,12 +68,12 @@ class _LayerWeights:
             self.packed_hh = torch.empty(size_hh, dtype=torch.float32)
             library.birnn_pack_ih_f32(cell, hidden, self.input_size, self.w_ih.data_ptr(), self.packed_ih.data_ptr())
             library.birnn_pack_hh_f32(cell, hidden, self.w_hh.data_ptr(), self.packed_hh.data_ptr())
-        if self.w_hh.dtype == torch.float32:  # birnn_forward_f32 takes the packed copies (null: packed per call)
-            self.pointers: Tuple[Optional[int], ...] = (
-                self.w_ih.data_ptr(), _address(self.packed_ih), _address(self.b_ih), self.w_hh.data_ptr(),
+
+    def addresses(self) -> Tuple[Optional[int], ...]:
+        """``w_ih, packed_ih, b_ih, w_hh, packed_hh, b_hh`` as ``birnn_forward_stack_*`` reads them (None: absent;
+        the packed copies only in float32 vector builds, else packed per call or BLAS)."""
+        return (self.w_ih.data_ptr(), _address(self.packed_ih), _address(self.b_ih), self.w_hh.data_ptr(),
                 _address(self.packed_hh), _address(self.b_hh))
-        else:
-            self.pointers = (self.w_ih.data_ptr(), _address(self.b_ih), self.w_hh.data_ptr(), _address(self.b_hh))
 
 
 class _Plan:
@@ -81,6 +86,12 @@ class _Plan:
         per = (4 if has_biases else 2) * 2
         with torch.no_grad():
             self.layers = [_LayerWeights(cell, weights[i * per:(i + 1) * per], has_biases) for i in range(num_layers)]
+        # What birnn_forward_stack_* reads: six addresses a layer (0 for an absent one) and each layer's input size.
+        self._addresses = (ctypes.c_int64 * (6 * num_layers))(*[
+            address or 0 for layer in self.layers for address in layer.addresses()])
+        self._input_sizes = (ctypes.c_int * num_layers)(*[layer.input_size for layer in self.layers])
+        self.addresses_address = ctypes.addressof(self._addresses)
+        self.input_sizes_address = ctypes.addressof(self._input_sizes)
 
     def matches(self, cell: int, weights: List[Tensor]) -> bool:
         if cell != self.cell or len(weights) != len(self.weights):
@@ -174,20 +185,21 @@ def run_layers(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor
             padded = out.new_zeros((steps,) + tuple(out.shape[1:]))
             padded[:longest] = out
             return padded, h_n, c_n
+    x = x.contiguous()
+    if x.shape[2] != plan.layers[0].input_size:
+        raise ValueError(f"layer 0 takes {plan.layers[0].input_size} features, got {x.shape[2]}")
+    for layer in range(1, num_layers):
+        expected = merged_size(merge_modes[layer - 1], hidden)
+        if plan.layers[layer].input_size != expected:
+            raise ValueError(f"layer {layer} takes {plan.layers[layer].input_size} features but layer {layer - 1} "
+                             f"gives {expected} (merge_mode {merge_modes[layer - 1]!r})")
     h_n = x.new_empty(2 * num_layers, batch, hidden)
     c_n = x.new_empty(2 * num_layers, batch, hidden) if lstm else h_n
-    forward = library.birnn_forward_f32 if x.dtype == torch.float32 else library.birnn_forward_f64
-    state_bytes = 2 * batch * hidden * x.element_size()  # one layer's (2, B, H)
-    threads = cpu_kernel._threads()
-    for layer, weights_of in enumerate(plan.layers):
-        x = x.contiguous()
-        if x.shape[2] != weights_of.input_size:
-            raise ValueError(f"layer {layer} takes {weights_of.input_size} features, got {x.shape[2]}")
-        out = x.new_empty(steps, batch, 2, hidden)
-        offset = layer * state_bytes
-        forward(cell, steps, batch, hidden, weights_of.input_size, x.data_ptr(), *weights_of.pointers,
-                h0.data_ptr() + offset, c0.data_ptr() + offset if lstm else None, length_address, None, 0,
-                out.data_ptr(), h_n.data_ptr() + offset, c_n.data_ptr() + offset if lstm else None, None, None, None,
-                threads)
-        x = merge_stacked(out.flatten(2), merge_modes[layer], hidden)
-    return x, h_n, c_n
+    last = merge_modes[-1]
+    out = x.new_empty(steps, batch, merged_size(last, hidden))
+    merges = (ctypes.c_int * num_layers)(*[_MERGE_CODES[mode] for mode in merge_modes])
+    stack = library.birnn_forward_stack_f32 if x.dtype == torch.float32 else library.birnn_forward_stack_f64
+    stack(cell, steps, batch, hidden, num_layers, plan.input_sizes_address, ctypes.addressof(merges), x.data_ptr(),
+          plan.addresses_address, h0.data_ptr(), c0.data_ptr() if lstm else None, length_address, out.data_ptr(),
+          h_n.data_ptr(), c_n.data_ptr() if lstm else None, cpu_kernel._threads())
+    return (out.unflatten(-1, (2, hidden)) if last is None else out), h_n, c_n

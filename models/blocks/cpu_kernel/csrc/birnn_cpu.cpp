@@ -186,7 +186,9 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
     }
   };
   const int chunk = keep_gates ? L.steps : std::max(1, std::min(L.steps, 256 / std::max(1, nb)));
-  std::vector<T> local(keep_gates ? 0 : int64_t(chunk) * nb * G);
+  // Uninitialised (every element is written by a projection before it is read): zeroing it cost a pass over
+  // up to 512 KB a direction and layer in every inference call.
+  std::unique_ptr<T[]> local(keep_gates ? nullptr : new T[int64_t(chunk) * nb * G]);
   if (keep_gates) project(0, L.steps, gi + L.at(0, b0, d, G), 2 * G, L.at(1, 0, 0, G));
   int chunk_start = 0;  // first time index of the chunk in local
   const T* w = w_hh + int64_t(d) * G * H;
@@ -211,7 +213,7 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
     if (!keep_gates && s % chunk == 0) {
       const int n = std::min(chunk, L.steps - s);
       chunk_start = d == 0 ? s : L.steps - s - n;
-      project(chunk_start, n, local.data(), G, int64_t(nb) * G);
+      project(chunk_start, n, local.get(), G, int64_t(nb) * G);
     }
     gemm(nb, h, H, pre.data(), G);  // pre = h @ W_hh^T (reset-before: its r, z columns)
     if (reset_before) {
@@ -222,7 +224,7 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
           std::memset(rhb, 0, sizeof(T) * H);
           continue;
         }
-        const T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.data() + (int64_t(t - chunk_start) * nb + b - b0) * G;
+        const T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.get() + (int64_t(t - chunk_start) * nb + b - b0) * G;
         T* g = pre.data() + int64_t(b - b0) * G;
         for (int j = 0; j < 2 * H; ++j) g[j] += xg[j] + (bi ? bi[j] : T(0));
         sigmoid_(g, 2 * H);
@@ -235,7 +237,7 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
       T* hb = h + int64_t(b - b0) * H;
       T* o = out + L.at(t, b, d, H);
       // The projection, read here once; in training overwritten by the activated gates.
-      T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.data() + (int64_t(t - chunk_start) * nb + b - b0) * G;
+      T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.get() + (int64_t(t - chunk_start) * nb + b - b0) * G;
       if (L.valid(lengths, t, b)) {
         T* g = pre.data() + int64_t(b - b0) * G;
         if (lstm) {
@@ -421,6 +423,75 @@ void forward(int cell, int steps, int batch, int hidden, int input_size, const T
   }
 }
 
+// Merge codes of forward_stack, in models/merge.py's order: concat, sum, mul, ave, and None (the last layer only:
+// the two directions kept apart, (T, B, 2, H), the same bytes as concat).
+enum Merge { kConcat = 0, kSum = 1, kMul = 2, kAve = 3, kNone = 4 };
+
+// Every layer of an inference call (no gradients) in one parallel region: per layer the (direction, row group)
+// items run forward_direction into the layer's (T, B, 2, H) output, then the team merges the two directions into
+// the next layer's input, with the arithmetic of models/merge.py (sum a + b, mul a * b, ave (a + b) / 2: the same
+// bits as those torch ops). Why: with one kernel call per layer, a short request (B = 1, T = 10) spent more time in
+// Python between the layers (a ctypes call of 24 arguments, allocations, the merge as torch ops) than in the
+// kernel, and each layer woke the thread team anew.
+// x (T, B, input_sizes[0]); weights: per layer the addresses w_ih, packed_ih, b_ih, w_hh, packed_hh, b_hh (0 for
+// an absent one; packed only in float32 vector builds); h0, c0, h_n, c_n (2L, B, H) (c0/c_n null for GRU);
+// out (T, B, H) after a last sum/mul/ave, else (T, B, 2H).
+template <typename T>
+void forward_stack(int cell, int steps, int batch, int hidden, int layers, const int* input_sizes, const int* merges,
+                   const T* x, const int64_t* weights, const T* h0, const T* c0, const int64_t* lengths, T* out,
+                   T* h_n, T* c_n, int threads) {
+  const Layer<T> L{cell, steps, batch, hidden};
+  const int64_t rows = int64_t(steps) * batch, raw_size = rows * 2 * hidden, state = int64_t(2) * batch * hidden;
+  const bool lstm = cell == 0;
+  // Two buffers of one layer's raw output: a layer writes the one it does not read, and a sum/mul/ave merges
+  // into the other (the layer's input, no longer needed). The last layer writes into out where it can.
+  const bool merged_last = merges[layers - 1] != kConcat && merges[layers - 1] != kNone;
+  const int count = layers > 1 ? 2 : merged_last ? 1 : 0;
+  std::unique_ptr<T[]> buffers(count > 0 ? new T[count * raw_size] : nullptr);
+  T* const spare[2] = {buffers.get(), count == 2 ? buffers.get() + raw_size : nullptr};
+  const int P = row_groups(threads, batch);
+#pragma omp parallel num_threads(std::min(threads, 2 * P))
+  {
+    const int one = 1, before = mkl_set_num_threads_local_(&one);
+    const T* in = x;
+    for (int l = 0; l < layers; ++l) {
+      const bool last = l == layers - 1;
+      const int merge = merges[l];
+      T* raw = last && (merge == kConcat || merge == kNone) ? out : (in == spare[0] ? spare[1] : spare[0]);
+      const int64_t* w = weights + 6 * int64_t(l);
+      auto at = [](int64_t address) { return reinterpret_cast<const T*>(address); };
+#pragma omp for schedule(static, 1)
+      for (int item = 0; item < 2 * P; ++item) {  // direction item % 2, row group item / 2
+        const int d = item % 2, p = item / 2;
+        forward_direction<T>(L, d, group_start(batch, p, P), group_start(batch, p + 1, P), input_sizes[l], in,
+                          at(w[0]), at(w[2]), reinterpret_cast<const float*>(w[1]), at(w[3]),
+                          reinterpret_cast<const float*>(w[4]), at(w[5]), h0 + l * state, lstm ? c0 + l * state : nullptr,
+                          lengths, nullptr, false, raw, h_n + l * state, lstm ? c_n + l * state : nullptr, nullptr,
+                          nullptr, nullptr);
+      }  // (the implicit barrier: the merge reads both directions)
+      if (merge == kConcat || merge == kNone) {
+        in = raw;
+        continue;
+      }
+      T* merged = last ? out : (raw == spare[0] ? spare[1] : spare[0]);
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* f = raw + r * 2 * hidden;
+        const T* b = f + hidden;
+        T* m = merged + r * hidden;
+        if (merge == kSum)
+          for (int j = 0; j < hidden; ++j) m[j] = f[j] + b[j];
+        else if (merge == kMul)
+          for (int j = 0; j < hidden; ++j) m[j] = f[j] * b[j];
+        else
+          for (int j = 0; j < hidden; ++j) m[j] = (f[j] + b[j]) / T(2);
+      }
+      in = merged;
+    }
+    mkl_set_num_threads_local_(&before);
+  }
+}
+
 // d_w (N x K, += when acc) = sum over rows of d_g[row]^T @ v[row]: d_g rows of stride ldg, v rows of stride ldv.
 template <typename T>
 void weight_grad(int rows, int N, int K, const T* d_g, int ldg, const T* v, int ldv, bool acc, T* d_w) {
@@ -576,6 +647,21 @@ void birnn_forward_f64(int cell, int steps, int batch, int hidden, int input_siz
                        int threads) {
   forward(cell, steps, batch, hidden, input_size, x, w_ih, b_ih, nullptr, w_hh, nullptr, b_hh, h0, c0, lengths,
           gi, keep_gates, out, h_n, c_n, h_all, c_all, ghn, threads);
+}
+// Every layer of an inference call at once (forward_stack). merges[l]: 0 concat, 1 sum, 2 mul, 3 ave, 4 None
+// (last layer only); weights: 6 addresses a layer (w_ih, packed_ih, b_ih, w_hh, packed_hh, b_hh; 0 when absent).
+void birnn_forward_stack_f32(int cell, int steps, int batch, int hidden, int layers, const int* input_sizes,
+                             const int* merges, const float* x, const int64_t* weights, const float* h0,
+                             const float* c0, const int64_t* lengths, float* out, float* h_n, float* c_n, int threads) {
+  forward_stack(cell, steps, batch, hidden, layers, input_sizes, merges, x, weights, h0, c0, lengths, out, h_n, c_n,
+                threads);
+}
+void birnn_forward_stack_f64(int cell, int steps, int batch, int hidden, int layers, const int* input_sizes,
+                             const int* merges, const double* x, const int64_t* weights, const double* h0,
+                             const double* c0, const int64_t* lengths, double* out, double* h_n, double* c_n,
+                             int threads) {
+  forward_stack(cell, steps, batch, hidden, layers, input_sizes, merges, x, weights, h0, c0, lengths, out, h_n, c_n,
+                threads);
 }
 void birnn_backward_f32(int cell, int steps, int batch, int hidden, int input_size, const float* d_out,
                         const float* x, const float* w_ih, const float* w_hh, const float* h0, const float* c0,
