@@ -84,6 +84,30 @@ def test_padding_anywhere_gives_the_same_logits(cell, pooling):
     torch.testing.assert_close(model(torch.nn.functional.pad(right, (0, 3))), expected, **TOL)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_ids_without_padding_skip_the_compaction_with_the_same_logits(monkeypatch, cell, pooling):
+    """Eager on CPU, a batch without padding ids runs the block without lengths (no compaction): the logits equal
+    those of the lengths path (explicit full lengths) and of TorchScript (which always compacts)."""
+    from models.zoo import classifier as classifier_module
+
+    torch.manual_seed(2)
+    model = SequenceClassifier(vocab_size=VOCAB, cell=cell, pooling=pooling, merge_mode="ave", **SMALL).eval()
+    full = tokens(3, 7, [7, 7, 7])
+    expected = model(full, torch.tensor([7, 7, 7]))
+    scripted = torch.jit.script(model)
+    compactions = []
+    original = classifier_module.compact_valid_steps
+    monkeypatch.setattr(classifier_module, "compact_valid_steps",
+                        lambda *args: compactions.append(1) or original(*args))
+    got = model(full)
+    assert not compactions, "an unpadded batch was compacted"
+    torch.testing.assert_close(got, expected, **TOL)
+    torch.testing.assert_close(scripted(full), expected, **TOL)
+    model(tokens(3, 7, [7, 4, 7]))
+    assert compactions, "a padded batch was not compacted"
+
+
 @pytest.mark.parametrize("merge_mode", [*MERGE_MODES, None])
 def test_last_pooling_is_keras_return_sequences_false(merge_mode):
     """Forward state at the true end merged with the backward state at step 0 (the merge of the last layer)."""
