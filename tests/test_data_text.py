@@ -105,6 +105,41 @@ def test_unknown_words_map_to_their_shape_when_asked() -> None:
         Vocab.build([["a"]], max_size=6, unk_shapes=True)
 
 
+def test_subword_pieces_spell_rare_lower_case_words() -> None:
+    from models.data.text import encode_text
+
+    words = [["explorer", "explorer", "painter", "painters", "singer", "singers", "walker", "walkers", "what", "what"]]
+    vocab = Vocab.build(words, min_freq=2, unk_shapes=True, subword_types=2)
+    assert vocab.has_pieces and "##s" in vocab.stoi and "##er" in vocab.stoi and "walk" in vocab.stoi
+    assert "painters" not in vocab.stoi, "a word below min_freq is not a token of its own"
+    assert vocab.decode(vocab.spell("explorers")) == ["explorer", "##s"], "longest start, then the continuation"
+    # "walker" is below min_freq: the longest start piece is "walke" (in 2 words), greedy even where "walk" reads better.
+    assert vocab.decode(vocab.spell("walkers")) == ["walke", "##rs"]
+    assert vocab.spell("zebra") is None and vocab.spell("ex1") is None and vocab.spell("exp") is None
+    # Lower-case unknown words are spelt; a capitalised one keeps its shape; one without pieces falls back to it.
+    ids = encode_text("What explorers Walkers zebra", vocab)
+    assert vocab.decode(ids) == ["what", "explorer", "##s", "<unk:Capital>", "<unk:lower>"]
+    assert Vocab(vocab.itos).has_pieces, "a vocabulary rebuilt from its tokens keeps its pieces"
+    without_shapes = Vocab.build(words, min_freq=2, subword_types=2)
+    assert without_shapes.decode(encode_text("Walkers zebra", without_shapes)) == ["walke", "##rs", "<unk>"]
+    assert not Vocab.build(words, min_freq=2).has_pieces
+    with pytest.raises(ValueError, match="subword_types must be >= 0"):
+        Vocab.build(words, subword_types=-1)
+
+
+@needs_shared
+def test_subword_pieces_on_trec_spell_most_unseen_lower_case_test_words() -> None:
+    shaped = build_data(_cfg("trec", min_freq=2, unk_shapes=True))
+    spelt = build_data(_cfg("trec", min_freq=2, unk_shapes=True, subword_types=5))
+    assert spelt.vocab is not None and spelt.vocab.has_pieces and spelt.vocab_size > shaped.vocab_size
+    test_ids = np.concatenate([np.asarray(ids) for ids, _ in spelt.splits["test"]])
+    shaped_ids = np.concatenate([np.asarray(ids) for ids, _ in shaped.splits["test"]])
+    lower = 5  # <unk:lower>
+    assert (test_ids == lower).sum() < 0.5 * (shaped_ids == lower).sum(), "most rare lower-case words are spelt"
+    # Names keep their shape, except the few whose lower-case form is a word-start piece (a token of its own).
+    assert (test_ids == 4).sum() >= 0.9 * (shaped_ids == 4).sum(), "names keep their shape"
+
+
 @needs_shared
 def test_unk_shapes_on_trec_gives_unknown_test_words_their_shape() -> None:
     plain = build_data(_cfg("trec", min_freq=2))
@@ -164,6 +199,7 @@ def test_missing_file_names_path_and_remedy(tmp_path: Path) -> None:
         ({"name": "sst2", "split_seed": 0}, r"unknown data config key\(s\) \['split_seed'\]"),
         ({"name": "sms_spam", "val_fraction": 0.5, "test_fraction": 0.5}, r"val_fraction \+ data.test_fraction"),
         ({"name": "trec", "root": 3}, r"data.root=3"),
+        ({"name": "trec", "subword_types": -1}, r"data.subword_types=-1: expected an integer >= 0"),
     ],
 )
 def test_bad_text_config(cfg: dict, match: str) -> None:

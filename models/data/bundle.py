@@ -11,7 +11,9 @@ Config keys (unknown keys raise ``ValueError``; their types and defaults: ``mode
 - text: ``root`` (null: ``$BIRNN_ZOO_CACHE`` or ``~/.cache/birnn-zoo``), ``download`` (true),
   ``verify_checksum`` (true), ``min_freq`` (1), ``max_vocab`` (null = no cap; counts pad and unk),
   ``max_len`` (null = no truncation), ``lowercase`` (true), ``unk_shapes`` (false: unknown words -> ``<unk>``;
-  true: -> the token of their shape, number / CAPS / Capital / lower / other), ``skip_malformed`` (false);
+  true: -> the token of their shape, number / CAPS / Capital / lower / other), ``subword_types`` (0; n > 0: a word
+  below ``min_freq`` or unseen is spelt with word pieces found in at least n training words, ``text.Vocab.spell``),
+  ``skip_malformed`` (false);
   ``trec`` adds ``split_seed`` (0), ``val_fraction`` (0.1: TREC has no validation file);
   ``sms_spam`` adds ``split_seed`` (0), ``val_fraction`` (0.1), ``test_fraction`` (0.2).
 """
@@ -160,6 +162,7 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
         _resolve_synthetic(c)
     else:
         _int(c, "min_freq", 1)
+        _int(c, "subword_types", 0)
         _int(c, "max_len", 1, nullable=True)
         for key in ("download", "verify_checksum", "lowercase", "unk_shapes", "skip_malformed"):
             _bool(c, key)
@@ -243,7 +246,8 @@ def _build_text(c: dict[str, Any]) -> DataBundle:
                                       c["split_seed"])
         rows = {s: [full[i] for i in idx] for s, idx in zip(("train", "val", "test"), parts, strict=True)}
     vocab = text.Vocab.build((text.tokenize(t, c["lowercase"]) for _, t in rows["train"]),
-                             min_freq=c["min_freq"], max_size=c["max_vocab"], unk_shapes=c["unk_shapes"])
+                             min_freq=c["min_freq"], max_size=c["max_vocab"], unk_shapes=c["unk_shapes"],
+                             subword_types=c["subword_types"])
     splits = {s: text.encode_rows(r, vocab, classes, lowercase=c["lowercase"], max_len=c["max_len"])
               for s, r in rows.items()}
     info = {"files": {k: str(p) for k, p in paths.items()}, "skipped_malformed": sum(skipped.values()),

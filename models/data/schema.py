@@ -53,6 +53,7 @@ class TextDataConfig(DataConfig):
     max_len: Optional[int] = None                     # None: no truncation
     lowercase: bool = True
     unk_shapes: bool = False                          # unknown words -> <unk:number|CAPS|Capital|lower|other>
+    subword_types: int = 0                            # > 0: rare/unseen words spelt with pieces shared by >= this many words
     skip_malformed: bool = False
 
 

@@ -25,6 +25,11 @@ PAD_ID, UNK_ID = 0, 1
 # a number, an acronym, a name and a rare lower-case word say different things about a question's type.
 UNK_SHAPES = ("<unk:number>", "<unk:CAPS>", "<unk:Capital>", "<unk:lower>", "<unk:other>")
 _TOKEN_RE = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+# With ``data.subwords``, a word below ``min_freq`` is spelt with pieces learnt from the training words: a word-start
+# piece of >= 3 letters (a frequent word, or a prefix shared by enough word types), then continuation pieces
+# ``##...`` (``"explorers" -> "explorer", "##s"``); the tokenizer never emits "##", so no word collides.
+CONTINUATION = "##"
+_MIN_START = 3  # letters of a word-start piece
 
 TREC_CLASSES = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 SST2_CLASSES = ["negative", "positive"]
@@ -70,20 +75,27 @@ class Vocab:
         if len(self.stoi) != len(self.itos):
             raise ValueError("vocabulary has duplicate tokens")
         self.has_shapes = list(itos[2:2 + len(UNK_SHAPES)]) == list(UNK_SHAPES)
+        self.has_pieces = any(t.startswith(CONTINUATION) for t in self.itos)
 
     @classmethod
     def build(cls, token_lists: Iterable[Sequence[str]], min_freq: int = 1, max_size: int | None = None,
-              unk_shapes: bool = False) -> Vocab:
+              unk_shapes: bool = False, subword_types: int = 0) -> Vocab:
         """Tokens with count >= ``min_freq``, most frequent first (ties alphabetical), at most
-        ``max_size`` entries in total including ``<pad>``, ``<unk>`` and (``unk_shapes``) the shape tokens."""
+        ``max_size`` entries in total including ``<pad>``, ``<unk>`` and (``unk_shapes``) the shape tokens.
+        ``subword_types > 0``: then the pieces (see :data:`CONTINUATION`) found in at least that many distinct
+        training words, most widespread first, within the same ``max_size``."""
         specials = [PAD, UNK, *(UNK_SHAPES if unk_shapes else ())]
         if min_freq < 1:
             raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+        if subword_types < 0:
+            raise ValueError(f"subword_types must be >= 0 (0: no pieces), got {subword_types}")
         if max_size is not None and max_size < len(specials):
             raise ValueError(f"max_size must be >= {len(specials)} (room for {', '.join(specials)}), got {max_size}")
         counts = Counter(t for toks in token_lists for t in toks)
         kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in specials),
                       key=lambda t: (-counts[t], t))
+        if subword_types > 0:
+            kept += _pieces(counts, set(kept), subword_types)
         if max_size is not None:
             kept = kept[: max_size - len(specials)]
         return cls([*specials, *kept])
@@ -92,20 +104,72 @@ class Vocab:
         return len(self.itos)
 
     def encode(self, tokens: Sequence[str], spellings: Sequence[str] | None = None) -> list[int]:
-        """Token strings -> ids. An unknown token -> 1, or, in a vocabulary with shapes, the id of the
-        :func:`word_shape` of its spelling (``spellings[i]``: token ``i`` as written, before lowercasing;
-        default the token itself)."""
-        if not self.has_shapes:
+        """Token strings -> ids. An unknown token -> its pieces (:meth:`spell`, in a vocabulary with pieces), or
+        1, or, in a vocabulary with shapes, the id of the :func:`word_shape` of its spelling (``spellings[i]``:
+        token ``i`` as written, before lowercasing; default the token itself). With pieces, one token may give
+        several ids."""
+        if not self.has_shapes and not self.has_pieces:
             return [self.stoi.get(t, UNK_ID) for t in tokens]
         spellings = tokens if spellings is None else spellings
         if len(spellings) != len(tokens):
             raise ValueError(f"spellings has {len(spellings)} entries for {len(tokens)} tokens")
-        return [self.stoi[t] if t in self.stoi else self.stoi[word_shape(w)]
-                for t, w in zip(tokens, spellings, strict=True)]
+        ids: list[int] = []
+        for t, w in zip(tokens, spellings, strict=True):
+            if t in self.stoi:
+                ids.append(self.stoi[t])
+                continue
+            # With shapes, a word written with a capital or a digit keeps its shape (a name, an acronym, a number
+            # says more about the text than its letters); pieces spell words written in lower case.
+            pieces = self.spell(t) if self.has_pieces and (not self.has_shapes or w.islower()) else None
+            if pieces is not None:
+                ids.extend(pieces)
+            else:
+                ids.append(self.stoi[word_shape(w)] if self.has_shapes else UNK_ID)
+        return ids
+
+    def spell(self, word: str) -> list[int] | None:
+        """An unknown word as piece ids: the longest word-start piece (>= 3 letters, leaving at least one), then
+        the longest continuation pieces, left to right (WordPiece's greedy rule); None when some part has no
+        piece, or the word is not letters only."""
+        if not word.isalpha() or len(word) <= _MIN_START:
+            return None
+        for cut in range(len(word) - 1, _MIN_START - 1, -1):
+            start = self.stoi.get(word[:cut])
+            if start is not None:
+                break
+        else:
+            return None
+        ids, rest = [start], word[cut:]
+        while rest:
+            for end in range(len(rest), 0, -1):
+                piece = self.stoi.get(CONTINUATION + rest[:end])
+                if piece is not None:
+                    break
+            else:
+                return None
+            ids.append(piece)
+            rest = rest[end:]
+        return ids
 
     def decode(self, ids: Sequence[int]) -> list[str]:
         """Ids -> token strings (padding ids dropped)."""
         return [self.itos[i] for i in ids if i != PAD_ID]
+
+
+def _pieces(counts: Counter[str], words: set[str], min_types: int) -> list[str]:
+    """Word-start pieces (prefixes of >= 3 letters) and continuation pieces (``##`` + a suffix, after a prefix of
+    >= 3 letters) of the letters-only training words, kept when at least ``min_types`` distinct words have them;
+    most widespread first (ties alphabetical), pieces already in ``words`` left out."""
+    starts: Counter[str] = Counter()
+    ends: Counter[str] = Counter()
+    for word in counts:
+        if not word.isalpha():
+            continue
+        for cut in range(_MIN_START, len(word)):
+            starts[word[:cut]] += 1
+            ends[CONTINUATION + word[cut:]] += 1
+    found = [p for p, n in (*starts.items(), *ends.items()) if n >= min_types and p not in words]
+    return sorted(found, key=lambda p: (-(starts[p] if p in starts else ends[p]), p))
 
 
 def _read_lines(path: Path, encoding: str) -> list[str | UnicodeDecodeError]:
@@ -217,7 +281,8 @@ def stratified_split(
 
 
 def encode_text(text: str, vocab: Vocab, lowercase: bool = True) -> list[int]:
-    """One text -> token ids (unknown words by their shape when ``vocab`` has shape tokens)."""
+    """One text -> token ids (unknown words spelt with pieces when ``vocab`` has them, else by their shape when
+    it has shape tokens)."""
     if not vocab.has_shapes:
         return vocab.encode(tokenize(text, lowercase))
     spellings = tokenize(text, lowercase=False)
