@@ -1,5 +1,5 @@
-"""The direct inference path (models/cpu_kernel_inference.py: prepared weights, packed W_ih/W_hh, one C call a
-layer) against the custom operator's path it replaces without gradients, and against nn.LSTM/nn.GRU; and its
+"""The direct inference path (models/cpu_kernel_inference.py: prepared weights, packed W_ih/W_hh, one C call for
+all the layers) against the custom operator's path it replaces without gradients, and against nn.LSTM/nn.GRU; and its
 weight cache: reused while nothing changed, never stale after a change. Fresh random inputs every run."""
 
 from typing import Optional, Tuple

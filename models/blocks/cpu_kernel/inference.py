@@ -8,7 +8,7 @@ none of that is needed: ``run_layers`` keeps each layer's stacked weights and pa
 input projections then run on the step product's micro-kernel too: 1.2-1.3x MKL's rate) in a plan cached
 per module, and makes one call of the kernel's C entry point ``birnn_forward_stack_*``, which runs every layer
 and merge in one parallel region and writes ``h_n``/``c_n`` of every layer into one ``(2L, B, H)`` tensor (one
-call per layer, with the merges as torch ops between, cost a short request ~100 us more: ``benchmarks/RESULTS.md``).
+call per layer, with the merges as torch ops between, cost a short request ~145 us more: ``benchmarks/RESULTS.md``).
 
 The plan is reused only while every weight is the same tensor object, with the same storage (kept alive by the
 plan, so an address cannot be reused) and the same version counter (bumped by every in-place write that

@@ -179,9 +179,9 @@ enum Merge { kConcat = 0, kSum = 1, kMul = 2, kAve = 3, kNone = 4 };
 // Every layer of an inference call (no gradients) in one parallel region: per layer the (direction, row group)
 // items run forward_direction into the layer's (T, B, 2, H) output, then the team merges the two directions into
 // the next layer's input, with the arithmetic of models/merge.py (sum a + b, mul a * b, ave (a + b) / 2: the same
-// bits as those torch ops). Why: with one kernel call per layer, a short request (B = 1, T = 10) spent more time in
-// Python between the layers (a ctypes call of 24 arguments, allocations, the merge as torch ops) than in the
-// kernel, and each layer woke the thread team anew.
+// bits as those torch ops). Why: with one kernel call per layer, each layer paid a ctypes call of 24 arguments,
+// its output allocation, the merge as torch ops and a new wake of the thread team: at T = 1 (B = 1, H = 128, 2
+// layers) a call cost 285 us, 140 us now (benchmarks/RESULTS.md).
 // x (T, B, input_sizes[0]); weights: per layer the addresses w_ih, packed_ih, b_ih, w_hh, packed_hh, b_hh (0 for
 // an absent one; packed only in float32 vector builds); h0, c0, h_n, c_n (2L, B, H) (c0/c_n null for GRU);
 // out (T, B, H) after a last sum/mul/ave, else (T, B, 2H).
