@@ -12,7 +12,8 @@ Protocol: the parent sends tuples ``(op, *args)`` over a :func:`multiprocessing.
 
 - ``("load", factory, spec)``: ``factory(spec)`` (a module-level function, so it pickles by name) returns
   ``(fn, info)``: the zero-argument callable to time and a dict of plain data returned to the parent;
-- ``("run", number)``: ``number`` back-to-back calls of ``fn``; returns ``(wall seconds, process CPU seconds)``;
+- ``("run", number[, warmup])``: ``warmup`` untimed calls of ``fn`` (default 0), then ``number`` back-to-back
+  timed calls; returns ``(wall seconds, process CPU seconds)`` of the timed calls;
 - ``("output",)``: one call of ``fn``, its result flattened to a list of numpy arrays (tensors converted);
 - ``("close",)``: the worker exits (it also exits when the parent's end of the pipe closes).
 """
@@ -43,8 +44,10 @@ def _arrays(result: Any) -> List[np.ndarray]:
     return [result.detach().cpu().numpy()]  # a torch tensor; torch itself is only imported where one exists
 
 
-def _run(fn: Callable[[], Any], number: int) -> Tuple[float, float]:
-    """Wall and process CPU seconds of ``number`` back-to-back calls."""
+def _run(fn: Callable[[], Any], number: int, warmup: int = 0) -> Tuple[float, float]:
+    """Wall and process CPU seconds of ``number`` back-to-back calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(number):
         fn()
@@ -78,7 +81,7 @@ def _serve(conn: Connection, threads: int) -> None:
                 fn = None  # free the previous row's weights and session before building the next
                 fn, reply = args[0](args[1])
             elif op == "run":
-                reply = _run(_loaded(fn), args[0])
+                reply = _run(_loaded(fn), *args)
             elif op == "output":
                 reply = _arrays(_loaded(fn)())
             else:
@@ -166,7 +169,10 @@ def interleaved(workers: Dict[str, Worker], cpu_clock: bool, budget_s: float, mi
     """Seconds per call of each worker's loaded callable, one sample per round, rounds interleaved with a rotating
     order; one worker runs at a time. ``cpu_clock``: the worker's process CPU time instead of wall time.
     ``settle_s``: a pause before each turn, so that a thread pool that spin-waits after its work (ONNX Runtime's
-    default) has parked before the next worker is timed."""
+    default) has parked before the next worker is timed. Each turn starts with one untimed call: on a virtual
+    machine a core idle for 10-50 ms runs the next call slowly (measured at two threads: LSTM H=128 T=64 B=16
+    16 -> 25 ms, B=1 1.2 -> 3.8 ms after a 50 ms pause), which would weigh on the runtime with the fewest calls
+    per turn; the rows compare steady-state calls (cold single requests: ``benchmarks/latency.py``)."""
     clock = 1 if cpu_clock else 0
     numbers = {}
     for key, worker in workers.items():
@@ -182,5 +188,5 @@ def interleaved(workers: Dict[str, Worker], cpu_clock: bool, budget_s: float, mi
         shift = r % len(keys)
         for key in keys[shift:] + keys[:shift]:
             time.sleep(settle_s)
-            samples[key].append(workers[key].call("run", numbers[key])[clock] / numbers[key])
+            samples[key].append(workers[key].call("run", numbers[key], 1)[clock] / numbers[key])
     return samples

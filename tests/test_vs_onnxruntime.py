@@ -34,3 +34,13 @@ def test_tiny_row_in_worker_processes(tmp_path: Path) -> None:
     for key in ("block_ms", "ort_ms", "block_over_ort", "ratio_min", "ratio_max", "best_block_over_best_ort"):
         assert math.isfinite(row[key]) and row[key] > 0, key
     assert "| LSTM | 4 | 8 | 1 | no | 1 |" in vs.markdown([row])
+
+
+def test_a_turn_times_its_calls_after_the_untimed_warmup() -> None:
+    from benchmarks.process_timing import _run
+
+    calls = []
+    wall, cpu = _run(lambda: calls.append(1), 3, 2)
+    assert len(calls) == 5 and wall >= 0.0 and cpu >= 0.0
+    _run(lambda: calls.append(1), 4)
+    assert len(calls) == 9, "no warm-up unless asked"
