@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 #include <omp.h>
+#include <type_traits>
 #include <vector>
 
 #include "activations.h"
@@ -16,6 +17,10 @@ namespace {
 
 using birnn::sigmoid_;
 using birnn::tanh_;
+
+// Whether the step product can accumulate onto its output (PanelGemm: float32 vector builds).
+template <typename T>
+constexpr bool kFold = std::is_same<T, float>::value && kPackedBuild;
 
 template <typename T>
 void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size, const T* x, const T* w_ih, const T* b_ih,
@@ -47,6 +52,9 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
         blas_gemm(false, true, rows, G, input_size, xk, input_size, wi, input_size, false, dst + k * dst_step, ld);
     }
   };
+  // LSTM inference on the packed step product: the step product accumulates onto the projected rows (bias
+  // added once per chunk), so no separate pass adds projection and bias to h @ W_hh^T every step.
+  const bool fold = kFold<T> && lstm && !keep_gates;
   const int chunk = keep_gates ? L.steps : std::max(1, std::min(L.steps, 256 / std::max(1, nb)));
   // Uninitialised (every element is written by a projection before it is read): zeroing it cost a pass over
   // up to 512 KB a direction and layer in every inference call.
@@ -76,8 +84,18 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
       const int n = std::min(chunk, L.steps - s);
       chunk_start = d == 0 ? s : L.steps - s - n;
       project(chunk_start, n, local.get(), G, int64_t(nb) * G);
+      if (fold && bi)  // the bias once per projected row; the step product then adds h @ W_hh^T onto these
+        for (int64_t r = 0; r < int64_t(n) * nb; ++r)
+          for (int j = 0; j < G; ++j) local[r * G + j] += bi[j];
     }
-    gemm(nb, h, H, pre.data(), G);  // pre = h @ W_hh^T (reset-before: its r, z columns)
+    if constexpr (kFold<T>) {
+      if (fold)  // LSTM inference: the gates' pre-activations in place, projection + bias + h @ W_hh^T
+        gemm(nb, h, H, local.get() + int64_t(t - chunk_start) * nb * G, G, true);
+      else
+        gemm(nb, h, H, pre.data(), G);
+    } else {
+      gemm(nb, h, H, pre.data(), G);  // pre = h @ W_hh^T (reset-before: its r, z columns)
+    }
     if (reset_before) {
       // r, z for every valid row and r * h; then the n columns: (r * h) @ W_hn^T. b_ih holds both biases.
       for (int b = b0; b < b1; ++b) {
@@ -101,10 +119,11 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
       // The projection, read here once; in training overwritten by the activated gates.
       T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.get() + (int64_t(t - chunk_start) * nb + b - b0) * G;
       if (L.valid(lengths, t, b)) {
-        T* g = pre.data() + int64_t(b - b0) * G;
+        T* g = fold ? xg : pre.data() + int64_t(b - b0) * G;
         if (lstm) {
           T* cb = c + int64_t(b - b0) * H;
-          for (int j = 0; j < G; ++j) g[j] += xg[j] + (bi ? bi[j] : T(0));
+          if (!fold)
+            for (int j = 0; j < G; ++j) g[j] += xg[j] + (bi ? bi[j] : T(0));
           sigmoid_(g, 2 * H);
           tanh_(g + 2 * H, H);
           sigmoid_(g + 3 * H, H);

@@ -29,13 +29,30 @@ constexpr int kRows = 6;  // MR: 12 accumulators of AVX2's 16 registers (the cla
 #endif
 
 // MR rows x NP panels of C at once; acc stays in registers (MR, NP compile-time). `cols` is how many columns
-// of the last panel are real (kPanel except at the right edge, where C gets only those).
-template <int MR, int NP>
+// of the last panel are real (kPanel except at the right edge, where C gets only those). ACC: C += A @ B (the
+// sums start from C's values) instead of C = A @ B.
+template <int MR, int NP, bool ACC>
 inline void micro_kernel(int K, const float* a, int lda, const float* panel, int64_t panel_size, float* c, int ldc,
                          int cols) {
   vf acc[MR][2 * NP];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < 2 * NP; ++j) acc[i][j] = vset(0.0f);
+  if (ACC) {
+    for (int i = 0; i < MR; ++i) {
+      const float* row = c + int64_t(i) * ldc;
+      for (int p = 0; p < NP; ++p) {
+        if (p < NP - 1 || cols == kPanel) {
+          acc[i][2 * p] = vload(row + p * kPanel);
+          acc[i][2 * p + 1] = vload(row + p * kPanel + BIRNN_VECTOR);
+        } else {
+          alignas(64) float edge[kPanel] = {};
+          std::memcpy(edge, row + p * kPanel, sizeof(float) * cols);
+          acc[i][2 * p] = vload(edge);
+          acc[i][2 * p + 1] = vload(edge + BIRNN_VECTOR);
+        }
+      }
+    }
+  }
   for (int k = 0; k < K; ++k) {
     vf b[2 * NP];
     for (int p = 0; p < NP; ++p) {
@@ -65,17 +82,18 @@ inline void micro_kernel(int K, const float* a, int lda, const float* panel, int
 
 // Panels [p_begin, p_end) for MR rows: groups of NP panels (more independent accumulators when MR is small: one
 // row alone would wait on its FMA latency), then the leftover panels one at a time.
-template <int MR, int NP>
+template <int MR, int NP, bool ACC>
 inline void row_block(int K, int N, const float* a, int lda, const float* packed, float* c, int ldc, int p_begin,
                       int p_end) {
   const int64_t size = int64_t(K) * kPanel;
   int p = p_begin;
   for (; p + NP <= p_end; p += NP) {
     const int cols = std::min(kPanel, N - (p + NP - 1) * kPanel);
-    micro_kernel<MR, NP>(K, a, lda, packed + p * size, size, c + p * kPanel, ldc, cols);
+    micro_kernel<MR, NP, ACC>(K, a, lda, packed + p * size, size, c + p * kPanel, ldc, cols);
   }
   for (; p < p_end; ++p)
-    micro_kernel<MR, 1>(K, a, lda, packed + p * size, size, c + p * kPanel, ldc, std::min(kPanel, N - p * kPanel));
+    micro_kernel<MR, 1, ACC>(K, a, lda, packed + p * size, size, c + p * kPanel, ldc,
+                             std::min(kPanel, N - p * kPanel));
 }
 
 class PanelGemm {
@@ -111,7 +129,17 @@ class PanelGemm {
   }
   PanelGemm(const PanelGemm&) = delete;  // data_ may point into own_
   PanelGemm& operator=(const PanelGemm&) = delete;
-  void operator()(int rows, const float* a, int lda, float* c, int ldc) const {
+  // C = A @ B, or with `accumulate` C += A @ B.
+  void operator()(int rows, const float* a, int lda, float* c, int ldc, bool accumulate = false) const {
+    if (accumulate)
+      run<true>(rows, a, lda, c, ldc);
+    else
+      run<false>(rows, a, lda, c, ldc);
+  }
+
+ private:
+  template <bool ACC>
+  void run(int rows, const float* a, int lda, float* c, int ldc) const {
     const int panels = (n_ + kPanel - 1) / kPanel;
     // A block of panels at a time (about 128 KB: stays in L2), every row over it before the next block: B is
     // read from L3/memory once per call, not once per block of rows (W_hh of H = 256 is 1 MB, more than the L2
@@ -123,23 +151,22 @@ class PanelGemm {
     for (int p = 0; p < panels; p += step) {
       const int e = std::min(panels, p + step);
       for (int m = 0; m < full; m += kRows)
-        row_block<kRows, 1>(k_, n_, a + int64_t(m) * lda, lda, data_, c + int64_t(m) * ldc, ldc, p, e);
+        row_block<kRows, 1, ACC>(k_, n_, a + int64_t(m) * lda, lda, data_, c + int64_t(m) * ldc, ldc, p, e);
       switch (rows - full) {  // the last rows: smaller blocks, more panels each to keep enough FMAs in flight
-        case 1: row_block<1, 4>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
-        case 2: row_block<2, 3>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
-        case 3: row_block<3, 2>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
-        case 4: row_block<4, 1>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
-        case 5: row_block<5, 1>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
+        case 1: row_block<1, 4, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
+        case 2: row_block<2, 3, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
+        case 3: row_block<3, 2, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
+        case 4: row_block<4, 1, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
+        case 5: row_block<5, 1, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
 #if BIRNN_VECTOR == 16
-        case 6: row_block<6, 1>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
-        case 7: row_block<7, 1>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
+        case 6: row_block<6, 1, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
+        case 7: row_block<7, 1, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
 #endif
         default: break;
       }
     }
   }
 
- private:
   int n_, k_;
   const float* data_;
   std::vector<float> own_;
