@@ -197,7 +197,7 @@ def run_layers(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor
     c_n = x.new_empty(2 * num_layers, batch, hidden) if lstm else h_n
     last = merge_modes[-1]
     out = x.new_empty(steps, batch, merged_size(last, hidden))
-    merges = (ctypes.c_int * num_layers)(*[_MERGE_CODES[mode] for mode in merge_modes])
+    merges = (ctypes.c_int * num_layers)(*[_MERGE_CODES[merge] for merge in merge_modes])
     stack = library.birnn_forward_stack_f32 if x.dtype == torch.float32 else library.birnn_forward_stack_f64
     stack(cell, steps, batch, hidden, num_layers, plan.input_sizes_address, ctypes.addressof(merges), x.data_ptr(),
           plan.addresses_address, h0.data_ptr(), c0.data_ptr() if lstm else None, length_address, out.data_ptr(),

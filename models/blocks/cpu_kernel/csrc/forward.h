@@ -68,7 +68,7 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
   T* c = lstm ? c_n + (int64_t(d) * B + b0) * H : nullptr;
   std::memcpy(h, h0 + (int64_t(d) * B + b0) * H, sizeof(T) * nb * H);
   if (lstm) std::memcpy(c, c0 + (int64_t(d) * B + b0) * H, sizeof(T) * nb * H);
-  std::vector<T> pre(int64_t(nb) * G), tmp(H);
+  std::vector<T> pre(fold ? 0 : int64_t(nb) * G), tmp(H);  // (folded: the gates live in local)
   // Reset-before GRU (cell 2): the r, z columns from h, then the n columns from r * h, a second product.
   const bool reset_before = L.cell == 2;
   // W_hh packed by birnn_pack_hh_f32 (inference caches it across calls), or packed here (null).
@@ -91,11 +91,8 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
     if constexpr (kFold<T>) {
       if (fold)  // LSTM inference: the gates' pre-activations in place, projection + bias + h @ W_hh^T
         gemm(nb, h, H, local.get() + int64_t(t - chunk_start) * nb * G, G, true);
-      else
-        gemm(nb, h, H, pre.data(), G);
-    } else {
-      gemm(nb, h, H, pre.data(), G);  // pre = h @ W_hh^T (reset-before: its r, z columns)
     }
+    if (!fold) gemm(nb, h, H, pre.data(), G);  // pre = h @ W_hh^T (reset-before: its r, z columns)
     if (reset_before) {
       // r, z for every valid row and r * h; then the n columns: (r * h) @ W_hn^T. b_ih holds both biases.
       for (int b = b0; b < b1; ++b) {
