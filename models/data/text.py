@@ -25,7 +25,7 @@ PAD_ID, UNK_ID = 0, 1
 # a number, an acronym, a name and a rare lower-case word say different things about a question's type.
 UNK_SHAPES = ("<unk:number>", "<unk:CAPS>", "<unk:Capital>", "<unk:lower>", "<unk:other>")
 _TOKEN_RE = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
-# With ``data.subwords``, a word below ``min_freq`` is spelt with pieces learnt from the training words: a word-start
+# With ``data.subword_types``, a word below ``min_freq`` is spelt with pieces learnt from the training words: a word-start
 # piece of >= 3 letters (a frequent word, or a prefix shared by enough word types), then continuation pieces
 # ``##...`` (``"explorers" -> "explorer", "##s"``); the tokenizer never emits "##", so no word collides.
 CONTINUATION = "##"
