@@ -92,6 +92,45 @@ def test_steps_after_the_longest_sequence_are_skipped_with_the_same_result(
 
 
 @needs_kernel
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "GRU_RESET_BEFORE"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_full_length_rows_run_without_the_lengths_path(monkeypatch: pytest.MonkeyPatch, mode: str,
+                                                       batch: int) -> None:
+    """Every row as long as x (a single unpadded request, a batch of equal lengths): the kernel is called without
+    lengths, with the bits of the call without lengths; a single shorter request runs its own length only."""
+    steps, features, hidden = 9, 6, 11
+    block = block_of(mode, features, hidden, 2, merge_mode=["ave", "concat"]).eval()
+    x = torch.randn(steps, batch, features)
+    library = cpu_kernel._kernel()
+    seen: list = []
+
+    class Spy:  # the library, recording the lengths address of each all-layers call
+        def __getattr__(self, name: str) -> object:
+            function = getattr(library, name)
+            if not name.startswith("birnn_forward_stack"):
+                return function
+            return lambda *args: (seen.append((args[1], args[11])), function(*args))[1]
+
+    monkeypatch.setattr(cpu_kernel_inference.cpu_kernel, "_kernel", lambda: Spy())
+    full = torch.full((batch,), steps)
+    got = run(block, x, full, None, None)
+    without = run(block, x, None, None, None)
+    assert seen == [(steps, None), (steps, None)]
+    for name, a, b in zip(("output", "h_n", "c_n"), got, without, strict=True):
+        assert torch.equal(a, b), name
+    expected = on_operator_path(monkeypatch, block, x, full, None, None)
+    for name, a, b in zip(("output", "h_n", "c_n"), got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6, msg=name)
+    if batch == 1:  # one request padded to 9 steps, 4 of them real: 4 steps, no lengths, zeros after
+        seen.clear()
+        short = run(block, x, torch.tensor([4]), None, None)
+        alone = run(block, x[:4], None, None, None)
+        assert seen == [(4, None), (4, None)]
+        assert torch.equal(short[0][:4], alone[0]) and torch.all(short[0][4:] == 0)
+        assert torch.equal(short[1], alone[1])
+
+
+@needs_kernel
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("threads", [1, 2])

@@ -175,10 +175,12 @@ def run_layers(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor
         lengths = lengths.to(device="cpu", dtype=torch.int64).contiguous()
         if list(lengths.shape) != [batch]:
             raise ValueError(f"lengths must have shape [{batch}], got {list(lengths.shape)}")
-        length_address = lengths.data_ptr()
         # Steps after the longest sequence change nothing (outputs zero, states kept): run up to it only. A
         # single request padded to a static length (as the exported models take it) skips its padding.
-        longest = int(lengths.max()) if batch > 0 else steps
+        shortest, longest = (int(v) for v in torch.aminmax(lengths)) if batch > 0 else (steps, steps)
+        # Every row full length (a single unpadded request, a batch of equal lengths): the same arithmetic as
+        # without lengths (every step valid), without the per-row validity checks of the lengths path.
+        length_address = None if shortest >= steps else lengths.data_ptr()
         if 0 < longest < steps:
             out, h_n, c_n = run_layers(module, mode, x[:longest], lengths, h0, c0, weights, has_biases, merge_modes,
                                        hidden)
