@@ -159,6 +159,9 @@ def check_config(cfg: Any) -> Dict[str, Any]:
     if betas is not None and (len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas)):
         raise ConfigError(f"optim.betas={_plain(cfg.optim)['betas']!r} must be two numbers in [0, 1), e.g. "
                           f"[0.9, 0.999]")
+    if not optim["ema_decay"] < 1.0:
+        raise ConfigError(f"optim.ema_decay={_plain(cfg.optim)['ema_decay']!r} must be in [0, 1): the weight of the "
+                          f"running average at each step, e.g. 0.99 (0: no average)")
 
     trainer = check_group("trainer", cfg.trainer, TrainerConfig)
     precision = normalize_precision(trainer["precision"])

@@ -136,6 +136,8 @@ def _step(run: Run, batch: Any, signals: SignalStop) -> Tuple[Optional[Tuple[flo
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update()
     return (loss_sum, correct, count, tokens), stop
 
 
@@ -144,9 +146,10 @@ def end_of_epoch(run: Run, signals: SignalStop) -> Optional[str]:
     (early stopping) or None. Raises ``Interrupted`` when a signal arrived during validation."""
     trainer, progress = run.trainer, run.progress
     run.model.eval()                                   # dropout off for validation; model.train() next epoch
-    val = ddp.evaluate(evaluate, run.eval_forward,
-                       run.data.loader("val", run.data_cfg["eval_batch_size"], shuffle=False, seed=run.cfg.seed),
-                       run.device, run.amp_dtype)
+    with run.averaged_weights():                       # optim.ema_decay > 0: the moving average is validated
+        val = ddp.evaluate(evaluate, run.eval_forward,
+                           run.data.loader("val", run.data_cfg["eval_batch_size"], shuffle=False, seed=run.cfg.seed),
+                           run.device, run.amp_dtype)
     seconds = progress.epoch_seconds
     record = {"epoch": progress.epoch + 1, "step": progress.step, **progress.epoch_metrics(),
               "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": run.scheduler.get_last_lr()[0],
@@ -164,7 +167,7 @@ def end_of_epoch(run: Run, signals: SignalStop) -> Optional[str]:
              record["tokens_per_s"], seconds)
 
     if progress.finish_epoch(val["accuracy"]):
-        run.checkpoint("best.pt")
+        run.checkpoint("best.pt", averaged=True)       # the weights just validated
     run.checkpoint("last.pt")
     if progress.epochs_since_best >= trainer.patience:
         return f"early stopping: no better val accuracy for {trainer.patience} epochs"
@@ -175,7 +178,8 @@ def end_of_epoch(run: Run, signals: SignalStop) -> Optional[str]:
 
 
 def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
-    """Test the best checkpoint (else the current weights), time inference, write ``results.json`` (rank 0)."""
+    """Test the best checkpoint (else the current weights or their moving average), time inference, write
+    ``results.json`` (rank 0)."""
     log.info("training stopped (%s)", stop_reason)
     cfg, trainer, progress = run.cfg, run.trainer, run.progress
     ddp.barrier()                                      # rank 0 has written best.pt
@@ -183,7 +187,9 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
     if best.is_file():
         run.model.load_state_dict(load_checkpoint(best, map_location=run.device)["model"])
     else:                                              # a resume at the final step whose source had no best.pt
-        log.warning("no %s: testing the current weights", best)
+        log.warning("no %s: testing the current weights%s", best, " (their moving average)" if run.ema else "")
+        if run.ema is not None:
+            run.model.load_state_dict(run.ema.weights())
     run.model.eval()
     test_loader = run.data.loader("test", run.data_cfg["eval_batch_size"], shuffle=False, seed=cfg.seed)
     test = ddp.evaluate(evaluate, run.eval_forward, test_loader, run.device, run.amp_dtype)

@@ -29,6 +29,9 @@ from .config import ConfigError, normalize_precision
 DATA_LOCATION_KEYS = ("root", "download", "verify_checksum", "num_workers")
 """``data.*`` keys that say where files live or how they are loaded, not what the data is."""
 
+OPTIM_DEFAULTS = {"ema_decay": 0.0}
+"""``optim.*`` keys newer than some checkpoints, with the value those runs trained with."""
+
 
 def _flatten(node: Any, prefix: str) -> Dict[str, Any]:
     if isinstance(node, Mapping):
@@ -51,8 +54,9 @@ def defining_settings(config: Mapping[str, Any]) -> Dict[str, Any]:
         precision: Any = normalize_precision((config.get("trainer") or {}).get("precision", "32"))
     except ConfigError:
         precision = (config.get("trainer") or {}).get("precision")
+    optim = {**OPTIM_DEFAULTS, **(config.get("optim") or {})}   # keys added later: their default then
     return {**_flatten(config.get("model") or {}, "model"), **_flatten(data, "data"),
-            **_flatten(config.get("optim") or {}, "optim"), "seed": config.get("seed"),
+            **_flatten(optim, "optim"), "seed": config.get("seed"),
             "trainer.precision": precision}
 
 

@@ -65,6 +65,7 @@ class OptimConfig:
     scheduler: str = _key(choices=SCHEDULERS)
     warmup_steps: int = _key(minimum=0)
     grad_clip: float = _key(minimum=0.0)
+    ema_decay: float = _key(minimum=0.0)           # < 1: checked in check_config
 
 
 def register() -> None:

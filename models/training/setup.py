@@ -8,9 +8,10 @@ builds the two ways a run stops early (a divergence, a signal), since both need 
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, ContextManager, Dict, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +29,7 @@ from .run_folder import continue_command, refuse_a_used_folder
 from .runtime import autocast_dtype, resolve_device, seed_everything
 from .stopping import Interrupted, TrainingDiverged
 from .testing_aids import TestingAids
+from .weight_average import WeightAverage, weight_average
 
 log = logging.getLogger("train")
 
@@ -53,6 +55,7 @@ class Run:
     scaler: torch.amp.GradScaler
     progress: Progress
     healthy: HealthyWeights
+    ema: Optional[WeightAverage] = None                # optim.ema_decay > 0: the weights' moving average
     resume: Optional[str] = None                       # trainer.resume as given, None for a fresh run
     init_from: Optional[str] = None
     aids: TestingAids = field(default_factory=TestingAids)
@@ -71,14 +74,22 @@ class Run:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def checkpoint(self, name: str) -> None:
-        """Write ``checkpoints/<name>`` (rank 0); at ``last.pt`` also offer the weights as healthy ones."""
+    def averaged_weights(self) -> ContextManager[None]:
+        """Inside: the model holds the moving average of its weights (``optim.ema_decay`` > 0), else its own."""
+        return self.ema.swapped_in() if self.ema is not None else nullcontext()
+
+    def checkpoint(self, name: str, averaged: bool = False) -> None:
+        """Write ``checkpoints/<name>`` (rank 0); at ``last.pt`` also offer the weights as healthy ones. ``model``:
+        the training weights, or with ``averaged`` (``best.pt``) the weights that were validated, the moving average
+        when there is one; ``ema``: the average's state, so a resume continues it."""
         rng = ddp.gather_objects(capture_rng_state())  # every rank's (all ranks call this at the same step)
         if self.dist.is_main:
-            save_checkpoint({"format": FORMAT, "model": self.model.state_dict(),
+            weights = self.ema.weights() if averaged and self.ema is not None else self.model.state_dict()
+            save_checkpoint({"format": FORMAT, "model": weights,
                              "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                              "scaler": self.scaler.state_dict(), "rng": rng[0], "progress": self.progress.as_dict(),
-                             "config": self.config, **({"rng_ranks": rng} if self.dist.enabled else {})},
+                             "config": self.config, **({"rng_ranks": rng} if self.dist.enabled else {}),
+                             **({"ema": self.ema.state_dict()} if self.ema is not None else {})},
                             self.checkpoints / name)
         if name == "last.pt":
             self.healthy.offer(self.model, self.progress.step)
@@ -141,7 +152,8 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
               precision=precision, amp_dtype=amp_dtype, data=data, model=model, forward=forward,
               eval_forward=eval_forward, optimizer=optimizer, scheduler=scheduler,
               scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), progress=Progress(),
-              healthy=HealthyWeights(model, 0, data.num_classes), resume=resume, init_from=init_from,
+              healthy=HealthyWeights(model, 0, data.num_classes), ema=weight_average(model, cfg.optim.ema_decay),
+              resume=resume, init_from=init_from,
               aids=TestingAids.from_environment(), started=started)
     if state is not None:
         _restore(run, state)
@@ -201,6 +213,8 @@ def _restore(run: Run, state: Dict[str, Any]) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and "ema" in state:       # (a checkpoint of the same ema_decay: resume.py checked)
+        run.ema.load_state_dict(state["ema"])
     run.progress.restore(state["progress"])
     rng = ddp.rng_state_for_rank(state)
     if run.aids.restore_rng and rng is not None:
