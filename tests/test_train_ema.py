@@ -2,14 +2,13 @@
 the refusal of a decay outside [0, 1), and a kill + resume that continues the average bit for bit."""
 
 import json
-import signal
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
 from composing import TINY
-from test_train_run import KILL_AT_10, run_train
+from test_train_run import kill_at_10_then_resume, run_train
 from torch import nn
 
 from models.training.checkpoint import load_checkpoint
@@ -93,10 +92,7 @@ def test_kill_mid_epoch_then_resume_continues_the_average_bit_for_bit(tmp_path: 
     straight = run_train(f"hydra.run.dir={tmp_path / 'straight'}", *common)
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed_dir = tmp_path / "killed"
-    killed = run_train(f"hydra.run.dir={killed_dir}", *common, env=KILL_AT_10)
-    assert killed.returncode == -signal.SIGKILL
-    resumed = run_train(f"hydra.run.dir={killed_dir}", *common, f"trainer.resume={killed_dir}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    kill_at_10_then_resume(killed_dir, common)
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(killed_dir / "checkpoints" / "last.pt")
     for part in ("model", "ema"):

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 import torch
@@ -91,27 +91,32 @@ def final_parameters(run_dir: Path) -> dict:
 KILL_AT_10 = {KILL_AT_STEP_ENV: "10"}                   # SIGKILL right after global step 10 (testing aid)
 
 
+def kill_at_10_then_resume(run_dir: Path, overrides: List[str],
+                           resume_env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """The tiny run in ``run_dir`` killed (SIGKILL) right after step 10, then resumed there (``resume_env``: testing
+    aids for the resumed process); returns the ``progress`` of the ``last.pt`` the kill left."""
+    killed = run_train(f"hydra.run.dir={run_dir}", *overrides, env=KILL_AT_10)
+    assert killed.returncode == -signal.SIGKILL
+    progress = load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]
+    resumed = run_train(f"hydra.run.dir={run_dir}", *overrides, f"trainer.resume={run_dir}", env=resume_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return progress
+
+
 def test_kill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path: Path) -> None:
     common = ["model.dropout=0.3", "model.head_dropout=0.3", "trainer.checkpoint_every_steps=4"]
     reference = run_train(f"hydra.run.dir={tmp_path / 'straight'}", *common)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
-    killed = run_train(f"hydra.run.dir={killed_dir}", *common, env=KILL_AT_10)
-    assert killed.returncode == -signal.SIGKILL
-    assert load_checkpoint(killed_dir / "checkpoints" / "last.pt")["progress"]["batch_in_epoch"] == 2  # mid-epoch
-    resumed = run_train(f"hydra.run.dir={killed_dir}", *common, f"trainer.resume={killed_dir}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert kill_at_10_then_resume(killed_dir, common)["batch_in_epoch"] == 2    # killed mid-epoch
 
     straight, after_kill = final_parameters(tmp_path / "straight"), final_parameters(killed_dir)
     assert all(torch.equal(straight[name], after_kill[name]) for name in straight), "resume must be bit for bit"
 
     # Negative control: the same resume without restoring the RNG state draws other dropout masks.
     control_dir = tmp_path / "control"
-    run_train(f"hydra.run.dir={control_dir}", *common, env=KILL_AT_10)
-    control = run_train(f"hydra.run.dir={control_dir}", *common, f"trainer.resume={control_dir}",
-                        env={SKIP_RNG_RESTORE_ENV: "1"})
-    assert control.returncode == 0, control.stderr[-3000:]
+    kill_at_10_then_resume(control_dir, common, resume_env={SKIP_RNG_RESTORE_ENV: "1"})
     differs = final_parameters(control_dir)
     assert not all(torch.equal(straight[name], differs[name]) for name in straight)
 

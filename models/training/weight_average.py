@@ -26,7 +26,6 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"optim.ema_decay={decay!r} must be in [0, 1) (0: no average)")
         self.model = model
-        self.decay = decay
         self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
 
     @torch.no_grad()
