@@ -16,6 +16,8 @@ Config keys (unknown keys raise ``ValueError``; their types and defaults: ``mode
   ``skip_malformed`` (false);
   ``trec`` adds ``split_seed`` (0), ``val_fraction`` (0.1: TREC has no validation file);
   ``sms_spam`` adds ``split_seed`` (0), ``val_fraction`` (0.1), ``test_fraction`` (0.2).
+  ``val_fraction: 0`` builds no ``val`` split (:attr:`DataBundle.has_validation` is false): the final fit on every
+  training row, once the settings were chosen with a validation split.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ class DataBundle:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(self.splits)}")
         return BatchLoader(self.splits[split], batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
                            start_batch=start_batch, num_workers=num_workers, bucket=bucket, pad_id=self.pad_id)
+
+    @property
+    def has_validation(self) -> bool:
+        """False when the data has no ``val`` split (``data.val_fraction=0``): the loop then keeps and tests the
+        last epoch's weights."""
+        return "val" in self.splits
 
     def check(self, world_size: int = 1) -> None:
         """Refuse degenerate data with a ``ValueError`` naming the config key to change: a split without rows,
@@ -128,10 +136,11 @@ def _bool(c: dict[str, Any], key: str) -> None:
         raise ValueError(f"data.{key}={c[key]!r}: expected true or false")
 
 
-def _fraction(c: dict[str, Any], key: str) -> None:
+def _fraction(c: dict[str, Any], key: str, allow_zero: bool = False) -> None:
     v = c[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
-        raise ValueError(f"data.{key}={v!r}: expected a number strictly between 0 and 1")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= v if allow_zero else 0.0 < v) or v >= 1.0:
+        expected = "a number in [0, 1) (0: no validation split)" if allow_zero else "a number strictly between 0 and 1"
+        raise ValueError(f"data.{key}={v!r}: expected {expected}")
 
 
 def _existing_folder(root: str | None, name: str) -> None:
@@ -174,7 +183,7 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
             _int(c, "split_seed", 0)
         for key in ("val_fraction", "test_fraction"):
             if key in c:
-                _fraction(c, key)
+                _fraction(c, key, allow_zero=key == "val_fraction")
         if c.get("val_fraction", 0) + c.get("test_fraction", 0) >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be < 1")
     return c
@@ -245,6 +254,8 @@ def _build_text(c: dict[str, Any]) -> DataBundle:
         parts = text.stratified_split([r[0] for r in full], [c["val_fraction"], c["test_fraction"]],
                                       c["split_seed"])
         rows = {s: [full[i] for i in idx] for s, idx in zip(("train", "val", "test"), parts, strict=True)}
+    if c.get("val_fraction") == 0:                   # the final fit on all training rows: no validation split
+        del rows["val"]
     vocab = text.Vocab.build((text.tokenize(t, c["lowercase"]) for _, t in rows["train"]),
                              min_freq=c["min_freq"], max_size=c["max_vocab"], unk_shapes=c["unk_shapes"],
                              subword_types=c["subword_types"])

@@ -143,13 +143,17 @@ def _step(run: Run, batch: Any, signals: SignalStop) -> Tuple[Optional[Tuple[flo
 
 def end_of_epoch(run: Run, signals: SignalStop) -> Optional[str]:
     """Validate, write the epoch's ``metrics.jsonl`` line and checkpoints; returns why training stops now
-    (early stopping) or None. Raises ``Interrupted`` when a signal arrived during validation."""
+    (early stopping) or None. Raises ``Interrupted`` when a signal arrived during validation. Without a validation
+    split (``data.val_fraction=0``) ``val_loss``/``val_acc`` are null and every epoch's weights become ``best.pt``."""
     trainer, progress = run.trainer, run.progress
-    run.model.eval()                                   # dropout off for validation; model.train() next epoch
-    with run.averaged_weights():                       # optim.ema_decay > 0: the moving average is validated
-        val = ddp.evaluate(evaluate, run.eval_forward,
-                           run.data.loader("val", run.data_cfg["eval_batch_size"], shuffle=False, seed=run.cfg.seed),
-                           run.device, run.amp_dtype)
+    val: Dict[str, Optional[float]] = {"loss": None, "accuracy": None}
+    if run.data.has_validation:
+        run.model.eval()                               # dropout off for validation; model.train() next epoch
+        with run.averaged_weights():                   # optim.ema_decay > 0: the moving average is validated
+            val = ddp.evaluate(evaluate, run.eval_forward,
+                               run.data.loader("val", run.data_cfg["eval_batch_size"], shuffle=False,
+                                               seed=run.cfg.seed),
+                               run.device, run.amp_dtype)
     seconds = progress.epoch_seconds
     record = {"epoch": progress.epoch + 1, "step": progress.step, **progress.epoch_metrics(),
               "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": run.scheduler.get_last_lr()[0],
@@ -161,13 +165,15 @@ def end_of_epoch(run: Run, signals: SignalStop) -> Optional[str]:
             file.write(json.dumps(record) + "\n")
     if run.writer is not None:
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "tokens_per_s", "lr"):
-            run.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
-    log.info("epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f tokens/s | %.1fs",
-             record["epoch"], record["train_loss"], record["train_acc"], val["loss"], val["accuracy"],
-             record["tokens_per_s"], seconds)
+            if record[key] is not None:
+                run.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
+    shown_val = ("no validation split" if val["accuracy"] is None
+                 else f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}")
+    log.info("epoch %d: train loss %.4f acc %.4f | %s | %.0f tokens/s | %.1fs",
+             record["epoch"], record["train_loss"], record["train_acc"], shown_val, record["tokens_per_s"], seconds)
 
     if progress.finish_epoch(val["accuracy"]):
-        run.checkpoint("best.pt", averaged=True)       # the weights just validated
+        run.checkpoint("best.pt", averaged=True)       # the weights just validated (no val split: the newest)
     run.checkpoint("last.pt")
     if progress.epochs_since_best >= trainer.patience:
         return f"early stopping: no better val accuracy for {trainer.patience} epochs"
@@ -198,7 +204,7 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
     results = {
         "model": cfg.model.name, "cell": run.model.cell, "merge_mode": OmegaConf.to_container(cfg.model, resolve=True)["merge_mode"],
         "pooling": cfg.model.pooling, "data": run.data.name, "seed": cfg.seed, "num_parameters": run.num_parameters,
-        "best_val_accuracy": progress.best_val_accuracy, "test_accuracy": test["accuracy"],
+        "best_val_accuracy": progress.best_val_accuracy if run.data.has_validation else None, "test_accuracy": test["accuracy"],
         "test_loss": test["loss"], "majority_test_accuracy": run.data.majority_accuracy("test"),
         "epochs": progress.epoch, "steps": progress.step, "nonfinite_steps": progress.nonfinite_steps,
         "train_tokens_per_s": progress.train_tokens / max(progress.train_seconds, 1e-9),
@@ -213,6 +219,7 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
     ddp.barrier()                                      # results.json exists for every rank (and a sweep's report)
     if run.writer is not None:
         run.writer.close()
-    log.info("test accuracy %.4f (best val %.4f) in %.1fs; results in %s", test["accuracy"],
-             progress.best_val_accuracy, results["wall_time_s"], run.run_dir / "results.json")
+    best_val = "no validation split" if results["best_val_accuracy"] is None else f"best val {progress.best_val_accuracy:.4f}"
+    log.info("test accuracy %.4f (%s) in %.1fs; results in %s", test["accuracy"], best_val,
+             results["wall_time_s"], run.run_dir / "results.json")
     return results

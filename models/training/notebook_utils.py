@@ -10,6 +10,7 @@ and the logic is tested in ``tests/test_notebook_utils.py`` rather than only by 
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -108,7 +109,9 @@ def plot_merge_mode_runs(
 
     figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for label, history in histories.items():
-        axes[0].plot(history["epoch"], [100 * v for v in history["val_acc"]], marker="o", label=label)
+        if any(v is not None for v in history["val_acc"]):     # null: a run without a validation split
+            axes[0].plot(history["epoch"], [math.nan if v is None else 100 * v for v in history["val_acc"]],
+                         marker="o", label=label)
         axes[1].plot(history["epoch"], history["train_loss"], marker="o", label=label)
     for axis, name in ((axes[0], "val accuracy (%)"), (axes[1], "train loss")):
         axis.set_xlabel("epoch")

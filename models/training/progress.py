@@ -4,7 +4,7 @@ divergence (:class:`HealthyWeights`)."""
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 from torch import nn
@@ -55,13 +55,15 @@ class Progress:
         return {"train_loss": self.epoch_loss_sum / count, "train_acc": self.epoch_correct / count,
                 "tokens_per_s": self.epoch_tokens / max(self.epoch_seconds, 1e-9)}
 
-    def finish_epoch(self, val_accuracy: float) -> bool:
-        """Close the epoch: totals, early-stopping state, running sums reset. Returns whether val improved."""
+    def finish_epoch(self, val_accuracy: Optional[float]) -> bool:
+        """Close the epoch: totals, early-stopping state, running sums reset. Returns whether val improved;
+        ``None`` (no validation split) counts as improved: the newest weights are the ones kept and tested."""
         self.train_seconds += self.epoch_seconds
         self.train_tokens += self.epoch_tokens
-        improved = val_accuracy > self.best_val_accuracy
+        improved = val_accuracy is None or val_accuracy > self.best_val_accuracy
         if improved:
-            self.best_val_accuracy = val_accuracy
+            if val_accuracy is not None:
+                self.best_val_accuracy = val_accuracy
             self.epochs_since_best = 0
         else:
             self.epochs_since_best += 1

@@ -41,6 +41,10 @@ def _mode(row: Dict[str, Any]) -> str:
     return "/".join(map(str, mode)) if isinstance(mode, list) else str(mode)
 
 
+def _or_nan(value: Optional[float]) -> float:
+    return float("nan") if value is None else float(value)   # None: a run without a validation split
+
+
 def _order(value: str) -> Tuple[int, str]:
     return (MODE_ORDER.index(value), "") if value in MODE_ORDER else (len(MODE_ORDER), value)
 
@@ -82,7 +86,7 @@ def summarize_study(rows: Sequence[Dict[str, Any]], timings: Optional[Dict[str, 
                 "test_accuracy_by_seed": {str(r["seed"]): r["test_accuracy"] for r in runs},
                 "num_parameters": runs[0]["num_parameters"], "speed_source": source,
                 "test_accuracy": mean_std([r["test_accuracy"] for r in runs]),
-                "best_val_accuracy": mean_std([r.get("best_val_accuracy", float("nan")) for r in runs]),
+                "best_val_accuracy": mean_std([_or_nan(r.get("best_val_accuracy")) for r in runs]),
                 "train_tokens_per_s": mean_std([s["train_tokens_per_s"] for s in speeds]),
                 "infer_tokens_per_s": mean_std([s["infer_tokens_per_s"] for s in speeds]),
                 "epochs": mean_std([r.get("epochs", 0) for r in runs])}
