@@ -53,6 +53,17 @@ def test_counts_add_up_to_the_files() -> None:
 
 
 @needs_shared
+def test_val_fraction_zero_builds_no_validation_split_and_trains_on_every_row() -> None:
+    full, split = build_data(_cfg("trec", val_fraction=0)), build_data(_cfg("trec"))
+    assert set(full.splits) == {"train", "test"} and not full.has_validation and split.has_validation
+    assert len(full.splits["train"]) == 5452 and len(full.splits["test"]) == 500
+    assert full.vocab_size > split.vocab_size, "the vocabulary counts the former validation rows too"
+    full.check()
+    sms = build_data(_cfg("sms_spam", val_fraction=0.0))
+    assert set(sms.splits) == {"train", "test"} and len(sms.splits["train"]) + len(sms.splits["test"]) == 5574
+
+
+@needs_shared
 def test_split_seed_changes_sms_split_and_vocab_options() -> None:
     a = build_data(_cfg("sms_spam"))
     b = build_data(_cfg("sms_spam", split_seed=1, min_freq=2, max_vocab=1000, max_len=20))
@@ -199,6 +210,9 @@ def test_missing_file_names_path_and_remedy(tmp_path: Path) -> None:
         ({"name": "sst2", "split_seed": 0}, r"unknown data config key\(s\) \['split_seed'\]"),
         ({"name": "sms_spam", "val_fraction": 0.5, "test_fraction": 0.5}, r"val_fraction \+ data.test_fraction"),
         ({"name": "trec", "root": 3}, r"data.root=3"),
+        ({"name": "trec", "val_fraction": -0.1}, r"data.val_fraction=-0.1: expected a number in \[0, 1\) \(0: no "),
+        ({"name": "trec", "val_fraction": 1.0}, r"data.val_fraction=1.0: expected a number in \[0, 1\)"),
+        ({"name": "sms_spam", "test_fraction": 0.0}, r"data.test_fraction=0.0: expected a number strictly between"),
         ({"name": "trec", "subword_types": -1}, r"data.subword_types=-1: expected an integer >= 0"),
     ],
 )
