@@ -156,6 +156,22 @@ def test_plot_merge_mode_runs() -> None:
         plt.close(figure)
 
 
+def test_plot_merge_mode_runs_leaves_out_the_val_curve_of_a_run_without_validation() -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    histories = {"sum": {"epoch": [1, 2], "val_acc": [0.4, 0.6], "train_loss": [1.1, 0.9]},
+                 "final fit": {"epoch": [1, 2], "val_acc": [None, None], "train_loss": [1.0, 0.8]}}  # val_fraction=0
+    results = {k: {"test_accuracy": 0.6, "train_tokens_per_s": 1000.0} for k in histories}
+    figure = plot_merge_mode_runs(histories, results)
+    try:
+        assert [line.get_label() for line in figure.axes[0].get_lines()] == ["sum"]
+        assert [line.get_label() for line in figure.axes[1].get_lines()] == ["sum", "final fit"]
+    finally:
+        plt.close(figure)
+
+
 # -- notebook hygiene ---------------------------------------------------------------------------------------------
 def test_notebook_output_problems_and_clear_outputs() -> None:
     notebook = {"cells": [
