@@ -1,5 +1,6 @@
 """``data.val_fraction=0``: the final fit on every training row. No validation split, so no early stopping; each
-epoch's weights become ``best.pt`` and the last epoch's are tested. A small TREC run in this process (seconds)."""
+epoch's weights become ``best.pt`` and the last epoch's are tested. A small TREC run in this process (seconds), and a
+killed-then-resumed one in subprocesses (slow)."""
 
 import json
 import os
