@@ -138,7 +138,7 @@ def _bool(c: dict[str, Any], key: str) -> None:
 
 def _fraction(c: dict[str, Any], key: str, allow_zero: bool = False) -> None:
     v = c[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= v if allow_zero else 0.0 < v) or v >= 1.0:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0 or (v == 0 and not allow_zero):
         expected = "a number in [0, 1) (0: no validation split)" if allow_zero else "a number strictly between 0 and 1"
         raise ValueError(f"data.{key}={v!r}: expected {expected}")
 

@@ -204,7 +204,8 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
     results = {
         "model": cfg.model.name, "cell": run.model.cell, "merge_mode": OmegaConf.to_container(cfg.model, resolve=True)["merge_mode"],
         "pooling": cfg.model.pooling, "data": run.data.name, "seed": cfg.seed, "num_parameters": run.num_parameters,
-        "best_val_accuracy": progress.best_val_accuracy if run.data.has_validation else None, "test_accuracy": test["accuracy"],
+        "best_val_accuracy": progress.best_val_accuracy if run.data.has_validation else None,
+        "test_accuracy": test["accuracy"],
         "test_loss": test["loss"], "majority_test_accuracy": run.data.majority_accuracy("test"),
         "epochs": progress.epoch, "steps": progress.step, "nonfinite_steps": progress.nonfinite_steps,
         "train_tokens_per_s": progress.train_tokens / max(progress.train_seconds, 1e-9),
@@ -219,7 +220,7 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
     ddp.barrier()                                      # results.json exists for every rank (and a sweep's report)
     if run.writer is not None:
         run.writer.close()
-    best_val = "no validation split" if results["best_val_accuracy"] is None else f"best val {progress.best_val_accuracy:.4f}"
+    best_val = f"best val {progress.best_val_accuracy:.4f}" if run.data.has_validation else "no validation split"
     log.info("test accuracy %.4f (%s) in %.1fs; results in %s", test["accuracy"], best_val,
              results["wall_time_s"], run.run_dir / "results.json")
     return results
