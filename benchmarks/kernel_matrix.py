@@ -66,6 +66,8 @@ def variants(cell: str, batch: int, hidden: int, steps: int, train: bool) -> Dic
     reference = getattr(nn, cell)(hidden, hidden, bidirectional=True)
     block = (BiLSTM if cell == "LSTM" else BiGRU)(hidden, hidden)
     block.load_state_dict(reference.state_dict())
+    if not train:  # inference is eval mode: the kernel's prepared weights are cached only there
+        reference.eval(), block.eval()
     x = torch.randn(steps, batch, hidden)
     lengths = torch.randint(1, steps + 1, (batch,))
     lengths[0] = steps

@@ -2,7 +2,7 @@
 all the layers) against the custom operator's path it replaces without gradients, and against nn.LSTM/nn.GRU; and its
 weight cache: reused while nothing changed, never stale after a change. Fresh random inputs every run."""
 
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import pytest
 import torch
@@ -13,6 +13,14 @@ from models.blocks.cpu_kernel import inference as cpu_kernel_inference
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built")
 TOL = {torch.float32: 2e-6, torch.float64: 1e-12}
+
+
+@pytest.fixture(autouse=True)
+def kernel_chosen() -> Iterator[None]:
+    """These tests cover the kernel's direct path, wherever the policy would send a shape on this CPU (on AVX-512
+    one-thread LSTM without lengths goes to oneDNN): the blocks take the kernel wherever it can run."""
+    with cpu_kernel.forced():
+        yield
 
 
 def block_of(mode: str, features: int, hidden: int, layers: int, **kwargs: object) -> nn.Module:

@@ -6,7 +6,8 @@ True)`` at the same thread count (within the noise of a shared machine). It is a
 so a run makes the same choice after a restart (bit-exact resume needs that; an autotuner could choose
 differently).
 
-What the measurements say (AVX2, AMD EPYC, torch 2.13; ratios are kernel time / ``nn.*`` time):
+What the measurements say (AVX2 on an AMD EPYC Zen 3, AVX-512 on an Intel Xeon, torch 2.13; ratios are kernel time /
+``nn.*`` time):
 - GRU: ``nn.GRU`` runs ~10 ATen ops per step; the kernel took 0.03-0.98x of its time at every size measured,
   except one-thread training steps at B = 256 (0.99-1.41x): PyTorch's kernels there, with lengths too from
   H = 128 (kernel 1.44x, PyTorch's lengths path 1.13x; at H = 64 the kernel's 0.84-1.31x against 1.21-1.33x).
@@ -21,9 +22,16 @@ What the measurements say (AVX2, AMD EPYC, torch 2.13; ratios are kernel time / 
   group), oneDNN/ATen use every core. Not measured on a many-core machine yet (``python -m
   benchmarks.kernel_matrix --threads 4 8 16`` measures it): PyTorch's kernels, never slower than ``nn.*`` by
   construction.
-- AVX-512 builds: not re-measured since the gate math and step product were rewritten (no AVX-512 CPU in
-  this session); the same rule, except one-thread LSTM without lengths goes to oneDNN, where the previous kernel
-  measured 1.09-1.19x on Zen 4.
+- AVX-512 (Intel Xeon with AVX-512, AVX512_BF16 and AMX, family 6 model 167, 2026-12-01): the same rule, but for
+  the two-thread large-H inference exception, which is AVX2's only. One thread: LSTM inference 0.46-1.02x, LSTM
+  training the same picture as AVX2 (0.78-0.92x at B = 1 or H >= 256, 0.89-1.29x at B >= 16 with H <= 128), GRU
+  0.04-0.83x at inference and 0.03-1.04x in training steps but for B = 256 (T = 512, B = 64, H = 128 read 1.32 and,
+  re-measured alone, 0.93). Two threads: every cell 0.01-0.87x (``nn.*`` itself runs 1-25x
+  slower on two threads than on one on that machine at these sizes). An older kernel measured 1.09-1.19x for
+  one-thread LSTM on Zen 4; the current one does not.
+- Inference rows are measured with the modules in eval mode (the kernel caches the prepared weights only there;
+  the AVX2 inference rows above were measured in training mode, without that cache, so they understate the
+  kernel: the AVX2 exception is conservative).
 """
 
 
@@ -43,10 +51,8 @@ def kernel_wins(cell: str, batch: int, hidden: int, steps: int, has_lengths: boo
         return not (threads == 1 and training and batch >= 256 and (not has_lengths or hidden >= 128))
     if has_lengths:
         return True
-    if threads == 1 and capability == "avx512":
-        return False
     if threads == 1 and training and batch >= 16 and hidden <= 128:
         return False
-    if threads == 2 and not training and hidden >= 512 and 1 < batch < 64:
+    if threads == 2 and not training and hidden >= 512 and 1 < batch < 64 and capability == "avx2":
         return False
     return True
