@@ -12,6 +12,7 @@
 
 #include "activations.h"
 #include "products.h"
+#include "scratch.h"
 
 namespace {
 
@@ -58,7 +59,7 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
   const int chunk = keep_gates ? L.steps : std::max(1, std::min(L.steps, 256 / std::max(1, nb)));
   // Uninitialised (every element is written by a projection before it is read): zeroing it cost a pass over
   // up to 512 KB a direction and layer in every inference call.
-  std::unique_ptr<T[]> local(keep_gates ? nullptr : new T[int64_t(chunk) * nb * G]);
+  const birnn::Scratch<T> local(birnn::Use::kProjections, keep_gates ? 0 : int64_t(chunk) * nb * G);
   if (keep_gates) project(0, L.steps, gi + L.at(0, b0, d, G), 2 * G, L.at(1, 0, 0, G));
   int chunk_start = 0;  // first time index of the chunk in local
   const T* w = w_hh + int64_t(d) * G * H;
@@ -86,7 +87,7 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
       project(chunk_start, n, local.get(), G, int64_t(nb) * G);
       if (fold && bi)  // the bias once per projected row; the step product then adds h @ W_hh^T onto these
         for (int64_t r = 0; r < int64_t(n) * nb; ++r)
-          for (int j = 0; j < G; ++j) local[r * G + j] += bi[j];
+          for (int j = 0; j < G; ++j) local.get()[r * G + j] += bi[j];
     }
     if constexpr (kFold<T>) {
       if (fold)  // LSTM inference: the gates' pre-activations in place, projection + bias + h @ W_hh^T
@@ -210,9 +211,12 @@ void forward_stack(int cell, int steps, int batch, int hidden, int layers, const
   const bool lstm = cell == 0;
   // Two buffers of one layer's raw output: a layer writes the one it does not read, and a sum/mul/ave merges
   // into the other (the layer's input, no longer needed). The last layer writes into out where it can.
-  const bool merged_last = merges[layers - 1] != kConcat && merges[layers - 1] != kNone;
-  const int count = layers > 1 ? 2 : merged_last ? 1 : 0;
-  std::unique_ptr<T[]> buffers(count > 0 ? new T[count * raw_size] : nullptr);
+  // Two layers whose outputs are both kept whole (concat/None, nn.LSTM's stack) need only one: the first layer's
+  // output, which the second reads while writing out.
+  const auto whole = [&](int l) { return merges[l] == kConcat || merges[l] == kNone; };
+  const bool merged_last = !whole(layers - 1);
+  const int count = layers == 1 ? (merged_last ? 1 : 0) : layers == 2 && whole(0) && !merged_last ? 1 : 2;
+  const birnn::Scratch<T> buffers(birnn::Use::kLayerOutputs, count * raw_size);  // kept across calls: scratch.h
   T* const spare[2] = {buffers.get(), count == 2 ? buffers.get() + raw_size : nullptr};
   const int P = row_groups(threads, batch);
 #pragma omp parallel num_threads(std::min(threads, 2 * P))
