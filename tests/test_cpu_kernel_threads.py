@@ -4,6 +4,9 @@ thread), the weight gradients into slices of gate rows. Results must equal those
 same bits (bit-exact resume). Fresh random inputs every run; on a
 2-core machine the 4 and 8 thread teams simply share the cores."""
 
+import os
+import subprocess
+import sys
 from typing import Dict, List, Tuple
 
 import pytest
@@ -82,3 +85,29 @@ def test_forced_block_on_four_threads_equals_nn_lstm() -> None:
     (want_grad,) = torch.autograd.grad(want.square().sum() + want_h.sum() + want_c.sum(), xb)
     for a, b in ((out, want), (h_n, want_h), (c_n, want_c), (grad, want_grad)):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+
+
+_SMALLER_TEAM = """
+import torch
+from models import BiLSTM, cpu_kernel
+torch.manual_seed(0)
+block = BiLSTM(6, 9, num_layers=3, merge_mode=["sum", "concat", "ave"]).eval()
+x = torch.randn(11, 20, 6)
+results = []
+with torch.inference_mode(), cpu_kernel.forced():
+    for threads in (1, 4):
+        torch.set_num_threads(threads)
+        results.append(block(x))
+(a, (ha, ca)), (b, (hb, cb)) = results
+assert torch.equal(a, b) and torch.equal(ha, hb) and torch.equal(ca, cb)
+print("ok")
+"""
+
+
+@needs_kernel
+def test_a_team_smaller_than_asked_falls_back_to_openmps_barrier() -> None:
+    """OMP_THREAD_LIMIT=1 gives the inference call's parallel region one thread where it asked for four: the kernel's
+    spin barrier (sized for the team it asked for) must not wait for threads that never come (a hang here)."""
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, "-c", _SMALLER_TEAM], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr

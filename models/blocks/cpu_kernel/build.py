@@ -36,7 +36,7 @@ import torch
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = tuple(CSRC / name for name in ("birnn_cpu.cpp", "activations.h", "backward.h", "forward.h", "products.h",
-                                          "scratch.h", "step_gemm.h"))
+                                          "scratch.h", "spin_barrier.h", "step_gemm.h"))
 CAPABILITIES = ("avx512", "avx2")  # best first
 _TARGET_FLAGS: Dict[str, List[str]] = {
     "avx512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],

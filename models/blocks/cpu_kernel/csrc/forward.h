@@ -13,6 +13,7 @@
 #include "activations.h"
 #include "products.h"
 #include "scratch.h"
+#include "spin_barrier.h"
 
 namespace {
 
@@ -189,6 +190,15 @@ void forward(int cell, int steps, int batch, int hidden, int input_size, const T
   }
 }
 
+// The spin barrier when the team has the size it was made for, else OpenMP's own barrier.
+inline void team_barrier(birnn::SpinBarrier* sync) {
+  if (sync != nullptr) {
+    sync->wait();
+  } else {
+#pragma omp barrier
+  }
+}
+
 // Merge codes of forward_stack, in models/merge.py's order: concat, sum, mul, ave, and None (the last layer only:
 // the two directions kept apart, (T, B, 2, H), the same bytes as concat).
 enum Merge { kConcat = 0, kSum = 1, kMul = 2, kAve = 3, kNone = 4 };
@@ -219,9 +229,13 @@ void forward_stack(int cell, int steps, int batch, int hidden, int layers, const
   const birnn::Scratch<T> buffers(birnn::Use::kLayerOutputs, count * raw_size);  // kept across calls: scratch.h
   T* const spare[2] = {buffers.get(), count == 2 ? buffers.get() + raw_size : nullptr};
   const int P = row_groups(threads, batch);
-#pragma omp parallel num_threads(std::min(threads, 2 * P))
+  const int team = std::min(threads, 2 * P);
+  birnn::SpinBarrier barrier(team);  // in place of the implicit barriers below (nowait): spin_barrier.h says why
+#pragma omp parallel num_threads(team)
   {
     const int one = 1, before = mkl_set_num_threads_local_(&one);
+    // A team smaller than asked (OMP_THREAD_LIMIT, nesting) would never fill the barrier: it must know the real size.
+    birnn::SpinBarrier* sync = omp_get_num_threads() == team ? &barrier : nullptr;
     const T* in = x;
     for (int l = 0; l < layers; ++l) {
       const bool last = l == layers - 1;
@@ -229,7 +243,7 @@ void forward_stack(int cell, int steps, int batch, int hidden, int layers, const
       T* raw = last && (merge == kConcat || merge == kNone) ? out : (in == spare[0] ? spare[1] : spare[0]);
       const int64_t* w = weights + 6 * int64_t(l);
       auto at = [](int64_t address) { return reinterpret_cast<const T*>(address); };
-#pragma omp for schedule(static, 1)
+#pragma omp for schedule(static, 1) nowait
       for (int item = 0; item < 2 * P; ++item) {  // direction item % 2, row group item / 2
         const int d = item % 2, p = item / 2;
         forward_direction<T>(L, d, group_start(batch, p, P), group_start(batch, p + 1, P), input_sizes[l], in,
@@ -237,13 +251,14 @@ void forward_stack(int cell, int steps, int batch, int hidden, int layers, const
                           reinterpret_cast<const float*>(w[4]), at(w[5]), h0 + l * state, lstm ? c0 + l * state : nullptr,
                           lengths, nullptr, false, raw, h_n + l * state, lstm ? c_n + l * state : nullptr, nullptr,
                           nullptr, nullptr);
-      }  // (the implicit barrier: the merge reads both directions)
+      }
+      team_barrier(sync);  // the merge, or the next layer, reads both directions
       if (merge == kConcat || merge == kNone) {
         in = raw;
         continue;
       }
       T* merged = last ? out : (raw == spare[0] ? spare[1] : spare[0]);
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
       for (int64_t r = 0; r < rows; ++r) {
         const T* f = raw + r * 2 * hidden;
         const T* b = f + hidden;
@@ -255,10 +270,11 @@ void forward_stack(int cell, int steps, int batch, int hidden, int layers, const
         else
           for (int j = 0; j < hidden; ++j) m[j] = (f[j] + b[j]) / T(2);
       }
+      team_barrier(sync);  // the next layer reads every merged row
       in = merged;
     }
     mkl_set_num_threads_local_(&before);
-  }
+  }  // (the region's own barrier: every thread arrives within a spin of the others)
 }
 
 }  // namespace
