@@ -165,20 +165,25 @@ class WorkerPool:
 
 
 def interleaved(workers: Dict[str, Worker], cpu_clock: bool, budget_s: float, min_rounds: int = 3,
-                max_rounds: int = 21, min_time: float = 0.05, settle_s: float = 0.05) -> Dict[str, List[float]]:
+                max_rounds: int = 21, min_time: float = 0.05, settle_s: float = 0.05,
+                warmup_s: float = 0.05) -> Dict[str, List[float]]:
     """Seconds per call of each worker's loaded callable, one sample per round, rounds interleaved with a rotating
     order; one worker runs at a time. ``cpu_clock``: the worker's process CPU time instead of wall time.
     ``settle_s``: a pause before each turn, so that a thread pool that spin-waits after its work (ONNX Runtime's
-    default) has parked before the next worker is timed. Each turn starts with one untimed call: on a virtual
-    machine a core idle for 10-50 ms runs the next call slowly (measured at two threads: LSTM H=128 T=64 B=16
-    16 -> 25 ms, B=1 1.2 -> 3.8 ms after a 50 ms pause), which would weigh on the runtime with the fewest calls
-    per turn; the rows compare steady-state calls (cold single requests: ``benchmarks/latency.py``)."""
+    default) has parked before the next worker is timed. Each turn starts with ``warmup_s`` of untimed calls (at
+    least one): on a virtual machine a core idle for 10-50 ms runs the next call slowly (measured at two threads:
+    LSTM H=128 T=64 B=16 16 -> 25 ms, B=1 1.2 -> 3.8 ms after a 50 ms pause), and after 0.2-0.5 s idle the
+    4th-6th calls of a turn ran at twice the time again (LSTM T=64 B=16 H=128, two threads, PASSIVE: 4.4 ms calls,
+    then 9.0, 8.9, 8.3, then 4.4; ONNX Runtime's spinning pool does not idle), which would weigh on whichever
+    runtime sleeps between calls; the rows compare steady-state calls (cold single requests:
+    ``benchmarks/latency.py``)."""
     clock = 1 if cpu_clock else 0
-    numbers = {}
+    numbers, warmups = {}, {}
     for key, worker in workers.items():
         worker.call("run", 1)  # warm-up (first-call allocation, the block's prepared weights)
         once = max(worker.call("run", 1)[clock], 1e-6)
         numbers[key] = max(1, math.ceil(min_time / once))
+        warmups[key] = max(1, math.ceil(warmup_s / once))
     samples: Dict[str, List[float]] = {key: [] for key in workers}
     keys = list(workers)
     started = time.perf_counter()
@@ -188,5 +193,5 @@ def interleaved(workers: Dict[str, Worker], cpu_clock: bool, budget_s: float, mi
         shift = r % len(keys)
         for key in keys[shift:] + keys[:shift]:
             time.sleep(settle_s)
-            samples[key].append(workers[key].call("run", numbers[key], 1)[clock] / numbers[key])
+            samples[key].append(workers[key].call("run", numbers[key], warmups[key])[clock] / numbers[key])
     return samples

@@ -192,6 +192,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of interleaved rounds per row (>= 3 rounds)")
     parser.add_argument("--no-nn", action="store_true", help="skip timing nn.LSTM/nn.GRU (a third of the time)")
     parser.add_argument("--quick", action="store_true", help="B=1 and 16, T=64, H=128: about a minute")
+    parser.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE", "default"], default=None,
+                        help="OpenMP wait policy of the workers (the block's and nn.*'s; ONNX Runtime has its own "
+                             "pool). Default: the environment's, PASSIVE if unset; 'default': libgomp's own, which "
+                             "spins ~300,000 iterations before sleeping (what a deployment that sets nothing gets)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default results/vs_onnxruntime-<cap>.json)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -207,6 +211,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     machine["onnxruntime"] = onnxruntime.__version__
     machine["capability"] = cpu_kernel.capability()
     machine["processes"] = "one worker process per runtime"  # earlier files: all runtimes in one process
+    if args.omp_wait_policy == "default":  # the workers are spawned with this environment
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    elif args.omp_wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    machine["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "unset (libgomp's default)")
     torch.set_num_threads(1)  # the parent only writes inputs; it waits on a pipe while a worker is timed
     rows: List[Dict[str, Any]] = []
     # The pool is listed last so that it closes (its workers exit) before the folder they read is removed.

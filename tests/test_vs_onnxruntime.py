@@ -44,3 +44,27 @@ def test_a_turn_times_its_calls_after_the_untimed_warmup() -> None:
     assert len(calls) == 5 and wall >= 0.0 and cpu >= 0.0
     _run(lambda: calls.append(1), 4)
     assert len(calls) == 9, "no warm-up unless asked"
+
+
+def test_each_turn_warms_up_for_warmup_s_before_its_timed_calls() -> None:
+    """A turn runs ``warmup_s`` worth of untimed calls (at least one), then ``min_time`` worth of timed ones: the
+    calls right after an idle spell (slow on a virtual machine) are not timed. Fake workers, 10 ms a call."""
+    from benchmarks.process_timing import interleaved
+
+    class Fake:
+        def __init__(self) -> None:
+            self.runs: list = []
+
+        def call(self, op: str, number: int, warmup: int = 0) -> tuple:
+            self.runs.append((number, warmup))
+            return 0.01 * number, 0.01 * number
+
+    workers = {"a": Fake(), "b": Fake()}
+    samples = interleaved(workers, False, 0.0, min_rounds=3, min_time=0.05, settle_s=0.0, warmup_s=0.05)
+    for worker in workers.values():
+        assert worker.runs[:2] == [(1, 0), (1, 0)]  # the first-call warm-up, then the one call that sizes the turns
+        assert worker.runs[2:] == [(5, 5)] * 3
+    assert all(s == pytest.approx([0.01] * 3) for s in samples.values())
+    short = Fake()
+    interleaved({"c": short}, False, 0.0, min_rounds=1, min_time=0.05, settle_s=0.0, warmup_s=0.0)
+    assert short.runs[2:] == [(5, 1)], "at least one untimed call"
