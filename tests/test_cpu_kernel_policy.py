@@ -49,3 +49,46 @@ def test_blocks_follow_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu_kernel, "kernel_wins", lambda *args: seen.append(args) or True)
     BiGRU(4, 5)(x.requires_grad_(), lengths=torch.tensor([6, 2, 3]))
     assert calls == ["GRU"] and seen[-1][4] is True and seen[-1][7] is True
+
+
+def test_small_inference_calls_run_on_one_thread() -> None:
+    """Under SPLIT_MIN_MFLOP of work an inference call stays on the calling thread: waking a sleeping second thread
+    costs more than it saves there (measured: models/blocks/cpu_kernel/policy.py)."""
+    rule = cpu_kernel_policy.inference_threads
+    assert rule(37, 1, 128, 512, [128, 256], 2) == 1  # the longest TREC request, LSTM H = 128, 2 layers: 49 MFLOP
+    assert rule(64, 1, 128, 512, [128, 256], 2) == 2  # the ONNX Runtime matrix's smallest LSTM row: 84 MFLOP
+    assert rule(64, 1, 128, 384, [128, 256], 2) == 2  # its GRU twin: 63 MFLOP
+    assert rule(64, 1, 128, 512, [128, 256], 1) == 1
+    assert rule(1000, 64, 256, 1024, [256], 8) == 8
+    # flop = 2 * 2 * T * B * G * (F + H): 80,000 a step here, so 60 MFLOP is reached at T = 750
+    assert cpu_kernel_policy.SPLIT_MIN_MFLOP == 60.0
+    assert rule(750, 1, 100, 100, [100], 2) == 2 and rule(749, 1, 100, 100, [100], 2) == 1
+
+
+def test_blocks_pass_the_rules_thread_count_to_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not cpu_kernel.available():
+        pytest.skip("CPU kernel not built")
+    from models.blocks.cpu_kernel import inference
+
+    library = cpu_kernel._kernel()
+    seen: list = []
+
+    class Spy:  # the library, recording the thread count of each all-layers call (its last argument)
+        def __getattr__(self, name: str) -> object:
+            function = getattr(library, name)
+            if not name.startswith("birnn_forward_stack"):
+                return function
+            return lambda *args: seen.append(args[-1]) or function(*args)
+
+    monkeypatch.setattr(inference.cpu_kernel, "_kernel", lambda: Spy())
+    block = BiLSTM(64, 64, num_layers=2).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode(), cpu_kernel.forced():
+            small, _ = block(torch.randn(8, 1, 64))    # 4 * 8 * 256 * (128 + 192) = 2.6 MFLOP
+            large, _ = block(torch.randn(64, 16, 64))  # 4 * 64 * 16 * 256 * (128 + 192) = 336 MFLOP
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 2]
+    assert small.shape == (8, 1, 128) and large.shape == (64, 16, 128)

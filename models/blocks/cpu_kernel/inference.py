@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ...merge import MERGE_MODES, merged_size
 from .. import cpu_kernel
+from .policy import inference_threads
 
 # The merge code birnn_forward_stack_* reads: its position in MERGE_MODES, None after them.
 _MERGE_CODES = {**{mode: code for code, mode in enumerate(MERGE_MODES)}, None: len(MERGE_MODES)}
@@ -201,7 +202,9 @@ def run_layers(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor
     out = x.new_empty(steps, batch, merged_size(last, hidden))
     merges = (ctypes.c_int * num_layers)(*[_MERGE_CODES[merge] for merge in merge_modes])
     stack = library.birnn_forward_stack_f32 if x.dtype == torch.float32 else library.birnn_forward_stack_f64
+    threads = inference_threads(steps, batch, hidden, plan.layers[0].w_hh.shape[1],
+                                [layer.input_size for layer in plan.layers], cpu_kernel._threads())
     stack(cell, steps, batch, hidden, num_layers, plan.input_sizes_address, ctypes.addressof(merges), x.data_ptr(),
           plan.addresses_address, h0.data_ptr(), c0.data_ptr() if lstm else None, length_address, out.data_ptr(),
-          h_n.data_ptr(), c_n.data_ptr() if lstm else None, cpu_kernel._threads())
+          h_n.data_ptr(), c_n.data_ptr() if lstm else None, threads)
     return (out.unflatten(-1, (2, hidden)) if last is None else out), h_n, c_n

@@ -34,6 +34,8 @@ What the measurements say (AVX2 on an AMD EPYC Zen 3, AVX-512 on an Intel Xeon, 
   kernel: the AVX2 exception is conservative).
 """
 
+from typing import List
+
 
 def kernel_wins(cell: str, batch: int, hidden: int, steps: int, has_lengths: bool, threads: int, capability: str,
                 training: bool) -> bool:
@@ -56,3 +58,26 @@ def kernel_wins(cell: str, batch: int, hidden: int, steps: int, has_lengths: boo
     if threads == 2 and not training and hidden >= 512 and 1 < batch < 64 and capability == "avx2":
         return False
     return True
+
+
+# An inference call smaller than this (multiply-adds counted twice, both directions, every layer) runs on the
+# calling thread alone; a larger one gives each direction its own thread.
+SPLIT_MIN_MFLOP = 60.0
+
+
+def inference_threads(steps: int, batch: int, hidden: int, gates: int, input_sizes: List[int], threads: int) -> int:
+    """How many threads an inference call of the kernel (no gradients, every layer in one call) uses: ``threads``
+    (``torch.get_num_threads()``), or 1 when the call's work is under ``SPLIT_MIN_MFLOP``.
+
+    Why: a request arriving after an idle spell finds the second thread asleep, and waking it costs more than it
+    saves on a short call. Measured on a 2-core KVM guest (Intel Xeon, AVX-512, ``OMP_WAIT_POLICY=PASSIVE``), LSTM
+    H = 128, 2 layers, B = 1, 2 ms between calls: T = 8 (10 MFLOP) 0.25 ms on one thread, 0.79 on two; T = 32
+    (42 MFLOP) 0.55 against 1.05; T = 64 (84 MFLOP) 0.90 against 1.47; back to back two threads win from T = 16
+    (T = 32: 0.48 -> 0.34 ms, T = 64: 0.85 -> 0.54). 60 MFLOP, about 0.6 ms of one core, is the cost of that
+    wake-up: every TREC-length request (up to 37 tokens at H = 128) runs on one thread, every row of the ONNX
+    Runtime matrix (B >= 1, T >= 64, H >= 128) keeps its threads. Results do not depend on it (the kernel gives
+    the same bits on one and two threads). ``steps``, ``batch``, ``hidden`` the call's T, B, H; ``gates`` 4H
+    (LSTM) or 3H (GRU); ``input_sizes`` each layer's input size.
+    """
+    flop = sum(2 * 2 * steps * batch * gates * (size + hidden) for size in input_sizes)
+    return threads if flop >= SPLIT_MIN_MFLOP * 1e6 else 1
