@@ -23,9 +23,15 @@ namespace birnn {
 #ifdef BIRNN_VECTOR
 constexpr int kPanel = 2 * BIRNN_VECTOR;  // NR: two vectors of columns per panel
 #if BIRNN_VECTOR == 16
-constexpr int kRows = 8;  // MR: 16 accumulators of AVX-512's 32 registers
+// MR x NP panels: 6 rows x 64 columns, 24 accumulators of AVX-512's 32 registers (4 column loads and 6 broadcasts
+// per 24 FMAs). Measured against 8 x 32 (16 accumulators) on an Intel Xeon with AVX-512, one thread, whole LSTM/GRU
+// calls: 0.91-0.97x the time at B = 16-64, H = 128-256, the same bits; 12 x 32 0.94-0.97x, 7 x 64 0.96-1.00x,
+// 5 x 96 and 3 x 128 1.2-1.5x (benchmarks/RESULTS.md, optimisation #19).
+constexpr int kRows = 6;
+constexpr int kPanelsAtOnce = 2;
 #else
 constexpr int kRows = 6;  // MR: 12 accumulators of AVX2's 16 registers (the classic 6x16 sgemm kernel)
+constexpr int kPanelsAtOnce = 1;
 #endif
 
 // MR rows x NP panels of C at once; acc stays in registers (MR, NP compile-time). `cols` is how many columns
@@ -151,17 +157,13 @@ class PanelGemm {
     for (int p = 0; p < panels; p += step) {
       const int e = std::min(panels, p + step);
       for (int m = 0; m < full; m += kRows)
-        row_block<kRows, 1, ACC>(k_, n_, a + int64_t(m) * lda, lda, data_, c + int64_t(m) * ldc, ldc, p, e);
+        row_block<kRows, kPanelsAtOnce, ACC>(k_, n_, a + int64_t(m) * lda, lda, data_, c + int64_t(m) * ldc, ldc, p, e);
       switch (rows - full) {  // the last rows: smaller blocks, more panels each to keep enough FMAs in flight
         case 1: row_block<1, 4, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
         case 2: row_block<2, 3, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
         case 3: row_block<3, 2, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
         case 4: row_block<4, 1, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
         case 5: row_block<5, 1, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
-#if BIRNN_VECTOR == 16
-        case 6: row_block<6, 1, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
-        case 7: row_block<7, 1, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
-#endif
         default: break;
       }
     }
