@@ -67,7 +67,8 @@ def variants(cell: str, batch: int, hidden: int, steps: int, train: bool) -> Dic
     block = (BiLSTM if cell == "LSTM" else BiGRU)(hidden, hidden)
     block.load_state_dict(reference.state_dict())
     if not train:  # inference is eval mode: the kernel's prepared weights are cached only there
-        reference.eval(), block.eval()
+        reference.eval()
+        block.eval()
     x = torch.randn(steps, batch, hidden)
     lengths = torch.randint(1, steps + 1, (batch,))
     lengths[0] = steps

@@ -90,7 +90,8 @@ class _Plan:
         # What birnn_forward_stack_* reads: six addresses a layer (0 for an absent one) and each layer's input size.
         self._addresses = (ctypes.c_int64 * (6 * num_layers))(*[
             address or 0 for layer in self.layers for address in layer.addresses()])
-        self._input_sizes = (ctypes.c_int * num_layers)(*[layer.input_size for layer in self.layers])
+        self.input_sizes = [layer.input_size for layer in self.layers]
+        self._input_sizes = (ctypes.c_int * num_layers)(*self.input_sizes)
         self.addresses_address = ctypes.addressof(self._addresses)
         self.input_sizes_address = ctypes.addressof(self._input_sizes)
 
@@ -100,7 +101,7 @@ class _Plan:
         if self.state is None:
             return False
         # One pass, stopping at the first difference: this runs on every inference call (16 weights at 2 layers).
-        for w, p, (address, version) in zip(weights, self.weights, self.state):
+        for w, p, (address, version) in zip(weights, self.weights, self.state, strict=True):
             if w is not p or w._version != version or w.data_ptr() != address:
                 return False
         return True
@@ -206,8 +207,8 @@ def run_layers(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor
     out = x.new_empty(steps, batch, merged_size(last, hidden))
     merges = (ctypes.c_int * num_layers)(*[_MERGE_CODES[merge] for merge in merge_modes])
     stack = library.birnn_forward_stack_f32 if x.dtype == torch.float32 else library.birnn_forward_stack_f64
-    threads = inference_threads(steps, batch, hidden, plan.layers[0].w_hh.shape[1],
-                                [layer.input_size for layer in plan.layers], cpu_kernel._threads())
+    threads = inference_threads(steps, batch, hidden, plan.layers[0].w_hh.shape[1], plan.input_sizes,
+                                cpu_kernel._threads())
     stack(cell, steps, batch, hidden, num_layers, plan.input_sizes_address, ctypes.addressof(merges), x.data_ptr(),
           plan.addresses_address, h0.data_ptr(), c0.data_ptr() if lstm else None, length_address, out.data_ptr(),
           h_n.data_ptr(), c_n.data_ptr() if lstm else None, threads)

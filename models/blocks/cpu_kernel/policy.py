@@ -25,10 +25,10 @@ What the measurements say (AVX2 on an AMD EPYC Zen 3, AVX-512 on an Intel Xeon, 
 - AVX-512 (Intel Xeon with AVX-512, AVX512_BF16 and AMX, family 6 model 167, 2026-12-01): the same rule, but for
   the two-thread large-H inference exception, which is AVX2's only. One thread: LSTM inference 0.46-1.02x, LSTM
   training the same picture as AVX2 (0.78-0.92x at B = 1 or H >= 256, 0.89-1.29x at B >= 16 with H <= 128), GRU
-  0.04-0.83x at inference and 0.03-1.04x in training steps but for B = 256 (T = 512, B = 64, H = 128 read 1.32 and,
-  re-measured alone, 0.93). Two threads: every cell 0.01-0.87x (``nn.*`` itself runs 1-25x
-  slower on two threads than on one on that machine at these sizes). An older kernel measured 1.09-1.19x for
-  one-thread LSTM on Zen 4; the current one does not.
+  0.04-0.83x at inference and 0.03-1.04x in training steps but for B = 256 (T = 512, B = 64, H = 128 read 1.32
+  and, re-measured alone, 0.93). Two threads: every cell 0.01-0.87x (``nn.*`` itself runs 1-25x slower on two
+  threads than on one on that machine at these sizes). An older kernel measured 1.09-1.19x for one-thread LSTM on
+  Zen 4; the current one does not.
 - Inference rows are measured with the modules in eval mode (the kernel caches the prepared weights only there;
   the AVX2 inference rows above were measured in training mode, without that cache, so they understate the
   kernel: the AVX2 exception is conservative).

@@ -240,7 +240,7 @@ void forward_stack(int cell, int steps, int batch, int hidden, int layers, const
     for (int l = 0; l < layers; ++l) {
       const bool last = l == layers - 1;
       const int merge = merges[l];
-      T* raw = last && (merge == kConcat || merge == kNone) ? out : (in == spare[0] ? spare[1] : spare[0]);
+      T* raw = last && whole(l) ? out : (in == spare[0] ? spare[1] : spare[0]);
       const int64_t* w = weights + 6 * int64_t(l);
       auto at = [](int64_t address) { return reinterpret_cast<const T*>(address); };
 #pragma omp for schedule(static, 1) nowait
@@ -253,7 +253,7 @@ void forward_stack(int cell, int steps, int batch, int hidden, int layers, const
                           nullptr, nullptr);
       }
       team_barrier(sync);  // the merge, or the next layer, reads both directions
-      if (merge == kConcat || merge == kNone) {
+      if (whole(l)) {
         in = raw;
         continue;
       }

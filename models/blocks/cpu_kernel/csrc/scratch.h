@@ -6,8 +6,9 @@
 // of its time on one thread, 18% on two; above 32 MB glibc always maps fresh pages (T = 512, B = 64, H = 128:
 // 16,000 faults a call, ~7%) (benchmarks/RESULTS.md, optimisation #17). A kept buffer is at most kKeepBytes, 64 MB
 // a use and thread (the layer outputs of T = 512, B = 64, H = 256, 2 layers, concat: what such a call's own
-// output takes); a larger request is allocated for the call and freed after it, as before. Thread-local: calls on different threads (a server's
-// request threads, OpenMP's pool) never share a buffer, and a thread's two uses (Use) never alias.
+// output takes); a larger request is allocated for the call and freed after it, as before. Thread-local: calls
+// on different threads (a server's request threads, OpenMP's pool) never share a buffer, and a thread's two uses
+// (Use) never alias.
 #pragma once
 
 #include <cstddef>
