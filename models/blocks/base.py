@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..arguments import check_positive_int, check_probability
 from ..cells import GATES, GRU_RESET_BEFORE
@@ -130,7 +130,8 @@ class _BiRNNBase(_FusedPaths):
         try:
             self._flat_weights = [getattr(self, name) for name in self._flat_weights_names]
         except AttributeError:
-            pass  # a weight is being replaced (pruning, parametrizations): the next assignment refreshes the list
+            return  # a weight is being replaced (pruning, parametrizations): the next assignment refreshes the list
+        self.flatten_parameters()
 
     def __setattr__(self, name: str, value: object) -> None:
         super().__setattr__(name, value)
@@ -168,10 +169,48 @@ class _BiRNNBase(_FusedPaths):
         as ``nn.LSTM.all_weights`` nests them (without the biases when ``bias=False``)."""
         return [[getattr(self, name) for name in names] for names in self._all_weights]
 
+    def cudnn_call_sites(self) -> List[Tuple[List[str], int, int]]:
+        """The fused calls a CUDA forward makes, each ``(weight names, input size, number of layers)``: the whole
+        stack when every layer is ``concat`` (one call, with or without lengths, as ``nn.LSTM``), else one call per
+        layer (each with its own input width). ``flatten_parameters`` keeps one cuDNN weight buffer per site."""
+        if self.all_concat:
+            return [(list(self._flat_weights_names), self.input_size, self.num_layers)]
+        per_layer = 2 * (4 if self.bias else 2)
+        sites: List[Tuple[List[str], int, int]] = []
+        layer_input = self.input_size
+        for layer in range(self.num_layers):
+            sites.append((self._flat_weights_names[layer * per_layer:(layer + 1) * per_layer], layer_input, 1))
+            layer_input = merged_size(self.merge_modes[layer], self.hidden_size)
+        return sites
+
     def flatten_parameters(self) -> None:
-        """Does nothing, on purpose: ``nn.LSTM`` uses it to copy its weights into one cuDNN buffer; the blocks
-        pass each weight to the kernels as it is, so there is nothing to flatten. Kept so code written for
-        ``nn.LSTM`` (``rnn.flatten_parameters()`` after ``.cuda()`` or in ``DataParallel``) runs unchanged."""
+        """On CUDA with cuDNN, lay the weights of each fused call (``cudnn_call_sites``) out in one contiguous
+        buffer in cuDNN's order, the parameters becoming views into it, as ``nn.LSTM.flatten_parameters`` does for
+        its single call: cuDNN then reads the weights in place (no per-call copy, no "not part of single contiguous
+        chunk of memory" warning). Runs by itself after construction, ``.to()``/``.cuda()`` and every weight
+        assignment (``load_state_dict`` copies into the views, so they stay flat). Elsewhere (CPU, weights of
+        mixed dtypes or shared storage, ``reset_after=False`` which never calls cuDNN) it does nothing."""
+        weights = getattr(self, "_flat_weights", [])
+        names = getattr(self, "_flat_weights_names", [])
+        if not names or len(weights) != len(names) or not self.reset_after:
+            return
+        first = weights[0]
+        for weight in weights:
+            if (not isinstance(weight, Tensor) or not weight.is_cuda or weight.dtype != first.dtype
+                    or not torch.backends.cudnn.is_acceptable(weight)):
+                return
+        if len({weight.data_ptr() for weight in weights}) != len(weights):
+            return  # aliased weights: cuDNN copies them per call, as for nn.LSTM
+        from torch.backends.cudnn import rnn as cudnn_rnn
+
+        with torch.cuda.device_of(first), torch.no_grad():
+            if not torch._use_cudnn_rnn_flatten_weight():
+                return
+            for site_names, input_size, layers in self.cudnn_call_sites():
+                # In place: each parameter becomes a view into the site's new buffer (same Parameter objects).
+                torch._cudnn_rnn_flatten_weight(
+                    [getattr(self, name) for name in site_names], 4 if self.bias else 2, input_size,
+                    cudnn_rnn.get_cudnn_mode(self.mode), self.hidden_size, 0, layers, self.batch_first, True)
 
     def reset_parameters(self) -> None:
         """Uniform(-1/sqrt(H), 1/sqrt(H)) for every weight and bias, as ``nn.LSTM`` does."""
@@ -244,8 +283,17 @@ class _BiRNNBase(_FusedPaths):
                 lengths = lengths.reshape(1)
         x = input.transpose(0, 1) if batch_first else input
         seq_len, batch = x.shape[0], x.shape[1]
+        # An empty batch runs on the fused kernels, which return outputs and states of the right shapes (a trace
+        # records sizes as tensors: it takes the general path).
+        empty = not torch.jit.is_tracing() and batch == 0
+        packed = False
         if lengths is not None:
-            lengths = check_lengths(lengths, batch, seq_len).to(x.device)
+            if not torch.jit.is_scripting() and not empty and self._packed_path(x):
+                # The packed call needs lengths on the host: one copy (one sync for CUDA lengths), checked there.
+                packed = True
+                lengths = check_lengths(lengths.cpu(), batch, seq_len)
+            else:
+                lengths = check_lengths(lengths, batch, seq_len).to(x.device)
         shape = [2 * self.num_layers, batch, self.hidden_size]
         given = shape if batched else [2 * self.num_layers, self.hidden_size]
         if h0 is None:
@@ -258,13 +306,12 @@ class _BiRNNBase(_FusedPaths):
         else:
             check_hidden(c0, given, c_name, x)
             c0 = c0 if batched else c0.unsqueeze(1)
-        # An empty batch runs on the fused kernels, which return outputs and states of the right shapes (a trace
-        # records sizes as tensors: it takes the general path).
-        empty = not torch.jit.is_tracing() and batch == 0
         if empty:
             lengths = None
 
-        if not torch.jit.is_scripting() and not empty and self._kernel_applies(x, lengths, weights):
+        if packed and lengths is not None:
+            out, h_n, c_n = self._run_lengths_packed(x, lengths, h0, c0, weights)
+        elif not torch.jit.is_scripting() and not empty and self._kernel_applies(x, lengths, weights):
             out, h_n, c_n = self._run_kernel_layers(x, lengths, h0, c0, weights)
         elif lengths is None and self.all_concat:
             # The whole stack in one fused call: exactly nn.LSTM(bidirectional=True).
@@ -292,9 +339,67 @@ class _BiRNNBase(_FusedPaths):
         if lengths is not None:
             raise ValueError("pass either a PackedSequence or lengths, not both: a PackedSequence carries its own "
                              "lengths")
+        if self._packed_path(packed.data):
+            return self._run_packed_data(packed, h0, c0, h_name, c_name)
         padded, packed_lengths = unpack(packed)
         out, h_n, c_n = self._run(padded, h0, c0, packed_lengths, False, h_name, c_name)
         return repack(out, packed_lengths, packed), h_n, c_n
+
+    @torch.jit.unused
+    def _packed_path(self, x: Tensor) -> bool:
+        """Whether ``lengths`` and ``PackedSequence`` run on packed data (``fused._run_layers_packed``): on CUDA,
+        where cuDNN takes variable lengths natively (both directions in one call). Not for ``reset_after=False``
+        (no fused kernel) nor under a trace or ``torch.export`` (packing has data-dependent sizes); on CPU packed
+        input would take the LSTM off oneDNN, so the CPU keeps the padded path."""
+        exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+        return x.is_cuda and self.reset_after and not torch.jit.is_tracing() and not exporting
+
+    @torch.jit.unused
+    def _run_lengths_packed(
+        self, x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor]
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Right-padded ``x (T, B, F)`` with checked host ``lengths (B,)``: packed, run on the packed path, padded
+        back to ``T`` (zeros at padded steps); states in the caller's order. Padding never enters the packed data,
+        so NaN there cannot reach outputs or gradients."""
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        order, unorder = packed.sorted_indices, packed.unsorted_indices
+        data, h_n, c_n = self._run_layers_packed(packed.data, packed.batch_sizes, h0.index_select(1, order),
+                                                 c0.index_select(1, order), weights)
+        out, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order, unorder),
+                                     total_length=x.shape[0])
+        h_n = h_n.index_select(1, unorder)
+        return out, h_n, c_n.index_select(1, unorder) if self.mode == "LSTM" else h_n
+
+    @torch.jit.unused
+    def _run_packed_data(
+        self, packed: PackedSequence, h0: Optional[Tensor], c0: Optional[Tensor], h_name: str, c_name: str,
+    ) -> Tuple[PackedSequence, Tensor, Tensor]:
+        """A ``PackedSequence`` straight onto the packed path: no unpacking, output laid out as the input."""
+        data = packed.data
+        if data.dim() != 2:
+            raise ValueError(
+                f"a PackedSequence for the blocks must hold data of shape (N, input_size), got {list(data.shape)}"
+            )
+        weights = self._weights_now()
+        check_input(data, self.input_size, False)
+        if not self._autocasting():
+            check_weights(data, weights[0])
+        shape = [2 * self.num_layers, int(packed.batch_sizes[0]), self.hidden_size]
+        states: List[Tensor] = []
+        for state, name in ((h0, h_name), (c0, c_name)):
+            if state is None:
+                states.append(data.new_zeros(shape))
+                continue
+            check_not_lengths(state, name)
+            check_hidden(state, shape, name, data)
+            states.append(state if packed.sorted_indices is None else state.index_select(1, packed.sorted_indices))
+        if self.mode != "LSTM":
+            states[1] = states[0]
+        out, h_n, c_n = self._run_layers_packed(data, packed.batch_sizes, states[0], states[1], weights)
+        if packed.unsorted_indices is not None:
+            h_n = h_n.index_select(1, packed.unsorted_indices)
+            c_n = c_n.index_select(1, packed.unsorted_indices) if self.mode == "LSTM" else h_n
+        return PackedSequence(out, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), h_n, c_n
 
     @torch.jit.unused
     def _kernel_applies(self, x: Tensor, lengths: Optional[Tensor], weights: List[Tensor]) -> bool:

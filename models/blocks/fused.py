@@ -48,10 +48,60 @@ def _fused_kernels(
     return out, h, h
 
 
+def _autocast_runs_fp32(x: Tensor) -> bool:
+    """Whether this fused call must leave autocast and run in the weights' dtype: CUDA under bf16 autocast.
+
+    PyTorch's autocast casts a cuDNN RNN to float16 whatever dtype autocast was asked for (aten's
+    ``_cudnn_rnn_cast_reflatten``), so "bf16" would silently train the RNN in fp16 without loss scaling. The blocks
+    run it in float32 instead (the merge and everything around it still follow autocast). float16 autocast keeps
+    cuDNN's fp16 RNN (the trainer then always uses a GradScaler); the CPU's bf16 autocast is real bf16 (oneDNN)."""
+    return (x.is_cuda and torch.is_autocast_enabled("cuda")
+            and torch.get_autocast_dtype("cuda") == torch.bfloat16)
+
+
+def _fused_eager(
+    mode: str, x: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor], has_biases: bool, num_layers: int,
+    dropout: float, train: bool, bidirectional: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """``_fused_kernels`` outside TorchScript, with the bf16-autocast rule of ``_autocast_runs_fp32``."""
+    if _autocast_runs_fp32(x):
+        dtype = weights[0].dtype
+        with torch.autocast("cuda", enabled=False):
+            return _fused_kernels(mode, x.to(dtype), h0.to(dtype), c0.to(dtype), weights, has_biases, num_layers,
+                                  dropout, train, bidirectional)
+    return _fused_kernels(mode, x, h0, c0, weights, has_biases, num_layers, dropout, train, bidirectional)
+
+
+def _packed_kernels(
+    mode: str, data: Tensor, batch_sizes: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor], has_biases: bool,
+    num_layers: int, dropout: float, train: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One fused bidirectional call on packed ``data (N, F)`` with ``batch_sizes (T,)`` (CPU int64, as
+    ``PackedSequence`` holds it) and states ``(2 * num_layers, B, H)`` in the packed (sorted) batch order: cuDNN's
+    variable-length RNN, exactly what ``nn.LSTM`` runs on a ``PackedSequence``. Returns ``(out (N, 2H), h_n, c_n)``;
+    ``h_n`` is each row's state at its true end (forward) and after step 0 (backward)."""
+    if _autocast_runs_fp32(data):
+        dtype = weights[0].dtype
+        with torch.autocast("cuda", enabled=False):
+            return _packed_kernels(mode, data.to(dtype), batch_sizes, h0.to(dtype), c0.to(dtype), weights,
+                                   has_biases, num_layers, dropout, train)
+    if mode == "LSTM":
+        out, h, c = _VF.lstm(data, batch_sizes, [h0, c0], weights, has_biases, num_layers, dropout, train, True)
+        return out, h, c
+    if mode == "GRU":
+        out, h = _VF.gru(data, batch_sizes, h0, weights, has_biases, num_layers, dropout, train, True)
+    elif mode == "RNN_TANH":
+        out, h = _VF.rnn_tanh(data, batch_sizes, h0, weights, has_biases, num_layers, dropout, train, True)
+    else:
+        out, h = _VF.rnn_relu(data, batch_sizes, h0, weights, has_biases, num_layers, dropout, train, True)
+    return out, h, h
+
+
 # torch.compile leaves the fused call to eager PyTorch (one graph break) so the fused oneDNN/cuDNN kernel and its
 # autograd run as they are; dynamo would otherwise unroll the recurrence per time step. TorchScript cannot see
 # through this wrapper and calls _fused_kernels directly.
-_fused_call = torch.compiler.disable(_fused_kernels)
+_fused_call = torch.compiler.disable(_fused_eager)
+_packed_call = torch.compiler.disable(_packed_kernels)
 
 
 class _FusedPaths(nn.Module):
@@ -64,10 +114,14 @@ class _FusedPaths(nn.Module):
         # Not _kernel_cell() nor cells.GRU_RESET_BEFORE.mode: TorchScript runs this and reads neither; the literal is
         # that mode's name in models/cells.py (tests/test_cells.py checks they agree).
         mode = self.mode if self.reset_after else "GRU_RESET_BEFORE"
+        # cuDNN's train flag means "keep what backward needs", so it follows whether grad is enabled (a module in
+        # eval() can be differentiated, as in Keras); dropout follows self.training and is 0 outside training.
+        train = torch.is_grad_enabled()
+        if not self.training:
+            dropout = 0.0
         if torch.jit.is_scripting():
-            return _fused_kernels(mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training,
-                                  bidirectional)
-        return _fused_call(mode, x, h0, c0, weights, self.bias, num_layers, dropout, self.training, bidirectional)
+            return _fused_kernels(mode, x, h0, c0, weights, self.bias, num_layers, dropout, train, bidirectional)
+        return _fused_call(mode, x, h0, c0, weights, self.bias, num_layers, dropout, train, bidirectional)
 
     def _between_layers(self, out: Tensor, is_last: bool) -> Tensor:
         if self.dropout > 0.0 and not is_last:
@@ -92,6 +146,31 @@ class _FusedPaths(nn.Module):
                is_last: bool) -> Tuple[Tensor, Tensor, Tensor]:
         out, h, c = self._fused(x, h0, c0, weights, 1, 0.0, True)
         return self._between_layers(merge_stacked(out, mode, self.hidden_size), is_last), h, c
+
+    @torch.jit.unused
+    def _run_layers_packed(
+        self, data: Tensor, batch_sizes: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor]
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Variable lengths as ``nn.LSTM`` runs a ``PackedSequence``: packed ``data (N, F)``, ``batch_sizes (T,)``
+        (CPU int64) and states ``(2L, B, H)`` in the packed (sorted) order. An all-``concat`` stack is one fused call
+        (between-layer dropout inside it, as ``nn.LSTM``); otherwise one bidirectional call per layer and the merge
+        on the packed data. Returns ``(out (N, *), h_n, c_n)``, ``*`` the merged feature shape, states still sorted.
+        """
+        train = torch.is_grad_enabled()
+        if self.all_concat:
+            return _packed_call(self.mode, data, batch_sizes, h0, c0, weights, self.bias, self.num_layers,
+                                self.dropout if self.training else 0.0, train)
+        hs: List[Tensor] = []
+        cs: List[Tensor] = []
+        for layer in range(self.num_layers):
+            first = 2 * layer
+            out, h, c = _packed_call(self.mode, data, batch_sizes, h0[first:first + 2], c0[first:first + 2],
+                                     self._layer_weights(weights, layer, 2), self.bias, 1, 0.0, train)
+            data = self._between_layers(merge_stacked(out, self.merge_modes[layer], self.hidden_size),
+                                        layer == self.num_layers - 1)
+            hs.append(h)
+            cs.append(c)
+        return data, torch.cat(hs, 0), torch.cat(cs, 0)
 
     def _run_layers_with_lengths(
         self, x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor]

@@ -92,8 +92,10 @@ def check_lengths(lengths: Tensor, batch: int, seq_len: int) -> Tensor:
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise TypeError(f"lengths must be an integer tensor (int64), got dtype {dtype_name(lengths.dtype)}")
     if batch > 0 and not torch.compiler.is_compiling():
-        low = int(lengths.min())
-        high = int(lengths.max())
+        # Both bounds in one device-to-host copy: at most one sync per batch for CUDA lengths (none for CPU ones).
+        bounds = torch.stack([lengths.min(), lengths.max()]).cpu()
+        low = int(bounds[0])
+        high = int(bounds[1])
         if low < 1 or high > seq_len:
             raise ValueError(
                 f"lengths must lie in [1, T] = [1, {seq_len}], got values from {low} to {high}"

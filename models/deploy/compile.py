@@ -102,18 +102,45 @@ class ExportedModel(nn.Module):
         return self.graph(nn.functional.pad(x, (0, 0, 0, pad)), lengths.long())
 
 
-def compile_model(model: nn.Module, mode: str = "none", *, max_len: Optional[int] = None, **compile_kwargs: Any) -> Any:
+TORCH_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile(mode=...)`` values ``compile_model(..., compile_mode=)`` passes through (``inductor`` only)."""
+
+TORCH_COMPILE_OPTIONS = ("dynamic", "fullgraph", "options", "disable")
+"""Other ``torch.compile`` keyword arguments ``compile_model`` passes through."""
+
+
+def compile_model(
+    model: nn.Module, mode: str = "none", *, max_len: Optional[int] = None, compile_mode: Optional[str] = None,
+    **compile_kwargs: Any,
+) -> Any:
     """Compile ``model`` for training or inference; ``mode`` in ``none | script | aot_eager | inductor | export``.
 
-    ``compile_kwargs`` go to ``torch.compile`` (``dynamic``, ``fullgraph``, ``options``; ``fullgraph=True`` fails
-    off the CPU kernel: every fused RNN call is then a deliberate graph break). ``max_len`` is the static sequence length of
-    ``mode="export"`` (default ``DEFAULT_MAX_LEN``). The returned object shares the model's parameters for
-    every mode but ``export`` (a snapshot of them). See the module docstring for the trade-offs.
+    ``compile_mode`` is ``torch.compile``'s own ``mode`` (``TORCH_COMPILE_MODES``; ``"reduce-overhead"`` runs fixed
+    shapes as CUDA graphs), for ``mode="inductor"``. ``compile_kwargs`` go to ``torch.compile`` (``dynamic``,
+    ``fullgraph``, ``options``, ``disable``; anything else is a ``TypeError`` naming it; ``fullgraph=True`` fails
+    off the CPU kernel: every fused RNN call is then a deliberate graph break). ``max_len`` is the static sequence
+    length of ``mode="export"`` (default ``DEFAULT_MAX_LEN``). The returned object shares the model's parameters
+    for every mode but ``export`` (a snapshot of them). See the module docstring for the trade-offs.
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"mode={mode!r} is not a compile mode; choose one of {list(COMPILE_MODES)}")
-    if compile_kwargs and mode not in ("aot_eager", "inductor"):
-        raise TypeError(f"compile_model(mode={mode!r}) takes no torch.compile options, got {sorted(compile_kwargs)}")
+    if (compile_kwargs or compile_mode is not None) and mode not in ("aot_eager", "inductor"):
+        given = sorted(compile_kwargs) + ([] if compile_mode is None else ["compile_mode"])
+        raise TypeError(f"compile_model(mode={mode!r}) takes no torch.compile options, got {given}")
+    unknown = sorted(set(compile_kwargs) - set(TORCH_COMPILE_OPTIONS))
+    if unknown:
+        raise TypeError(f"compile_model got unknown torch.compile option(s) {unknown}; it passes "
+                        f"{list(TORCH_COMPILE_OPTIONS)} and compile_mode= (torch.compile's mode)")
+    if compile_mode is not None:
+        if compile_mode not in TORCH_COMPILE_MODES:
+            raise ValueError(f"compile_mode={compile_mode!r} is not a torch.compile mode; choose one of "
+                             f"{list(TORCH_COMPILE_MODES)}")
+        if mode != "inductor":
+            raise ValueError(f"compile_mode={compile_mode!r} needs mode='inductor' (torch.compile's modes are "
+                             f"inductor's), got mode={mode!r}")
+        if compile_kwargs.get("options") is not None:
+            raise ValueError("pass either compile_mode or options, not both (torch.compile refuses both)")
+        compile_kwargs["mode"] = compile_mode
     if max_len is not None and mode != "export":
         raise TypeError(f"max_len only applies to mode='export', got mode={mode!r}")
     if mode == "none":

@@ -22,6 +22,7 @@ for a 2-layer ``bilstm`` at ``max_len=64`` on a busy CPU). The ONNX export goes 
 ``onnxscript``), so it has the same static ``T``.
 """
 
+import copy
 import os
 from typing import Any, Optional
 
@@ -48,6 +49,9 @@ def export(model: nn.Module, path: PathLike, format: str = "torchscript", *, max
         raise TypeError("max_len only applies to the 'pt2' and 'onnx' formats; TorchScript archives take any T")
     path = os.fspath(path)
     length = DEFAULT_MAX_LEN if max_len is None else max_len
+    if any(t.device.type != "cpu" for t in model.state_dict().values()):
+        # Exported from a CPU copy, so the artifact loads on any host; load_exported(..., map_location=) moves it.
+        model = copy.deepcopy(model).cpu()
     if format == "torchscript":
         was_training = model.training
         model.eval()
@@ -78,15 +82,22 @@ def _export_onnx(model: nn.Module, path: str, max_len: int) -> None:
         model.train(was_training)
 
 
-def load_exported(path: PathLike) -> Any:
+def load_exported(path: PathLike, map_location: Optional[Any] = None) -> Any:
     """Load an artifact written by ``export`` with torch alone: a callable ``(x[, lengths]) -> logits``.
 
     ``.pt2`` -> ``torch.export.load(path).module()``; ``.onnx`` -> an ``onnxruntime`` session wrapped to take and
-    return tensors; anything else -> ``torch.jit.load(path)``.
+    return tensors (CPU; ``map_location`` does not apply); anything else -> ``torch.jit.load(path)``. Artifacts
+    hold CPU tensors (``export`` works on a CPU copy); ``map_location`` (``"cuda"``, a ``torch.device``) moves the
+    loaded program there (``torch.jit.load``'s ``map_location``; ``move_to_device_pass`` for ``.pt2``).
     """
     path = os.fspath(path)
     if path.endswith(".pt2"):
-        return torch.export.load(path).module()
+        program = torch.export.load(path)
+        if map_location is not None:
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, map_location)
+        return program.module()
     if path.endswith(".onnx"):
         import onnxruntime
 
@@ -98,7 +109,7 @@ def load_exported(path: PathLike) -> Any:
             return torch.from_numpy(session.run(None, feeds)[0])
 
         return run
-    return torch.jit.load(path)
+    return torch.jit.load(path, map_location=map_location)
 
 
 __all__ = ["EXPORT_FORMATS", "example_inputs", "export", "load_exported"]
