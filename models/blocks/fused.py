@@ -66,7 +66,7 @@ def _fused_eager(
     """``_fused_kernels`` outside TorchScript, with the bf16-autocast rule of ``_autocast_runs_fp32``."""
     if _autocast_runs_fp32(x):
         dtype = weights[0].dtype
-        with torch.autocast("cuda", enabled=False):
+        with torch.autocast(x.device.type, enabled=False):
             return _fused_kernels(mode, x.to(dtype), h0.to(dtype), c0.to(dtype), weights, has_biases, num_layers,
                                   dropout, train, bidirectional)
     return _fused_kernels(mode, x, h0, c0, weights, has_biases, num_layers, dropout, train, bidirectional)
@@ -82,7 +82,7 @@ def _packed_kernels(
     ``h_n`` is each row's state at its true end (forward) and after step 0 (backward)."""
     if _autocast_runs_fp32(data):
         dtype = weights[0].dtype
-        with torch.autocast("cuda", enabled=False):
+        with torch.autocast(data.device.type, enabled=False):
             return _packed_kernels(mode, data.to(dtype), batch_sizes, h0.to(dtype), c0.to(dtype), weights,
                                    has_biases, num_layers, dropout, train)
     if mode == "LSTM":
