@@ -181,3 +181,37 @@ def test_compile_model_passes_compile_mode_and_refuses_unknown_options(monkeypat
         models.compile_model(model, "aot_eager", compile_mode="reduce-overhead")
     with pytest.raises(TypeError, match=r"takes no torch\.compile options"):
         models.compile_model(model, "script", compile_mode="reduce-overhead")
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_reset_before_one_loop_for_both_directions_equals_two_direction_loops(with_lengths: bool, bias: bool) -> None:
+    """The ``reset_after=False`` layer runs both directions in one recurrence (scripted on CUDA): the same numbers
+    as the per-direction reference loop, eager and scripted, float64."""
+    from models.blocks import gru_reset_before as grb
+
+    torch.manual_seed(2)
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    h0 = torch.randn(2, 3, 5, dtype=torch.float64)
+    weights = [torch.randn(15, 4), torch.randn(15, 5), torch.randn(15), torch.randn(15)] * 2
+    weights = [w.double() * 0.5 for w in weights[:4]] + [w.double() * 0.3 for w in weights[4:]]
+    if not bias:
+        weights = weights[:2] + weights[4:6]
+    per = 4 if bias else 2
+    lengths = torch.tensor([6, 2, 4]) if with_lengths else None
+    if with_lengths:
+        x[4:, 1] = float("nan")
+    want = [grb.gru_reset_before_direction(x, h0[d], *weights[d * per:d * per + 2],
+                                           *(weights[d * per + 2:d * per + 4] if bias else [None, None]),
+                                           lengths, d == 1) for d in (0, 1)]
+    got, h_n = grb.gru_reset_before_bidirectional(x, h0, weights, bias, lengths)
+    torch.testing.assert_close(got, torch.cat([want[0][0], want[1][0]], -1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h_n, torch.stack([want[0][1], want[1][1]]), rtol=1e-12, atol=1e-12)
+    gates = torch.randn(2, 6, 3, 15, dtype=torch.float64)
+    valid = torch.arange(6).unsqueeze(1) < torch.tensor([6, 2, 4]) if with_lengths else None
+    bias_hh = torch.randn(2, 15, dtype=torch.float64) if bias else None
+    weight_hh = torch.randn(2, 15, 5, dtype=torch.float64)
+    eager = grb._bidirectional_loop(gates, h0, weight_hh, bias_hh, valid)
+    scripted = grb._scripted_loop(gates, h0, weight_hh, bias_hh, valid)
+    for a, b in zip(scripted, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

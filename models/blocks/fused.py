@@ -175,7 +175,10 @@ class _FusedPaths(nn.Module):
     def _run_layers_with_lengths(
         self, x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor]
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Right-padded batch with ``lengths (B,)``: two single-direction fused calls per layer."""
+        """Right-padded batch with ``lengths (B,)``: two single-direction fused calls per layer (``reset_after=False``:
+        one bidirectional time loop per layer, which takes ``lengths`` itself)."""
+        if not self.reset_after:
+            return self._run_reset_before_with_lengths(x, lengths, h0, weights)
         seq_len, batch = x.shape[0], x.shape[1]
         steps = torch.arange(seq_len, device=x.device).unsqueeze(1)           # (T, 1)
         valid = steps < lengths.unsqueeze(0)                                   # (T, B)
@@ -198,6 +201,20 @@ class _FusedPaths(nn.Module):
             cs.append(c)
         h_n = torch.cat(hs, 0)
         return x, h_n, torch.cat(cs, 0) if self.mode == "LSTM" else h_n
+
+    def _run_reset_before_with_lengths(
+        self, x: Tensor, lengths: Tensor, h0: Tensor, weights: List[Tensor]
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        hs: List[Tensor] = []
+        for layer in range(self.num_layers):
+            first = 2 * layer
+            out, h = gru_reset_before(x, h0[first:first + 2], self._layer_weights(weights, layer, 2), self.bias, 1,
+                                      0.0, torch.is_grad_enabled(), True, lengths)
+            x = self._between_layers(merge_stacked(out, self.merge_modes[layer], self.hidden_size),
+                                     layer == self.num_layers - 1)
+            hs.append(h)
+        h_n = torch.cat(hs, 0)
+        return x, h_n, h_n
 
     def _layer_with_lengths(
         self, x: Tensor, pad: Tensor, reverse_index: Tensor, last_index: Tensor, h0: Tensor, c0: Tensor,

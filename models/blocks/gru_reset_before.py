@@ -102,6 +102,92 @@ def gru_reset_before_direction(
     return out, h_n
 
 
+def _bidirectional_loop(
+    gates_x: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Optional[Tensor], valid: Optional[Tensor]
+) -> Tuple[Tensor, Tensor]:
+    """Both directions in one recurrence: ``gates_x (2, T, B, 3H)`` with direction 1 already reversed in time (so
+    both walk ``t = 0 .. T-1``), ``h (2, B, H)``, ``weight_hh (2, 3H, H)``, ``bias_hh (2, 3H)`` or None, ``valid
+    (T, B)`` or None (the same mask fits both: padding trails in either). Each step is two batched products
+    (``bmm``) for both directions and the elementwise gates: half the launches of two loops, and on CUDA this runs
+    as a TorchScript function (no Python per step; the profiling executor fuses the elementwise ops). The
+    arithmetic per element is ``_cell_loop``'s. Returns ``out (2, T, B, H)`` (zero at padded steps), ``h_n (2, B, H)``.
+    """
+    hidden = h.shape[2]
+    w_rz = weight_hh[:, : 2 * hidden].transpose(1, 2)           # (2, H, 2H)
+    w_n = weight_hh[:, 2 * hidden:].transpose(1, 2)             # (2, H, H)
+    b_rz: Optional[Tensor] = None
+    b_n: Optional[Tensor] = None
+    if bias_hh is not None:
+        b_rz, b_n = bias_hh[:, : 2 * hidden].unsqueeze(1), bias_hh[:, 2 * hidden:].unsqueeze(1)
+    outputs: List[Tensor] = []
+    for t in range(gates_x.shape[1]):
+        g = gates_x[:, t]
+        rz = torch.bmm(h, w_rz)
+        if b_rz is not None:
+            rz = rz + b_rz
+        rz = torch.sigmoid(g[:, :, : 2 * hidden] + rz)
+        r, z = rz[:, :, :hidden], rz[:, :, hidden:]
+        n = torch.bmm(r * h, w_n)
+        if b_n is not None:
+            n = n + b_n
+        n = torch.tanh(g[:, :, 2 * hidden:] + n)
+        h_new = n + z * (h - n)                                 # (1 - z) * n + z * h
+        if valid is not None:
+            keep = valid[t].unsqueeze(-1)                       # (B, 1), broadcast over (2, B, H)
+            h = torch.where(keep, h_new, h)
+            outputs.append(h_new.masked_fill(~keep, 0.0))
+        else:
+            h = h_new
+            outputs.append(h_new)
+    return torch.stack(outputs, 1), h
+
+
+_SCRIPTED_LOOP: List[object] = []  # filled at the first CUDA call: torch.jit.script(_bidirectional_loop)
+
+
+@torch.jit.unused
+def _scripted_loop(
+    gates_x: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Optional[Tensor], valid: Optional[Tensor]
+) -> Tuple[Tensor, Tensor]:
+    if not _SCRIPTED_LOOP:
+        _SCRIPTED_LOOP.append(torch.jit.script(_bidirectional_loop))
+    return _SCRIPTED_LOOP[0](gates_x, h, weight_hh, bias_hh, valid)  # type: ignore[operator]
+
+
+def gru_reset_before_bidirectional(
+    x: Tensor, h0: Tensor, weights: List[Tensor], has_biases: bool, lengths: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
+    """One bidirectional ``reset_after=False`` layer on ``x (T, B, F)`` from ``h0 (2, B, H)``, ``weights`` in
+    ``torch._VF.gru``'s order for one layer (forward then backward, each ``w_ih, w_hh[, b_ih, b_hh]``), ``lengths
+    (B,)`` or None. Returns ``out (T, B, 2H)`` (forward, backward; zero at padded steps) and ``h_n (2, B, H)``:
+    ``gru_reset_before_direction`` for both directions, in one recurrence (``_bidirectional_loop``)."""
+    per = 4 if has_biases else 2
+    forward, backward = weights[:per], weights[per:2 * per]
+    valid: Optional[Tensor] = None
+    index: Optional[Tensor] = None
+    if lengths is not None:
+        steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)            # (T, 1)
+        lengths = lengths.to(x.device)
+        valid = steps < lengths.unsqueeze(0)                                       # (T, B)
+        x = x.masked_fill(~valid.unsqueeze(-1), 0.0)                               # padding may hold NaN
+        index = torch.where(valid, lengths.unsqueeze(0) - 1 - steps, steps).unsqueeze(-1)
+        x_reversed = x.gather(0, index.expand(x.shape))
+    else:
+        x_reversed = x.flip(0)
+    gates_x = torch.stack([torch.matmul(x, forward[0].t()), torch.matmul(x_reversed, backward[0].t())], 0)
+    bias_hh: Optional[Tensor] = None
+    if has_biases:
+        gates_x = gates_x + torch.stack([forward[2], backward[2]], 0).view(2, 1, 1, -1)
+        bias_hh = torch.stack([forward[3], backward[3]], 0)
+    weight_hh = torch.stack([forward[1], backward[1]], 0)
+    if not torch.jit.is_scripting() and x.is_cuda:
+        out, h_n = _scripted_loop(gates_x, h0, weight_hh, bias_hh, valid)
+    else:
+        out, h_n = _bidirectional_loop(gates_x, h0, weight_hh, bias_hh, valid)
+    out_backward = out[1].gather(0, index.expand(out[1].shape)) if index is not None else out[1].flip(0)
+    return torch.cat([out[0], out_backward], -1), h_n
+
+
 def gru_reset_before(
     x: Tensor,
     hx: Tensor,
@@ -124,6 +210,15 @@ def gru_reset_before(
     directions = 2 if bidirectional else 1
     states: List[Tensor] = []
     for layer in range(num_layers):
+        if bidirectional:
+            start = layer * 2 * per
+            x, h = gru_reset_before_bidirectional(x, hx[2 * layer:2 * layer + 2], weights[start:start + 2 * per],
+                                                  has_biases, lengths)
+            states.append(h[0])
+            states.append(h[1])
+            if dropout > 0.0 and train and layer < num_layers - 1:
+                x = torch.nn.functional.dropout(x, dropout, True)
+            continue
         outs: List[Tensor] = []
         for direction in range(directions):
             start = (layer * directions + direction) * per
