@@ -110,6 +110,8 @@ def _step(run: Run, batch: Any, signals: SignalStop) -> Tuple[Optional[Tuple[flo
     over the global batch, or ``(None, stop)`` when any rank's loss is not finite (the update is skipped, counted)."""
     progress = run.progress
     batch, weight = ddp.shard(batch)                   # this rank's rows of the global batch (all of it in one process)
+    if run.device.type == "cuda":                      # non_blocking copies are only asynchronous from pinned memory
+        batch = tuple(t.pin_memory() for t in batch)
     inputs, lengths, labels = to_device(batch, run.device)
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
         logits = run.forward(inputs, lengths)
@@ -118,9 +120,12 @@ def _step(run: Run, batch: Any, signals: SignalStop) -> Tuple[Optional[Tuple[flo
     progress.batch_in_epoch += 1
     # Sums over the global batch (one all-reduce under DDP); every rank skips a non-finite step together, and
     # every rank stops after this step when any of them got a signal.
+    # One device-to-host copy for the step's statistics (each .item() would be a sync); lengths sum on the host.
+    loss_value, correct_value, finite_value = torch.stack([
+        loss.detach(), (logits.argmax(-1) == labels).sum().to(loss.dtype), torch.isfinite(loss).to(loss.dtype)]).tolist()
     loss_sum, correct, count, tokens, finite, stop = ddp.sum_over_ranks(
-        loss.item() * labels.numel(), int((logits.argmax(-1) == labels).sum()), labels.numel(),
-        int(lengths.sum()), int(torch.isfinite(loss)), signals.requested)
+        loss_value * labels.numel(), int(correct_value), labels.numel(),
+        int(batch[1].sum()), int(finite_value), signals.requested)
     run.optimizer.zero_grad(set_to_none=True)
     if finite < run.dist.world_size:
         progress.nonfinite_steps += 1
