@@ -361,6 +361,12 @@ class _BiRNNBase(_FusedPaths):
         """Right-padded ``x (T, B, F)`` with checked host ``lengths (B,)``: packed, run on the packed path, padded
         back to ``T`` (zeros at padded steps); states in the caller's order. Padding never enters the packed data,
         so NaN there cannot reach outputs or gradients."""
+        return _eager(self._lengths_packed, x, lengths, h0, c0, weights)
+
+    @torch.jit.unused
+    def _lengths_packed(
+        self, x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor, weights: List[Tensor]
+    ) -> Tuple[Tensor, Tensor, Tensor]:
         packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
         order, unorder = packed.sorted_indices, packed.unsorted_indices
         data, h_n, c_n = self._run_layers_packed(packed.data, packed.batch_sizes, h0.index_select(1, order),
@@ -375,6 +381,12 @@ class _BiRNNBase(_FusedPaths):
         self, packed: PackedSequence, h0: Optional[Tensor], c0: Optional[Tensor], h_name: str, c_name: str,
     ) -> Tuple[PackedSequence, Tensor, Tensor]:
         """A ``PackedSequence`` straight onto the packed path: no unpacking, output laid out as the input."""
+        return _eager(self._packed_data, packed, h0, c0, h_name, c_name)
+
+    @torch.jit.unused
+    def _packed_data(
+        self, packed: PackedSequence, h0: Optional[Tensor], c0: Optional[Tensor], h_name: str, c_name: str,
+    ) -> Tuple[PackedSequence, Tensor, Tensor]:
         data = packed.data
         if data.dim() != 2:
             raise ValueError(
@@ -438,6 +450,10 @@ class _BiRNNBase(_FusedPaths):
             cs.append(c)
         return x, torch.cat(hs, 0), torch.cat(cs, 0)
 
+
+# Packing has data-dependent sizes: torch.compile leaves the packed paths to eager PyTorch (one graph break each)
+# rather than tracing into pack_padded_sequence.
+_eager = torch.compiler.disable(lambda fn, *args: fn(*args))
 
 # Filled by models/blocks/scriptable.py: public class -> its TorchScript twin.
 _SCRIPTABLE: Dict[type, type] = {}
