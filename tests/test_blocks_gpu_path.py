@@ -215,3 +215,13 @@ def test_reset_before_one_loop_for_both_directions_equals_two_direction_loops(wi
     scripted = grb._scripted_loop(gates, h0, weight_hh, bias_hh, valid)
     for a, b in zip(scripted, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_load_exported_takes_map_location(tmp_path: Any) -> None:
+    model = models.create_model("birnn", vocab_size=30, num_classes=2, hidden_size=4, embed_dim=4,
+                                merge_mode="sum").eval()
+    path = models.export(model, tmp_path / "model.pt", "torchscript")
+    tokens = torch.randint(1, 30, (2, 5))
+    loaded = models.load_exported(path, map_location=torch.device("cpu"))
+    torch.testing.assert_close(loaded(tokens), model(tokens))
+    assert all(t.device.type == "cpu" for t in loaded.state_dict().values())

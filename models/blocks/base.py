@@ -11,12 +11,17 @@ Otherwise (CUDA, ``BiRNN``, autocast, TorchScript, ``torch.export``, the kernel 
 on PyTorch's fused kernels (``models/blocks/fused.py``):
 - all layers ``concat`` and no ``lengths``: one fused call for the whole stack, exactly ``nn.LSTM``;
 - otherwise one fused bidirectional call per layer, then the merge;
-- with ``lengths`` each layer runs two single-direction fused calls on the padded batch: the forward
+- with ``lengths`` (and a ``PackedSequence``) on CUDA: packed data, as ``nn.LSTM`` runs a ``PackedSequence``
+  (``fused._run_layers_packed``): one cuDNN call for an all-``concat`` stack, else one bidirectional call per
+  layer with the merge on the packed data;
+- with ``lengths`` elsewhere each layer runs two single-direction fused calls on the padded batch: the forward
   direction as is (trailing padding cannot reach valid steps) and the backward direction on each
   sequence reversed within its own length (an index gather), reversed back after. No
-  ``PackedSequence``: it takes the CPU LSTM off oneDNN (2.4x-6.1x slower per training step).
+  ``PackedSequence`` on the CPU: it takes the LSTM off oneDNN (2.4x-6.1x slower per training step).
+cuDNN's train flag is ``torch.is_grad_enabled()`` (backward works in eval mode); dropout is 0 outside training.
 ``BiGRU(reset_after=False)`` (Keras's original GRU) runs on the CPU kernel's third cell; elsewhere it takes the
-paths above with each fused call replaced by the exact time loop of ``models/blocks/gru_reset_before.py``.
+paths above with each fused call replaced by ``models/blocks/gru_reset_before.py``'s exact time loop (both
+directions in one recurrence, one call per layer with ``lengths``; TorchScript-compiled on CUDA).
 """
 
 
