@@ -116,9 +116,11 @@ class _FusedPaths(nn.Module):
         mode = self.mode if self.reset_after else "GRU_RESET_BEFORE"
         # cuDNN's train flag means "keep what backward needs", so it follows whether grad is enabled (a module in
         # eval() can be differentiated, as in Keras); dropout follows self.training and is 0 outside training.
-        train = torch.is_grad_enabled()
         if not self.training:
             dropout = 0.0
+        # ... and is also on for dropout without grad (a no_grad forward in training mode): cuDNN and ATen apply
+        # dropout only when train is set.
+        train = torch.is_grad_enabled() or dropout > 0.0
         if torch.jit.is_scripting():
             return _fused_kernels(mode, x, h0, c0, weights, self.bias, num_layers, dropout, train, bidirectional)
         return _fused_call(mode, x, h0, c0, weights, self.bias, num_layers, dropout, train, bidirectional)
@@ -156,10 +158,11 @@ class _FusedPaths(nn.Module):
         (between-layer dropout inside it, as ``nn.LSTM``); otherwise one bidirectional call per layer and the merge
         on the packed data. Returns ``(out (N, *), h_n, c_n)``, ``*`` the merged feature shape, states still sorted.
         """
-        train = torch.is_grad_enabled()
+        dropout = self.dropout if self.training else 0.0
+        train = torch.is_grad_enabled() or dropout > 0.0       # as _fused: cuDNN's flag, and dropout needs it
         if self.all_concat:
-            return _packed_call(self.mode, data, batch_sizes, h0, c0, weights, self.bias, self.num_layers,
-                                self.dropout if self.training else 0.0, train)
+            return _packed_call(self.mode, data, batch_sizes, h0, c0, weights, self.bias, self.num_layers, dropout,
+                                train)
         hs: List[Tensor] = []
         cs: List[Tensor] = []
         for layer in range(self.num_layers):
