@@ -1,14 +1,15 @@
 """Eager inference on the CPU kernel: weights prepared once, one direct kernel call for all the layers.
 
 Why: a single request (B = 1, T = 64, H = 128, 2 layers) spends about as long in fixed costs as in arithmetic
-(``benchmarks/RESULTS.md``, "Inference against ONNX Runtime"): each call re-stacked both directions' weights,
-repacked ``W_hh`` for the step product (35-240 us a direction and layer at H = 128-256), went through the
-custom operator's dispatch and autograd glue, and allocated outputs it then concatenated. Without gradients
+(``benchmarks/archive/RESULTS-2026-12.md``, "Inference against ONNX Runtime"): each call re-stacked both
+directions' weights, repacked ``W_hh`` for the step product (35-240 us a direction and layer at H = 128-256),
+went through the custom operator's dispatch and autograd glue, and allocated outputs it then concatenated. Without gradients
 none of that is needed: ``run_layers`` keeps each layer's stacked weights and packed ``W_ih``, ``W_hh`` (the
 input projections then run on the step product's micro-kernel too: 1.2-1.3x MKL's rate) in a plan cached
 per module, and makes one call of the kernel's C entry point ``birnn_forward_stack_*``, which runs every layer
 and merge in one parallel region and writes ``h_n``/``c_n`` of every layer into one ``(2L, B, H)`` tensor (one
-call per layer, with the merges as torch ops between, cost a short request ~145 us more: ``benchmarks/RESULTS.md``).
+call per layer, with the merges as torch ops between, cost a short request ~145 us more:
+``benchmarks/archive/RESULTS-2026-12.md``).
 
 The plan is reused only while every weight is the same tensor object, with the same storage (kept alive by the
 plan, so an address cannot be reused) and the same version counter (bumped by every in-place write that

@@ -179,8 +179,8 @@ enum Merge { kConcat = 0, kSum = 1, kMul = 2, kAve = 3, kNone = 4 };
 // the next layer's input, with the arithmetic of models/merge.py (sum a + b, mul a * b, ave (a + b) / 2: the same
 // bits as those torch ops). Why: with one kernel call per layer, each layer paid a ctypes call, its output
 // allocation, the merge as torch ops and a new wake of the thread team: at T = 1 (B = 1, H = 128, 2 layers) a
-// call cost 285 us, 140 us now (benchmarks/RESULTS.md). S: the stack's Args (args.h: x, input_sizes, merges,
-// weights, h0, c0, lengths, out, h_n, c_n, threads).
+// call cost 285 us, 140 us now (benchmarks/archive/RESULTS-2026-12.md). S: the stack's Args (args.h: x,
+// input_sizes, merges, weights, h0, c0, lengths, out, h_n, c_n, threads).
 template <typename T>
 void forward_stack(const Args<T>& S) {
   const int steps = S.steps, batch = S.batch, hidden = S.hidden, layers = S.layers;

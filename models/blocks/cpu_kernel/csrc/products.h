@@ -30,14 +30,14 @@ namespace birnn {
 
 // Row-major C (M x N) = op(A) @ op(B) (+ C if accumulate); lda/ldb/ldc are row strides. BLAS is column-major,
 // so this computes C^T = op(B)^T op(A)^T.
-inline void blas_gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb, bool acc,
-               float* c, int ldc) {
+inline void blas_gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
+                      bool acc, float* c, int ldc) {
   const char opa = tb ? 'T' : 'N', opb = ta ? 'T' : 'N';
   const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
   sgemm_(&opa, &opb, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc);
 }
-inline void blas_gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb, bool acc,
-               double* c, int ldc) {
+inline void blas_gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb,
+                      bool acc, double* c, int ldc) {
   const char opa = tb ? 'T' : 'N', opb = ta ? 'T' : 'N';
   const double one = 1.0, beta = acc ? 1.0 : 0.0;
   dgemm_(&opa, &opb, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc);
