@@ -20,7 +20,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no OpenMP s
 
 import argparse
 import contextlib
-import itertools
 import json
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ from torch import nn
 
 from models import BiGRU, BiLSTM, cpu_kernel
 
-from .harness import Column, in_process, interleaved, log, table, write_results
+from .harness import Column, grid, in_process, interleaved, log, table, write_results
 from .machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -161,8 +160,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     document: Dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"rows": []}
     document["machine"] = machine
     done = {(r["cell"], r["threads"], r["mode"], r["B"], r["H"], r["T"]) for r in document["rows"]}
-    for cell, threads, mode, steps, batch, hidden in itertools.product(
-            args.cells, args.threads, args.modes, steps_list, batches, hidden_sizes):
+    for case in grid(cell=args.cells, threads=args.threads, mode=args.modes, T=steps_list, B=batches,
+                     H=hidden_sizes):  # the matrix's cases, in this order
+        cell, threads, mode, steps, batch, hidden = case.values()
         key = (cell, threads, mode, batch, hidden, steps)
         if key in done:
             continue

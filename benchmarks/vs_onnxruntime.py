@@ -27,7 +27,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (the workers inherit it): no OpenMP spinning
 
 import argparse
-import itertools
 import statistics
 import tempfile
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 from torch import nn
 
 from . import onnx_rnn
-from .harness import Column, log, table, write_results
+from .harness import Column, grid, log, table, write_results
 from .machine import describe
 from .process_timing import Factory, WorkerPool, interleaved
 
@@ -216,8 +215,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     rows: List[Dict[str, Any]] = []
     # The pool is listed last so that it closes (its workers exit) before the folder they read is removed.
     with tempfile.TemporaryDirectory(prefix="vs_onnxruntime-") as folder, WorkerPool() as pool:
-        for cell, steps, hidden, batch, lengths, threads in itertools.product(
-                args.cells, args.steps, args.hidden, args.batches, args.lengths, args.threads):
+        for case in grid(cell=args.cells, T=args.steps, H=args.hidden, B=args.batches, lengths=args.lengths,
+                         threads=args.threads):  # the rows, in this order
+            cell, steps, hidden, batch, lengths, threads = case.values()
             row = run_row(pool, Path(folder), cell, batch, steps, hidden, lengths == "yes", threads, args.budget,
                           not args.no_nn)
             rows.append(row)
