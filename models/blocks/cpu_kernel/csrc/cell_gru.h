@@ -12,6 +12,17 @@ struct Gru : CellBase {
   static constexpr bool kApartHh = true;
   static constexpr bool kDirect = true;
 
+  // h' = n + z * (h - n) from the activated gates (z, n in g's second and third blocks); both GRUs end with it.
+  template <typename T>
+  static void new_state(const ForwardRow<T>& r) {
+    const int H = r.H;
+    const T* g = r.g;
+    for (int j = 0; j < H; ++j) {
+      const T n = g[2 * H + j];
+      r.out[j] = r.h[j] = n + g[H + j] * (r.h[j] - n);
+    }
+  }
+
   template <typename T>
   static void forward(const ForwardRow<T>& r) {
     const int H = r.H;
@@ -27,10 +38,7 @@ struct Gru : CellBase {
       g[2 * H + j] = (xg[2 * H + j] + (bi ? bi[2 * H + j] : T(0))) + hn * g[j];
     }
     tanh_(g + 2 * H, H);
-    for (int j = 0; j < H; ++j) {
-      const T n = g[2 * H + j];
-      r.out[j] = r.h[j] = n + g[H + j] * (r.h[j] - n);
-    }
+    new_state(r);
   }
 
   template <typename T>

@@ -5,6 +5,7 @@
 
 #include "activations.h"
 #include "cell_base.h"
+#include "cell_gru.h"
 
 namespace birnn {
 
@@ -30,10 +31,7 @@ struct GruResetBefore : CellBase {
     T* g = r.g;
     for (int j = 2 * H; j < G; ++j) g[j] += r.xg[j] + (r.bi ? r.bi[j] : T(0));
     tanh_(g + 2 * H, H);
-    for (int j = 0; j < H; ++j) {
-      const T n = g[2 * H + j];
-      r.out[j] = r.h[j] = n + g[H + j] * (r.h[j] - n);
-    }
+    Gru::new_state(r);
   }
 
   // dz, dn and r * h; dr needs d(r * h) of every row first (backward_after).
