@@ -20,12 +20,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no OpenMP s
 
 import argparse
 import contextlib
-import itertools
 import json
 import statistics
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -34,14 +31,11 @@ from torch import nn
 
 from models import BiGRU, BiLSTM, cpu_kernel
 
+from .harness import Column, grid, in_process, interleaved, log, table, write_results
 from .machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCHES, HIDDEN, STEPS = (1, 16, 64, 256), (64, 128, 256, 512), (64, 512)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def gflop(cell: str, batch: int, hidden: int, steps: int) -> float:
@@ -94,22 +88,9 @@ def timed_rounds(items: Dict[str, Callable[[], None]], threads: int, rounds: int
     ~50 ms of calls. ``clock="process"`` (one thread) counts this process's CPU time: on a machine shared with
     other jobs it does not count the time the core spent on them, where wall time would."""
     torch.set_num_threads(threads)
-    now = time.process_time if clock == "process" else time.perf_counter
-    keys = list(items)
-    number = {}
-    for key in keys:
-        items[key]()  # warm-up
-        start = now()
-        items[key]()
-        number[key] = max(1, int(0.05 / max(now() - start, 1e-4)))
-    samples: Dict[str, List[float]] = {key: [] for key in keys}
-    for r in range(rounds):
-        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-            start = now()
-            for _ in range(number[key]):
-                items[key]()
-            samples[key].append((now() - start) / number[key])
-    return samples
+    series = interleaved({key: in_process(fn) for key, fn in items.items()}, clock="cpu" if clock == "process" else
+                         "wall", min_time=0.05, first_calls=2, min_rounds=rounds, floor_s=1e-4)
+    return {key: s.samples for key, s in series.items()}
 
 
 def report(document: Dict[str, Any]) -> str:
@@ -125,22 +106,25 @@ def report(document: Dict[str, Any]) -> str:
     for cell, mode, threads in groups:
         here = {(r["T"], r["B"], r["H"]): r for r in rows if (r["cell"], r["mode"], r["threads"]) == (cell, mode, threads)}
         sizes = sorted({h for _, _, h in here})
-        lines += ["", f"**{cell} {'training step' if mode == 'train' else 'inference'}, {threads} thread(s)**", "",
-                  "| T | B | " + " | ".join(f"H={h}" for h in sizes) + " |", "|---|---|" + "---:|" * len(sizes)]
+        table_rows = []
         for steps, batch in sorted({(t, b) for t, b, _ in here}):
-            cells = []
+            entries: Dict[Any, Any] = {"T": steps, "B": batch}
             for h in sizes:
                 r = here.get((steps, batch, h))
                 if r is None:
-                    cells.append("-")
+                    entries[h] = "-"
                     continue
                 parts = []
                 for lengths, kernel_key, other in ((False, "kernel/nn", 1.0), (True, "kernel_len/nn", r["aten_len/nn"])):
                     take = kernel_wins(cell, batch, h, steps, lengths, threads, capability, mode == "train")
                     chosen, alternative = (r[kernel_key], other) if take else (other, r[kernel_key])
                     parts.append(f"{chosen:.2f}{'k' if take else 'p'}" + ("" if take else f" (k {alternative:.2f})"))
-                cells.append(" · ".join(parts))
-            lines.append(f"| {steps} | {batch} | " + " | ".join(cells) + " |")
+                entries[h] = " · ".join(parts)
+            table_rows.append(entries)
+        columns: List[Column] = [("T", lambda e: e["T"]), ("B", lambda e: e["B"])]
+        columns += [(f"H={h}", lambda e, h=h: e[h]) for h in sizes]
+        lines += ["", f"**{cell} {'training step' if mode == 'train' else 'inference'}, {threads} thread(s)**", ""]
+        lines += table(columns, table_rows, "ll" + "r" * len(sizes))
     return "\n".join(lines)
 
 
@@ -176,8 +160,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     document: Dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"rows": []}
     document["machine"] = machine
     done = {(r["cell"], r["threads"], r["mode"], r["B"], r["H"], r["T"]) for r in document["rows"]}
-    for cell, threads, mode, steps, batch, hidden in itertools.product(
-            args.cells, args.threads, args.modes, steps_list, batches, hidden_sizes):
+    for case in grid(cell=args.cells, threads=args.threads, mode=args.modes, T=steps_list, B=batches,
+                     H=hidden_sizes):  # the matrix's cases, in this order
+        cell, threads, mode, steps, batch, hidden = case.values()
         key = (cell, threads, mode, batch, hidden, steps)
         if key in done:
             continue
@@ -198,8 +183,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             log(f"{cell} {mode} thr={threads} T={steps} B={batch} H={hidden}: kernel/nn {row['kernel/nn']:.2f} "
                 f"kernel_len/nn {row['kernel_len/nn']:.2f} aten_len/nn {row['aten_len/nn']:.2f}")
         document["rows"].append(row)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(document, indent=1) + "\n")
+        write_results(out, document)
     torch.set_num_threads(max(args.threads))
 
 

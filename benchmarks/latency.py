@@ -24,10 +24,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no OpenMP spin-waiting on a shared machine
 
 import argparse
-import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,14 +39,11 @@ import models
 from models import cpu_kernel
 
 from . import onnx_rnn
+from .harness import Column, in_process, interleaved, log, table, write_results
 from .machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"   # ../shared/data beside the checkout
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def trec_lengths(root: Path) -> Tuple[List[int], str]:
@@ -70,21 +65,13 @@ def percentile(values: List[float], q: float) -> float:
 
 def interleaved_requests(fns: Dict[str, Callable[[int], Any]], lengths: List[int]
                          ) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
-    """Each request (index i, length lengths[i]) through every variant in a rotating order; wall seconds and
-    process CPU seconds per call (CPU time: what the call cost when other jobs share the cores)."""
-    keys = list(fns)
-    for key in keys:  # warm-up: first-call costs (allocations, prepared weights, TorchScript's profiling runs)
-        for i in range(min(20, len(lengths))):
-            fns[key](i)
-    times: Dict[str, List[float]] = {key: [] for key in keys}
-    cpu: Dict[str, List[float]] = {key: [] for key in keys}
-    for i in range(len(lengths)):
-        for key in keys[i % len(keys):] + keys[:i % len(keys)]:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fns[key](i)
-            times[key].append(time.perf_counter() - start)
-            cpu[key].append(time.process_time() - start_cpu)
-    return times, cpu
+    """Each request (index i, length lengths[i]) through every variant in a rotating order (request i in round
+    i), one call a sample, after 20 untimed warm-up requests per variant (first-call costs: allocations, prepared
+    weights, TorchScript's profiling runs); wall seconds and process CPU seconds per call (CPU time: what the call
+    cost when other jobs share the cores)."""
+    series = interleaved({key: in_process(fn, indexed=True) for key, fn in fns.items()}, number=1,
+                         first_calls=min(20, len(lengths)), min_rounds=len(lengths))
+    return {key: s.wall for key, s in series.items()}, {key: s.cpu for key, s in series.items()}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -202,23 +189,25 @@ def main(argv: Optional[List[str]] = None) -> None:
                                           "requests_per_s": 64 / statistics.median(samples),
                                           "batch_ms_p50": 1e3 * statistics.median(samples)})
     out = args.out or RESULTS / f"latency-{cpu_kernel.capability() or 'none'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    write_results(out, results)
     print(markdown(results))
     log(f"total {time.perf_counter() - started:.0f} s (exports {setup_s:.0f} s); written {out}")
+
+
+LATENCY_COLUMNS: List[Column] = [
+    ("variant", lambda r: r["variant"]), ("threads", lambda r: r["threads"]),
+    ("p50 ms", lambda r: f"{r['p50_ms']:.3f}"), ("p99 ms", lambda r: f"{r['p99_ms']:.3f}"),
+    ("mean ms", lambda r: f"{r['mean_ms']:.3f}"), ("p50 CPU ms", lambda r: f"{r['cpu_p50_ms']:.3f}")]
+THROUGHPUT_COLUMNS: List[Column] = [
+    ("throughput, B = 64", lambda r: r["variant"]), ("threads", lambda r: r["threads"]),
+    ("requests / s", lambda r: f"{r['requests_per_s']:.0f}"), ("ms per batch (p50)", lambda r: f"{r['batch_ms_p50']:.2f}")]
 
 
 def markdown(results: Dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['summary']}; onnxruntime {m['onnxruntime']}; kernel {m['capability']}; model "
-             f"{m['model']}; request lengths from {m['lengths_source']}; static T of pt2/onnx = {m['max_len']}", "",
-             "| variant | threads | p50 ms | p99 ms | mean ms | p50 CPU ms |", "|---|---|---|---|---|---|"]
-    for r in results["latency"]:
-        lines.append(f"| {r['variant']} | {r['threads']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['mean_ms']:.3f} | "
-                     f"{r['cpu_p50_ms']:.3f} |")
-    lines += ["", "| throughput, B = 64 | threads | requests / s | ms per batch (p50) |", "|---|---|---|---|"]
-    for r in results["throughput"]:
-        lines.append(f"| {r['variant']} | {r['threads']} | {r['requests_per_s']:.0f} | {r['batch_ms_p50']:.2f} |")
+             f"{m['model']}; request lengths from {m['lengths_source']}; static T of pt2/onnx = {m['max_len']}", ""]
+    lines += table(LATENCY_COLUMNS, results["latency"]) + [""] + table(THROUGHPUT_COLUMNS, results["throughput"])
     return "\n".join(lines)
 
 

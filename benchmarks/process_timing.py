@@ -18,15 +18,16 @@ Protocol: the parent sends tuples ``(op, *args)`` over a :func:`multiprocessing.
 - ``("close",)``: the worker exits (it also exits when the parent's end of the pipe closes).
 """
 
-import math
 import multiprocessing
 import signal
-import time
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
+
+from .harness import Runner, in_process
+from .harness import interleaved as interleaved_rounds
 
 Factory = Callable[[Dict[str, Any]], Tuple[Callable[[], Any], Dict[str, Any]]]
 
@@ -46,12 +47,7 @@ def _arrays(result: Any) -> List[np.ndarray]:
 
 def _run(fn: Callable[[], Any], number: int, warmup: int = 0) -> Tuple[float, float]:
     """Wall and process CPU seconds of ``number`` back-to-back calls, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(number):
-        fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    return in_process(fn)(number, warmup, 0)
 
 
 def _serve(conn: Connection, threads: int) -> None:
@@ -164,34 +160,27 @@ class WorkerPool:
         self.close(10.0 if exc_type is None else 0.0)
 
 
-def interleaved(workers: Dict[str, Worker], cpu_clock: bool, budget_s: float, min_rounds: int = 3,
+def interleaved(workers: Mapping[str, Any], cpu_clock: bool, budget_s: float, min_rounds: int = 3,
                 max_rounds: int = 21, min_time: float = 0.05, settle_s: float = 0.05,
                 warmup_s: float = 0.05) -> Dict[str, List[float]]:
     """Seconds per call of each worker's loaded callable, one sample per round, rounds interleaved with a rotating
-    order; one worker runs at a time. ``cpu_clock``: the worker's process CPU time instead of wall time.
-    ``settle_s``: a pause before each turn, so that a thread pool that spin-waits after its work (ONNX Runtime's
-    default) has parked before the next worker is timed. Each turn starts with ``warmup_s`` of untimed calls (at
-    least one): on a virtual machine a core idle for 10-50 ms runs the next call slowly (measured at two threads:
-    LSTM H=128 T=64 B=16 16 -> 25 ms, B=1 1.2 -> 3.8 ms after a 50 ms pause), and after 0.2-0.5 s idle the
-    4th-6th calls of a turn ran at twice the time again (LSTM T=64 B=16 H=128, two threads, PASSIVE: 4.4 ms calls,
-    then 9.0, 8.9, 8.3, then 4.4; ONNX Runtime's spinning pool does not idle), which would weigh on whichever
-    runtime sleeps between calls; the rows compare steady-state calls (cold single requests:
-    ``benchmarks/latency.py``)."""
-    clock = 1 if cpu_clock else 0
-    numbers, warmups = {}, {}
-    for key, worker in workers.items():
-        worker.call("run", 1)  # warm-up (first-call allocation, the block's prepared weights)
-        once = max(worker.call("run", 1)[clock], 1e-6)
-        numbers[key] = max(1, math.ceil(min_time / once))
-        warmups[key] = max(1, math.ceil(warmup_s / once))
-    samples: Dict[str, List[float]] = {key: [] for key in workers}
-    keys = list(workers)
-    started = time.perf_counter()
-    for r in range(max_rounds):
-        if r >= min_rounds and time.perf_counter() - started > budget_s:
-            break
-        shift = r % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            time.sleep(settle_s)
-            samples[key].append(workers[key].call("run", numbers[key], warmups[key])[clock] / numbers[key])
-    return samples
+    order (``benchmarks/harness.py``); one worker runs at a time. ``cpu_clock``: the worker's process CPU time
+    instead of wall time. ``settle_s``: a pause before each turn, so that a thread pool that spin-waits after its
+    work (ONNX Runtime's default) has parked before the next worker is timed. Each turn starts with ``warmup_s``
+    of untimed calls (at least one): on a virtual machine a core idle for 10-50 ms runs the next call slowly
+    (measured at two threads: LSTM H=128 T=64 B=16 16 -> 25 ms, B=1 1.2 -> 3.8 ms after a 50 ms pause), and after
+    0.2-0.5 s idle the 4th-6th calls of a turn ran at twice the time again (LSTM T=64 B=16 H=128, two threads,
+    PASSIVE: 4.4 ms calls, then 9.0, 8.9, 8.3, then 4.4; ONNX Runtime's spinning pool does not idle), which would
+    weigh on whichever runtime sleeps between calls; the rows compare steady-state calls (cold single requests:
+    ``benchmarks/latency.py``). The first call of each worker warms it up (first-call allocation, the block's
+    prepared weights), the second sizes its turns."""
+    series = interleaved_rounds({key: runner_of(worker) for key, worker in workers.items()},
+                                clock="cpu" if cpu_clock else "wall", min_time=min_time, first_calls=2,
+                                turn_warmup_s=warmup_s, min_rounds=min_rounds, max_rounds=max_rounds,
+                                budget_s=budget_s, settle_s=settle_s)
+    return {key: s.samples for key, s in series.items()}
+
+
+def runner_of(worker: Any) -> Runner:
+    """The harness's runner of a worker's loaded callable (its ``run`` op; the round index is not sent)."""
+    return lambda number, warmup, index: tuple(worker.call("run", number, warmup))  # type: ignore[return-value]

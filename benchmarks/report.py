@@ -1,12 +1,11 @@
 """Turn timings into rows (tokens/s, ratio to the fused baseline, GFLOP/s, % of matmul peak), check the
 targets, and write ``results/<device>.json`` and ``results/<device>.md``."""
 
-import json
-from pathlib import Path
 from typing import Any, Dict, List
 
 from .cases import Case
 from .configs import Config
+from .harness import Column, table
 from .timing import Series
 
 KINDS = ("inference", "train")
@@ -81,9 +80,28 @@ def check_targets(config: Config, results: List[Dict[str, Any]]) -> List[Dict[st
     return checks
 
 
-def write_json(path: Path, payload: Dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1) + "\n")
+def _ref(r: Dict[str, Any]) -> str:
+    i, t = r["inference"], r["train"]
+    if "ratio_to_compare" not in i:
+        return ""
+    return (f"{i['ratio_to_compare']:.2f} / {t['ratio_to_compare']:.2f} "
+            f"({i['best_ratio_to_compare']:.2f} / {t['best_ratio_to_compare']:.2f})")
+
+
+def _kind_columns(kind: str, label: str) -> List[Column]:
+    return [(f"{label} ms", lambda r: f"{r[kind]['median_s'] * 1e3:.1f}"),
+            (f"{label} tok/s", lambda r: f"{r[kind]['tokens_per_s']:.0f}"),
+            (f"{label} x fused (best)", lambda r: f"{r[kind]['ratio_to_fused']:.2f} ({r[kind]['best_ratio_to_fused']:.2f})"),
+            (f"{label} GFLOP/s (% peak)", lambda r: f"{r[kind]['gflops']:.1f} ({r[kind]['pct_of_peak']:.0f}%)")]
+
+
+VARIANT_COLUMNS: List[Column] = [("variant", lambda r: r["name"]), *_kind_columns("inference", "inf"),
+                                 *_kind_columns("train", "train"), ("ref", lambda r: r["compare_to"] or ""),
+                                 ("x ref inf / train (best)", _ref)]
+TARGET_COLUMNS: List[Column] = [
+    ("config", lambda c: c["config"]), ("target", lambda c: c["target"]), ("kind", lambda c: c["kind"]),
+    ("value", lambda c: f"{c['value']:.3f}"), ("met", lambda c: "yes" if c["met"] else "NO"),
+    ("best", lambda c: f"{c['best_value']:.3f}"), ("met (best)", lambda c: "yes" if c["met_best"] else "NO")]
 
 
 def markdown(payload: Dict[str, Any]) -> str:
@@ -94,31 +112,13 @@ def markdown(payload: Dict[str, Any]) -> str:
              "run (lower is faster), `(best)` the same from each variant's fastest round; `x ref` = time / the variant named in `ref`. GFLOP/s counts "
              "2*T*B*G*H*(in+H) per direction and layer (G=4 LSTM, 3 GRU), 3x for a training step.", ""]
     for block in payload["configs"]:
-        lines += [f"## {block['config']['name']}", "",
-                  "| variant | inf ms | inf tok/s | inf x fused (best) | inf GFLOP/s (% peak) | train ms | train tok/s | "
-                  "train x fused (best) | train GFLOP/s (% peak) | ref | x ref inf / train (best) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
-        for r in block["results"]:
-            i, t = r["inference"], r["train"]
-            ref = ""
-            if "ratio_to_compare" in i:
-                ref = (f"{i['ratio_to_compare']:.2f} / {t['ratio_to_compare']:.2f} "
-                       f"({i['best_ratio_to_compare']:.2f} / {t['best_ratio_to_compare']:.2f})")
-            lines.append(
-                f"| {r['name']} | {i['median_s'] * 1e3:.1f} | {i['tokens_per_s']:.0f} | {i['ratio_to_fused']:.2f} "
-                f"({i['best_ratio_to_fused']:.2f}) | "
-                f"{i['gflops']:.1f} ({i['pct_of_peak']:.0f}%) | {t['median_s'] * 1e3:.1f} | {t['tokens_per_s']:.0f} | "
-                f"{t['ratio_to_fused']:.2f} ({t['best_ratio_to_fused']:.2f}) | {t['gflops']:.1f} ({t['pct_of_peak']:.0f}%) | {r['compare_to'] or ''} "
-                f"| {ref} |")
+        lines += [f"## {block['config']['name']}", ""] + table(VARIANT_COLUMNS, block["results"], "lrrrrrrrrlr")
         compiled = [r for r in block["results"] if "setup" in r]
         if compiled:
             lines += ["", "Compile time (first call minus a steady call): " + ", ".join(
                 f"{r['name']} inference {r['setup']['compile_inference_s']:.1f}s / train "
                 f"{r['setup']['compile_train_s']:.1f}s" for r in compiled)]
         lines.append("")
-    lines += ["## Targets", "", "`value` from medians, `best` from the fastest round of each.", "",
-              "| config | target | kind | value | met | best | met (best) |", "|---|---|---|---:|---|---:|---|"]
-    for c in payload["targets"]:
-        lines.append(f"| {c['config']} | {c['target']} | {c['kind']} | {c['value']:.3f} | {'yes' if c['met'] else 'NO'} "
-                     f"| {c['best_value']:.3f} | {'yes' if c['met_best'] else 'NO'} |")
+    lines += ["## Targets", "", "`value` from medians, `best` from the fastest round of each.", ""]
+    lines += table(TARGET_COLUMNS, payload["targets"], "lllrlrl")
     return "\n".join(lines) + "\n"

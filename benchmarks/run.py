@@ -12,7 +12,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import argparse
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,16 +21,13 @@ import torch
 
 from .cases import build_cases
 from .configs import plan
+from .harness import log, write_results
 from .machine import describe
 from .peak import matmul_peak
-from .report import KINDS, check_targets, markdown, rows, write_json
+from .report import KINDS, check_targets, markdown, rows
 from .timing import interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -102,8 +98,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "targets": targets,
     }
     stem = RESULTS / (args.out or (args.device + ("-quick" if args.quick else "")))
-    write_json(stem.with_suffix(".json"), payload)
-    stem.with_suffix(".md").write_text(markdown(payload))
+    write_results(stem.with_suffix(".json"), payload, stem.with_suffix(".md"), markdown(payload))
     log(f"wrote {stem}.json and .md in {payload['wall_s']:.0f}s")
     return payload
 

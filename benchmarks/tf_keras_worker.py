@@ -25,12 +25,9 @@ lengths and the same timing protocol. TensorFlow is imported inside the function
 
 import argparse
 import json
-import math
 import os
 import random
-import statistics
 import sys
-import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional
 
@@ -38,6 +35,11 @@ from typing import Any, Callable, Dict, List, Optional
 # benchmarks/concurrent.py shadowed ``concurrent``, which TensorFlow imports) would break TF: drop the folder.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+if not __package__:  # run as a script: the checkout's root, for the harness (standard library only, no torch)
+    sys.path.insert(0, os.path.dirname(_HERE))
+
+from benchmarks.harness import in_process, interleaved  # noqa: E402 (after the path fix above)
+from benchmarks.harness import log as harness_log  # noqa: E402
 
 # Before TensorFlow is imported: the TF backend for Keras, no OpenMP spin-waiting on a shared machine.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -85,35 +87,21 @@ def draw_lengths(batch: int, seq_len: int, seed: int) -> List[int]:
 
 def _sample(fn: Callable[[], object], number: int) -> float:
     """Seconds per call of ``number`` back-to-back calls."""
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - start) / number
+    return in_process(fn)(number, 0, 0)[0] / number
 
 
 def measure_all(fns: Dict[str, Callable[[], object]], repeats: int, min_time: float,
                 warmup: int) -> Dict[str, Dict[str, Any]]:
     """Warm each callable up with ``warmup`` calls (the last one timed, to pick how many back-to-back calls make a
     repeat last ``min_time`` seconds), then run ``repeats`` repeats, each timing every callable once in a rotating
-    order, so a burst of background load spreads over the cases instead of hitting one.
+    order, so a burst of background load spreads over the cases instead of hitting one (``benchmarks/harness.py``).
 
     Returns ``{key: {"median": seconds per call, "samples": per-repeat seconds per call, "number": calls per
     repeat}}``.
     """
-    numbers: Dict[str, int] = {}
-    for key, fn in fns.items():
-        once = 0.0
-        for _ in range(max(1, warmup)):
-            once = _sample(fn, 1)
-        numbers[key] = max(1, math.ceil(min_time / max(once, 1e-6)))
-    keys = list(fns)
-    samples: Dict[str, List[float]] = {key: [] for key in keys}
-    for r in range(repeats):
-        shift = r % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            samples[key].append(_sample(fns[key], numbers[key]))
-    return {key: {"median": statistics.median(samples[key]), "samples": samples[key], "number": numbers[key]}
-            for key in keys}
+    series = interleaved({key: in_process(fn) for key, fn in fns.items()}, min_time=min_time, first_calls=warmup,
+                         min_rounds=repeats)
+    return {key: {"median": s.median, "samples": s.samples, "number": s.number} for key, s in series.items()}
 
 
 def time_cases(fns: Dict[str, Callable[[], object]], spec: Dict[str, Any], label: str,
@@ -137,7 +125,7 @@ def time_cases(fns: Dict[str, Callable[[], object]], spec: Dict[str, Any], label
 
 def log(message: str, side: str = "tf") -> None:
     """A timestamped progress line on stderr (stdout carries the JSON result only), e.g. ``[12:00:00] tf: ...``."""
-    print(f"[{time.strftime('%H:%M:%S')}] {side}: {message}", file=sys.stderr, flush=True)
+    harness_log(message, side)
 
 
 def configure_threads(threads: int) -> Dict[str, int]:

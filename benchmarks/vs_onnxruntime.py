@@ -27,12 +27,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (the workers inherit it): no OpenMP spinning
 
 import argparse
-import itertools
-import json
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -41,16 +37,13 @@ import torch
 from torch import nn
 
 from . import onnx_rnn
+from .harness import Column, grid, log, table, write_results
 from .machine import describe
 from .process_timing import Factory, WorkerPool, interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCHES, STEPS, HIDDEN = (1, 16, 64), (64, 512), (128, 256)
 TOLERANCE = 1e-5  # max abs difference of block and ONNX Runtime outputs (float32; measured 1e-7 to 6e-7)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def make_lengths(batch: int, steps: int, generator: torch.Generator) -> torch.Tensor:
@@ -165,16 +158,18 @@ def run_row(pool: WorkerPool, folder: Path, cell: str, batch: int, steps: int, h
     return row
 
 
+COLUMNS: List[Column] = [
+    ("cell", lambda r: r["cell"]), ("T", lambda r: r["T"]), ("H", lambda r: r["H"]), ("B", lambda r: r["B"]),
+    ("lengths", lambda r: "yes" if r["lengths"] else "no"), ("threads", lambda r: r["threads"]),
+    ("block ms", lambda r: f"{r['block_ms']:.2f}"), ("ORT ms", lambda r: f"{r['ort_ms']:.2f}"),
+    ("block / ORT (min-max)", lambda r: f"**{r['block_over_ort']:.2f}** ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"),
+    ("best / best", lambda r: f"{r['best_block_over_best_ort']:.2f}"),
+    ("block / nn.*", lambda r: f"{r['block_over_nn']:.2f}" if "block_over_nn" in r else "-"),
+    ("max abs diff", lambda r: f"{r['max_abs_diff']:.1e}")]
+
+
 def markdown(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| cell | T | H | B | lengths | threads | block ms | ORT ms | block / ORT (min-max) | best / best | "
-             "block / nn.* | max abs diff |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        nn_ratio = f"{r['block_over_nn']:.2f}" if "block_over_nn" in r else "-"
-        lines.append(f"| {r['cell']} | {r['T']} | {r['H']} | {r['B']} | {'yes' if r['lengths'] else 'no'} | "
-                     f"{r['threads']} | {r['block_ms']:.2f} | {r['ort_ms']:.2f} | **{r['block_over_ort']:.2f}** "
-                     f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {r['best_block_over_best_ort']:.2f} | {nn_ratio} | "
-                     f"{r['max_abs_diff']:.1e} |")
-    return "\n".join(lines)
+    return "\n".join(table(COLUMNS, rows))
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -220,16 +215,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     rows: List[Dict[str, Any]] = []
     # The pool is listed last so that it closes (its workers exit) before the folder they read is removed.
     with tempfile.TemporaryDirectory(prefix="vs_onnxruntime-") as folder, WorkerPool() as pool:
-        for cell, steps, hidden, batch, lengths, threads in itertools.product(
-                args.cells, args.steps, args.hidden, args.batches, args.lengths, args.threads):
+        for case in grid(cell=args.cells, T=args.steps, H=args.hidden, B=args.batches, lengths=args.lengths,
+                         threads=args.threads):  # the rows, in this order
+            cell, steps, hidden, batch, lengths, threads = case.values()
             row = run_row(pool, Path(folder), cell, batch, steps, hidden, lengths == "yes", threads, args.budget,
                           not args.no_nn)
             rows.append(row)
             log(f"{cell} T={steps} H={hidden} B={batch} lengths={lengths} threads={threads}: block "
                 f"{row['block_ms']:.2f} ms, ORT {row['ort_ms']:.2f} ms, ratio {row['block_over_ort']:.2f} "
                 f"(diff {row['max_abs_diff']:.1e})")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+            write_results(out, {"machine": machine, "rows": rows})
     print(f"Machine: {machine['summary']}; onnxruntime {machine['onnxruntime']}; kernel {machine['capability']}")
     print(markdown(rows))
 

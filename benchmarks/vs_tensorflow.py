@@ -50,7 +50,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 import torch
 
 from .configs import Config
-from .report import write_json
+from .harness import Column, table, write_results
 from .tf_keras_worker import KINDS, case_key, draw_lengths, log, parse_spec, time_cases
 
 HERE = Path(__file__).resolve().parent
@@ -278,43 +278,51 @@ def markdown(payload: Dict[str, Any]) -> str:
         "torch fused: `nn.LSTM/nn.GRU(bidirectional=True)` without lengths (concat). blocks on PyTorch's kernels: the "
         "blocks inside `models.cpu_kernel.disabled()`, as they ran before the CPU kernel. Training step: forward + mean + "
         "gradients, no optimizer.", "",
-        "| config | cell | merge | lengths | " + " | ".join(f"{label} {kind}" for label in RATIO_LABELS.values()
-                                                      for kind in KINDS) + " |",
-        "|---|---|---|---|" + "---:|" * (len(RATIO_LABELS) * len(KINDS)),
     ]
-    cost = ["## Cost of lengths", "", "Time with lengths / the same case without (median of per-round ratios).", "",
-            "| config | cell | merge | blocks infer | blocks train | TF-Keras infer | TF-Keras train |",
-            "|---|---|---|---:|---:|---:|---:|"]
-    times = ["## Median times (ms per call)", "",
-             "| config | cell | merge | lengths | blocks infer | blocks train | TF-Keras infer | TF-Keras train | "
-             "torch fused infer | torch fused train |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    ratio_rows: List[Dict[str, Any]] = []
     for block in payload["configs"]:
         c, ratios, med = block["config"], block["ratios"], block["median_s"]
-        label = shape_label(c)
         for mode in c["merge_modes"]:
             for with_lengths in (False, True):
                 keys = {kind: case_key(mode, with_lengths, kind) for kind in KINDS}
                 if keys["infer"] not in ratios:
                     continue
-                cells = [_cell(ratios[keys[kind]].get(name), True)
-                         for name in RATIO_LABELS for kind in KINDS]
-                flag = "yes" if with_lengths else "no"
-                lines.append(f"| {label} | {c['cell']} | {mode} | {flag} | " + " | ".join(cells) + " |")
-                fused = [med["torch"][case_key("fused", False, kind)] for kind in KINDS]
-                ms = [med["torch"][keys[k]] for k in KINDS] + [med["tf"][keys[k]] for k in KINDS] + fused
-                times.append(f"| {label} | {c['cell']} | {mode} | {flag} | " +
-                             " | ".join(f"{s * 1e3:.1f}" for s in ms) + " |")
-                if with_lengths:
-                    cells = [_cell(ratios[keys[kind]].get(name), False)
-                             for name in ("blocks_lengths_cost", "tf_lengths_cost") for kind in KINDS]
-                    cost.append(f"| {label} | {c['cell']} | {mode} | " + " | ".join(cells) + " |")
+                fused = {kind: med["torch"][case_key("fused", False, kind)] for kind in KINDS}
+                ratio_rows.append({"label": shape_label(c), "cell": c["cell"], "mode": mode, "lengths": with_lengths,
+                                   "ratios": {kind: ratios[keys[kind]] for kind in KINDS},
+                                   "ms": {(side, kind): med[side][keys[kind]] * 1e3 for side in ("torch", "tf")
+                                          for kind in KINDS} | {("fused", kind): fused[kind] * 1e3 for kind in KINDS}})
+    lengths_rows = [r for r in ratio_rows if r["lengths"]]
+    lines += table(_ROW_COLUMNS + [(f"{label} {kind}", _ratio_cell(name, kind, True))
+                                   for name, label in RATIO_LABELS.items() for kind in KINDS], ratio_rows,
+                   "llll" + "r" * (len(RATIO_LABELS) * len(KINDS)))
+    cost = ["## Cost of lengths", "", "Time with lengths / the same case without (median of per-round ratios).", ""]
+    cost += table(_ROW_COLUMNS[:3] + [(f"{side} {kind}", _ratio_cell(name, kind, False))
+                                     for name, side in (("blocks_lengths_cost", "blocks"),
+                                                        ("tf_lengths_cost", "TF-Keras")) for kind in KINDS],
+                  lengths_rows, "lllrrrr")
+    times = ["## Median times (ms per call)", ""]
+    times += table(_ROW_COLUMNS + [(f"{label} {kind}", _ms_cell(side, kind))
+                                   for side, label in (("torch", "blocks"), ("tf", "TF-Keras"), ("fused", "torch fused"))
+                                   for kind in KINDS], ratio_rows, "llllrrrrrr")
     return "\n".join([*lines, "", *cost, "", *times]) + "\n"
+
+
+_ROW_COLUMNS: List[Column] = [("config", lambda r: r["label"]), ("cell", lambda r: r["cell"]),
+                              ("merge", lambda r: r["mode"]), ("lengths", lambda r: "yes" if r["lengths"] else "no")]
+
+
+def _ratio_cell(name: str, kind: str, spread: bool) -> Callable[[Dict[str, Any]], str]:
+    return lambda r: _cell(r["ratios"][kind].get(name), spread)
+
+
+def _ms_cell(side: str, kind: str) -> Callable[[Dict[str, Any]], str]:
+    return lambda r: f"{r['ms'][side, kind]:.1f}"
 
 
 def write_outputs(stem: Path, payload: Dict[str, Any]) -> None:
     """``<stem>.json`` and ``<stem>.md``."""
-    write_json(stem.with_suffix(".json"), payload)
-    stem.with_suffix(".md").write_text(markdown(payload))
+    write_results(stem.with_suffix(".json"), payload, stem.with_suffix(".md"), markdown(payload))
 
 
 def collect_versions(tf_result: Dict[str, Any], torch_result: Dict[str, Any]) -> Dict[str, Any]:

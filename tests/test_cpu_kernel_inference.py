@@ -2,7 +2,7 @@
 all the layers) against the custom operator's path it replaces without gradients, and against nn.LSTM/nn.GRU; and its
 weight cache: reused while nothing changed, never stale after a change. Fresh random inputs every run."""
 
-from typing import Iterator, Optional, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 import pytest
 import torch
@@ -118,9 +118,9 @@ def test_full_length_rows_run_without_the_lengths_path(monkeypatch: pytest.Monke
             if not name.startswith("birnn_forward_stack"):
                 return function
 
-            def stack(*args: object) -> object:
-                seen.append((args[1], args[11]))     # steps, lengths address
-                return function(*args)
+            def stack(args: Any) -> object:
+                seen.append((args._obj.steps, args._obj.lengths))     # steps, lengths address (byref(Args))
+                return function(args)
             return stack
 
     monkeypatch.setattr(cpu_kernel_inference.cpu_kernel, "_kernel", lambda: Spy())

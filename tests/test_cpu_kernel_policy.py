@@ -73,12 +73,12 @@ def test_blocks_pass_the_rules_thread_count_to_the_kernel(monkeypatch: pytest.Mo
     library = cpu_kernel._kernel()
     seen: list = []
 
-    class Spy:  # the library, recording the thread count of each all-layers call (its last argument)
+    class Spy:  # the library, recording the thread count of each all-layers call (a field of its Args)
         def __getattr__(self, name: str) -> object:
             function = getattr(library, name)
             if not name.startswith("birnn_forward_stack"):
                 return function
-            return lambda *args: seen.append(args[-1]) or function(*args)
+            return lambda args: seen.append(args._obj.threads) or function(args)
 
     monkeypatch.setattr(inference.cpu_kernel, "_kernel", lambda: Spy())
     block = BiLSTM(64, 64, num_layers=2).eval()

@@ -26,20 +26,23 @@ import ctypes
 import os
 import threading
 import warnings
-from typing import Any, ContextManager, Iterator, List, Optional, Tuple
+from typing import Any, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ...cells import KERNEL_CODES
+from . import abi
 from . import build as cpu_kernel_build
 from .policy import kernel_wins
 from .reference import reference_gradients
+from .weights import stack_layer
 
 _CELLS = KERNEL_CODES  # mode -> the C code's cell: {"LSTM": 0, "GRU": 1, "GRU_RESET_BEFORE": 2 (Keras reset_after=False)}
 _lock = threading.Lock()
 _library: Optional[ctypes.CDLL] = None
 _capability: Optional[str] = None
+_traits: Dict[int, abi.CellTraits] = {}  # cell code -> what the loaded library says of that cell
 _tried = False
 _switch = threading.local()  # .off: set by disabled() on this thread only
 
@@ -55,9 +58,10 @@ def available() -> bool:
                 wanted = None if os.environ.get("BIRNN_ZOO_CPU_KERNEL", "1") == "0" else \
                     cpu_kernel_build.choose_capability()
                 if wanted is not None:
-                    _library = cpu_kernel_build.load(wanted)
-                    _capability = wanted
-            except (OSError, cpu_kernel_build.KernelUnavailable) as error:
+                    library = cpu_kernel_build.load(wanted)
+                    _traits.update(abi.cell_traits(library, _CELLS))
+                    _library, _capability = library, wanted
+            except (OSError, ValueError, cpu_kernel_build.KernelUnavailable) as error:
                 warnings.warn(f"birnn-zoo: CPU kernel unavailable, using PyTorch's fused kernels ({error})",
                               RuntimeWarning, stacklevel=2)
             finally:
@@ -141,9 +145,13 @@ def _kernel() -> ctypes.CDLL:
     return _library
 
 
-def _ptr(t: Optional[Tensor]) -> Optional[int]:
-    """The address the C code reads; None (a null pointer) for an absent or empty tensor."""
-    return None if t is None or t.numel() == 0 else t.data_ptr()
+_ptr = abi.ptr
+
+
+def traits(cell: int) -> abi.CellTraits:
+    """What the loaded kernel knows of cell code ``cell`` (gates, states, bias folding): ``abi.CellTraits``."""
+    _kernel()
+    return _traits[cell]
 
 
 def _threads() -> int:
@@ -164,10 +172,11 @@ def _check_layer(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor, 
     if w_hh.dim() != 3 or w_hh.shape[0] != 2:
         raise ValueError(f"w_hh must be (2, G, H), got shape {list(w_hh.shape)}")
     hidden = w_hh.shape[2]
-    gates = (4 if cell == 0 else 3) * hidden
+    kind = traits(cell)
+    gates = kind.gates * hidden
     expected = {"w_ih": (w_ih, [2, gates, features]), "w_hh": (w_hh, [2, gates, hidden]),
                 "h0": (h0, [2, batch, hidden])}
-    if cell == 0:
+    if kind.cell_state:
         expected["c0"] = (c0, [2, batch, hidden])
     for name, bias in (("b_ih", b_ih), ("b_hh", b_hh)):
         if bias is not None:
@@ -206,13 +215,14 @@ def _layer(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor, b_hh: 
     b_ih = None if b_ih is None else b_ih.contiguous()
     b_hh = None if b_hh is None else b_hh.contiguous()
     library = _kernel()
-    # float32 takes prepacked W_ih, W_hh (inference.py); null here: W_hh packed per call
-    packed = (None,) if x.dtype == torch.float32 else ()
     fn = library.birnn_forward_f32 if x.dtype == torch.float32 else library.birnn_forward_f64
-    fn(cell, steps, batch, w_hh.shape[2], input_size, _ptr(x), _ptr(w_ih), *packed, _ptr(b_ih), _ptr(w_hh), *packed,
-       _ptr(b_hh),
-       _ptr(h0), _ptr(c0) if cell == 0 else None, _ptr(lengths), _ptr(gates), int(stash), _ptr(out), _ptr(h_n),
-       _ptr(c_n), _ptr(h_all), _ptr(c_all), _ptr(ghn), _threads())
+    # no packed W_ih, W_hh here (inference.py caches them): W_hh packed per call
+    args = abi.Args(cell=cell, steps=steps, batch=batch, hidden=w_hh.shape[2], input_size=input_size,
+                    keep_gates=int(stash), threads=_threads(), x=_ptr(x), w_ih=_ptr(w_ih), b_ih=_ptr(b_ih),
+                    w_hh=_ptr(w_hh), b_hh=_ptr(b_hh), h0=_ptr(h0), c0=_ptr(c0) if traits(cell).cell_state else None,
+                    lengths=_ptr(lengths), gi=_ptr(gates), out=_ptr(out), h_n=_ptr(h_n), c_n=_ptr(c_n),
+                    h_all=_ptr(h_all), c_all=_ptr(c_all), ghn=_ptr(ghn))
+    fn(ctypes.byref(args))
     return out, h_n, c_n, h_all, c_all, gates, ghn
 
 
@@ -221,13 +231,15 @@ def _layer_outputs(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor
                    h0: Tensor, c0: Tensor, lengths: Optional[Tensor], cell: int, stash: bool) -> _Outputs:
     steps, batch, _ = x.shape
     hidden = w_hh.shape[2]
+    kind = traits(cell)
 
     def state(wanted: bool, *shape: int) -> Tensor:
         return x.new_empty(shape if wanted else (0,))
 
-    return (x.new_empty(steps, batch, 2, hidden), x.new_empty(2, batch, hidden), state(cell == 0, 2, batch, hidden),
-            state(stash, steps, batch, 2, hidden), state(stash and cell == 0, steps, batch, 2, hidden),
-            state(stash, steps, batch, 2, w_hh.shape[1]), state(stash and cell == 1, steps, batch, 2, hidden))
+    return (x.new_empty(steps, batch, 2, hidden), x.new_empty(2, batch, hidden),
+            state(kind.cell_state, 2, batch, hidden), state(stash, steps, batch, 2, hidden),
+            state(stash and kind.cell_state, steps, batch, 2, hidden), state(stash, steps, batch, 2, w_hh.shape[1]),
+            state(stash and kind.apart_hh, steps, batch, 2, hidden))
 
 
 _Gradients = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -248,20 +260,24 @@ def _layer_backward(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, w_ih: 
     grads = _layer_backward_outputs(d_out, d_hn, d_cn, x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn,
                                     cell, want_dx, has_b_ih, has_b_hh)
     d_x, d_w_ih, d_b_ih, d_w_hh, d_b_hh, dh, dc = grads
+    kind = traits(cell)
     dh.copy_(d_hn)  # in: the gradients of h_n / c_n; the kernel turns them into those of h0 / c0
-    if cell == 0:
+    if kind.cell_state:
         dc.copy_(d_cn)
     d_gi = torch.empty_like(gates)                                  # the gate pre-activations' gradient
-    d_gh = torch.empty_like(gates) if cell == 1 else None           # GRU: that of W_hh h + b_hh
+    d_gh = torch.empty_like(gates) if kind.apart_hh else None       # GRU: that of W_hh h + b_hh
     library = _kernel()
     fn = library.birnn_backward_f32 if gates.dtype == torch.float32 else library.birnn_backward_f64
     steps, batch, input_size = x.shape
     d_out, x, w_ih, w_hh = d_out.contiguous(), x.contiguous(), w_ih.contiguous(), w_hh.contiguous()
     h0, c0 = h0.contiguous(), c0.contiguous()
-    fn(cell, steps, batch, w_hh.shape[2], input_size, _ptr(d_out), _ptr(x), _ptr(w_ih), _ptr(w_hh), _ptr(h0),
-       _ptr(c0) if cell == 0 else None, _ptr(lengths), _ptr(h_all), _ptr(c_all), _ptr(gates), _ptr(ghn), _ptr(dh),
-       _ptr(dc), _ptr(d_gi), _ptr(d_gh), _ptr(d_x), _ptr(d_w_ih), _ptr(d_b_ih), _ptr(d_w_hh), _ptr(d_b_hh),
-       _threads())
+    args = abi.Args(cell=cell, steps=steps, batch=batch, hidden=w_hh.shape[2], input_size=input_size,
+                    threads=_threads(), x=_ptr(x), w_ih=_ptr(w_ih), w_hh=_ptr(w_hh), h0=_ptr(h0),
+                    c0=_ptr(c0) if kind.cell_state else None, lengths=_ptr(lengths), gi=_ptr(gates),
+                    h_all=_ptr(h_all), c_all=_ptr(c_all), ghn=_ptr(ghn), d_out=_ptr(d_out), dh=_ptr(dh),
+                    dc=_ptr(dc), d_gi=_ptr(d_gi), d_gh=_ptr(d_gh), d_x=_ptr(d_x), d_w_ih=_ptr(d_w_ih),
+                    d_b_ih=_ptr(d_b_ih), d_w_hh=_ptr(d_w_hh), d_b_hh=_ptr(d_b_hh))
+    fn(ctypes.byref(args))
     return grads
 
 
@@ -275,7 +291,7 @@ def _layer_backward_outputs(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor
 
     two_gates = w_hh.new_empty(2, w_hh.shape[1])
     return (grad_of(x, want_dx), grad_of(w_ih, True), grad_of(two_gates, has_b_ih), grad_of(w_hh, True),
-            grad_of(two_gates, has_b_hh), grad_of(h0, True), grad_of(c0, cell == 0))
+            grad_of(two_gates, has_b_hh), grad_of(h0, True), grad_of(c0, traits(cell).cell_state))
 
 
 def _save_for_backward(ctx: Any, inputs: Tuple[Any, ...], output: _Outputs) -> None:
@@ -290,16 +306,17 @@ def _save_for_backward(ctx: Any, inputs: Tuple[Any, ...], output: _Outputs) -> N
 def _gradients(ctx: Any, d_out: Tensor, d_hn: Tensor, d_cn: Tensor, *_: Tensor) -> Tuple[Optional[Tensor], ...]:
     x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, b_ih, b_hh = ctx.saved_tensors
     cell = ctx.cell
+    cell_state = traits(cell).cell_state
     if torch.is_grad_enabled():
         # create_graph=True: the backward itself must be differentiable, and the kernel's reverse loop is not.
         # Recompute the layer on PyTorch's differentiable kernels and differentiate that, with a graph.
         return reference_gradients(cell, (x, w_ih, b_ih, w_hh, b_hh, h0, c0), lengths, d_out, d_hn, d_cn,
                                    ctx.needs_input_grad[:7]) + (None, None, None)
     d_x, d_w_ih, d_b_ih, d_w_hh, d_b_hh, d_h0, d_c0 = _layer_backward(
-        d_out, d_hn, d_cn if cell == 0 else d_hn, x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, cell,
+        d_out, d_hn, d_cn if cell_state else d_hn, x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, cell,
         ctx.needs_input_grad[0], ctx.has_b_ih, ctx.has_b_hh)
     return (d_x if ctx.needs_input_grad[0] else None, d_w_ih, d_b_ih if ctx.has_b_ih else None, d_w_hh,
-            d_b_hh if ctx.has_b_hh else None, d_h0, d_c0 if cell == 0 else None, None, None, None)
+            d_b_hh if ctx.has_b_hh else None, d_h0, d_c0 if cell_state else None, None, None, None)
 
 
 _layer.register_autograd(_gradients, setup_context=_save_for_backward)
@@ -317,17 +334,8 @@ def fused_layer(mode: str, x: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[
     cell = _CELLS[mode]
     if lengths is not None:
         lengths = lengths.to(device="cpu", dtype=torch.int64).contiguous()
-    per = 4 if has_biases else 2
-    fw, bw = weights[:per], weights[per:]
-    w_ih = torch.stack([fw[0], bw[0]])
-    w_hh = torch.stack([fw[1], bw[1]])
-    b_ih: Optional[Tensor] = None
-    b_hh: Optional[Tensor] = None
-    if has_biases:  # LSTM and reset-before GRU add both biases to the same pre-activations: fold them; the
-        # GRU's b_hn is gated by r
-        b_ih = torch.stack([fw[2] + fw[3], bw[2] + bw[3]] if cell != 1 else [fw[2], bw[2]])
-        b_hh = torch.stack([fw[3], bw[3]]) if cell == 1 else None
+    w_ih, b_ih, w_hh, b_hh = stack_layer(traits(cell), weights, has_biases)
     inputs = [x, w_ih, w_hh, h0, c0] + [b for b in (b_ih, b_hh) if b is not None]
     stash = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     out, h_n, c_n, *_ = _layer(x, w_ih, b_ih, w_hh, b_hh, h0, c0, lengths, cell, stash)
-    return out, h_n, c_n if cell == 0 else h_n
+    return out, h_n, c_n if traits(cell).cell_state else h_n

@@ -34,9 +34,10 @@ from typing import Dict, List, Optional
 
 import torch
 
+from . import abi
+
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = tuple(CSRC / name for name in ("birnn_cpu.cpp", "activations.h", "backward.h", "forward.h", "products.h",
-                                          "scratch.h", "spin_barrier.h", "step_gemm.h"))
+SOURCES = (CSRC / "birnn_cpu.cpp", *sorted(CSRC.glob("*.h")))  # the first is compiled; all are hashed
 CAPABILITIES = ("avx512", "avx2")  # best first
 _TARGET_FLAGS: Dict[str, List[str]] = {
     "avx512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],
@@ -182,33 +183,6 @@ def _build_in(folder: Path, name: str, cxx: List[str], capability: str) -> Path:
     return target
 
 
-def _declare(library: ctypes.CDLL) -> None:
-    pointer, integer = ctypes.c_void_p, ctypes.c_int
-    library.birnn_forward_f32.argtypes = [integer] * 5 + [pointer] * 11 + [integer] + [pointer] * 6 + [integer]
-    library.birnn_forward_f64.argtypes = [integer] * 5 + [pointer] * 9 + [integer] + [pointer] * 6 + [integer]
-    for suffix in ("f32", "f64"):
-        stack = getattr(library, f"birnn_forward_stack_{suffix}")
-        stack.argtypes = [integer] * 5 + [pointer] * 10 + [integer]
-        stack.restype = None
-    library.birnn_packed_hh_floats.argtypes = [integer, integer]
-    library.birnn_packed_hh_floats.restype = ctypes.c_int64
-    library.birnn_pack_hh_f32.argtypes = [integer, integer, pointer, pointer]
-    library.birnn_pack_hh_f32.restype = None
-    library.birnn_packed_ih_floats.argtypes = [integer, integer, integer]
-    library.birnn_packed_ih_floats.restype = ctypes.c_int64
-    library.birnn_pack_ih_f32.argtypes = [integer, integer, integer, pointer, pointer]
-    library.birnn_pack_ih_f32.restype = None
-    for suffix in ("f32", "f64"):
-        getattr(library, f"birnn_forward_{suffix}").restype = None
-        getattr(library, f"birnn_backward_{suffix}").argtypes = [integer] * 5 + [pointer] * 20 + [integer]
-        getattr(library, f"birnn_backward_{suffix}").restype = None
-    for name in ("birnn_sigmoid_f32", "birnn_tanh_f32"):
-        getattr(library, name).argtypes = [pointer, integer]
-        getattr(library, name).restype = None
-    library.birnn_vector_width.argtypes = []
-    library.birnn_vector_width.restype = integer
-
-
 def load(capability: str) -> ctypes.CDLL:
     """Build (once per machine, compiler, torch and capability) and load the kernel for ``capability``."""
     if capability not in CAPABILITIES:
@@ -228,7 +202,7 @@ def load(capability: str) -> ctypes.CDLL:
                       "process. Point BIRNN_ZOO_CACHE at a folder only you can write.", RuntimeWarning, stacklevel=3)
         path = _build_in(private, name, cxx, capability)
     library = ctypes.CDLL(str(path))
-    _declare(library)
+    abi.declare(library)
     width = library.birnn_vector_width()
     if width != _VECTOR_WIDTH[capability]:
         raise KernelUnavailable(f"{path} was built for vector width {width}, expected {_VECTOR_WIDTH[capability]}")

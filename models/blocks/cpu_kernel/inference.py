@@ -1,14 +1,15 @@
 """Eager inference on the CPU kernel: weights prepared once, one direct kernel call for all the layers.
 
 Why: a single request (B = 1, T = 64, H = 128, 2 layers) spends about as long in fixed costs as in arithmetic
-(``benchmarks/RESULTS.md``, "Inference against ONNX Runtime"): each call re-stacked both directions' weights,
-repacked ``W_hh`` for the step product (35-240 us a direction and layer at H = 128-256), went through the
-custom operator's dispatch and autograd glue, and allocated outputs it then concatenated. Without gradients
+(``benchmarks/archive/RESULTS-2026-12.md``, "Inference against ONNX Runtime"): each call re-stacked both
+directions' weights, repacked ``W_hh`` for the step product (35-240 us a direction and layer at H = 128-256),
+went through the custom operator's dispatch and autograd glue, and allocated outputs it then concatenated. Without gradients
 none of that is needed: ``run_layers`` keeps each layer's stacked weights and packed ``W_ih``, ``W_hh`` (the
 input projections then run on the step product's micro-kernel too: 1.2-1.3x MKL's rate) in a plan cached
 per module, and makes one call of the kernel's C entry point ``birnn_forward_stack_*``, which runs every layer
 and merge in one parallel region and writes ``h_n``/``c_n`` of every layer into one ``(2L, B, H)`` tensor (one
-call per layer, with the merges as torch ops between, cost a short request ~145 us more: ``benchmarks/RESULTS.md``).
+call per layer, with the merges as torch ops between, cost a short request ~145 us more:
+``benchmarks/archive/RESULTS-2026-12.md``).
 
 The plan is reused only while every weight is the same tensor object, with the same storage (kept alive by the
 plan, so an address cannot be reused) and the same version counter (bumped by every in-place write that
@@ -32,7 +33,9 @@ from torch import Tensor, nn
 
 from ...merge import MERGE_MODES, merged_size
 from .. import cpu_kernel
+from . import abi
 from .policy import inference_threads
+from .weights import stack_layer
 
 # The merge code birnn_forward_stack_* reads: its position in MERGE_MODES, None after them.
 _MERGE_CODES = {**{mode: code for code, mode in enumerate(MERGE_MODES)}, None: len(MERGE_MODES)}
@@ -48,15 +51,7 @@ class _LayerWeights:
     BLAS)."""
 
     def __init__(self, cell: int, weights: List[Tensor], has_biases: bool) -> None:
-        per = 4 if has_biases else 2
-        fw, bw = weights[:per], weights[per:]
-        self.w_ih = torch.stack([fw[0], bw[0]]).contiguous()
-        self.w_hh = torch.stack([fw[1], bw[1]]).contiguous()
-        self.b_ih: Optional[Tensor] = None
-        self.b_hh: Optional[Tensor] = None
-        if has_biases:
-            self.b_ih = torch.stack([fw[2] + fw[3], bw[2] + bw[3]] if cell != 1 else [fw[2], bw[2]]).contiguous()
-            self.b_hh = torch.stack([fw[3], bw[3]]).contiguous() if cell == 1 else None
+        self.w_ih, self.b_ih, self.w_hh, self.b_hh = stack_layer(cpu_kernel.traits(cell), weights, has_biases)
         self.input_size = self.w_ih.shape[2]
         hidden = self.w_hh.shape[2]
         self.packed_ih: Optional[Tensor] = None
@@ -91,7 +86,7 @@ class _Plan:
         self._addresses = (ctypes.c_int64 * (6 * num_layers))(*[
             address or 0 for layer in self.layers for address in layer.addresses()])
         self.input_sizes = [layer.input_size for layer in self.layers]
-        self._input_sizes = (ctypes.c_int * num_layers)(*self.input_sizes)
+        self._input_sizes = (ctypes.c_int32 * num_layers)(*self.input_sizes)
         self.addresses_address = ctypes.addressof(self._addresses)
         self.input_sizes_address = ctypes.addressof(self._input_sizes)
 
@@ -171,10 +166,10 @@ def run_layers(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor
     if list(h0.shape) != [2 * num_layers, batch, hidden] or h0.dtype != x.dtype:
         raise ValueError(f"h0 must be {x.dtype} of shape {[2 * num_layers, batch, hidden]}, got {h0.dtype} "
                          f"{list(h0.shape)}")
-    lstm = cell == 0
+    cell_state = cpu_kernel.traits(cell).cell_state  # a second state, c
     h0 = h0.contiguous()
-    c0 = c0.contiguous() if lstm else h0
-    if lstm and (c0.shape != h0.shape or c0.dtype != x.dtype):
+    c0 = c0.contiguous() if cell_state else h0
+    if cell_state and (c0.shape != h0.shape or c0.dtype != x.dtype):
         raise ValueError(f"c0 must be {x.dtype} of shape {list(h0.shape)}, got {c0.dtype} {list(c0.shape)}")
     length_address: Optional[int] = None
     if lengths is not None:
@@ -202,14 +197,17 @@ def run_layers(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor
             raise ValueError(f"layer {layer} takes {plan.layers[layer].input_size} features but layer {layer - 1} "
                              f"gives {expected} (merge_mode {merge_modes[layer - 1]!r})")
     h_n = x.new_empty(2 * num_layers, batch, hidden)
-    c_n = x.new_empty(2 * num_layers, batch, hidden) if lstm else h_n
+    c_n = x.new_empty(2 * num_layers, batch, hidden) if cell_state else h_n
     last = merge_modes[-1]
     out = x.new_empty(steps, batch, merged_size(last, hidden))
-    merges = (ctypes.c_int * num_layers)(*[_MERGE_CODES[merge] for merge in merge_modes])
+    merges = (ctypes.c_int32 * num_layers)(*[_MERGE_CODES[merge] for merge in merge_modes])
     stack = library.birnn_forward_stack_f32 if x.dtype == torch.float32 else library.birnn_forward_stack_f64
     threads = inference_threads(steps, batch, hidden, plan.layers[0].w_hh.shape[1], plan.input_sizes,
                                 cpu_kernel._threads())
-    stack(cell, steps, batch, hidden, num_layers, plan.input_sizes_address, ctypes.addressof(merges), x.data_ptr(),
-          plan.addresses_address, h0.data_ptr(), c0.data_ptr() if lstm else None, length_address, out.data_ptr(),
-          h_n.data_ptr(), c_n.data_ptr() if lstm else None, threads)
+    args = abi.Args(cell=cell, steps=steps, batch=batch, hidden=hidden, layers=num_layers, threads=threads,
+                    x=x.data_ptr(), h0=h0.data_ptr(), c0=c0.data_ptr() if cell_state else None, lengths=length_address,
+                    out=out.data_ptr(), h_n=h_n.data_ptr(), c_n=c_n.data_ptr() if cell_state else None,
+                    input_sizes=plan.input_sizes_address, merges=ctypes.addressof(merges),
+                    weights=plan.addresses_address)
+    stack(ctypes.byref(args))
     return (out.unflatten(-1, (2, hidden)) if last is None else out), h_n, c_n

@@ -13,7 +13,10 @@ import torch
 from torch import _VF, Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ...cells import KERNEL_CODES
 from ..gru_reset_before import gru_reset_before_direction
+
+_MODES = {code: mode for mode, code in KERNEL_CODES.items()}  # the kernel's cell code -> PyTorch's mode
 
 
 def reference_layer(cell: int, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor,
@@ -25,7 +28,8 @@ def reference_layer(cell: int, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], 
     (zero at padded steps), ``h_n``, ``c_n (2, B, H)`` (``c_n`` is ``h_n`` for GRU)."""
     steps, batch, _ = x.shape
     hidden = w_hh.shape[2]
-    if cell == 2:  # reset gate before the recurrent product (Keras reset_after=False): its exact time loop
+    mode = _MODES[cell]
+    if mode == "GRU_RESET_BEFORE":  # reset gate before the recurrent product (Keras reset_after=False): its exact time loop
         directions = [gru_reset_before_direction(x, h0[d], w_ih[d], w_hh[d], None if b_ih is None else b_ih[d], None,
                                                  lengths, reverse=d == 1) for d in range(2)]
         h_n = torch.stack([h for _, h in directions])
@@ -38,7 +42,7 @@ def reference_layer(cell: int, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], 
             zeros = w_ih.new_zeros(w_ih.shape[1])
             weights += [b_ih[d] if b_ih is not None else zeros, b_hh[d] if b_hh is not None else zeros]
     if lengths is None:
-        if cell == 0:
+        if mode == "LSTM":
             out, h_n, c_n = _VF.lstm(x, [h0, c0], weights, has_biases, 1, 0.0, False, True, False)
         else:
             out, h_n = _VF.gru(x, h0, weights, has_biases, 1, 0.0, False, True, False)
@@ -46,7 +50,7 @@ def reference_layer(cell: int, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], 
         return out.view(steps, batch, 2, hidden), h_n, c_n
     packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
     order = packed.sorted_indices
-    if cell == 0:
+    if mode == "LSTM":
         data, h_n, c_n = _VF.lstm(packed.data, packed.batch_sizes, [h0[:, order], c0[:, order]], weights,
                                   has_biases, 1, 0.0, False, True)
     else:
@@ -67,8 +71,9 @@ def reference_gradients(cell: int, inputs: Tuple[Tensor, Tensor, Optional[Tensor
     with torch.enable_grad():
         out, h_n, c_n = reference_layer(cell, *inputs, lengths)
         wanted = [i for i, t in enumerate(inputs) if t is not None and needed[i] and t.requires_grad]
-        outputs = [out, h_n] + ([c_n] if cell == 0 else [])
-        seeds = [d_out, d_hn] + ([d_cn] if cell == 0 else [])
+        lstm = _MODES[cell] == "LSTM"
+        outputs = [out, h_n] + ([c_n] if lstm else [])
+        seeds = [d_out, d_hn] + ([d_cn] if lstm else [])
         found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], seeds, create_graph=True,
                                     allow_unused=True)
     grads: List[Optional[Tensor]] = [None] * len(inputs)

@@ -1,8 +1,8 @@
-// In-place sigmoid and tanh over float/double arrays: the gate math of models/blocks/cpu_kernel/csrc/birnn_cpu.cpp.
+// In-place sigmoid and tanh over float/double arrays: the activations of the cells' step functions (cells.h).
 //
-// The library is compiled once per instruction set (models/blocks/cpu_kernel/__init__.py: -march=x86-64-v4 for AVX-512,
-// -march=x86-64-v3 for AVX2 + FMA), and this header picks the matching vector width from the compiler's macros;
-// without either, the scalar libm loop below is all there is.
+// The library is compiled once per instruction set (models/blocks/cpu_kernel/build.py: AVX-512 F/DQ/BW/VL + FMA, or
+// AVX2 + FMA), and this header picks the matching vector width from the compiler's macros; without either, the
+// scalar libm loop below is all there is.
 //
 // Contract, checked by tests/test_cpu_kernel_math.py against ATen's float32 sigmoid/tanh:
 // - NaN in, NaN out; sigmoid(+-inf) = 1 / 0, tanh(+-inf) = +-1, in the vector code and the scalar tail alike.

@@ -1,5 +1,5 @@
 // The forward loops of the kernel (birnn_cpu.cpp): one direction's time loop, one layer on a thread team, and
-// every layer of an inference call in one parallel region.
+// every layer of an inference call in one parallel region. The gate math is the cell's (cells.h).
 #pragma once
 
 #include <algorithm>
@@ -10,38 +10,38 @@
 #include <type_traits>
 #include <vector>
 
-#include "activations.h"
+#include "args.h"
+#include "cells.h"
 #include "products.h"
 #include "scratch.h"
 #include "spin_barrier.h"
 
-namespace {
-
-using birnn::sigmoid_;
-using birnn::tanh_;
+namespace birnn {
 
 // Whether the step product can accumulate onto its output (PanelGemm: float32 vector builds).
 template <typename T>
 constexpr bool kFold = std::is_same<T, float>::value && kPackedBuild;
 
+// Rows [b0, b1) of direction d of the layer L: its projections, then its time loop.
 template <typename T>
-void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size, const T* x, const T* w_ih, const T* b_ih,
-                       const float* packed_ih, const T* w_hh, const float* packed_hh, const T* b_hh, const T* h0,
-                       const T* c0, const int64_t* lengths, T* gi, bool keep_gates, T* out, T* h_n, T* c_n,
-                       T* h_all, T* c_all, T* ghn) {
-  const int B = L.batch, H = L.hidden, G = L.gh(), nb = b1 - b0;  // this thread's rows: [b0, b1) of B
-  const bool lstm = L.cell == 0;
+void forward_direction(const Args<T>& L, int d, int b0, int b1) {
+  const CellTraits cell = traits_of(L.cell);
+  const int B = L.batch, H = L.hidden, G = cell.gates * H, nb = b1 - b0;  // this thread's rows: [b0, b1) of B
+  const int input_size = L.input_size;
+  const bool keep_gates = L.keep_gates != 0;
+  const T* x = L.x;
+  T* gi = L.gi;
   // This direction's input projections x @ W_ih[d]^T, GEMMs on this thread. Training keeps them (then the
   // activated gates) for the backward pass: all steps at once into gi. Inference projects chunks of about 256
   // rows into a small reused buffer instead: a (T, B, 2, G) scratch costs more in first-touch page faults
   // (measured ~30 ms per 50 MB) than its GEMM. With the batch split (nb < B) a step's rows are contiguous but
   // the steps are not: one GEMM a step.
-  const T* wi = w_ih + int64_t(d) * G * input_size;
+  const T* wi = L.w_ih + int64_t(d) * G * input_size;
   // Inference with W_ih prepacked (birnn_pack_ih_f32, cached by the caller): the projections on the step
   // product's micro-kernel, measured 1.2-1.3x MKL's sgemm rate at 64 rows on an AVX2 EPYC.
   std::unique_ptr<StepGemm<T>> gemm_ih;
-  if (packed_ih != nullptr && !keep_gates)
-    gemm_ih.reset(new StepGemm<T>(wi, true, G, input_size, packed_ih + int64_t(d) * packed_floats(G, input_size)));
+  if (L.packed_ih != nullptr && !keep_gates)
+    gemm_ih.reset(new StepGemm<T>(wi, true, G, input_size, L.packed_ih + int64_t(d) * packed_floats(G, input_size)));
   // Steps [t_first, t_first + n) of this thread's rows into dst (row stride ld; step k of a split batch at
   // dst + k * dst_step).
   auto project = [&](int t_first, int n, T* dst, int ld, int64_t dst_step) {
@@ -54,32 +54,34 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
         blas_gemm(false, true, rows, G, input_size, xk, input_size, wi, input_size, false, dst + k * dst_step, ld);
     }
   };
-  // LSTM inference on the packed step product: the step product accumulates onto the projected rows (bias
-  // added once per chunk), so no separate pass adds projection and bias to h @ W_hh^T every step.
-  const bool fold = kFold<T> && lstm && !keep_gates;
+  // Inference of a foldable cell (LSTM) on the packed step product: the product accumulates onto the projected
+  // rows (bias added once per chunk), so no separate pass adds projection and bias to h @ W_hh^T every step.
+  const bool fold = kFold<T> && cell.foldable && !keep_gates;
   const int chunk = keep_gates ? L.steps : std::max(1, std::min(L.steps, 256 / std::max(1, nb)));
   // Uninitialised (every element is written by a projection before it is read): zeroing it cost a pass over
   // up to 512 KB a direction and layer in every inference call.
-  const birnn::Scratch<T> local(birnn::Use::kProjections, keep_gates ? 0 : int64_t(chunk) * nb * G);
+  const Scratch<T> local(Use::kProjections, keep_gates ? 0 : int64_t(chunk) * nb * G);
   if (keep_gates) project(0, L.steps, gi + L.at(0, b0, d, G), 2 * G, L.at(1, 0, 0, G));
   int chunk_start = 0;  // first time index of the chunk in local
-  const T* w = w_hh + int64_t(d) * G * H;
-  const T* bi = b_ih ? b_ih + int64_t(d) * G : nullptr;
-  const T* bh = b_hh ? b_hh + int64_t(d) * G : nullptr;
-  T* h = h_n + (int64_t(d) * B + b0) * H;  // the running state of rows b0.. lives in h_n / c_n
-  T* c = lstm ? c_n + (int64_t(d) * B + b0) * H : nullptr;
-  std::memcpy(h, h0 + (int64_t(d) * B + b0) * H, sizeof(T) * nb * H);
-  if (lstm) std::memcpy(c, c0 + (int64_t(d) * B + b0) * H, sizeof(T) * nb * H);
+  const T* w = L.w_hh + int64_t(d) * G * H;
+  const T* bi = L.b_ih ? L.b_ih + int64_t(d) * G : nullptr;
+  const T* bh = L.b_hh ? L.b_hh + int64_t(d) * G : nullptr;
+  T* h = L.h_n + (int64_t(d) * B + b0) * H;  // the running state of rows b0.. lives in h_n / c_n
+  T* c = cell.cell_state ? L.c_n + (int64_t(d) * B + b0) * H : nullptr;
+  std::memcpy(h, L.h0 + (int64_t(d) * B + b0) * H, sizeof(T) * nb * H);
+  if (c) std::memcpy(c, L.c0 + (int64_t(d) * B + b0) * H, sizeof(T) * nb * H);
   std::vector<T> pre(fold ? 0 : int64_t(nb) * G), tmp(H);  // (folded: the gates live in local)
-  // Reset-before GRU (cell 2): the r, z columns from h, then the n columns from r * h, a second product.
-  const bool reset_before = L.cell == 2;
+  // A cell with a second product (reset-before GRU): the first product covers the columns but the last H, the
+  // second, (r * h) @ W_hn^T, those last H.
+  const bool second = cell.second_product;
+  const int G1 = second ? G - H : G;
   // W_hh packed by birnn_pack_hh_f32 (inference caches it across calls), or packed here (null).
-  const float* packed = packed_hh ? packed_hh + int64_t(d) * packed_hh_floats(L.cell, H) / 2 : nullptr;
-  const StepGemm<T> gemm(w, true, reset_before ? 2 * H : G, H, packed);
-  // Only the reset-before GRU has a second product (W_hn on r * h); the other cells do not build one.
-  const StepGemm<T> gemm_n(w + (reset_before ? int64_t(2) * H * H : 0), true, reset_before || !kPackedBuild ? H : 0, H,
-                           packed && reset_before ? packed + packed_floats(2 * H, H) : nullptr);
-  std::vector<T> rh(reset_before ? int64_t(nb) * H : 0);
+  const float* packed = L.packed_hh ? L.packed_hh + int64_t(d) * packed_hh_floats(L.cell, H) / 2 : nullptr;
+  const StepGemm<T> gemm(w, true, G1, H, packed);
+  // Only a cell with a second product builds one.
+  const StepGemm<T> gemm_n(w + (second ? int64_t(G1) * H : 0), true, second || !kPackedBuild ? H : 0, H,
+                           packed && second ? packed + packed_floats(G1, H) : nullptr);
+  std::vector<T> rh(second ? int64_t(nb) * H : 0);
   for (int s = 0; s < L.steps; ++s) {
     const int t = L.time(d, s);
     if (!keep_gates && s % chunk == 0) {
@@ -90,74 +92,47 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
         for (int64_t r = 0; r < int64_t(n) * nb; ++r)
           for (int j = 0; j < G; ++j) local.get()[r * G + j] += bi[j];
     }
+    // The projection of row b, read once; in training overwritten by the activated gates.
+    auto projection = [&](int b) {
+      return keep_gates ? gi + L.at(t, b, d, G) : local.get() + (int64_t(t - chunk_start) * nb + b - b0) * G;
+    };
+    auto row_at = [&](int b, T* xg) {
+      const int64_t i = int64_t(b - b0) * H;
+      return ForwardRow<T>{H, fold ? xg : pre.data() + int64_t(b - b0) * G, xg, bi, bh, h + i, c ? c + i : nullptr,
+                           L.out + L.at(t, b, d, H), L.ghn ? L.ghn + L.at(t, b, d, H) : nullptr,
+                           second ? rh.data() + i : nullptr, tmp.data(), fold};
+    };
+    T* const first_g = fold ? local.get() + int64_t(t - chunk_start) * nb * G : pre.data();
     if constexpr (kFold<T>) {
-      if (fold)  // LSTM inference: the gates' pre-activations in place, projection + bias + h @ W_hh^T
-        gemm(nb, h, H, local.get() + int64_t(t - chunk_start) * nb * G, G, true);
+      if (fold)  // the gates' pre-activations in place, projection + bias + h @ W_hh^T
+        gemm(nb, h, H, first_g, G, true);
     }
-    if (!fold) gemm(nb, h, H, pre.data(), G);  // pre = h @ W_hh^T (reset-before: its r, z columns)
-    if (reset_before) {
-      // r, z for every valid row and r * h; then the n columns: (r * h) @ W_hn^T. b_ih holds both biases.
+    if (!fold) gemm(nb, h, H, pre.data(), G);  // pre = h @ W_hh^T (with a second product: its first G1 columns)
+    if (second) {
+      // The gates before the second product and its input for every valid row; then the last H columns.
       for (int b = b0; b < b1; ++b) {
-        T* rhb = rh.data() + int64_t(b - b0) * H;
-        if (!L.valid(lengths, t, b)) {
-          std::memset(rhb, 0, sizeof(T) * H);
+        const ForwardRow<T> row = row_at(b, projection(b));
+        if (!L.valid(t, b)) {
+          std::memset(row.rh, 0, sizeof(T) * H);
           continue;
         }
-        const T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.get() + (int64_t(t - chunk_start) * nb + b - b0) * G;
-        T* g = pre.data() + int64_t(b - b0) * G;
-        for (int j = 0; j < 2 * H; ++j) g[j] += xg[j] + (bi ? bi[j] : T(0));
-        sigmoid_(g, 2 * H);
-        const T* hb = h + int64_t(b - b0) * H;
-        for (int j = 0; j < H; ++j) rhb[j] = g[j] * hb[j];
+        with_cell(L.cell, [&](auto k) { decltype(k)::forward_before(row); });
       }
-      gemm_n(nb, rh.data(), H, pre.data() + 2 * H, G);
+      gemm_n(nb, rh.data(), H, first_g + G1, G);
     }
     for (int b = b0; b < b1; ++b) {
-      T* hb = h + int64_t(b - b0) * H;
-      T* o = out + L.at(t, b, d, H);
-      // The projection, read here once; in training overwritten by the activated gates.
-      T* xg = keep_gates ? gi + L.at(t, b, d, G) : local.get() + (int64_t(t - chunk_start) * nb + b - b0) * G;
-      if (L.valid(lengths, t, b)) {
-        T* g = fold ? xg : pre.data() + int64_t(b - b0) * G;
-        if (lstm) {
-          T* cb = c + int64_t(b - b0) * H;
-          if (!fold)
-            for (int j = 0; j < G; ++j) g[j] += xg[j] + (bi ? bi[j] : T(0));
-          sigmoid_(g, 2 * H);
-          tanh_(g + 2 * H, H);
-          sigmoid_(g + 3 * H, H);
-          for (int j = 0; j < H; ++j) tmp[j] = cb[j] = g[H + j] * cb[j] + g[j] * g[2 * H + j];
-          tanh_(tmp.data(), H);
-          for (int j = 0; j < H; ++j) o[j] = hb[j] = g[3 * H + j] * tmp[j];
-        } else if (reset_before) {
-          for (int j = 2 * H; j < G; ++j) g[j] += xg[j] + (bi ? bi[j] : T(0));
-          tanh_(g + 2 * H, H);
-          for (int j = 0; j < H; ++j) {
-            const T n = g[2 * H + j];
-            o[j] = hb[j] = n + g[H + j] * (hb[j] - n);
-          }
-        } else {
-          for (int j = 0; j < 2 * H; ++j) g[j] = (g[j] + (bh ? bh[j] : T(0))) + (xg[j] + (bi ? bi[j] : T(0)));
-          sigmoid_(g, 2 * H);
-          for (int j = 0; j < H; ++j) {
-            const T hn = g[2 * H + j] + (bh ? bh[2 * H + j] : T(0));
-            if (ghn) ghn[L.at(t, b, d, H) + j] = hn;
-            g[2 * H + j] = (xg[2 * H + j] + (bi ? bi[2 * H + j] : T(0))) + hn * g[j];
-          }
-          tanh_(g + 2 * H, H);
-          for (int j = 0; j < H; ++j) {
-            const T n = g[2 * H + j];
-            o[j] = hb[j] = n + g[H + j] * (hb[j] - n);
-          }
-        }
-        if (keep_gates) std::memcpy(xg, g, sizeof(T) * G);
+      T* xg = projection(b);
+      const ForwardRow<T> row = row_at(b, xg);
+      if (L.valid(t, b)) {
+        with_cell(L.cell, [&](auto k) { decltype(k)::forward(row); });
+        if (keep_gates) std::memcpy(xg, row.g, sizeof(T) * G);
       } else {
-        std::memset(o, 0, sizeof(T) * H);
+        std::memset(row.out, 0, sizeof(T) * H);
         if (keep_gates) std::memset(xg, 0, sizeof(T) * G);
-        if (ghn) std::memset(ghn + L.at(t, b, d, H), 0, sizeof(T) * H);
+        if (row.ghn) std::memset(row.ghn, 0, sizeof(T) * H);
       }
-      if (h_all) std::memcpy(h_all + L.at(t, b, d, H), hb, sizeof(T) * H);
-      if (c_all) std::memcpy(c_all + L.at(t, b, d, H), c + int64_t(b - b0) * H, sizeof(T) * H);
+      if (L.h_all) std::memcpy(L.h_all + L.at(t, b, d, H), row.h, sizeof(T) * H);
+      if (L.c_all) std::memcpy(L.c_all + L.at(t, b, d, H), row.c, sizeof(T) * H);
     }
   }
 }
@@ -169,29 +144,25 @@ void forward_direction(const Layer<T>& L, int d, int b0, int b1, int input_size,
 // every result, is the same after a restart with the same thread count; other thread counts change results only
 // to float rounding (BLAS may block a product of fewer rows, or a slice of the weight gradient, differently).
 constexpr int kMinRows = 8;
-int row_groups(int threads, int batch) { return std::max(1, std::min(threads / 2, batch / kMinRows)); }
+inline int row_groups(int threads, int batch) { return std::max(1, std::min(threads / 2, batch / kMinRows)); }
 // Rows [b0, b1) of group p of P.
 inline int group_start(int batch, int p, int groups) { return int(int64_t(batch) * p / groups); }
 
+// One layer (birnn_forward_*): the (direction, row group) items on a team of up to L.threads threads.
 template <typename T>
-void forward(int cell, int steps, int batch, int hidden, int input_size, const T* x, const T* w_ih, const T* b_ih,
-             const float* packed_ih, const T* w_hh, const float* packed_hh, const T* b_hh, const T* h0, const T* c0,
-             const int64_t* lengths, T* gi, int keep_gates, T* out, T* h_n, T* c_n, T* h_all, T* c_all, T* ghn,
-             int threads) {
-  const Layer<T> L{cell, steps, batch, hidden};
-  const int P = row_groups(threads, batch);
-#pragma omp parallel for num_threads(std::min(threads, 2 * P)) schedule(static, 1)
+void forward(const Args<T>& L) {
+  const int P = row_groups(L.threads, L.batch);
+#pragma omp parallel for num_threads(std::min(L.threads, 2 * P)) schedule(static, 1)
   for (int item = 0; item < 2 * P; ++item) {  // direction item % 2, row group item / 2
     const int d = item % 2, p = item / 2;
     const int one = 1, before = mkl_set_num_threads_local_(&one);
-    forward_direction(L, d, group_start(batch, p, P), group_start(batch, p + 1, P), input_size, x, w_ih, b_ih, packed_ih, w_hh, packed_hh, b_hh, h0, c0, lengths, gi, keep_gates != 0,
-                      out, h_n, c_n, h_all, c_all, ghn);
+    forward_direction(L, d, group_start(L.batch, p, P), group_start(L.batch, p + 1, P));
     mkl_set_num_threads_local_(&before);
   }
 }
 
 // The spin barrier when the team has the size it was made for, else OpenMP's own barrier.
-inline void team_barrier(birnn::SpinBarrier* sync) {
+inline void team_barrier(SpinBarrier* sync) {
   if (sync != nullptr) {
     sync->wait();
   } else {
@@ -206,19 +177,16 @@ enum Merge { kConcat = 0, kSum = 1, kMul = 2, kAve = 3, kNone = 4 };
 // Every layer of an inference call (no gradients) in one parallel region: per layer the (direction, row group)
 // items run forward_direction into the layer's (T, B, 2, H) output, then the team merges the two directions into
 // the next layer's input, with the arithmetic of models/merge.py (sum a + b, mul a * b, ave (a + b) / 2: the same
-// bits as those torch ops). Why: with one kernel call per layer, each layer paid a ctypes call of 24 arguments,
-// its output allocation, the merge as torch ops and a new wake of the thread team: at T = 1 (B = 1, H = 128, 2
-// layers) a call cost 285 us, 140 us now (benchmarks/RESULTS.md).
-// x (T, B, input_sizes[0]); weights: per layer the addresses w_ih, packed_ih, b_ih, w_hh, packed_hh, b_hh (0 for
-// an absent one; packed only in float32 vector builds); h0, c0, h_n, c_n (2L, B, H) (c0/c_n null for GRU);
-// out (T, B, H) after a last sum/mul/ave, else (T, B, 2H).
+// bits as those torch ops). Why: with one kernel call per layer, each layer paid a ctypes call, its output
+// allocation, the merge as torch ops and a new wake of the thread team: at T = 1 (B = 1, H = 128, 2 layers) a
+// call cost 285 us, 140 us now (benchmarks/archive/RESULTS-2026-12.md). S: the stack's Args (args.h: x,
+// input_sizes, merges, weights, h0, c0, lengths, out, h_n, c_n, threads).
 template <typename T>
-void forward_stack(int cell, int steps, int batch, int hidden, int layers, const int* input_sizes, const int* merges,
-                   const T* x, const int64_t* weights, const T* h0, const T* c0, const int64_t* lengths, T* out,
-                   T* h_n, T* c_n, int threads) {
-  const Layer<T> L{cell, steps, batch, hidden};
+void forward_stack(const Args<T>& S) {
+  const int steps = S.steps, batch = S.batch, hidden = S.hidden, layers = S.layers;
+  const int32_t* merges = S.merges;
   const int64_t rows = int64_t(steps) * batch, raw_size = rows * 2 * hidden, state = int64_t(2) * batch * hidden;
-  const bool lstm = cell == 0;
+  const bool cell_state = traits_of(S.cell).cell_state != 0;
   // Two buffers of one layer's raw output: a layer writes the one it does not read, and a sum/mul/ave merges
   // into the other (the layer's input, no longer needed). The last layer writes into out where it can.
   // Two layers whose outputs are both kept whole (concat/None, nn.LSTM's stack) need only one: the first layer's
@@ -226,38 +194,51 @@ void forward_stack(int cell, int steps, int batch, int hidden, int layers, const
   const auto whole = [&](int l) { return merges[l] == kConcat || merges[l] == kNone; };
   const bool merged_last = !whole(layers - 1);
   const int count = layers == 1 ? (merged_last ? 1 : 0) : layers == 2 && whole(0) && !merged_last ? 1 : 2;
-  const birnn::Scratch<T> buffers(birnn::Use::kLayerOutputs, count * raw_size);  // kept across calls: scratch.h
+  const Scratch<T> buffers(Use::kLayerOutputs, count * raw_size);  // kept across calls: scratch.h
   T* const spare[2] = {buffers.get(), count == 2 ? buffers.get() + raw_size : nullptr};
-  const int P = row_groups(threads, batch);
-  const int team = std::min(threads, 2 * P);
-  birnn::SpinBarrier barrier(team);  // in place of the implicit barriers below (nowait): spin_barrier.h says why
+  const int P = row_groups(S.threads, batch);
+  const int team = std::min(S.threads, 2 * P);
+  SpinBarrier barrier(team);  // in place of the implicit barriers below (nowait): spin_barrier.h says why
 #pragma omp parallel num_threads(team)
   {
     const int one = 1, before = mkl_set_num_threads_local_(&one);
     // A team smaller than asked (OMP_THREAD_LIMIT, nesting) would never fill the barrier: it must know the real size.
-    birnn::SpinBarrier* sync = omp_get_num_threads() == team ? &barrier : nullptr;
-    const T* in = x;
+    SpinBarrier* sync = omp_get_num_threads() == team ? &barrier : nullptr;
+    const T* in = S.x;
     for (int l = 0; l < layers; ++l) {
       const bool last = l == layers - 1;
       const int merge = merges[l];
-      T* raw = last && whole(l) ? out : (in == spare[0] ? spare[1] : spare[0]);
-      const int64_t* w = weights + 6 * int64_t(l);
+      T* raw = last && whole(l) ? S.out : (in == spare[0] ? spare[1] : spare[0]);
+      const int64_t* w = S.weights + 6 * int64_t(l);
       auto at = [](int64_t address) { return reinterpret_cast<const T*>(address); };
+      Args<T> L = S;  // layer l: its input, weights, states and raw output; no stash
+      L.input_size = S.input_sizes[l];
+      L.x = in;
+      L.w_ih = at(w[0]);
+      L.packed_ih = reinterpret_cast<const float*>(w[1]);
+      L.b_ih = at(w[2]);
+      L.w_hh = at(w[3]);
+      L.packed_hh = reinterpret_cast<const float*>(w[4]);
+      L.b_hh = at(w[5]);
+      L.h0 = S.h0 + l * state;
+      L.c0 = cell_state ? S.c0 + l * state : nullptr;
+      L.gi = nullptr;
+      L.keep_gates = 0;
+      L.out = raw;
+      L.h_n = S.h_n + l * state;
+      L.c_n = cell_state ? S.c_n + l * state : nullptr;
+      L.h_all = L.c_all = L.ghn = nullptr;
 #pragma omp for schedule(static, 1) nowait
       for (int item = 0; item < 2 * P; ++item) {  // direction item % 2, row group item / 2
         const int d = item % 2, p = item / 2;
-        forward_direction<T>(L, d, group_start(batch, p, P), group_start(batch, p + 1, P), input_sizes[l], in,
-                          at(w[0]), at(w[2]), reinterpret_cast<const float*>(w[1]), at(w[3]),
-                          reinterpret_cast<const float*>(w[4]), at(w[5]), h0 + l * state, lstm ? c0 + l * state : nullptr,
-                          lengths, nullptr, false, raw, h_n + l * state, lstm ? c_n + l * state : nullptr, nullptr,
-                          nullptr, nullptr);
+        forward_direction<T>(L, d, group_start(batch, p, P), group_start(batch, p + 1, P));
       }
       team_barrier(sync);  // the merge, or the next layer, reads both directions
       if (whole(l)) {
         in = raw;
         continue;
       }
-      T* merged = last ? out : (raw == spare[0] ? spare[1] : spare[0]);
+      T* merged = last ? S.out : (raw == spare[0] ? spare[1] : spare[0]);
 #pragma omp for schedule(static) nowait
       for (int64_t r = 0; r < rows; ++r) {
         const T* f = raw + r * 2 * hidden;
@@ -277,4 +258,4 @@ void forward_stack(int cell, int steps, int batch, int hidden, int layers, const
   }  // (the region's own barrier: every thread arrives within a spin of the others)
 }
 
-}  // namespace
+}  // namespace birnn

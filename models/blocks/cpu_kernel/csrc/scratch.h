@@ -2,13 +2,13 @@
 //
 // Why: fresh memory costs a page fault for every 4 KB page on first touch (about 1.8 us each on the 2-core VM
 // measured), and glibc serves a request of the size of an mmap'd chunk it has just freed with a new mmap. An
-// inference call of LSTM T = 64, B = 16, H = 128, 2 layers re-faulted about 740 pages (3 MB) in every call: 13%
-// of its time on one thread, 18% on two; above 32 MB glibc always maps fresh pages (T = 512, B = 64, H = 128:
-// 16,000 faults a call, ~7%) (benchmarks/RESULTS.md, optimisation #17). A kept buffer is at most kKeepBytes, 64 MB
-// a use and thread (the layer outputs of T = 512, B = 64, H = 256, 2 layers, concat: what such a call's own
-// output takes); a larger request is allocated for the call and freed after it, as before. Thread-local: calls
-// on different threads (a server's request threads, OpenMP's pool) never share a buffer, and a thread's two uses
-// (Use) never alias.
+// inference call of LSTM T = 64, B = 16, H = 128, 2 layers re-faulted about 740 pages (3 MB) in every call: 13% of
+// its time on one thread, 18% on two; above 32 MB glibc always maps fresh pages (T = 512, B = 64, H = 128: 16,000
+// faults a call, ~7%) (benchmarks/archive/RESULTS-2026-12.md, optimisation #17). A kept buffer is at most kKeepBytes,
+// 64 MB a use and thread (the layer outputs of T = 512, B = 64, H = 256, 2 layers, concat: what such a call's own
+// output takes); a larger request is allocated for the call and freed after it, as before. Thread-local: calls on
+// different threads (a server's request threads, OpenMP's pool) never share a buffer, and a thread's two uses (Use)
+// never alias.
 #pragma once
 
 #include <cstddef>

@@ -1,14 +1,14 @@
 // A barrier for the threads of one OpenMP parallel region that spins briefly before it sleeps.
 //
-// Why: under OMP_WAIT_POLICY=PASSIVE (what this project's benchmarks and CI set on shared machines) libgomp's
-// barrier puts a waiting thread to sleep at once, and waking it costs a system call and, on a virtual machine,
-// the host waking a halted vCPU: after an idle spell KVM's halt polling has shrunk, and every barrier of an
-// inference call then costs far more. Measured on a 2-core VM, two threads, turns of 10 calls after a 0.2 s pause,
-// OpenMP's barriers against this one: LSTM T = 64, B = 1, H = 256, 2 layers 2.70-2.88 -> 1.84-2.13 ms a call (back
-// to back 1.9-2.0 both); B = 16, H = 128 6.3-7.4 -> 5.8-7.6 ms (noise) (benchmarks/RESULTS.md, optimisation
-// #18). The two directions of a layer do the same work, so a thread that arrives first usually waits only
-// microseconds: it spins (pause) for up to kSpinMicros, then sleeps in short steps, so a long wait (a preempted
-// partner on an oversubscribed machine) does not burn a core.
+// Why: under OMP_WAIT_POLICY=PASSIVE (what this project's benchmarks and CI set on shared machines) libgomp's barrier
+// puts a waiting thread to sleep at once, and waking it costs a system call and, on a virtual machine, the host
+// waking a halted vCPU: after an idle spell KVM's halt polling has shrunk, and every barrier of an inference call
+// then costs far more. Measured on a 2-core VM, two threads, turns of 10 calls after a 0.2 s pause, OpenMP's barriers
+// against this one: LSTM T = 64, B = 1, H = 256, 2 layers 2.70-2.88 -> 1.84-2.13 ms a call (back to back 1.9-2.0
+// both); B = 16, H = 128 6.3-7.4 -> 5.8-7.6 ms (noise) (benchmarks/archive/RESULTS-2026-12.md, optimisation #18). The
+// two directions of a layer do the same work, so a thread that arrives first usually waits only microseconds: it
+// spins (pause) for up to kSpinMicros, then sleeps in short steps, so a long wait (a preempted partner on an
+// oversubscribed machine) does not burn a core.
 #pragma once
 
 #include <atomic>

@@ -26,7 +26,7 @@ constexpr int kPanel = 2 * BIRNN_VECTOR;  // NR: two vectors of columns per pane
 // MR x NP panels: 6 rows x 64 columns, 24 accumulators of AVX-512's 32 registers (4 column loads and 6 broadcasts
 // per 24 FMAs). Measured against 8 x 32 (16 accumulators) on an Intel Xeon with AVX-512, one thread, whole LSTM/GRU
 // calls: 0.91-0.97x the time at B = 16-64, H = 128-256, the same bits; 12 x 32 0.94-0.97x, 7 x 64 0.96-1.00x,
-// 5 x 96 and 3 x 128 1.2-1.5x (benchmarks/RESULTS.md, optimisation #19).
+// 5 x 96 and 3 x 128 1.2-1.5x (benchmarks/archive/RESULTS-2026-12.md, optimisation #19).
 constexpr int kRows = 6;
 constexpr int kPanelsAtOnce = 2;
 #else

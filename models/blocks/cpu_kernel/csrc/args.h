@@ -1,0 +1,84 @@
+// The one struct every C entry point of the kernel takes (birnn_cpu.cpp): a call's sizes and pointers, one layer
+// (forward, backward) or every layer of an inference call (forward_stack). Its layout is the kernel's signature:
+// models/blocks/cpu_kernel/abi.py mirrors it field by field as a ctypes.Structure and checks sizeof and the offset
+// of the last field (birnn_args_layout) when it loads the library. Change both together, nowhere else.
+//
+// Layouts (row-major, contiguous; T steps, B rows, F inputs, H hidden, G = gates * H, d = direction):
+//   x (T, B, F); w_ih (2, G, F); b_ih (2, G) (b_ih + b_hh where the cell folds them); w_hh (2, G, H);
+//   b_hh (2, G) for a cell that keeps it apart (kApartHh), else null; h0, c0 (2, B, H) (c0 null without a cell
+//   state); lengths (B,) int64 or null (right padding: step t of row b is valid iff t < lengths[b]).
+//   gi (T, B, 2, G) with keep_gates (training): the projections, then the activated gates; else null.
+//   out (T, B, 2, H) zero at padded steps; h_n, c_n (2, B, H): the state at each row's last valid step.
+//   The stash for the reverse loop: h_all, c_all (T, B, 2, H) the state after each step (carried through
+//   padding), ghn (T, B, 2, H) W_hn h + b_hn (kApartHh); all null when no gradient is needed.
+//   Backward: d_out (T, B, 2, H); dh, dc (2, B, H) in d h_n / d c_n, out d h0 / d c0; d_gi (T, B, 2, G) the
+//   gate pre-activations' gradient, d_gh (T, B, 2, G) that of W_hh h + b_hh (kApartHh); d_x (T, B, F) or null;
+//   d_w_ih, d_w_hh, d_b_ih, d_b_hh as their weights (the biases may be null).
+// At padded steps a row's state is not updated, so the backward direction starts at each row's last valid step and
+// h_n/c_n are exact, with no packing.
+//   forward_stack: input_sizes, merges (layers,) and weights (6 addresses a layer: w_ih, packed_ih, b_ih, w_hh,
+//   packed_hh, b_hh; 0 when absent); h0, c0, h_n, c_n (2 * layers, B, H); out (T, B, H) after a last
+//   sum/mul/ave, else (T, B, 2H).
+//   packed_ih, packed_hh: null, or W_ih / W_hh packed by birnn_pack_ih_f32 / birnn_pack_hh_f32 (float32 vector
+//   builds; packed_ih is read in inference only).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cells.h"
+
+namespace birnn {
+
+template <typename T>
+struct Args {
+  Cell cell;
+  int32_t steps, batch, hidden, input_size;
+  int32_t layers;      // forward_stack only
+  int32_t keep_gates;  // training: gi keeps the projections, then the activated gates
+  int32_t threads;
+  const T* x;
+  const T* w_ih;
+  const float* packed_ih;
+  const T* b_ih;
+  const T* w_hh;
+  const float* packed_hh;
+  const T* b_hh;
+  const T* h0;
+  const T* c0;
+  const int64_t* lengths;
+  T* gi;
+  T* out;
+  T* h_n;
+  T* c_n;
+  T* h_all;
+  T* c_all;
+  T* ghn;
+  const T* d_out;
+  T* dh;
+  T* dc;
+  T* d_gi;
+  T* d_gh;
+  T* d_x;
+  T* d_w_ih;
+  T* d_b_ih;
+  T* d_w_hh;
+  T* d_b_hh;
+  const int32_t* input_sizes;
+  const int32_t* merges;
+  const int64_t* weights;
+
+  // G: rows of W_ih and W_hh a direction
+  int gh() const { return traits_of(cell).gates * hidden; }
+  // time index of processing step s in direction d
+  int time(int d, int s) const { return d == 0 ? s : steps - 1 - s; }
+  bool valid(int t, int b) const { return lengths == nullptr || t < lengths[b]; }
+  // (T, B, 2, n) element offset of row b, direction d, step t
+  int64_t at(int t, int b, int d, int n) const { return ((int64_t(t) * batch + b) * 2 + d) * n; }
+};
+
+// One layout for both element types: Python's mirror has one set of fields.
+static_assert(std::is_standard_layout<Args<float>>::value, "Args is read through ctypes");
+static_assert(sizeof(Args<float>) == sizeof(Args<double>), "Args<float> and Args<double> share a layout");
+
+}  // namespace birnn
