@@ -1,0 +1,60 @@
+"""Honest tuning: ``train.py``'s ``main`` returns the best validation accuracy (what a sweeper optimises), never a
+test metric; a run without a validation split returns None and says why; the shipped Optuna search runs."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from composing import TINY, compose_config
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_main(run_dir: Path, *overrides: str) -> Any:
+    """``train.main`` as Hydra calls it for one run (its Hydra config set), in this process."""
+    import train as app
+
+    composed = compose_config(*TINY, "trainer.tensorboard=false", *overrides, hydra=True)
+    with open_dict(composed):
+        composed.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(composed)
+    cfg = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
+    try:
+        return app.main.__wrapped__(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_main_returns_the_best_validation_accuracy_not_the_test_accuracy(tmp_path: Path) -> None:
+    returned = run_main(tmp_path, "model.merge_mode=sum", "data.num_test=50")
+    results = json.loads((tmp_path / "results.json").read_text())
+    best_val = max(json.loads(line)["val_acc"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines())
+    assert returned == results["best_val_accuracy"] == best_val
+    # 64 validation and 50 test rows: the two accuracies of this run differ, so the check above can tell them apart
+    assert results["best_val_accuracy"] != results["test_accuracy"]
+
+
+def test_a_run_without_validation_returns_none_and_says_why(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             ) -> None:
+    pytest.importorskip("models.data.text_files", reason="data=text_files is needed for a run without validation")
+    from test_data_text_files import write_csv
+
+    train_file, test_file = write_csv(tmp_path / "train.csv", 48), write_csv(tmp_path / "test.csv", 16, seed=1)
+    with caplog.at_level(logging.WARNING, logger="train"):
+        returned = run_main(tmp_path / "run", "data=text_files", f"data.train={train_file}", f"data.test={test_file}",
+                            "data.val_fraction=0", "data.batch_size=16")
+    assert returned is None
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["best_val_accuracy"] is None
+    assert "no validation split" in caplog.text and "returns None" in caplog.text
