@@ -13,6 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tiny run's model and trainer for data other than the synthetic task (experiment=tiny sets its sizes).
+SMALL = ("model.embed_dim=8", "model.hidden_size=8", "trainer.max_epochs=2", "trainer.num_threads=1",
+         "trainer.infer_batches=1")
 
 
 @pytest.fixture(autouse=True)
@@ -22,11 +25,11 @@ def keep_threads():
     torch.set_num_threads(threads)
 
 
-def run_main(run_dir: Path, *overrides: str) -> Any:
+def run_main(run_dir: Path, *overrides: str, base: tuple = TINY) -> Any:
     """``train.main`` as Hydra calls it for one run (its Hydra config set), in this process."""
     import train as app
 
-    composed = compose_config(*TINY, "trainer.tensorboard=false", *overrides, hydra=True)
+    composed = compose_config(*base, "trainer.tensorboard=false", *overrides, hydra=True)
     with open_dict(composed):
         composed.hydra.runtime.output_dir = str(run_dir)
     HydraConfig.instance().set_config(composed)
@@ -48,13 +51,12 @@ def test_main_returns_the_best_validation_accuracy_not_the_test_accuracy(tmp_pat
 
 def test_a_run_without_validation_returns_none_and_says_why(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                              ) -> None:
-    pytest.importorskip("models.data.text_files", reason="data=text_files is needed for a run without validation")
     from test_data_text_files import write_csv
 
     train_file, test_file = write_csv(tmp_path / "train.csv", 48), write_csv(tmp_path / "test.csv", 16, seed=1)
     with caplog.at_level(logging.WARNING, logger="train"):
         returned = run_main(tmp_path / "run", "data=text_files", f"data.train={train_file}", f"data.test={test_file}",
-                            "data.val_fraction=0", "data.batch_size=16")
+                            "data.val_fraction=0", "data.batch_size=16", base=SMALL)
     assert returned is None
     assert json.loads((tmp_path / "run" / "results.json").read_text())["best_val_accuracy"] is None
     assert "no validation split" in caplog.text and "returns None" in caplog.text
