@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from models.data import DataFormatError, build_data, resolve_config
 from models.data.text import SEP, Vocab, encode_example
@@ -208,3 +209,65 @@ def test_csv_tsv_and_jsonl_train_from_the_command_line(tmp_path: Path) -> None:
     assert [r["config"]["data"]["train"] for r in results] == [str(f) for f in files]
     assert len({r["test_accuracy"] for r in results}) == 1, "the same rows in three formats: the same run"
     assert (tmp_path / "sweep" / "summary.md").is_file()
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_trec = pytest.mark.skipif(not (SHARED / "trec").is_dir(),
+                                reason=f"shared data folder {SHARED} is missing (see shared/README.md)")
+
+
+def trec_as_csv(folder: Path) -> tuple[Path, Path]:
+    """TREC-6's two files as ``label,text`` CSV files (the built-in reader parses them)."""
+    from models.data.download import ensure_files
+    from models.data.text import read_trec
+
+    paths = ensure_files("trec", str(SHARED), download=False, verify=True)
+    written = []
+    for part in ("train", "test"):
+        rows, _ = read_trec(paths[part])
+        path = folder / f"trec_{part}.csv"
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["question", "coarse"])
+            writer.writerows((text, label) for label, text in rows)
+        written.append(path)
+    return written[0], written[1]
+
+
+TREC_KEYS = {"text_column": "question", "label_column": "coarse", "val_fraction": 0.1, "split_seed": 0}
+
+
+@needs_trec
+def test_trec_through_text_files_is_the_built_in_loader(tmp_path: Path) -> None:
+    train, test = trec_as_csv(tmp_path)
+    generic = build_data(cfg(train, test=str(test), unk_shapes=True, **TREC_KEYS))
+    built_in = build_data({"name": "trec", "root": str(SHARED), "download": False, "unk_shapes": True})
+    assert generic.class_names == built_in.class_names
+    assert generic.vocab.itos == built_in.vocab.itos
+    for split in ("train", "val", "test"):
+        assert generic.splits[split].labels.tolist() == built_in.splits[split].labels.tolist()
+        assert [s.tolist() for s in generic.splits[split].sequences] == [s.tolist() for s in
+                                                                         built_in.splits[split].sequences]
+
+
+@needs_trec
+@pytest.mark.slow
+def test_trec_through_text_files_trains_to_the_same_accuracy(tmp_path: Path) -> None:
+    from composing import compose_config
+
+    from models.training.loop import train as train_run
+
+    threads = torch.get_num_threads()
+    train, test = trec_as_csv(tmp_path)
+    common = ("model.embed_dim=16", "model.hidden_size=16", "trainer.max_epochs=2", "trainer.num_threads=1",
+              "trainer.tensorboard=false", "trainer.infer_batches=1")
+    try:
+        generic = train_run(compose_config("data=text_files", f"data.train={train}", f"data.test={test}",
+                                           *(f"data.{k}={v}" for k, v in TREC_KEYS.items()), *common),
+                            tmp_path / "generic")
+        built_in = train_run(compose_config("data=trec", f"data.root={SHARED}", "data.download=false", *common),
+                             tmp_path / "built_in")
+    finally:
+        torch.set_num_threads(threads)
+    assert generic["best_val_accuracy"] == built_in["best_val_accuracy"]
+    assert generic["test_accuracy"] == built_in["test_accuracy"] > built_in["majority_test_accuracy"] + 0.1
