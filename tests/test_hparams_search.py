@@ -60,3 +60,28 @@ def test_a_run_without_validation_returns_none_and_says_why(tmp_path: Path, capl
     assert returned is None
     assert json.loads((tmp_path / "run" / "results.json").read_text())["best_val_accuracy"] is None
     assert "no validation split" in caplog.text and "returns None" in caplog.text
+
+
+def test_a_three_trial_optuna_search_of_the_tiny_experiment_maximises_validation_accuracy(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
+                        reason="the Optuna sweeper is an optional extra: pip install -e '.[sweep]'")
+    import subprocess
+    import sys
+
+    import yaml
+
+    command = [sys.executable, str(ROOT / "train.py"), "hparams_search=merge_modes", *TINY,
+               "hydra.sweeper.n_trials=3", "model.hidden_size=choice(8,12)", "data.num_test=50",
+               "trainer.max_epochs=1", "trainer.tensorboard=false", f"hydra.sweep.dir={tmp_path}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/results.json"))]
+    assert len(trials) == 3
+    found = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert found["best_value"] == max(t["best_val_accuracy"] for t in trials)
+    best = next(t for t in trials if t["best_val_accuracy"] == found["best_value"])
+    assert found["best_params"]["model.merge_mode"] == best["merge_mode"]
+    assert found["best_params"]["model.hidden_size"] in (8, 12)
+    assert set(found["best_params"]) == {"model.merge_mode", "model.hidden_size", "model.dropout", "optim.lr"}
+    # 64 validation and 50 test rows: a sweep that read test accuracies could not return these validation values
+    assert all(t["best_val_accuracy"] * 64 == round(t["best_val_accuracy"] * 64) for t in trials)
