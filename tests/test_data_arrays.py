@@ -112,3 +112,46 @@ def test_a_feature_model_trains_from_the_command_line(tmp_path: Path) -> None:
     assert results["test_accuracy"] >= 0.8, results   # the class is in feature 0's mean: easy for 3 epochs
     state = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)["model"]
     assert state["embed.weight"].shape == (8, 3), "model.input_size came from the data (F = 3)"
+
+
+def _train_command(path: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [str(ROOT / "train.py"), "data=arrays", f"data.train={path}", "data.batch_size=16", "model.embed_dim=8",
+            "model.hidden_size=8", "optim.warmup_steps=0", "trainer.max_epochs=2", "trainer.num_threads=1",
+            "trainer.tensorboard=false", "trainer.infer_batches=1", "trainer.checkpoint_every_steps=4",
+            f"hydra.run.dir={run_dir}", *extra]
+
+
+def _last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+@pytest.mark.slow                                       # three more train.py launches, one of them torchrun (~1 min)
+def test_feature_data_shards_over_ddp_and_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from models.training.testing_aids import KILL_AT_STEP_ENV
+
+    seqs, labels = sequences(150)
+    path = save_padded(tmp_path / "train.npz", seqs, labels)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, *_train_command(path, tmp_path / "one")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    double = subprocess.run([*torchrun, *_train_command(path, tmp_path / "two")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert double.returncode == 0, double.stdout[-3000:] + double.stderr[-3000:]
+    one, two = _last_weights(tmp_path / "one"), _last_weights(tmp_path / "two")
+    assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-5, "2 ranks train like 1 process"
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 2
+
+    killed = subprocess.run([sys.executable, *_train_command(path, tmp_path / "resumed")], cwd=ROOT,
+                            env={**env, KILL_AT_STEP_ENV: "10"}, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = subprocess.run([sys.executable, *_train_command(path, tmp_path / "resumed",
+                                                              f"trainer.resume={tmp_path / 'resumed'}")],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = _last_weights(tmp_path / "resumed")
+    assert max((one[k] - again[k]).abs().max().item() for k in one) <= 1e-6, "the resumed run ends where one run does"
