@@ -155,3 +155,22 @@ def test_feature_data_shards_over_ddp_and_resumes_to_the_same_weights(tmp_path: 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = _last_weights(tmp_path / "resumed")
     assert max((one[k] - again[k]).abs().max().item() for k in one) <= 1e-6, "the resumed run ends where one run does"
+
+
+def test_a_parquet_list_column_is_the_same_data_as_an_npz(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow", reason="Parquet input needs pyarrow")
+    import pyarrow.parquet as pq
+
+    seqs, labels = sequences(30)
+    names = np.array(["down", "up"])[labels]
+    pq.write_table(pa.table({"x": [s.tolist() for s in seqs], "y": names.tolist()}), tmp_path / "d.parquet")
+    a = build_data(cfg(tmp_path / "d.parquet"))
+    b = build_data(cfg(save_padded(tmp_path / "d.npz", seqs, names)))
+    assert a.class_names == b.class_names == ["down", "up"] and a.num_features == 3
+    for split in b.splits:
+        assert a.splits[split].labels.tolist() == b.splits[split].labels.tolist()
+        for p, q in zip(a.splits[split].sequences, b.splits[split].sequences, strict=True):
+            np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-6)
+    pq.write_table(pa.table({"x": [[[1.0, 2.0]], [[1.0], [2.0, 3.0]]], "y": [0, 1]}), tmp_path / "ragged.parquet")
+    with pytest.raises(DataFormatError, match=r"ragged\.parquet\[1\]: data\.features_key='x': expected a list"):
+        build_data(cfg(tmp_path / "ragged.parquet"))

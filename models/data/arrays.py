@@ -7,7 +7,10 @@ an ``.npz`` file (``numpy.savez``; read with ``allow_pickle=False``) holding:
   the rows one after another;
 - ``data.labels_key`` (``y``): ``(N,)`` integer class ids or class names (strings);
 - ``data.lengths_key`` (``lengths``): ``(N,)`` steps per row, each >= 1; required for the ``(sum, F)`` layout,
-  optional for ``(N, T, F)`` (absent: every row has ``T`` steps).
+  optional for ``(N, T, F)`` (absent: every row has ``T`` steps);
+
+or a ``.parquet`` table (pyarrow) whose ``data.features_key`` column holds each row's steps as a list of lists
+of F numbers and whose ``data.labels_key`` column holds the labels.
 
 ``data.standardize`` (true) subtracts each feature's mean and divides by its standard deviation, both over the
 valid steps of the training split only (a constant feature keeps std 1); the bundle keeps them
@@ -33,7 +36,7 @@ from .text import DataFormatError
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = (".npz",)
+EXTENSIONS = (".npz", ".parquet")
 
 
 def resolve(c: dict[str, Any]) -> None:
@@ -45,14 +48,16 @@ def resolve(c: dict[str, Any]) -> None:
         raise ValueError(f"data.standardize={c['standardize']!r}: expected true or false")
     for key in ("train", "validation", "test"):
         if c[key] is not None and Path(c[key]).suffix.lower() not in EXTENSIONS:
-            raise ValueError(f"data.{key}={c[key]!r}: expected an .npz file (numpy.savez) of arrays "
+            raise ValueError(f"data.{key}={c[key]!r}: expected an .npz file (numpy.savez) or a .parquet table of "
                              f"data.features_key={c['features_key']!r}, data.labels_key={c['labels_key']!r} and "
                              f"optionally data.lengths_key={c['lengths_key']!r}")
 
 
-def _arrays(path: Path, key: str) -> dict[str, np.ndarray]:
+def _arrays(path: Path, key: str, c: dict[str, Any]) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"data.{key}={str(path)!r}: no such file")
+    if path.suffix.lower() == ".parquet":
+        return _parquet(path, key, c)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
@@ -60,10 +65,42 @@ def _arrays(path: Path, key: str) -> dict[str, np.ndarray]:
         raise DataFormatError(f"{path}: not an .npz of plain arrays (data.{key}): {error}") from None
 
 
+def _parquet(path: Path, key: str, c: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A Parquet table as the ``(sum of lengths, F)`` layout: ``data.features_key`` a list column (a row: a list of
+    steps, each a list of F numbers), ``data.labels_key`` a column of ids or names."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(f"data.{key}={str(path)!r}: a .parquet file needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as error:                         # pyarrow's own errors: not a Parquet file, a broken one
+        raise DataFormatError(f"{path}: not a readable Parquet file (data.{key}): {error}") from None
+    found: dict[str, np.ndarray] = {}
+    if c["labels_key"] in table.column_names:
+        found[c["labels_key"]] = np.asarray(table.column(c["labels_key"]).to_pylist())
+    if c["features_key"] in table.column_names:
+        steps = []
+        for index, row in enumerate(table.column(c["features_key"]).to_pylist()):
+            try:
+                seq = np.asarray(row if row else np.zeros((0, 0)), dtype=np.float64)
+            except (TypeError, ValueError):
+                seq = None
+            if seq is None or seq.ndim != 2 or (steps and len(seq) and seq.shape[1] != steps[0].shape[1]):
+                raise DataFormatError(f"{path}[{index}]: data.features_key={c['features_key']!r}: expected a list "
+                                      f"of steps, each a list of the same number of features")
+            steps.append(seq)
+        width = max((s.shape[1] for s in steps), default=0)
+        found[c["features_key"]] = np.concatenate([s.reshape(len(s), width) for s in steps]) if steps else \
+            np.zeros((0, 0))
+        found[c["lengths_key"]] = np.asarray([len(s) for s in steps], dtype=np.int64)
+    return found
+
+
 def read(c: dict[str, Any], key: str) -> Rows:
     """The rows of ``data.<key>``'s file: float32 ``(T_i, F)`` arrays with their labels and ``file[row]``."""
     path = Path(c[key]).expanduser()
-    arrays = _arrays(path, key)
+    arrays = _arrays(path, key, c)
     for name in ("features_key", "labels_key"):
         if c[name] not in arrays:
             raise DataFormatError(f"{path}: data.{name}={c[name]!r} is not an array of the file; arrays: "
