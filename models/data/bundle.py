@@ -306,4 +306,4 @@ def _build_text(c: dict[str, Any]) -> DataBundle:
     info = {"files": {k: str(p) for k, p in paths.items()}, "skipped_malformed": sum(skipped.values()),
             "skipped_by_file": skipped}
     return DataBundle(name=name, vocab_size=len(vocab), num_classes=len(classes), class_names=list(classes),
-                      splits=splits, config=c, vocab=vocab, info=info)
+                      splits=splits, config={**c, "text_pair_column": None}, vocab=vocab, info=info)
