@@ -45,6 +45,12 @@ def _record_failure(run_dir: Path, error: BaseException, kind: str) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    """One run (or one sweep job): train, test, write ``results.json``; returns the best **validation** accuracy.
+
+    The return value is what a Hydra sweeper optimises (``hydra/sweeper=optuna``, ``conf/hparams_search/``): the
+    metric early stopping selects the weights by (``best_val_accuracy``), never a test metric, so a sweep cannot
+    tune on the test split. A run without a validation split (``data.val_fraction=0``) returns None and logs
+    why; so does a failed sweep job."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -78,7 +84,11 @@ def main(cfg: DictConfig) -> float | None:
         log.exception("job failed; the sweep goes on")
         _record_failure(run_dir, error, "exception")
         return None
-    return results["test_accuracy"]
+    best_val = results["best_val_accuracy"]
+    if best_val is None:
+        log.warning("no validation split (data.val_fraction=0): main returns None, nothing a sweeper could "
+                    "optimise; tune with a validation split, then train the final model on every row")
+    return best_val
 
 
 def cli() -> None:

@@ -22,7 +22,8 @@ DEFAULT_POOL_BATCHES = 50
 class Batch(NamedTuple):
     """One padded batch.
 
-    tokens: LongTensor (B, T), right-padded with 0, T = max(lengths).
+    tokens: LongTensor (B, T), right-padded with 0, T = max(lengths); for feature data (``data=arrays``) a
+        FloatTensor (B, T, F), right-padded with zeros.
     lengths: LongTensor (B,), every entry >= 1.
     labels: LongTensor (B,).
     """
@@ -59,11 +60,38 @@ class ListDataset:
         return self.sequences[index].tolist(), int(self.labels[index])
 
 
+class FeatureDataset:
+    """In-memory feature sequences: ``ds[i] -> (np.ndarray float32 (T_i, F), label int)``; ``lengths`` (N,)."""
+
+    def __init__(self, sequences: Sequence[np.ndarray], labels: Sequence[int]) -> None:
+        if len(sequences) != len(labels):
+            raise ValueError(f"{len(sequences)} sequences but {len(labels)} labels")
+        self.sequences = [np.asarray(s, dtype=np.float32) for s in sequences]
+        if any(s.ndim != 2 for s in self.sequences):
+            raise ValueError("every feature sequence must have shape (T, F)")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.lengths = np.asarray([len(s) for s in self.sequences], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.sequences[index], int(self.labels[index])
+
+
 def collate(items: Sequence[tuple[Sequence[int], int]], pad_id: int = 0) -> Batch:
-    """Pad ``B`` examples ``(ids, label)`` on the right into a :class:`Batch` (tokens (B, T))."""
+    """Pad ``B`` examples ``(ids, label)`` on the right into a :class:`Batch` (tokens (B, T)); examples
+    ``(np.ndarray (T, F) float, label)`` into float features (B, T, F) padded with zeros."""
     lengths = [len(ids) for ids, _ in items]
     if any(n < 1 for n in lengths):
         raise ValueError("collate: every example needs at least one token")
+    first = items[0][0] if items else None
+    if isinstance(first, np.ndarray) and first.ndim == 2:
+        features = torch.zeros((len(items), max(lengths), first.shape[1]), dtype=torch.float32)
+        for row, (steps, _) in enumerate(items):
+            features[row, : len(steps)] = torch.from_numpy(np.asarray(steps, dtype=np.float32))
+        return Batch(tokens=features, lengths=torch.as_tensor(lengths, dtype=torch.long),
+                     labels=torch.as_tensor([int(label) for _, label in items], dtype=torch.long))
     tokens = torch.full((len(items), max(lengths)), pad_id, dtype=torch.long)
     for row, (ids, _) in enumerate(items):
         tokens[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)

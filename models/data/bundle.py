@@ -22,6 +22,7 @@ Config keys (unknown keys raise ``ValueError``; their types and defaults: ``mode
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +30,22 @@ from typing import Any
 
 import numpy as np
 
-from . import download, schema, synthetic, text
+from . import download, schema, splits, synthetic, text
 from .batching import BatchLoader, ListDataset
 
-NAMES = ("synthetic", *schema.TEXT_SCHEMAS)
+NAMES = ("synthetic", *schema.TEXT_SCHEMAS, *schema.FILE_SCHEMAS)
 
 
 @dataclass
 class DataBundle:
-    """Splits plus metadata. ``splits[s][i] -> (token ids list[int], label int)``; pad id is 0."""
+    """Splits plus metadata. ``splits[s][i] -> (token ids list[int], label int)``; pad id is 0.
+
+    ``input_kind="features"`` (``data=arrays``): ``splits[s][i] -> (np.ndarray float32 (T, F), label int)``,
+    already standardised with ``feature_mean``/``feature_std`` (each of length ``F = num_features``; None when
+    ``data.standardize=false``), batches hold float ``(B, T, F)``; ``vocab_size`` is 0 and ``vocab`` None.
+    ``class_names[i]`` names label id ``i``; ``config`` is the resolved ``data`` config (a text pair column:
+    ``config["text_pair_column"]``).
+    """
 
     name: str
     vocab_size: int
@@ -48,6 +56,10 @@ class DataBundle:
     vocab: text.Vocab | None = None
     info: dict[str, Any] = field(default_factory=dict)
     pad_id: int = 0
+    input_kind: str = "tokens"                        # "tokens" | "features"
+    num_features: int | None = None                   # F of feature sequences (B, T, F)
+    feature_mean: list[float] | None = None           # per feature, of the training steps (standardisation)
+    feature_std: list[float] | None = None
 
     def loader(
         self, split: str, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0,
@@ -98,6 +110,12 @@ def split_key(c: Mapping[str, Any], split: str) -> str:
     """The config key (with its value) that sets the size of ``split``, for error messages."""
     if c.get("name") == "synthetic":
         return f"data.num_{split}={c.get(f'num_{split}')!r}"
+    if "train" in c:                                   # your own data: a source, or a fraction of train
+        key = splits.SOURCE_KEYS[split]
+        if c[key] is not None or split == "train":
+            return f"data.{key}={c[key]!r}"
+        fraction = "val_fraction" if split == "val" else "test_fraction"
+        return f"data.{fraction}={c[fraction]!r} of data.train={c['train']!r}"
     keys = [k for k in ("val_fraction", "test_fraction") if k in c]
     if keys and (split != "test" or "test_fraction" in c):
         return ", ".join(f"data.{k}={c[k]!r}" for k in keys)
@@ -169,6 +187,8 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
     _bool(c, "bucket")
     if name == "synthetic":
         _resolve_synthetic(c)
+    elif name in schema.FILE_SCHEMAS:
+        _resolve_own_data(c)
     else:
         _int(c, "min_freq", 1)
         _int(c, "subword_types", 0)
@@ -187,6 +207,25 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
         if c.get("val_fraction", 0) + c.get("test_fraction", 0) >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be < 1")
     return c
+
+
+def _resolve_tokenizer(c: dict[str, Any]) -> None:
+    _int(c, "min_freq", 1)
+    _int(c, "subword_types", 0)
+    _int(c, "max_len", 1, nullable=True)
+    for key in ("lowercase", "unk_shapes"):
+        _bool(c, key)
+    _int(c, "max_vocab", 2 + len(text.UNK_SHAPES) * c["unk_shapes"] + (c.get("text_pair_column") is not None),
+         nullable=True)
+
+
+def _resolve_own_data(c: dict[str, Any]) -> None:
+    """``data=text_files | hf | arrays``: the split keys, then each kind's own."""
+    _bool(c, "skip_malformed")
+    splits.resolve(c)
+    if c["name"] != "arrays":
+        _resolve_tokenizer(c)
+    importlib.import_module(f"{__package__}.{c['name']}").resolve(c)
 
 
 def _resolve_synthetic(c: dict[str, Any]) -> None:
@@ -212,6 +251,9 @@ def build_data(cfg: Any, seed: int = 0) -> DataBundle:
     c = resolve_config(cfg)
     if c["name"] == "synthetic":
         return _build_synthetic(c, seed)
+    if c["name"] in schema.FILE_SCHEMAS:
+        module = importlib.import_module(f"{__package__}.{c['name']}")   # text_files | hf | arrays
+        return DataBundle(**module.build(c))
     return _build_text(c)
 
 
@@ -264,4 +306,4 @@ def _build_text(c: dict[str, Any]) -> DataBundle:
     info = {"files": {k: str(p) for k, p in paths.items()}, "skipped_malformed": sum(skipped.values()),
             "skipped_by_file": skipped}
     return DataBundle(name=name, vocab_size=len(vocab), num_classes=len(classes), class_names=list(classes),
-                      splits=splits, config=c, vocab=vocab, info=info)
+                      splits=splits, config={**c, "text_pair_column": None}, vocab=vocab, info=info)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from . import synthetic
 
@@ -80,6 +80,73 @@ class SmsSpamDataConfig(TextDataConfig):
 TEXT_SCHEMAS: dict[str, type] = {"trec": TrecDataConfig, "sst2": Sst2DataConfig, "sms_spam": SmsSpamDataConfig}
 
 
+@dataclass
+class SplitsConfig(DataConfig):
+    """Your own data (``models/data/splits.py``): a train source, and validation/test sources or seeded stratified
+    fractions of train; labels as class names or integer ids."""
+
+    train: Optional[str] = None                       # required
+    validation: Optional[str] = None                  # null: val_fraction of train
+    test: Optional[str] = None                        # null: test_fraction of train
+    val_fraction: Optional[float] = None              # null: 0.1 without a validation source; 0: no validation split
+    test_fraction: Optional[float] = None             # null: 0.2 without a test source
+    split_seed: int = 0
+    class_names: Optional[List[str]] = None           # null: sorted training labels (names), or "0".."K-1" (ids)
+    skip_malformed: bool = False
+
+
+@dataclass
+class TokenizerConfig:
+    """The vocabulary and tokenizer keys, as the built-in text datasets have them (:class:`TextDataConfig`)."""
+
+    min_freq: int = 1
+    max_vocab: Optional[int] = None
+    max_len: Optional[int] = None
+    lowercase: bool = True
+    unk_shapes: bool = False
+    subword_types: int = 0
+
+
+@dataclass
+class TextFilesDataConfig(TokenizerConfig, SplitsConfig):
+    """Texts and labels in CSV, TSV or JSON Lines files (``models/data/text_files.py``)."""
+
+    name: str = "text_files"
+    format: str = "auto"                              # auto (from the extension) | csv | tsv | jsonl
+    encoding: str = "utf-8"
+    text_column: str = "text"
+    label_column: str = "label"
+    text_pair_column: Optional[str] = None            # a second text per row, joined with <sep>
+
+
+@dataclass
+class HfDataConfig(TokenizerConfig, SplitsConfig):
+    """A Hugging Face dataset (``models/data/hf.py``): ``train``/``validation``/``test`` name its splits."""
+
+    name: str = "hf"
+    path: Optional[str] = None                        # a dataset name, a save_to_disk folder, or csv/json with data_files
+    config_name: Optional[str] = None
+    data_files: Optional[Any] = None                  # for path=csv|json|parquet: a file or {split: file}
+    train: Optional[str] = "train"
+    text_column: str = "text"
+    label_column: str = "label"
+    text_pair_column: Optional[str] = None
+
+
+@dataclass
+class ArraysDataConfig(SplitsConfig):
+    """Numeric sequences (T, F) with a label each, from ``.npz`` files (``models/data/arrays.py``)."""
+
+    name: str = "arrays"
+    features_key: str = "x"                           # (N, T, F) padded, or (sum of lengths, F) end to end
+    labels_key: str = "y"                             # (N,) integer ids or strings
+    lengths_key: str = "lengths"                      # (N,); absent: every row has T steps
+    standardize: bool = True                          # per-feature mean/std of the training steps
+
+
+FILE_SCHEMAS: dict[str, type] = {"text_files": TextFilesDataConfig, "hf": HfDataConfig, "arrays": ArraysDataConfig}
+
+
 @cache
 def synthetic_schema(task: str) -> type:
     """The schema of synthetic ``task``: :class:`SyntheticDataConfig` plus the task's own integer keys."""
@@ -95,8 +162,10 @@ def schema_for(name: Any, task: Any = None) -> type:
         if task not in synthetic.TASKS:
             raise ValueError(f"data.task={task!r}: expected one of {sorted(synthetic.TASKS)}")
         return synthetic_schema(task)
+    if name in FILE_SCHEMAS:
+        return FILE_SCHEMAS[name]
     if name not in TEXT_SCHEMAS:
-        raise ValueError(f"data.name={name!r}: expected one of {['synthetic', *TEXT_SCHEMAS]}")
+        raise ValueError(f"data.name={name!r}: expected one of {['synthetic', *TEXT_SCHEMAS, *FILE_SCHEMAS]}")
     return TEXT_SCHEMAS[name]
 
 

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
+# Between a text and its pair (``data.text_pair_column``); the tokenizer splits ``<`` and ``>``, so no word is it.
+SEP = "<sep>"
 # With ``data.unk_shapes``, an unknown word maps to the token of its shape instead of ``<unk>`` (ids 2-6):
 # a number, an acronym, a name and a rare lower-case word say different things about a question's type.
 UNK_SHAPES = ("<unk:number>", "<unk:CAPS>", "<unk:Capital>", "<unk:lower>", "<unk:other>")
@@ -79,12 +81,13 @@ class Vocab:
 
     @classmethod
     def build(cls, token_lists: Iterable[Sequence[str]], min_freq: int = 1, max_size: int | None = None,
-              unk_shapes: bool = False, subword_types: int = 0) -> Vocab:
+              unk_shapes: bool = False, subword_types: int = 0, reserved: Sequence[str] = ()) -> Vocab:
         """Tokens with count >= ``min_freq``, most frequent first (ties alphabetical), at most
-        ``max_size`` entries in total including ``<pad>``, ``<unk>`` and (``unk_shapes``) the shape tokens.
-        ``subword_types > 0``: then the pieces (see :data:`CONTINUATION`) found in at least that many distinct
-        training words, most widespread first, within the same ``max_size``."""
-        specials = [PAD, UNK, *(UNK_SHAPES if unk_shapes else ())]
+        ``max_size`` entries in total including ``<pad>``, ``<unk>``, (``unk_shapes``) the shape tokens and the
+        ``reserved`` tokens (e.g. :data:`SEP`, right after them). ``subword_types > 0``: then the pieces (see
+        :data:`CONTINUATION`) found in at least that many distinct training words, most widespread first, within
+        the same ``max_size``."""
+        specials = [PAD, UNK, *(UNK_SHAPES if unk_shapes else ()), *reserved]
         if min_freq < 1:
             raise ValueError(f"min_freq must be >= 1, got {min_freq}")
         if subword_types < 0:
@@ -296,15 +299,31 @@ def encode_rows(
     *,
     lowercase: bool = True,
     max_len: int | None = None,
+    pairs: Sequence[str] | None = None,
 ) -> ListDataset:
-    """Tokenize, truncate to ``max_len`` tokens and encode ``(label, text)`` rows into a dataset.
-
-    A text with no tokens at all becomes ``[<unk>]`` so every example has length >= 1.
-    """
+    """Encode ``(label, text)`` rows (and ``pairs[i]``, the pair text of row ``i``) into a dataset with
+    :func:`encode_example`: tokenized, truncated to ``max_len`` tokens, a text without tokens as ``[<unk>]``."""
     index = {c: i for i, c in enumerate(class_names)}
+    if pairs is not None and len(pairs) != len(rows):
+        raise ValueError(f"{len(pairs)} pair texts for {len(rows)} rows")
     seqs, labels = [], []
-    for label, text in rows:
-        ids = encode_text(text, vocab, lowercase)[:max_len] or [UNK_ID]
-        seqs.append(ids)
+    for row, (label, text) in enumerate(rows):
+        seqs.append(encode_example(text, None if pairs is None else pairs[row], vocab, lowercase=lowercase,
+                                   max_len=max_len))
         labels.append(index[label])
     return ListDataset(seqs, labels)
+
+
+def encode_example(text: str, pair: str | None, vocab: Vocab, *, lowercase: bool = True,
+                   max_len: int | None = None) -> list[int]:
+    """One raw example -> token ids, the one rule of every text dataset (training and prediction alike).
+
+    ``pair`` None: the text's ids truncated to ``max_len``, or ``[<unk>]`` for a text without tokens (every
+    example has length >= 1). With a pair: text ids, the id of :data:`SEP`, pair ids, then truncated to
+    ``max_len`` (the vocabulary must hold ``<sep>``: built with ``reserved=[SEP]``)."""
+    if pair is None:
+        return encode_text(text, vocab, lowercase)[:max_len] or [UNK_ID]
+    if SEP not in vocab.stoi:
+        raise ValueError(f"a text pair needs the {SEP!r} token, which this vocabulary lacks (build it with "
+                         f"reserved=[{SEP!r}])")
+    return [*encode_text(text, vocab, lowercase), vocab.stoi[SEP], *encode_text(pair, vocab, lowercase)][:max_len]

@@ -17,7 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from ..data import TASKS
-from ..data.schema import TEXT_SCHEMAS, synthetic_schema
+from ..data.schema import FILE_SCHEMAS, TEXT_SCHEMAS, synthetic_schema
 from ..deploy.compile import COMPILE_MODES
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -76,5 +76,5 @@ def register() -> None:
     store.store(group="schema", name="optim", node=OptimConfig)
     for task in TASKS:
         store.store(group="schema/data", name=task, node=synthetic_schema(task))
-    for name, schema in TEXT_SCHEMAS.items():
+    for name, schema in {**TEXT_SCHEMAS, **FILE_SCHEMAS}.items():
         store.store(group="schema/data", name=name, node=schema)

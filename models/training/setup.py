@@ -198,7 +198,9 @@ def _build_data(data_cfg: Dict[str, Any], seed: int, world_size: int) -> DataBun
 
 def _build_model(cfg: DictConfig, data: DataBundle, device: torch.device, init_from: Optional[str]) -> nn.Module:
     model_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
-    model = create_model(cfg.model.name, vocab_size=data.vocab_size, num_classes=data.num_classes, **model_kwargs)
+    # The input comes from the data: a vocabulary of token ids, or (data=arrays) F float features per step.
+    inputs = ({"input_size": data.num_features} if data.input_kind == "features" else {"vocab_size": data.vocab_size})
+    model = create_model(cfg.model.name, num_classes=data.num_classes, **inputs, **model_kwargs)
     model.to(device)
     if init_from:
         path = load_init_weights(model, init_from, device)
