@@ -1,6 +1,7 @@
 """``models.load_run`` -> ``Predictor``: raw strings classified as the training loop's own evaluation classified
 them; old checkpoints (no preprocessing) still load; feature models; ``predict.py`` / ``eval.py`` on the command line."""
 
+import io
 import json
 import logging
 import os
@@ -10,12 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_text_run import tiny_text_overrides, tiny_text_run
+from omegaconf import OmegaConf
+from tiny_text_run import tiny_text_run, write_tiny_trec
 
 import models
-from models.data import build_data
+from models.data import build_data, resolve_config
 from models.data.preprocessing import Preprocessing
 from models.data.text import read_trec
+from models.deploy.evaluate import evaluate_run, text_rows
+from models.deploy.predict_cli import PredictError, predict_main
 from models.deploy.predictor import Predictor
 from models.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -101,51 +105,76 @@ def test_a_feature_model_takes_arrays_standardised_with_the_recorded_statistics(
 
 def _cli(script: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / script), *args], input=stdin, capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_predict_py_writes_json_lines_from_a_file_a_column_and_stdin(run, tmp_path: Path) -> None:
-    run_dir = run[0]
-    texts = ["what is the capital of peru ?", "who wrote hamlet ?", "how many apples are there in the world ?"]
-    expected = models.load_run(run_dir)(texts)
-    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
-    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"id": i, "question": t}) + "\n"
-                                                 for i, t in enumerate(texts)))
-    (tmp_path / "rows.csv").write_text("id,question\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
-    outputs = []
-    for args, stdin in (([f"input={tmp_path / 'texts.txt'}", f"output={tmp_path / 'a.jsonl'}"], ""),
-                        ([f"input={tmp_path / 'rows.jsonl'}", "column=question", f"output={tmp_path / 'b.jsonl'}"],
-                         ""),
-                        ([f"input={tmp_path / 'rows.csv'}", "column=question", f"output={tmp_path / 'c.jsonl'}"], ""),
-                        (["input=-", f"output={tmp_path / 'd.jsonl'}"], "\n".join(texts) + "\n")):
-        result = _cli("predict.py", f"run={run_dir}", *args, stdin=stdin)
-        assert result.returncode == 0, result.stderr[-3000:]
-        outputs.append(Path(args[-1].split("=", 1)[1]).read_text())
-    assert outputs[1:] == outputs[:1] * 3, "a text file, a JSONL column, a CSV column and stdin agree"
-    rows = [json.loads(line) for line in outputs[0].splitlines()]
-    assert [r["index"] for r in rows] == [0, 1, 2]
+TEXTS = ["what is the capital of peru ?", "who wrote hamlet ?", "how many apples are there in the world ?"]
+
+
+def test_predict_py_writes_json_lines(run, tmp_path: Path) -> None:
+    """The command line once (a subprocess costs a torch import); the input kinds in process below."""
+    expected = models.load_run(run[0])(TEXTS)
+    (tmp_path / "texts.txt").write_text(TEXTS[0] + "\n\n" + "\n".join(TEXTS[1:]) + "\n")
+    result = _cli("predict.py", f"run={run[0]}", f"input={tmp_path / 'texts.txt'}", f"output={tmp_path / 'p.jsonl'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 2, 3], "the index is the input's line; blank lines are skipped"
     assert [r["label"] for r in rows] == expected.labels
     assert list(rows[0]["probabilities"]) == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
-    stdout = _cli("predict.py", f"run={run_dir}", "input=-", stdin=texts[0] + "\n")
-    assert stdout.returncode == 0 and json.loads(stdout.stdout)["label"] == expected.labels[0]
-    bad = _cli("predict.py", f"run={run_dir}", f"input={tmp_path / 'rows.csv'}", "column=nope")
-    assert bad.returncode == 2 and "column='nope'" in bad.stderr and "question" in bad.stderr
+    assert [list(r["probabilities"].values()) for r in rows] == expected.probabilities.tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "texts.txt"], "no log, no temporary file"
+
+
+def _predict(run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, stdin: str = "",
+             **options: object) -> list:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    cfg = OmegaConf.create({"run": str(run_dir), "input": "-", "column": None, "output": None, "batch_size": 64,
+                            "device": "cpu", **options})
+    predict_main(cfg)
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_predict_reads_a_csv_or_jsonl_column_and_stdin(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    expected = [r for r in models.load_run(run[0])(TEXTS)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"id": i, "question": t}) + "\n"
+                                                 for i, t in enumerate(TEXTS)))
+    (tmp_path / "rows.csv").write_text("id,question\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TEXTS)))
+    for options in ({"input": str(tmp_path / "rows.jsonl"), "column": "question"},
+                    {"input": str(tmp_path / "rows.csv"), "column": "question"}):
+        assert _predict(run[0], monkeypatch, capsys, **options) == expected
+    assert _predict(run[0], monkeypatch, capsys, stdin="\n".join(TEXTS) + "\n") == expected
+    with pytest.raises(PredictError, match=r"column='nope' is not in row 0 .* \['id', 'question'\]"):
+        _predict(run[0], monkeypatch, capsys, input=str(tmp_path / "rows.csv"), column="nope")
+    with pytest.raises(PredictError, match=r"input='missing\.txt': no such file"):
+        _predict(run[0], monkeypatch, capsys, input="missing.txt")
+    with pytest.raises(PredictError, match=r"run=.*does not exist"):
+        _predict(tmp_path / "no-run", monkeypatch, capsys)
 
 
 def test_eval_py_evaluates_a_saved_run_without_touching_its_results(run, tmp_path: Path) -> None:
-    run_dir, root = run
+    run_dir = run[0]
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     results = json.loads((run_dir / "results.json").read_text())
     out = tmp_path / "eval"
     result = _cli("eval.py", f"run={run_dir}", f"hydra.run.dir={out}", "split=test")
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((out / "eval_results.json").read_text())
-    assert evaluated["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
+    assert evaluated["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-12)
+    assert evaluated["loss"] == pytest.approx(results["test_loss"], rel=1e-5)
     assert evaluated["split"] == "test" and evaluated["rows"] == 36 and evaluated["checkpoint"].endswith("best.pt")
-    # Another data config: the same files, the training split, read with the run's own vocabulary.
-    other = tmp_path / "eval_train"
-    overrides = [o for o in tiny_text_overrides(root) if o.startswith("data.") and "batch_size" not in o]
-    result = _cli("eval.py", f"run={run_dir}", f"hydra.run.dir={other}", "data=trec", *overrides, "split=train")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((other / "eval_results.json").read_text())["rows"] == 216
+    assert sum(map(sum, evaluated["confusion"])) == 36
     assert before == {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}, "the run folder is untouched"
+
+
+def test_evaluate_run_reads_another_data_config_with_the_runs_vocabulary(run, tmp_path: Path) -> None:
+    run_dir = run[0]
+    other = write_tiny_trec(tmp_path / "other", train=60, test=12, seed=7)   # other questions, other vocabulary
+    data = {"name": "trec", "root": str(other), "download": False, "verify_checksum": False, "val_fraction": 0.5}
+    evaluated = evaluate_run(run_dir, data, "train")
+    assert evaluated["rows"] == 30
+    rows = text_rows(resolve_config(data), "train")
+    predicted = models.load_run(run_dir)([t for _, t in rows]).labels
+    assert evaluated["accuracy"] == sum(p == label for p, (label, _) in zip(predicted, rows, strict=True)) / 30
+    with pytest.raises(ValueError, match="split='val': data 'trec' has splits"):
+        evaluate_run(run_dir, {**data, "val_fraction": 0}, "val")

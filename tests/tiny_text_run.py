@@ -30,18 +30,18 @@ def lines(count: int, seed: int) -> List[str]:
             (labels[i % len(labels)] for i in range(count))]
 
 
-def write_tiny_trec(root: Path, train: int = 240, test: int = 36) -> Path:
+def write_tiny_trec(root: Path, train: int = 240, test: int = 36, seed: int = 0) -> Path:
     """``root/trec/{train_5500.label, TREC_10.label}`` in the TREC format; returns ``root``."""
     (root / "trec").mkdir(parents=True, exist_ok=True)
-    (root / "trec" / "train_5500.label").write_text("\n".join(lines(train, 0)) + "\n", encoding="latin-1")
-    (root / "trec" / "TREC_10.label").write_text("\n".join(lines(test, 1)) + "\n", encoding="latin-1")
+    (root / "trec" / "train_5500.label").write_text("\n".join(lines(train, seed)) + "\n", encoding="latin-1")
+    (root / "trec" / "TREC_10.label").write_text("\n".join(lines(test, seed + 1)) + "\n", encoding="latin-1")
     return root
 
 
 def tiny_text_overrides(root: Path, *extra: str) -> Tuple[str, ...]:
     return ("data=trec", f"data.root={root}", "data.download=false", "data.verify_checksum=false",
             "data.batch_size=16", "data.unk_shapes=true", "model.embed_dim=8", "model.hidden_size=8",
-            "trainer.max_epochs=3", "trainer.num_threads=1", "trainer.tensorboard=false", "trainer.infer_batches=1",
+            "optim.lr=0.03", "optim.warmup_steps=0", "trainer.max_epochs=4", "trainer.num_threads=1", "trainer.tensorboard=false", "trainer.infer_batches=1",
             *extra)
 
 
