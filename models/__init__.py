@@ -18,7 +18,18 @@ from types import ModuleType
 
 from . import _moved
 from .blocks import BiGRU, BiLSTM, BiRNN
-from .deploy import COMPILE_MODES, EXPORT_FORMATS, Predictor, compile_model, export, load_exported, load_run
+from .deploy import (
+    COMPILE_MODES,
+    EXPORT_FORMATS,
+    Predictor,
+    compile_model,
+    export,
+    from_pretrained,
+    load_exported,
+    load_run,
+    push_to_hub,
+    save_pretrained,
+)
 from .merge import MERGE_MODES, merge_directions, resolve_merge_modes
 from .zoo import SequenceClassifier, create_model, describe_models, list_models, register_model
 
@@ -28,6 +39,7 @@ __all__ = [
     "BiGRU", "BiLSTM", "BiRNN", "MERGE_MODES", "merge_directions", "resolve_merge_modes",
     "SequenceClassifier", "create_model", "describe_models", "list_models", "register_model",
     "COMPILE_MODES", "compile_model", "EXPORT_FORMATS", "export", "load_exported", "Predictor", "load_run",
+    "save_pretrained", "from_pretrained", "push_to_hub",
 ]
 
 

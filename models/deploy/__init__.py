@@ -5,6 +5,7 @@ JSON of the preprocessing beside the file, ``load_run`` (a run -> a :class:`Pred
 from .compile import COMPILE_MODES, compile_model
 from .exporters import EXPORT_FORMATS, export, load_exported
 from .predictor import Predictions, Predictor, load_run
+from .pretrained import from_pretrained, push_to_hub, save_pretrained
 
 __all__ = ["COMPILE_MODES", "compile_model", "EXPORT_FORMATS", "export", "load_exported", "Predictions", "Predictor",
-           "load_run"]
+           "load_run", "from_pretrained", "push_to_hub", "save_pretrained"]

@@ -129,6 +129,12 @@ class Predictor:
         names = self.class_names
         return Predictions([names[i] for i in ids], ids, probabilities, names)
 
+    def save_pretrained(self, folder: PathLike) -> Path:
+        """``models.save_pretrained(self, folder)``: ``model.safetensors`` + ``config.json``."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, folder)
+
     def __repr__(self) -> str:
         kind = "no preprocessing" if self.preprocessing is None else self.preprocessing.input_kind
         return f"Predictor({type(self.model).__name__}, {kind}, classes={self.class_names}, source={self.source!r})"
