@@ -38,18 +38,18 @@ def write_tiny_trec(root: Path, train: int = 240, test: int = 36, seed: int = 0)
     return root
 
 
-def tiny_text_overrides(root: Path, *extra: str) -> Tuple[str, ...]:
+def tiny_text_overrides(root: Path, *extra: str, unk_shapes: bool = True) -> Tuple[str, ...]:
     return ("data=trec", f"data.root={root}", "data.download=false", "data.verify_checksum=false",
-            "data.batch_size=16", "data.unk_shapes=true", "model.embed_dim=8", "model.hidden_size=8",
+            "data.batch_size=16", f"data.unk_shapes={str(unk_shapes).lower()}", "model.embed_dim=8", "model.hidden_size=8",
             "optim.lr=0.03", "optim.warmup_steps=0", "trainer.max_epochs=4", "trainer.num_threads=1", "trainer.tensorboard=false", "trainer.infer_batches=1",
             *extra)
 
 
-def tiny_text_run(folder: Path, *extra: str) -> Tuple[Path, Path]:
+def tiny_text_run(folder: Path, *extra: str, unk_shapes: bool = True) -> Tuple[Path, Path]:
     """Train the tiny text run into ``folder / "run"``; returns ``(run folder, data root)``."""
     from models.training.loop import train
 
     root = write_tiny_trec(folder / "data")
     run_dir = folder / "run"
-    train(compose_config(*tiny_text_overrides(root, *extra)), run_dir)
+    train(compose_config(*tiny_text_overrides(root, *extra, unk_shapes=unk_shapes)), run_dir)
     return run_dir, root

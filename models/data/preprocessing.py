@@ -139,6 +139,16 @@ class Preprocessing:
             "max_len": config.get("max_len") if vocab is not None else None, "data_name": data.name})
 
     @classmethod
+    def for_text(cls, texts: Sequence[str], class_names: Sequence[str], *, lowercase: bool = True,
+                 max_len: int | None = None, min_freq: int = 1, max_vocab: int | None = None,
+                 unk_shapes: bool = False, subword_types: int = 0) -> Preprocessing:
+        """A vocabulary built from ``texts`` the way ``build_data`` builds one from a training split."""
+        vocab = text.Vocab.build((text.tokenize(t, lowercase) for t in texts), min_freq=min_freq, max_size=max_vocab,
+                                 unk_shapes=unk_shapes, subword_types=subword_types)
+        return cls.from_dict({"format": FORMAT, "input_kind": "tokens", "class_names": list(class_names),
+                              "vocab": vocab.itos, "lowercase": lowercase, "max_len": max_len})
+
+    @classmethod
     def from_dict(cls, d: Any) -> Preprocessing:
         """Validate a record (``to_dict``'s output, from a checkpoint or a JSON file); raises ``PreprocessingError``."""
         if not isinstance(d, Mapping):

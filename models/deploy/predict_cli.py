@@ -13,8 +13,8 @@ from typing import Any, List, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..atomic import write_atomically
 from ..data.preprocessing import PreprocessingError
-from ..training.checkpoint import write_atomically
 from .evaluate import evaluate_run
 from .predictor import load_run
 

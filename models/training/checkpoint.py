@@ -10,21 +10,19 @@ A checkpoint is a plain dict of tensors and Python primitives:
 recorded) ``preprocessing``: the vocabulary, tokenizer settings, class names and input kind the model needs at
 inference (``models/data/preprocessing.py``), read back by :func:`read_preprocessing`.
 
-:func:`write_atomically` is the one way the project writes a file (checkpoints, exports, JSON sidecars,
-``save_pretrained`` folders, predictions).
+Files are written with :func:`models.atomic.write_atomically`.
 """
 
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
 
 from ..arguments import PathLike
+from ..atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -53,30 +51,6 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     name, key, *rest = state["numpy"]
     np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
-
-
-def write_atomically(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write ``path`` through ``write(file)`` into a temp file in the same folder, fsync, ``os.replace``: a kill at
-    any moment leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    # Make the rename itself durable.
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
 
 
 def save_checkpoint(checkpoint: Dict[str, Any], path: PathLike) -> Path:
