@@ -69,6 +69,16 @@ def test_pt2_is_the_default_and_its_json_classifies_raw_text_without_the_project
     assert [p["label"] for p in printed] == expected.labels
     for row, p in zip(expected.probabilities, printed, strict=True):
         assert abs(float(row.max()) - p["p"]) < 1e-4
+    # Any T <= max_len: the program pads inside (one row of 2 steps, a batch of 7, and max_len itself).
+    program = torch.export.load(path).module()
+    predictor = models.load_run(run)
+    for texts in (["why ?"], TEXTS, ["what is a walrus ? " * 8]):
+        ids, _ = predictor.preprocessing.encode(texts)
+        ids = ids[:, :MAX_LEN]
+        with torch.no_grad():
+            torch.testing.assert_close(program(ids), predictor.model(ids), rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match=r"(?i)guard|constraint|expected|max"):
+        program(torch.ones(1, MAX_LEN + 1, dtype=torch.int64))
 
 
 @pytest.mark.slow  # a second export through torch.export, then the ONNX exporter (~1 min on a busy 2-core CPU)
@@ -81,9 +91,13 @@ def test_onnx_and_its_json_classify_raw_text_with_onnxruntime_alone(run: Path, t
     code = code.replace('import torch\n', 'import numpy\nimport onnxruntime\n')
     code = code.replace('spec = json.load(open("question_classifier.pt2.json"))',
                         'spec = json.load(open("question_classifier.onnx.json"))')
-    head, _, _ = code.partition("program = ")
-    code = head + '''session = onnxruntime.InferenceSession(spec["model_file"], providers=["CPUExecutionProvider"])
-logits = session.run(None, {"tokens": numpy.array([encode(t) for t in TEXTS], dtype=numpy.int64)})[0]
+    head, _, _ = code.partition("def batch(")
+    code = head + '''def padded(ids):                        # the ONNX graph's T is static: exactly max_len
+    return ids + [spec["pad_id"]] * (spec["max_len"] - len(ids))
+
+
+session = onnxruntime.InferenceSession(spec["model_file"], providers=["CPUExecutionProvider"])
+logits = session.run(None, {"tokens": numpy.array([padded(encode(t)) for t in TEXTS], dtype=numpy.int64)})[0]
 for text, row in zip(TEXTS, logits):
     print(json.dumps({"label": prep["class_names"][int(row.argmax())], "text": text}))
 '''.replace("TEXTS", repr(TEXTS))

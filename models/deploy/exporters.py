@@ -9,19 +9,21 @@ artifact's input, in a process that has torch (or onnxruntime) and nothing of th
 
 | format        | file                        | loader (torch only)                              | shapes                      |
 |---------------|-----------------------------|--------------------------------------------------|-----------------------------|
-| pt2 (default) | ``torch.export`` program    | ``torch.export.load(path).module()(x)``          | B dynamic, T == ``max_len`` |
+| pt2 (default) | ``torch.export`` program    | ``torch.export.load(path).module()(x)``          | B dynamic, T <= ``max_len`` |
 | onnx          | ONNX model (.onnx)          | ``onnxruntime.InferenceSession(path)``           | B dynamic, T == ``max_len`` |
 | torchscript   | TorchScript archive (.pt)   | ``torch.jit.load(path)(x)``                      | B and T dynamic (deprecated |
 |               |                             |                                                  | by torch, warns; not default)|
 
 ``max_len`` defaults to the preprocessing's ``max_len`` (texts are truncated to it anyway), else
-``DEFAULT_MAX_LEN``. Texts longer than the static ``max_len`` are truncated to it (the JSON records it).
+``DEFAULT_MAX_LEN``. Texts longer than ``max_len`` are truncated to it (the JSON records it). The ``pt2`` program
+pads its input to ``max_len`` itself (``_PadInside``), so it takes any ``T <= max_len``; the ONNX graph takes
+exactly ``T == max_len``.
 
 The artifacts take what the model takes: token ids ``(B, T)`` (``padding_idx`` marks padding, anywhere in
 the row) or, for feature models, ``(features (B, T, F), lengths (B,))`` (``pt2``/``onnx``; the TorchScript
 archive keeps ``lengths`` optional). Both are captured in eval mode (dropout off).
 
-Limit of ``pt2`` (torch 2.13): ``torch.export`` specialises the time dimension of the fused RNN ops
+Limit of ``torch.export`` (torch 2.13): it specialises the time dimension of the fused RNN ops
 (``aten.lstm``/``aten.gru``/``aten.rnn_tanh``/``aten.rnn_relu``; plain ``nn.LSTM`` does the same), so the
 program has a static ``T = max_len`` and a dynamic batch. Pad every batch to ``max_len`` (right padding with
 ``padding_idx``, or with ``lengths`` for features): the classifier only reads valid steps, so the logits are
@@ -40,7 +42,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..arguments import PathLike
+from ..arguments import PathLike, check_positive_int
 from ..atomic import write_atomically
 from ..data.preprocessing import Preprocessing
 from .compile import DEFAULT_MAX_LEN, example_inputs, export_program
@@ -100,7 +102,7 @@ def export(model_or_run: Union[nn.Module, Any, PathLike], path: PathLike, format
             model.train(was_training)
         write_atomically(path, lambda file: torch.jit.save(scripted, file))
     elif format == "pt2":
-        program = export_program(model, length)
+        program = _padding_program(model, length)
         write_atomically(path, lambda file: torch.export.save(program, file))
     else:
         _export_onnx(model, path, length)
@@ -110,6 +112,8 @@ def export(model_or_run: Union[nn.Module, Any, PathLike], path: PathLike, format
         "inputs": ["tokens"] if token_input else ["features", "lengths"],
         "input_dtypes": ["int64"] if token_input else ["float32", "int64"],
         "max_len": None if format == "torchscript" else length,
+        # pt2: any T <= max_len (padded inside the program); onnx: T == max_len exactly (pad before calling).
+        "time_steps": {"torchscript": "any", "pt2": "<= max_len", "onnx": "== max_len"}[format],
         "pad_id": int(getattr(model, "padding_idx", 0)) if token_input else None,
         "num_classes": int(getattr(model, "num_classes", 0)) or None,
         "outputs": ["logits"],
@@ -118,6 +122,43 @@ def export(model_or_run: Union[nn.Module, Any, PathLike], path: PathLike, format
     text = json.dumps(sidecar, indent=1, ensure_ascii=False) + "\n"
     write_atomically(sidecar_path(path), lambda file: file.write(text.encode("utf-8")))
     return path
+
+
+class _PadInside(nn.Module):
+    """The classifier behind a right-padding to ``max_len + 1``: the program takes any ``T <= max_len``.
+
+    ``torch.export`` specialises the fused RNN ops' time dimension, so the RNN itself runs at the static
+    ``max_len``; the padding in front of it lets the program's *input* keep a dynamic ``T``."""
+
+    def __init__(self, model: nn.Module, max_len: int, token_input: bool, padding_idx: int) -> None:
+        super().__init__()
+        self.model, self.max_len, self.token_input, self.padding_idx = model, max_len, token_input, padding_idx
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        torch._check(x.shape[1] <= self.max_len)
+        # One step more than max_len: an input of exactly the RNN's length would be a case torch.export
+        # specialises on (a guard T != max_len); padded steps are not read, so the logits are unchanged.
+        pad = self.max_len + 1 - x.shape[1]
+        if self.token_input:
+            return self.model(nn.functional.pad(x, (0, pad), value=self.padding_idx))
+        return self.model(nn.functional.pad(x, (0, 0, 0, pad)), lengths)
+
+
+def _padding_program(model: nn.Module, max_len: int) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` taking a dynamic batch and a dynamic ``T`` in ``[1, max_len]`` (padded inside)."""
+    check_positive_int("max_len", max_len)
+    token_input = bool(getattr(model, "token_input", True))
+    inputs = example_inputs(model, max_len)
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    time = torch.export.Dim("time", min=1, max=max_len)
+    dynamic: Tuple[Any, ...] = ({0: batch, 1: time},) if token_input else ({0: batch, 1: time}, {0: batch})
+    wrapper = _PadInside(model, max_len, token_input, int(getattr(model, "padding_idx", 0)))
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.export.export(wrapper.eval(), inputs, dynamic_shapes=dynamic)
+    finally:
+        model.train(was_training)
 
 
 def read_sidecar(path: PathLike) -> Dict[str, Any]:
