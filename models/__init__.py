@@ -5,7 +5,8 @@ The package is grouped by layer; the public API is re-exported here:
 - ``models.merge``: the merge-mode words (``concat``, ``sum``, ``mul``, ``ave``, ``None``), spelled only there.
 - ``models.blocks``: the layers ``BiLSTM``, ``BiGRU``, ``BiRNN`` and their CPU kernel (``models.blocks.cpu_kernel``).
 - ``models.zoo``: the registry (``create_model``, ``list_models``, ``register_model``), presets, classifier, pooling.
-- ``models.deploy``: ``compile_model``, ``export``, ``load_exported``.
+- ``models.deploy``: ``compile_model``, ``export``, ``load_exported``, ``load_run`` (a trained run -> a predictor of
+  raw text), ``save_pretrained`` / ``from_pretrained``.
 - ``models.training``: the training loop behind ``train.py``, its config, checkpoints, run folders, reports.
 - ``models.data`` (datasets, batching, downloads) and ``models.keras`` (Keras model import).
 
@@ -17,7 +18,18 @@ from types import ModuleType
 
 from . import _moved
 from .blocks import BiGRU, BiLSTM, BiRNN
-from .deploy import COMPILE_MODES, EXPORT_FORMATS, compile_model, export, load_exported
+from .deploy import (
+    COMPILE_MODES,
+    EXPORT_FORMATS,
+    Predictor,
+    compile_model,
+    export,
+    from_pretrained,
+    load_exported,
+    load_run,
+    push_to_hub,
+    save_pretrained,
+)
 from .merge import MERGE_MODES, merge_directions, resolve_merge_modes
 from .zoo import SequenceClassifier, create_model, describe_models, list_models, register_model
 
@@ -26,7 +38,8 @@ _moved.install()
 __all__ = [
     "BiGRU", "BiLSTM", "BiRNN", "MERGE_MODES", "merge_directions", "resolve_merge_modes",
     "SequenceClassifier", "create_model", "describe_models", "list_models", "register_model",
-    "COMPILE_MODES", "compile_model", "EXPORT_FORMATS", "export", "load_exported",
+    "COMPILE_MODES", "compile_model", "EXPORT_FORMATS", "export", "load_exported", "Predictor", "load_run",
+    "save_pretrained", "from_pretrained", "push_to_hub",
 ]
 
 

@@ -45,7 +45,8 @@ def execute_notebook(path: Path, cwd: Optional[Path] = None, timeout: int = 600)
 
 
 def test_there_are_notebooks() -> None:
-    assert [p.name for p in NOTEBOOK_PATHS] == ["01_quickstart.ipynb", "02_merge_modes.ipynb", "03_from_keras.ipynb"]
+    assert [p.name for p in NOTEBOOK_PATHS] == ["01_quickstart.ipynb", "02_merge_modes.ipynb", "03_from_keras.ipynb",
+                                                 "04_predict.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.stem)

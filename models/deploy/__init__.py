@@ -1,6 +1,11 @@
-"""Deployment: ``compile_model`` (TorchScript, ``torch.compile``) and ``export`` / ``load_exported`` (.pt2, ONNX)."""
+"""Deployment: ``compile_model`` (TorchScript, ``torch.compile``), ``export`` / ``load_exported`` (.pt2, ONNX) with a
+JSON of the preprocessing beside the file, ``load_run`` (a run -> a :class:`Predictor` of raw text) and
+``save_pretrained`` / ``from_pretrained`` (safetensors + config.json)."""
 
 from .compile import COMPILE_MODES, compile_model
 from .exporters import EXPORT_FORMATS, export, load_exported
+from .predictor import Predictions, Predictor, load_run
+from .pretrained import from_pretrained, push_to_hub, save_pretrained
 
-__all__ = ["COMPILE_MODES", "compile_model", "EXPORT_FORMATS", "export", "load_exported"]
+__all__ = ["COMPILE_MODES", "compile_model", "EXPORT_FORMATS", "export", "load_exported", "Predictions", "Predictor",
+           "load_run", "from_pretrained", "push_to_hub", "save_pretrained"]

@@ -10,8 +10,8 @@
 | export      | ``ExportedModel``: ``torch.export`` ->   | no     | dynamic B, ``T <= max_len``| the graph ``export(..., "pt2")``|
 |             | ``.module()``, inputs padded to max_len  |        |                            | writes, run in process        |
 
-Why ``export`` means "export, then ``.module()``": it runs in process the very graph the ``.pt2`` deployment
-artifact holds (``models.export(model, path, "pt2")``), so an evaluation with ``mode="export"`` checks the
+Why ``export`` means "export, then ``.module()``": it runs in process the graph the ``.pt2`` deployment
+artifact holds (``models.export(model, path, "pt2")``, which adds the right-padding inside the program), so an evaluation with ``mode="export"`` checks the
 artifact's numerics rather than a cousin of it. ``torch.export`` on torch 2.13 specialises the time
 dimension of ``aten.lstm``/``aten.gru``/``aten.rnn_*`` (plain ``nn.LSTM`` too), so the graph has a static
 ``T = max_len`` and a dynamic batch; ``ExportedModel`` right-pads shorter inputs to ``max_len`` (tokens with

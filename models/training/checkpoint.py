@@ -6,19 +6,25 @@ never half of one. ``load_checkpoint`` uses ``torch.load(weights_only=True)`` on
 file can be wrong (missing, truncated, not a checkpoint, missing keys) into one clear ``ValueError``.
 
 A checkpoint is a plain dict of tensors and Python primitives:
-``format, model, optimizer, scheduler, scaler, rng, progress, config``.
+``format, model, optimizer, scheduler, scaler, rng, progress, config``, and (runs since preprocessing was
+recorded) ``preprocessing``: the vocabulary, tokenizer settings, class names and input kind the model needs at
+inference (``models/data/preprocessing.py``), read back by :func:`read_preprocessing`.
+
+Files are written with :func:`models.atomic.write_atomically`.
 """
 
-import os
+import logging
 import random
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
 
 from ..arguments import PathLike
+from ..atomic import write_atomically
+
+log = logging.getLogger(__name__)
 
 FORMAT = "birnn-zoo/checkpoint/v1"
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "rng", "progress", "config")
@@ -49,28 +55,10 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
 
 def save_checkpoint(checkpoint: Dict[str, Any], path: PathLike) -> Path:
     """Atomically write ``checkpoint`` to ``path`` (temp file in the same folder, fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
     if missing:
         raise ValueError(f"checkpoint to save lacks keys {missing}; expected {list(REQUIRED_KEYS)}")
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    # Make the rename itself durable.
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
+    return write_atomically(path, lambda file: torch.save(checkpoint, file))
 
 
 def resolve_checkpoint_path(resume: PathLike) -> Path:
@@ -106,3 +94,19 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if missing:
         raise ValueError(f"checkpoint {path} lacks keys {missing}; expected {list(REQUIRED_KEYS)}")
     return checkpoint
+
+
+def read_preprocessing(checkpoint: Dict[str, Any], path: PathLike) -> Optional[Any]:
+    """The checkpoint's :class:`~models.data.preprocessing.Preprocessing`, validated; None (and one log line) for a
+    checkpoint written before runs recorded it. A tampered record raises ``PreprocessingError`` naming ``path``."""
+    from ..data.preprocessing import Preprocessing, PreprocessingError
+
+    record = checkpoint.get("preprocessing")
+    if record is None:
+        log.warning("checkpoint %s has no preprocessing (written before runs recorded it): no vocabulary or class "
+                    "names; give token ids and read class indices", path)
+        return None
+    try:
+        return Preprocessing.from_dict(record)
+    except PreprocessingError as error:
+        raise PreprocessingError(f"checkpoint {path}: {error}") from error

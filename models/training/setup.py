@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..data import ChecksumError, DataBundle, DataFormatError, build_data
+from ..data.preprocessing import Preprocessing
 from ..zoo.registry import create_model
 from . import distributed as ddp
 from .checkpoint import FORMAT, capture_rng_state, restore_rng_state, save_checkpoint
@@ -60,6 +61,7 @@ class Run:
     init_from: Optional[str] = None
     aids: TestingAids = field(default_factory=TestingAids)
     writer: Any = None                                 # a TensorBoard SummaryWriter (rank 0, when installed)
+    preprocessing: Optional[Dict[str, Any]] = None     # raw input -> model input, in every checkpoint (JSON data)
     started: float = field(default_factory=time.time)
 
     @property
@@ -89,7 +91,8 @@ class Run:
                              "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                              "scaler": self.scaler.state_dict(), "rng": rng[0], "progress": self.progress.as_dict(),
                              "config": self.config, **({"rng_ranks": rng} if self.dist.enabled else {}),
-                             **({"ema": self.ema.state_dict()} if self.ema is not None else {})},
+                             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+                             **({"preprocessing": self.preprocessing} if self.preprocessing is not None else {})},
                             self.checkpoints / name)
         if name == "last.pt":
             self.healthy.offer(self.model, self.progress.step)
@@ -100,7 +103,9 @@ class Run:
         if self.dist.is_main:
             save_checkpoint({"format": FORMAT, "model": self.healthy.weights, "optimizer": {}, "scheduler": {},
                              "scaler": {}, "rng": capture_rng_state(), "config": self.config,
-                             "progress": {"step": self.healthy.step, "weights_only": True}}, path)
+                             "progress": {"step": self.healthy.step, "weights_only": True},
+                             **({"preprocessing": self.preprocessing} if self.preprocessing is not None else {})},
+                            path)
         lr = self.cfg.optim.lr
         lower = f"{float(lr) / 10:g}"
         command = continue_command(self.run_dir.parent / f"{self.run_dir.name}-lr{lower}",
@@ -154,7 +159,8 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
               scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), progress=Progress(),
               healthy=HealthyWeights(model, 0, data.num_classes), ema=weight_average(model, cfg.optim.ema_decay),
               resume=resume, init_from=init_from,
-              aids=TestingAids.from_environment(), started=started)
+              aids=TestingAids.from_environment(), started=started,
+              preprocessing=Preprocessing.from_bundle(data).to_dict())
     if state is not None:
         _restore(run, state)
     run.writer = _tensorboard_writer(run)

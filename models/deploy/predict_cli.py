@@ -1,0 +1,114 @@
+"""What ``python predict.py`` and ``python eval.py`` do, behind their Hydra entry points (``conf/predict.yaml``,
+``conf/eval.yaml``): read the inputs, run the run's model, write JSON atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, List, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..atomic import write_atomically
+from ..data.preprocessing import PreprocessingError
+from .evaluate import evaluate_run
+from .predictor import load_run
+
+log = logging.getLogger("eval")
+
+DEFAULT_COLUMN = "text"
+
+
+class PredictError(ValueError):
+    """An option, an input file or a checkpoint ``predict.py`` / ``eval.py`` cannot use (exit status 2)."""
+
+
+def read_inputs(source: str, column: str | None) -> Tuple[List[int], List[Any]]:
+    """``(indices, inputs)`` of a text file (blank lines skipped: the index is the 0-based line), a ``.csv`` /
+    ``.jsonl`` column (the index is the 0-based row), or ``-`` (standard input, read as a text file)."""
+    if source == "-":
+        content, suffix = sys.stdin.read(), ""
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise PredictError(f"input={source!r}: no such file; give a text, .csv or .jsonl file, or - for stdin")
+        content, suffix = path.read_text(encoding="utf-8"), path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        if column is not None:
+            raise PredictError(f"column={column!r} only applies to .csv and .jsonl inputs, not input={source!r}")
+        lines = content.splitlines()
+        kept = [i for i, line in enumerate(lines) if line.strip()]
+        return kept, [lines[i] for i in kept]
+    name = column or DEFAULT_COLUMN
+    if suffix == ".csv":
+        rows: List[Any] = list(csv.DictReader(io.StringIO(content)))
+    else:
+        rows = []
+        for number, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise PredictError(f"input={source!r} line {number} is not JSON: {error}") from None
+            if not isinstance(rows[-1], dict):
+                raise PredictError(f"input={source!r} line {number} is not a JSON object")
+    for number, row in enumerate(rows):
+        if name not in row:
+            raise PredictError(f"column={name!r} is not in row {number} of input={source!r}; its columns: "
+                               f"{sorted(row)}")
+    return list(range(len(rows))), [row[name] for row in rows]
+
+
+def predict_main(cfg: DictConfig) -> None:
+    """``python predict.py``: JSON Lines ``{"index", "label", "probabilities"}`` to ``cfg.output`` or stdout."""
+    try:
+        predictor = load_run(cfg.run, device=cfg.device, batch_size=cfg.batch_size)
+    except (ValueError, PreprocessingError) as error:
+        raise PredictError(str(error)) from error
+    indices, inputs = read_inputs(str(cfg.input), cfg.column)
+    try:
+        records = predictor(inputs).records() if inputs else []
+    except (ValueError, TypeError) as error:
+        raise PredictError(f"input={cfg.input!r}: {error}") from error
+    lines = "".join(json.dumps({**record, "index": index}) + "\n" for index, record in zip(indices, records,
+                                                                                            strict=True))
+    if cfg.output is None:
+        sys.stdout.write(lines)
+        sys.stdout.flush()
+    else:
+        write_atomically(Path(cfg.output).expanduser(), lambda file: file.write(lines.encode("utf-8")))
+
+
+def eval_main(cfg: DictConfig) -> float:
+    """``python eval.py``: ``eval_results.json`` in ``hydra.run.dir``; returns the accuracy."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        predictor = load_run(cfg.run, device=cfg.device, batch_size=cfg.batch_size)
+    except (ValueError, PreprocessingError) as error:
+        raise PredictError(str(error)) from error
+    if predictor.source is not None and out_dir.resolve() in Path(predictor.source).resolve().parents:
+        raise PredictError(f"hydra.run.dir={out_dir} holds the run evaluated; write the evaluation elsewhere")
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
+    if data_cfg is None:
+        data_cfg = dict((predictor.config or {}).get("data") or {})
+        if cfg.data_root is not None:
+            data_cfg["root"] = str(cfg.data_root)
+    elif cfg.data_root is not None:
+        raise PredictError("data_root only applies to the run's own data config; with data=... set data.root")
+    try:
+        results = evaluate_run(predictor, data_cfg, str(cfg.split))
+    except (ValueError, FileNotFoundError) as error:
+        raise PredictError(str(error)) from error
+    results["run"] = str(cfg.run)
+    path = out_dir / "eval_results.json"
+    write_atomically(path, lambda file: file.write((json.dumps(results, indent=2) + "\n").encode("utf-8")))
+    log.info("%s %s: accuracy %.4f, loss %.4f over %d rows; results in %s", results["data"], results["split"],
+             results["accuracy"], results["loss"], results["rows"], path)
+    return float(results["accuracy"])
