@@ -75,10 +75,37 @@ def test_structure_of_imported_modules() -> None:
     assert type(gru.stages[2].rnn).__name__ == "GRUResetBefore"
 
 
+def _keras3_twin_of_fn_branches():
+    """``fn_branches`` rebuilt in Keras 3 with the Keras 2 file's arrays (read with h5py by ``weight_names``)."""
+    keras = pytest.importorskip("keras")
+    from keras import layers
+    inputs = keras.Input((None,), dtype="int32")
+    x = layers.Embedding(12, 5, mask_zero=True, name="embedding")(inputs)
+    a = layers.Bidirectional(layers.LSTM(3), name="bidirectional")(x)
+    b = layers.Bidirectional(layers.GRU(3), name="bidirectional_1")(x)
+    outputs = layers.Dense(2, name="dense")(layers.Concatenate()([a, b]))
+    twin = keras.Model(inputs, outputs)
+    with h5py.File(os.path.join(HERE, "fn_branches.h5"), "r") as handle:
+        for name in ("embedding", "bidirectional", "bidirectional_1", "dense"):
+            group = handle["model_weights"][name]
+            names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+            twin.get_layer(name).set_weights([np.asarray(group[n]) for n in names])
+    return twin
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_two_branches_are_refused(fmt: str) -> None:
-    with pytest.raises(KerasImportError, match=r"layer 'bidirectional_1'.*reads 'embedding'.*single-chain"):
-        from_keras(os.path.join(HERE, f"fn_branches.{fmt}"))
+def test_two_branches_import(fmt: str) -> None:
+    """One Embedding feeding two Bidirectional layers, concatenated: a graph, imported exactly (checked against
+    Keras 3 running the same arrays; no mask reaches the merge, so Keras 2 and 3 agree)."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    config = _config("fn_branches", fmt)
+    vocabulary = _layer(config, "Embedding")["config"]["input_dim"]
+    assert vocabulary == 12
+    twin = _keras3_twin_of_fn_branches()
+    module = from_keras(os.path.join(HERE, f"fn_branches.{fmt}"))
+    x = _inputs("fn_imdb")
+    expected = np.asarray(twin(x.numpy()).detach().cpu())
+    np.testing.assert_allclose(module(x).detach().numpy(), expected, atol=TOL, rtol=0)
 
 
 def _layer(config: dict, class_name: str) -> dict:

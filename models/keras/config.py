@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from .dag import is_operation
 from .errors import KerasImportError
 from .graph import as_object as _dict
 from .graph import fail as _fail
@@ -79,7 +80,7 @@ def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
 
 
 @dataclass
-class _Stream:
+class Stream:
     """What flows from layer to layer while parsing: the tensor's rank and feature size, whether a mask travels
     with it, whether a ``merge_mode=None`` pair has ended the model, the model's input kind, and Keras's counter
     per layer class that names the weights groups (``lstm``, ``lstm_1``, ...)."""
@@ -90,6 +91,7 @@ class _Stream:
     paired: bool = False
     input_kind: str = "features"
     used: Dict[str, int] = field(default_factory=dict)
+    time: Optional[int] = None
 
     def path(self, class_name: str) -> str:
         """The next layer of ``class_name``'s weights group: Keras counts each class's layers."""
@@ -102,18 +104,22 @@ class _Stream:
         if not isinstance(shape, list) or len(shape) not in (2, 3):
             raise error
         self.rank, self.features = len(shape), (shape[2] if len(shape) == 3 else None)
+        self.time = shape[1] if isinstance(shape[1], int) and not isinstance(shape[1], bool) else None
 
 
 def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
     layers, sequential = model_layers(model)
     model_config = model["config"]
     specs: List[LayerSpec] = []
-    stream = _Stream()
+    stream = Stream()
     for index, entry in enumerate(layers):
         class_name = entry.get("class_name")
         name = str(entry.get("name", f"#{index}"))
         config = _dict(entry.get("config"), name, "the layer config")
         name = str(config.get("name", name))
+        if is_operation(entry):
+            raise _fail(name, f"keras.ops call {class_name!r} on the data path is code, not a layer; not supported "
+                              "(use a layer, e.g. Add or Concatenate, instead)")
         if class_name not in SUPPORTED:
             raise _fail(name, f"layer class {class_name!r} is not supported (supported: {list(SUPPORTED)})")
         if "/" in name or name in ("", ".", ".."):
@@ -134,7 +140,7 @@ def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
                      or config.get("batch_input_shape") or model_config.get("build_input_shape"))
             stream.take_shape(shape, KerasImportError("model has no InputLayer and no input shape; cannot size the "
                                                       "import"))
-        spec = _layer_spec(class_name, config, name, path, stream, first=not specs)
+        spec = layer_spec(class_name, config, name, path, stream, first=not specs)
         called_with_mask = entry.get("_called_with_mask")
         consumes = spec.kind == "recurrent" or spec.options.get("mode") == "avg"
         if called_with_mask is not None and consumes and called_with_mask != mask_in:
@@ -146,9 +152,10 @@ def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
     return specs, stream.input_kind
 
 
-def _layer_spec(class_name: str, config: Dict[str, Any], name: str, path: str, stream: _Stream,
-                first: bool) -> LayerSpec:
-    """The checked spec of one (non-input) layer; moves ``stream`` on to what the layer outputs."""
+def layer_spec(class_name: str, config: Dict[str, Any], name: str, path: str, stream: "Stream",
+               first: bool) -> LayerSpec:
+    """The checked spec of one (non-input, single-input) layer; moves ``stream`` on to what the layer outputs.
+    The one place where a layer config is dispatched on its class name."""
     features = stream.features
     if class_name == "Embedding":
         if not first or stream.rank != 2:

@@ -31,6 +31,9 @@ from .archive import (
 )
 from .config import LayerSpec, parse_model_config
 from .errors import KerasImportError
+from .graph import NotAChain
+from .graph_config import parse_graph
+from .graph_module import KerasGraphModel
 from .module import KerasModel, module_from_specs, plan_stages
 
 
@@ -97,31 +100,53 @@ def _direction(cell: str, units: int, arrays: List[np.ndarray]) -> List[np.ndarr
     return out
 
 
+def _group_state(prefix: str, group: List[Dict], arrays_of: Dict[int, List[np.ndarray]],
+                 state: Dict[str, np.ndarray]) -> None:
+    """The state of one stage (``prefix``: its key in the module) from its layers' Keras arrays."""
+    for layer, spec in enumerate(group):
+        values, o = arrays_of[spec["_id"]], spec["options"]
+        if spec["kind"] == "embedding":
+            state[prefix + "embedding.weight"] = values[0]
+        elif spec["kind"] == "dense":
+            state[prefix + "linear.weight"] = values[0].T
+            if o["use_bias"]:
+                state[prefix + "linear.bias"] = values[1]
+        elif spec["kind"] == "recurrent":
+            per = len(values) // (2 if o["bidirectional"] else 1)
+            names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+            owner = "block" if o["bidirectional"] else "rnn"
+            suffixes = ["", "_reverse"] if o["bidirectional"] else [""]
+            for direction, suffix in enumerate(suffixes):
+                chunk = _direction(o["cell"], o["units"], values[direction * per:(direction + 1) * per])
+                for name, value in zip(names, chunk, strict=False):
+                    state[f"{prefix}{owner}.{name}_l{layer}{suffix}"] = value
+
+
+def _tensors(state: Dict[str, np.ndarray]) -> Dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in state.items()}
+
+
 def _state_dict(specs: List[LayerSpec], arrays: List[List[np.ndarray]]) -> Dict[str, torch.Tensor]:
     """State dict of ``module_from_specs(specs)`` holding the Keras arrays (one list per spec)."""
-    by_name = {id(spec): layer_arrays for spec, layer_arrays in zip(specs, arrays, strict=True)}
+    arrays_of = {id(spec): layer_arrays for spec, layer_arrays in zip(specs, arrays, strict=True)}
     state: Dict[str, np.ndarray] = {}
     groups = plan_stages([dataclasses.asdict(spec) | {"_id": id(spec)} for spec in specs])
     for index, group in enumerate(groups):
-        prefix = f"stages.{index}."
-        for layer, spec in enumerate(group):
-            values, o = by_name[spec["_id"]], spec["options"]
-            if spec["kind"] == "embedding":
-                state[prefix + "embedding.weight"] = values[0]
-            elif spec["kind"] == "dense":
-                state[prefix + "linear.weight"] = values[0].T
-                if o["use_bias"]:
-                    state[prefix + "linear.bias"] = values[1]
-            elif spec["kind"] == "recurrent":
-                per = len(values) // (2 if o["bidirectional"] else 1)
-                names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
-                owner = "block" if o["bidirectional"] else "rnn"
-                suffixes = ["", "_reverse"] if o["bidirectional"] else [""]
-                for direction, suffix in enumerate(suffixes):
-                    chunk = _direction(o["cell"], o["units"], values[direction * per:(direction + 1) * per])
-                    for name, value in zip(names, chunk, strict=False):
-                        state[f"{prefix}{owner}.{name}_l{layer}{suffix}"] = value
-    return {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in state.items()}
+        _group_state(f"stages.{index}.", group, arrays_of, state)
+    return _tensors(state)
+
+
+def _graph_state(plan: Dict, specs: List[LayerSpec], arrays: List[List[np.ndarray]]) -> Dict[str, torch.Tensor]:
+    """State dict of a graph module (``plan``: ``GraphPlan.to_json_dict``); a shared layer's arrays go to every
+    node that calls it (the same parameters)."""
+    arrays_of = {id(spec): layer_arrays for spec, layer_arrays in zip(specs, arrays, strict=True)}
+    by_name = {spec.name: dataclasses.asdict(spec) | {"_id": id(spec)} for spec in specs}
+    state: Dict[str, np.ndarray] = {}
+    for index, node in enumerate(plan["nodes"]):
+        group = [by_name[name] for name in node["layers"]]
+        if group[0]["kind"] != "merge":
+            _group_state(f"nodes.{index}.stage.", group, arrays_of, state)
+    return _tensors(state)
 
 
 def _install(module: nn.Module, state: Dict[str, torch.Tensor]) -> None:
@@ -148,12 +173,22 @@ def from_keras(path: str) -> KerasModel:
     """
     config, weights = read_model_file(str(path))
     try:
-        specs, _ = parse_model_config(config)
+        plan = None
+        try:
+            specs, _ = parse_model_config(config)
+        except NotAChain:
+            plan = parse_graph(config)
+            specs = plan.layers
         arrays = [_read_layer(weights, spec) for spec in specs]
     finally:
         weights.close()
-    module = module_from_specs(json.dumps([dataclasses.asdict(spec) for spec in specs]))
-    _install(module, _state_dict(specs, arrays))
+    if plan is None:
+        module = module_from_specs(json.dumps([dataclasses.asdict(spec) for spec in specs]))
+        _install(module, _state_dict(specs, arrays))
+    else:
+        plan_dict = plan.to_json_dict()
+        module = module_from_specs(json.dumps(plan_dict))
+        _install(module, _graph_state(plan_dict, specs, arrays))
     return module.eval()
 
 
@@ -193,6 +228,11 @@ def load_keras_weights(module: nn.Module, path: str, layers: Optional[List[str]]
             specs = [LayerSpec(**spec) for spec in json.loads(module.keras_specs)]
             arrays = [_read_layer(weights, spec, check_name=False) for spec in specs]
             state = _state_dict(specs, arrays)
+        elif isinstance(module, KerasGraphModel):
+            plan_dict = json.loads(module.keras_specs)
+            specs = [LayerSpec(**spec) for spec in plan_dict["layers"]]
+            arrays = [_read_layer(weights, spec, check_name=False) for spec in specs]
+            state = _graph_state(plan_dict, specs, arrays)
         else:
             raise KerasImportError(f"cannot map Keras weights onto a {type(module).__name__}; use a from_keras "
                                    "module or a BiLSTM/BiGRU/BiRNN block")

@@ -234,7 +234,7 @@ class KerasPairModel(KerasModel):
         return both.select(-2, 0), both.select(-2, 1)
 
 
-def _fusable(group: List[Dict[str, Any]], spec: Dict[str, Any]) -> bool:
+def fusable(group: List[Dict[str, Any]], spec: Dict[str, Any]) -> bool:
     last = group[-1]
     if last["kind"] != "recurrent" or not last["options"]["bidirectional"] or spec["kind"] != "recurrent":
         return False
@@ -250,14 +250,15 @@ def plan_stages(specs: List[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
     for spec in specs:
         if spec["kind"] == "identity":
             continue
-        if groups and _fusable(groups[-1], spec):
+        if groups and fusable(groups[-1], spec):
             groups[-1].append(spec)
         else:
             groups.append([spec])
     return groups
 
 
-def _stage(group: List[Dict[str, Any]]) -> nn.Module:
+def stage_for_group(group: List[Dict[str, Any]]) -> nn.Module:
+    """The stage of one group of layer specs (dicts): one layer, or fused ``Bidirectional`` layers."""
     first, o = group[0], group[0]["options"]
     kind = first["kind"]
     if kind == "embedding":
@@ -278,10 +279,14 @@ def _stage(group: List[Dict[str, Any]]) -> nn.Module:
                           o["activation"], o["zero_output_for_mask"], o.get("reset_after", True))
 
 
-def module_from_specs(specs_json: str) -> KerasModel:
-    """Build the (randomly initialised) module for ``KerasModel.keras_specs``; load a state_dict after."""
+def module_from_specs(specs_json: str) -> nn.Module:
+    """Build the (randomly initialised) module for ``keras_specs`` (of a ``KerasModel`` or a functional graph's
+    ``KerasGraphModel``); load a state_dict after."""
     specs = json.loads(specs_json)
-    stages = [_stage(group) for group in plan_stages(specs)]
+    if isinstance(specs, dict):
+        from .graph_module import graph_module_from_dict
+        return graph_module_from_dict(specs, specs_json)
+    stages = [stage_for_group(group) for group in plan_stages(specs)]
     last = specs[-1]
     paired = last["kind"] == "recurrent" and last["options"]["bidirectional"] and last["options"]["merge_mode"] is None
     return (KerasPairModel if paired else KerasModel)(stages, specs_json)
