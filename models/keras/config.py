@@ -26,16 +26,19 @@ from .layer_options import (
     activation_name,
     bidirectional_options,
     check_dtype,
+    conv1d_options,
     dense_options,
     flag,
+    pool1d_options,
     positive_int,
     recurrent_options,
 )
 
 IDENTITY = ("Dropout", "SpatialDropout1D")
 POOLING = {"GlobalAveragePooling1D": "avg", "GlobalMaxPooling1D": "max"}
+POOLING_1D = ("MaxPooling1D", "AveragePooling1D")
 SUPPORTED = ("InputLayer", "Embedding", "Masking", "Bidirectional", "Dense", "TimeDistributed", "Activation", *RECURRENT,
-             *IDENTITY, *POOLING)
+             *IDENTITY, *POOLING, "Conv1D", *POOLING_1D)
 
 
 @dataclass
@@ -192,6 +195,17 @@ def layer_spec(class_name: str, config: Dict[str, Any], name: str, path: str, st
         if not options["return_sequences"]:
             stream.masked, stream.rank = False, 2
         return LayerSpec("recurrent", class_name, name, path, features, options)
+    if class_name == "Conv1D":
+        o = conv1d_options(config, features, name)
+        effective = (o["kernel_size"] - 1) * o["dilation_rate"] + 1
+        stream.time = _length_after(stream.time, effective, o["strides"], o["padding"])
+        stream.features, stream.masked = o["filters"], False
+        return LayerSpec("conv", class_name, name, path, features, o)
+    if class_name in POOLING_1D:
+        o = pool1d_options(class_name, config, name)
+        stream.time = _length_after(stream.time, o["pool_size"], o["strides"], o["padding"])
+        stream.masked = False
+        return LayerSpec("pool1d", class_name, name, path, features, o)
     if class_name in ("Dense", "TimeDistributed"):
         spec = LayerSpec("dense", class_name, name, path, features, dense_options(class_name, config, name))
         stream.features = spec.options["units"]
@@ -207,3 +221,12 @@ def layer_spec(class_name: str, config: Dict[str, Any], name: str, path: str, st
         stream.masked, stream.rank = False, 2
         return LayerSpec("pool", class_name, name, path, features, {"mode": POOLING[class_name]})
     return LayerSpec("identity", class_name, name, path, features or 0)
+
+
+def _length_after(length: Optional[int], window: int, stride: int, padding: str) -> Optional[int]:
+    """The time length after a window of ``window`` steps (``valid``: inside the input only)."""
+    if length is None:
+        return None
+    if padding == "valid":
+        return (length - window) // stride + 1
+    return (length + stride - 1) // stride

@@ -43,6 +43,9 @@ def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
         return [(o["input_dim"], o["output_dim"])]
     if spec.kind == "dense":
         return [(spec.in_features, o["units"])] + ([(o["units"],)] if o["use_bias"] else [])
+    if spec.kind == "conv":
+        kernel = (o["kernel_size"], spec.in_features // o["groups"], o["filters"])
+        return [kernel] + ([(o["filters"],)] if o["use_bias"] else [])
     if spec.kind != "recurrent":
         return []
     width = from_keras_layer(o["cell"], o["activation"]).gates * o["units"]
@@ -111,6 +114,10 @@ def _group_state(prefix: str, group: List[Dict], arrays_of: Dict[int, List[np.nd
             state[prefix + "linear.weight"] = values[0].T
             if o["use_bias"]:
                 state[prefix + "linear.bias"] = values[1]
+        elif spec["kind"] == "conv":
+            state[prefix + "conv.weight"] = values[0].transpose(2, 1, 0)      # (k, in/g, out) -> (out, in/g, k)
+            if o["use_bias"]:
+                state[prefix + "conv.bias"] = values[1]
         elif spec["kind"] == "recurrent":
             per = len(values) // (2 if o["bidirectional"] else 1)
             names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]

@@ -271,6 +271,13 @@ def stage_for_group(group: List[Dict[str, Any]]) -> nn.Module:
         return DenseStage(first["in_features"], o["units"], o["activation"], o["use_bias"])
     if kind == "pool":
         return PoolStage(o["mode"])
+    if kind == "conv":
+        from .conv_stages import ConvStage
+        return ConvStage(first["in_features"], o["filters"], o["kernel_size"], o["strides"], o["padding"],
+                         o["dilation_rate"], o["groups"], o["use_bias"], o["activation"])
+    if kind == "pool1d":
+        from .conv_stages import Pool1DStage
+        return Pool1DStage(o["mode"], o["pool_size"], o["strides"], o["padding"] == "same")
     if o["bidirectional"]:
         return BidirectionalStage(o["cell"], first["in_features"], o["units"], [s["options"]["merge_mode"] for s in group],
                                   group[-1]["options"]["return_sequences"], o["use_bias"], o["activation"],

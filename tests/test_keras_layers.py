@@ -1,0 +1,69 @@
+"""Layers beyond the recurrent core, imported with ``from_keras`` and compared with Keras 3 on the same batches
+(full length, right-padded, left-padded, gaps; random biases): ``Conv1D`` with every padding mode, strides,
+dilation and groups, and ``MaxPooling1D`` / ``AveragePooling1D`` (valid and same). Neither supports masking in
+Keras: values at masked steps enter as they are and the mask ends, which the comparison covers.
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np
+import pytest
+import torch
+
+keras = pytest.importorskip("keras")
+from keras import layers  # noqa: E402
+
+from models.keras import from_keras  # noqa: E402
+
+B, T, V = 4, 9, 12
+TOL = 1e-5
+
+
+def _ids(rng: np.random.Generator) -> np.ndarray:
+    steps = np.arange(T)
+    mask = np.stack([steps < T, steps < 4, steps >= T - 3, rng.random(T) > 0.4])
+    return np.where(mask, rng.integers(1, V, (B, T)), 0).astype("int64")
+
+
+def _check(model, tmp_path, x: np.ndarray) -> torch.nn.Module:
+    expected = keras.ops.convert_to_numpy(model(x))
+    module = None
+    for fmt in ("keras", "h5"):
+        model.save(tmp_path / f"m.{fmt}")
+        module = from_keras(tmp_path / f"m.{fmt}")
+        for candidate in (module, torch.jit.script(module)) if fmt == "keras" else (module,):
+            got = candidate(torch.as_tensor(x)).detach().numpy()
+            assert got.shape == expected.shape
+            np.testing.assert_allclose(got, expected, atol=TOL, rtol=TOL, equal_nan=True)
+    return module
+
+
+@pytest.mark.parametrize("padding,strides,dilation,groups,pool,pool_padding", [
+    ("valid", 1, 1, 1, "max", "valid"), ("same", 2, 1, 2, "avg", "same"), ("causal", 1, 2, 1, "max", "same"),
+    ("same", 3, 1, 1, "avg", "valid"), ("valid", 1, 2, 2, "avg", "same"), ("causal", 1, 1, 2, "avg", "valid")])
+def test_conv1d_and_pooling_before_a_bidirectional(tmp_path, padding, strides, dilation, groups, pool,
+                                                   pool_padding) -> None:
+    pooling = layers.MaxPooling1D if pool == "max" else layers.AveragePooling1D
+    model = keras.Sequential([
+        keras.Input((T,), dtype="int32"), layers.Embedding(V, 4, mask_zero=True),
+        layers.Conv1D(6, 3, strides=strides, dilation_rate=dilation, groups=groups, padding=padding,
+                      activation="relu", bias_initializer="random_normal"),
+        pooling(2, strides=3 if pool_padding == "same" else None, padding=pool_padding),
+        layers.Bidirectional(layers.GRU(3, return_sequences=True, bias_initializer="random_normal")),
+        layers.GlobalAveragePooling1D(), layers.Dense(2, bias_initializer="random_normal")])
+    _check(model, tmp_path, _ids(np.random.default_rng(10)))
+
+
+def test_cnn_birnn_hybrid_graph(tmp_path) -> None:
+    """Conv branch and BiLSTM branch over one masked embedding, pooled and concatenated (a common real shape)."""
+    inputs = keras.Input((None,), dtype="int32")
+    x = layers.Embedding(V, 5, mask_zero=True)(inputs)
+    conv = layers.MaxPooling1D(2, padding="same")(layers.Conv1D(4, 2, padding="same", activation="tanh")(x))
+    rnn = layers.Bidirectional(layers.LSTM(3, return_sequences=True, bias_initializer="random_normal"))(x)
+    rnn = layers.Bidirectional(layers.LSTM(3, return_sequences=True, bias_initializer="random_normal"))(
+        layers.Conv1D(6, 1)(rnn))
+    merged = layers.Concatenate()([layers.GlobalMaxPooling1D()(conv), layers.GlobalAveragePooling1D()(rnn)])
+    model = keras.Model(inputs, layers.Dense(3, activation="softmax")(merged))
+    _check(model, tmp_path, _ids(np.random.default_rng(11)))
