@@ -67,3 +67,39 @@ def test_cnn_birnn_hybrid_graph(tmp_path) -> None:
     merged = layers.Concatenate()([layers.GlobalMaxPooling1D()(conv), layers.GlobalAveragePooling1D()(rnn)])
     model = keras.Model(inputs, layers.Dense(3, activation="softmax")(merged))
     _check(model, tmp_path, _ids(np.random.default_rng(11)))
+
+
+@pytest.mark.filterwarnings("ignore:Keras .* has no fused kernel")
+@pytest.mark.parametrize("make", [
+    lambda b: layers.Bidirectional(layers.LSTM(3, recurrent_activation="hard_sigmoid", return_sequences=True, **b),
+                                   merge_mode="sum"),
+    lambda b: layers.Bidirectional(layers.GRU(3, activation="relu", return_sequences=True, **b)),
+    lambda b: layers.Bidirectional(layers.GRU(3, activation="relu", reset_after=False,
+                                              recurrent_activation="hard_sigmoid", **b), merge_mode="ave"),
+    lambda b: layers.GRU(3, activation="elu", return_sequences=True, **b),
+    lambda b: layers.LSTM(3, activation="relu6", **b),
+    lambda b: layers.SimpleRNN(3, activation="sigmoid", return_sequences=True, **b)])
+def test_recurrent_options_without_a_fused_kernel(tmp_path, make) -> None:
+    """Non-tanh activations, hard_sigmoid (Keras 3's relu6(x + 3) / 6), reset_after=False with them: the exact
+    time loop, masks included, and a warning that says so."""
+    model = keras.Sequential([keras.Input((None,), dtype="int32"), layers.Embedding(V, 4, mask_zero=True),
+                              make({"bias_initializer": "random_normal"}), layers.Dense(2)])
+    x = _ids(np.random.default_rng(12))
+    expected = keras.ops.convert_to_numpy(model(x))
+    for fmt in ("keras", "h5"):
+        model.save(tmp_path / f"m.{fmt}")
+        with pytest.warns(UserWarning, match="exact PyTorch time loop"):
+            module = from_keras(tmp_path / f"m.{fmt}")
+        np.testing.assert_allclose(module(torch.as_tensor(x)).detach().numpy(), expected, atol=TOL, rtol=TOL)
+
+
+def test_every_dense_activation_by_name(tmp_path) -> None:
+    from models.keras.layer_options import DENSE_ACTIVATIONS
+    inputs = keras.Input((None, 3))
+    outputs = [layers.Dense(3, activation=name, bias_initializer="random_normal")(inputs) for name in DENSE_ACTIVATIONS]
+    model = keras.Model(inputs, layers.Concatenate()(outputs))
+    x = np.random.default_rng(13).normal(size=(B, T, 3)).astype("float32") * 3
+    expected = keras.ops.convert_to_numpy(model(x))
+    model.save(tmp_path / "a.keras")
+    got = from_keras(tmp_path / "a.keras")(torch.as_tensor(x)).detach().numpy()
+    np.testing.assert_allclose(got, expected, atol=TOL, rtol=TOL)

@@ -61,12 +61,10 @@ def _replace(h5, name, data, **kwargs):
 @pytest.mark.parametrize("layer,match", [
     (lambda: layers.UpSampling1D(2), r"layer 'up_sampling1d(_\d+)?'.*'UpSampling1D' is not supported"),
     (lambda: layers.LSTM(4, go_backwards=True), r"layer 'lstm.*go_backwards=True on an unwrapped"),
-    (lambda: layers.LSTM(4, recurrent_activation="hard_sigmoid"), r"layer 'lstm.*recurrent_activation='hard_sigmoid'"),
-    (lambda: layers.LSTM(4, activation="relu"), r"layer 'lstm.*activation='relu' has no exact"),
     (lambda: layers.Bidirectional(layers.LSTM(4, return_sequences=True), backward_layer=layers.LSTM(
         4, return_sequences=True, go_backwards=True, use_bias=False)), r"layer 'bidirectional.*backward_layer differs.*use_bias"),
-    (lambda: layers.Dense(3, activation="hard_sigmoid"), r"layer 'dense.*activation='hard_sigmoid' is not supported"),
-    (lambda: layers.Activation("hard_sigmoid"), r"layer 'activation.*activation='hard_sigmoid' is not supported"),
+    (lambda: layers.LSTM(4, activation="softmax"), r"layer 'lstm.*activation='softmax' is not a supported element-wise"),
+    (lambda: layers.Dense(3, activation="sparsemax"), r"layer 'dense.*activation='sparsemax' is not supported"),
 ])
 def test_refused_layers(tmp_path, layer, match):
     path = _save(tmp_path, keras.Input((None, 3)), layer())

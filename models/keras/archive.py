@@ -135,6 +135,9 @@ def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
                     raise KerasImportError(f".keras archive has no {required!r}")
             config = _parse_json(_read_member(archive, "config.json"), "config.json")
             weights = _read_member(archive, "model.weights.h5")
+            if "metadata.json" in names:   # which Keras wrote it: activations such as hard_sigmoid differ
+                version = _parse_json(_read_member(archive, "metadata.json"), "metadata.json").get("keras_version")
+                config["_keras_version"] = str(version)
         return config, open_weights(weights, "keras")
     weights_file = open_weights(path, "legacy")
     try:
@@ -148,7 +151,10 @@ def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
             raise KerasImportError("model_config attribute is not a JSON string of sane size")
         if "model_weights" not in weights_file.h5:
             raise KerasImportError("legacy .h5 file has no 'model_weights' group")
-        return _parse_json(raw.encode("utf-8"), "model_config"), weights_file
+        config = _parse_json(raw.encode("utf-8"), "model_config")
+        version = weights_file.h5.attrs.get("keras_version")
+        config["_keras_version"] = version.decode("utf-8") if isinstance(version, bytes) else str(version)
+        return config, weights_file
     except BaseException:
         weights_file.close()
         raise

@@ -95,6 +95,7 @@ class Stream:
     input_kind: str = "features"
     used: Dict[str, int] = field(default_factory=dict)
     time: Optional[int] = None
+    keras2: bool = False
 
     def path(self, class_name: str) -> str:
         """The next layer of ``class_name``'s weights group: Keras counts each class's layers."""
@@ -114,7 +115,7 @@ def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
     layers, sequential = model_layers(model)
     model_config = model["config"]
     specs: List[LayerSpec] = []
-    stream = Stream()
+    stream = Stream(keras2=str(model.get("_keras_version", "3")).startswith("2"))
     for index, entry in enumerate(layers):
         class_name = entry.get("class_name")
         name = str(entry.get("name", f"#{index}"))
@@ -158,7 +159,15 @@ def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
 def layer_spec(class_name: str, config: Dict[str, Any], name: str, path: str, stream: "Stream",
                first: bool) -> LayerSpec:
     """The checked spec of one (non-input, single-input) layer; moves ``stream`` on to what the layer outputs.
-    The one place where a layer config is dispatched on its class name."""
+    The one place where a layer config is dispatched on its class name (``_dispatch``)."""
+    spec = _dispatch(class_name, config, name, path, stream, first)
+    if stream.keras2 and spec.kind != "recurrent" and spec.options.get("activation") == "hard_sigmoid":
+        spec.options["activation"] = "hard_sigmoid_keras2"        # Keras 2's clip(0.2 x + 0.5, 0, 1)
+    return spec
+
+
+def _dispatch(class_name: str, config: Dict[str, Any], name: str, path: str, stream: "Stream",
+              first: bool) -> LayerSpec:
     features = stream.features
     if class_name == "Embedding":
         if not first or stream.rank != 2:
@@ -192,6 +201,7 @@ def layer_spec(class_name: str, config: Dict[str, Any], name: str, path: str, st
         stream.features = units if not options["bidirectional"] or options["merge_mode"] not in (None, "concat") \
             else 2 * units
         stream.paired = options["bidirectional"] and options["merge_mode"] is None
+        options["keras2"] = stream.keras2
         if not options["return_sequences"]:
             stream.masked, stream.rank = False, 2
         return LayerSpec("recurrent", class_name, name, path, features, options)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..blocks.base import _BiRNNBase
-from ..cells import BY_MODE, from_keras_layer
+from ..cells import BY_MODE
 from .archive import (
     WeightFile,
     check_dataset,
@@ -48,7 +48,7 @@ def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
         return [kernel] + ([(o["filters"],)] if o["use_bias"] else [])
     if spec.kind != "recurrent":
         return []
-    width = from_keras_layer(o["cell"], o["activation"]).gates * o["units"]
+    width = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}[o["cell"]] * o["units"]
     one = [(spec.in_features, width), (o["units"], width)]
     if o["use_bias"]:
         one.append((2, width) if o["cell"] == "GRU" and o.get("reset_after", True) else (width,))

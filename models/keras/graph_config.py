@@ -139,14 +139,15 @@ def parse_graph(model: Dict[str, Any]) -> GraphPlan:
     """The checked plan of a functional model; ``KerasImportError`` names the layer of anything outside the
     supported subset, and reports an unforeseen structure as a malformed config."""
     try:
-        return _parse(model_dag(model), model["config"])
+        keras2 = str(model.get("_keras_version", "3")).startswith("2")
+        return _parse(model_dag(model), model["config"], keras2)
     except KerasImportError:
         raise
     except (AttributeError, KeyError, TypeError, IndexError, ValueError, RecursionError) as error:
         raise KerasImportError(f"malformed model config ({type(error).__name__}: {error})") from None
 
 
-def _parse(dag: Dag, model_config: Dict[str, Any]) -> GraphPlan:
+def _parse(dag: Dag, model_config: Dict[str, Any], keras2: bool) -> GraphPlan:
     by_name = {entry["_name"]: entry for entry in dag.entries}
     paths: Dict[str, str] = {}
     used: Dict[str, int] = {}
@@ -162,6 +163,7 @@ def _parse(dag: Dag, model_config: Dict[str, Any]) -> GraphPlan:
         if name not in by_name:
             raise KerasImportError(f"model input {name!r} is not an InputLayer of the config")
         streams[_key((name, 0, 0))] = _input_stream(by_name[name], name)
+        streams[_key((name, 0, 0))].keras2 = keras2 or dag.keras2
     specs: Dict[str, LayerSpec] = {}
     calls_of: Dict[str, int] = {}
     for call in dag.calls:

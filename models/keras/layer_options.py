@@ -13,7 +13,8 @@ from .graph import fail as _fail
 
 RECURRENT = KERAS_LAYERS  # ("LSTM", "GRU", "SimpleRNN")
 DENSE_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "softplus", "softsign", "elu", "selu",
-                     "silu", "swish", "gelu")
+                     "silu", "swish", "gelu", "relu6", "hard_sigmoid", "hard_silu", "hard_swish", "exponential",
+                     "leaky_relu", "mish", "log_softmax", "celu")
 # Keys of a recurrent layer's config that may differ between the forward and backward layer of a Bidirectional
 # (besides initializers, regularizers and constraints, which do not change inference).
 _DIRECTION_KEYS = ("name", "go_backwards", "zero_output_for_mask", "seed", "trainable")
@@ -64,19 +65,21 @@ def recurrent_options(class_name: str, config: Dict[str, Any], layer: str, wrapp
         raise _fail(layer, "go_backwards=True on the forward layer of a Bidirectional is not supported")
     activation = activation_name(config.get("activation", "tanh"), layer, "activation")
     allowed = ("tanh", "relu") if class_name == "SimpleRNN" else ("tanh",)
-    if activation not in allowed:
-        raise _fail(layer, f"activation={activation!r} has no exact fused-kernel equivalent for {class_name} "
-                           f"(allowed: {list(allowed)})")
+    recurrent = "sigmoid"
     if class_name != "SimpleRNN":
         recurrent = activation_name(config.get("recurrent_activation", "sigmoid"), layer, "recurrent_activation")
-        if recurrent != "sigmoid":
-            raise _fail(layer, f"non-default recurrent_activation={recurrent!r} is not supported (only 'sigmoid')")
+    for key, value in (("activation", activation), ("recurrent_activation", recurrent)):
+        if value not in DENSE_ACTIVATIONS or value in ("softmax", "log_softmax"):
+            raise _fail(layer, f"{key}={value!r} is not a supported element-wise activation")
+    # Anything the fused kernels do not hard-code runs on the exact time loop (``loop_rnn.py``)
+    loop = activation not in allowed or recurrent != "sigmoid"
     reset_after = flag(config, "reset_after", True, layer) if class_name == "GRU" else True
     units = positive_int(config, "units", layer)
     check_dtype(config, layer)
     return {"cell": class_name, "units": units, "activation": activation, "use_bias": flag(config, "use_bias", True, layer),
             "return_sequences": flag(config, "return_sequences", False, layer),
-            "zero_output_for_mask": flag(config, "zero_output_for_mask", False, layer), "reset_after": reset_after}
+            "zero_output_for_mask": flag(config, "zero_output_for_mask", False, layer), "reset_after": reset_after,
+            "recurrent_activation": recurrent, "loop": loop}
 
 
 def _plain(value: Any) -> Any:

@@ -154,6 +154,24 @@ def apply_activation(y: Tensor, name: str) -> Tensor:
         y = nn.functional.silu(y)
     elif name == "gelu":
         y = nn.functional.gelu(y)
+    elif name == "relu6":
+        y = nn.functional.relu6(y)
+    elif name == "hard_sigmoid":                 # Keras 3: relu6(x + 3) / 6
+        y = nn.functional.relu6(y + 3.0) / 6.0
+    elif name == "hard_sigmoid_keras2":          # Keras 2: clip(0.2 x + 0.5, 0, 1)
+        y = (0.2 * y + 0.5).clamp(0.0, 1.0)
+    elif name == "hard_silu" or name == "hard_swish":
+        y = y * (nn.functional.relu6(y + 3.0) / 6.0)
+    elif name == "exponential":
+        y = torch.exp(y)
+    elif name == "leaky_relu":                   # Keras's default negative_slope
+        y = nn.functional.leaky_relu(y, 0.2)
+    elif name == "mish":
+        y = y * torch.tanh(nn.functional.softplus(y))
+    elif name == "log_softmax":
+        y = torch.log_softmax(y, -1)
+    elif name == "celu":
+        y = nn.functional.celu(y)
     return y
 
 
@@ -240,6 +258,7 @@ def fusable(group: List[Dict[str, Any]], spec: Dict[str, Any]) -> bool:
         return False
     a, b = last["options"], spec["options"]
     return (b["bidirectional"] and a["return_sequences"] and a["merge_mode"] is not None
+            and not a.get("loop") and not b.get("loop")
             and all(a[k] == b[k] for k in ("cell", "units", "use_bias", "activation"))
             and a.get("reset_after", True) == b.get("reset_after", True))
 
@@ -278,6 +297,14 @@ def stage_for_group(group: List[Dict[str, Any]]) -> nn.Module:
     if kind == "pool1d":
         from .conv_stages import Pool1DStage
         return Pool1DStage(o["mode"], o["pool_size"], o["strides"], o["padding"] == "same")
+    if o.get("loop"):
+        from .loop_rnn import LoopRecurrentStage
+        activation, recurrent = o["activation"], o.get("recurrent_activation", "sigmoid")
+        if o.get("keras2"):
+            activation, recurrent = (a + "_keras2" if a == "hard_sigmoid" else a for a in (activation, recurrent))
+        return LoopRecurrentStage(o["cell"], first["in_features"], o["units"], o["use_bias"], activation, recurrent,
+                                  o.get("reset_after", True), o["return_sequences"], o["zero_output_for_mask"],
+                                  o["bidirectional"], o["merge_mode"])
     if o["bidirectional"]:
         return BidirectionalStage(o["cell"], first["in_features"], o["units"], [s["options"]["merge_mode"] for s in group],
                                   group[-1]["options"]["return_sequences"], o["use_bias"], o["activation"],
