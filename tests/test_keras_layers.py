@@ -103,3 +103,29 @@ def test_every_dense_activation_by_name(tmp_path) -> None:
     model.save(tmp_path / "a.keras")
     got = from_keras(tmp_path / "a.keras")(torch.as_tensor(x)).detach().numpy()
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=TOL)
+
+
+def test_normalisation_and_reshaping_layers(tmp_path) -> None:
+    """BatchNormalization (moving statistics set away from 0 / 1) and LayerNormalization pass the mask to the
+    BiLSTM; Flatten, Reshape, Permute, RepeatVector and GlobalAveragePooling1D(keepdims=True) end it."""
+    inputs = keras.Input((T,), dtype="int32")
+    x = layers.Embedding(V, 4, mask_zero=True)(inputs)
+    norm = layers.BatchNormalization()
+    x = layers.LayerNormalization(beta_initializer="random_normal")(norm(x))
+    h = layers.Bidirectional(layers.LSTM(3, return_sequences=True, bias_initializer="random_normal"))(x)
+    a = layers.Dense(2)(layers.Flatten()(h))
+    outputs = [a, layers.GlobalAveragePooling1D(keepdims=True)(h), layers.Permute((2, 1))(h),
+               layers.RepeatVector(3)(a), layers.Reshape((-1, 3))(layers.Flatten()(h)),
+               layers.BatchNormalization(center=False)(layers.Dense(5)(a))]
+    model = keras.Model(inputs, outputs)
+    for variable in norm.weights:
+        variable.assign(np.random.default_rng(14).uniform(0.5, 2.0, variable.shape).astype("float32"))
+    x = _ids(np.random.default_rng(15))
+    expected = [keras.ops.convert_to_numpy(v) for v in model(x)]
+    for fmt in ("keras", "h5"):
+        model.save(tmp_path / f"n.{fmt}")
+        module = from_keras(tmp_path / f"n.{fmt}")
+        for candidate in (module, torch.jit.script(module)):
+            for got, want in zip(candidate(torch.as_tensor(x)), expected, strict=True):
+                assert tuple(got.shape) == want.shape
+                np.testing.assert_allclose(got.detach().numpy(), want, atol=TOL, rtol=TOL)

@@ -37,8 +37,10 @@ from .layer_options import (
 IDENTITY = ("Dropout", "SpatialDropout1D")
 POOLING = {"GlobalAveragePooling1D": "avg", "GlobalMaxPooling1D": "max"}
 POOLING_1D = ("MaxPooling1D", "AveragePooling1D")
+NORMALIZATION = ("BatchNormalization", "LayerNormalization")
+RESHAPING = ("Flatten", "Reshape", "Permute", "RepeatVector")
 SUPPORTED = ("InputLayer", "Embedding", "Masking", "Bidirectional", "Dense", "TimeDistributed", "Activation", *RECURRENT,
-             *IDENTITY, *POOLING, "Conv1D", *POOLING_1D)
+             *IDENTITY, *POOLING, "Conv1D", *POOLING_1D, *NORMALIZATION, *RESHAPING)
 
 
 @dataclass
@@ -181,7 +183,9 @@ def _dispatch(class_name: str, config: Dict[str, Any], name: str, path: str, str
         stream.masked, stream.rank, stream.features = spec.options["mask_zero"], 3, spec.options["output_dim"]
         stream.input_kind = "ids"
         return spec
-    if stream.rank != 3 and class_name not in ("Dense", "Activation", *IDENTITY):
+    if class_name in RESHAPING:
+        return _reshaping(class_name, config, name, path, stream)
+    if stream.rank != 3 and class_name not in ("Dense", "Activation", *IDENTITY, *NORMALIZATION):
         raise _fail(name, f"{class_name} needs a (batch, time, features) input here")
     if features is None or isinstance(features, bool) or not isinstance(features, int) or features < 1:
         raise _fail(name, f"input feature size {features!r} is not known; give the Input a feature size")
@@ -205,6 +209,19 @@ def _dispatch(class_name: str, config: Dict[str, Any], name: str, path: str, str
         if not options["return_sequences"]:
             stream.masked, stream.rank = False, 2
         return LayerSpec("recurrent", class_name, name, path, features, options)
+    if class_name in NORMALIZATION:
+        check_dtype(config, name)
+        axis = config.get("axis", -1)
+        if axis not in (-1, [-1], stream.rank - 1, [stream.rank - 1]) or config.get("rms_scaling"):
+            raise _fail(name, f"axis={axis!r}: only the last axis is supported (and no rms_scaling)")
+        epsilon = config.get("epsilon", 1e-3)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon >= 0:
+            raise _fail(name, f"epsilon={epsilon!r} is not a number >= 0")
+        if class_name == "BatchNormalization" and (config.get("renorm") or config.get("virtual_batch_size")):
+            raise _fail(name, "renorm and virtual_batch_size are not supported")
+        return LayerSpec("norm", class_name, name, path, features, {
+            "batch": class_name == "BatchNormalization", "epsilon": float(epsilon),
+            "scale": flag(config, "scale", True, name), "center": flag(config, "center", True, name)})
     if class_name == "Conv1D":
         o = conv1d_options(config, features, name)
         effective = (o["kernel_size"] - 1) * o["dilation_rate"] + 1
@@ -226,10 +243,11 @@ def _dispatch(class_name: str, config: Dict[str, Any], name: str, path: str, str
             raise _fail(name, f"activation={activation!r} is not supported (supported: {list(DENSE_ACTIVATIONS)})")
         return LayerSpec("activation", class_name, name, path, features, {"activation": activation})
     if class_name in POOLING:
-        if config.get("data_format", "channels_last") != "channels_last" or config.get("keepdims", False):
-            raise _fail(name, "only data_format='channels_last' and keepdims=False are supported")
-        stream.masked, stream.rank = False, 2
-        return LayerSpec("pool", class_name, name, path, features, {"mode": POOLING[class_name]})
+        if config.get("data_format", "channels_last") != "channels_last":
+            raise _fail(name, "only data_format='channels_last' is supported")
+        keepdims = flag(config, "keepdims", False, name)
+        stream.masked, stream.rank, stream.time = False, 3 if keepdims else 2, 1 if keepdims else None
+        return LayerSpec("pool", class_name, name, path, features, {"mode": POOLING[class_name], "keepdims": keepdims})
     return LayerSpec("identity", class_name, name, path, features or 0)
 
 
@@ -240,3 +258,39 @@ def _length_after(length: Optional[int], window: int, stride: int, padding: str)
     if padding == "valid":
         return (length - window) // stride + 1
     return (length + stride - 1) // stride
+
+
+def _reshaping(class_name: str, config: Dict[str, Any], name: str, path: str, stream: "Stream") -> LayerSpec:
+    """``Flatten``, ``Reshape``, ``Permute``, ``RepeatVector`` on ``(B, T, F)`` or ``(B, F)`` tensors."""
+    check_dtype(config, name)
+    sizes = [stream.time, stream.features][: (stream.rank or 2) - 1] if stream.rank in (2, 3) else None
+    if sizes is None:
+        raise _fail(name, f"{class_name} needs a (batch, features) or (batch, time, features) input here")
+    features, shape, n = stream.features or 0, [], 0
+    if class_name == "Flatten":
+        if config.get("data_format", "channels_last") != "channels_last":
+            raise _fail(name, "only data_format='channels_last' is supported")
+        op, out = "flatten", [None if None in sizes else math.prod(sizes)]
+    elif class_name == "RepeatVector":
+        if stream.rank != 2:
+            raise _fail(name, "RepeatVector needs a (batch, features) input")
+        op, n = "repeat", positive_int(config, "n", name)
+        out = [n, stream.features]
+    elif class_name == "Permute":
+        dims = config.get("dims")
+        if not isinstance(dims, list) or sorted(dims) != list(range(1, len(sizes) + 1)):
+            raise _fail(name, f"dims={dims!r} is not a permutation of 1..{len(sizes)}")
+        op, shape = "permute", list(dims)
+        out = [sizes[d - 1] for d in dims]
+    else:
+        target = config.get("target_shape")
+        if (not isinstance(target, list) or not 1 <= len(target) <= 2
+                or any(isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1) for v in target)):
+            raise _fail(name, f"target_shape={target!r} is not 1 or 2 sizes (one may be -1)")
+        op, shape = "reshape", list(target)
+        total = None if None in sizes else math.prod(sizes)
+        out = [(total // -math.prod(target) if total is not None else None) if v == -1 else v for v in target]
+    stream.masked, stream.rank = False, len(out) + 1
+    stream.features = out[-1]
+    stream.time = out[0] if len(out) == 2 else None
+    return LayerSpec("shape", class_name, name, path, features, {"op": op, "shape": shape, "n": n})

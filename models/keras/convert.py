@@ -43,6 +43,9 @@ def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
         return [(o["input_dim"], o["output_dim"])]
     if spec.kind == "dense":
         return [(spec.in_features, o["units"])] + ([(o["units"],)] if o["use_bias"] else [])
+    if spec.kind == "norm":
+        size = (spec.in_features,)
+        return [size] * (int(o["scale"]) + int(o["center"]) + (2 if o["batch"] else 0))
     if spec.kind == "conv":
         kernel = (o["kernel_size"], spec.in_features // o["groups"], o["filters"])
         return [kernel] + ([(o["filters"],)] if o["use_bias"] else [])
@@ -114,6 +117,11 @@ def _group_state(prefix: str, group: List[Dict], arrays_of: Dict[int, List[np.nd
             state[prefix + "linear.weight"] = values[0].T
             if o["use_bias"]:
                 state[prefix + "linear.bias"] = values[1]
+        elif spec["kind"] == "norm":
+            names = (["gamma"] if o["scale"] else []) + (["beta"] if o["center"] else [])
+            names += ["moving_mean", "moving_variance"] if o["batch"] else []
+            for name, value in zip(names, values, strict=True):
+                state[prefix + name] = value
         elif spec["kind"] == "conv":
             state[prefix + "conv.weight"] = values[0].transpose(2, 1, 0)      # (k, in/g, out) -> (out, in/g, k)
             if o["use_bias"]:

@@ -209,19 +209,22 @@ class PoolStage(nn.Module):
     """``GlobalAveragePooling1D`` (mean over valid steps, as Keras: NaN for a row with none) or
     ``GlobalMaxPooling1D`` (Keras 3 ignores the mask: max over all steps): ``(B, T, D)`` -> ``(B, D)``."""
 
-    __constants__ = ["mode"]
+    __constants__ = ["mode", "keepdims"]
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, keepdims: bool = False) -> None:
         super().__init__()
         self.mode = mode
+        self.keepdims = keepdims
 
     def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         if self.mode == "max":
-            return x.amax(1), None
-        if mask is None:
-            return x.mean(1), None
-        weights = mask.to(x.dtype).unsqueeze(-1)
-        return x.masked_fill(~mask.unsqueeze(-1), 0.0).sum(1) / weights.sum(1), None
+            y = x.amax(1)
+        elif mask is None:
+            y = x.mean(1)
+        else:
+            weights = mask.to(x.dtype).unsqueeze(-1)
+            y = x.masked_fill(~mask.unsqueeze(-1), 0.0).sum(1) / weights.sum(1)
+        return (y.unsqueeze(1) if self.keepdims else y), None
 
 
 class KerasModel(nn.Module):
@@ -289,7 +292,13 @@ def stage_for_group(group: List[Dict[str, Any]]) -> nn.Module:
     if kind == "dense":
         return DenseStage(first["in_features"], o["units"], o["activation"], o["use_bias"])
     if kind == "pool":
-        return PoolStage(o["mode"])
+        return PoolStage(o["mode"], o.get("keepdims", False))
+    if kind == "norm":
+        from .shape_stages import NormStage
+        return NormStage(first["in_features"], o["batch"], o["epsilon"], o["scale"], o["center"])
+    if kind == "shape":
+        from .shape_stages import ShapeStage
+        return ShapeStage(o["op"], o["shape"], o["n"])
     if kind == "conv":
         from .conv_stages import ConvStage
         return ConvStage(first["in_features"], o["filters"], o["kernel_size"], o["strides"], o["padding"],
