@@ -129,3 +129,18 @@ def test_normalisation_and_reshaping_layers(tmp_path) -> None:
             for got, want in zip(candidate(torch.as_tensor(x)), expected, strict=True):
                 assert tuple(got.shape) == want.shape
                 np.testing.assert_allclose(got.detach().numpy(), want, atol=TOL, rtol=TOL)
+
+
+def test_docs_table_is_the_registry() -> None:
+    """docs/keras-import.md's supported-layers table names exactly the classes the importer accepts."""
+    import re
+    from pathlib import Path
+
+    from models.keras.config import SUPPORTED
+    from models.keras.graph_config import MERGES
+    text = (Path(__file__).resolve().parents[1] / "docs" / "keras-import.md").read_text(encoding="utf-8")
+    table = text.split("## Supported layers", 1)[1].split("\n\n| Keras layer |", 1)[1].split("\n\n", 1)[0]
+    listed = set()
+    for row in table.splitlines()[2:]:
+        listed |= set(re.findall(r"`(\w+)`", row.split("|")[1]))
+    assert listed == set(SUPPORTED) | set(MERGES)
