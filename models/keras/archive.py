@@ -103,7 +103,10 @@ SAVED_MODEL_HINT = (
     "A SavedModel holds TensorFlow graphs, not a Keras config, so it cannot be imported. Re-save it with "
     "TensorFlow as .h5 or .keras: `model = tf.keras.models.load_model(folder); model.save('model.h5')` "
     "(or 'model.keras'); on TensorFlow >= 2.16 install tf_keras and set TF_USE_LEGACY_KERAS=1 first "
-    "(`import tf_keras; model = tf_keras.models.load_model(folder)`). Then import that file.")
+    "(`import tf_keras; model = tf_keras.models.load_model(folder)`). Then import that file. A subclassed "
+    "model has no config to save: rebuild it as a functional model of the same layers, or save its weights "
+    "(`model.save_weights('w.h5')`) and load them with models.keras.load_keras_weights into a module of the same "
+    "architecture (from_keras of a functional twin, or a BiLSTM/BiGRU/BiRNN block).")
 
 
 def _refuse_saved_model(path: str) -> None:
@@ -218,8 +221,9 @@ def keras_layer_datasets(weights: WeightFile, path: str, nested: List[str], wher
 
 
 def legacy_layer_datasets(weights: WeightFile, name: str, where: str) -> List[h5py.Dataset]:
-    """Legacy layout: ``model_weights/<name>`` datasets in the order of its ``weight_names`` attribute."""
-    root = weights.h5.get("model_weights")
+    """Legacy layout: ``model_weights/<name>`` (a full model) or ``<name>`` at the root (Keras 2's weights-only
+    ``save_weights("x.h5")``) datasets in the order of its ``weight_names`` attribute."""
+    root = weights.h5 if weights.kind == "legacy_weights" else weights.h5.get("model_weights")
     group = None if root is None else root.get(name)
     if group is None:
         return []

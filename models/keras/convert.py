@@ -221,7 +221,8 @@ def _block_specs(block: _BiRNNBase, names: List[str]) -> List[LayerSpec]:
 
 
 def load_keras_weights(module: nn.Module, path: str, layers: Optional[List[str]] = None) -> nn.Module:
-    """Load a Keras ``.weights.h5`` file into ``module``, all or nothing.
+    """Load a Keras ``.weights.h5`` file (or a Keras 2 ``save_weights("x.h5")`` file, groups by layer name) into
+    ``module``, all or nothing.
 
     ``module`` is a ``from_keras`` result (or ``module_from_specs``) of the same architecture, or a
     ``BiLSTM``/``BiGRU``/``BiRNN`` whose layers are the file's ``Bidirectional`` layers: by default the
@@ -230,8 +231,11 @@ def load_keras_weights(module: nn.Module, path: str, layers: Optional[List[str]]
     """
     weights = open_weights(str(path), "keras")
     try:
-        if "layers" not in weights.h5:
-            raise KerasImportError(f"{path!r} is not a Keras 3 .weights.h5 file (no 'layers' group)")
+        if "layers" not in weights.h5 and "layer_names" in weights.h5.attrs:
+            weights.kind = "legacy_weights"       # Keras 2 save_weights("x.h5"): one group per layer name
+        elif "layers" not in weights.h5:
+            raise KerasImportError(f"{path!r} is neither a Keras 3 .weights.h5 file (no 'layers' group) nor a "
+                                   "Keras 2 weights file (no 'layer_names')")
         if isinstance(module, _BiRNNBase):
             names = layers or ["bidirectional" + (f"_{i}" if i else "") for i in range(module.num_layers)]
             if len(names) != module.num_layers:
