@@ -187,7 +187,9 @@ def _dispatch(class_name: str, config: Dict[str, Any], name: str, path: str, str
         return _reshaping(class_name, config, name, path, stream)
     if stream.rank != 3 and class_name not in ("Dense", "Activation", *IDENTITY, *NORMALIZATION):
         raise _fail(name, f"{class_name} needs a (batch, time, features) input here")
-    if features is None or isinstance(features, bool) or not isinstance(features, int) or features < 1:
+    if features is None and class_name in ("Activation", "Masking", *IDENTITY, *POOLING, *POOLING_1D):
+        features = 0            # layers without weights run on any feature size (e.g. after a Dot)
+    elif features is None or isinstance(features, bool) or not isinstance(features, int) or features < 1:
         raise _fail(name, f"input feature size {features!r} is not known; give the Input a feature size")
     if class_name == "Masking":
         value = config.get("mask_value", 0.0)

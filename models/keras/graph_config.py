@@ -78,7 +78,7 @@ def _merge_spec(call: Call, config: Dict[str, Any], name: str, path: str, stream
     if (not call.as_list and not keras2) or len(streams) < 2:
         raise _fail(name, f"{class_name} needs a list of at least two inputs")
     ranks = [s.rank for s in streams]
-    if len(set(ranks)) != 1 or ranks[0] not in (2, 3):
+    if (len(set(ranks)) != 1 and class_name != "Dot") or any(r not in (2, 3) for r in ranks):
         raise _fail(name, f"{class_name} on inputs of ranks {ranks}: only inputs of one rank (2 or 3) are supported")
     rank = ranks[0]
     out = copy.copy(streams[0])
@@ -103,7 +103,7 @@ def _merge_spec(call: Call, config: Dict[str, Any], name: str, path: str, stream
         if (not isinstance(axes, list) or len(axes) != 2
                 or any(isinstance(a, bool) or not isinstance(a, int) for a in axes)):
             raise _fail(name, f"axes={config.get('axes')!r} is not an int or a pair of ints")
-        axes = [a % rank for a in axes]
+        axes = [a % r for a, r in zip(axes, ranks, strict=True)]
         if 0 in axes:
             raise _fail(name, "axes include the batch axis")
         options.update(axes=axes, normalize=flag(config, "normalize", False, name))
