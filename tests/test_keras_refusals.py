@@ -167,3 +167,17 @@ def test_nothing_half_loaded(tmp_path):
         load_keras_weights(module, tmp_path / "w.weights.h5")
     for key, value in module.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("assets", [False, True])
+def test_text_vectorization_is_refused_by_name(tmp_path, assets):
+    """Keras 3 needs TensorFlow to build a TextVectorization, so the layer is written into a saved config (and its
+    vocabulary into the archive's assets, as Keras does)."""
+    def edit(config):
+        config["config"]["layers"].insert(1, {"class_name": "TextVectorization", "name": "text_vectorization",
+                                              "config": {"name": "text_vectorization", "max_tokens": 20}})
+    extra = {"assets/text_vectorization/vocabulary.txt": b"a\ncat\n"} if assets else None
+    path = _rewrite(_bilstm(tmp_path), edit_config=edit, extra=extra)
+    with pytest.raises(KerasImportError, match=r"'text_vectorization'.*TextVectorization.*is not imported.*"
+                                               r"model.layers\[1:\]"):
+        from_keras(path)

@@ -120,6 +120,19 @@ def _refuse_saved_model(path: str) -> None:
         raise KerasImportError(f"{path!r} is the graph of a TensorFlow SavedModel folder. " + SAVED_MODEL_HINT)
 
 
+def refuse_text_vectorization(config: Dict[str, Any]) -> None:
+    """A ``TextVectorization`` layer (raw-string preprocessing) is refused by name, with advice that works."""
+    layers = (config.get("config") or {}).get("layers") if isinstance(config.get("config"), dict) else None
+    for entry in layers if isinstance(layers, list) else []:
+        if isinstance(entry, dict) and entry.get("class_name") == "TextVectorization":
+            name = entry.get("name") or (entry.get("config") or {}).get("name")
+            raise KerasImportError(
+                f"layer {name!r}: TextVectorization (raw-string preprocessing) is not imported. Keep it in Keras "
+                "(or tokenize with its vocabulary, `layer.get_vocabulary()`), and import the model after it: "
+                "save `keras.Sequential(model.layers[1:])` (Sequential) or `keras.Model(<the layer after it>.input, "
+                "model.output)` (functional) and import that file.")
+
+
 def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
     """``.keras`` or legacy ``.h5`` full model -> ``(config dict, weights)``; the caller closes the weights.
     Keras 3 and Keras 2 (``tf_keras``) files share these layouts; a TensorFlow SavedModel folder is refused."""
@@ -128,6 +141,8 @@ def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             unexpected = sorted(set(names) - set(_KERAS_MEMBERS))
+            if unexpected and "config.json" in names:     # assets of a TextVectorization: name the layer
+                refuse_text_vectorization(_parse_json(_read_member(archive, "config.json"), "config.json"))
             if unexpected:
                 raise KerasImportError(f".keras archive holds unexpected members {unexpected}; expected only "
                                        f"{sorted(_KERAS_MEMBERS)} (sharded weights and assets are not supported)")
@@ -137,6 +152,7 @@ def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
                 if required not in names:
                     raise KerasImportError(f".keras archive has no {required!r}")
             config = _parse_json(_read_member(archive, "config.json"), "config.json")
+            refuse_text_vectorization(config)
             weights = _read_member(archive, "model.weights.h5")
             if "metadata.json" in names:   # which Keras wrote it: activations such as hard_sigmoid differ
                 version = _parse_json(_read_member(archive, "metadata.json"), "metadata.json").get("keras_version")
@@ -155,6 +171,7 @@ def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
         if "model_weights" not in weights_file.h5:
             raise KerasImportError("legacy .h5 file has no 'model_weights' group")
         config = _parse_json(raw.encode("utf-8"), "model_config")
+        refuse_text_vectorization(config)
         version = weights_file.h5.attrs.get("keras_version")
         config["_keras_version"] = version.decode("utf-8") if isinstance(version, bytes) else str(version)
         return config, weights_file
