@@ -178,9 +178,10 @@ def _install(module: nn.Module, state: Dict[str, torch.Tensor]) -> None:
             own[key].copy_(value)
 
 
-def from_keras(path: str) -> KerasModel:
+def from_keras(path: str) -> nn.Module:
     """Import a Keras ``.keras`` archive or ``.h5`` full model (Keras 3, or Keras 2: tf.keras / ``tf_keras``) as a
-    PyTorch module (eval mode).
+    PyTorch module (eval mode): a ``KerasModel`` for a chain of layers, a ``KerasGraphModel`` for a functional
+    graph (several inputs: a list in; several outputs: a list out).
 
     The module takes what the Keras model takes, token ids ``(B, T)`` int64 or features ``(B, T, F)`` float32,
     and returns what ``keras_model(x)`` returns: a tensor, or a ``(forward, backward)`` tuple for a model
