@@ -90,7 +90,9 @@ def test_recurrent_options_without_a_fused_kernel(tmp_path, make) -> None:
         model.save(tmp_path / f"m.{fmt}")
         with pytest.warns(UserWarning, match="exact PyTorch time loop"):
             module = from_keras(tmp_path / f"m.{fmt}")
-        np.testing.assert_allclose(module(torch.as_tensor(x)).detach().numpy(), expected, atol=TOL, rtol=TOL)
+        for candidate in (module, torch.jit.script(module)):
+            got = candidate(torch.as_tensor(x)).detach().numpy()
+            np.testing.assert_allclose(got, expected, atol=TOL, rtol=TOL)
 
 
 def test_every_dense_activation_by_name(tmp_path) -> None:

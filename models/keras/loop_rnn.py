@@ -24,17 +24,26 @@ class _Weights(nn.Module):
     def __init__(self, cell: str, input_size: int, units: int, bias: bool, directions: int) -> None:
         super().__init__()
         width = _GATES[cell] * units
-        for suffix in ["", "_reverse"][:directions]:
-            self.register_parameter(f"weight_ih_l0{suffix}", nn.Parameter(torch.zeros(width, input_size)))
-            self.register_parameter(f"weight_hh_l0{suffix}", nn.Parameter(torch.zeros(width, units)))
-            if bias:
-                self.register_parameter(f"bias_ih_l0{suffix}", nn.Parameter(torch.zeros(width)))
-                self.register_parameter(f"bias_hh_l0{suffix}", nn.Parameter(torch.zeros(width)))
+        for index, suffix in enumerate(["", "_reverse"]):
+            used = index < directions      # absent ones are None: not in the state dict, typed for TorchScript
+            self.register_parameter(f"weight_ih_l0{suffix}",
+                                    nn.Parameter(torch.zeros(width, input_size)) if used else None)
+            self.register_parameter(f"weight_hh_l0{suffix}", nn.Parameter(torch.zeros(width, units)) if used else None)
+            self.register_parameter(f"bias_ih_l0{suffix}", nn.Parameter(torch.zeros(width)) if used and bias else None)
+            self.register_parameter(f"bias_hh_l0{suffix}", nn.Parameter(torch.zeros(width)) if used and bias else None)
+
+    @torch.jit.export
+    def params(self, reverse: bool) -> List[Optional[Tensor]]:
+        """``[weight_ih, weight_hh, bias_ih, bias_hh]`` of one direction (biases None without ``use_bias``)."""
+        if reverse:
+            return [self.weight_ih_l0_reverse, self.weight_hh_l0_reverse, self.bias_ih_l0_reverse,
+                    self.bias_hh_l0_reverse]
+        return [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
 
 
 class LoopRecurrentStage(nn.Module):
     """One Keras recurrent layer (``bidirectional``: a ``Bidirectional`` with ``merge_mode``) on the time loop:
-    ``(B, T, F)`` -> ``(B, T, D)`` or ``(B, D)``."""
+    ``(B, T, F)`` -> ``(B, T, D)`` or ``(B, D)``. The two subclasses below hold the parameters."""
 
     __constants__ = ["cell", "units", "activation", "recurrent_activation", "reset_after", "return_sequences",
                      "zero_output_for_mask", "bidirectional", "merge_mode", "has_bias"]
@@ -43,11 +52,6 @@ class LoopRecurrentStage(nn.Module):
                  recurrent_activation: str, reset_after: bool, return_sequences: bool, zero_output_for_mask: bool,
                  bidirectional: bool, merge_mode: Optional[str]) -> None:
         super().__init__()
-        weights = _Weights(cell, input_size, units, bias, 2 if bidirectional else 1)
-        if bidirectional:
-            self.block = weights
-        else:
-            self.rnn = weights
         self.cell, self.units, self.has_bias = cell, units, bias
         self.activation, self.recurrent_activation = activation, recurrent_activation
         self.reset_after, self.return_sequences = reset_after, return_sequences
@@ -106,22 +110,15 @@ class LoopRecurrentStage(nn.Module):
             outputs.append(out)
         return torch.stack(outputs, 1)
 
-    def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
-        owner = self.block if self.bidirectional else self.rnn
-        params: List[Optional[Tensor]] = [owner.weight_ih_l0, owner.weight_hh_l0, None, None]
-        if self.has_bias:
-            params = [owner.weight_ih_l0, owner.weight_hh_l0, owner.bias_ih_l0, owner.bias_hh_l0]
+    def _run(self, x: Tensor, mask: Optional[Tensor], forward_params: List[Optional[Tensor]],
+             backward_params: List[Optional[Tensor]]) -> Tuple[Tensor, Optional[Tensor]]:
         zero = self.zero_output_for_mask
-        forward = self._direction(x, mask, params, zero)
+        forward = self._direction(x, mask, forward_params, zero)
         if not self.bidirectional:
             if self.return_sequences:
                 return forward, mask
             return forward[:, -1], None
-        back_params: List[Optional[Tensor]] = [owner.weight_ih_l0_reverse, owner.weight_hh_l0_reverse, None, None]
-        if self.has_bias:
-            back_params = [owner.weight_ih_l0_reverse, owner.weight_hh_l0_reverse, owner.bias_ih_l0_reverse,
-                           owner.bias_hh_l0_reverse]
-        backward = self._direction(x.flip(1), None if mask is None else mask.flip(1), back_params, zero)
+        backward = self._direction(x.flip(1), None if mask is None else mask.flip(1), backward_params, zero)
         if self.return_sequences:
             backward = backward.flip(1)
         else:
@@ -137,3 +134,32 @@ class LoopRecurrentStage(nn.Module):
         else:
             y = torch.stack([forward, backward], -2)
         return y, (mask if self.return_sequences else None)
+
+
+class LoopBidirectionalStage(LoopRecurrentStage):
+    """A ``Bidirectional`` on the time loop (parameters under ``block``, as the fused blocks)."""
+
+    def __init__(self, cell: str, input_size: int, units: int, bias: bool, activation: str,
+                 recurrent_activation: str, reset_after: bool, return_sequences: bool, zero_output_for_mask: bool,
+                 merge_mode: Optional[str]) -> None:
+        super().__init__(cell, input_size, units, bias, activation, recurrent_activation, reset_after,
+                         return_sequences, zero_output_for_mask, True, merge_mode)
+        self.block = _Weights(cell, input_size, units, bias, 2)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        return self._run(x, mask, self.block.params(False), self.block.params(True))
+
+
+class LoopUnidirectionalStage(LoopRecurrentStage):
+    """An unwrapped ``LSTM``/``GRU``/``SimpleRNN`` on the time loop (parameters under ``rnn``)."""
+
+    def __init__(self, cell: str, input_size: int, units: int, bias: bool, activation: str,
+                 recurrent_activation: str, reset_after: bool, return_sequences: bool,
+                 zero_output_for_mask: bool) -> None:
+        super().__init__(cell, input_size, units, bias, activation, recurrent_activation, reset_after,
+                         return_sequences, zero_output_for_mask, False, "concat")
+        self.rnn = _Weights(cell, input_size, units, bias, 1)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        params = self.rnn.params(False)
+        return self._run(x, mask, params, params)

@@ -307,13 +307,15 @@ def stage_for_group(group: List[Dict[str, Any]]) -> nn.Module:
         from .conv_stages import Pool1DStage
         return Pool1DStage(o["mode"], o["pool_size"], o["strides"], o["padding"] == "same")
     if o.get("loop"):
-        from .loop_rnn import LoopRecurrentStage
+        from .loop_rnn import LoopBidirectionalStage, LoopUnidirectionalStage
         activation, recurrent = o["activation"], o.get("recurrent_activation", "sigmoid")
         if o.get("keras2"):
             activation, recurrent = (a + "_keras2" if a == "hard_sigmoid" else a for a in (activation, recurrent))
-        return LoopRecurrentStage(o["cell"], first["in_features"], o["units"], o["use_bias"], activation, recurrent,
-                                  o.get("reset_after", True), o["return_sequences"], o["zero_output_for_mask"],
-                                  o["bidirectional"], o["merge_mode"])
+        common = (o["cell"], first["in_features"], o["units"], o["use_bias"], activation, recurrent,
+                  o.get("reset_after", True), o["return_sequences"], o["zero_output_for_mask"])
+        if o["bidirectional"]:
+            return LoopBidirectionalStage(*common, o["merge_mode"])
+        return LoopUnidirectionalStage(*common)
     if o["bidirectional"]:
         return BidirectionalStage(o["cell"], first["in_features"], o["units"], [s["options"]["merge_mode"] for s in group],
                                   group[-1]["options"]["return_sequences"], o["use_bias"], o["activation"],
