@@ -75,10 +75,37 @@ def test_structure_of_imported_modules() -> None:
     assert type(gru.stages[2].rnn).__name__ == "GRUResetBefore"
 
 
+def _keras3_twin_of_fn_branches():
+    """``fn_branches`` rebuilt in Keras 3 with the Keras 2 file's arrays (read with h5py by ``weight_names``)."""
+    keras = pytest.importorskip("keras")
+    from keras import layers
+    inputs = keras.Input((None,), dtype="int32")
+    x = layers.Embedding(12, 5, mask_zero=True, name="embedding")(inputs)
+    a = layers.Bidirectional(layers.LSTM(3), name="bidirectional")(x)
+    b = layers.Bidirectional(layers.GRU(3), name="bidirectional_1")(x)
+    outputs = layers.Dense(2, name="dense")(layers.Concatenate()([a, b]))
+    twin = keras.Model(inputs, outputs)
+    with h5py.File(os.path.join(HERE, "fn_branches.h5"), "r") as handle:
+        for name in ("embedding", "bidirectional", "bidirectional_1", "dense"):
+            group = handle["model_weights"][name]
+            names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+            twin.get_layer(name).set_weights([np.asarray(group[n]) for n in names])
+    return twin
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_two_branches_are_refused(fmt: str) -> None:
-    with pytest.raises(KerasImportError, match=r"layer 'bidirectional_1'.*reads 'embedding'.*single-chain"):
-        from_keras(os.path.join(HERE, f"fn_branches.{fmt}"))
+def test_two_branches_import(fmt: str) -> None:
+    """One Embedding feeding two Bidirectional layers, concatenated: a graph, imported exactly (checked against
+    Keras 3 running the same arrays; no mask reaches the merge, so Keras 2 and 3 agree)."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    config = _config("fn_branches", fmt)
+    vocabulary = _layer(config, "Embedding")["config"]["input_dim"]
+    assert vocabulary == 12
+    twin = _keras3_twin_of_fn_branches()
+    module = from_keras(os.path.join(HERE, f"fn_branches.{fmt}"))
+    x = _inputs("fn_imdb")
+    expected = np.asarray(twin(x.numpy()).detach().cpu())
+    np.testing.assert_allclose(module(x).detach().numpy(), expected, atol=TOL, rtol=0)
 
 
 def _layer(config: dict, class_name: str) -> dict:
@@ -116,7 +143,7 @@ def _edits() -> list:
         ("fn_imdb", node([42]), r"'bidirectional'.*malformed"),
         ("fn_imdb", inner("time_major", True), r"'bidirectional'.*time_major=True"),
         ("fn_imdb", inner("stateful", True), r"'bidirectional'.*stateful=True"),
-        ("fn_imdb", inner("recurrent_activation", "hard_sigmoid"), r"recurrent_activation='hard_sigmoid'"),
+        ("fn_imdb", inner("recurrent_activation", "softmax"), r"recurrent_activation='softmax'"),
         ("fn_gru_pool", inner("reset_after", "no"), r"reset_after='no' is not a bool"),
         ("fn_gru_pool", inner("return_sequences", 1), r"return_sequences=1 is not a bool"),
         ("fn_tagger", wrap("Conv1D"), r"'time_distributed'.*wraps 'Conv1D'; only Dense"),
@@ -187,3 +214,27 @@ def test_saved_model_folder_is_refused_with_a_resave_hint(tmp_path) -> None:
             from_keras(str(target))
     with pytest.raises(KerasImportError, match=r"is a folder"):
         from_keras(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["seq_bilstm3", "fn_gru_pool"])
+def test_keras2_weights_only_h5_loads(name: str, tmp_path) -> None:
+    """Keras 2's ``save_weights("w.h5")`` layout (the full file's ``model_weights`` groups at the root, with
+    ``layer_names``) loads into a module of the same architecture, all or nothing, and gives Keras 2's outputs."""
+    from models.keras import load_keras_weights
+    module = from_keras(os.path.join(HERE, f"{name}.h5"))
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.zero_()
+    path = tmp_path / "w.h5"
+    with h5py.File(os.path.join(HERE, f"{name}.h5"), "r") as full, h5py.File(path, "w") as weights:
+        for key, value in full["model_weights"].attrs.items():
+            weights.attrs[key] = value
+        for key in full["model_weights"]:
+            full.copy(full["model_weights"][key], weights, name=key)
+    load_keras_weights(module, path)
+    expected = np.load(os.path.join(HERE, f"{name}.expected.npy"))
+    np.testing.assert_allclose(module(_inputs(name)).detach().numpy(), expected, atol=TOL, rtol=0)
+    with h5py.File(path, "r+") as weights:
+        del weights.attrs["layer_names"]
+    with pytest.raises(KerasImportError, match="nor a Keras 2 weights file"):
+        load_keras_weights(module, path)

@@ -59,14 +59,12 @@ def _replace(h5, name, data, **kwargs):
 
 
 @pytest.mark.parametrize("layer,match", [
-    (lambda: layers.Conv1D(4, 3), r"layer 'conv1d(_\d+)?'.*'Conv1D' is not supported"),
+    (lambda: layers.UpSampling1D(2), r"layer 'up_sampling1d(_\d+)?'.*'UpSampling1D' is not supported"),
     (lambda: layers.LSTM(4, go_backwards=True), r"layer 'lstm.*go_backwards=True on an unwrapped"),
-    (lambda: layers.LSTM(4, recurrent_activation="hard_sigmoid"), r"layer 'lstm.*recurrent_activation='hard_sigmoid'"),
-    (lambda: layers.LSTM(4, activation="relu"), r"layer 'lstm.*activation='relu' has no exact"),
     (lambda: layers.Bidirectional(layers.LSTM(4, return_sequences=True), backward_layer=layers.LSTM(
         4, return_sequences=True, go_backwards=True, use_bias=False)), r"layer 'bidirectional.*backward_layer differs.*use_bias"),
-    (lambda: layers.Dense(3, activation="hard_sigmoid"), r"layer 'dense.*activation='hard_sigmoid' is not supported"),
-    (lambda: layers.Activation("hard_sigmoid"), r"layer 'activation.*activation='hard_sigmoid' is not supported"),
+    (lambda: layers.LSTM(4, activation="softmax"), r"layer 'lstm.*activation='softmax' is not a supported element-wise"),
+    (lambda: layers.Dense(3, activation="sparsemax"), r"layer 'dense.*activation='sparsemax' is not supported"),
 ])
 def test_refused_layers(tmp_path, layer, match):
     path = _save(tmp_path, keras.Input((None, 3)), layer())
@@ -169,3 +167,17 @@ def test_nothing_half_loaded(tmp_path):
         load_keras_weights(module, tmp_path / "w.weights.h5")
     for key, value in module.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("assets", [False, True])
+def test_text_vectorization_is_refused_by_name(tmp_path, assets):
+    """Keras 3 needs TensorFlow to build a TextVectorization, so the layer is written into a saved config (and its
+    vocabulary into the archive's assets, as Keras does)."""
+    def edit(config):
+        config["config"]["layers"].insert(1, {"class_name": "TextVectorization", "name": "text_vectorization",
+                                              "config": {"name": "text_vectorization", "max_tokens": 20}})
+    extra = {"assets/text_vectorization/vocabulary.txt": b"a\ncat\n"} if assets else None
+    path = _rewrite(_bilstm(tmp_path), edit_config=edit, extra=extra)
+    with pytest.raises(KerasImportError, match=r"'text_vectorization'.*TextVectorization.*is not imported.*"
+                                               r"model.layers\[1:\]"):
+        from_keras(path)

@@ -6,7 +6,8 @@ Files are read as data (JSON + h5py), never executed or unpickled; Keras is not 
 
 from .convert import from_keras, load_keras_weights
 from .errors import KerasImportError
+from .graph_module import KerasGraphModel
 from .module import KerasModel, KerasPairModel, module_from_specs
 
-__all__ = ["KerasImportError", "KerasModel", "KerasPairModel", "from_keras", "load_keras_weights",
+__all__ = ["KerasGraphModel", "KerasImportError", "KerasModel", "KerasPairModel", "from_keras", "load_keras_weights",
            "module_from_specs"]

@@ -103,7 +103,10 @@ SAVED_MODEL_HINT = (
     "A SavedModel holds TensorFlow graphs, not a Keras config, so it cannot be imported. Re-save it with "
     "TensorFlow as .h5 or .keras: `model = tf.keras.models.load_model(folder); model.save('model.h5')` "
     "(or 'model.keras'); on TensorFlow >= 2.16 install tf_keras and set TF_USE_LEGACY_KERAS=1 first "
-    "(`import tf_keras; model = tf_keras.models.load_model(folder)`). Then import that file.")
+    "(`import tf_keras; model = tf_keras.models.load_model(folder)`). Then import that file. A subclassed "
+    "model has no config to save: rebuild it as a functional model of the same layers, or save its weights "
+    "(`model.save_weights('w.h5')`) and load them with models.keras.load_keras_weights into a module of the same "
+    "architecture (from_keras of a functional twin, or a BiLSTM/BiGRU/BiRNN block).")
 
 
 def _refuse_saved_model(path: str) -> None:
@@ -117,6 +120,19 @@ def _refuse_saved_model(path: str) -> None:
         raise KerasImportError(f"{path!r} is the graph of a TensorFlow SavedModel folder. " + SAVED_MODEL_HINT)
 
 
+def refuse_text_vectorization(config: Dict[str, Any]) -> None:
+    """A ``TextVectorization`` layer (raw-string preprocessing) is refused by name, with advice that works."""
+    layers = (config.get("config") or {}).get("layers") if isinstance(config.get("config"), dict) else None
+    for entry in layers if isinstance(layers, list) else []:
+        if isinstance(entry, dict) and entry.get("class_name") == "TextVectorization":
+            name = entry.get("name") or (entry.get("config") or {}).get("name")
+            raise KerasImportError(
+                f"layer {name!r}: TextVectorization (raw-string preprocessing) is not imported. Keep it in Keras "
+                "(or tokenize with its vocabulary, `layer.get_vocabulary()`), and import the model after it: "
+                "save `keras.Sequential(model.layers[1:])` (Sequential) or `keras.Model(<the layer after it>.input, "
+                "model.output)` (functional) and import that file.")
+
+
 def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
     """``.keras`` or legacy ``.h5`` full model -> ``(config dict, weights)``; the caller closes the weights.
     Keras 3 and Keras 2 (``tf_keras``) files share these layouts; a TensorFlow SavedModel folder is refused."""
@@ -125,6 +141,8 @@ def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             unexpected = sorted(set(names) - set(_KERAS_MEMBERS))
+            if unexpected and "config.json" in names:     # assets of a TextVectorization: name the layer
+                refuse_text_vectorization(_parse_json(_read_member(archive, "config.json"), "config.json"))
             if unexpected:
                 raise KerasImportError(f".keras archive holds unexpected members {unexpected}; expected only "
                                        f"{sorted(_KERAS_MEMBERS)} (sharded weights and assets are not supported)")
@@ -134,7 +152,11 @@ def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
                 if required not in names:
                     raise KerasImportError(f".keras archive has no {required!r}")
             config = _parse_json(_read_member(archive, "config.json"), "config.json")
+            refuse_text_vectorization(config)
             weights = _read_member(archive, "model.weights.h5")
+            if "metadata.json" in names:   # which Keras wrote it: activations such as hard_sigmoid differ
+                version = _parse_json(_read_member(archive, "metadata.json"), "metadata.json").get("keras_version")
+                config["_keras_version"] = str(version)
         return config, open_weights(weights, "keras")
     weights_file = open_weights(path, "legacy")
     try:
@@ -148,7 +170,11 @@ def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
             raise KerasImportError("model_config attribute is not a JSON string of sane size")
         if "model_weights" not in weights_file.h5:
             raise KerasImportError("legacy .h5 file has no 'model_weights' group")
-        return _parse_json(raw.encode("utf-8"), "model_config"), weights_file
+        config = _parse_json(raw.encode("utf-8"), "model_config")
+        refuse_text_vectorization(config)
+        version = weights_file.h5.attrs.get("keras_version")
+        config["_keras_version"] = version.decode("utf-8") if isinstance(version, bytes) else str(version)
+        return config, weights_file
     except BaseException:
         weights_file.close()
         raise
@@ -212,8 +238,9 @@ def keras_layer_datasets(weights: WeightFile, path: str, nested: List[str], wher
 
 
 def legacy_layer_datasets(weights: WeightFile, name: str, where: str) -> List[h5py.Dataset]:
-    """Legacy layout: ``model_weights/<name>`` datasets in the order of its ``weight_names`` attribute."""
-    root = weights.h5.get("model_weights")
+    """Legacy layout: ``model_weights/<name>`` (a full model) or ``<name>`` at the root (Keras 2's weights-only
+    ``save_weights("x.h5")``) datasets in the order of its ``weight_names`` attribute."""
+    root = weights.h5 if weights.kind == "legacy_weights" else weights.h5.get("model_weights")
     group = None if root is None else root.get(name)
     if group is None:
         return []

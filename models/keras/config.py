@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from .dag import is_operation
 from .errors import KerasImportError
 from .graph import as_object as _dict
 from .graph import fail as _fail
@@ -25,16 +26,21 @@ from .layer_options import (
     activation_name,
     bidirectional_options,
     check_dtype,
+    conv1d_options,
     dense_options,
     flag,
+    pool1d_options,
     positive_int,
     recurrent_options,
 )
 
 IDENTITY = ("Dropout", "SpatialDropout1D")
 POOLING = {"GlobalAveragePooling1D": "avg", "GlobalMaxPooling1D": "max"}
+POOLING_1D = ("MaxPooling1D", "AveragePooling1D")
+NORMALIZATION = ("BatchNormalization", "LayerNormalization")
+RESHAPING = ("Flatten", "Reshape", "Permute", "RepeatVector")
 SUPPORTED = ("InputLayer", "Embedding", "Masking", "Bidirectional", "Dense", "TimeDistributed", "Activation", *RECURRENT,
-             *IDENTITY, *POOLING)
+             *IDENTITY, *POOLING, "Conv1D", *POOLING_1D, *NORMALIZATION, *RESHAPING)
 
 
 @dataclass
@@ -79,7 +85,7 @@ def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
 
 
 @dataclass
-class _Stream:
+class Stream:
     """What flows from layer to layer while parsing: the tensor's rank and feature size, whether a mask travels
     with it, whether a ``merge_mode=None`` pair has ended the model, the model's input kind, and Keras's counter
     per layer class that names the weights groups (``lstm``, ``lstm_1``, ...)."""
@@ -90,6 +96,8 @@ class _Stream:
     paired: bool = False
     input_kind: str = "features"
     used: Dict[str, int] = field(default_factory=dict)
+    time: Optional[int] = None
+    keras2: bool = False
 
     def path(self, class_name: str) -> str:
         """The next layer of ``class_name``'s weights group: Keras counts each class's layers."""
@@ -102,18 +110,22 @@ class _Stream:
         if not isinstance(shape, list) or len(shape) not in (2, 3):
             raise error
         self.rank, self.features = len(shape), (shape[2] if len(shape) == 3 else None)
+        self.time = shape[1] if isinstance(shape[1], int) and not isinstance(shape[1], bool) else None
 
 
 def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
     layers, sequential = model_layers(model)
     model_config = model["config"]
     specs: List[LayerSpec] = []
-    stream = _Stream()
+    stream = Stream(keras2=str(model.get("_keras_version", "3")).startswith("2"))
     for index, entry in enumerate(layers):
         class_name = entry.get("class_name")
         name = str(entry.get("name", f"#{index}"))
         config = _dict(entry.get("config"), name, "the layer config")
         name = str(config.get("name", name))
+        if is_operation(entry):
+            raise _fail(name, f"keras.ops call {class_name!r} on the data path is code, not a layer; not supported "
+                              "(use a layer, e.g. Add or Concatenate, instead)")
         if class_name not in SUPPORTED:
             raise _fail(name, f"layer class {class_name!r} is not supported (supported: {list(SUPPORTED)})")
         if "/" in name or name in ("", ".", ".."):
@@ -134,7 +146,7 @@ def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
                      or config.get("batch_input_shape") or model_config.get("build_input_shape"))
             stream.take_shape(shape, KerasImportError("model has no InputLayer and no input shape; cannot size the "
                                                       "import"))
-        spec = _layer_spec(class_name, config, name, path, stream, first=not specs)
+        spec = layer_spec(class_name, config, name, path, stream, first=not specs)
         called_with_mask = entry.get("_called_with_mask")
         consumes = spec.kind == "recurrent" or spec.options.get("mode") == "avg"
         if called_with_mask is not None and consumes and called_with_mask != mask_in:
@@ -146,9 +158,18 @@ def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
     return specs, stream.input_kind
 
 
-def _layer_spec(class_name: str, config: Dict[str, Any], name: str, path: str, stream: _Stream,
-                first: bool) -> LayerSpec:
-    """The checked spec of one (non-input) layer; moves ``stream`` on to what the layer outputs."""
+def layer_spec(class_name: str, config: Dict[str, Any], name: str, path: str, stream: "Stream",
+               first: bool) -> LayerSpec:
+    """The checked spec of one (non-input, single-input) layer; moves ``stream`` on to what the layer outputs.
+    The one place where a layer config is dispatched on its class name (``_dispatch``)."""
+    spec = _dispatch(class_name, config, name, path, stream, first)
+    if stream.keras2 and spec.kind != "recurrent" and spec.options.get("activation") == "hard_sigmoid":
+        spec.options["activation"] = "hard_sigmoid_keras2"        # Keras 2's clip(0.2 x + 0.5, 0, 1)
+    return spec
+
+
+def _dispatch(class_name: str, config: Dict[str, Any], name: str, path: str, stream: "Stream",
+              first: bool) -> LayerSpec:
     features = stream.features
     if class_name == "Embedding":
         if not first or stream.rank != 2:
@@ -162,9 +183,13 @@ def _layer_spec(class_name: str, config: Dict[str, Any], name: str, path: str, s
         stream.masked, stream.rank, stream.features = spec.options["mask_zero"], 3, spec.options["output_dim"]
         stream.input_kind = "ids"
         return spec
-    if stream.rank != 3 and class_name not in ("Dense", "Activation", *IDENTITY):
+    if class_name in RESHAPING:
+        return _reshaping(class_name, config, name, path, stream)
+    if stream.rank != 3 and class_name not in ("Dense", "Activation", *IDENTITY, *NORMALIZATION):
         raise _fail(name, f"{class_name} needs a (batch, time, features) input here")
-    if features is None or isinstance(features, bool) or not isinstance(features, int) or features < 1:
+    if features is None and class_name in ("Activation", "Masking", *IDENTITY, *POOLING, *POOLING_1D):
+        features = 0            # layers without weights run on any feature size (e.g. after a Dot)
+    elif features is None or isinstance(features, bool) or not isinstance(features, int) or features < 1:
         raise _fail(name, f"input feature size {features!r} is not known; give the Input a feature size")
     if class_name == "Masking":
         value = config.get("mask_value", 0.0)
@@ -182,9 +207,34 @@ def _layer_spec(class_name: str, config: Dict[str, Any], name: str, path: str, s
         stream.features = units if not options["bidirectional"] or options["merge_mode"] not in (None, "concat") \
             else 2 * units
         stream.paired = options["bidirectional"] and options["merge_mode"] is None
+        options["keras2"] = stream.keras2
         if not options["return_sequences"]:
             stream.masked, stream.rank = False, 2
         return LayerSpec("recurrent", class_name, name, path, features, options)
+    if class_name in NORMALIZATION:
+        check_dtype(config, name)
+        axis = config.get("axis", -1)
+        if axis not in (-1, [-1], stream.rank - 1, [stream.rank - 1]) or config.get("rms_scaling"):
+            raise _fail(name, f"axis={axis!r}: only the last axis is supported (and no rms_scaling)")
+        epsilon = config.get("epsilon", 1e-3)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon >= 0:
+            raise _fail(name, f"epsilon={epsilon!r} is not a number >= 0")
+        if class_name == "BatchNormalization" and (config.get("renorm") or config.get("virtual_batch_size")):
+            raise _fail(name, "renorm and virtual_batch_size are not supported")
+        return LayerSpec("norm", class_name, name, path, features, {
+            "batch": class_name == "BatchNormalization", "epsilon": float(epsilon),
+            "scale": flag(config, "scale", True, name), "center": flag(config, "center", True, name)})
+    if class_name == "Conv1D":
+        o = conv1d_options(config, features, name)
+        effective = (o["kernel_size"] - 1) * o["dilation_rate"] + 1
+        stream.time = _length_after(stream.time, effective, o["strides"], o["padding"])
+        stream.features, stream.masked = o["filters"], False
+        return LayerSpec("conv", class_name, name, path, features, o)
+    if class_name in POOLING_1D:
+        o = pool1d_options(class_name, config, name)
+        stream.time = _length_after(stream.time, o["pool_size"], o["strides"], o["padding"])
+        stream.masked = False
+        return LayerSpec("pool1d", class_name, name, path, features, o)
     if class_name in ("Dense", "TimeDistributed"):
         spec = LayerSpec("dense", class_name, name, path, features, dense_options(class_name, config, name))
         stream.features = spec.options["units"]
@@ -195,8 +245,54 @@ def _layer_spec(class_name: str, config: Dict[str, Any], name: str, path: str, s
             raise _fail(name, f"activation={activation!r} is not supported (supported: {list(DENSE_ACTIVATIONS)})")
         return LayerSpec("activation", class_name, name, path, features, {"activation": activation})
     if class_name in POOLING:
-        if config.get("data_format", "channels_last") != "channels_last" or config.get("keepdims", False):
-            raise _fail(name, "only data_format='channels_last' and keepdims=False are supported")
-        stream.masked, stream.rank = False, 2
-        return LayerSpec("pool", class_name, name, path, features, {"mode": POOLING[class_name]})
+        if config.get("data_format", "channels_last") != "channels_last":
+            raise _fail(name, "only data_format='channels_last' is supported")
+        keepdims = flag(config, "keepdims", False, name)
+        stream.masked, stream.rank, stream.time = False, 3 if keepdims else 2, 1 if keepdims else None
+        return LayerSpec("pool", class_name, name, path, features, {"mode": POOLING[class_name], "keepdims": keepdims})
     return LayerSpec("identity", class_name, name, path, features or 0)
+
+
+def _length_after(length: Optional[int], window: int, stride: int, padding: str) -> Optional[int]:
+    """The time length after a window of ``window`` steps (``valid``: inside the input only)."""
+    if length is None:
+        return None
+    if padding == "valid":
+        return (length - window) // stride + 1
+    return (length + stride - 1) // stride
+
+
+def _reshaping(class_name: str, config: Dict[str, Any], name: str, path: str, stream: "Stream") -> LayerSpec:
+    """``Flatten``, ``Reshape``, ``Permute``, ``RepeatVector`` on ``(B, T, F)`` or ``(B, F)`` tensors."""
+    check_dtype(config, name)
+    sizes = [stream.time, stream.features][: (stream.rank or 2) - 1] if stream.rank in (2, 3) else None
+    if sizes is None:
+        raise _fail(name, f"{class_name} needs a (batch, features) or (batch, time, features) input here")
+    features, shape, n = stream.features or 0, [], 0
+    if class_name == "Flatten":
+        if config.get("data_format", "channels_last") != "channels_last":
+            raise _fail(name, "only data_format='channels_last' is supported")
+        op, out = "flatten", [None if None in sizes else math.prod(sizes)]
+    elif class_name == "RepeatVector":
+        if stream.rank != 2:
+            raise _fail(name, "RepeatVector needs a (batch, features) input")
+        op, n = "repeat", positive_int(config, "n", name)
+        out = [n, stream.features]
+    elif class_name == "Permute":
+        dims = config.get("dims")
+        if not isinstance(dims, list) or sorted(dims) != list(range(1, len(sizes) + 1)):
+            raise _fail(name, f"dims={dims!r} is not a permutation of 1..{len(sizes)}")
+        op, shape = "permute", list(dims)
+        out = [sizes[d - 1] for d in dims]
+    else:
+        target = config.get("target_shape")
+        if (not isinstance(target, list) or not 1 <= len(target) <= 2
+                or any(isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1) for v in target)):
+            raise _fail(name, f"target_shape={target!r} is not 1 or 2 sizes (one may be -1)")
+        op, shape = "reshape", list(target)
+        total = None if None in sizes else math.prod(sizes)
+        out = [(total // -math.prod(target) if total is not None else None) if v == -1 else v for v in target]
+    stream.masked, stream.rank = False, len(out) + 1
+    stream.features = out[-1]
+    stream.time = out[0] if len(out) == 2 else None
+    return LayerSpec("shape", class_name, name, path, features, {"op": op, "shape": shape, "n": n})

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..blocks.base import _BiRNNBase
-from ..cells import BY_MODE, from_keras_layer
+from ..cells import BY_MODE
 from .archive import (
     WeightFile,
     check_dataset,
@@ -31,6 +31,9 @@ from .archive import (
 )
 from .config import LayerSpec, parse_model_config
 from .errors import KerasImportError
+from .graph import NotAChain
+from .graph_config import parse_graph
+from .graph_module import KerasGraphModel
 from .module import KerasModel, module_from_specs, plan_stages
 
 
@@ -40,9 +43,15 @@ def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
         return [(o["input_dim"], o["output_dim"])]
     if spec.kind == "dense":
         return [(spec.in_features, o["units"])] + ([(o["units"],)] if o["use_bias"] else [])
+    if spec.kind == "norm":
+        size = (spec.in_features,)
+        return [size] * (int(o["scale"]) + int(o["center"]) + (2 if o["batch"] else 0))
+    if spec.kind == "conv":
+        kernel = (o["kernel_size"], spec.in_features // o["groups"], o["filters"])
+        return [kernel] + ([(o["filters"],)] if o["use_bias"] else [])
     if spec.kind != "recurrent":
         return []
-    width = from_keras_layer(o["cell"], o["activation"]).gates * o["units"]
+    width = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}[o["cell"]] * o["units"]
     one = [(spec.in_features, width), (o["units"], width)]
     if o["use_bias"]:
         one.append((2, width) if o["cell"] == "GRU" and o.get("reset_after", True) else (width,))
@@ -97,31 +106,62 @@ def _direction(cell: str, units: int, arrays: List[np.ndarray]) -> List[np.ndarr
     return out
 
 
+def _group_state(prefix: str, group: List[Dict], arrays_of: Dict[int, List[np.ndarray]],
+                 state: Dict[str, np.ndarray]) -> None:
+    """The state of one stage (``prefix``: its key in the module) from its layers' Keras arrays."""
+    for layer, spec in enumerate(group):
+        values, o = arrays_of[spec["_id"]], spec["options"]
+        if spec["kind"] == "embedding":
+            state[prefix + "embedding.weight"] = values[0]
+        elif spec["kind"] == "dense":
+            state[prefix + "linear.weight"] = values[0].T
+            if o["use_bias"]:
+                state[prefix + "linear.bias"] = values[1]
+        elif spec["kind"] == "norm":
+            names = (["gamma"] if o["scale"] else []) + (["beta"] if o["center"] else [])
+            names += ["moving_mean", "moving_variance"] if o["batch"] else []
+            for name, value in zip(names, values, strict=True):
+                state[prefix + name] = value
+        elif spec["kind"] == "conv":
+            state[prefix + "conv.weight"] = values[0].transpose(2, 1, 0)      # (k, in/g, out) -> (out, in/g, k)
+            if o["use_bias"]:
+                state[prefix + "conv.bias"] = values[1]
+        elif spec["kind"] == "recurrent":
+            per = len(values) // (2 if o["bidirectional"] else 1)
+            names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+            owner = "block" if o["bidirectional"] else "rnn"
+            suffixes = ["", "_reverse"] if o["bidirectional"] else [""]
+            for direction, suffix in enumerate(suffixes):
+                chunk = _direction(o["cell"], o["units"], values[direction * per:(direction + 1) * per])
+                for name, value in zip(names, chunk, strict=False):
+                    state[f"{prefix}{owner}.{name}_l{layer}{suffix}"] = value
+
+
+def _tensors(state: Dict[str, np.ndarray]) -> Dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in state.items()}
+
+
 def _state_dict(specs: List[LayerSpec], arrays: List[List[np.ndarray]]) -> Dict[str, torch.Tensor]:
     """State dict of ``module_from_specs(specs)`` holding the Keras arrays (one list per spec)."""
-    by_name = {id(spec): layer_arrays for spec, layer_arrays in zip(specs, arrays, strict=True)}
+    arrays_of = {id(spec): layer_arrays for spec, layer_arrays in zip(specs, arrays, strict=True)}
     state: Dict[str, np.ndarray] = {}
     groups = plan_stages([dataclasses.asdict(spec) | {"_id": id(spec)} for spec in specs])
     for index, group in enumerate(groups):
-        prefix = f"stages.{index}."
-        for layer, spec in enumerate(group):
-            values, o = by_name[spec["_id"]], spec["options"]
-            if spec["kind"] == "embedding":
-                state[prefix + "embedding.weight"] = values[0]
-            elif spec["kind"] == "dense":
-                state[prefix + "linear.weight"] = values[0].T
-                if o["use_bias"]:
-                    state[prefix + "linear.bias"] = values[1]
-            elif spec["kind"] == "recurrent":
-                per = len(values) // (2 if o["bidirectional"] else 1)
-                names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
-                owner = "block" if o["bidirectional"] else "rnn"
-                suffixes = ["", "_reverse"] if o["bidirectional"] else [""]
-                for direction, suffix in enumerate(suffixes):
-                    chunk = _direction(o["cell"], o["units"], values[direction * per:(direction + 1) * per])
-                    for name, value in zip(names, chunk, strict=False):
-                        state[f"{prefix}{owner}.{name}_l{layer}{suffix}"] = value
-    return {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in state.items()}
+        _group_state(f"stages.{index}.", group, arrays_of, state)
+    return _tensors(state)
+
+
+def _graph_state(plan: Dict, specs: List[LayerSpec], arrays: List[List[np.ndarray]]) -> Dict[str, torch.Tensor]:
+    """State dict of a graph module (``plan``: ``GraphPlan.to_json_dict``); a shared layer's arrays go to every
+    node that calls it (the same parameters)."""
+    arrays_of = {id(spec): layer_arrays for spec, layer_arrays in zip(specs, arrays, strict=True)}
+    by_name = {spec.name: dataclasses.asdict(spec) | {"_id": id(spec)} for spec in specs}
+    state: Dict[str, np.ndarray] = {}
+    for index, node in enumerate(plan["nodes"]):
+        group = [by_name[name] for name in node["layers"]]
+        if group[0]["kind"] != "merge":
+            _group_state(f"nodes.{index}.stage.", group, arrays_of, state)
+    return _tensors(state)
 
 
 def _install(module: nn.Module, state: Dict[str, torch.Tensor]) -> None:
@@ -138,9 +178,10 @@ def _install(module: nn.Module, state: Dict[str, torch.Tensor]) -> None:
             own[key].copy_(value)
 
 
-def from_keras(path: str) -> KerasModel:
+def from_keras(path: str) -> nn.Module:
     """Import a Keras ``.keras`` archive or ``.h5`` full model (Keras 3, or Keras 2: tf.keras / ``tf_keras``) as a
-    PyTorch module (eval mode).
+    PyTorch module (eval mode): a ``KerasModel`` for a chain of layers, a ``KerasGraphModel`` for a functional
+    graph (several inputs: a list in; several outputs: a list out).
 
     The module takes what the Keras model takes, token ids ``(B, T)`` int64 or features ``(B, T, F)`` float32,
     and returns what ``keras_model(x)`` returns: a tensor, or a ``(forward, backward)`` tuple for a model
@@ -148,12 +189,22 @@ def from_keras(path: str) -> KerasModel:
     """
     config, weights = read_model_file(str(path))
     try:
-        specs, _ = parse_model_config(config)
+        plan = None
+        try:
+            specs, _ = parse_model_config(config)
+        except NotAChain:
+            plan = parse_graph(config)
+            specs = plan.layers
         arrays = [_read_layer(weights, spec) for spec in specs]
     finally:
         weights.close()
-    module = module_from_specs(json.dumps([dataclasses.asdict(spec) for spec in specs]))
-    _install(module, _state_dict(specs, arrays))
+    if plan is None:
+        module = module_from_specs(json.dumps([dataclasses.asdict(spec) for spec in specs]))
+        _install(module, _state_dict(specs, arrays))
+    else:
+        plan_dict = plan.to_json_dict()
+        module = module_from_specs(json.dumps(plan_dict))
+        _install(module, _graph_state(plan_dict, specs, arrays))
     return module.eval()
 
 
@@ -171,7 +222,8 @@ def _block_specs(block: _BiRNNBase, names: List[str]) -> List[LayerSpec]:
 
 
 def load_keras_weights(module: nn.Module, path: str, layers: Optional[List[str]] = None) -> nn.Module:
-    """Load a Keras ``.weights.h5`` file into ``module``, all or nothing.
+    """Load a Keras ``.weights.h5`` file (or a Keras 2 ``save_weights("x.h5")`` file, groups by layer name) into
+    ``module``, all or nothing.
 
     ``module`` is a ``from_keras`` result (or ``module_from_specs``) of the same architecture, or a
     ``BiLSTM``/``BiGRU``/``BiRNN`` whose layers are the file's ``Bidirectional`` layers: by default the
@@ -180,8 +232,11 @@ def load_keras_weights(module: nn.Module, path: str, layers: Optional[List[str]]
     """
     weights = open_weights(str(path), "keras")
     try:
-        if "layers" not in weights.h5:
-            raise KerasImportError(f"{path!r} is not a Keras 3 .weights.h5 file (no 'layers' group)")
+        if "layers" not in weights.h5 and "layer_names" in weights.h5.attrs:
+            weights.kind = "legacy_weights"       # Keras 2 save_weights("x.h5"): one group per layer name
+        elif "layers" not in weights.h5:
+            raise KerasImportError(f"{path!r} is neither a Keras 3 .weights.h5 file (no 'layers' group) nor a "
+                                   "Keras 2 weights file (no 'layer_names')")
         if isinstance(module, _BiRNNBase):
             names = layers or ["bidirectional" + (f"_{i}" if i else "") for i in range(module.num_layers)]
             if len(names) != module.num_layers:
@@ -193,6 +248,11 @@ def load_keras_weights(module: nn.Module, path: str, layers: Optional[List[str]]
             specs = [LayerSpec(**spec) for spec in json.loads(module.keras_specs)]
             arrays = [_read_layer(weights, spec, check_name=False) for spec in specs]
             state = _state_dict(specs, arrays)
+        elif isinstance(module, KerasGraphModel):
+            plan_dict = json.loads(module.keras_specs)
+            specs = [LayerSpec(**spec) for spec in plan_dict["layers"]]
+            arrays = [_read_layer(weights, spec, check_name=False) for spec in specs]
+            state = _graph_state(plan_dict, specs, arrays)
         else:
             raise KerasImportError(f"cannot map Keras weights onto a {type(module).__name__}; use a from_keras "
                                    "module or a BiLSTM/BiGRU/BiRNN block")

@@ -17,8 +17,16 @@ from .errors import KerasImportError
 _MASK_OPS = ("NotEqual", "Any")
 
 
+class NotAChain(KerasImportError):
+    """The functional model is a graph, not a single chain: ``graph_config.parse_graph`` imports it."""
+
+
 def fail(layer: str, reason: str) -> KerasImportError:
     return KerasImportError(f"layer {layer!r}: {reason}")
+
+
+def _branch(layer: str, reason: str) -> NotAChain:
+    return NotAChain(f"layer {layer!r}: {reason}")
 
 
 def as_object(value: Any, layer: str, what: str) -> Dict[str, Any]:
@@ -36,7 +44,7 @@ def _history(value: Any, name: str) -> str:
     if not isinstance(value, list) or len(value) < 3 or not isinstance(value[0], str):
         raise fail(name, f"inbound tensor {value!r} is not [layer, node_index, tensor_index]; malformed config")
     if value[1] != 0 or value[2] != 0:
-        raise fail(name, f"reads output {value[2]!r} of call {value[1]!r} of layer {value[0]!r}: a shared layer or "
+        raise _branch(name, f"reads output {value[2]!r} of call {value[1]!r} of layer {value[0]!r}: a shared layer or "
                    "a second output; linear models only")
     return value[0]
 
@@ -51,14 +59,14 @@ def _inbound(entry: Dict[str, Any], name: str) -> Tuple[str, Dict[str, Any], Opt
     if not isinstance(nodes, list):
         raise fail(name, f"inbound_nodes={nodes!r} is not a list; malformed config")
     if len(nodes) != 1:
-        raise fail(name, f"layer is called {len(nodes)} times; linear models only")
+        raise _branch(name, f"layer is called {len(nodes)} times; linear models only")
     node = nodes[0]
     if isinstance(node, list):                                     # Keras 2
         if not all(isinstance(tensor, list) for tensor in node):
             raise fail(name, f"inbound node {node!r} is not a list of [layer, node_index, tensor_index, kwargs]; "
                        "malformed config")
         if len(node) != 1:
-            raise fail(name, f"layer is called on {len(node)} inputs; linear models only")
+            raise _branch(name, f"layer is called on {len(node)} inputs; linear models only")
         tensor = node[0]
         source = _history(tensor, name)
         kwargs = as_object(tensor[3] if len(tensor) > 3 else None, name, "the call arguments")
@@ -67,8 +75,10 @@ def _inbound(entry: Dict[str, Any], name: str) -> Tuple[str, Dict[str, Any], Opt
         raise fail(name, f"inbound node {node!r} is neither a Keras 3 dict nor a Keras 2 list; malformed config")
     args = node.get("args")
     if not isinstance(args, list) or len(args) != 1:
-        raise fail(name, "layer is called on several inputs (or none); linear models only")
+        raise _branch(name, "layer is called on several inputs (or none); linear models only")
     tensor = args[0]
+    if isinstance(tensor, list):
+        raise _branch(name, "layer is called on a list of inputs; linear models only")
     history = as_object(tensor, name, "the inbound tensor")
     source = _history(as_object(history.get("config"), name, "the inbound tensor's config").get("keras_history"), name)
     kwargs = as_object(node.get("kwargs"), name, "the call arguments")
@@ -100,11 +110,11 @@ def model_layers(model: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], bool]:
             continue  # mask computations of Masking / Embedding(mask_zero); masks are rebuilt by Keras's rules
         if cls == "InputLayer":
             if previous is not None:
-                raise fail(name, "a second model input is not supported (linear models only)")
+                raise _branch(name, "a second model input is not supported (linear models only)")
         else:
             source, kwargs, called_with_mask = _inbound(entry, name)
             if source != previous:
-                raise fail(name, f"reads {source!r}, not the previous layer {previous!r} (a branch or skip "
+                raise _branch(name, f"reads {source!r}, not the previous layer {previous!r} (a branch or skip "
                            "connection); only single-chain models are supported")
             if kwargs.get("training"):
                 raise fail(name, "called with training=True (dropout active at inference); refused")
@@ -124,6 +134,6 @@ def model_layers(model: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], bool]:
             and isinstance(last.get("config"), dict) and last["config"].get("merge_mode", "concat") is None)
     expected = [[previous, 0, index] for index in range(2 if pair else 1)]
     if not isinstance(outputs, list) or [list(o[:3]) if isinstance(o, list) else o for o in outputs] != expected:
-        raise KerasImportError(f"model outputs {outputs!r} are not the last layer {previous!r}'s output; "
+        raise NotAChain(f"model outputs {outputs!r} are not the last layer {previous!r}'s output; "
                                "single-chain models only")
     return chain, False

@@ -13,7 +13,8 @@ from .graph import fail as _fail
 
 RECURRENT = KERAS_LAYERS  # ("LSTM", "GRU", "SimpleRNN")
 DENSE_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "softplus", "softsign", "elu", "selu",
-                     "silu", "swish", "gelu")
+                     "silu", "swish", "gelu", "relu6", "hard_sigmoid", "hard_silu", "hard_swish", "exponential",
+                     "leaky_relu", "mish", "log_softmax", "celu")
 # Keys of a recurrent layer's config that may differ between the forward and backward layer of a Bidirectional
 # (besides initializers, regularizers and constraints, which do not change inference).
 _DIRECTION_KEYS = ("name", "go_backwards", "zero_output_for_mask", "seed", "trainable")
@@ -64,19 +65,21 @@ def recurrent_options(class_name: str, config: Dict[str, Any], layer: str, wrapp
         raise _fail(layer, "go_backwards=True on the forward layer of a Bidirectional is not supported")
     activation = activation_name(config.get("activation", "tanh"), layer, "activation")
     allowed = ("tanh", "relu") if class_name == "SimpleRNN" else ("tanh",)
-    if activation not in allowed:
-        raise _fail(layer, f"activation={activation!r} has no exact fused-kernel equivalent for {class_name} "
-                           f"(allowed: {list(allowed)})")
+    recurrent = "sigmoid"
     if class_name != "SimpleRNN":
         recurrent = activation_name(config.get("recurrent_activation", "sigmoid"), layer, "recurrent_activation")
-        if recurrent != "sigmoid":
-            raise _fail(layer, f"non-default recurrent_activation={recurrent!r} is not supported (only 'sigmoid')")
+    for key, value in (("activation", activation), ("recurrent_activation", recurrent)):
+        if value not in DENSE_ACTIVATIONS or value in ("softmax", "log_softmax"):
+            raise _fail(layer, f"{key}={value!r} is not a supported element-wise activation")
+    # Anything the fused kernels do not hard-code runs on the exact time loop (``loop_rnn.py``)
+    loop = activation not in allowed or recurrent != "sigmoid"
     reset_after = flag(config, "reset_after", True, layer) if class_name == "GRU" else True
     units = positive_int(config, "units", layer)
     check_dtype(config, layer)
     return {"cell": class_name, "units": units, "activation": activation, "use_bias": flag(config, "use_bias", True, layer),
             "return_sequences": flag(config, "return_sequences", False, layer),
-            "zero_output_for_mask": flag(config, "zero_output_for_mask", False, layer), "reset_after": reset_after}
+            "zero_output_for_mask": flag(config, "zero_output_for_mask", False, layer), "reset_after": reset_after,
+            "recurrent_activation": recurrent, "loop": loop}
 
 
 def _plain(value: Any) -> Any:
@@ -138,3 +141,54 @@ def dense_options(class_name: str, config: Dict[str, Any], name: str) -> Dict[st
     check_dtype(config, name)
     return {"units": positive_int(config, "units", name), "activation": activation,
             "use_bias": flag(config, "use_bias", True, name)}
+
+
+def _int_or_single(config: Dict[str, Any], key: str, default: Any, layer: str) -> int:
+    """A Keras 1-D size given as an int or a one-element list (``kernel_size=(3,)``)."""
+    value = config.get(key, default)
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(layer, f"{key}={config.get(key, default)!r} is not a positive int")
+    return value
+
+
+def conv1d_options(config: Dict[str, Any], in_features: int, name: str) -> Dict[str, Any]:
+    """Options of a ``Conv1D`` (channels-last; padding valid, same or causal; strides, dilation, groups)."""
+    check_dtype(config, name)
+    if config.get("data_format", "channels_last") != "channels_last":
+        raise _fail(name, f"data_format={config.get('data_format')!r}; only 'channels_last' is supported")
+    if config.get("lora_rank") or config.get("quantization_config"):
+        raise _fail(name, "quantized or LoRA convolutions are not supported")
+    padding = config.get("padding", "valid")
+    if padding not in ("valid", "same", "causal"):
+        raise _fail(name, f"padding={padding!r} is not 'valid', 'same' or 'causal'")
+    options = {"filters": positive_int(config, "filters", name),
+               "kernel_size": _int_or_single(config, "kernel_size", None, name),
+               "strides": _int_or_single(config, "strides", 1, name),
+               "dilation_rate": _int_or_single(config, "dilation_rate", 1, name),
+               "groups": _int_or_single(config, "groups", 1, name), "padding": padding,
+               "use_bias": flag(config, "use_bias", True, name),
+               "activation": activation_name(config.get("activation", "linear"), name, "activation")}
+    if options["activation"] not in DENSE_ACTIVATIONS:
+        raise _fail(name, f"activation={options['activation']!r} is not supported "
+                          f"(supported: {list(DENSE_ACTIVATIONS)})")
+    if in_features % options["groups"] or options["filters"] % options["groups"]:
+        raise _fail(name, f"groups={options['groups']} does not divide the {in_features} input features and "
+                          f"{options['filters']} filters")
+    return options
+
+
+def pool1d_options(class_name: str, config: Dict[str, Any], name: str) -> Dict[str, Any]:
+    """Options of a ``MaxPooling1D`` / ``AveragePooling1D`` (channels-last, valid or same)."""
+    check_dtype(config, name)
+    if config.get("data_format", "channels_last") != "channels_last":
+        raise _fail(name, f"data_format={config.get('data_format')!r}; only 'channels_last' is supported")
+    padding = config.get("padding", "valid")
+    if padding not in ("valid", "same"):
+        raise _fail(name, f"padding={padding!r} is not 'valid' or 'same'")
+    size = _int_or_single(config, "pool_size", 2, name)
+    strides = config.get("strides")
+    return {"mode": "max" if class_name == "MaxPooling1D" else "avg", "pool_size": size,
+            "strides": size if strides is None else _int_or_single(config, "strides", size, name),
+            "padding": padding}

@@ -154,6 +154,24 @@ def apply_activation(y: Tensor, name: str) -> Tensor:
         y = nn.functional.silu(y)
     elif name == "gelu":
         y = nn.functional.gelu(y)
+    elif name == "relu6":
+        y = nn.functional.relu6(y)
+    elif name == "hard_sigmoid":                 # Keras 3: relu6(x + 3) / 6
+        y = nn.functional.relu6(y + 3.0) / 6.0
+    elif name == "hard_sigmoid_keras2":          # Keras 2: clip(0.2 x + 0.5, 0, 1)
+        y = (0.2 * y + 0.5).clamp(0.0, 1.0)
+    elif name == "hard_silu" or name == "hard_swish":
+        y = y * (nn.functional.relu6(y + 3.0) / 6.0)
+    elif name == "exponential":
+        y = torch.exp(y)
+    elif name == "leaky_relu":                   # Keras's default negative_slope
+        y = nn.functional.leaky_relu(y, 0.2)
+    elif name == "mish":
+        y = y * torch.tanh(nn.functional.softplus(y))
+    elif name == "log_softmax":
+        y = torch.log_softmax(y, -1)
+    elif name == "celu":
+        y = nn.functional.celu(y)
     return y
 
 
@@ -191,19 +209,22 @@ class PoolStage(nn.Module):
     """``GlobalAveragePooling1D`` (mean over valid steps, as Keras: NaN for a row with none) or
     ``GlobalMaxPooling1D`` (Keras 3 ignores the mask: max over all steps): ``(B, T, D)`` -> ``(B, D)``."""
 
-    __constants__ = ["mode"]
+    __constants__ = ["mode", "keepdims"]
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, keepdims: bool = False) -> None:
         super().__init__()
         self.mode = mode
+        self.keepdims = keepdims
 
     def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         if self.mode == "max":
-            return x.amax(1), None
-        if mask is None:
-            return x.mean(1), None
-        weights = mask.to(x.dtype).unsqueeze(-1)
-        return x.masked_fill(~mask.unsqueeze(-1), 0.0).sum(1) / weights.sum(1), None
+            y = x.amax(1)
+        elif mask is None:
+            y = x.mean(1)
+        else:
+            weights = mask.to(x.dtype).unsqueeze(-1)
+            y = x.masked_fill(~mask.unsqueeze(-1), 0.0).sum(1) / weights.sum(1)
+        return (y.unsqueeze(1) if self.keepdims else y), None
 
 
 class KerasModel(nn.Module):
@@ -234,12 +255,13 @@ class KerasPairModel(KerasModel):
         return both.select(-2, 0), both.select(-2, 1)
 
 
-def _fusable(group: List[Dict[str, Any]], spec: Dict[str, Any]) -> bool:
+def fusable(group: List[Dict[str, Any]], spec: Dict[str, Any]) -> bool:
     last = group[-1]
     if last["kind"] != "recurrent" or not last["options"]["bidirectional"] or spec["kind"] != "recurrent":
         return False
     a, b = last["options"], spec["options"]
     return (b["bidirectional"] and a["return_sequences"] and a["merge_mode"] is not None
+            and not a.get("loop") and not b.get("loop")
             and all(a[k] == b[k] for k in ("cell", "units", "use_bias", "activation"))
             and a.get("reset_after", True) == b.get("reset_after", True))
 
@@ -250,14 +272,15 @@ def plan_stages(specs: List[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
     for spec in specs:
         if spec["kind"] == "identity":
             continue
-        if groups and _fusable(groups[-1], spec):
+        if groups and fusable(groups[-1], spec):
             groups[-1].append(spec)
         else:
             groups.append([spec])
     return groups
 
 
-def _stage(group: List[Dict[str, Any]]) -> nn.Module:
+def stage_for_group(group: List[Dict[str, Any]]) -> nn.Module:
+    """The stage of one group of layer specs (dicts): one layer, or fused ``Bidirectional`` layers."""
     first, o = group[0], group[0]["options"]
     kind = first["kind"]
     if kind == "embedding":
@@ -269,7 +292,30 @@ def _stage(group: List[Dict[str, Any]]) -> nn.Module:
     if kind == "dense":
         return DenseStage(first["in_features"], o["units"], o["activation"], o["use_bias"])
     if kind == "pool":
-        return PoolStage(o["mode"])
+        return PoolStage(o["mode"], o.get("keepdims", False))
+    if kind == "norm":
+        from .shape_stages import NormStage
+        return NormStage(first["in_features"], o["batch"], o["epsilon"], o["scale"], o["center"])
+    if kind == "shape":
+        from .shape_stages import ShapeStage
+        return ShapeStage(o["op"], o["shape"], o["n"])
+    if kind == "conv":
+        from .conv_stages import ConvStage
+        return ConvStage(first["in_features"], o["filters"], o["kernel_size"], o["strides"], o["padding"],
+                         o["dilation_rate"], o["groups"], o["use_bias"], o["activation"])
+    if kind == "pool1d":
+        from .conv_stages import Pool1DStage
+        return Pool1DStage(o["mode"], o["pool_size"], o["strides"], o["padding"] == "same")
+    if o.get("loop"):
+        from .loop_rnn import LoopBidirectionalStage, LoopUnidirectionalStage
+        activation, recurrent = o["activation"], o.get("recurrent_activation", "sigmoid")
+        if o.get("keras2"):
+            activation, recurrent = (a + "_keras2" if a == "hard_sigmoid" else a for a in (activation, recurrent))
+        common = (o["cell"], first["in_features"], o["units"], o["use_bias"], activation, recurrent,
+                  o.get("reset_after", True), o["return_sequences"], o["zero_output_for_mask"])
+        if o["bidirectional"]:
+            return LoopBidirectionalStage(*common, o["merge_mode"])
+        return LoopUnidirectionalStage(*common)
     if o["bidirectional"]:
         return BidirectionalStage(o["cell"], first["in_features"], o["units"], [s["options"]["merge_mode"] for s in group],
                                   group[-1]["options"]["return_sequences"], o["use_bias"], o["activation"],
@@ -278,10 +324,14 @@ def _stage(group: List[Dict[str, Any]]) -> nn.Module:
                           o["activation"], o["zero_output_for_mask"], o.get("reset_after", True))
 
 
-def module_from_specs(specs_json: str) -> KerasModel:
-    """Build the (randomly initialised) module for ``KerasModel.keras_specs``; load a state_dict after."""
+def module_from_specs(specs_json: str) -> nn.Module:
+    """Build the (randomly initialised) module for ``keras_specs`` (of a ``KerasModel`` or a functional graph's
+    ``KerasGraphModel``); load a state_dict after."""
     specs = json.loads(specs_json)
-    stages = [_stage(group) for group in plan_stages(specs)]
+    if isinstance(specs, dict):
+        from .graph_module import graph_module_from_dict
+        return graph_module_from_dict(specs, specs_json)
+    stages = [stage_for_group(group) for group in plan_stages(specs)]
     last = specs[-1]
     paired = last["kind"] == "recurrent" and last["options"]["bidirectional"] and last["options"]["merge_mode"] is None
     return (KerasPairModel if paired else KerasModel)(stages, specs_json)
