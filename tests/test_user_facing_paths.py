@@ -78,3 +78,23 @@ def test_the_study_report_records_the_command_without_this_machines_folders(monk
     monkeypatch.setattr("sys.argv", ["/x/train.py", "-m", "experiment=study", "hydra.sweep.dir=/work/studylogs/s"])
     command = study._typed_command()
     assert command == "BIRNN_ZOO_CACHE=<data folder> python train.py -m experiment=study hydra.sweep.dir=<folder>"
+
+
+def test_the_readme_study_command_is_the_one_docs_study_runs() -> None:
+    """The README's study command runs as written: docs/study.md's sweep command is the same, with no prefix
+    that only the development checkout could satisfy."""
+    readme = (ROOT / "README.md").read_text()
+    study_page = (ROOT / "docs" / "study.md").read_text()
+    shown = re.search(r"`([^`]*experiment=study[^`]*)`", readme.split("## The study, in short", 1)[1]).group(1)
+    first_line = study_page.split("```bash\n", 1)[1].splitlines()[0]
+    assert shown == first_line == "python train.py -m experiment=study"
+
+
+def test_the_setup_text_says_which_torch_build_the_pin_installs() -> None:
+    setup = (ROOT / "README.md").read_text().split("## Set up", 1)[1].split("\n## ", 1)[0]
+    commands = [line for line in setup.split("```bash\n", 1)[1].split("```", 1)[0].splitlines() if line.strip()]
+    assert len(commands) == 2 and commands[0].startswith("pip install torch==2.13.0")   # what .ci/run parses
+    assert "CPU build" not in setup.split("```", 1)[0]        # the pin alone does not pick the CPU build
+    assert "CUDA build" in setup
+    cpu_only = re.search(r"`(pip install torch==2\.13\.0 --index-url https://download\.pytorch\.org/whl/cpu[^`]*)`", setup)
+    assert cpu_only and 'pip install -e ".[dev]"' in cpu_only.group(1)
