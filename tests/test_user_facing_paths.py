@@ -34,7 +34,7 @@ def test_the_scan_covers_what_users_read() -> None:
                      "models/data/download.py", "notebooks/01_quickstart.ipynb", "train.py"):
         assert expected in names
     assert DEV_ONLY.search("data.root=../shared/data") and DEV_ONLY.search("BIRNN_ZOO_CACHE=/work/shared/data")
-    assert not DEV_ONLY.search("data.root=~/data/birnn-zoo") and not DEV_ONLY.search("a shared machine")
+    assert not DEV_ONLY.search("data.root=/path/to/data") and not DEV_ONLY.search("a shared machine")
 
 
 @pytest.mark.parametrize("path", user_facing_files(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -51,13 +51,13 @@ def test_a_missing_data_root_suggests_a_users_folder_and_the_cache(tmp_path: Pat
     message = str(error.value)
     assert "\n" not in message and not DEV_ONLY.search(message)
     assert f"data.root='{missing}' does not exist" in message
-    assert "data.root=~/" in message and "~/.cache/birnn-zoo" in message and download.CACHE_ENV in message
+    assert "data.root=/path/to/data" in message and "~/.cache/birnn-zoo" in message and download.CACHE_ENV in message
 
 
 def test_a_missing_file_without_download_suggests_a_users_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as error:
         download.ensure_files("trec", tmp_path, download=False)
-    assert "data.root=~/" in str(error.value) and not DEV_ONLY.search(str(error.value))
+    assert "data.root=/path/to/data" in str(error.value) and not DEV_ONLY.search(str(error.value))
 
 
 def test_a_failed_download_says_what_to_do_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,3 +98,12 @@ def test_the_setup_text_says_which_torch_build_the_pin_installs() -> None:
     assert "CUDA build" in setup
     cpu_only = re.search(r"`(pip install torch==2\.13\.0 --index-url https://download\.pytorch\.org/whl/cpu[^`]*)`", setup)
     assert cpu_only and 'pip install -e ".[dev]"' in cpu_only.group(1)
+
+
+def test_the_suggested_data_root_parses_on_the_command_line() -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with pytest.raises(ValueError) as error:
+        resolve_config({"name": "trec", "root": "/no/such/folder"})
+    suggested = re.search(r"e\.g\. (data\.root=\S+?)\)", str(error.value)).group(1)
+    assert OverridesParser.create().parse_overrides([suggested])[0].value() == "/path/to/data"

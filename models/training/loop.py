@@ -35,6 +35,7 @@ from . import distributed as ddp
 from .checkpoint import load_checkpoint
 from .config import check_config
 from .evaluation import evaluate
+from .progress import ProgressLines
 from .run_folder import RunLock
 from .runtime import to_device
 from .setup import Run, set_up
@@ -57,9 +58,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     try:
         run = set_up(cfg, run_dir)
         stop_reason = None
+        lines = ProgressLines(run.trainer.log_every_steps, run.trainer.log_every_seconds, run.trainer.max_epochs,
+                              run.progress.step)
         with SignalStop() as signals:
             while stop_reason is None and run.progress.epoch < run.trainer.max_epochs:
-                train_one_epoch(run, signals)
+                train_one_epoch(run, signals, lines)
                 stop_reason = end_of_epoch(run, signals)
         return test_and_write(run, stop_reason or "max_epochs")
     finally:
@@ -67,7 +70,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             lock.release()
 
 
-def train_one_epoch(run: Run, signals: SignalStop) -> None:
+def train_one_epoch(run: Run, signals: SignalStop, lines: Optional[ProgressLines] = None) -> None:
     """The training batches of epoch ``run.progress.epoch`` (from ``batch_in_epoch`` on, after a mid-epoch resume).
 
     Raises ``TrainingDiverged`` after ``trainer.max_nonfinite_steps`` non-finite losses in a row and ``Interrupted``
@@ -80,6 +83,9 @@ def train_one_epoch(run: Run, signals: SignalStop) -> None:
     show_bar = trainer.progress and sys.stderr.isatty() and run.dist.is_main
     bar = tqdm(loader, desc=f"epoch {progress.epoch + 1}/{trainer.max_epochs}", disable=not show_bar, leave=False,
                dynamic_ncols=True)
+    # No bar (a log file, a batch job): a line in the log every log_every_steps steps or log_every_seconds.
+    lines = None if show_bar or not run.dist.is_main else lines
+    steps_per_epoch = len(loader) + progress.batch_in_epoch
     tick = time.perf_counter()
     for batch in bar:
         sums, stop = _step(run, batch, signals)
@@ -94,6 +100,8 @@ def train_one_epoch(run: Run, signals: SignalStop) -> None:
         shown = progress.epoch_metrics()
         bar.set_postfix(loss=f"{shown['train_loss']:.4f}", acc=f"{shown['train_acc']:.3f}",
                         tok_s=f"{shown['tokens_per_s']:,.0f}")
+        if lines is not None and lines.due(progress.step):
+            log.info("%s", lines.line(progress, steps_per_epoch))
         if run.writer is not None and progress.step % trainer.log_every_steps == 0:
             run.writer.add_scalar("train/loss", sums[0] / sums[2], progress.step)
         if stop:

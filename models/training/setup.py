@@ -6,6 +6,7 @@ state (weights, optimiser, schedule, scaler, progress, RNG). :class:`Run` also w
 builds the two ways a run stops early (a divergence, a signal), since both need the whole state.
 """
 
+import functools
 import logging
 import time
 from contextlib import nullcontext
@@ -227,13 +228,20 @@ def _restore(run: Run, state: Dict[str, Any]) -> None:
              "" if same_folder(source_dir, run.run_dir) else f"; the continued run is written to {run.run_dir}")
 
 
+@functools.cache
+def _say_tensorboard_is_missing() -> None:
+    """Once per process (a sweep runs many jobs in one), and only where trainer.tensorboard=true asked for it."""
+    log.warning("trainer.tensorboard=true but tensorboard is not installed (pip install -e '.[tensorboard]'): "
+                "no TensorBoard events")
+
+
 def _tensorboard_writer(run: Run) -> Any:
     if not (run.trainer.tensorboard and run.dist.is_main):
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        log.info("tensorboard not installed (pip install -e '.[tensorboard]'): no TensorBoard events")
+        _say_tensorboard_is_missing()
         return None
     return SummaryWriter(str(run.run_dir / "tensorboard"))
 
