@@ -25,12 +25,13 @@ from ..merge import resolve_merge_modes
 from ..zoo.classifier import CELLS, POOLINGS, SequenceClassifier
 from ..zoo.config_group import DATA_KEYS
 from ..zoo.registry import create_model, list_models
+from .loggers import check_logger_config
 from .schema import DEVICES, OPTIMIZERS, SCHEDULERS, TRAIN_COMPILE_MODES, OptimConfig, TrainerConfig
 
 __all__ = ["ConfigError", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "TRAIN_COMPILE_MODES", "check_config",
            "check_model_config", "normalize_precision", "optional_path"]
 
-TOP_LEVEL = ("model", "data", "optim", "trainer", "seed")
+TOP_LEVEL = ("model", "data", "optim", "trainer", "seed", "logger")
 # What users type (``trainer.precision=32`` arrives as an int) -> the canonical name.
 PRECISION_ALIASES = {"32": "32", "fp32": "32", "32-true": "32", "16": "fp16", "fp16": "fp16", "16-mixed": "fp16",
                      "bf16": "bf16", "bf16-mixed": "bf16"}
@@ -191,6 +192,10 @@ def check_config(cfg: Any) -> Dict[str, Any]:
                           f"both given: resume continues a run (weights, optimiser, schedule, step), init_from "
                           f"starts a new one from a checkpoint's weights; choose one")
 
+    try:
+        check_logger_config(_plain(cfg.get("logger")))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     try:
         return resolve_data_config(_plain(cfg.data))
     except ValueError as error:

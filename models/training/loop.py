@@ -102,6 +102,8 @@ def train_one_epoch(run: Run, signals: SignalStop, lines: Optional[ProgressLines
                         tok_s=f"{shown['tokens_per_s']:,.0f}")
         if lines is not None and lines.due(progress.step):
             log.info("%s", lines.line(progress, steps_per_epoch))
+        if run.loggers is not None and progress.step % trainer.log_every_steps == 0:
+            run.loggers.log({"train/loss": sums[0] / sums[2]}, progress.step)
         if run.writer is not None and progress.step % trainer.log_every_steps == 0:
             run.writer.add_scalar("train/loss", sums[0] / sums[2], progress.step)
         if stop:
@@ -175,6 +177,9 @@ def end_of_epoch(run: Run, signals: SignalStop) -> Optional[str]:
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "tokens_per_s", "lr"):
             if record[key] is not None:
                 run.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
+    if run.loggers is not None:
+        run.loggers.log({f"epoch/{key}": record[key] for key in ("epoch", "train_loss", "train_acc", "val_loss",
+                                                                  "val_acc", "tokens_per_s", "lr")}, record["step"])
     shown_val = ("no validation split" if val["accuracy"] is None
                  else f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}")
     log.info("epoch %d: train loss %.4f acc %.4f | %s | %.0f tokens/s | %.1fs",
@@ -228,6 +233,10 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
     ddp.barrier()                                      # results.json exists for every rank (and a sweep's report)
     if run.writer is not None:
         run.writer.close()
+    if run.loggers is not None:
+        run.loggers.log({"test/accuracy": test["accuracy"], "test/loss": test["loss"],
+                         "test/infer_tokens_per_s": timing["tokens_per_s"]}, progress.step)
+        run.loggers.close()
     best_val = f"best val {progress.best_val_accuracy:.4f}" if run.data.has_validation else "no validation split"
     log.info("test accuracy %.4f (%s) in %.1fs; results in %s", test["accuracy"], best_val,
              results["wall_time_s"], run.run_dir / "results.json")

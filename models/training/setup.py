@@ -23,6 +23,7 @@ from ..zoo.registry import create_model
 from . import distributed as ddp
 from .checkpoint import FORMAT, capture_rng_state, restore_rng_state, save_checkpoint
 from .config import ConfigError, check_config, normalize_precision, optional_path
+from .loggers import MetricLoggers
 from .optimizer import build_optimizer, build_scheduler
 from .progress import HealthyWeights, Progress
 from .resume import adopt_history, load_for_resume, load_init_weights, load_weights, resolve_init_from, same_folder
@@ -61,6 +62,7 @@ class Run:
     init_from: Optional[str] = None
     aids: TestingAids = field(default_factory=TestingAids)
     writer: Any = None                                 # a TensorBoard SummaryWriter (rank 0, when installed)
+    loggers: Optional[MetricLoggers] = None            # logger=csv|tensorboard|wandb|mlflow (rank 0)
     started: float = field(default_factory=time.time)
 
     @property
@@ -159,6 +161,8 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
     if state is not None:
         _restore(run, state)
     run.writer = _tensorboard_writer(run)
+    if dist.is_main:
+        run.loggers = MetricLoggers(config.get("logger"), run_dir, config)
     return run
 
 
