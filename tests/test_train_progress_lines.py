@@ -68,3 +68,17 @@ def test_missing_tensorboard_is_said_once_and_only_when_asked_for(compose: Calla
     told = [m for m in train_log(caplog) if "tensorboard is not installed" in m]
     assert len(told) == 1 and "trainer.tensorboard=true" in told[0]
     assert not (tmp_path / "a" / "tensorboard").exists()
+
+
+def test_each_attempt_opens_with_a_header_line(compose: Callable[..., DictConfig], tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="train")
+    train(compose(*TINY), tmp_path)
+    train(compose(*TINY, f"trainer.resume={tmp_path}", "trainer.max_epochs=3"), tmp_path)
+    train(compose(*TINY, "trainer.overwrite=true"), tmp_path)
+    headers = [m for m in train_log(caplog) if m.startswith("===== attempt started ")]
+    assert len(headers) == 3 and all(m.endswith(" =====") for m in headers)
+    assert ": new run; " in headers[0] and f": resume of {tmp_path}; " in headers[1]
+    assert "new run (trainer.overwrite=true: earlier outputs deleted)" in headers[2]
+    messages = train_log(caplog)
+    assert messages[0] == headers[0]                           # the first line of each attempt

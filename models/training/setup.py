@@ -8,6 +8,7 @@ builds the two ways a run stops early (a divergence, a signal), since both need 
 
 import functools
 import logging
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -121,6 +122,21 @@ class Run:
         return Interrupted(signum, self.progress.step, command)
 
 
+def attempt_header(resume: Optional[str], overwrite: bool, started: float) -> str:
+    """The line that opens an attempt in ``train.log`` (which Hydra appends to): when, which process, what kind
+    of attempt and the command-line overrides, so a folder's resumed or overwritten runs read apart."""
+    kind = (f"resume of {resume}" if resume
+            else "new run (trainer.overwrite=true: earlier outputs deleted)" if overwrite else "new run")
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = " ".join(HydraConfig.get().overrides.task) or "(none)"
+    except ValueError:                                 # called from Python, not through train.py
+        overrides = "(train() called from Python)"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started))
+    return f"===== attempt started {stamp} UTC, pid {os.getpid()}: {kind}; overrides: {overrides} ====="
+
+
 def set_up(cfg: DictConfig, run_dir: Path) -> Run:
     """Everything before the first step; raises ``ConfigError`` for a setting, folder or data that cannot be used."""
     started = time.time()
@@ -129,6 +145,8 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
     config = OmegaConf.to_container(cfg, resolve=True)
     resume, init_from = optional_path(trainer.resume), optional_path(trainer.init_from)
     state = _claim_the_run_folder(cfg, run_dir, config, resume, init_from)
+    if ddp.env_rank() == 0:                            # train.log appends: each accepted attempt starts with this
+        log.info("%s", attempt_header(resume, bool(trainer.overwrite), started))
 
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
