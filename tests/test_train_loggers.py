@@ -41,6 +41,7 @@ def test_tensorboard_logger_writes_events(compose: Callable[..., DictConfig], tm
     assert (tmp_path / "metrics.csv").is_file()
 
 
+@pytest.mark.slow   # the extra's own start-up (wandb's service, MLflow's schema) takes 20-60 s
 def test_wandb_logger_offline(compose: Callable[..., DictConfig], tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("wandb", reason="logger=wandb needs the wandb extra")
@@ -51,17 +52,25 @@ def test_wandb_logger_offline(compose: Callable[..., DictConfig], tmp_path: Path
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
 
-def test_mlflow_logger_file_store(compose: Callable[..., DictConfig], tmp_path: Path) -> None:
+@pytest.mark.slow   # the extra's own start-up (wandb's service, MLflow's schema) takes 20-60 s
+def test_mlflow_logger_local_store(compose: Callable[..., DictConfig], tmp_path: Path) -> None:
     pytest.importorskip("mlflow", reason="logger=mlflow needs the mlflow extra")
     import mlflow
 
-    store = (tmp_path / "store").resolve().as_uri()
+    store = f"sqlite:///{tmp_path / 'store.db'}"
     results = train(compose(*RUN, "logger=mlflow", f"logger.mlflow.tracking_uri={store}"), tmp_path / "run")
     client = mlflow.MlflowClient(store)
     [run] = client.search_runs([client.get_experiment_by_name("birnn-zoo").experiment_id])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [3, 6, 9, 12]
     assert run.data.metrics["test_accuracy"] == pytest.approx(results["test_accuracy"])
     assert run.data.params["model.name"] == "bilstm"
+
+
+@pytest.mark.slow   # the extra's own start-up (wandb's service, MLflow's schema) takes 20-60 s
+def test_mlflow_logger_default_store_is_in_the_run_folder(compose: Callable[..., DictConfig], tmp_path: Path) -> None:
+    pytest.importorskip("mlflow", reason="logger=mlflow needs the mlflow extra")
+    train(compose(*RUN, "logger=mlflow"), tmp_path)
+    assert (tmp_path / "mlflow.db").is_file()
 
 
 def test_a_logger_whose_package_is_missing_fails_in_one_line(compose: Callable[..., DictConfig],

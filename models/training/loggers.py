@@ -9,7 +9,8 @@ resolved config as its parameters. Rank 0 alone logs. The config's ``logger`` no
 - ``tensorboard``: events in ``<run>/tensorboard``;
 - ``wandb``: ``project``, ``name``, ``mode`` (``offline``: no network; ``null``: ``$WANDB_MODE`` or online),
   files under ``<run>/wandb``;
-- ``mlflow``: ``tracking_uri`` (``null``: a file store ``<run>/mlruns``), ``experiment_name``, ``run_name``.
+- ``mlflow``: ``tracking_uri`` (``null``: a local SQLite store ``<run>/mlflow.db``; MLflow 3 refuses new file
+  stores), ``experiment_name``, ``run_name``.
 """
 
 import csv
@@ -115,7 +116,7 @@ class MLflowBackend:
                  experiment_name: str = "birnn-zoo", run_name: Optional[str] = None) -> None:
         import mlflow
 
-        self.client = mlflow.MlflowClient(tracking_uri or (run_dir / "mlruns").resolve().as_uri())
+        self.client = mlflow.MlflowClient(tracking_uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
         experiment = self.client.get_experiment_by_name(experiment_name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(experiment_name)
         self.run_id = self.client.create_run(experiment_id, run_name=run_name or run_dir.name).info.run_id
