@@ -3,13 +3,12 @@
 from typing import List
 
 import pytest
+from composing import CONF
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 from models.training.sweep_check import SweepConfigError, check_jobs, sweep_jobs
-
-from composing import CONF
 
 
 def sweep_config(task: List[str]) -> DictConfig:

@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from composing import TINY
 from omegaconf import DictConfig
 
 from models.training import loggers
 from models.training.config import ConfigError, check_config
 from models.training.loop import train
-
-from composing import TINY
 
 RUN = (*TINY, "trainer.log_every_steps=3")     # 6 steps an epoch, 2 epochs: step losses at 3, 6, 9, 12
 

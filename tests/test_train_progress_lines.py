@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Callable, List
 
 import pytest
+from composing import TINY
 from omegaconf import DictConfig
 
 from models.training import setup
 from models.training.loop import train
 from models.training.progress import Progress, ProgressLines
-
-from composing import TINY
 
 LINE = re.compile(r"^epoch (\d+)/2 step (\d+)/6 \(\d+%\) loss \d+\.\d{4} acc \d\.\d{3} tokens/s [\d,]+ ETA \d+s$")
 
