@@ -107,3 +107,24 @@ def test_the_suggested_data_root_parses_on_the_command_line() -> None:
         resolve_config({"name": "trec", "root": "/no/such/folder"})
     suggested = re.search(r"e\.g\. (data\.root=\S+?)\)", str(error.value)).group(1)
     assert OverridesParser.create().parse_overrides([suggested])[0].value() == "/path/to/data"
+
+
+JUPYTER_COMMANDS = {"execute": "nbclient", "lab": "jupyterlab", "nbconvert": "nbconvert", "notebook": "notebook"}
+
+
+def test_every_jupyter_command_the_docs_give_is_installed_by_the_extra_they_name() -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    text = (ROOT / "docs" / "contributing.md").read_text()
+    installed: set = set()
+    checked = 0
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S) for line in block.splitlines()]
+    for line in lines + re.findall(r"`([^`\n]+)`", text):
+        for extra in re.findall(r"pip install -e '\.\[(\w+)\]'", line):
+            installed |= {re.split(r"[<>=\[]", requirement)[0] for requirement in extras[extra]}
+        command = re.match(r"\s*jupyter (\w+)", line)
+        if command:
+            assert JUPYTER_COMMANDS[command.group(1)] in installed, f"{line.strip()}: not installed by the extras named"
+            checked += 1
+    assert checked >= 2
