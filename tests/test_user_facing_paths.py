@@ -128,3 +128,15 @@ def test_every_jupyter_command_the_docs_give_is_installed_by_the_extra_they_name
             assert JUPYTER_COMMANDS[command.group(1)] in installed, f"{line.strip()}: not installed by the extras named"
             checked += 1
     assert checked >= 2
+
+
+PROCESS_TEXT = re.compile(r"this session|previous session|the issue (asks|rules)|measured before presets|"
+                          r"\b(first|second|third|fourth|fifth|sixth) session\b|session lent", re.I)
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))],
+                         ids=lambda p: p.name)
+def test_docs_do_not_narrate_how_the_work_was_done(page: Path) -> None:
+    hits = [f"{page.name}:{n}: {line.strip()[:100]}" for n, line in enumerate(page.read_text().splitlines(), 1)
+            if PROCESS_TEXT.search(line)]
+    assert not hits, "text about how the work was done:\n" + "\n".join(hits)
