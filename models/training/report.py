@@ -249,7 +249,7 @@ def plot(keys: Sequence[str], summary: Sequence[Dict[str, Any]], path: Path) -> 
     xs = range(len(summary))
     for axis, key, scale, title in ((axes[0], "test_accuracy", 100.0, "test accuracy (%)"),
                                     (axes[1], "train_tokens_per_s", 1.0, "training tokens/s")):
-        errors = [0.0 if math.isnan(s[key + "_std"]) else scale * s[key + "_std"] for s in summary]
+        errors = [scale * s[key + "_std"] for s in summary]      # nan (one seed): no error bar drawn
         axis.bar(xs, [scale * s[key] for s in summary], 0.7, yerr=errors, capsize=3)
         axis.set_xticks(list(xs))
         axis.set_xticklabels(labels, fontsize=7)
