@@ -63,25 +63,32 @@ runpy.run_path({script!r}, run_name="__main__")
 
 
 def test_a_sweep_survives_bad_jobs_and_reports_the_others_by_what_differs(tmp_path: Path) -> None:
+    # A bad value (model.hidden_size=0) stops the sweep before any job (tests/test_sweep_fail_fast.py); a job
+    # that raises while it runs is recorded and the sweep goes on.
     command = [sys.executable, "-c", RAISES_FOR_16.format(script=str(ROOT / "train.py")), "-m", *TINY, f"hydra.sweep.dir={tmp_path}",
-               "model.hidden_size=8,0,16,12", "trainer.max_epochs=1"]
+               "model.hidden_size=8,16,12", "trainer.max_epochs=1"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1, result.stderr[-3000:]           # the sweep ran to its end, two jobs failed
-    assert sorted(p.parent.name for p in tmp_path.glob("*/results.json")) == ["0", "3"]
-    failure = json.loads((tmp_path / "1" / "job_error.json").read_text())
-    assert failure["kind"] == "config error" and "model.hidden_size=0" in failure["overrides"]
-    raised = json.loads((tmp_path / "2" / "job_error.json").read_text())
+    assert result.returncode == 1, result.stderr[-3000:]           # the sweep ran to its end, one job failed
+    assert sorted(p.parent.name for p in tmp_path.glob("*/results.json")) == ["0", "2"]
+    raised = json.loads((tmp_path / "1" / "job_error.json").read_text())
     assert raised["kind"] == "exception" and "disk full (injected)" in raised["traceback"]
     summary = (tmp_path / "summary.md").read_text()
     assert "| model.hidden_size | seeds | runs |" in summary
     assert "| 8 | 1 | 1 |" in summary and "| 12 | 1 | 1 |" in summary, "sizes are never averaged together"
-    assert "## Failed jobs (2)" in summary and "hidden_size must be a positive int, got 0" in summary
-    assert "RuntimeError: disk full (injected)" in summary
+    assert "## Failed jobs (1)" in summary and "RuntimeError: disk full (injected)" in summary
     assert (tmp_path / "summary.csv").read_text().count("\n") == 3
     # The report also runs on its own.
     again = subprocess.run([sys.executable, "-m", "models.report", str(tmp_path)], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 0 and "model.hidden_size" in again.stdout
+
+
+def test_a_bad_value_stops_the_sweep_before_any_job(tmp_path: Path) -> None:
+    result = run_train(f"hydra.sweep.dir={tmp_path}", "model.hidden_size=8,0", "trainer.max_epochs=1", multirun=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "config error: sweep job 1 (experiment=tiny model.hidden_size=0 trainer.max_epochs=1): model.hidden_size=0")
+    assert not list(tmp_path.glob("*/results.json")) and not list(tmp_path.glob("*/.hydra"))
 
 
 def final_parameters(run_dir: Path) -> dict:

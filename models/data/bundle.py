@@ -167,7 +167,7 @@ def _existing_folder(root: str | None, name: str) -> None:
         return
     what = "is a file, not a folder" if Path(root).expanduser().exists() else "does not exist"
     raise ValueError(f"data.root={root!r} {what}; set data.root to the folder holding {name}/ (e.g. "
-                     f"data.root=../shared/data), or data.root=null for the cache (${download.CACHE_ENV} or "
+                     f"data.root=/path/to/data), or data.root=null for the cache (${download.CACHE_ENV} or "
                      f"~/.cache/birnn-zoo, where missing files are downloaded)")
 
 

@@ -172,7 +172,7 @@ def ensure_files(
             if not download:
                 raise FileNotFoundError(
                     f"{dataset}: missing file {path}. Set data.root to a folder holding "
-                    f"{spec.relpath} (e.g. data.root=../shared/data), or allow download "
+                    f"{spec.relpath} (e.g. data.root=/path/to/data), or allow download "
                     f"(data.download=true) to fetch it from {spec.url}"
                 )
             try:
@@ -184,7 +184,7 @@ def ensure_files(
                 reason = " ".join(str(getattr(error, "reason", None) or error).split()) or type(error).__name__
                 raise DownloadError(
                     f"{dataset}: cannot download {spec.url} into {where}: {reason}. Without network, copy the "
-                    f"files into a folder and set data.root to it (e.g. data.root=../shared/data "
+                    f"files into a folder and set data.root to it (e.g. data.root=/path/to/data    "
                     f"data.download=false)") from error
         elif verify:
             verify_file(path, spec.sha256)

@@ -1,6 +1,6 @@
 """Tokenizer, vocabulary and readers for the real text datasets (TREC-6, SST-2, SMS spam).
 
-Row counts of the files (see ``../shared/data/README.md``): TREC train 5,452 / test 500; SST-2
+Row counts of the files as published (sources and checksums in :mod:`models.data.download`): TREC train 5,452 / test 500; SST-2
 6,920 / 872 / 1,821; SMS 5,574 (ham 4,827, spam 747). Splits without an official counterpart are
 seeded and stratified (:func:`stratified_split`).
 """

@@ -13,6 +13,7 @@ across keys (``optim.betas``, ``trainer.device=cuda`` without a GPU, fp16 on CPU
 
 import dataclasses
 import inspect
+import re
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
@@ -24,12 +25,13 @@ from ..merge import resolve_merge_modes
 from ..zoo.classifier import CELLS, POOLINGS, SequenceClassifier
 from ..zoo.config_group import DATA_KEYS
 from ..zoo.registry import create_model, list_models
+from .loggers import check_logger_config
 from .schema import DEVICES, OPTIMIZERS, SCHEDULERS, TRAIN_COMPILE_MODES, OptimConfig, TrainerConfig
 
 __all__ = ["ConfigError", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "TRAIN_COMPILE_MODES", "check_config",
            "check_model_config", "normalize_precision", "optional_path"]
 
-TOP_LEVEL = ("model", "data", "optim", "trainer", "seed")
+TOP_LEVEL = ("model", "data", "optim", "trainer", "seed", "logger")
 # What users type (``trainer.precision=32`` arrives as an int) -> the canonical name.
 PRECISION_ALIASES = {"32": "32", "fp32": "32", "32-true": "32", "16": "fp16", "fp16": "fp16", "16-mixed": "fp16",
                      "bf16": "bf16", "bf16-mixed": "bf16"}
@@ -116,6 +118,16 @@ def check_group(path: str, node: Any, schema: type) -> Dict[str, Any]:
     return OmegaConf.to_container(typed)
 
 
+def command_line_merge_error(error: Exception) -> str:
+    """``models.merge``'s message in the spelling the command line parses: Python's ``None`` is ``null`` there
+    (``None`` arrives as the string ``'None'``), and a mode per layer is a list in brackets."""
+    message = re.sub(r"(?<!')\bNone\b(?!')", "null", str(error))
+    typed_none = re.search(r"='(None|none)'", message) is not None
+    return (f"model.{message}" + ("; write null, not None" if typed_none else "")
+            + "; on the command line: model.merge_mode=sum (every layer), model.merge_mode=null (no merge, the "
+              "last layer only) or one mode per layer: model.merge_mode=[concat,null]")
+
+
 def check_model_config(model: Mapping[str, Any]) -> None:
     """``model``: ``name`` is a registered preset; every other key is a ``SequenceClassifier`` argument."""
     name = model.get("name")
@@ -127,7 +139,7 @@ def check_model_config(model: Mapping[str, Any]) -> None:
     try:
         resolve_merge_modes(model.get("merge_mode", "concat"), layers)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"model.{error}") from error
+        raise ConfigError(command_line_merge_error(error)) from error
     _choice("model.cell", model.get("cell", "lstm"), CELLS)
     _choice("model.pooling", model.get("pooling", "last"), POOLINGS)
     # Every other argument: build the model on the meta device (no memory, no compute), with stand-in data
@@ -152,6 +164,9 @@ def check_config(cfg: Any) -> Dict[str, Any]:
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed={seed!r} must be a non-negative integer")
+    if isinstance(cfg.get("model"), DictConfig) and OmegaConf.is_missing(cfg.model, "name"):
+        raise ConfigError(f"model=preset is the base every preset builds on, not a model: choose one of "
+                          f"{', '.join(f'model={name}' for name in list_models())}")
     check_model_config(_plain(cfg.model))
 
     optim = check_group("optim", cfg.optim, OptimConfig)
@@ -177,6 +192,10 @@ def check_config(cfg: Any) -> Dict[str, Any]:
                           f"both given: resume continues a run (weights, optimiser, schedule, step), init_from "
                           f"starts a new one from a checkpoint's weights; choose one")
 
+    try:
+        check_logger_config(_plain(cfg.get("logger")))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     try:
         return resolve_data_config(_plain(cfg.data))
     except ValueError as error:

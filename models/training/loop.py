@@ -35,6 +35,7 @@ from . import distributed as ddp
 from .checkpoint import load_checkpoint
 from .config import check_config
 from .evaluation import evaluate
+from .progress import ProgressLines
 from .run_folder import RunLock
 from .runtime import to_device
 from .setup import Run, set_up
@@ -57,9 +58,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     try:
         run = set_up(cfg, run_dir)
         stop_reason = None
+        lines = ProgressLines(run.trainer.log_every_steps, run.trainer.log_every_seconds, run.trainer.max_epochs,
+                              run.progress.step)
         with SignalStop() as signals:
             while stop_reason is None and run.progress.epoch < run.trainer.max_epochs:
-                train_one_epoch(run, signals)
+                train_one_epoch(run, signals, lines)
                 stop_reason = end_of_epoch(run, signals)
         return test_and_write(run, stop_reason or "max_epochs")
     finally:
@@ -67,7 +70,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             lock.release()
 
 
-def train_one_epoch(run: Run, signals: SignalStop) -> None:
+def train_one_epoch(run: Run, signals: SignalStop, lines: Optional[ProgressLines] = None) -> None:
     """The training batches of epoch ``run.progress.epoch`` (from ``batch_in_epoch`` on, after a mid-epoch resume).
 
     Raises ``TrainingDiverged`` after ``trainer.max_nonfinite_steps`` non-finite losses in a row and ``Interrupted``
@@ -80,6 +83,9 @@ def train_one_epoch(run: Run, signals: SignalStop) -> None:
     show_bar = trainer.progress and sys.stderr.isatty() and run.dist.is_main
     bar = tqdm(loader, desc=f"epoch {progress.epoch + 1}/{trainer.max_epochs}", disable=not show_bar, leave=False,
                dynamic_ncols=True)
+    # No bar (a log file, a batch job): a line in the log every log_every_steps steps or log_every_seconds.
+    lines = None if show_bar or not run.dist.is_main else lines
+    steps_per_epoch = len(loader) + progress.batch_in_epoch
     tick = time.perf_counter()
     for batch in bar:
         sums, stop = _step(run, batch, signals)
@@ -94,6 +100,10 @@ def train_one_epoch(run: Run, signals: SignalStop) -> None:
         shown = progress.epoch_metrics()
         bar.set_postfix(loss=f"{shown['train_loss']:.4f}", acc=f"{shown['train_acc']:.3f}",
                         tok_s=f"{shown['tokens_per_s']:,.0f}")
+        if lines is not None and lines.due(progress.step):
+            log.info("%s", lines.line(progress, steps_per_epoch))
+        if run.loggers is not None and progress.step % trainer.log_every_steps == 0:
+            run.loggers.log({"train/loss": sums[0] / sums[2]}, progress.step)
         if run.writer is not None and progress.step % trainer.log_every_steps == 0:
             run.writer.add_scalar("train/loss", sums[0] / sums[2], progress.step)
         if stop:
@@ -172,6 +182,9 @@ def end_of_epoch(run: Run, signals: SignalStop) -> Optional[str]:
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "tokens_per_s", "lr"):
             if record[key] is not None:
                 run.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
+    if run.loggers is not None:
+        run.loggers.log({f"epoch/{key}": record[key] for key in ("epoch", "train_loss", "train_acc", "val_loss",
+                                                                  "val_acc", "tokens_per_s", "lr")}, record["step"])
     shown_val = ("no validation split" if val["accuracy"] is None
                  else f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}")
     log.info("epoch %d: train loss %.4f acc %.4f | %s | %.0f tokens/s | %.1fs",
@@ -225,6 +238,10 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
     ddp.barrier()                                      # results.json exists for every rank (and a sweep's report)
     if run.writer is not None:
         run.writer.close()
+    if run.loggers is not None:
+        run.loggers.log({"test/accuracy": test["accuracy"], "test/loss": test["loss"],
+                         "test/infer_tokens_per_s": timing["tokens_per_s"]}, progress.step)
+        run.loggers.close()
     best_val = f"best val {progress.best_val_accuracy:.4f}" if run.data.has_validation else "no validation split"
     log.info("test accuracy %.4f (%s) in %.1fs; results in %s", test["accuracy"], best_val,
              results["wall_time_s"], run.run_dir / "results.json")

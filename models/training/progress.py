@@ -1,10 +1,11 @@
-"""Where a run is (:class:`Progress`, saved in every checkpoint) and the weights it would fall back to after a
-divergence (:class:`HealthyWeights`)."""
+"""Where a run is (:class:`Progress`, saved in every checkpoint), how it is reported where no progress bar shows
+(:class:`ProgressLines`), and the weights it would fall back to after a divergence (:class:`HealthyWeights`)."""
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 from torch import nn
@@ -72,6 +73,48 @@ class Progress:
         self.epoch_loss_sum, self.epoch_correct, self.epoch_count = 0.0, 0, 0
         self.epoch_tokens, self.epoch_seconds = 0, 0.0
         return improved
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``."""
+    seconds = max(round(seconds), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class ProgressLines:
+    """Progress as log lines where no bar shows (stderr not a terminal: SLURM, ``nohup``, a sweep's jobs): one
+    line every ``every_steps`` optimiser steps or ``every_seconds`` seconds, whichever comes first, e.g.
+    ``epoch 1/3 step 150/282 (53%) loss 0.8123 acc 0.612 tokens/s 41,230 ETA 1m05s``. The ETA is the steps
+    left in the run (``max_epochs`` epochs of ``steps_per_epoch``) at the rate of the steps seen so far. One
+    object lives for the whole run, so the count goes on across epochs."""
+
+    def __init__(self, every_steps: int, every_seconds: float, max_epochs: int, start_step: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_steps, self.every_seconds, self.max_epochs = every_steps, every_seconds, max_epochs
+        self.clock = clock
+        self.start_time = self.last_time = clock()
+        self.start_step = self.last_step = start_step
+
+    def due(self, step: int) -> bool:
+        """Whether a line is due after global step ``step``."""
+        return (step - self.last_step >= self.every_steps
+                or (step > self.last_step and self.clock() - self.last_time >= self.every_seconds))
+
+    def line(self, progress: Progress, steps_per_epoch: int) -> str:
+        """The line for ``progress`` now (and the next one counted from here)."""
+        now = self.clock()
+        self.last_time, self.last_step = now, progress.step
+        per_epoch = max(steps_per_epoch, 1)
+        total = per_epoch * self.max_epochs
+        done = progress.epoch * per_epoch + progress.batch_in_epoch
+        rate = (now - self.start_time) / max(progress.step - self.start_step, 1)     # seconds per step
+        shown = progress.epoch_metrics()
+        return (f"epoch {progress.epoch + 1}/{self.max_epochs} step {progress.batch_in_epoch}/{per_epoch} "
+                f"({100 * progress.batch_in_epoch / per_epoch:.0f}%) loss {shown['train_loss']:.4f} "
+                f"acc {shown['train_acc']:.3f} tokens/s {shown['tokens_per_s']:,.0f} "
+                f"ETA {_duration(rate * max(total - done, 0))}")
 
 
 def _cpu_copy(model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -3,7 +3,9 @@
 Reads every ``results.json`` under the sweep folder and writes, next to them:
 - ``summary.csv``: one row per run, with every setting that differs between the runs;
 - ``summary.md``: mean +- std over seeds of test accuracy, train and inference tokens/s, one row per group
-  of runs that share every setting except the seed (and the run folder), with how many seeds it averages;
+  of runs that share every setting except the seed (and the run folder), with how many seeds it averages
+  ("n/a" for the spread of one seed); the keys the sweep swept are columns even where a failed job left a
+  single value, and merge modes come in the order concat, sum, mul, ave, None;
   then the failed jobs (``job_error.json``, written by ``train.py``) and the ``results.json`` files that were
   skipped because they are broken or incomplete;
 - ``summary.png``: accuracy and throughput per group (when matplotlib is installed).
@@ -19,6 +21,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -37,6 +40,8 @@ REQUIRED = ("data", "seed", "num_parameters", "test_accuracy", "train_tokens_per
 NOT_GROUPED = ("seed", "data.seed", "trainer.resume", "trainer.overwrite")
 """Settings that never split a group: seeds (what is averaged) and where or how a run was started."""
 METRICS = ("test_accuracy", "train_tokens_per_s", "infer_tokens_per_s")
+MERGE_ORDER = ("concat", "sum", "mul", "ave", None)
+"""How people list the merge modes (Keras's order, ``None`` last), not alphabetically."""
 
 failed_in_last_sweep = 0
 """Failed jobs the last :class:`ReportCallback` saw (``train.py`` exits non-zero when any)."""
@@ -93,8 +98,33 @@ def load_results(sweep_dir: Path) -> Tuple[List[Dict[str, Any]], List[Tuple[Path
         except (TypeError, ValueError):
             skipped.append((path, "a metric is not a number"))
             continue
-        rows.append({**row, "settings": _settings(row, path), "path": str(path)})
+        rows.append({**row, "settings": _settings(row, path), "path": str(path),
+                     "overrides": _job_overrides(path.parent)})
     return rows, skipped
+
+
+def _job_overrides(folder: Path) -> List[str]:
+    """The command-line overrides of the job in ``folder`` (Hydra's ``.hydra/overrides.yaml``; ``[]`` if none)."""
+    try:
+        from omegaconf import OmegaConf
+
+        return [str(o) for o in OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "overrides.yaml"))]
+    except Exception:
+        return []
+
+
+def swept_keys(jobs: Sequence[Sequence[str]]) -> List[str]:
+    """Override keys that differ between the jobs (finished or failed) that recorded their overrides, except
+    :data:`NOT_GROUPED`: what the sweep swept, even where only one of its jobs finished."""
+    values: Dict[str, set] = defaultdict(set)
+    recorded = [job for job in jobs if job]
+    for job in recorded:
+        for override in job:
+            key, _, value = override.lstrip("+~").partition("=")
+            values[key].add(value)
+    return sorted(key for key, seen in values.items() if key not in NOT_GROUPED
+                  and (len(seen) > 1 or sum(any(o.lstrip("+~").startswith(key + "=") for o in job)
+                                            for job in recorded) < len(recorded)))
 
 
 def load_failures(sweep_dir: Path) -> List[Dict[str, Any]]:
@@ -116,17 +146,21 @@ def varying_keys(rows: Sequence[Dict[str, Any]]) -> List[str]:
                                         for row in rows}) > 1]
 
 
-def summarize(rows: Sequence[Dict[str, Any]]) -> Tuple[List[str], List[Dict[str, Any]]]:
-    """``(keys, summary)``: runs grouped by every varying setting (``keys``); mean and std over the seeds of
-    each group, ``seeds`` = how many distinct seeds, ``runs`` = how many runs."""
+def summarize(rows: Sequence[Dict[str, Any]], swept: Sequence[str] = ()) -> Tuple[List[str], List[Dict[str, Any]]]:
+    """``(keys, summary)``: runs grouped by every varying setting and every ``swept`` key a run's settings hold
+    (``keys``); mean and std over the seeds of each group (std ``nan`` for one run), ``seeds`` = how many
+    distinct seeds, ``runs`` = how many runs."""
     keys = varying_keys(rows)
+    for key in swept:                                          # a config group (model=bigru): its name
+        setting = key if any(key in row["settings"] for row in rows) else f"{key}.name"
+        if setting not in keys and any(setting in row["settings"] for row in rows):
+            keys.append(setting)
     groups: Dict[Tuple[str, ...], List[Dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[tuple(json.dumps(row["settings"].get(key), default=str) for key in keys)].append(row)
     def order(item: Tuple[Tuple[str, ...], List[Dict[str, Any]]]) -> Tuple[Tuple[int, Any], ...]:
         values = [item[1][0]["settings"].get(key) for key in keys]  # numbers by value (8 before 12), then text
-        return tuple((0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v))
-                     for v in values)
+        return tuple(_rank(key, v) for key, v in zip(keys, values, strict=True))
 
     summary = []
     for _, runs in sorted(groups.items(), key=order):
@@ -137,13 +171,27 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> Tuple[List[str], List[Dict[str,
         for key in METRICS:
             values = [float(run[key]) for run in runs]
             entry[key] = statistics.fmean(values)
-            entry[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            entry[key + "_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
         summary.append(entry)
     return keys, summary
 
 
+def _rank(key: str, value: Any) -> Tuple[int, Any]:
+    """Sort key of a setting's value: merge modes in :data:`MERGE_ORDER`, numbers by value, then text."""
+    if key.endswith("merge_mode") and value in MERGE_ORDER:
+        return (0, MERGE_ORDER.index(value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, value)
+    return (2, str(value))
+
+
 def _value(value: Any) -> str:
     return "null" if value is None else str(value)
+
+
+def _spread(mean: float, std: float, scale: float, digits: str) -> str:
+    """``mean +- std``; ``mean +- n/a`` where one run gives no spread."""
+    return f"{scale * mean:{digits}} +- " + ("n/a" if math.isnan(std) else f"{scale * std:{digits}}")
 
 
 def markdown_table(keys: Sequence[str], summary: Sequence[Dict[str, Any]]) -> str:
@@ -153,9 +201,9 @@ def markdown_table(keys: Sequence[str], summary: Sequence[Dict[str, Any]]) -> st
         group = [_value(s["group"][key]) for key in keys] if keys else [s["data"]]
         lines.append(
             "| " + " | ".join(group) + f" | {s['seeds']} | {s['runs']} | {s['num_parameters']:,} | "
-            f"{100 * s['test_accuracy']:.1f} +- {100 * s['test_accuracy_std']:.1f} | "
-            f"{s['train_tokens_per_s']:,.0f} +- {s['train_tokens_per_s_std']:,.0f} | "
-            f"{s['infer_tokens_per_s']:,.0f} +- {s['infer_tokens_per_s_std']:,.0f} |")
+            f"{_spread(s['test_accuracy'], s['test_accuracy_std'], 100, '.1f')} | "
+            f"{_spread(s['train_tokens_per_s'], s['train_tokens_per_s_std'], 1, ',.0f')} | "
+            f"{_spread(s['infer_tokens_per_s'], s['infer_tokens_per_s_std'], 1, ',.0f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -173,6 +221,16 @@ def problems_section(failures: Sequence[Dict[str, Any]], skipped: Sequence[Tuple
     return text
 
 
+def labels_overlap(figure: Any) -> bool:
+    """Whether any two x tick labels of an axis of ``figure`` overlap (their drawn bounding boxes)."""
+    renderer = figure.canvas.get_renderer()
+    for axis in figure.axes:
+        boxes = [label.get_window_extent(renderer) for label in axis.get_xticklabels() if label.get_text()]
+        if any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]):
+            return True
+    return False
+
+
 def plot(keys: Sequence[str], summary: Sequence[Dict[str, Any]], path: Path) -> bool:
     """Accuracy and train throughput per group. False if matplotlib is missing."""
     try:
@@ -183,17 +241,25 @@ def plot(keys: Sequence[str], summary: Sequence[Dict[str, Any]], path: Path) -> 
     except ImportError:
         log.warning("matplotlib not installed: no %s", path.name)
         return False
-    labels = ["\n".join(f"{key.split('.')[-1]}={_value(s['group'][key])}" for key in keys) or s["data"]
-              for s in summary]
-    figure, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(summary) + 3), 4.5))
+    # Tick labels hold the values only (one line per key); the keys name the x axis once.
+    labels = ["\n".join(_value(s["group"][key]) for key in keys) or s["data"] for s in summary]
+    widest = max(len(line) for label in labels for line in label.splitlines())
+    per_group = max(0.6, 0.075 * widest + 0.25)                # inches: 7-point text is about 0.06 inch a character
+    figure, axes = plt.subplots(1, 2, figsize=(max(8.0, 2 * per_group * len(summary) + 2), 4.5))
     xs = range(len(summary))
     for axis, key, scale, title in ((axes[0], "test_accuracy", 100.0, "test accuracy (%)"),
                                     (axes[1], "train_tokens_per_s", 1.0, "training tokens/s")):
-        axis.bar(xs, [scale * s[key] for s in summary], 0.7, yerr=[scale * s[key + "_std"] for s in summary],
-                 capsize=3)
+        errors = [scale * s[key + "_std"] for s in summary]      # nan (one seed): no error bar drawn
+        axis.bar(xs, [scale * s[key] for s in summary], 0.7, yerr=errors, capsize=3)
         axis.set_xticks(list(xs))
         axis.set_xticklabels(labels, fontsize=7)
+        axis.set_xlabel(" / ".join(keys) if keys else "data", fontsize=8)
         axis.set_title(title)
+    figure.tight_layout()
+    if labels_overlap(figure):                                 # still too tight: stand the labels up
+        for axis in axes:
+            plt.setp(axis.get_xticklabels(), rotation=90)
+        figure.tight_layout()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -218,7 +284,8 @@ def write_report(sweep_dir: Path) -> Dict[str, Path]:
         raise ValueError(f"no usable results.json under {sweep_dir}"
                          + (f" ({len(failures)} failed job(s), {len(skipped)} broken result(s))"
                             if failures or skipped else ": is it a finished sweep folder (multirun/...)?"))
-    keys, summary = summarize(rows)
+    keys, summary = summarize(rows, swept_keys([row["overrides"] for row in rows]
+                                               + [list(f.get("overrides") or []) for f in failures]))
     with outputs["csv"].open("w", newline="") as file:
         extra = [key for key in keys if key not in COLUMNS]
         writer = csv.DictWriter(file, fieldnames=[*COLUMNS, *extra], extrasaction="ignore")

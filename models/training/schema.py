@@ -48,6 +48,7 @@ class TrainerConfig:
     max_nonfinite_steps: int = _key(minimum=1)
     num_threads: Optional[int] = _key(minimum=1)
     log_every_steps: int = _key(minimum=1)
+    log_every_seconds: float = _key(above=0)
     progress: bool = MISSING
     tensorboard: bool = MISSING
     infer_batches: int = _key(minimum=0)

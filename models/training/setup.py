@@ -6,7 +6,9 @@ state (weights, optimiser, schedule, scaler, progress, RNG). :class:`Run` also w
 builds the two ways a run stops early (a divergence, a signal), since both need the whole state.
 """
 
+import functools
 import logging
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from ..zoo.registry import create_model
 from . import distributed as ddp
 from .checkpoint import FORMAT, capture_rng_state, restore_rng_state, save_checkpoint
 from .config import ConfigError, check_config, normalize_precision, optional_path
+from .loggers import MetricLoggers
 from .optimizer import build_optimizer, build_scheduler
 from .progress import HealthyWeights, Progress
 from .resume import adopt_history, load_for_resume, load_init_weights, load_weights, resolve_init_from, same_folder
@@ -62,6 +65,7 @@ class Run:
     aids: TestingAids = field(default_factory=TestingAids)
     writer: Any = None                                 # a TensorBoard SummaryWriter (rank 0, when installed)
     preprocessing: Optional[Dict[str, Any]] = None     # raw input -> model input, in every checkpoint (JSON data)
+    loggers: Optional[MetricLoggers] = None            # logger=csv|tensorboard|wandb|mlflow (rank 0)
     started: float = field(default_factory=time.time)
 
     @property
@@ -123,6 +127,21 @@ class Run:
         return Interrupted(signum, self.progress.step, command)
 
 
+def attempt_header(resume: Optional[str], overwrite: bool, started: float) -> str:
+    """The line that opens an attempt in ``train.log`` (which Hydra appends to): when, which process, what kind
+    of attempt and the command-line overrides, so a folder's resumed or overwritten runs read apart."""
+    kind = (f"resume of {resume}" if resume
+            else "new run (trainer.overwrite=true: earlier outputs deleted)" if overwrite else "new run")
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = " ".join(HydraConfig.get().overrides.task) or "(none)"
+    except ValueError:                                 # called from Python, not through train.py
+        overrides = "(train() called from Python)"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started))
+    return f"===== attempt started {stamp} UTC, pid {os.getpid()}: {kind}; overrides: {overrides} ====="
+
+
 def set_up(cfg: DictConfig, run_dir: Path) -> Run:
     """Everything before the first step; raises ``ConfigError`` for a setting, folder or data that cannot be used."""
     started = time.time()
@@ -131,6 +150,8 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
     config = OmegaConf.to_container(cfg, resolve=True)
     resume, init_from = optional_path(trainer.resume), optional_path(trainer.init_from)
     state = _claim_the_run_folder(cfg, run_dir, config, resume, init_from)
+    if ddp.env_rank() == 0:                            # train.log appends: each accepted attempt starts with this
+        log.info("%s", attempt_header(resume, bool(trainer.overwrite), started))
 
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
@@ -164,6 +185,8 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
     if state is not None:
         _restore(run, state)
     run.writer = _tensorboard_writer(run)
+    if dist.is_main:
+        run.loggers = MetricLoggers(config.get("logger"), run_dir, config)
     return run
 
 
@@ -235,13 +258,20 @@ def _restore(run: Run, state: Dict[str, Any]) -> None:
              "" if same_folder(source_dir, run.run_dir) else f"; the continued run is written to {run.run_dir}")
 
 
+@functools.cache
+def _say_tensorboard_is_missing() -> None:
+    """Once per process (a sweep runs many jobs in one), and only where trainer.tensorboard=true asked for it."""
+    log.warning("trainer.tensorboard=true but tensorboard is not installed (pip install -e '.[tensorboard]'): "
+                "no TensorBoard events")
+
+
 def _tensorboard_writer(run: Run) -> Any:
     if not (run.trainer.tensorboard and run.dist.is_main):
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        log.info("tensorboard not installed (pip install -e '.[tensorboard]'): no TensorBoard events")
+        _say_tensorboard_is_missing()
         return None
     return SummaryWriter(str(run.run_dir / "tensorboard"))
 

@@ -241,9 +241,14 @@ def write_study(sweep_dir: Path, retime: bool = True, rounds: int = 5, batch_siz
 
 
 def _typed_command() -> str:
-    cache = os.environ.get("BIRNN_ZOO_CACHE")
-    return (f"BIRNN_ZOO_CACHE={cache} " if cache else "") + "python " + " ".join(
-        [Path(sys.argv[0]).name, *sys.argv[1:]])
+    """The sweep's command as a reader would type it: this machine's folders (the data cache, an absolute
+    ``hydra.sweep.dir``) become placeholders, since the report lands in docs other people read."""
+    cache = "BIRNN_ZOO_CACHE=<data folder> " if os.environ.get("BIRNN_ZOO_CACHE") else ""
+    words = [Path(sys.argv[0]).name]
+    for word in sys.argv[1:]:
+        key, equals, value = word.partition("=")
+        words.append(f"{key}=<folder>" if equals and Path(value).is_absolute() else word)
+    return cache + "python " + " ".join(words)
 
 
 try:
