@@ -61,13 +61,23 @@ def ci_should_have_prevented(reason: str) -> bool:
     return "shared" in lowered and ("data" in lowered or "files" in lowered)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
+def _fail_a_preventable_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
     if not (report.skipped and os.environ.get(CI_ENV) == "1" and isinstance(report.longrepr, tuple)):
         return
     reason = str(report.longrepr[2])
     if ci_should_have_prevented(reason):
         report.outcome = "failed"
         report.longrepr = f"{CI_ENV}=1: skipped for a reason CI must prevent (install '.[dev]', the shared data): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    _fail_a_preventable_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """A whole file skipped at import (a module-level ``importorskip``) is judged as a test's skip is."""
+    outcome = yield
+    _fail_a_preventable_skip(outcome.get_result())
