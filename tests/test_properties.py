@@ -118,3 +118,20 @@ def test_sum_and_ave_many_examples(s: dict) -> None:
 @given(shapes(), st.sampled_from(["concat", "sum", "mul", "ave"]), st.integers(0, 2**31))
 def test_valid_steps_many_examples(s: dict, mode: str, lengths_seed: int) -> None:
     check_valid_steps_ignore_the_padding(s, mode, lengths_seed)
+
+
+@FAST
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=3), st.integers(1, 5))
+def test_merging_two_directions_of_any_rank(leading: list, hidden: int) -> None:
+    """``merge_directions`` on ``(..., H)`` of any rank: None stacks on axis -2, concat on the last axis; and
+    ``merge_stacked`` hands a concat output back as it is (no copy)."""
+    from models.merge import merge_directions, merge_stacked
+
+    forward, backward = torch.randn(*leading, hidden), torch.randn(*leading, hidden)
+    stacked = merge_directions(forward, backward, None)
+    assert stacked.shape == (*leading, 2, hidden)
+    torch.testing.assert_close(stacked[..., 0, :], forward, rtol=0, atol=0)
+    torch.testing.assert_close(merge_directions(forward, backward, "concat"), torch.cat([forward, backward], -1))
+    both = torch.cat([forward, backward], -1)
+    assert merge_stacked(both, "concat", hidden) is both
+    torch.testing.assert_close(merge_stacked(both, None, hidden), stacked, rtol=0, atol=0)
