@@ -135,3 +135,5 @@ def test_merging_two_directions_of_any_rank(leading: list, hidden: int) -> None:
     both = torch.cat([forward, backward], -1)
     assert merge_stacked(both, "concat", hidden) is both
     torch.testing.assert_close(merge_stacked(both, None, hidden), stacked, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"^merge mode must be one of 'concat', 'sum', 'mul', 'ave' or None, got max$"):
+        merge_directions(forward, backward, "max")
