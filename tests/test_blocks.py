@@ -203,8 +203,10 @@ def test_dropout_between_layers_only_in_training() -> None:
     torch.testing.assert_close(single(x)[0], single(x)[0])
 
 
-def test_bfloat16_autocast_runs_and_stays_close() -> None:
-    """As nn.LSTM does: bf16 under autocast where oneDNN has a bf16 LSTM for this CPU, the same error where not."""
+def test_bfloat16_autocast_runs_in_bfloat16_as_nn_lstm_does() -> None:
+    """As nn.LSTM does: bf16 under autocast where oneDNN has a bf16 LSTM for this CPU, the same error where not.
+    The outputs have nn.LSTM's dtype and equal, to bf16 rounding, nn.LSTM's layers under the same autocast: a block
+    that ignored autocast (float32 outputs, float32 numbers) fails both checks."""
     block = BiLSTM(8, 16, num_layers=2, merge_mode="sum")
     x = torch.randn(6, 3, 8)
     lengths = torch.tensor([6, 2, 4])
@@ -216,7 +218,18 @@ def test_bfloat16_autocast_runs_and_stays_close() -> None:
             block(x, lengths=lengths)
         pytest.skip(f"nn.LSTM has no bf16 autocast on this CPU ({str(error)[:60]}...); the block raises as it does")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low, (_, c) = block(x, lengths=lengths)
+        low, (_, c) = block(x)
+        expected = x
+        for layer in range(2):
+            full, (_, c_ref) = reference_layers(block, "lstm", layer)(expected)
+            expected = full[..., :16] + full[..., 16:]
+        padded, (_, c_padded) = block(x, lengths=lengths)
     high, (_, c32) = block(x, lengths=lengths)
-    torch.testing.assert_close(low.float(), high, atol=5e-2, rtol=5e-2)
-    torch.testing.assert_close(c.float(), c32, atol=5e-2, rtol=5e-2)
+    assert low.dtype == padded.dtype == expected.dtype, "nn.LSTM's dtype under autocast"
+    assert expected.dtype == torch.bfloat16
+    torch.testing.assert_close(low, expected, atol=2e-2, rtol=2e-2)      # bf16 keeps 8 bits: 2^-7 relative steps
+    torch.testing.assert_close(c[2:], c_ref, atol=2e-2, rtol=2e-2, check_dtype=False)
+    # the padded batch: bf16 too, near the float32 result, not equal to it
+    torch.testing.assert_close(padded.float(), high, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(c_padded.float(), c32, atol=5e-2, rtol=5e-2)
+    assert not torch.equal(padded.float(), high), "computed in bf16, not float32"

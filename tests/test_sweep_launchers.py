@@ -24,7 +24,8 @@ def composed(*overrides: str):
 
 
 def test_a_joblib_sweep_runs_two_jobs_in_parallel_and_writes_the_report(tmp_path: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher",
+                        reason="could not import 'hydra_plugins.hydra_joblib_launcher' (pip install -e '.[dev]')")
     command = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
                f"hydra.sweep.dir={tmp_path}", "model.merge_mode=concat,mul", *TINY_HERE]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -39,7 +40,8 @@ def test_a_joblib_sweep_runs_two_jobs_in_parallel_and_writes_the_report(tmp_path
 
 
 def test_the_parallel_launcher_config_composes() -> None:
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher",
+                        reason="could not import 'hydra_plugins.hydra_joblib_launcher' (pip install -e '.[dev]')")
     launcher = composed("hydra/launcher=parallel").hydra.launcher
     assert launcher._target_.endswith("JoblibLauncher") and launcher.prefer == "processes"
 
@@ -50,8 +52,9 @@ class Submitted(Exception):
 
 def test_the_slurm_launcher_config_composes_and_builds_the_sbatch_job(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    submitit = pytest.importorskip("submitit")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
+                        reason="the SLURM launcher is the sweep extra's (pip install -e '.[sweep]')")
+    submitit = pytest.importorskip("submitit", reason="submitit comes with the sweep extra (pip install -e '.[sweep]')")
     cfg = composed("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}")
     params = cfg.hydra.launcher

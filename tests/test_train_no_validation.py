@@ -20,7 +20,8 @@ from models.training.testing_aids import KILL_AT_STEP_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not (SHARED / "trec").is_dir(), reason="needs the shared TREC files")
+needs_shared = pytest.mark.skipif(not (SHARED / "trec").is_dir(),
+                                  reason=f"shared data folder {SHARED} is missing (needs the shared TREC files)")
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +31,7 @@ def keep_threads():
     torch.set_num_threads(threads)
 
 
+@needs_shared
 def test_a_run_without_validation_trains_every_epoch_and_tests_the_last_weights(tmp_path: Path) -> None:
     cfg = compose_config("data=trec", f"data.root={SHARED}", "data.download=false", "data.val_fraction=0",
                          "model.embed_dim=8", "model.hidden_size=8", "trainer.max_epochs=3", "trainer.patience=1",
@@ -59,6 +61,7 @@ def _train(run_dir: Path, *extra: str, env: Optional[Dict[str, str]] = None) -> 
 
 
 @pytest.mark.slow  # three small TREC runs in subprocesses (~30 s); resume itself is in the default suite
+@needs_shared
 def test_a_run_without_validation_killed_mid_epoch_resumes_bit_for_bit(tmp_path: Path) -> None:
     straight = _train(tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]

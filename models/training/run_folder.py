@@ -121,7 +121,7 @@ class RunLock:
         raise ConfigError(f"could not take the lock {self.path}: other processes keep taking it")
 
     def release(self) -> None:
-        if self.held and (self._holder() or {}).get("pid") == os.getpid():
+        if self.held and self._holder() == self.owner:   # host and pid: the same pid on another node is another process
             self.path.unlink(missing_ok=True)
         self.held = False
 
