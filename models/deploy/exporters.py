@@ -22,6 +22,7 @@ for a 2-layer ``bilstm`` at ``max_len=64`` on a busy CPU). The ONNX export goes 
 ``onnxscript``), so it has the same static ``T``.
 """
 
+import io
 import os
 from typing import Any, Optional
 
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from ..arguments import PathLike
+from ..atomic import atomic_path, write_atomically
 from .compile import DEFAULT_MAX_LEN, example_inputs, export_program
 
 EXPORT_FORMATS = ("torchscript", "pt2", "onnx")
@@ -52,11 +54,15 @@ def export(model: nn.Module, path: PathLike, format: str = "torchscript", *, max
         was_training = model.training
         model.eval()
         try:
-            torch.jit.script(model).save(path)
+            scripted = torch.jit.script(model)
+            write_atomically(path, lambda file: torch.jit.save(scripted, file))
         finally:
             model.train(was_training)
     elif format == "pt2":
-        torch.export.save(export_program(model, length), path)
+        program = export_program(model, length)
+        buffer = io.BytesIO()                          # the archive is built in memory, then written atomically
+        torch.export.save(program, buffer)
+        write_atomically(path, buffer.getvalue())
     else:
         _export_onnx(model, path, length)
     return path
@@ -73,7 +79,8 @@ def _export_onnx(model: nn.Module, path: str, max_len: int) -> None:
     model.eval()
     try:
         onnx_program = torch.onnx.export(program, input_names=names, output_names=["logits"], dynamo=True)
-        onnx_program.save(path)
+        with atomic_path(path) as temp:                # a failed save leaves the previous file intact
+            onnx_program.save(str(temp))
     finally:
         model.train(was_training)
 
