@@ -105,3 +105,59 @@ def test_orphan_temporaries_are_removed(tmp_path: Path) -> None:
     (tmp_path / "notes.tmp").write_bytes(b"mine")       # not one of ours: no leading dot
     assert [p.name for p in remove_orphans(tmp_path)] == [".last.pt.abc123.tmp"]
     assert (tmp_path / "notes.tmp").exists()
+
+
+# -- 2. a Keras layer is matched by its full identity ---------------------------------------------------------------
+@pytest.fixture
+def keras_layers():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras", reason="the Keras importer's refusals are checked against real Keras files")
+    return keras
+
+
+def _keras_member(path: Path, edit) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    edit(config)
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_a_registered_lookalike_layer_is_refused_naming_it(tmp_path: Path, keras_layers) -> None:
+    """Defect 2: ``class Dense(layers.Dense)`` registered in package ``mypkg`` imported as Keras's Dense."""
+    from models.keras import KerasImportError, from_keras
+
+    keras = keras_layers
+
+    @keras.saving.register_keras_serializable(package="mypkg_faults")
+    class Dense(keras.layers.Dense):
+        def call(self, inputs):
+            return super().call(inputs) * 2.0
+
+    path = tmp_path / "m.keras"
+    keras.Sequential([keras.Input((None, 3)), keras.layers.Bidirectional(keras.layers.LSTM(4)), Dense(2)]).save(path)
+    with pytest.raises(KerasImportError, match=r"'mypkg_faults>Dense'.*custom object"):
+        from_keras(str(path))
+
+
+@pytest.mark.parametrize("key, value", [("registered_name", "os>system"), ("module", "__main__"),
+                                        ("module", "keras_lookalike.layers")])
+def test_a_bidirectional_with_a_foreign_identity_is_refused(tmp_path: Path, keras_layers, key: str,
+                                                            value: str) -> None:
+    from models.keras import KerasImportError, from_keras
+
+    keras = keras_layers
+    path = tmp_path / "m.keras"
+    keras.Sequential([keras.Input((None, 3)), keras.layers.Bidirectional(keras.layers.LSTM(4))]).save(path)
+
+    def edit(config: dict) -> None:
+        config["config"]["layers"][1][key] = value
+
+    _keras_member(path, edit)
+    with pytest.raises(KerasImportError, match=f"{value!r}"):
+        from_keras(str(path))
