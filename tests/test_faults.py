@@ -161,3 +161,201 @@ def test_a_bidirectional_with_a_foreign_identity_is_refused(tmp_path: Path, kera
     _keras_member(path, edit)
     with pytest.raises(KerasImportError, match=f"{value!r}"):
         from_keras(str(path))
+
+
+# -- 3. a run folder is in use as soon as anything of a run is in it --------------------------------------------------
+def _train(run_dir: Path, *overrides: str) -> dict:
+    from composing import TINY, compose_config
+
+    from models.training.loop import train
+
+    threads = torch.get_num_threads()
+    try:
+        return train(compose_config(*TINY, "trainer.tensorboard=false", *overrides), run_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _epochs(run_dir: Path) -> list:
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _fingerprint(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_full_disk_before_the_first_checkpoint_never_mixes_two_runs(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 3: the folder held metrics.jsonl and no checkpoint; the next fresh run appended (epoch 1 twice)."""
+    from models.training.config import ConfigError
+
+    run_dir = tmp_path / "run"
+    full_disk(monkeypatch, run_dir / "checkpoints", 1000)    # metrics.jsonl is written, last.pt is not
+    with pytest.raises(OSError, match="No space"):
+        _train(run_dir)
+    monkeypatch.undo()
+    assert _epochs(run_dir) == [1] and not list((run_dir / "checkpoints").iterdir())
+    before = _fingerprint(run_dir)
+    for attempt in ([], [f"trainer.resume={run_dir}"]):
+        with pytest.raises(ConfigError) as error:
+            _train(run_dir, *attempt)
+        message = str(error.value)
+        assert "trainer.overwrite=true" in message and "trainer.resume=" not in message.replace(
+            f"trainer.resume={run_dir}:", ""), message            # never suggests the resume that cannot work
+        assert _fingerprint(run_dir) == before and not (run_dir / ".lock").exists()
+    _train(run_dir, "trainer.overwrite=true")
+    assert _epochs(run_dir) == [1, 2]
+
+
+def test_an_orphan_temporary_marks_the_folder_in_use_and_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    from models.training.config import ConfigError
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    orphan = run_dir / "checkpoints" / ".last.pt.k1ll3d.tmp"  # what a SIGKILL during the first last.pt leaves
+    orphan.write_bytes(b"\0" * 4096)
+    with pytest.raises(ConfigError, match=r"trainer\.overwrite=true"):
+        _train(run_dir)
+    assert orphan.exists()                                 # a refused attempt changes nothing
+    _train(run_dir, "trainer.max_epochs=1", "trainer.overwrite=true")
+    orphan.write_bytes(b"\0" * 4096)                       # killed again while writing last.pt: resume cleans it
+    _train(run_dir, f"trainer.resume={run_dir}")
+    assert not orphan.exists() and temporaries(run_dir) == [] and _epochs(run_dir) == [1, 2]
+
+
+def test_overwrite_removes_only_the_runs_own_files_and_lists_them(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    run_dir = tmp_path / "run"
+    _train(run_dir, "trainer.max_epochs=1")
+    (run_dir / "notes.txt").write_text("mine")
+    (run_dir / "tensorboard").mkdir()
+    (run_dir / "tensorboard" / "my_plot.png").write_bytes(b"png")
+    with caplog.at_level("WARNING"):
+        _train(run_dir, "trainer.max_epochs=1", "trainer.overwrite=true")
+    assert (run_dir / "notes.txt").read_text() == "mine" and (run_dir / "tensorboard" / "my_plot.png").exists()
+    listed = " ".join(r.getMessage() for r in caplog.records if "overwrite" in r.getMessage())
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.jsonl", "results.json"):
+        assert name in listed, listed
+
+
+def test_an_empty_lock_left_by_a_kill_is_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from models.training.config import ConfigError
+    from models.training.run_folder import RunLock
+
+    (tmp_path / ".lock").write_text("")
+    with pytest.raises(ConfigError) as error:              # written a moment ago: maybe being written, refused
+        RunLock(tmp_path).acquire()
+    assert "-1" not in str(error.value) and "unreadable lock" in str(error.value)
+    old = os.stat(tmp_path / ".lock").st_mtime - 60
+    os.utime(tmp_path / ".lock", (old, old))
+    with caplog.at_level("WARNING"):
+        lock = RunLock(tmp_path).acquire()
+    assert lock.held and "empty or unreadable" in caplog.text
+    lock.release()
+    assert not (tmp_path / ".lock").exists()
+
+
+@pytest.mark.parametrize("name", ["run;rm -rf x", "run $(id)", "run ${oops}", "it's, a=b"])
+def test_the_printed_command_parses_back_for_odd_folder_names(tmp_path: Path, name: str) -> None:
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from models.training.run_folder import continue_command
+
+    run_dir = tmp_path / name
+    words = shlex.split(continue_command(run_dir, [f"trainer.resume={run_dir}"], overrides=["model=bigru"]))
+    parsed = OverridesParser.create().parse_overrides(words[2:])
+    values = {o.key_or_group: o.value() for o in parsed}
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.create({"v": values["trainer.resume"]}).v    # a ${...} left in would be interpolated
+    assert resolved == str(run_dir) and values["hydra.run.dir"] == values["trainer.resume"]
+
+
+# -- 4. a resume checks every file before the first step; a damaged best.pt is recoverable ---------------------------
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("one_epoch") / "run"
+    _train(run_dir, "trainer.max_epochs=1")
+    return run_dir
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else os.urandom(len(data)))
+
+
+@pytest.mark.parametrize("how", ["truncated", "random"])
+def test_a_damaged_best_pt_is_found_before_training_and_the_run_recovers(tmp_path: Path, one_epoch: Path,
+                                                                          caplog: pytest.LogCaptureFixture,
+                                                                          how: str) -> None:
+    """Defect 4: a damaged best.pt was found only at the test step, after training, on every rerun."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(one_epoch, run_dir)
+    _damage(run_dir / "checkpoints" / "best.pt", how)
+    with caplog.at_level("INFO", logger="train"):
+        results = _train(run_dir, f"trainer.resume={run_dir}")
+    messages = [r.getMessage() for r in caplog.records]
+    warned = next(i for i, m in enumerate(messages) if "best.pt is damaged" in m)
+    first_epoch = next(i for i, m in enumerate(messages) if m.startswith("epoch 2:"))
+    assert warned < first_epoch and "weights_only=False" not in messages[warned]
+    assert results["epochs"] == 2 and json.loads((run_dir / "results.json").read_text())["epochs"] == 2
+    assert (run_dir / "checkpoints" / "best.pt.damaged").exists()
+
+
+def test_a_damaged_source_best_pt_into_another_folder_is_not_copied(tmp_path: Path, one_epoch: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(one_epoch, source)
+    _damage(source / "checkpoints" / "best.pt", "random")
+    before = _fingerprint(source)
+    with caplog.at_level("WARNING", logger="train"):
+        _train(tmp_path / "other", f"trainer.resume={source}")
+    assert "best.pt is damaged" in caplog.text and "weights_only=False" not in caplog.text
+    assert _fingerprint(source) == before                 # the source is only read
+
+
+def test_a_damaged_last_pt_is_named_before_anything_runs(tmp_path: Path, one_epoch: Path) -> None:
+    import shutil
+
+    from models.training.config import ConfigError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(one_epoch, run_dir)
+    _damage(run_dir / "checkpoints" / "last.pt", "random")
+    with pytest.raises(ConfigError, match=r"last\.pt") as error:
+        _train(run_dir, f"trainer.resume={run_dir}")
+    assert "weights_only=False" not in str(error.value)
+
+
+def test_sigterm_during_the_final_test_pass_finishes_it_and_writes_results(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    import signal
+
+    from models.training import loop
+
+    calls = []
+    real = loop.evaluate
+
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:                                # validation of epoch 1, then the test pass
+            signal.raise_signal(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: got.append(1))   # the test process must survive old code
+    try:
+        with caplog.at_level("WARNING", logger="train"):
+            _train(tmp_path / "run", "trainer.max_epochs=1")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not got and "SIGTERM arrived during the final test pass" in caplog.text
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs"] == 1
