@@ -359,3 +359,138 @@ def test_sigterm_during_the_final_test_pass_finishes_it_and_writes_results(tmp_p
         signal.signal(signal.SIGTERM, previous)
     assert not got and "SIGTERM arrived during the final test pass" in caplog.text
     assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs"] == 1
+
+
+# -- 5. the kernel library is verified before it is loaded ----------------------------------------------------------
+def _kernel():
+    from models.blocks import cpu_kernel
+
+    if not cpu_kernel.available():
+        pytest.skip("CPU kernel not built here")
+    return cpu_kernel
+
+
+@pytest.fixture
+def fake_kernel_compile(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Compiling copies the library this process loaded (the folder logic is under test, not the compiler)."""
+    import shutil
+
+    from models.blocks.cpu_kernel import build
+
+    built = Path(_kernel()._library._name)
+    targets: list = []
+
+    def copy(cxx: list, capability: str, target: Path) -> None:
+        targets.append(target)
+        shutil.copy(built, target)
+
+    monkeypatch.setattr(build, "_compile", copy)
+    return targets
+
+
+_LOAD_TWICE = """
+import os, shutil, sys, warnings
+warnings.simplefilter("always")
+from models.blocks.cpu_kernel import build
+build._compile = lambda cxx, capability, target: shutil.copy(sys.argv[1], target)
+library = build.load(sys.argv[2])
+print("width", library.birnn_vector_width(), library._name)
+"""
+
+
+@pytest.mark.parametrize("how", ["truncated", "random"])
+def test_a_damaged_kernel_library_is_rebuilt_with_a_warning(tmp_path: Path, how: str) -> None:
+    """Defect 5: a truncated library at the cache name killed every process with SIGBUS; random bytes only
+    warned, at every start. Each load runs in a subprocess: on a regression it dies, not the test process."""
+    import subprocess
+    import sys
+
+    cpu_kernel = _kernel()
+    env = {**os.environ, "BIRNN_ZOO_KERNEL_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-c", _LOAD_TWICE, cpu_kernel._library._name, cpu_kernel.capability()]
+    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and "width" in first.stdout, first.stderr
+    library = Path(first.stdout.split()[-1])
+    assert library.parent == tmp_path / "cache"
+    data = library.read_bytes()
+    library.unlink()                                       # a new file: this test process never mapped it
+    library.write_bytes(data[: len(data) // 3] if how == "truncated" else os.urandom(len(data)))
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, (second.returncode, second.stderr[-2000:])
+    assert "is damaged" in second.stderr and "rebuilding" in second.stderr and "width" in second.stdout
+    assert library.read_bytes() == data
+
+
+def test_the_kernel_cache_has_its_own_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               fake_kernel_compile: list) -> None:
+    from models.blocks.cpu_kernel import build
+
+    monkeypatch.setenv("BIRNN_ZOO_CACHE", str(tmp_path / "data"))
+    monkeypatch.setenv("BIRNN_ZOO_KERNEL_CACHE", str(tmp_path / "kernels"))
+    assert Path(build.load(_kernel().capability())._name).parent == tmp_path / "kernels"
+    assert not (tmp_path / "data").exists()
+    monkeypatch.delenv("BIRNN_ZOO_KERNEL_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert build.default_cache_dir() == tmp_path / "xdg" / "birnn-zoo-kernels"
+
+
+def test_a_world_writable_cache_falls_back_to_one_reused_private_folder(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        fake_kernel_compile: list) -> None:
+    import tempfile
+    import warnings
+
+    from models.blocks.cpu_kernel import build
+
+    cache = tmp_path / "shared"
+    cache.mkdir()
+    cache.chmod(0o777)
+    monkeypatch.setenv("BIRNN_ZOO_KERNEL_CACHE", str(cache))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        used = {Path(build.load(_kernel().capability())._name).parent for _ in range(3)}   # three "processes"
+    assert len(used) == 1 and len(fake_kernel_compile) == 1 and used.pop().parent == tmp_path / "tmp"
+    assert not list(cache.iterdir())
+
+
+def test_a_read_only_cache_holding_a_good_library_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          fake_kernel_compile: list) -> None:
+    import builtins
+    import warnings
+
+    from models.blocks.cpu_kernel import build
+
+    monkeypatch.setenv("BIRNN_ZOO_KERNEL_CACHE", str(tmp_path / "cache"))
+    first = Path(build.load(_kernel().capability())._name)
+    for lock in (tmp_path / "cache").glob("*.lock"):
+        lock.unlink()
+
+    def read_only(path, mode="r", *args, **kwargs):        # as on a read-only mount (works as root too)
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(build, "open", read_only, raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                     # no "refusing the cache", no rebuild elsewhere
+        assert Path(build.load(_kernel().capability())._name) == first
+    assert len(fake_kernel_compile) == 1
+
+
+def test_a_compiler_that_writes_nothing_is_not_installed(tmp_path: Path) -> None:
+    from models.blocks.cpu_kernel import build
+
+    target = tmp_path / "birnn_cpu-test.so"
+    with pytest.raises(build.KernelUnavailable, match="produced no library"):
+        build._compile(["true"], "avx2", target)           # CXX=true: exit 0, empty output
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_cxx_with_an_unbalanced_quote_is_a_kernel_problem_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.blocks.cpu_kernel import build
+
+    monkeypatch.setenv("CXX", "g++ '-O2")
+    with pytest.raises(build.KernelUnavailable, match="CXX="):
+        build._compiler()
