@@ -48,7 +48,7 @@ def run_files(run_dir: Path) -> List[str]:
     tensorboard = run_dir / "tensorboard"
     if tensorboard.is_dir():
         found += sorted(p for p in tensorboard.glob("events.out.tfevents.*") if p.is_file())
-    return [str(p.relative_to(run_dir)) for p in found]
+    return sorted(str(p.relative_to(run_dir)) for p in found)
 
 
 def clear_run(run_dir: Path) -> List[str]:
