@@ -504,3 +504,46 @@ def test_a_cxx_with_an_unbalanced_quote_is_a_kernel_problem_not_a_crash(monkeypa
     monkeypatch.setenv("CXX", "g++ '-O2")
     with pytest.raises(build.KernelUnavailable, match="CXX="):
         build._compiler()
+
+
+# -- bad settings ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("override, key", [("model.hidden_size=10000000", "model.hidden_size"),
+                                           ("model.hidden_size=30000", "model.hidden_size"),
+                                           ("model.embed_dim=100000000", "model.embed_dim"),
+                                           ("optim.lr=inf", "optim.lr")])
+def test_settings_that_cannot_work_are_config_errors_naming_the_key(override: str, key: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from composing import TINY, compose_config
+
+    from models.training import config
+    from models.training.config import ConfigError, check_config
+
+    monkeypatch.setattr(config, "_memory_bytes", lambda: 64 * 2**30)   # the same answer on any machine
+    with pytest.raises(ConfigError) as error:
+        check_config(compose_config(*TINY, override))
+    assert str(error.value).startswith(f"{key}=") and "\n" not in str(error.value)
+
+
+def test_a_model_that_fits_is_not_refused() -> None:
+    from models.training.config import check_fits_in_memory
+
+    check_fits_in_memory({"hidden_size": 512, "num_layers": 2}, 10_000_000, {"batch_size": 64, "max_len": 400},
+                         memory=8 * 2**30)
+
+
+def test_a_huge_text_line_is_truncated_with_a_count(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import resource
+
+    from models.data import text
+
+    path = tmp_path / "train.txt"
+    with open(path, "wb") as file:
+        file.write(b"DESC:def what is it ?\n")
+        file.write(b"NUM:count " + b"seven " * 2_000_000 + b"?\n")   # 12 MB of one line
+        file.write(b"HUM:ind who is it ?\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with caplog.at_level("WARNING"):
+        rows, _ = text.read_trec(path)
+    assert [label for label, _ in rows] == ["DESC", "NUM", "HUM"] and rows[2][1] == "who is it ?"
+    assert len(rows[1][1]) <= text.MAX_LINE_BYTES and "1 line(s) longer than" in caplog.text
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024   # KiB: no GBs of growth
