@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -547,3 +548,79 @@ def test_a_huge_text_line_is_truncated_with_a_count(tmp_path: Path, caplog: pyte
     assert [label for label, _ in rows] == ["DESC", "NUM", "HUM"] and rows[2][1] == "who is it ?"
     assert len(rows[1][1]) <= text.MAX_LINE_BYTES and "1 line(s) longer than" in caplog.text
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024   # KiB: no GBs of growth
+
+
+# -- hostile Keras files ---------------------------------------------------------------------------------------------
+def _max_rss_kib() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def test_a_zip_bomb_is_refused_before_memory_grows(tmp_path: Path, keras_layers) -> None:
+    import zipfile
+
+    from models.keras import KerasImportError, from_keras
+
+    keras = keras_layers
+    good = tmp_path / "good.keras"
+    keras.Sequential([keras.Input((None, 3)), keras.layers.Bidirectional(keras.layers.LSTM(4))]).save(good)
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", source.read("config.json"))
+        with archive.open("model.weights.h5", "w") as member:
+            for _ in range(96):                            # 96 MiB of zeros, about 100 KB compressed
+                member.write(bytes(2**20))
+    before = _max_rss_kib()
+    with pytest.raises(KerasImportError, match="zip bomb"):
+        from_keras(str(bomb))
+    assert _max_rss_kib() - before < 32 * 1024
+
+
+def test_a_declared_but_unstored_weight_is_refused_unread(tmp_path: Path, keras_layers) -> None:
+    """A small file whose config declares a 2^27 x 2 embedding: refused before 1 GiB of fill values is read."""
+    import io
+    import zipfile
+
+    import h5py
+
+    from models.keras import KerasImportError, from_keras
+
+    keras = keras_layers
+    path = tmp_path / "m.keras"
+    keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(10, 2),
+                      keras.layers.Bidirectional(keras.layers.LSTM(4))]).save(path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    config["config"]["layers"][1]["config"]["input_dim"] = 2**27
+    members["config.json"] = json.dumps(config).encode()
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "r+") as h5:
+        del h5["layers/embedding/vars/0"]
+        h5.create_dataset("layers/embedding/vars/0", shape=(2**27, 2), dtype="<f4")   # never written
+        del h5["layers/bidirectional/forward_layer/cell/vars/0"]                      # and the next layer is wrong
+        h5.create_dataset("layers/bidirectional/forward_layer/cell/vars/0", data=np.zeros((3, 16), "<f4"))
+    members["model.weights.h5"] = buffer.getvalue()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    assert path.stat().st_size < 200_000
+    before = _max_rss_kib()
+    with pytest.raises(KerasImportError):
+        from_keras(str(path))
+    assert _max_rss_kib() - before < 256 * 1024
+
+
+@pytest.mark.parametrize("specs", ["[", "[" * 100_000 + "]" * 100_000, "{}", "[{}]", "[1]", "null", '"x"',
+                                   '[{"kind": "dense", "class_name": "Dense", "name": "d", "path": "d", '
+                                   '"in_features": 4, "options": {}}]',
+                                   '[{"kind": "dense", "class_name": "Dense", "name": "d", "path": "d", '
+                                   '"in_features": 4, "options": {"units": 10000000000}}]',
+                                   '[{"kind": "recurrent", "class_name": "LSTM", "name": "r", "path": "r", '
+                                   '"in_features": -1, "options": {"units": 3}}]'])
+def test_module_from_specs_raises_only_keras_import_error(specs: str) -> None:
+    from models.keras import KerasImportError, module_from_specs
+
+    with pytest.raises(KerasImportError):
+        module_from_specs(specs)
