@@ -624,3 +624,13 @@ def test_module_from_specs_raises_only_keras_import_error(specs: str) -> None:
 
     with pytest.raises(KerasImportError):
         module_from_specs(specs)
+
+
+# -- blocks ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", ["BiLSTM", "BiGRU", "BiRNN"])
+def test_lengths_on_the_meta_device_give_shapes(cell: str) -> None:
+    import models
+
+    block = getattr(models, cell)(3, 4, num_layers=2, merge_mode="sum").to("meta")
+    out, _ = block(torch.empty(5, 2, 3, device="meta"), lengths=torch.empty(2, dtype=torch.long, device="meta"))
+    assert out.shape == (5, 2, 4) and out.device.type == "meta"
