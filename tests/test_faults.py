@@ -634,3 +634,58 @@ def test_lengths_on_the_meta_device_give_shapes(cell: str) -> None:
     block = getattr(models, cell)(3, 4, num_layers=2, merge_mode="sum").to("meta")
     out, _ = block(torch.empty(5, 2, 3, device="meta"), lengths=torch.empty(2, dtype=torch.long, device="meta"))
     assert out.shape == (5, 2, 4) and out.device.type == "meta"
+
+
+# -- sweeps ------------------------------------------------------------------------------------------------------------
+def test_a_job_of_a_finished_sweep_is_recognised_as_done(one_epoch: Path) -> None:
+    """Re-running a finished sweep listed its finished jobs as failed (rc 1): ``train.py`` now reports them done."""
+    from composing import TINY, compose_config
+
+    import train
+
+    same = compose_config(*TINY, "trainer.tensorboard=false", "trainer.max_epochs=1")
+    assert train.finished_already(same, one_epoch)["epochs"] == 1
+    for other in ("trainer.max_epochs=2", "model.hidden_size=12", "trainer.overwrite=true"):
+        assert train.finished_already(compose_config(*TINY, "trainer.tensorboard=false", "trainer.max_epochs=1",
+                                                     other), one_epoch) is None
+
+
+@pytest.mark.slow
+def test_running_a_finished_sweep_again_succeeds(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "train.py", "-m", "experiment=tiny", "trainer.max_epochs=1", "model.merge_mode=sum,ave",
+               f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "config error" not in again.stderr, again.stderr[-2000:]
+    assert not list((tmp_path / "sweep").rglob("job_error.json"))
+
+
+def test_the_report_over_an_older_run_resolves_its_preset_values(tmp_path: Path) -> None:
+    """An older run's results.json has no ``config``: the report reads ``.hydra/config.yaml``, whose model keys
+    are ``${zoo_preset:...}`` interpolations; they showed unresolved and the plot failed."""
+    pytest.importorskip("matplotlib", reason="the report's plot")
+    from models.training.report import write_report
+    from models.zoo.config_group import preset_value
+
+    hidden = preset_value("bilstm", "hidden_size")
+    for number, merge in enumerate(("sum", "ave")):           # an older run, then a newer one of the same preset
+        folder = tmp_path / str(number)
+        (folder / ".hydra").mkdir(parents=True)
+        row = {"data": "synthetic-ends_sum", "model": "bilstm", "merge_mode": merge, "seed": 0,
+               "num_parameters": 100, "test_accuracy": 0.5 + number / 10, "train_tokens_per_s": 1000.0,
+               "infer_tokens_per_s": 2000.0}
+        if number:
+            row["config"] = {"model": {"name": "bilstm", "hidden_size": hidden, "merge_mode": merge}, "seed": 0}
+        (folder / "results.json").write_text(json.dumps(row))
+        (folder / ".hydra" / "config.yaml").write_text(
+            "model:\n  name: bilstm\n  hidden_size: ${zoo_preset:${.name},hidden_size}\n"
+            f"  merge_mode: {merge}\nseed: 0\n")
+    outputs = write_report(tmp_path)
+    assert "hidden_size" not in outputs["md"].read_text()       # the same value in both: not a varying key
+    table = outputs["md"].read_text()
+    assert "${" not in table and "png" in outputs and outputs["png"].stat().st_size > 0
+    assert temporaries(tmp_path) == []

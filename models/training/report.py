@@ -17,12 +17,15 @@ per size, never an average of the two.
 
 import argparse
 import csv
+import io
 import json
 import logging
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
+
+from ..atomic import atomic_path, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +62,20 @@ def _settings(row: Dict[str, Any], path: Path) -> Dict[str, Any]:
         try:
             from omegaconf import OmegaConf
 
-            config = OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=False)
+            from ..zoo.config_group import register
+
+            register()                                 # ${zoo_preset:...} of an older run's config resolves
+            loaded = OmegaConf.load(hydra_config)
+            try:
+                config = OmegaConf.to_container(loaded, resolve=True)
+            except Exception:                          # something else unresolvable: those values are dropped
+                config = OmegaConf.to_container(loaded, resolve=False)
         except Exception:
             config = {"data": {"name": row.get("data")},
                       "model": {k: row.get(k) for k in ("model", "cell", "merge_mode", "pooling") if k in row},
                       "seed": row.get("seed")}
-    return _flatten(config)
+    return {key: value for key, value in _flatten(config).items()
+            if not (isinstance(value, str) and "${" in value)}
 
 
 def load_results(sweep_dir: Path) -> Tuple[List[Dict[str, Any]], List[Tuple[Path, str]]]:
@@ -183,8 +194,8 @@ def plot(keys: Sequence[str], summary: Sequence[Dict[str, Any]], path: Path) -> 
     except ImportError:
         log.warning("matplotlib not installed: no %s", path.name)
         return False
-    labels = ["\n".join(f"{key.split('.')[-1]}={_value(s['group'][key])}" for key in keys) or s["data"]
-              for s in summary]
+    labels = [("\n".join(f"{key.split('.')[-1]}={_value(s['group'][key])}" for key in keys) or s["data"])
+              .replace("$", r"\$") for s in summary]   # a "$" would start matplotlib's math mode
     figure, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(summary) + 3), 4.5))
     xs = range(len(summary))
     for axis, key, scale, title in ((axes[0], "test_accuracy", 100.0, "test accuracy (%)"),
@@ -195,8 +206,11 @@ def plot(keys: Sequence[str], summary: Sequence[Dict[str, Any]], path: Path) -> 
         axis.set_xticklabels(labels, fontsize=7)
         axis.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        with atomic_path(path) as temp:
+            figure.savefig(temp, dpi=110, format="png")
+    finally:
+        plt.close(figure)
     return True
 
 
@@ -214,20 +228,21 @@ def write_report(sweep_dir: Path) -> Dict[str, Path]:
     outputs = {"csv": sweep_dir / "summary.csv", "md": sweep_dir / "summary.md", "png": sweep_dir / "summary.png"}
     if not rows:
         if failures or skipped:
-            outputs["md"].write_text("No finished runs.\n" + problems_section(failures, skipped))
+            write_atomically(outputs["md"], "No finished runs.\n" + problems_section(failures, skipped))
         raise ValueError(f"no usable results.json under {sweep_dir}"
                          + (f" ({len(failures)} failed job(s), {len(skipped)} broken result(s))"
                             if failures or skipped else ": is it a finished sweep folder (multirun/...)?"))
     keys, summary = summarize(rows)
-    with outputs["csv"].open("w", newline="") as file:
-        extra = [key for key in keys if key not in COLUMNS]
-        writer = csv.DictWriter(file, fieldnames=[*COLUMNS, *extra], extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            mode = row.get("merge_mode")
-            writer.writerow({**row, **{key: row["settings"].get(key) for key in extra},
-                             "merge_mode": "/".join(map(str, mode)) if isinstance(mode, list) else mode})
-    outputs["md"].write_text(markdown_table(keys, summary) + problems_section(failures, skipped))
+    file = io.StringIO(newline="")
+    extra = [key for key in keys if key not in COLUMNS]
+    writer = csv.DictWriter(file, fieldnames=[*COLUMNS, *extra], extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        mode = row.get("merge_mode")
+        writer.writerow({**row, **{key: row["settings"].get(key) for key in extra},
+                         "merge_mode": "/".join(map(str, mode)) if isinstance(mode, list) else mode})
+    write_atomically(outputs["csv"], file.getvalue())
+    write_atomically(outputs["md"], markdown_table(keys, summary) + problems_section(failures, skipped))
     if not plot(keys, summary, outputs["png"]):
         del outputs["png"]
     return outputs
