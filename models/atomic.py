@@ -96,8 +96,20 @@ def _fail(path: Path, error: BaseException) -> AtomicWriteError:
                                   f"unchanged")
 
 
+def _umask() -> int:
+    """This process's umask without changing it (``os.umask`` sets it, racing other threads); 0o022 if unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 def _publish(temp: Path, path: Path, mode: int) -> None:
-    os.chmod(temp, mode)
+    os.chmod(temp, mode & ~_umask())                   # as open() would create it: the user's umask applies
     os.replace(temp, path)
     fsync_folder(path.parent)
 
