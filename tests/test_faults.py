@@ -246,7 +246,7 @@ def test_an_empty_lock_left_by_a_kill_is_taken_over(tmp_path: Path, caplog: pyte
     (tmp_path / ".lock").write_text("")
     with pytest.raises(ConfigError) as error:              # written a moment ago: maybe being written, refused
         RunLock(tmp_path).acquire()
-    assert "-1" not in str(error.value) and "unreadable lock" in str(error.value)
+    assert "process -1" not in str(error.value) and "unreadable lock" in str(error.value)
     old = os.stat(tmp_path / ".lock").st_mtime - 60
     os.utime(tmp_path / ".lock", (old, old))
     with caplog.at_level("WARNING"):
