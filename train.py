@@ -18,13 +18,14 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from models.data import DownloadError
 from models.training import distributed
-from models.training.config import ConfigError
+from models.training.config import ConfigError, optional_path
 from models.training.loop import train
 from models.training.report import JOB_ERROR
+from models.training.resume import config_differences
 from models.training.stopping import Interrupted, TrainingDiverged
 
 log = logging.getLogger("train")
@@ -43,6 +44,24 @@ def _record_failure(run_dir: Path, error: BaseException, kind: str) -> None:
     failed_jobs.append(record)
 
 
+def finished_already(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The ``results.json`` of a run this job already finished in ``run_dir`` with the same settings (a sweep run
+    again), else None: such a job is reported as done, not refused as a folder in use."""
+    results = run_dir / "results.json"
+    trainer = cfg.trainer
+    if trainer.overwrite or optional_path(trainer.resume) or optional_path(trainer.init_from) or not results.is_file():
+        return None
+    try:
+        saved = json.loads(results.read_text())
+        current = OmegaConf.to_container(cfg, resolve=True)
+        config = saved["config"]
+        same = not config_differences(config, current) and \
+            config["trainer"]["max_epochs"] == current["trainer"]["max_epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return saved if same and "test_accuracy" in saved else None
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """One run (or one sweep job): train, test, write ``results.json``; returns the best **validation** accuracy.
@@ -53,6 +72,10 @@ def main(cfg: DictConfig) -> float | None:
     why; so does a failed sweep job."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+    done = finished_already(cfg, run_dir) if sweeping else None
+    if done is not None:
+        log.info("%s already holds this job's finished run (results.json): not run again", run_dir)
+        return done["test_accuracy"]
     try:
         results = train(cfg, run_dir)
     except ConfigError as error:

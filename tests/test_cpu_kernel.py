@@ -165,11 +165,11 @@ def test_disabled_or_unbuildable_kernel_falls_back_with_a_warning(tmp_path: Path
             "from models import BiGRU, cpu_kernel\n"
             "out, _ = BiGRU(3, 4, merge_mode='sum')(torch.randn(5, 2, 3), lengths=torch.tensor([5, 2]))\n"
             "print('available', cpu_kernel.available(), tuple(out.shape))\n")
-    disabled = run_isolated(code, BIRNN_ZOO_CPU_KERNEL="0", BIRNN_ZOO_CACHE=str(tmp_path / "a"))
+    disabled = run_isolated(code, BIRNN_ZOO_CPU_KERNEL="0", BIRNN_ZOO_KERNEL_CACHE=str(tmp_path / "a"))
     assert disabled.returncode == 0, disabled.stderr
     assert "available False (5, 2, 4)" in disabled.stdout
     assert "unavailable" not in disabled.stderr  # switched off on purpose: no warning
-    broken = run_isolated(code, CXX="false", BIRNN_ZOO_CACHE=str(tmp_path / "b"))
+    broken = run_isolated(code, CXX="false", BIRNN_ZOO_KERNEL_CACHE=str(tmp_path / "b"))
     assert broken.returncode == 0, broken.stderr
     assert "available False (5, 2, 4)" in broken.stdout
     assert "CPU kernel unavailable" in broken.stderr

@@ -42,7 +42,7 @@ def loaded_from(library: object) -> Path:
 
 @needs_kernel
 def test_a_new_cache_folder_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_compile: list) -> None:
-    monkeypatch.setenv("BIRNN_ZOO_CACHE", str(tmp_path / "new" / "cache"))
+    monkeypatch.setenv("BIRNN_ZOO_KERNEL_CACHE", str(tmp_path / "new" / "cache"))
     library = cpu_kernel_build.load(cpu_kernel.capability())
     folder = tmp_path / "new" / "cache"
     assert (folder.stat().st_mode & 0o777) == 0o700
@@ -63,7 +63,7 @@ def test_an_unsafe_cache_is_refused_with_one_warning(plant: str, tmp_path: Path,
         cache.chmod(0o777)
     elif plant == "group-writable library":
         cache.mkdir(mode=0o700)
-        monkeypatch.setenv("BIRNN_ZOO_CACHE", str(tmp_path / "learn"))  # the name the library is looked up by
+        monkeypatch.setenv("BIRNN_ZOO_KERNEL_CACHE", str(tmp_path / "learn"))  # the name the library is looked up by
         name = loaded_from(cpu_kernel_build.load(capability)).name
         # A new file, not the loaded one rewritten: truncating a mapped library kills the process (SIGBUS).
         planted = cache / name
@@ -80,7 +80,7 @@ def test_an_unsafe_cache_is_refused_with_one_warning(plant: str, tmp_path: Path,
     else:
         (tmp_path / "a-file").write_text("")
         cache = tmp_path / "a-file" / "cache"
-    monkeypatch.setenv("BIRNN_ZOO_CACHE", str(cache))
+    monkeypatch.setenv("BIRNN_ZOO_KERNEL_CACHE", str(cache))
     with pytest.warns(RuntimeWarning, match="refusing the CPU kernel cache") as caught:
         library = cpu_kernel_build.load(capability)
     assert len(caught) == 1
@@ -93,7 +93,7 @@ def test_an_unsafe_cache_is_refused_with_one_warning(plant: str, tmp_path: Path,
 @needs_kernel
 def test_the_cache_key_holds_capability_and_compiler_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               fake_compile: list) -> None:
-    monkeypatch.setenv("BIRNN_ZOO_CACHE", str(tmp_path))
+    monkeypatch.setenv("BIRNN_ZOO_KERNEL_CACHE", str(tmp_path))
     first = loaded_from(cpu_kernel_build.load(cpu_kernel.capability())).name
     monkeypatch.setattr(cpu_kernel_build, "_compiler_identity", lambda cxx: b"another compiler 99.0")
     second = loaded_from(cpu_kernel_build.load(cpu_kernel.capability())).name
@@ -173,7 +173,7 @@ def test_concurrent_first_builds_compile_once(tmp_path: Path, monkeypatch: pytes
         slow_copy(cxx, capability, target)
 
     monkeypatch.setattr(cpu_kernel_build, "_compile", slow)
-    monkeypatch.setenv("BIRNN_ZOO_CACHE", str(tmp_path))
+    monkeypatch.setenv("BIRNN_ZOO_KERNEL_CACHE", str(tmp_path))
     with ThreadPoolExecutor(4) as pool:
         libraries = list(pool.map(lambda _: cpu_kernel_build.load(cpu_kernel.capability()), range(4)))
     assert len(fake_compile) == 1
@@ -189,9 +189,9 @@ def test_forced_capability_in_a_fresh_process_and_concurrent_first_builds(tmp_pa
     code = ("import torch\nfrom models import BiGRU, cpu_kernel\n"
             "BiGRU(3, 4)(torch.randn(5, 2, 3))\nprint('capability', cpu_kernel.capability())\n")
     capability = cpu_kernel.capability()
-    runs = [run_isolated(code, BIRNN_ZOO_CACHE=str(tmp_path), BIRNN_ZOO_CPU_CAPABILITY=capability)
+    runs = [run_isolated(code, BIRNN_ZOO_KERNEL_CACHE=str(tmp_path), BIRNN_ZOO_CPU_CAPABILITY=capability)
             for _ in range(3)]
-    runs.append(run_isolated(code, BIRNN_ZOO_CACHE=str(tmp_path / "none"), BIRNN_ZOO_CPU_CAPABILITY="none"))
+    runs.append(run_isolated(code, BIRNN_ZOO_KERNEL_CACHE=str(tmp_path / "none"), BIRNN_ZOO_CPU_CAPABILITY="none"))
     results = [(run.wait(timeout=300), *run.communicate()) for run in runs]
     for code_, out, err in results[:3]:
         assert code_ == 0, err

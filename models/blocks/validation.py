@@ -91,7 +91,7 @@ def check_lengths(lengths: Tensor, batch: int, seq_len: int) -> Tensor:
         raise ValueError(f"lengths must have shape (B,) = ({batch},), got shape {list(lengths.shape)}")
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise TypeError(f"lengths must be an integer tensor (int64), got dtype {dtype_name(lengths.dtype)}")
-    if batch > 0 and not torch.compiler.is_compiling():
+    if batch > 0 and not torch.compiler.is_compiling() and lengths.device.type != "meta":   # meta: no values
         # Both bounds in one device-to-host copy: at most one sync per batch for CUDA lengths (none for CPU ones).
         bounds = torch.stack([lengths.min(), lengths.max()]).cpu()
         low = int(bounds[0])

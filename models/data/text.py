@@ -38,6 +38,11 @@ SST2_CLASSES = ["negative", "positive"]
 SMS_CLASSES = ["ham", "spam"]
 
 
+MAX_LINE_BYTES = 1 << 20
+"""A text line longer than this (1 MiB; real rows are under 1 KiB) is truncated with a warning that counts them,
+so one huge line cannot grow the process without limit while it is tokenized."""
+
+
 class DataFormatError(ValueError):
     """A malformed line; the message names the file and the 1-based line number."""
 
@@ -179,12 +184,21 @@ def _read_lines(path: Path, encoding: str) -> list[str | UnicodeDecodeError]:
     """The file's lines without line endings; a line that does not decode is its ``UnicodeDecodeError``
     (one bad byte spoils its line, not the file)."""
     lines: list[str | UnicodeDecodeError] = []
+    truncated = 0
     with open(path, "rb") as f:
-        for raw in f:
+        while raw := f.readline(MAX_LINE_BYTES + 1):
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):   # cut, and skip the rest of the line
+                truncated += 1
+                while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    pass
+                lines.append(raw[:MAX_LINE_BYTES].decode(encoding, errors="ignore"))
+                continue
             try:
                 lines.append(raw.decode(encoding).rstrip("\r\n"))
             except UnicodeDecodeError as error:
                 lines.append(error)
+    if truncated:
+        log.warning("%s: %d line(s) longer than %d bytes truncated to that length", path, truncated, MAX_LINE_BYTES)
     return lines
 
 

@@ -34,9 +34,9 @@ for a 2-layer ``bilstm`` at ``max_len=64`` on a busy CPU). The ONNX export goes 
 """
 
 import copy
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..arguments import PathLike, check_positive_int
-from ..atomic import write_atomically
+from ..atomic import atomic_path, write_atomically
 from ..data.preprocessing import Preprocessing
 from .compile import DEFAULT_MAX_LEN, example_inputs, export_program
 
@@ -107,7 +107,9 @@ def export(model_or_run: Union[nn.Module, Any, PathLike], path: PathLike, format
         write_atomically(path, lambda file: torch.jit.save(scripted, file))
     elif format == "pt2":
         program = _padding_program(model, length)
-        write_atomically(path, lambda file: torch.export.save(program, file))
+        buffer = io.BytesIO()                          # the archive is built in memory, then written atomically
+        torch.export.save(program, buffer)
+        write_atomically(path, buffer.getvalue())
     else:
         _export_onnx(model, path, length)
     token_input = bool(getattr(model, "token_input", True))
@@ -192,16 +194,10 @@ def _export_onnx(model: nn.Module, path: str, max_len: int) -> None:
     model.eval()
     try:
         onnx_program = torch.onnx.export(program, input_names=names, output_names=["logits"], dynamo=True)
+        with atomic_path(path) as temp:                # a failed save leaves the previous file intact
+            onnx_program.save(str(temp))
     finally:
         model.train(was_training)
-    # ONNX's writer wants a file name: write beside the target, then move it into place atomically.
-    handle, temp_name = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".onnx", dir=Path(path).parent)
-    os.close(handle)
-    try:
-        onnx_program.save(temp_name)
-        write_atomically(path, lambda file: file.write(Path(temp_name).read_bytes()))
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
 
 
 def load_exported(path: PathLike, map_location: Optional[Any] = None) -> Any:

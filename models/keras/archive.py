@@ -23,6 +23,8 @@ MAX_DATASET_ELEMENTS = 2**28
 """Largest declared size of one weight dataset (elements)."""
 MAX_TOTAL_ELEMENTS = 2**30
 """Largest declared size of all weight datasets together (elements)."""
+MAX_COMPRESSION_RATIO = 64
+"""A member or dataset that expands more than this (Keras stores weights uncompressed) is refused unread."""
 MAX_CONFIG_BYTES = 16 * 2**20
 MAX_WEIGHTS_BYTES = 4 * 2**30
 MAX_H5_ENTRIES = 100_000
@@ -47,6 +49,9 @@ def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
     cap = _KERAS_MEMBERS[name]
     if info.file_size > cap:
         raise KerasImportError(f"archive member {name!r} declares {info.file_size} bytes, over the cap of {cap}")
+    if info.file_size > MAX_COMPRESSION_RATIO * info.compress_size + 2**20:   # a zip bomb: refused before reading
+        raise KerasImportError(f"archive member {name!r} expands {info.compress_size} bytes to {info.file_size}, "
+                               f"over {MAX_COMPRESSION_RATIO}x: refused as a zip bomb")
     with archive.open(info) as handle:
         data = handle.read(cap + 1)
     if len(data) > cap or len(data) != info.file_size:
@@ -190,6 +195,10 @@ def check_dataset(weights: WeightFile, dataset: h5py.Dataset, where: str) -> Non
     weights.total_elements += size
     if weights.total_elements > MAX_TOTAL_ELEMENTS:
         raise KerasImportError(f"{where}: weights together declare over {MAX_TOTAL_ELEMENTS} elements")
+    stored = dataset.id.get_storage_size()
+    if size * dataset.dtype.itemsize > MAX_COMPRESSION_RATIO * stored + 2**20:   # unwritten or bomb-compressed
+        raise KerasImportError(f"{where}: weight {dataset.name!r} declares {size} values but the file stores "
+                               f"{stored} bytes of them; refused")
     if dataset.external or dataset.is_virtual:
         raise KerasImportError(f"{where}: weight {dataset.name!r} uses external or virtual storage; refused")
     if dataset.dtype not in (np.dtype("<f4"), np.dtype(">f4")):

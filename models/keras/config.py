@@ -20,6 +20,7 @@ from .errors import KerasImportError
 from .graph import as_object as _dict
 from .graph import fail as _fail
 from .graph import model_layers
+from .identity import check_identities
 from .layer_options import (
     DENSE_ACTIVATIONS,
     RECURRENT,
@@ -76,6 +77,7 @@ def parse_model_config(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
     never as a bare ``AttributeError``/``KeyError``)."""
     if not isinstance(model, dict):
         raise KerasImportError(f"model config is a {type(model).__name__}, expected a JSON object")
+    check_identities(model)                            # module and registered_name too, not class_name alone
     try:
         return _parse(model)
     except KerasImportError:

@@ -12,7 +12,7 @@ Keras 3's ``layers/<path>`` layout).
 
 import dataclasses
 import json
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
     return one * (2 if o["bidirectional"] else 1)
 
 
-def _read_layer(weights: WeightFile, spec: LayerSpec, check_name: bool = True) -> List[np.ndarray]:
+def _read_layer(weights: WeightFile, spec: LayerSpec, check_name: bool = True, read: bool = True) -> List[Any]:
     """The checked arrays of one layer, in Keras's variable order (forward direction first). A ``.keras``
     group records its layer's name; ``check_name`` insists it is ``spec.name`` (Keras itself matches by path)."""
     where = f"layer {spec.name!r}"
@@ -82,7 +82,7 @@ def _read_layer(weights: WeightFile, spec: LayerSpec, check_name: bool = True) -
     for dataset, shape in zip(datasets, expected, strict=True):
         if tuple(dataset.shape or ()) != shape:
             raise KerasImportError(f"{where}: weight {dataset.name!r} has shape {dataset.shape}, expected {shape}")
-    return [read_dataset(dataset, where) for dataset in datasets]
+    return [read_dataset(dataset, where) for dataset in datasets] if read else datasets
 
 
 def _gru_order(array: np.ndarray, units: int) -> np.ndarray:
@@ -195,7 +195,9 @@ def from_keras(path: str) -> nn.Module:
         except NotAChain:
             plan = parse_graph(config)
             specs = plan.layers
-        arrays = [_read_layer(weights, spec) for spec in specs]
+        checked = [_read_layer(weights, spec, read=False) for spec in specs]   # every shape before any read
+        arrays = [[read_dataset(d, f"layer {spec.name!r}") for d in datasets] for spec, datasets in zip(specs, checked,
+                                                                                                       strict=True)]
     finally:
         weights.close()
     if plan is None:

@@ -19,6 +19,7 @@ from .dag import Call, Dag, Tensor, model_dag
 from .errors import KerasImportError
 from .graph import as_object as _dict
 from .graph import fail as _fail
+from .identity import check_identities
 from .layer_options import check_dtype, flag
 
 MERGES = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Dot")
@@ -138,6 +139,7 @@ def _check_call(call: Call, keras2: bool) -> None:
 def parse_graph(model: Dict[str, Any]) -> GraphPlan:
     """The checked plan of a functional model; ``KerasImportError`` names the layer of anything outside the
     supported subset, and reports an unforeseen structure as a malformed config."""
+    check_identities(model)                            # module and registered_name too, not class_name alone
     try:
         keras2 = str(model.get("_keras_version", "3")).startswith("2")
         return _parse(model_dag(model), model["config"], keras2)

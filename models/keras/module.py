@@ -9,7 +9,6 @@ on Keras's time axis (zero at masked steps for ``Bidirectional``; the last valid
 an unwrapped layer with ``zero_output_for_mask=False``, as Keras does).
 """
 
-import json
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -20,6 +19,8 @@ from ..blocks.gru_reset_before import GRUResetBefore
 from ..cells import from_keras_layer
 from ..zoo.pooling import compact_valid_steps, last_state
 from ..zoo.token_ids import check_token_ids
+from .errors import KerasImportError
+from .spec_check import parse_specs
 
 _UNIDIRECTIONAL = {"LSTM": nn.LSTM, "GRU": nn.GRU, "SimpleRNN": nn.RNN}
 
@@ -326,12 +327,16 @@ def stage_for_group(group: List[Dict[str, Any]]) -> nn.Module:
 
 def module_from_specs(specs_json: str) -> nn.Module:
     """Build the (randomly initialised) module for ``keras_specs`` (of a ``KerasModel`` or a functional graph's
-    ``KerasGraphModel``); load a state_dict after."""
-    specs = json.loads(specs_json)
-    if isinstance(specs, dict):
-        from .graph_module import graph_module_from_dict
-        return graph_module_from_dict(specs, specs_json)
-    stages = [stage_for_group(group) for group in plan_stages(specs)]
-    last = specs[-1]
-    paired = last["kind"] == "recurrent" and last["options"]["bidirectional"] and last["options"]["merge_mode"] is None
-    return (KerasPairModel if paired else KerasModel)(stages, specs_json)
+    ``KerasGraphModel``); load a state_dict after. The JSON is checked as data first: only ``KerasImportError``
+    escapes."""
+    specs = parse_specs(specs_json)
+    try:
+        if isinstance(specs, dict):
+            from .graph_module import graph_module_from_dict
+            return graph_module_from_dict(specs, specs_json)
+        stages = [stage_for_group(group) for group in plan_stages(specs)]
+        last = specs[-1]
+        paired = last["kind"] == "recurrent" and last["options"]["bidirectional"] and last["options"]["merge_mode"] is None
+        return (KerasPairModel if paired else KerasModel)(stages, specs_json)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, RecursionError) as error:
+        raise KerasImportError(f"keras_specs do not describe a module ({type(error).__name__}: {error})") from None

@@ -1,7 +1,7 @@
 """Checkpoints that survive a kill and load without unpickling code.
 
-``save_checkpoint`` writes to a temporary file in the target folder, fsyncs it, then ``os.replace``s it
-over the old one (atomic on POSIX), so a kill at any moment leaves either the old or the new checkpoint,
+``save_checkpoint`` writes through :func:`models.atomic.write_atomically` (a temporary file in the target folder,
+fsync, ``os.replace`` over the old one, fsync of the folder), so a kill at any moment leaves either the old or the new checkpoint,
 never half of one. ``load_checkpoint`` uses ``torch.load(weights_only=True)`` only and turns every way a
 file can be wrong (missing, truncated, not a checkpoint, missing keys) into one clear ``ValueError``.
 
@@ -58,7 +58,9 @@ def save_checkpoint(checkpoint: Dict[str, Any], path: PathLike) -> Path:
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
     if missing:
         raise ValueError(f"checkpoint to save lacks keys {missing}; expected {list(REQUIRED_KEYS)}")
-    return write_atomically(path, lambda file: torch.save(checkpoint, file))
+    # torch.save writes through the helper's os.write sink: a full disk is one AtomicWriteError, the old file stays.
+    write_atomically(path, lambda file: torch.save(checkpoint, file))
+    return path
 
 
 def resolve_checkpoint_path(resume: PathLike) -> Path:
@@ -82,9 +84,12 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated zip, wrong magic, disallowed globals, ...
+        first = str(error).splitlines()[0] if str(error) else ""
+        if "weights_only" in str(error) or "Unpickl" in str(error):   # never relay torch's advice to unpickle
+            first = "it holds data a weights-only load refuses"
         raise ValueError(
             f"checkpoint {path} is corrupted, truncated or not a birnn-zoo checkpoint "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            f"({type(error).__name__}: {first})"
         ) from error
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict")

@@ -13,6 +13,8 @@ across keys (``optim.betas``, ``trainer.device=cuda`` without a GPU, fp16 on CPU
 
 import dataclasses
 import inspect
+import math
+import os
 import re
 from typing import Any, Dict, Iterable, Mapping, Optional
 
@@ -115,6 +117,8 @@ def check_group(path: str, node: Any, schema: type) -> Dict[str, Any]:
             raise ConfigError(f"{path}.{key}={_shown(value)} must be >= {bounds['min']}")
         if "above" in bounds and not value > bounds["above"]:
             raise ConfigError(f"{path}.{key}={_shown(value)} must be > {bounds['above']}")
+        if ("min" in bounds or "above" in bounds) and isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{path}.{key}={_shown(value)} must be a finite number")
     return OmegaConf.to_container(typed)
 
 
@@ -128,8 +132,9 @@ def command_line_merge_error(error: Exception) -> str:
               "last layer only) or one mode per layer: model.merge_mode=[concat,null]")
 
 
-def check_model_config(model: Mapping[str, Any]) -> None:
-    """``model``: ``name`` is a registered preset; every other key is a ``SequenceClassifier`` argument."""
+def check_model_config(model: Mapping[str, Any]) -> int:
+    """``model``: ``name`` is a registered preset; every other key is a ``SequenceClassifier`` argument. Returns
+    the model's parameter count without its embedding table (the vocabulary comes with the data)."""
     name = model.get("name")
     _choice("model.name", name, list_models())
     parameters = inspect.signature(SequenceClassifier.__init__).parameters
@@ -150,12 +155,56 @@ def check_model_config(model: Mapping[str, Any]) -> None:
     vocab = padding + 1 if isinstance(padding, int) and not isinstance(padding, bool) and padding >= 1 else 2
     try:
         with torch.device("meta"):
-            create_model(name, num_classes=2, vocab_size=vocab, **arguments)
+            built = create_model(name, num_classes=2, vocab_size=vocab, **arguments)
     except (TypeError, ValueError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         key = next((k for k in sorted(arguments, key=len, reverse=True) if message.startswith(k)), None)
         prefix = f"model.{key}={arguments[key]!r}: " if key is not None else "model: "
         raise ConfigError(prefix + message) from error
+    return sum(p.numel() for p in built.parameters())
+
+
+SIZE_KEYS = ("hidden_size", "embed_dim", "num_layers")
+TRAINING_BYTES_PER_PARAMETER = 16
+"""float32 weights, their gradients and Adam's two moments."""
+
+
+def _memory_bytes() -> Optional[int]:
+    """This machine's memory (``MemTotal``), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits_in_memory(model: Mapping[str, Any], parameters: int, data: Mapping[str, Any],
+                         memory: Optional[int] = None) -> None:
+    """Refuse, naming the size key to lower, a model whose training state (parameters, gradients, optimiser
+    moments) and activations of one batch cannot fit in this machine's memory: a config error in a second, not
+    an allocator traceback minutes later."""
+    memory = _memory_bytes() if memory is None else memory
+    if not memory:
+        return
+    defaults = inspect.signature(SequenceClassifier.__init__).parameters
+    sizes = {key: model.get(key, defaults[key].default) for key in SIZE_KEYS if key in defaults}
+    hidden, layers = int(sizes.get("hidden_size") or 1), int(sizes.get("num_layers") or 1)
+    steps = data.get("max_len") or 512                   # text without a length bound: a long sentence
+    activations = 4 * 16 * hidden * layers * int(data.get("batch_size") or 1) * int(steps)   # gates, states, 2 dirs
+    needed = parameters * TRAINING_BYTES_PER_PARAMETER + activations
+    if needed <= memory:
+        return
+    key = max(sizes, key=lambda k: float(sizes[k] or 0) / float(defaults[k].default or 1))
+    raise ConfigError(
+        f"model.{key}={sizes[key]!r}: the model ({parameters:.3g} parameters without the embedding, "
+        f"{needed / 2**30:.1f} GiB to train with gradients, optimiser state and one batch's activations) cannot "
+        f"fit in this machine's {memory / 2**30:.1f} GiB of memory; lower model.{key}")
 
 
 def check_config(cfg: Any) -> Dict[str, Any]:
@@ -167,7 +216,7 @@ def check_config(cfg: Any) -> Dict[str, Any]:
     if isinstance(cfg.get("model"), DictConfig) and OmegaConf.is_missing(cfg.model, "name"):
         raise ConfigError(f"model=preset is the base every preset builds on, not a model: choose one of "
                           f"{', '.join(f'model={name}' for name in list_models())}")
-    check_model_config(_plain(cfg.model))
+    parameters = check_model_config(_plain(cfg.model))
 
     optim = check_group("optim", cfg.optim, OptimConfig)
     betas = optim["betas"]
@@ -197,6 +246,8 @@ def check_config(cfg: Any) -> Dict[str, Any]:
     except ValueError as error:
         raise ConfigError(str(error)) from error
     try:
-        return resolve_data_config(_plain(cfg.data))
+        data = resolve_data_config(_plain(cfg.data))
     except ValueError as error:
         raise ConfigError(str(error)) from error
+    check_fits_in_memory(_plain(cfg.model), parameters, data)
+    return data

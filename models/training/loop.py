@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from ..atomic import write_atomically
 from . import distributed as ddp
 from .checkpoint import load_checkpoint
 from .config import check_config
@@ -64,7 +65,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             while stop_reason is None and run.progress.epoch < run.trainer.max_epochs:
                 train_one_epoch(run, signals, lines)
                 stop_reason = end_of_epoch(run, signals)
-        return test_and_write(run, stop_reason or "max_epochs")
+            # Still inside: a signal during the final test pass lets the (short) test finish and write results.json.
+            results = test_and_write(run, stop_reason or "max_epochs")
+            if signals.signum is not None:
+                log.warning("%s arrived during the final test pass: the test finished and %s is written",
+                            signal.Signals(signals.signum).name, run.run_dir / "results.json")
+        return results
     finally:
         if lock is not None:
             lock.release()
@@ -208,8 +214,13 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
     cfg, trainer, progress = run.cfg, run.trainer, run.progress
     ddp.barrier()                                      # rank 0 has written best.pt
     best = run.checkpoints / "best.pt"
-    if best.is_file():
-        run.model.load_state_dict(load_checkpoint(best, map_location=run.device)["model"])
+    try:
+        best_weights = load_checkpoint(best, map_location=run.device)["model"] if best.is_file() else None
+    except ValueError as error:                        # damaged after the resume's check: test what is in memory
+        log.warning("%s; testing the current weights instead", error)
+        best_weights = None
+    if best_weights is not None:
+        run.model.load_state_dict(best_weights)
     else:                                              # a resume at the final step whose source had no best.pt
         log.warning("no %s: testing the current weights%s", best, " (their moving average)" if run.ema else "")
         if run.ema is not None:
@@ -234,7 +245,7 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
         "resumed_from": run.resume, "init_from": run.init_from, "config": run.config,
     }
     if run.dist.is_main:
-        (run.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_atomically(run.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     ddp.barrier()                                      # results.json exists for every rank (and a sweep's report)
     if run.writer is not None:
         run.writer.close()

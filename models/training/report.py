@@ -19,6 +19,7 @@ per size, never an average of the two.
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
@@ -26,6 +27,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
+
+from ..atomic import atomic_path, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +67,20 @@ def _settings(row: Dict[str, Any], path: Path) -> Dict[str, Any]:
         try:
             from omegaconf import OmegaConf
 
-            config = OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=False)
+            from ..zoo.config_group import register
+
+            register()                                 # ${zoo_preset:...} of an older run's config resolves
+            loaded = OmegaConf.load(hydra_config)
+            try:
+                config = OmegaConf.to_container(loaded, resolve=True)
+            except Exception:                          # something else unresolvable: those values are dropped
+                config = OmegaConf.to_container(loaded, resolve=False)
         except Exception:
             config = {"data": {"name": row.get("data")},
                       "model": {k: row.get(k) for k in ("model", "cell", "merge_mode", "pooling") if k in row},
                       "seed": row.get("seed")}
-    return _flatten(config)
+    return {key: value for key, value in _flatten(config).items()
+            if not (isinstance(value, str) and "${" in value)}
 
 
 def load_results(sweep_dir: Path) -> Tuple[List[Dict[str, Any]], List[Tuple[Path, str]]]:
@@ -241,8 +252,9 @@ def plot(keys: Sequence[str], summary: Sequence[Dict[str, Any]], path: Path) -> 
     except ImportError:
         log.warning("matplotlib not installed: no %s", path.name)
         return False
-    # Tick labels hold the values only (one line per key); the keys name the x axis once.
-    labels = ["\n".join(_value(s["group"][key]) for key in keys) or s["data"] for s in summary]
+    # Tick labels hold the values only (one line per key); the keys name the x axis once. A "$" would start
+    # matplotlib's math mode.
+    labels = [("\n".join(_value(s["group"][key]) for key in keys) or s["data"]).replace("$", r"\$") for s in summary]
     widest = max(len(line) for label in labels for line in label.splitlines())
     per_group = max(0.6, 0.075 * widest + 0.25)                # inches: 7-point text is about 0.06 inch a character
     figure, axes = plt.subplots(1, 2, figsize=(max(8.0, 2 * per_group * len(summary) + 2), 4.5))
@@ -256,13 +268,15 @@ def plot(keys: Sequence[str], summary: Sequence[Dict[str, Any]], path: Path) -> 
         axis.set_xlabel(" / ".join(keys) if keys else "data", fontsize=8)
         axis.set_title(title)
     figure.tight_layout()
-    if labels_overlap(figure):                                 # still too tight: stand the labels up
-        for axis in axes:
-            plt.setp(axis.get_xticklabels(), rotation=90)
-        figure.tight_layout()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        if labels_overlap(figure):                             # still too tight: stand the labels up
+            for axis in axes:
+                plt.setp(axis.get_xticklabels(), rotation=90)
+            figure.tight_layout()
+        with atomic_path(path) as temp:
+            figure.savefig(temp, dpi=110, format="png")
+    finally:
+        plt.close(figure)
     return True
 
 
@@ -280,21 +294,22 @@ def write_report(sweep_dir: Path) -> Dict[str, Path]:
     outputs = {"csv": sweep_dir / "summary.csv", "md": sweep_dir / "summary.md", "png": sweep_dir / "summary.png"}
     if not rows:
         if failures or skipped:
-            outputs["md"].write_text("No finished runs.\n" + problems_section(failures, skipped))
+            write_atomically(outputs["md"], "No finished runs.\n" + problems_section(failures, skipped))
         raise ValueError(f"no usable results.json under {sweep_dir}"
                          + (f" ({len(failures)} failed job(s), {len(skipped)} broken result(s))"
                             if failures or skipped else ": is it a finished sweep folder (multirun/...)?"))
     keys, summary = summarize(rows, swept_keys([row["overrides"] for row in rows]
                                                + [list(f.get("overrides") or []) for f in failures]))
-    with outputs["csv"].open("w", newline="") as file:
-        extra = [key for key in keys if key not in COLUMNS]
-        writer = csv.DictWriter(file, fieldnames=[*COLUMNS, *extra], extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            mode = row.get("merge_mode")
-            writer.writerow({**row, **{key: row["settings"].get(key) for key in extra},
-                             "merge_mode": "/".join(map(str, mode)) if isinstance(mode, list) else mode})
-    outputs["md"].write_text(markdown_table(keys, summary) + problems_section(failures, skipped))
+    file = io.StringIO(newline="")
+    extra = [key for key in keys if key not in COLUMNS]
+    writer = csv.DictWriter(file, fieldnames=[*COLUMNS, *extra], extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        mode = row.get("merge_mode")
+        writer.writerow({**row, **{key: row["settings"].get(key) for key in extra},
+                         "merge_mode": "/".join(map(str, mode)) if isinstance(mode, list) else mode})
+    write_atomically(outputs["csv"], file.getvalue())
+    write_atomically(outputs["md"], markdown_table(keys, summary) + problems_section(failures, skipped))
     if not plot(keys, summary, outputs["png"]):
         del outputs["png"]
     return outputs

@@ -15,16 +15,21 @@ rate after a divergence, or from another run's weights. The architecture must ma
 """
 
 import json
-import shutil
+import logging
+import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
+from ..atomic import write_atomically
 from ..data import resolve_config as resolve_data_config
 from .checkpoint import load_checkpoint, resolve_checkpoint_path
 from .config import ConfigError, normalize_precision
+from .run_folder import run_files
+
+log = logging.getLogger("train")
 
 DATA_LOCATION_KEYS = ("root", "download", "verify_checksum", "num_workers")
 """``data.*`` keys that say where files live or how they are loaded, not what the data is."""
@@ -104,8 +109,22 @@ def load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], source: 
     model.load_state_dict(weights)
 
 
+def checkpoint_folder(checkpoint_path: Path) -> Path:
+    """The run folder a checkpoint file belongs to (``<run>/checkpoints/last.pt`` -> ``<run>``)."""
+    parent = Path(checkpoint_path).parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
 def load_for_resume(resume: str, current: Mapping[str, Any], device: torch.device) -> Dict[str, Any]:
-    """The checkpoint ``trainer.resume`` names, checked against the current config."""
+    """The checkpoint ``trainer.resume`` names, checked against the current config, with every other file of the
+    source run the resume will read checked now, before any step: a damaged ``last.pt`` is a config error naming
+    it; a damaged ``best.pt`` is noted in ``state["best_damage"]`` (recoverable: see :func:`adopt_history`)."""
+    folder = Path(resume).expanduser()
+    if folder.is_dir() and not (folder / "checkpoints" / "last.pt").exists() and run_files(folder):
+        raise ConfigError(
+            f"trainer.resume={resume}: the run in {folder} stopped before its first checkpoint (it holds "
+            f"{', '.join(run_files(folder)[:3])} but no checkpoints/last.pt), so there is nothing to resume; start "
+            f"over in it with trainer.overwrite=true (without trainer.resume), or choose another hydra.run.dir")
     try:
         path = resolve_checkpoint_path(resume)
         state = load_checkpoint(path, map_location=device)
@@ -116,31 +135,67 @@ def load_for_resume(resume: str, current: Mapping[str, Any], device: torch.devic
                           f"start a new run from it with trainer.init_from={path}")
     check_resume_config(path, state["config"], current)
     state["path"] = path
+    state["best_damage"], state["best_step"] = _check_best(checkpoint_folder(path) / "checkpoints" / "best.pt")
     return state
+
+
+def _check_best(best: Path) -> Tuple[Optional[str], Optional[int]]:
+    """``(why best.pt cannot be used, None)`` or ``(None, its step)``; ``(None, None)`` without a best.pt."""
+    if not best.is_file():
+        return None, None
+    try:
+        return None, int(load_checkpoint(best)["progress"]["step"])
+    except (ValueError, KeyError, TypeError) as error:
+        return str(error), None
 
 
 def same_folder(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def adopt_history(source_dir: Path, run_dir: Path, progress: Dict[str, Any]) -> None:
+def _metrics_lines(metrics: Path, epoch: int) -> List[str]:
+    """The lines of ``metrics.jsonl`` up to ``epoch``; lines a kill cut short or damaged bytes are dropped,
+    with a warning that names the file."""
+    if not metrics.is_file():
+        return []
+    lines, dropped = [], 0
+    for line in metrics.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("epoch", 0), int):
+                raise ValueError(line)
+        except ValueError:
+            dropped += bool(line.strip())
+            continue
+        if record.get("epoch", 0) <= epoch:
+            lines.append(line)
+    if dropped > 1:                                     # one line cut short by a kill is expected
+        log.warning("%s: %d damaged lines dropped (kept %d epoch lines)", metrics, dropped, len(lines))
+    return lines
+
+
+def adopt_history(source_dir: Path, run_dir: Path, progress: Dict[str, Any], best_damage: Optional[str] = None,
+                  best_step: Optional[int] = None) -> None:
     """Make ``run_dir`` hold the resumed run's history up to the checkpoint: ``metrics.jsonl`` lines of the
     epochs it has finished, and (resuming into another folder) the source's ``best.pt`` when it is not newer
-    than the checkpoint. The source folder is only read."""
-    lines = []
-    metrics = source_dir / "metrics.jsonl"
-    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
-        try:
-            if json.loads(line).get("epoch", 0) <= progress["epoch"]:
-                lines.append(line)
-        except (ValueError, AttributeError):           # a line cut short by a kill: dropped
-            continue
-    (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    than the checkpoint. The source folder is only read. A damaged ``best.pt`` is not used: in the run's own
+    folder it is set aside as ``best.pt.damaged``; the test then uses the best epoch validated from now on,
+    else ``last.pt``'s weights."""
+    lines = _metrics_lines(source_dir / "metrics.jsonl", progress["epoch"])
+    write_atomically(run_dir / "metrics.jsonl", "".join(line + "\n" for line in lines))
     best = source_dir / "checkpoints" / "best.pt"
+    if best_damage is not None:
+        log.warning("%s is damaged and is not used (%s); the test will use the best epoch validated from now on, "
+                    "else the weights of last.pt", best, best_damage)
+        if same_folder(source_dir, run_dir):
+            os.replace(best, best.with_name("best.pt.damaged"))
+        return
     if not same_folder(source_dir, run_dir) and best.is_file():
-        if load_checkpoint(best)["progress"]["step"] <= progress["step"]:
+        if best_step is None:
+            best_step = load_checkpoint(best)["progress"]["step"]
+        if best_step <= progress["step"]:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(best, run_dir / "checkpoints" / "best.pt")
+            write_atomically(run_dir / "checkpoints" / "best.pt", best.read_bytes())
 
 
 def resolve_init_from(init_from: str) -> Path:

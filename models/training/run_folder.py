@@ -16,52 +16,82 @@ A *run folder* (``hydra.run.dir``, one per sweep job) holds one training run: ``
 import json
 import logging
 import os
+import re
 import shlex
-import shutil
 import socket
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..atomic import orphans, remove_orphans
 from .config import ConfigError
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
-RUN_OUTPUTS = ("results.json", "metrics.jsonl")
+RUN_OUTPUTS = ("results.json", "metrics.jsonl", "job_error.json")
 """Files a run writes at the top of its folder (``train.log`` and ``.hydra/`` belong to Hydra)."""
+CHECKPOINT_NAMES = ("last.pt", "best.pt", "recover.pt", "best.pt.damaged")
+STALE_EMPTY_LOCK_SECONDS = 5.0
+"""An empty lock file older than this was left by a process killed between creating and writing it."""
 
 
 def run_files(run_dir: Path) -> List[str]:
-    """What in ``run_dir`` shows that it holds a run: checkpoints and ``results.json`` (relative paths)."""
-    found = sorted(str(p.relative_to(run_dir)) for p in (run_dir / "checkpoints").glob("*.pt"))
-    if (run_dir / "results.json").exists():
-        found.append("results.json")
-    return found
+    """Every file of a run in ``run_dir`` (relative paths): checkpoints, ``metrics.jsonl``, ``results.json``,
+    TensorBoard events and the temporaries of a killed write. A folder holding any of them is in use by a run,
+    even one killed before its first checkpoint. Files the run did not write (a user's notes) are not listed."""
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / "checkpoints"
+    found = [checkpoints / name for name in CHECKPOINT_NAMES if (checkpoints / name).is_file()]
+    found += orphans(checkpoints) + orphans(run_dir)
+    found += [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).is_file()]
+    tensorboard = run_dir / "tensorboard"
+    if tensorboard.is_dir():
+        found += sorted(p for p in tensorboard.glob("events.out.tfevents.*") if p.is_file())
+    return sorted(str(p.relative_to(run_dir)) for p in found)
 
 
-def clear_run(run_dir: Path) -> None:
-    """Delete a previous run's outputs from ``run_dir`` (``trainer.overwrite=true``); Hydra's files stay."""
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-    for name in RUN_OUTPUTS:
+def clear_run(run_dir: Path) -> List[str]:
+    """Delete a previous run's files from ``run_dir`` (``trainer.overwrite=true``) and return them: only what
+    :func:`run_files` lists; a user's own files, Hydra's files and non-empty folders stay."""
+    removed = run_files(run_dir)
+    for name in removed:
         (run_dir / name).unlink(missing_ok=True)
+    for folder in ("tensorboard", "checkpoints"):
+        try:
+            (run_dir / folder).rmdir()                  # only when empty: a user's file in it keeps it
+        except OSError:
+            pass
+    return removed
+
+
+def clean_orphans(run_dir: Path) -> List[str]:
+    """Remove the temporaries a killed write left in ``run_dir`` (call with the folder's lock held)."""
+    removed = remove_orphans(run_dir / "checkpoints") + remove_orphans(run_dir)
+    if removed:
+        log.warning("removed %d temporary file(s) a killed write left in %s: %s", len(removed), run_dir,
+                    ", ".join(str(p.relative_to(run_dir)) for p in removed))
+    return [str(p.relative_to(run_dir)) for p in removed]
 
 
 def refuse_a_used_folder(run_dir: Path, overwrite: bool) -> None:
-    """A fresh run (no ``trainer.resume``) stops with a config error in a folder holding a run, unless
-    ``overwrite`` (then the old outputs are deleted, with a note)."""
+    """A fresh run (no ``trainer.resume``) stops with a config error in a folder holding anything of a run,
+    unless ``overwrite`` (then the old run's files, and only those, are deleted and listed)."""
     found = run_files(run_dir)
     if not found:
         return
     if overwrite:
-        log.warning("trainer.overwrite=true: deleting the previous run in %s (%s)", run_dir, ", ".join(found))
-        clear_run(run_dir)
+        removed = clear_run(run_dir)
+        log.warning("trainer.overwrite=true: deleted the previous run's %d file(s) in %s: %s", len(removed),
+                    run_dir, ", ".join(removed))
         return
-    raise ConfigError(
-        f"run folder {run_dir} already holds a run ({', '.join(found[:4])}); continue it with "
-        f"trainer.resume={run_dir}, or start over in it with trainer.overwrite=true (or choose another "
-        f"hydra.run.dir)")
+    shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        choice = f"continue it with trainer.resume={_quote_value(str(run_dir))}, or start over in it with"
+    else:                                               # killed before its first checkpoint: nothing to resume
+        choice = "it stopped before its first checkpoint, so it cannot be resumed; start over in it with"
+    raise ConfigError(f"run folder {run_dir} already holds a run ({shown}); {choice} trainer.overwrite=true "
+                      f"(or choose another hydra.run.dir)")
 
 
 def _alive(pid: int) -> bool:
@@ -88,6 +118,13 @@ class RunLock:
         except (OSError, ValueError):
             return None
 
+    def _stale_unreadable(self) -> bool:
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except OSError:
+            return False
+        return age > STALE_EMPTY_LOCK_SECONDS
+
     def acquire(self) -> "RunLock":
         """Take the lock or raise :class:`ConfigError` naming the process that holds it."""
         for _ in range(3):                              # a racing taker-over may delete the file between tries
@@ -100,8 +137,15 @@ class RunLock:
                         break
                     time.sleep(0.05)
                     holder = self._holder()
-                if holder is None:                      # garbage: whoever wrote it is unknown, refuse
-                    holder = {"host": "?", "pid": -1}
+                if holder is None and self._stale_unreadable():
+                    log.warning("removing the lock file %s: it is empty or unreadable and %.0f s old (its process "
+                                "was killed before writing it)", self.path, STALE_EMPTY_LOCK_SECONDS)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                if holder is None:                      # unreadable and fresh: someone may be writing it, refuse
+                    raise ConfigError(
+                        f"run folder {self.path.parent} holds an unreadable lock file {self.path} written moments "
+                        f"ago; wait and retry, or delete it if no run uses the folder") from None
                 pid, host = holder.get("pid"), holder.get("host")
                 same_host = host == self.owner["host"]
                 if same_host and isinstance(pid, int) and pid == os.getpid():
@@ -142,6 +186,22 @@ def _user_overrides() -> List[str]:
         return []
 
 
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_\-./:]*")
+
+
+def _quote_value(value: str) -> str:
+    """``value`` as Hydra's override grammar reads it back unchanged: plain paths as they are, anything else
+    (``;``, ``$(``, ``${``, spaces, commas, quotes) in Hydra's single quotes with its escapes."""
+    if _PLAIN_VALUE.fullmatch(value):
+        return value
+    return "'" + value.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+def _setting(word: str) -> str:
+    key, sep, value = word.partition("=")
+    return f"{key}={_quote_value(value)}" if sep else word
+
+
 DROPPED = ("trainer.resume", "trainer.init_from", "trainer.overwrite", "hydra.run.dir")
 
 
@@ -153,5 +213,5 @@ def continue_command(run_dir: Path, settings: Sequence[str], world_size: int = 1
     replaced = {s.split("=", 1)[0].lstrip("+~") for s in settings} | set(DROPPED)
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in replaced]
     launcher = ["python"] if world_size <= 1 else ["torchrun", "--standalone", f"--nproc_per_node={world_size}"]
-    words = [*launcher, "train.py", *kept, *settings, f"hydra.run.dir={run_dir}"]
+    words = [*launcher, "train.py", *kept, *(_setting(str(s)) for s in settings), _setting(f"hydra.run.dir={run_dir}")]
     return " ".join(shlex.quote(str(word)) for word in words)

@@ -29,7 +29,7 @@ from .loggers import MetricLoggers
 from .optimizer import build_optimizer, build_scheduler
 from .progress import HealthyWeights, Progress
 from .resume import adopt_history, load_for_resume, load_init_weights, load_weights, resolve_init_from, same_folder
-from .run_folder import continue_command, refuse_a_used_folder
+from .run_folder import clean_orphans, continue_command, refuse_a_used_folder
 from .runtime import autocast_dtype, resolve_device, seed_everything
 from .stopping import Interrupted, TrainingDiverged
 from .testing_aids import TestingAids
@@ -199,6 +199,8 @@ def _claim_the_run_folder(cfg: DictConfig, run_dir: Path, config: Dict[str, Any]
         state = load_for_resume(resume, config, torch.device("cpu"))
         if is_main and not same_folder(_source_dir(state["path"]), run_dir):
             refuse_a_used_folder(run_dir, trainer.overwrite)
+        if is_main:
+            clean_orphans(run_dir)                     # the lock is held: a temporary here is a killed write's
         return state
     if init_from:                                      # exists: fail now, not after the data is read
         source = resolve_init_from(init_from).resolve()
@@ -207,6 +209,7 @@ def _claim_the_run_folder(cfg: DictConfig, run_dir: Path, config: Dict[str, Any]
                               f"trainer.overwrite=true would delete; choose another hydra.run.dir")
     if is_main:
         refuse_a_used_folder(run_dir, trainer.overwrite)
+        clean_orphans(run_dir)
     return None
 
 
@@ -252,7 +255,7 @@ def _restore(run: Run, state: Dict[str, Any]) -> None:
         restore_rng_state(rng)
     source_dir = _source_dir(state["path"])
     if run.dist.is_main:
-        adopt_history(source_dir, run.run_dir, run.progress.as_dict())
+        adopt_history(source_dir, run.run_dir, run.progress.as_dict(), state.get("best_damage"), state.get("best_step"))
     run.healthy = HealthyWeights(run.model, run.progress.step, run.data.num_classes)
     log.info("resumed from %s at epoch %d, step %d%s", state["path"], run.progress.epoch, run.progress.step,
              "" if same_folder(source_dir, run.run_dir) else f"; the continued run is written to {run.run_dir}")

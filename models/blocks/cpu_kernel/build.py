@@ -10,30 +10,39 @@ Where nothing applies (not Linux x86-64, a torch without MKL: the kernel calls M
 ``libtorch_cpu`` exports) no compile is attempted and the blocks use PyTorch's kernels.
 
 Safety of what gets loaded (a shared library runs with the user's rights):
-- the cache folder, ``$BIRNN_ZOO_CACHE`` or ``~/.cache/birnn-zoo``, is created private (0700); a folder or
-  library that is a symlink, owned by another user, or group/world-writable is refused with one warning, and
-  the kernel is built in a fresh private temporary folder for this process instead;
-- a build writes a temporary file and renames it into place, under an exclusive lock on the folder, so N
-  processes starting at once (``torchrun``, sweeps) compile once and never load a half-written file;
+- the kernel cache folder, ``$BIRNN_ZOO_KERNEL_CACHE`` or ``~/.cache/birnn-zoo-kernels`` (``$XDG_CACHE_HOME``
+  honoured; separate from the data cache ``$BIRNN_ZOO_CACHE``), is created private (0700); a folder or library
+  that is a symlink, owned by another user, or group/world-writable is refused with one warning, and the kernel
+  is built in this user's private fallback folder (``<tmp>/birnn-zoo-kernels-<uid>``, reused by later
+  processes) instead;
+- a build writes a temporary file, checks it is a non-empty ELF library, fsyncs it and renames it into place,
+  under an exclusive lock on the folder, so N processes starting at once (``torchrun``, sweeps) compile once and
+  never load a half-written file; its size and SHA-256 go to ``<library>.sha256`` beside it;
+- before every load the library is checked against that record in Python (a truncated library would kill the
+  process with SIGBUS inside ``dlopen``); a damaged or unrecorded one is rebuilt, with a warning when damaged;
+- a read-only cache holding a verified library is used as it is (no lock needed to read);
 - the link fails on undefined symbols (``-Wl,--no-undefined``) rather than loading a library that cannot run.
 """
 
+import atexit
 import ctypes
 import fcntl
 import hashlib
 import os
 import platform
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ...atomic import write_atomically
 from . import abi
 
 CSRC = Path(__file__).resolve().parent / "csrc"
@@ -100,7 +109,11 @@ def choose_capability() -> Optional[str]:
 
 def _compiler() -> List[str]:
     """``$CXX`` split like a shell (``CXX="ccache g++"``), else ``c++``."""
-    words = shlex.split(os.environ.get("CXX", "") or "c++")
+    value = os.environ.get("CXX", "") or "c++"
+    try:
+        words = shlex.split(value)
+    except ValueError as error:                        # an unbalanced quote: the kernel is unavailable, not a crash
+        raise KernelUnavailable(f"CXX={value!r} cannot be split like a shell command ({error})") from None
     if not words:
         raise KernelUnavailable("CXX is set but empty")
     return words
@@ -133,10 +146,22 @@ def _is_private(path: Path, kind: str) -> Optional[str]:
     return None
 
 
-def cache_dir() -> Path:
-    """The private cache folder (created 0700); raises ``PermissionError`` naming the problem when it is not
-    private."""
-    root = Path(os.environ.get("BIRNN_ZOO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "birnn-zoo"))
+KERNEL_CACHE_ENV = "BIRNN_ZOO_KERNEL_CACHE"
+RECORD_SUFFIX = ".sha256"
+
+
+def default_cache_dir() -> Path:
+    """``$BIRNN_ZOO_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/birnn-zoo-kernels`` (``~/.cache/birnn-zoo-kernels``)."""
+    if os.environ.get(KERNEL_CACHE_ENV):
+        return Path(os.environ[KERNEL_CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "birnn-zoo-kernels"
+
+
+def cache_dir(root: Optional[Path] = None) -> Path:
+    """The private kernel cache folder (created 0700); raises ``PermissionError`` naming the problem when it is
+    not private."""
+    root = default_cache_dir() if root is None else root
     if not os.path.lexists(root):
         try:
             root.parent.mkdir(parents=True, exist_ok=True)
@@ -151,8 +176,17 @@ def cache_dir() -> Path:
     return root
 
 
+def _fsync_folder(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def _compile(cxx: List[str], capability: str, target: Path) -> None:
-    """Compile to ``target`` through a temporary file in the same folder, renamed into place."""
+    """Compile to ``target`` through a temporary file in the same folder: checked (a non-empty ELF library),
+    fsynced, renamed into place, the folder fsynced."""
     torch_lib = Path(torch.__file__).resolve().parent / "lib"
     fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
     os.close(fd)
@@ -160,8 +194,13 @@ def _compile(cxx: List[str], capability: str, target: Path) -> None:
            f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+        with open(partial, "rb") as built:
+            if built.read(4) != ELF_MAGIC:             # CXX=true "succeeds" and writes nothing
+                raise KernelUnavailable(f"compiling the CPU kernel with {' '.join(cxx)!r} produced no library")
+            os.fsync(built.fileno())
         os.chmod(partial, 0o755)
         os.replace(partial, target)
+        _fsync_folder(target.parent)
     except subprocess.CalledProcessError as error:
         raise KernelUnavailable(f"compiling the CPU kernel failed:\n{error.stderr[-2000:]}") from error
     except (OSError, subprocess.SubprocessError) as error:
@@ -171,16 +210,88 @@ def _compile(cxx: List[str], capability: str, target: Path) -> None:
             os.unlink(partial)
 
 
+ELF_MAGIC = b"\x7fELF"
+
+
+def _digest(path: Path) -> Tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _record(target: Path) -> None:
+    """Write ``<target>.sha256``: the library's SHA-256 and size, checked before every load."""
+    digest, size = _digest(target)
+    write_atomically(target.with_name(target.name + RECORD_SUFFIX), f"{digest} {size}\n")
+
+
+def verify(target: Path) -> Optional[str]:
+    """None when ``target`` is the library its record describes; else why not (``"missing"`` when absent)."""
+    if not target.exists():
+        return "missing"
+    record = target.with_name(target.name + RECORD_SUFFIX)
+    try:
+        want_digest, want_size = record.read_text().split()
+        want = (want_digest, int(want_size))
+    except (OSError, ValueError):
+        return f"it has no readable record {record.name}"
+    try:
+        size = target.stat().st_size
+        if size != want[1]:
+            return f"its size is {size} bytes, {want[1]} were recorded at build"
+        with open(target, "rb") as file:
+            if file.read(4) != ELF_MAGIC:
+                return "it is not an ELF library"
+        if _digest(target)[0] != want[0]:
+            return "its SHA-256 differs from the one recorded at build"
+    except OSError as error:
+        return f"it cannot be read ({error})"
+    return None
+
+
 def _build_in(folder: Path, name: str, cxx: List[str], capability: str) -> Path:
     target = folder / name
-    with open(folder / (name + ".lock"), "w") as lock:  # one compile per folder; the others wait, then load it
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not target.exists():
-            _compile(cxx, capability, target)
+    try:
+        lock = open(folder / (name + ".lock"), "a")    # one compile per folder; the others wait, then load it
+    except OSError as error:                            # a read-only cache: usable only if it holds a good library
+        problem = verify(target)
+        if problem is not None:
+            raise PermissionError(f"{folder} is not writable ({error.strerror}) and its library is unusable "
+                                  f"({problem})") from None
+    else:
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if os.path.lexists(target) and _is_private(target, "file"):
+                raise PermissionError(_is_private(target, "file"))   # planted by someone else: refuse the cache
+            problem = verify(target)
+            if problem is not None:
+                if problem != "missing" and not problem.startswith("it has no readable record"):
+                    warnings.warn(f"birnn-zoo: the CPU kernel library {target} is damaged ({problem}); rebuilding "
+                                  "it", RuntimeWarning, stacklevel=4)
+                _compile(cxx, capability, target)
+                _record(target)
     problem = _is_private(target, "file")
     if problem:
         raise PermissionError(problem)
+    problem = verify(target)                            # the last check before dlopen
+    if problem is not None:
+        raise KernelUnavailable(f"{target} cannot be loaded: {problem}")
     return target
+
+
+def _fallback_dir() -> Path:
+    """This user's private folder for the kernel when the cache is refused: one fixed folder reused by every
+    process (no recompile per process); a fresh temporary folder, removed at exit, if even that is not private."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    try:
+        return cache_dir(Path(tempfile.gettempdir()) / f"birnn-zoo-kernels-{uid}")
+    except PermissionError:
+        private = Path(tempfile.mkdtemp(prefix="birnn-zoo-"))   # 0700, unpredictable name
+        atexit.register(shutil.rmtree, private, True)
+        return private
 
 
 def load(capability: str) -> ctypes.CDLL:
@@ -197,9 +308,9 @@ def load(capability: str) -> ctypes.CDLL:
     try:
         path = _build_in(cache_dir(), name, cxx, capability)
     except PermissionError as problem:
-        private = Path(tempfile.mkdtemp(prefix="birnn-zoo-"))  # 0700, unpredictable name
-        warnings.warn(f"birnn-zoo: refusing the CPU kernel cache ({problem}); building in {private} for this "
-                      "process. Point BIRNN_ZOO_CACHE at a folder only you can write.", RuntimeWarning, stacklevel=3)
+        private = _fallback_dir()
+        warnings.warn(f"birnn-zoo: refusing the CPU kernel cache ({problem}); building in {private} instead. "
+                      f"Point {KERNEL_CACHE_ENV} at a folder only you can write.", RuntimeWarning, stacklevel=3)
         path = _build_in(private, name, cxx, capability)
     library = ctypes.CDLL(str(path))
     abi.declare(library)
