@@ -28,7 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from ..atomic import atomic_path, write_atomically
+from models.atomic import atomic_path, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _settings(row: Dict[str, Any], path: Path) -> Dict[str, Any]:
         try:
             from omegaconf import OmegaConf
 
-            from ..zoo.config_group import register
+            from models.zoo.config_group import register
 
             register()                                 # ${zoo_preset:...} of an older run's config resolves
             loaded = OmegaConf.load(hydra_config)
