@@ -284,7 +284,7 @@ class Preprocessing:
         with 0, ``lengths (B,) int64)``."""
         if self.input_kind != "tokens":
             raise PreprocessingError("this model takes (T, F) feature arrays: use encode_features")
-        if len(texts) and all(_is_text(t) for t in texts):
+        if any(_is_text(t) for t in texts):
             seqs = self.encode_ids(texts)
         else:
             seqs = [_id_list(t, i, self.max_len) for i, t in enumerate(texts)]
@@ -317,8 +317,7 @@ def _encode_one(item: str, pair: str | None, vocab: text.Vocab, *, lowercase: bo
 
 def _is_text(item: Any) -> bool:
     """A raw input (a str or a ``(text, pair)`` tuple of strings), as opposed to a token id list."""
-    return isinstance(item, str) or (isinstance(item, tuple) and len(item) == 2
-                                     and all(isinstance(t, str) for t in item))
+    return isinstance(item, str) or (isinstance(item, tuple) and any(isinstance(t, str) for t in item))
 
 
 def _id_list(item: Any, index: int, max_len: int | None) -> list[int]:

@@ -85,7 +85,7 @@ class Predictor:
         token_input = bool(getattr(self.model, "token_input", True))
         if token_input:
             if self.preprocessing is not None:
-                if len(inputs) and all(_is_text(t) for t in inputs):
+                if any(_is_text(t) for t in inputs):
                     return self.preprocessing.encode_ids(inputs)
                 ids, lengths = self.preprocessing.encode(inputs)
                 return [row[:n].tolist() for row, n in zip(ids, lengths.tolist(), strict=True)]

@@ -1,0 +1,143 @@
+"""Runs on your own data through ``load_run``: a ``data=arrays`` feature model and a ``data=text_files`` model with a
+text pair column predict the raw rows exactly as the training loop's own evaluation classified the encoded rows,
+and ``evaluate_run`` scores them with the run's preprocessing (never a vocabulary rebuilt from the evaluated data)."""
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from composing import compose_config
+from omegaconf import OmegaConf
+
+import models
+from models.data import build_data, resolve_config
+from models.data.preprocessing import Preprocessing
+from models.deploy.evaluate import evaluate_run, source_rows
+from models.deploy.predict_cli import PredictError, predict_main
+from models.training.checkpoint import load_checkpoint
+
+TINY = ("model.embed_dim=8", "model.hidden_size=8", "optim.lr=0.03", "optim.warmup_steps=0", "trainer.max_epochs=3",
+        "trainer.num_threads=1", "trainer.tensorboard=false", "trainer.infer_batches=1", "data.batch_size=16")
+COLORS = ["red", "blue", "green", "black"]
+THINGS = ["car", "sea", "Sky", "hat", "Grass", "door"]
+
+
+def _train(run_dir: Path, *overrides: str) -> Path:
+    from models.training.loop import train
+
+    threads = torch.get_num_threads()
+    try:
+        train(compose_config(*overrides, *TINY), run_dir)
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir
+
+
+def _loop_predictions(run_dir: Path) -> list[int]:
+    """The training loop's evaluation of the test split: its own data bundle, batches and best weights."""
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    data = build_data(checkpoint["config"]["data"], seed=0)
+    model = models.load_run(run_dir).model
+    out: list[int] = []
+    with torch.no_grad():
+        for batch in data.loader("test", 5, shuffle=False, seed=0, bucket=False):
+            out += model(batch.tokens, batch.lengths).argmax(-1).tolist()
+    return out
+
+
+def _pair_csv(path: Path, count: int, seed: int) -> Path:
+    """premise/hypothesis/label: "same" when the hypothesis names the premise's colour (needs both texts)."""
+    rng = random.Random(seed)
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["premise", "hypothesis", "label"])
+        for i in range(count):
+            color, thing = rng.choice(COLORS), rng.choice(THINGS)
+            other = color if i % 2 else rng.choice([c for c in COLORS if c != color])
+            writer.writerow([f"the {thing} is {color}", f"it is {other}", "same" if i % 2 else "different"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("pairs")
+    train, test = _pair_csv(folder / "train.csv", 120, 0), _pair_csv(folder / "test.csv", 23, 1)
+    run_dir = _train(folder / "run", "data=text_files", f"data.train={train}", f"data.test={test}",
+                     "data.text_column=premise", "data.text_pair_column=hypothesis", "data.max_len=9")
+    return run_dir, test
+
+
+def test_a_pair_run_predicts_text_pairs_as_the_training_evaluation_did(pair_run: tuple[Path, Path]) -> None:
+    run_dir, test = pair_run
+    predictor = models.load_run(run_dir)
+    assert predictor.preprocessing.text_pair and predictor.preprocessing.max_len == 9
+    rows = list(csv.DictReader(test.open(encoding="utf-8")))
+    pairs = [(row["premise"], row["hypothesis"]) for row in rows]
+    assert predictor(pairs).class_ids == _loop_predictions(run_dir)
+    c = resolve_config(load_checkpoint(run_dir / "checkpoints" / "best.pt")["config"]["data"])
+    assert source_rows(c, "test")[0] == pairs, "eval reads the rows with text_files' own reader"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert evaluate_run(predictor)["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
+    with pytest.raises(TypeError, match=r"texts\[0\] is one str but this model was trained on text pairs"):
+        predictor(["the car is red"])
+    with pytest.raises(TypeError, match=r"texts\[1\]=.*expected a \(text, pair\) tuple of two strings"):
+        predictor([pairs[0], ("only one",)])
+
+
+def test_the_pair_record_round_trips_and_a_one_text_model_refuses_pairs(pair_run: tuple[Path, Path]) -> None:
+    prep = models.load_run(pair_run[0]).preprocessing
+    record = prep.to_dict()
+    assert record["text_pair"] is True and record["tokenizer"]["sep_token"] == "<sep>"
+    again = Preprocessing.from_dict(json.loads(json.dumps(record)))
+    assert again.text_pair and again.encode_ids([("the sea is red", "it is red")]) == \
+        prep.encode_ids([("the sea is red", "it is red")])
+    ids = prep.encode_ids([("the sea is red", "it is blue")])[0]
+    assert ids[4] == prep.vocab.index("<sep>") and len(ids) == 8, "4 text ids, <sep>, 3 pair ids"
+    assert len(prep.encode_ids([("the sea is red", "it is blue and the car is red")])[0]) == 9, "cut to max_len"
+    single = Preprocessing.for_text(["the sea is red"], ["a", "b"])
+    assert not single.text_pair and "text_pair" in single.to_dict()
+    with pytest.raises(TypeError, match=r"texts\[0\] is a \(text, pair\) tuple but this model was trained on one"):
+        single.encode_ids([("the sea", "red")])
+
+
+def test_predict_py_reads_a_pair_column(pair_run: tuple[Path, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    run_dir, test = pair_run
+    base = {"run": str(run_dir), "input": str(test), "column": "premise", "output": None, "batch_size": 4,
+            "device": "cpu"}
+    predict_main(OmegaConf.create({**base, "pair_column": "hypothesis"}))
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    rows = list(csv.DictReader(test.open(encoding="utf-8")))
+    expected = models.load_run(run_dir)([(row["premise"], row["hypothesis"]) for row in rows]).labels
+    assert [p["label"] for p in printed] == expected and [p["index"] for p in printed] == list(range(len(rows)))
+    with pytest.raises(PredictError, match=r"trained on text pairs .*give pair_column="):
+        predict_main(OmegaConf.create({**base, "pair_column": None}))
+    with pytest.raises(PredictError, match=r"pair_column='nope' is not in row 0"):
+        predict_main(OmegaConf.create({**base, "pair_column": "nope"}))
+
+
+def test_an_arrays_run_predicts_raw_arrays_as_the_training_evaluation_did(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.arange(90) % 2
+    seqs = [(rng.normal(size=(int(rng.integers(3, 9)), 3)) + [4.0 + (1.5 if y else -1.5), -2.0, 0.0])
+            .astype(np.float32) for y in labels]
+    lengths = np.array([len(s) for s in seqs])
+    x = np.zeros((len(seqs), lengths.max(), 3), dtype=np.float32)
+    for i, s in enumerate(seqs):
+        x[i, : len(s)] = s
+    np.savez(tmp_path / "train.npz", x=x, y=labels, lengths=lengths)
+    run_dir = _train(tmp_path / "run", "data=arrays", f"data.train={tmp_path / 'train.npz'}", "model=bigru")
+    predictor = models.load_run(run_dir)
+    assert predictor.preprocessing.input_kind == "features" and predictor.preprocessing.feature_mean is not None
+    c = resolve_config(load_checkpoint(run_dir / "checkpoints" / "best.pt")["config"]["data"])
+    raw, raw_labels = source_rows(c, "test")
+    assert abs(float(np.concatenate(raw)[:, 0].mean())) > 2, "raw rows: standardised by the predictor, not the reader"
+    assert predictor(raw).class_ids == _loop_predictions(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    evaluated = evaluate_run(predictor, split="test")
+    assert evaluated["rows"] == len(raw_labels)
+    assert evaluated["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
