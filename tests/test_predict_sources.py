@@ -133,11 +133,49 @@ def test_an_arrays_run_predicts_raw_arrays_as_the_training_evaluation_did(tmp_pa
     run_dir = _train(tmp_path / "run", "data=arrays", f"data.train={tmp_path / 'train.npz'}", "model=bigru")
     predictor = models.load_run(run_dir)
     assert predictor.preprocessing.input_kind == "features" and predictor.preprocessing.feature_mean is not None
+    assert predictor.model.embed.weight.shape == (8, 3), "model.input_size came from the data (F = 3)"
     c = resolve_config(load_checkpoint(run_dir / "checkpoints" / "best.pt")["config"]["data"])
     raw, raw_labels = source_rows(c, "test")
     assert abs(float(np.concatenate(raw)[:, 0].mean())) > 2, "raw rows: standardised by the predictor, not the reader"
     assert predictor(raw).class_ids == _loop_predictions(run_dir)
     results = json.loads((run_dir / "results.json").read_text())
+    assert results["data"] == "arrays" and results["test_accuracy"] >= 0.8, results   # the class: feature 0's mean
     evaluated = evaluate_run(predictor, split="test")
     assert evaluated["rows"] == len(raw_labels)
     assert evaluated["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
+
+
+def test_an_hf_run_with_class_label_ids_evaluates_with_its_own_vocabulary(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets", reason="data=hf needs the optional extra: pip install -e '.[hf]'")
+    for key in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(key, "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    rng = random.Random(0)
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["cold", "warm"])})
+    parts = {}
+    for split, count in (("train", 96), ("test", 21)):
+        ids = [i % 2 for i in range(count)]
+        texts = [f"the {rng.choice(THINGS)} is {rng.choice(['hot', 'sunny'] if y else ['icy', 'frozen'])}"
+                 for y in ids]
+        parts[split] = datasets.Dataset.from_dict({"text": texts, "label": ids}, features=features)
+    datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "saved"))
+    run_dir = _train(tmp_path / "run", "data=hf", f"data.path={tmp_path / 'saved'}", "data.test=test")
+    predictor = models.load_run(run_dir)
+    assert predictor.class_names == ["cold", "warm"] and not predictor.preprocessing.text_pair
+    assert predictor(parts["test"]["text"]).class_ids == _loop_predictions(run_dir)
+    evaluated = evaluate_run(predictor)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert evaluated["rows"] == 21 and evaluated["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
+    # Other data of the same kind whose training split (a rebuilt vocabulary's source) is all new words: scored with
+    # the run's vocabulary (new words -> <unk>), labels matched by ClassLabel id; the loss pins the exact logits.
+    new = datasets.Dataset.from_dict({"text": ["the zeppelin is hot", "the quasar is icy", "a quasar zeppelin"],
+                                      "label": [1, 0, 1]}, features=features)
+    datasets.DatasetDict({"train": new, "test": new}).save_to_disk(str(tmp_path / "other"))
+    other = evaluate_run(predictor, {"name": "hf", "path": str(tmp_path / "other"), "test": "test"})
+    assert 1 in predictor.preprocessing.encode_ids(["the zeppelin is hot"])[0], "zeppelin is <unk> to the run"
+    logits = predictor.logits(new["text"])
+    assert other["rows"] == 3
+    assert other["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, torch.tensor([1, 0, 1]))),
+                                          abs=1e-6)
