@@ -179,3 +179,23 @@ def test_an_hf_run_with_class_label_ids_evaluates_with_its_own_vocabulary(tmp_pa
     assert other["rows"] == 3
     assert other["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, torch.tensor([1, 0, 1]))),
                                           abs=1e-6)
+
+
+def test_the_docs_classify_encode_follows_the_sep_rule_of_a_pair_export(pair_run: tuple[Path, Path], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_export_preprocessing import classify_block
+
+    run_dir, test = pair_run
+    prep = models.load_run(run_dir).preprocessing
+    assert not (prep.unk_shapes or prep.word_pieces), "the docs' classify.py implements the plain vocabulary"
+    spec = {"preprocessing": prep.to_dict(), "max_len": 9, "pad_id": 0, "model_file": "question_classifier.pt2"}
+    (tmp_path / "question_classifier.pt2.json").write_text(json.dumps(spec))
+    monkeypatch.chdir(tmp_path)
+    head = classify_block().partition("def batch(")[0]     # the JSON and encode(), without a program to load
+    namespace: dict = {}
+    exec(compile(head, "classify.py", "exec"), namespace)
+    rows = list(csv.DictReader(test.open(encoding="utf-8")))
+    pairs = [(row["premise"], row["hypothesis"]) for row in rows] + [("the Sky is red", "it is red and so is grass")]
+    assert [namespace["encode"](t, p) for t, p in pairs] == prep.encode_ids(pairs)
+    with pytest.raises(ValueError, match="text_pair model takes"):
+        namespace["encode"]("the car is red")
