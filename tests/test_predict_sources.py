@@ -199,3 +199,13 @@ def test_the_docs_classify_encode_follows_the_sep_rule_of_a_pair_export(pair_run
     assert [namespace["encode"](t, p) for t, p in pairs] == prep.encode_ids(pairs)
     with pytest.raises(ValueError, match="text_pair model takes"):
         namespace["encode"]("the car is red")
+
+
+def test_save_pretrained_keeps_the_pair_rule(pair_run: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("safetensors", reason="save_pretrained needs the optional extra: pip install -e '.[hub]'")
+    run_dir, test = pair_run
+    loaded = models.from_pretrained(models.save_pretrained(run_dir, tmp_path / "pairs"))
+    assert loaded.preprocessing.text_pair
+    rows = list(csv.DictReader(test.open(encoding="utf-8")))
+    pairs = [(row["premise"], row["hypothesis"]) for row in rows]
+    torch.testing.assert_close(loaded.logits(pairs), models.load_run(run_dir).logits(pairs), rtol=0, atol=0)

@@ -103,7 +103,7 @@ def evaluate_run(run: PathLike | Predictor, data_cfg: Optional[Dict[str, Any]] =
         label_names = [label for label, _ in rows]
     elif prep is not None and c["name"] in RAW_SOURCES and (prep.has_tokenizer or prep.input_kind == "features"):
         inputs, labels = source_rows(c, split)
-        if bool(prep.text_pair) != any(isinstance(x, tuple) for x in inputs) and c["name"] != "arrays":
+        if c["name"] != "arrays" and prep.text_pair != (c.get("text_pair_column") is not None):
             raise ValueError(f"data.text_pair_column={c.get('text_pair_column')!r} but the model was trained "
                              f"{'with' if prep.text_pair else 'without'} a text pair column")
         logits = predictor.logits(inputs)
