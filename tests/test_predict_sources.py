@@ -82,6 +82,9 @@ def test_a_pair_run_predicts_text_pairs_as_the_training_evaluation_did(pair_run:
     assert source_rows(c, "test")[0] == pairs, "eval reads the rows with text_files' own reader"
     results = json.loads((run_dir / "results.json").read_text())
     assert evaluate_run(predictor)["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
+    one_text = {**c, "text_pair_column": None}
+    with pytest.raises(ValueError, match=r"data\.text_pair_column=None but the model was trained with a text pair"):
+        evaluate_run(predictor, one_text)
     with pytest.raises(TypeError, match=r"texts\[0\] is one str but this model was trained on text pairs"):
         predictor(["the car is red"])
     with pytest.raises(TypeError, match=r"texts\[1\]=.*expected a \(text, pair\) tuple of two strings"):
