@@ -98,6 +98,7 @@ def test_bad_rows_name_the_file_the_row_and_the_key(tmp_path: Path) -> None:
         build_data(cfg(Path("x.csv")))
 
 
+@pytest.mark.slow  # a train.py subprocess (10-23 s); fast: test_predict_sources trains data=arrays in process
 def test_a_feature_model_trains_from_the_command_line(tmp_path: Path) -> None:
     seqs, labels = sequences(160)
     path = save_padded(tmp_path / "train.npz", seqs, labels)

@@ -74,6 +74,7 @@ def test_errors_name_the_split_the_row_and_the_key(tmp_path: Path) -> None:
         build_data({"name": "hf"})
 
 
+@pytest.mark.slow  # a train.py subprocess (12-21 s); fast: test_predict_sources trains data=hf in process
 def test_a_saved_dataset_trains_from_the_command_line(tmp_path: Path) -> None:
     folder = save(tmp_path / "saved", n=96)
     command = [sys.executable, str(ROOT / "train.py"), "data=hf", f"data.path={folder}", "data.test=test",

@@ -195,6 +195,7 @@ def test_a_missing_file_names_the_key(tmp_path: Path) -> None:
         build_data(cfg(tmp_path / "nope.csv"))
 
 
+@pytest.mark.slow  # 3 train.py runs (16-30 s on 2 busy cores); fast: the same-bundle test + test_predict_sources
 def test_csv_tsv_and_jsonl_train_from_the_command_line(tmp_path: Path) -> None:
     files = [write_csv(tmp_path / "d.csv", 96), write_csv(tmp_path / "d.tsv", 96, delimiter="\t"),
              write_jsonl(tmp_path / "d.jsonl", 96)]

@@ -21,7 +21,7 @@ from models.deploy.exporters import read_sidecar, sidecar_path
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "zoo-and-deployment.md"
 TEXTS = ["what is the capital of peru ?", "who wrote hamlet ?"]
-MAX_LEN = 16   # export time grows with the static T
+MAX_LEN = 8   # export time grows with the static T (the texts have at most 7 tokens)
 
 
 def classify_block() -> str:
@@ -138,8 +138,14 @@ def record() -> dict:
     (lambda d: d.update(input_kind="images"), r"preprocessing\.input_kind='images'"),
     (lambda d: d.update(format="v0"), r"preprocessing\.format='v0'"),
     (lambda d: d.update(unk_shapes=True), r"preprocessing\.unk_shapes=True: expected False"),
+    (lambda d: d.update(text_pair="yes"), r"preprocessing\.text_pair='yes': expected true or false"),
+    (lambda d: d.update(text_pair=1), r"preprocessing\.text_pair=1: expected true or false"),
+    (lambda d: d.update(text_pair=None), r"preprocessing\.text_pair=None: expected true or false"),
+    (lambda d: d.update(text_pair=True), r"preprocessing\.text_pair=True: expected false for a vocabulary without "
+                                         r"the '<sep>' token"),
 ], ids=["vocab-str", "int-token", "null-token", "duplicate", "specials", "long-token", "lowercase", "max_len",
-        "float-max_len", "class-type", "no-classes", "input_kind", "format", "claims-shapes"])
+        "float-max_len", "class-type", "no-classes", "input_kind", "format", "claims-shapes", "pair-str", "pair-int",
+        "pair-null", "pair-without-sep"])
 def test_a_tampered_record_is_refused_naming_the_key(record: dict, change, match: str) -> None:
     tampered = json.loads(json.dumps(record))
     change(tampered)

@@ -153,8 +153,9 @@ def read(c: dict[str, Any], key: str) -> Rows:
     return rows
 
 
-def build(c: dict[str, Any]) -> dict[str, Any]:
-    """The :class:`~models.data.bundle.DataBundle` fields of ``data=arrays`` (``c`` resolved)."""
+def split_rows(c: dict[str, Any]) -> tuple[dict[str, Rows], dict[str, str], dict[str, int]]:
+    """``(parts, sources, skipped)``: the raw (not standardised) ``(T, F)`` rows of each split as ``build`` splits
+    them, the file of each source key and the malformed rows skipped per file (``c`` resolved)."""
     skipped: dict[str, int] = {}
     sources: dict[str, str] = {}
 
@@ -163,7 +164,12 @@ def build(c: dict[str, Any]) -> dict[str, Any]:
         skipped[rows.source], sources[key] = rows.skipped, rows.source
         return rows
 
-    parts = splits.split(c, read_source)
+    return splits.split(c, read_source), sources, skipped
+
+
+def build(c: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~models.data.bundle.DataBundle` fields of ``data=arrays`` (``c`` resolved)."""
+    parts, sources, skipped = split_rows(c)
     widths = {split: {int(item.shape[1]) for item in rows.items} for split, rows in parts.items()}
     features = widths["train"].pop() if len(widths["train"]) == 1 else None
     for split, found in widths.items():

@@ -65,12 +65,13 @@ def load(c: dict[str, Any]) -> Any:
                          f"{c['data_files']!r}) could not be loaded: {error}") from None
 
 
-def build(c: dict[str, Any]) -> dict[str, Any]:
-    """The :class:`~models.data.bundle.DataBundle` fields of ``data=hf`` (``c`` resolved)."""
+def split_rows(c: dict[str, Any]) -> tuple[dict[str, Rows], dict[str, str], dict[str, int]]:
+    """``(parts, sources, skipped)``: the raw rows of each split (items ``(text, pair)``) as ``build`` splits them,
+    the name of each source split and the malformed rows skipped per source (``c`` resolved; a ``ClassLabel``
+    column's names are set as its ``class_names``, so pass a copy)."""
     splits.require_train(c)
     dataset = load(c)
     available = list(dataset.keys()) if hasattr(dataset, "keys") else None
-    c = dict(c)
     sources: dict[str, str] = {}
     skipped: dict[str, int] = {}
 
@@ -88,7 +89,13 @@ def build(c: dict[str, Any]) -> dict[str, Any]:
         sources[key], skipped[rows.source] = rows.source, rows.skipped
         return rows
 
-    parts = splits.split(c, read_source)
+    return splits.split(c, read_source), sources, skipped
+
+
+def build(c: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~models.data.bundle.DataBundle` fields of ``data=hf`` (``c`` resolved)."""
+    c = dict(c)
+    parts, sources, skipped = split_rows(c)
     return {"name": "hf", **text_files.build_parts(c, parts, sources, skipped)}
 
 

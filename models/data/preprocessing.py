@@ -8,7 +8,9 @@ A run's checkpoints (``best.pt``, ``last.pt``), its exports (a ``<file>.json`` b
 - tokens: the vocabulary (``vocab[i]`` is the token of id ``i``; ``<pad>`` = 0, ``<unk>`` = 1) and the tokenizer
   settings ``lowercase``, ``max_len`` (``null``: no truncation), ``unk_shapes`` and ``word_pieces`` (both read off
   the vocabulary), with the tokenizer's rules spelt out in ``tokenizer`` so a few lines of standard-library Python
-  reproduce :meth:`Preprocessing.encode` without this project (``docs/zoo-and-deployment.md``);
+  reproduce :meth:`Preprocessing.encode` without this project (``docs/zoo-and-deployment.md``), and ``text_pair``
+  (``true``: the run's data had a ``text_pair_column``, so every input is a ``(text, pair)`` pair, encoded as text
+  ids, ``<sep>``, pair ids, truncated to ``max_len``; ``false`` or absent: one text per input);
 - features: ``num_features`` and the standardisation fitted on the training split, ``feature_mean`` /
   ``feature_std`` (``null``: none), applied as ``(x - mean) / std``.
 
@@ -52,8 +54,10 @@ def tokenizer_rules() -> dict[str, Any]:
             "(greedy longest word-start piece of >= 3 letters, then longest '##' pieces; letters-only words longer "
             "than 3; with unk_shapes only for words written in lower case), else the id of its unk_shape token "
             "when unk_shapes, else unk_id",
-            "ids = ids[:max_len] (max_len null: all); no ids at all -> [unk_id]",
+            "text_pair false: ids = ids[:max_len] (max_len null: all); no ids at all -> [unk_id]",
+            "text_pair true: ids = (text ids + [id of sep_token] + pair ids)[:max_len]",
         ],
+        "sep_token": text.SEP,
         "unk_shape_tokens": list(text.UNK_SHAPES),
         "unk_shape_rules": ["any digit", "all upper case and longer than 1", "first letter upper case",
                             "all lower case", "anything else"],
@@ -119,6 +123,7 @@ class Preprocessing:
     feature_mean: list[float] | None = None
     feature_std: list[float] | None = None
     data_name: str | None = None
+    text_pair: bool = False
     _vocab: text.Vocab | None = field(default=None, repr=False, compare=False)
 
     # -- construction ------------------------------------------------------------------------------------------
@@ -136,7 +141,8 @@ class Preprocessing:
         return cls.from_dict({
             "format": FORMAT, "input_kind": "tokens", "class_names": list(data.class_names),
             "vocab": None if vocab is None else list(vocab.itos), "lowercase": bool(config.get("lowercase", True)),
-            "max_len": config.get("max_len") if vocab is not None else None, "data_name": data.name})
+            "max_len": config.get("max_len") if vocab is not None else None, "data_name": data.name,
+            "text_pair": vocab is not None and config.get("text_pair_column") is not None})
 
     @classmethod
     def for_text(cls, texts: Sequence[str], class_names: Sequence[str], *, lowercase: bool = True,
@@ -181,8 +187,12 @@ class Preprocessing:
         if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
             raise _fail("max_len", max_len, "an integer >= 1 or null")
         lowercase = _check_bool(d, "lowercase")
+        text_pair = _check_bool(d, "text_pair") if "text_pair" in d else False   # absent: a record from before pairs
+        if text_pair and (vocab is None or text.SEP not in vocab):
+            raise _fail("text_pair", text_pair, f"false for a vocabulary without the {text.SEP!r} token (a pair "
+                                                "model's vocabulary holds it)")
         record = cls("tokens", classes, vocab=vocab, lowercase=lowercase, max_len=max_len, data_name=name,
-                     _vocab=None if vocab is None else text.Vocab(vocab))
+                     text_pair=text_pair, _vocab=None if vocab is None else text.Vocab(vocab))
         for key in ("unk_shapes", "word_pieces"):   # derived from the vocabulary; a record saying otherwise is wrong
             if key in d and d[key] != getattr(record, key):
                 raise _fail(key, d[key], f"{getattr(record, key)} (what the vocabulary holds)")
@@ -196,7 +206,8 @@ class Preprocessing:
             d.update(num_features=self.num_features, feature_mean=self.feature_mean, feature_std=self.feature_std)
             return d
         d.update(lowercase=self.lowercase, max_len=self.max_len, unk_shapes=self.unk_shapes,
-                 word_pieces=self.word_pieces, tokenizer=tokenizer_rules(), vocab=self.vocab)
+                 word_pieces=self.word_pieces, text_pair=self.text_pair, tokenizer=tokenizer_rules(),
+                 vocab=self.vocab)
         return d
 
     # -- properties --------------------------------------------------------------------------------------------
@@ -238,8 +249,9 @@ class Preprocessing:
                                      f"input_size={input_size}")
 
     # -- encoding ----------------------------------------------------------------------------------------------
-    def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """Raw strings -> one id list each (what the training data held for the same text)."""
+    def encode_ids(self, texts: Sequence[Any]) -> list[list[int]]:
+        """Raw strings, or ``(text, pair)`` string pairs for a pair model (``text_pair``), -> one id list each
+        (what the training data held for the same example)."""
         if not self.has_tokenizer:
             raise PreprocessingError("this model's preprocessing has no vocabulary (token-id data such as the "
                                      "synthetic tasks): give token id lists, not strings")
@@ -247,17 +259,32 @@ class Preprocessing:
             raise TypeError("texts must be a list of strings, got one str (wrap it in a list)")
         out = []
         for index, item in enumerate(texts):
-            if not isinstance(item, str):
-                raise TypeError(f"texts[{index}] is a {type(item).__name__}, expected a str")
-            out.append(_encode_one(item, self._vocab, lowercase=self.lowercase, max_len=self.max_len))
+            text_, pair = self._split_pair(item, index)
+            out.append(_encode_one(text_, pair, self._vocab, lowercase=self.lowercase, max_len=self.max_len))
         return out
+
+    def _split_pair(self, item: Any, index: int) -> tuple[str, str | None]:
+        """``item`` -> ``(text, pair or None)``; refuses a plain str for a pair model and a pair for a one-text one."""
+        if self.text_pair:
+            if isinstance(item, str):
+                raise TypeError(f"texts[{index}] is one str but this model was trained on text pairs "
+                                f"(data.text_pair_column): give a (text, pair) tuple of two strings")
+            if not isinstance(item, (tuple, list)) or len(item) != 2 or not all(isinstance(t, str) for t in item):
+                raise TypeError(f"texts[{index}]={item!r:.60}: expected a (text, pair) tuple of two strings")
+            return item[0], item[1]
+        if not isinstance(item, str):
+            if isinstance(item, tuple) and len(item) == 2 and all(isinstance(t, str) for t in item):
+                raise TypeError(f"texts[{index}] is a (text, pair) tuple but this model was trained on one text per "
+                                f"example (no data.text_pair_column): give a str")
+            raise TypeError(f"texts[{index}] is a {type(item).__name__}, expected a str")
+        return item, None
 
     def encode(self, texts: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw strings (or token id lists, for a model without a vocabulary) -> ``(ids (B, T) int64`` right-padded
         with 0, ``lengths (B,) int64)``."""
         if self.input_kind != "tokens":
             raise PreprocessingError("this model takes (T, F) feature arrays: use encode_features")
-        if len(texts) and all(isinstance(t, str) for t in texts):
+        if any(_is_text(t) for t in texts):
             seqs = self.encode_ids(texts)
         else:
             seqs = [_id_list(t, i, self.max_len) for i, t in enumerate(texts)]
@@ -282,9 +309,15 @@ class Preprocessing:
         return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
 
 
-def _encode_one(item: str, vocab: text.Vocab, *, lowercase: bool, max_len: int | None) -> list[int]:
-    """THE text -> ids rule (the one function to switch when the data code changes; the training data used it)."""
-    return text.encode_text(item, vocab, lowercase)[:max_len] or [text.UNK_ID]
+def _encode_one(item: str, pair: str | None, vocab: text.Vocab, *, lowercase: bool,
+                max_len: int | None) -> list[int]:
+    """The text -> ids rule: :func:`text.encode_example`, the one the training data was encoded with."""
+    return text.encode_example(item, pair, vocab, lowercase=lowercase, max_len=max_len)
+
+
+def _is_text(item: Any) -> bool:
+    """A raw input (a str or a ``(text, pair)`` tuple of strings), as opposed to a token id list."""
+    return isinstance(item, str) or (isinstance(item, tuple) and any(isinstance(t, str) for t in item))
 
 
 def _id_list(item: Any, index: int, max_len: int | None) -> list[int]:

@@ -228,8 +228,9 @@ def build_parts(c: dict[str, Any], parts: dict[str, Rows], sources: dict[str, st
             "config": c, "vocab": vocab, "info": info}
 
 
-def build(c: dict[str, Any]) -> dict[str, Any]:
-    """The :class:`~models.data.bundle.DataBundle` fields of ``data=text_files`` (``c`` resolved)."""
+def split_rows(c: dict[str, Any]) -> tuple[dict[str, Rows], dict[str, str], dict[str, int]]:
+    """``(parts, sources, skipped)``: the raw rows of each split (items ``(text, pair)``) as ``build`` splits them,
+    the file of each source key and the malformed rows skipped per file (``c`` resolved)."""
     skipped: dict[str, int] = {}
     sources: dict[str, str] = {}
 
@@ -238,5 +239,10 @@ def build(c: dict[str, Any]) -> dict[str, Any]:
         skipped[rows.source], sources[key] = rows.skipped, rows.source
         return rows
 
-    parts = splits.split(c, read_source)
+    return splits.split(c, read_source), sources, skipped
+
+
+def build(c: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~models.data.bundle.DataBundle` fields of ``data=text_files`` (``c`` resolved)."""
+    parts, sources, skipped = split_rows(c)
     return {"name": "text_files", **build_parts(c, parts, sources, skipped)}

@@ -3,8 +3,11 @@
 Text data is read as raw rows and encoded with the *run's* preprocessing (its vocabulary, not one rebuilt from
 the data evaluated), so another dataset, another split seed or another file of the same kind is scored as the
 model would see it in deployment. The rows of a split are those ``build_data`` makes for the same data config
-(the same files, seeded stratified splits and ``val_fraction``). Data without a tokenizer (the synthetic tasks,
-feature sequences) goes through ``build_data``'s own encoding. Labels are matched by class name.
+(the same files, seeded stratified splits and ``val_fraction``): ``data=text_files``, ``data=hf`` and
+``data=arrays`` rows come from those sources' own readers (``split_rows``), texts (and ``(text, pair)`` pairs)
+encoded with the run's vocabulary and feature sequences standardised with the run's training-split mean and std.
+Only data without any recorded preprocessing (the synthetic tasks) goes through ``build_data``'s own encoding.
+Labels are matched by class name (integer labels by class id).
 """
 
 from __future__ import annotations
@@ -41,6 +44,38 @@ def text_rows(c: Dict[str, Any], split: str) -> List[Tuple[str, str]]:
     return [full[i] for i in parts[("train", "val", "test").index(split)]]
 
 
+RAW_SOURCES = ("text_files", "hf", "arrays")
+
+
+def source_rows(c: Dict[str, Any], split: str) -> Tuple[List[Any], List[Any]]:
+    """``(inputs, labels)`` of ``split`` of a resolved ``text_files`` / ``hf`` / ``arrays`` config, read by that
+    source's own reader and split as ``build_data`` splits it: texts, ``(text, pair)`` tuples or raw ``(T, F)``
+    arrays (not standardised), and each label as read (a class name or an integer id)."""
+    from ..data import arrays, hf, text_files
+
+    reader = {"text_files": text_files, "hf": hf, "arrays": arrays}[c["name"]]
+    parts = reader.split_rows(dict(c))[0]
+    if split not in parts:
+        raise ValueError(f"split={split!r}: data {c['name']!r} has splits {sorted(parts)} with this config")
+    rows = parts[split]
+    if c["name"] == "arrays":
+        return list(rows.items), list(rows.labels)
+    return [t if p is None else (t, p) for t, p in rows.items], list(rows.labels)
+
+
+def _label_names(labels: List[Any], names: List[str]) -> List[str]:
+    """Labels as read -> class names: integer ids index the run's classes (as ``class_ids`` numbered them)."""
+    out = []
+    for label in labels:
+        if isinstance(label, str):
+            out.append(label)
+        elif 0 <= int(label) < len(names):
+            out.append(names[int(label)])
+        else:
+            raise ValueError(f"label {int(label)} is outside the model's class ids [0, {len(names)})")
+    return out
+
+
 def _check_split(c: Dict[str, Any], split: str) -> None:
     splits = ["train", "test"] + ([] if c.get("val_fraction") == 0 else ["val"])
     if split not in splits:
@@ -57,7 +92,8 @@ def evaluate_run(run: PathLike | Predictor, data_cfg: Optional[Dict[str, Any]] =
     if raw is None:
         raise ValueError("no data config: the checkpoint has none, give data=...")
     c = resolve_config(raw)
-    _check_split(c, split)
+    if c["name"] not in RAW_SOURCES:
+        _check_split(c, split)
     seed = int(run_config.get("seed", 0)) if seed is None else seed
     names = predictor.class_names
     prep = predictor.preprocessing
@@ -65,6 +101,13 @@ def evaluate_run(run: PathLike | Predictor, data_cfg: Optional[Dict[str, Any]] =
         rows = text_rows(c, split)
         logits = predictor.logits([t for _, t in rows])
         label_names = [label for label, _ in rows]
+    elif prep is not None and c["name"] in RAW_SOURCES and (prep.has_tokenizer or prep.input_kind == "features"):
+        inputs, labels = source_rows(c, split)
+        if c["name"] != "arrays" and prep.text_pair != (c.get("text_pair_column") is not None):
+            raise ValueError(f"data.text_pair_column={c.get('text_pair_column')!r} but the model was trained "
+                             f"{'with' if prep.text_pair else 'without'} a text pair column")
+        logits = predictor.logits(inputs)
+        label_names = _label_names(labels, names)
     else:
         data = build_data(c, seed=seed)
         dataset = data.splits[split]

@@ -27,9 +27,10 @@ class PredictError(ValueError):
     """An option, an input file or a checkpoint ``predict.py`` / ``eval.py`` cannot use (exit status 2)."""
 
 
-def read_inputs(source: str, column: str | None) -> Tuple[List[int], List[Any]]:
+def read_inputs(source: str, column: str | None, pair_column: str | None = None) -> Tuple[List[int], List[Any]]:
     """``(indices, inputs)`` of a text file (blank lines skipped: the index is the 0-based line), a ``.csv`` /
-    ``.jsonl`` column (the index is the 0-based row), or ``-`` (standard input, read as a text file)."""
+    ``.jsonl`` column (the index is the 0-based row), or ``-`` (standard input, read as a text file).
+    ``pair_column`` (``.csv`` / ``.jsonl`` only): each input is the ``(text, pair)`` tuple of a pair model."""
     if source == "-":
         content, suffix = sys.stdin.read(), ""
     else:
@@ -38,8 +39,9 @@ def read_inputs(source: str, column: str | None) -> Tuple[List[int], List[Any]]:
             raise PredictError(f"input={source!r}: no such file; give a text, .csv or .jsonl file, or - for stdin")
         content, suffix = path.read_text(encoding="utf-8"), path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
-        if column is not None:
-            raise PredictError(f"column={column!r} only applies to .csv and .jsonl inputs, not input={source!r}")
+        for key, value in (("column", column), ("pair_column", pair_column)):
+            if value is not None:
+                raise PredictError(f"{key}={value!r} only applies to .csv and .jsonl inputs, not input={source!r}")
         lines = content.splitlines()
         kept = [i for i, line in enumerate(lines) if line.strip()]
         return kept, [lines[i] for i in kept]
@@ -57,11 +59,16 @@ def read_inputs(source: str, column: str | None) -> Tuple[List[int], List[Any]]:
                 raise PredictError(f"input={source!r} line {number} is not JSON: {error}") from None
             if not isinstance(rows[-1], dict):
                 raise PredictError(f"input={source!r} line {number} is not a JSON object")
+    if pair_column is not None and pair_column == name:
+        raise PredictError(f"pair_column={pair_column!r} is the text column too: give the column of the second text")
     for number, row in enumerate(rows):
-        if name not in row:
-            raise PredictError(f"column={name!r} is not in row {number} of input={source!r}; its columns: "
-                               f"{sorted(row)}")
-    return list(range(len(rows))), [row[name] for row in rows]
+        for key, wanted in (("column", name), ("pair_column", pair_column)):
+            if wanted is not None and wanted not in row:
+                raise PredictError(f"{key}={wanted!r} is not in row {number} of input={source!r}; its columns: "
+                                   f"{sorted(row)}")
+    if pair_column is None:
+        return list(range(len(rows))), [row[name] for row in rows]
+    return list(range(len(rows))), [(row[name], row[pair_column]) for row in rows]
 
 
 def predict_main(cfg: DictConfig) -> None:
@@ -70,7 +77,15 @@ def predict_main(cfg: DictConfig) -> None:
         predictor = load_run(cfg.run, device=cfg.device, batch_size=cfg.batch_size)
     except (ValueError, PreprocessingError) as error:
         raise PredictError(str(error)) from error
-    indices, inputs = read_inputs(str(cfg.input), cfg.column)
+    pair_column = cfg.get("pair_column")
+    text_pair = predictor.preprocessing is not None and predictor.preprocessing.text_pair
+    if text_pair and pair_column is None:
+        raise PredictError("this model was trained on text pairs (data.text_pair_column): give pair_column=<the "
+                           "column of the second text> with a .csv or .jsonl input")
+    if pair_column is not None and not text_pair:
+        raise PredictError(f"pair_column={pair_column!r}: this model takes one text per input (it was not trained "
+                           f"with data.text_pair_column); leave pair_column out")
+    indices, inputs = read_inputs(str(cfg.input), cfg.column, pair_column)
     try:
         records = predictor(inputs).records() if inputs else []
     except (ValueError, TypeError) as error:

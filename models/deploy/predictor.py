@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..arguments import PathLike, check_positive_int
-from ..data.preprocessing import Preprocessing, PreprocessingError
+from ..data.preprocessing import Preprocessing, PreprocessingError, _is_text
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,11 @@ class Predictor:
         token_input = bool(getattr(self.model, "token_input", True))
         if token_input:
             if self.preprocessing is not None:
-                if len(inputs) and all(isinstance(t, str) for t in inputs):
+                if any(_is_text(t) for t in inputs):
                     return self.preprocessing.encode_ids(inputs)
                 ids, lengths = self.preprocessing.encode(inputs)
                 return [row[:n].tolist() for row, n in zip(ids, lengths.tolist(), strict=True)]
-            if any(isinstance(t, str) for t in inputs):
+            if any(isinstance(t, (str, tuple)) for t in inputs):
                 raise PreprocessingError("this checkpoint has no preprocessing (written before runs recorded it): "
                                          "give token id lists, not strings")
             from ..data.preprocessing import _id_list
@@ -123,7 +123,8 @@ class Predictor:
         return nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
 
     def __call__(self, inputs: Sequence[Any]) -> Predictions:
-        """Labels and probabilities of ``inputs`` (raw strings, id lists, or ``(T, F)`` arrays), in their order."""
+        """Labels and probabilities of ``inputs`` (raw strings, ``(text, pair)`` tuples for a pair model, id lists, or
+        ``(T, F)`` arrays), in their order."""
         probabilities = torch.softmax(self.logits(inputs), dim=-1)
         ids = probabilities.argmax(-1).tolist()
         names = self.class_names
