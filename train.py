@@ -80,7 +80,7 @@ def main(cfg: DictConfig) -> float | None:
         results = train(cfg, run_dir)
     except ConfigError as error:
         message = "config error: " + " ".join(str(error).split())     # one line, whatever the message held
-        log.error("%s", message)
+        # stderr only: a refused attempt writes nothing into the run folder, whose train.log may be another run's.
         print(message, file=sys.stderr)
         if sweeping:
             _record_failure(run_dir, error, "config error")

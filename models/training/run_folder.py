@@ -21,9 +21,9 @@ import shlex
 import socket
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-from ..atomic import orphans, remove_orphans
+from ..atomic import orphans, remove_orphans, write_atomically
 from .config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -215,3 +215,19 @@ def continue_command(run_dir: Path, settings: Sequence[str], world_size: int = 1
     launcher = ["python"] if world_size <= 1 else ["torchrun", "--standalone", f"--nproc_per_node={world_size}"]
     words = [*launcher, "train.py", *kept, *(_setting(str(s)) for s in settings), _setting(f"hydra.run.dir={run_dir}")]
     return " ".join(shlex.quote(str(word)) for word in words)
+
+
+def record_hydra_files(run_dir: Path, cfg: Any) -> None:
+    """Hydra's ``.hydra/{config,hydra,overrides}.yaml`` for the run in ``run_dir``, written (atomically) once the
+    folder is claimed: ``conf/hydra/default.yaml`` sets ``hydra.output_subdir: null`` so that Hydra does not write
+    them before ``train.py`` knows whether the folder is this run's. Nothing outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = Path(run_dir) / ".hydra"
+    write_atomically(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_atomically(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    write_atomically(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))

@@ -29,7 +29,7 @@ from .loggers import MetricLoggers
 from .optimizer import build_optimizer, build_scheduler
 from .progress import HealthyWeights, Progress
 from .resume import adopt_history, load_for_resume, load_init_weights, load_weights, resolve_init_from, same_folder
-from .run_folder import clean_orphans, continue_command, refuse_a_used_folder
+from .run_folder import clean_orphans, continue_command, record_hydra_files, refuse_a_used_folder
 from .runtime import autocast_dtype, resolve_device, seed_everything
 from .stopping import Interrupted, TrainingDiverged
 from .testing_aids import TestingAids
@@ -152,6 +152,7 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
     state = _claim_the_run_folder(cfg, run_dir, config, resume, init_from)
     if ddp.env_rank() == 0:                            # train.log appends: each accepted attempt starts with this
         log.info("%s", attempt_header(resume, bool(trainer.overwrite), started))
+        record_hydra_files(run_dir, cfg)               # only now: a refused attempt leaves .hydra/ as it was
 
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
