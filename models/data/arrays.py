@@ -156,15 +156,7 @@ def read(c: dict[str, Any], key: str) -> Rows:
 def split_rows(c: dict[str, Any]) -> tuple[dict[str, Rows], dict[str, str], dict[str, int]]:
     """``(parts, sources, skipped)``: the raw (not standardised) ``(T, F)`` rows of each split as ``build`` splits
     them, the file of each source key and the malformed rows skipped per file (``c`` resolved)."""
-    skipped: dict[str, int] = {}
-    sources: dict[str, str] = {}
-
-    def read_source(key: str, _: str) -> Rows:
-        rows = read(c, key)
-        skipped[rows.source], sources[key] = rows.skipped, rows.source
-        return rows
-
-    return splits.split(c, read_source), sources, skipped
+    return splits.read_splits(c, read)
 
 
 def build(c: dict[str, Any]) -> dict[str, Any]:

@@ -109,6 +109,21 @@ def require_train(c: Mapping[str, Any]) -> None:
         raise ValueError(f"data.train is not set: give the training data (data.train=<path>) for data.name={c['name']}")
 
 
+def read_splits(c: Mapping[str, Any], read: Callable[[Mapping[str, Any], str], Rows]
+                ) -> tuple[dict[str, Rows], dict[str, str], dict[str, int]]:
+    """``(parts, sources, skipped)`` for file sources: the rows of each split as :func:`split` makes them from
+    ``read(c, source_key)``, the file of each source key and the malformed rows skipped per file."""
+    skipped: dict[str, int] = {}
+    sources: dict[str, str] = {}
+
+    def read_source(key: str, _: str) -> Rows:
+        rows = read(c, key)
+        skipped[rows.source], sources[key] = rows.skipped, rows.source
+        return rows
+
+    return split(c, read_source), sources, skipped
+
+
 def split(c: Mapping[str, Any], read: Callable[[str, str], Rows]) -> dict[str, Rows]:
     """``{"train", "val", "test"}`` -> :class:`Rows`: each read with ``read(key, source)`` where given, else a
     seeded stratified fraction of train (by the labels as read). No ``val`` with ``data.val_fraction=0``."""

@@ -231,15 +231,7 @@ def build_parts(c: dict[str, Any], parts: dict[str, Rows], sources: dict[str, st
 def split_rows(c: dict[str, Any]) -> tuple[dict[str, Rows], dict[str, str], dict[str, int]]:
     """``(parts, sources, skipped)``: the raw rows of each split (items ``(text, pair)``) as ``build`` splits them,
     the file of each source key and the malformed rows skipped per file (``c`` resolved)."""
-    skipped: dict[str, int] = {}
-    sources: dict[str, str] = {}
-
-    def read_source(key: str, _: str) -> Rows:
-        rows = read(c, key)
-        skipped[rows.source], sources[key] = rows.skipped, rows.source
-        return rows
-
-    return splits.split(c, read_source), sources, skipped
+    return splits.read_splits(c, read)
 
 
 def build(c: dict[str, Any]) -> dict[str, Any]:
