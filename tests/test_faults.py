@@ -689,3 +689,15 @@ def test_the_report_over_an_older_run_resolves_its_preset_values(tmp_path: Path)
     table = outputs["md"].read_text()
     assert "${" not in table and "png" in outputs and outputs["png"].stat().st_size > 0
     assert temporaries(tmp_path) == []
+
+
+def test_overwrite_also_removes_the_default_logger_files(tmp_path: Path) -> None:
+    """``logger=csv`` and ``logger=mlflow`` write ``metrics.csv`` and ``mlflow.db`` into the run folder: they are
+    the run's, so they mark the folder in use and ``trainer.overwrite=true`` removes them (a user's file stays)."""
+    from models.training.run_folder import clear_run, run_files
+
+    for name in ("metrics.csv", "mlflow.db", "notes.txt"):
+        (tmp_path / name).write_text(name)
+    assert run_files(tmp_path) == ["metrics.csv", "mlflow.db"]
+    assert clear_run(tmp_path) == ["metrics.csv", "mlflow.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -29,8 +29,9 @@ from .config import ConfigError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
-RUN_OUTPUTS = ("results.json", "metrics.jsonl", "job_error.json")
-"""Files a run writes at the top of its folder (``train.log`` and ``.hydra/`` belong to Hydra)."""
+RUN_OUTPUTS = ("results.json", "metrics.jsonl", "job_error.json", "metrics.csv", "mlflow.db")
+"""Files a run writes at the top of its folder, the default files of ``logger=csv`` and ``logger=mlflow``
+included (``train.log`` and ``.hydra/`` belong to Hydra)."""
 CHECKPOINT_NAMES = ("last.pt", "best.pt", "recover.pt", "best.pt.damaged")
 STALE_EMPTY_LOCK_SECONDS = 5.0
 """An empty lock file older than this was left by a process killed between creating and writing it."""
