@@ -1,6 +1,6 @@
 """Train a zoo model: ``python train.py [model=bilstm] [model.merge_mode=sum] [data=trec data.root=...]``.
 
-Hydra composes ``conf/``; ``models.trainer.train`` does the rest (read it top to bottom). Sweeps:
+Hydra composes ``conf/``; ``models.training.loop.train`` does the rest (read it top to bottom). Sweeps:
 ``python train.py -m model.merge_mode=concat,sum,mul,ave`` then the report lands in the sweep folder.
 Data-parallel: ``torchrun --standalone --nproc_per_node=N train.py ...`` (see ``models/training/distributed.py``).
 """

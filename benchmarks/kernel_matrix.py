@@ -29,7 +29,8 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from models import BiGRU, BiLSTM, cpu_kernel
+from models import BiGRU, BiLSTM
+from models.blocks import cpu_kernel
 
 from .harness import Column, grid, in_process, interleaved, log, table, write_results
 from .machine import describe

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 import models
-from models import cpu_kernel
+from models.blocks import cpu_kernel
 
 from . import onnx_rnn
 from .harness import Column, in_process, interleaved, log, table, write_results

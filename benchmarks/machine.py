@@ -64,7 +64,7 @@ def _commit() -> Optional[str]:
 
 def _kernel_capability() -> Optional[str]:
     try:
-        from models import cpu_kernel
+        from models.blocks import cpu_kernel
 
         return cpu_kernel.capability()
     except Exception:  # a benchmark still runs (and says so) where the package or its kernel cannot load

@@ -3,7 +3,7 @@
 - ``fused_baseline``: ``nn.LSTM``/``nn.GRU(num_layers=L, bidirectional=True)``, concat only;
 - ``FlipBiRNN``: two unidirectional RNNs per layer, the backward one on ``torch.flip``-ed input;
 - ``LoopBiRNN``: a Python loop of ``nn.LSTM(bidirectional=True)`` layers with a merge after each;
-- ``AtenPath``: a block with the CPU kernel switched off (``models.cpu_kernel.disabled``): the blocks as they
+- ``AtenPath``: a block with the CPU kernel switched off (``models.blocks.cpu_kernel.disabled``): the blocks as they
   ran before the kernel, on PyTorch's fused kernels.
 """
 
@@ -66,7 +66,7 @@ class LoopBiRNN(nn.Module):
 
 
 class AtenPath(nn.Module):
-    """``block`` run inside ``models.cpu_kernel.disabled()``: PyTorch's fused kernels only."""
+    """``block`` run inside ``models.blocks.cpu_kernel.disabled()``: PyTorch's fused kernels only."""
 
     def __init__(self, block: nn.Module) -> None:
         super().__init__()

@@ -80,7 +80,8 @@ def block_runner(spec: Dict[str, Any]) -> Tuple[Callable[[], Any], Dict[str, Any
     """The block's inference call, and whether its CPU kernel applies at the worker's thread count."""
     # Imported here, not at the top: every worker re-imports this module (spawn), and only this one needs
     # models (whose import, torch._dynamo included, takes seconds).
-    from models import BiGRU, BiLSTM, cpu_kernel
+    from models import BiGRU, BiLSTM
+    from models.blocks import cpu_kernel
 
     saved = torch.load(spec["tensors"], weights_only=True)
     cell, hidden, x, lengths = spec["cell"], spec["hidden"], saved["x"], saved.get("lengths")
@@ -197,7 +198,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         args.batches, args.steps, args.hidden = [1, 16], [64], [128]
     import onnxruntime
 
-    from models import cpu_kernel  # only the parent and the block's worker import models (see block_runner)
+    from models.blocks import cpu_kernel  # only the parent and the block's worker import models (see block_runner)
 
     if not cpu_kernel.available():
         log("the CPU kernel is not available: the blocks run on PyTorch's kernels")

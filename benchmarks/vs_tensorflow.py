@@ -276,7 +276,7 @@ def markdown(payload: Dict[str, Any]) -> str:
         "are faster. TF-Keras: `Bidirectional(LSTM|GRU(H, return_sequences=True), merge_mode=m) x L`, batch-major, "
         "`tf.function` (no XLA); with lengths a boolean mask. blocks: `models.BiLSTM/BiGRU`, time-major, `lengths=`. "
         "torch fused: `nn.LSTM/nn.GRU(bidirectional=True)` without lengths (concat). blocks on PyTorch's kernels: the "
-        "blocks inside `models.cpu_kernel.disabled()`, as they ran before the CPU kernel. Training step: forward + mean + "
+        "blocks inside `models.blocks.cpu_kernel.disabled()`, as they ran before the CPU kernel. Training step: forward + mean + "
         "gradients, no optimizer.", "",
     ]
     ratio_rows: List[Dict[str, Any]] = []

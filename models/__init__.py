@@ -10,13 +10,10 @@ The package is grouped by layer; the public API is re-exported here:
 - ``models.training``: the training loop behind ``train.py``, its config, checkpoints, run folders, reports.
 - ``models.data`` (datasets, batching, downloads) and ``models.keras`` (Keras model import).
 
-Old flat module paths (``models.cpu_kernel``, ``models.trainer``, ``models.report``, ...) keep importing:
+Old flat module paths (``models.blocks.cpu_kernel``, ``models.training.loop``, ``models.training.report``, ...) keep importing:
 see ``models/_moved.py``.
 """
 
-from types import ModuleType
-
-from . import _moved
 from .blocks import BiGRU, BiLSTM, BiRNN
 from .deploy import (
     COMPILE_MODES,
@@ -33,8 +30,6 @@ from .deploy import (
 from .merge import MERGE_MODES, merge_directions, resolve_merge_modes
 from .zoo import SequenceClassifier, create_model, describe_models, list_models, register_model
 
-_moved.install()
-
 __all__ = [
     "BiGRU", "BiLSTM", "BiRNN", "MERGE_MODES", "merge_directions", "resolve_merge_modes",
     "SequenceClassifier", "create_model", "describe_models", "list_models", "register_model",
@@ -42,7 +37,3 @@ __all__ = [
     "save_pretrained", "from_pretrained", "push_to_hub",
 ]
 
-
-def __getattr__(name: str) -> ModuleType:
-    """Old module paths as attributes (``models.cpu_kernel.disabled()`` after ``import models``)."""
-    return _moved.old_attribute(name)

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from models import BiGRU, BiLSTM, BiRNN, cpu_kernel
+from models import BiGRU, BiLSTM, BiRNN
+from models.blocks import cpu_kernel
 
 CELLS = {"lstm": (BiLSTM, nn.LSTM), "gru": (BiGRU, nn.GRU), "rnn": (BiRNN, nn.RNN)}
 TOL: Dict[torch.dtype, Dict[str, float]] = {torch.float32: {"atol": 1e-5, "rtol": 1e-5},

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models import MERGE_MODES, BiGRU, BiLSTM, BiRNN, cpu_kernel
+from models import MERGE_MODES, BiGRU, BiLSTM, BiRNN
+from models.blocks import cpu_kernel
 
 BLOCKS = {"lstm": (BiLSTM, nn.LSTM), "gru": (BiGRU, nn.GRU), "rnn": (BiRNN, nn.RNN)}
 FORMULAS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {

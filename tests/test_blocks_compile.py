@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch._dynamo
 
-from models import BiGRU, BiLSTM, BiRNN, cpu_kernel
+from models import BiGRU, BiLSTM, BiRNN
+from models.blocks import cpu_kernel
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 CASES = [

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import BiGRU, BiLSTM, cpu_kernel
+from models import BiGRU, BiLSTM
+from models.blocks import cpu_kernel
 
 BLOCKS = {"lstm": (BiLSTM, nn.LSTM), "gru": (BiGRU, nn.GRU)}
 MERGES = {"sum": lambda f, b: f + b, "mul": lambda f, b: f * b, "ave": lambda f, b: (f + b) / 2,

@@ -65,11 +65,11 @@ def test_graph_breaks_are_the_fused_calls_only(monkeypatch: pytest.MonkeyPatch):
     per layer, each layer its own method so dynamo compiles the gathers, masks and merge around the calls),
     8 breaks / 9 graphs.
     """
-    if models.cpu_kernel.available():
+    if models.blocks.cpu_kernel.available():
         torch._dynamo.reset()
         explained = torch._dynamo.explain(tiny("bilstm", "concat"))(padded_batch())
         assert (explained.graph_count, explained.graph_break_count) == (1, 0)
-    monkeypatch.setattr(models.cpu_kernel, "applies", lambda *args, **kwargs: False)
+    monkeypatch.setattr(models.blocks.cpu_kernel, "applies", lambda *args, **kwargs: False)
     torch._dynamo.reset()
     explained = torch._dynamo.explain(tiny("bilstm", "concat"))(padded_batch())
     assert (explained.graph_count, explained.graph_break_count) == (9, 8)
@@ -80,7 +80,7 @@ def test_graph_breaks_are_the_fused_calls_only(monkeypatch: pytest.MonkeyPatch):
 def test_graph_breaks_of_the_single_fused_call(monkeypatch: pytest.MonkeyPatch):
     """Feature input without lengths and all-``concat`` layers, on PyTorch's kernels: one fused call for the whole
     stack, 3 breaks (the one call, seen from each enclosing frame)."""
-    monkeypatch.setattr(models.cpu_kernel, "applies", lambda *args, **kwargs: False)
+    monkeypatch.setattr(models.blocks.cpu_kernel, "applies", lambda *args, **kwargs: False)
     torch.manual_seed(0)
     features = create_model("bilstm", input_size=4, embed_dim=8, hidden_size=8).eval()
     torch._dynamo.reset()

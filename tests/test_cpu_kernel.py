@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models import BiGRU, BiLSTM, cpu_kernel
+from models import BiGRU, BiLSTM
+from models.blocks import cpu_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built (see test_kernel_builds)")
@@ -162,7 +163,8 @@ def run_isolated(code: str, **env: str) -> subprocess.CompletedProcess:
 
 def test_disabled_or_unbuildable_kernel_falls_back_with_a_warning(tmp_path: Path) -> None:
     code = ("import warnings, torch; warnings.simplefilter('always')\n"
-            "from models import BiGRU, cpu_kernel\n"
+            "from models import BiGRU\n"
+            "from models.blocks import cpu_kernel\n"
             "out, _ = BiGRU(3, 4, merge_mode='sum')(torch.randn(5, 2, 3), lengths=torch.tensor([5, 2]))\n"
             "print('available', cpu_kernel.available(), tuple(out.shape))\n")
     disabled = run_isolated(code, BIRNN_ZOO_CPU_KERNEL="0", BIRNN_ZOO_KERNEL_CACHE=str(tmp_path / "a"))

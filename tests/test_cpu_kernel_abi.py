@@ -5,7 +5,7 @@ import ctypes
 
 import pytest
 
-from models import cpu_kernel
+from models.blocks import cpu_kernel
 from models.blocks.cpu_kernel import abi
 from models.cells import KERNEL_CODES
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
-from models import BiGRU, BiLSTM, cpu_kernel
+from models import BiGRU, BiLSTM
+from models.blocks import cpu_kernel
 
 BLOCKS = {"LSTM": (BiLSTM, nn.LSTM), "GRU": (BiGRU, nn.GRU)}
 

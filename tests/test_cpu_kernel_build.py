@@ -186,7 +186,7 @@ def test_concurrent_first_builds_compile_once(tmp_path: Path, monkeypatch: pytes
 def test_forced_capability_in_a_fresh_process_and_concurrent_first_builds(tmp_path: Path) -> None:
     """Three processes start at once on an empty cache (torchrun, sweeps): one compile, all load it, nothing
     half-written; the forced capability is the one in use; 'none' means PyTorch's kernels."""
-    code = ("import torch\nfrom models import BiGRU, cpu_kernel\n"
+    code = ("import torch\nfrom models import BiGRU\nfrom models.blocks import cpu_kernel\n"
             "BiGRU(3, 4)(torch.randn(5, 2, 3))\nprint('capability', cpu_kernel.capability())\n")
     capability = cpu_kernel.capability()
     runs = [run_isolated(code, BIRNN_ZOO_KERNEL_CACHE=str(tmp_path), BIRNN_ZOO_CPU_CAPABILITY=capability)

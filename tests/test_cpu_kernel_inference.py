@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from models import BiGRU, BiLSTM, cpu_kernel
+from models import BiGRU, BiLSTM
+from models.blocks import cpu_kernel
 from models.blocks.cpu_kernel import inference as cpu_kernel_inference
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built")

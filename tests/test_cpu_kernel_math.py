@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import BiGRU, BiLSTM, cpu_kernel
+from models import BiGRU, BiLSTM
+from models.blocks import cpu_kernel
 
 BLOCKS = {"LSTM": (BiLSTM, nn.LSTM), "GRU": (BiGRU, nn.GRU)}
 

@@ -6,7 +6,9 @@ import itertools
 import pytest
 import torch
 
-from models import BiGRU, BiLSTM, cpu_kernel, cpu_kernel_policy
+from models import BiGRU, BiLSTM
+from models.blocks import cpu_kernel
+from models.blocks.cpu_kernel import policy as cpu_kernel_policy
 
 GRID = list(itertools.product(("LSTM", "GRU"), (1, 16, 64, 256), (64, 128, 256, 512), (64, 512), (False, True),
                               (1, 2, 4, 16), ("avx2", "avx512"), (False, True)))

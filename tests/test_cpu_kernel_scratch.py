@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from models import BiGRU, BiLSTM, cpu_kernel
+from models import BiGRU, BiLSTM
+from models.blocks import cpu_kernel
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built")
 

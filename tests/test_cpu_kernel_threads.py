@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import BiLSTM, cpu_kernel
+from models import BiLSTM
+from models.blocks import cpu_kernel
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built (see test_kernel_builds)")
 
@@ -89,7 +90,8 @@ def test_forced_block_on_four_threads_equals_nn_lstm() -> None:
 
 _SMALLER_TEAM = """
 import torch
-from models import BiLSTM, cpu_kernel
+from models import BiLSTM
+from models.blocks import cpu_kernel
 torch.manual_seed(0)
 block = BiLSTM(6, 9, num_layers=3, merge_mode=["sum", "concat", "ave"]).eval()
 x = torch.randn(11, 20, 6)

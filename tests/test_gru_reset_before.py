@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import BiGRU, cpu_kernel
+from models import BiGRU
+from models.blocks import cpu_kernel
 from models.blocks.gru_reset_before import GRUResetBefore, gru_reset_before, gru_reset_before_direction
 from models.merge import merge_directions
 

@@ -16,7 +16,8 @@ import torch
 keras = pytest.importorskip("keras", reason="the Keras parity tests need keras (pip install -e '.[dev]')")
 from keras import layers  # noqa: E402
 
-from models import BiGRU, BiLSTM, BiRNN, cpu_kernel  # noqa: E402
+from models import BiGRU, BiLSTM, BiRNN  # noqa: E402
+from models.blocks import cpu_kernel  # noqa: E402
 from models.keras import from_keras, load_keras_weights  # noqa: E402
 
 B, T, F, H = 3, 5, 4, 3

@@ -1,4 +1,4 @@
-"""``models.notebook_utils``: repo root, metrics and sweep summaries, parameter counts, the plot, clean notebooks."""
+"""``models.training.notebook_utils``: repo root, metrics and sweep summaries, parameter counts, the plot, clean notebooks."""
 
 import json
 import os

@@ -10,7 +10,8 @@ hypothesis = pytest.importorskip("hypothesis", reason="the property tests need h
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from models import BiGRU, BiLSTM, cpu_kernel  # noqa: E402
+from models import BiGRU, BiLSTM  # noqa: E402
+from models.blocks import cpu_kernel  # noqa: E402
 
 TOL = {"atol": 2e-5, "rtol": 2e-5}
 FAST = settings(max_examples=10, deadline=None, derandomize=True)

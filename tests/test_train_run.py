@@ -51,12 +51,12 @@ def test_a_tiny_run_writes_every_output(tmp_path: Path) -> None:
 RAISES_FOR_16 = """
 import runpy, sys
 import models.training.loop
-real = models.trainer.train
+real = models.training.loop.train
 def train(cfg, run_dir):
     if cfg.model.hidden_size == 16:
         raise RuntimeError("disk full (injected)")
     return real(cfg, run_dir)
-models.trainer.train = train
+models.training.loop.train = train
 sys.argv = [{script!r}, *sys.argv[1:]]
 runpy.run_path({script!r}, run_name="__main__")
 """
@@ -78,7 +78,7 @@ def test_a_sweep_survives_bad_jobs_and_reports_the_others_by_what_differs(tmp_pa
     assert "## Failed jobs (1)" in summary and "RuntimeError: disk full (injected)" in summary
     assert (tmp_path / "summary.csv").read_text().count("\n") == 3
     # The report also runs on its own.
-    again = subprocess.run([sys.executable, "-m", "models.report", str(tmp_path)], cwd=ROOT, capture_output=True,
+    again = subprocess.run([sys.executable, "-m", "models.training.report", str(tmp_path)], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 0 and "model.hidden_size" in again.stdout
 

@@ -1,5 +1,5 @@
 """A run folder belongs to one run; resume checks what it resumes; init_from; resume into any folder; degenerate
-data (issue 19). Tiny synthetic runs through ``models.trainer.train`` in this process (about a second each)."""
+data (issue 19). Tiny synthetic runs through ``models.training.loop.train`` in this process (about a second each)."""
 
 import hashlib
 import json

@@ -1,7 +1,7 @@
 """Data-parallel training under ``torchrun``: process group, batch shards, metric sums, one shared run folder.
 
 ``torchrun --standalone --nproc_per_node=N train.py ...`` starts N copies of ``train.py`` with ``RANK``,
-``WORLD_SIZE`` and ``LOCAL_RANK`` set; ``models.trainer.train`` then runs as N ranks of one
+``WORLD_SIZE`` and ``LOCAL_RANK`` set; ``models.training.loop.train`` then runs as N ranks of one
 ``DistributedDataParallel`` job (``gloo`` on CPU; ``cuda:nccl`` plus ``cpu:gloo`` on GPU machines, one GPU
 per rank). Without those variables (or with ``WORLD_SIZE=1``) every function here is a no-op, so the
 one-process loop is unchanged.
@@ -272,7 +272,7 @@ try:
 except ImportError:  # pragma: no cover - hydra is a dependency
     Callback = object  # type: ignore[assignment,misc]
 
-HYDRA_CALLBACK_OVERRIDE = "+hydra.callbacks.shared_run_dir._target_=models.distributed.SharedRunDir"
+HYDRA_CALLBACK_OVERRIDE = "+hydra.callbacks.shared_run_dir._target_=models.training.distributed.SharedRunDir"
 """What ``train.py`` appends to its command line under ``torchrun``."""
 
 

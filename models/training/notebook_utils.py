@@ -84,7 +84,7 @@ def _number(text: str) -> Any:
 
 
 def read_summary_csv(path: PathLike) -> List[Dict[str, Any]]:
-    """The rows of a sweep's ``summary.csv`` (``models.report``), numbers converted to ``int``/``float``."""
+    """The rows of a sweep's ``summary.csv`` (``models.training.report``), numbers converted to ``int``/``float``."""
     with Path(path).open(newline="") as file:
         return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(file)]
 
@@ -102,7 +102,7 @@ def plot_merge_mode_runs(
     """One figure, four panels: val accuracy and train loss per epoch, test accuracy and train tokens/s per run.
 
     ``histories`` maps a label (the merge mode) to ``read_metrics`` columns; ``results`` maps the same labels to
-    ``models.trainer.train``'s results. Returns the matplotlib ``Figure`` (the caller shows or saves it).
+    ``models.training.loop.train``'s results. Returns the matplotlib ``Figure`` (the caller shows or saves it).
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator

@@ -1,4 +1,4 @@
-"""The report of a sweep: ``python -m models.report <sweep dir>``.
+"""The report of a sweep: ``python -m models.training.report <sweep dir>``.
 
 Reads every ``results.json`` under the sweep folder and writes, next to them:
 - ``summary.csv``: one row per run, with every setting that differs between the runs;

@@ -68,7 +68,7 @@ def _variants(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
 
 def summarize_study(rows: Sequence[Dict[str, Any]], timings: Optional[Dict[str, Dict[str, Any]]] = None
                     ) -> Dict[str, Any]:
-    """``{"cells": [...], "comparisons": [...]}`` from ``results.json`` rows (``models.report.load_results``)
+    """``{"cells": [...], "comparisons": [...]}`` from ``results.json`` rows (``models.training.report.load_results``)
     and the post-sweep timings (``study_timing.time_study``; None: the training loop's tokens/s, marked so)."""
     variants = _variants(rows)
     groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}

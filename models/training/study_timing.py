@@ -104,7 +104,7 @@ def time_models(models: Sequence[nn.Module], batch: Tuple[torch.Tensor, torch.Te
 
 def time_study(runs: Sequence[Dict[str, Any]], batch_size: int = 64, rounds: int = 5,
                threads: int = 1) -> Dict[str, Dict[str, Any]]:
-    """Time every run's trained model, one data task at a time (``runs`` as ``models.report.load_results``
+    """Time every run's trained model, one data task at a time (``runs`` as ``models.training.report.load_results``
     gives them). Returns ``{run path: {"train_tokens_per_s", "infer_tokens_per_s", "trained_weights"}}`` plus
     the settings under ``"_settings"``."""
     previous = torch.get_num_threads()

@@ -140,7 +140,7 @@ def _thread_count() -> int:
 
 def _kernel() -> ctypes.CDLL:
     if not available():
-        raise RuntimeError("birnn-zoo's CPU kernel is not available; check models.cpu_kernel.available() first")
+        raise RuntimeError("birnn-zoo's CPU kernel is not available; check models.blocks.cpu_kernel.available() first")
     assert _library is not None
     return _library
 

@@ -18,7 +18,7 @@ drop it, and only modules in eval mode keep one. Writes through ``.data`` (``p.d
 version counter, as they bypass autograd: call ``clear(module)`` (or ``module.eval()``) after them.
 
 Taken only where it changes nothing but speed: eager mode (not tracing, compiling or exporting), no gradient
-needed, plain tensors (no subclass, no dispatch or function mode), and where ``models.cpu_kernel.applies``
+needed, plain tensors (no subclass, no dispatch or function mode), and where ``models.blocks.cpu_kernel.applies``
 already chose the kernel. Outputs, ``h_n`` and ``c_n`` are those of the custom operator's path
 (``tests/test_cpu_kernel_inference.py``).
 """
