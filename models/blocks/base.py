@@ -37,6 +37,7 @@ from ..arguments import check_positive_int, check_probability
 from ..cells import GATES, GRU_RESET_BEFORE
 from ..merge import MergeMode, merge_stacked, merged_size, resolve_merge_modes
 from . import cpu_kernel
+from .compile_boundary import eager_under_compile
 from .cpu_kernel import inference as cpu_kernel_inference
 from .fused import _SATURATE, _FusedPaths
 from .packed import repack, unpack
@@ -121,10 +122,8 @@ class _BiRNNBase(_FusedPaths):
             layer_input = merged_size(self.merge_modes[layer], hidden_size)
         self._init_flat_weights()
         self.reset_parameters()
-        if device is None or torch.device(device).type == "cpu":
-            # Build (first time on this machine, ~7 s) or load the CPU kernel now, not at the first forward:
-            # torch.compile can only trace a kernel that is already loaded.
-            cpu_kernel.available()
+        # The CPU kernel is built (first time on this machine) or loaded by the first forward that can use it
+        # (cpu_kernel.can_run), under torch.compile too: constructing a block compiles nothing.
 
     # -- parameters ---------------------------------------------------------------------------------
     # Eager code (and torch.compile) reads the weights from the module's attributes at every call
@@ -458,7 +457,7 @@ class _BiRNNBase(_FusedPaths):
 
 # Packing has data-dependent sizes: torch.compile leaves the packed paths to eager PyTorch (one graph break each)
 # rather than tracing into pack_padded_sequence.
-_eager = torch.compiler.disable(lambda fn, *args: fn(*args))
+_eager = eager_under_compile("packed_paths", lambda fn, *args: fn(*args))
 
 # Filled by models/blocks/scriptable.py: public class -> its TorchScript twin.
 _SCRIPTABLE: Dict[type, type] = {}

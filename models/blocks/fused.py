@@ -12,6 +12,7 @@ import torch
 from torch import _VF, Tensor, nn
 
 from ..merge import merge_directions, merge_stacked
+from .compile_boundary import eager_under_compile
 from .gru_reset_before import gru_reset_before
 
 # Pre-activation pushed onto the input and forget gates at padded steps of the LSTM lengths path:
@@ -100,8 +101,8 @@ def _packed_kernels(
 # torch.compile leaves the fused call to eager PyTorch (one graph break) so the fused oneDNN/cuDNN kernel and its
 # autograd run as they are; dynamo would otherwise unroll the recurrence per time step. TorchScript cannot see
 # through this wrapper and calls _fused_kernels directly.
-_fused_call = torch.compiler.disable(_fused_eager)
-_packed_call = torch.compiler.disable(_packed_kernels)
+_fused_call = eager_under_compile("fused_call", _fused_eager)
+_packed_call = eager_under_compile("packed_call", _packed_kernels)
 
 
 class _FusedPaths(nn.Module):

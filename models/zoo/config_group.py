@@ -13,14 +13,12 @@ overrides; the values come from ``models/zoo/presets.py``, their one source.
 ``SequenceClassifier`` argument that the training app does not take from the data, each the interpolation
 ``${zoo_preset:${.name},<key>}``, answered by the resolver registered here from ``preset_arguments``. A key in
 the YAML or an override (``model.hidden_size=256``) replaces it; ``OmegaConf.to_container(cfg, resolve=True)``
-holds the values a run used. Importing ``models`` registers both, before any ``compose`` or ``@hydra.main``.
+holds the values a run used. The training app registers both (``import models.training`` calls ``register``),
+before any ``compose`` or ``@hydra.main``; importing ``models`` alone imports no Hydra and registers nothing.
 """
 
 import inspect
 from typing import Any, Dict
-
-from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
 
 from .classifier import SequenceClassifier
 from .presets import preset_arguments
@@ -45,6 +43,9 @@ def preset_node() -> Dict[str, str]:
 
 def register() -> None:
     """Register the resolver and the ``model/preset`` node (again: a no-op)."""
+    from hydra.core.config_store import ConfigStore  # the training app's dependency, not the zoo's
+    from omegaconf import OmegaConf
+
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, preset_value)
     ConfigStore.instance().store(group="model", name="preset", node=preset_node())

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ...cells import KERNEL_CODES
+from ..compile_boundary import constant_when_traced
 from . import abi
 from . import build as cpu_kernel_build
 from .policy import kernel_wins
@@ -69,6 +70,13 @@ def available() -> bool:
     return _library is not None
 
 
+# Dynamo calls this once per trace and keeps the answer as a constant: the build (or load) runs as plain Python,
+# not traced, and no graph break.
+@constant_when_traced
+def _available_while_tracing() -> bool:
+    return available()
+
+
 def capability() -> Optional[str]:
     """The kernel's instruction set in use: ``"avx512"``, ``"avx2"``, or None (PyTorch's kernels only)."""
     return _capability if available() else None
@@ -104,14 +112,15 @@ def _in_functorch_transform() -> bool:
 def can_run(x: Tensor, mode: str) -> bool:
     """Whether the kernel *can* run this input: CPU float32/float64, LSTM or GRU, no autocast, no ``torch.func``
     transform, not inside ``torch.export`` (an exported program must load without this project) or
-    ``torch.jit.trace`` (it cannot see into the kernel), not inside ``disabled()``. Under ``torch.compile`` it
-    can when the kernel is loaded (every CPU block loads it when constructed): the trace holds it as one op."""
+    ``torch.jit.trace`` (it cannot see into the kernel), not inside ``disabled()``. The first call that gets this
+    far builds or loads the kernel (``available``); under ``torch.compile`` that happens while tracing, and the
+    trace holds the kernel as one op."""
     if mode not in _CELLS or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
     if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.compiler.is_exporting():
         return False
     if torch.compiler.is_compiling():
-        return _library is not None
+        return _available_while_tracing()
     if _in_functorch_transform():
         return False
     return not getattr(_switch, "off", False) and available()
@@ -133,7 +142,7 @@ def applies(x: Tensor, mode: str, hidden_size: int = 0, has_lengths: bool = Fals
 
 # torch.compile cannot put torch.get_num_threads() (an int) in a graph: read it once while tracing instead of
 # breaking the graph. A compiled graph keeps the path chosen for the thread count it was traced with.
-@torch.compiler.assume_constant_result
+@constant_when_traced
 def _thread_count() -> int:
     return torch.get_num_threads()
 

@@ -184,9 +184,23 @@ def _fsync_folder(folder: Path) -> None:
         os.close(handle)
 
 
+_announced = False  # the compile message is printed once per process
+
+
+def _announce(capability: str, folder: Path) -> None:
+    """One line on stderr before the first compile in this process (it takes seconds; loading from the cache
+    says nothing)."""
+    global _announced
+    if not _announced:
+        _announced = True
+        print(f"birnn-zoo: compiling the CPU kernel ({capability}) once for this machine, cached in {folder} "
+              f"(${KERNEL_CACHE_ENV} sets the folder)", file=sys.stderr, flush=True)
+
+
 def _compile(cxx: List[str], capability: str, target: Path) -> None:
     """Compile to ``target`` through a temporary file in the same folder: checked (a non-empty ELF library),
     fsynced, renamed into place, the folder fsynced."""
+    _announce(capability, target.parent)
     torch_lib = Path(torch.__file__).resolve().parent / "lib"
     fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
     os.close(fd)
