@@ -17,16 +17,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from models.data import DownloadError
-from models.training import distributed
-from models.training.config import ConfigError, optional_path
-from models.training.loop import train
-from models.training.report import JOB_ERROR
-from models.training.resume import config_differences
-from models.training.stopping import Interrupted, TrainingDiverged
+import models.training  # noqa: F401  (registers what conf/ composes from: schemas, the model group, resolvers)
+
+# The training stack (data, loop, checkpoints) is imported where a run needs it, not here: ``--help``, ``--cfg``
+# and a config error come back without loading it.
 
 log = logging.getLogger("train")
 failed_jobs: list = []   # sweep jobs that failed in this process (the basic launcher runs them all here)
@@ -34,6 +30,8 @@ failed_jobs: list = []   # sweep jobs that failed in this process (the basic lau
 
 def _record_failure(run_dir: Path, error: BaseException, kind: str) -> None:
     """A failed sweep job leaves ``job_error.json`` in its folder; the sweep goes on and the report lists it."""
+    from models.training.report import JOB_ERROR
+
     overrides = list(HydraConfig.get().overrides.task)
     record = {"kind": kind, "error": type(error).__name__, "message": str(error), "overrides": overrides,
               "traceback": "".join(traceback.format_exception(error)) if kind == "exception" else None}
@@ -47,6 +45,9 @@ def _record_failure(run_dir: Path, error: BaseException, kind: str) -> None:
 def finished_already(cfg: DictConfig, run_dir: Path) -> dict | None:
     """The ``results.json`` of a run this job already finished in ``run_dir`` with the same settings (a sweep run
     again), else None: such a job is reported as done, not refused as a folder in use."""
+    from models.training.config import optional_path
+    from models.training.resume import config_differences
+
     results = run_dir / "results.json"
     trainer = cfg.trainer
     if trainer.overwrite or optional_path(trainer.resume) or optional_path(trainer.init_from) or not results.is_file():
@@ -70,6 +71,13 @@ def main(cfg: DictConfig) -> float | None:
     metric early stopping selects the weights by (``best_val_accuracy``), never a test metric, so a sweep cannot
     tune on the test split. A run without a validation split (``data.val_fraction=0``) returns None and logs
     why; so does a failed sweep job."""
+    from hydra.types import RunMode
+
+    from models.data import DownloadError
+    from models.training.config import ConfigError
+    from models.training.loop import train
+    from models.training.stopping import Interrupted, TrainingDiverged
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     done = finished_already(cfg, run_dir) if sweeping else None
@@ -117,6 +125,8 @@ def main(cfg: DictConfig) -> float | None:
 def cli() -> None:
     """``python train.py ...``: one run, a sweep (``-m``) or one rank of a ``torchrun`` job. Exit status: 0, 2 for a
     config error, 1 for a failed run or a sweep with a failed job, 130/143 after SIGINT/SIGTERM."""
+    from models.training import distributed
+
     if distributed.launched_by_torchrun():
         # Every rank runs Hydra; this callback makes them all resolve one run folder (rank 0's clock).
         sys.argv.append(distributed.HYDRA_CALLBACK_OVERRIDE)

@@ -49,6 +49,12 @@ def _vs_tensorflow(document: Dict[str, Any]) -> str:
     return markdown(document)
 
 
+def _startup(document: Dict[str, Any]) -> str:
+    from .startup import markdown
+
+    return markdown(document)
+
+
 # Each benchmark's result files (by name prefix), the command that writes them and the function that draws them.
 BENCHMARKS: List[Tuple[str, str, Callable[[Dict[str, Any]], str]]] = [
     ("kernel_matrix", "python -m benchmarks.kernel_matrix", _kernel_matrix),
@@ -56,6 +62,7 @@ BENCHMARKS: List[Tuple[str, str, Callable[[Dict[str, Any]], str]]] = [
     ("latency", "python -m benchmarks.latency", _latency),
     ("vs_tensorflow", "python -m benchmarks.vs_tensorflow", _vs_tensorflow),
     ("cpu", "python -m benchmarks.run", _report),
+    ("startup", "python -m benchmarks.startup", _startup),
 ]
 
 

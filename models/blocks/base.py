@@ -5,8 +5,10 @@ plus a Keras merge mode after every layer. Parameters carry ``nn.LSTM``'s names 
 ``weight_hh_l0_reverse``, ...), so with ``merge_mode="concat"`` an ``nn.LSTM`` state_dict loads as is.
 
 How each forward runs (``T`` time steps, ``B`` sequences, time-major inside):
-- CPU LSTM/GRU in float32/float64 (eager or ``torch.compile``): one call of the project's kernel per layer,
-  both directions at once, padded steps skipped per row (``models/blocks/cpu_kernel/__init__.py``), then the merge.
+- CPU LSTM/GRU in float32/float64 (eager or ``torch.compile``), both directions at once and padded steps skipped
+  per row: without gradients in eager mode, one call of the project's kernel for all the layers and their merges
+  (``models/blocks/cpu_kernel/inference.py``); otherwise (training, ``torch.compile``) one call per layer
+  (``models/blocks/cpu_kernel/__init__.py``), then the merge.
 Otherwise (CUDA, ``BiRNN``, autocast, TorchScript, ``torch.export``, the kernel unavailable or ``disabled()``),
 on PyTorch's fused kernels (``models/blocks/fused.py``):
 - all layers ``concat`` and no ``lengths``: one fused call for the whole stack, exactly ``nn.LSTM``;
@@ -433,7 +435,8 @@ class _BiRNNBase(_FusedPaths):
         self, x: Tensor, lengths: Optional[Tensor], h0: Tensor, c0: Tensor, weights: List[Tensor]
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """CPU: one call of ``models/blocks/cpu_kernel/csrc``'s kernel per layer (both directions at once), then the
-        merge. Without gradients (and without dropout to apply), ``cpu_kernel/inference.py``'s direct path."""
+        merge. Without gradients (and without dropout to apply), ``cpu_kernel/inference.py``'s direct path: one call
+        for all the layers."""
         if (not (self.training and self.dropout > 0.0)
                 and cpu_kernel_inference.usable(x, weights)):
             return cpu_kernel_inference.run_layers(self, self._kernel_cell(), x, lengths, h0, c0, weights, self.bias,

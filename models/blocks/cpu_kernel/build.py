@@ -6,8 +6,13 @@ compiled per *capability* (``avx512``: AVX-512 F/DQ/BW/VL + FMA; ``avx2``: AVX2 
 supports is chosen when the kernel is first needed, and the capability is part of the file name and cache key,
 with the compiler's identity, the flags, the sources and torch's version.
 
-Where nothing applies (not Linux x86-64, a torch without MKL: the kernel calls MKL's packed GEMM that
-``libtorch_cpu`` exports) no compile is attempted and the blocks use PyTorch's kernels.
+Where nothing applies (not Linux x86-64, a torch without MKL: the kernel calls the BLAS (``sgemm``, ``dgemm``)
+and the thread setting of the MKL that ``libtorch_cpu`` exports) no compile is attempted and the blocks use
+PyTorch's kernels.
+
+When: the first forward that can take the kernel path builds or loads it (``cpu_kernel.available``), never the
+construction of a block. The first compile in a process prints one line on stderr, naming the cache folder (it
+takes seconds); loading a cached library prints nothing.
 
 Safety of what gets loaded (a shared library runs with the user's rights):
 - the kernel cache folder, ``$BIRNN_ZOO_KERNEL_CACHE`` or ``~/.cache/birnn-zoo-kernels`` (``$XDG_CACHE_HOME``
