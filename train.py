@@ -14,6 +14,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
+from typing import List
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -122,11 +123,37 @@ def main(cfg: DictConfig) -> float | None:
     return best_val
 
 
+def _print_help(arguments: List[str]) -> bool:
+    """``--help`` (or ``-h``) with ``key=value`` overrides only: print the help page and return True, the same
+    text Hydra's ``--help`` prints, without its listing every config group twice (``cli_help.help_page``). With
+    any other flag, or overrides that do not compose, Hydra answers (and reports the error as ever)."""
+    if not {"--help", "-h"} & set(arguments):
+        return False
+    overrides = [a for a in arguments if a not in ("--help", "-h")]
+    if any(a.startswith("-") for a in overrides):
+        return False
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from models.training.cli_help import help_page
+
+    try:
+        text = help_page(Path(__file__).resolve().parent / "conf", "config", overrides)
+    except (HydraException, OmegaConfBaseException):
+        return False
+    if text is None:
+        return False
+    print(text)
+    return True
+
+
 def cli() -> None:
     """``python train.py ...``: one run, a sweep (``-m``) or one rank of a ``torchrun`` job. Exit status: 0, 2 for a
     config error, 1 for a failed run or a sweep with a failed job, 130/143 after SIGINT/SIGTERM."""
     from models.training import distributed
 
+    if _print_help(sys.argv[1:]):
+        return
     if distributed.launched_by_torchrun():
         # Every rank runs Hydra; this callback makes them all resolve one run folder (rank 0's clock).
         sys.argv.append(distributed.HYDRA_CALLBACK_OVERRIDE)

@@ -153,3 +153,37 @@ def test_first_use_compiles_once_with_one_line_then_the_cache_is_silent(tmp_path
     assert second.returncode == 0, second.stderr
     assert second.stdout.split()[-1] == capability
     assert COMPILE_LINE not in second.stderr, second.stderr
+
+
+# -- train.py --help -------------------------------------------------------------------------------------------------
+def test_train_help_loads_hydra_and_the_registrations_but_not_the_training_stack() -> None:
+    run = _python("""
+        import runpy, sys
+        sys.argv = ["train.py", "--help", "model=bigru"]
+        runpy.run_path("train.py", run_name="__main__")
+        loaded = [m for m in ("models.training.loop", "models.training.checkpoint", "torch._dynamo", "tensorboard")
+                  if m in sys.modules]
+        print("LOADED", loaded)
+        """)
+    assert run.returncode == 0, run.stderr
+    assert "name: bigru" in run.stdout and "== Flags ==" in run.stdout
+    assert run.stdout.splitlines()[-1] == "LOADED []"
+
+
+def test_train_help_answers_help_with_overrides_only() -> None:
+    import train
+
+    for arguments in (["model=bigru"], ["-m", "--help"], ["--help", "--config-name", "config"], []):
+        assert train._print_help(arguments) is False, arguments
+    assert train._print_help(["--help", "model=no_such_model"]) is False   # Hydra reports the error
+
+
+@pytest.mark.slow
+def test_train_help_prints_what_hydras_help_prints() -> None:
+    """The fast page against Hydra's own ``--help`` (reached by naming the config with a flag)."""
+    ours = subprocess.run([sys.executable, "train.py", "--help", "model=bigru", "optim.lr=0.5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    hydras = subprocess.run([sys.executable, "train.py", "--config-name", "config", "--help", "model=bigru",
+                             "optim.lr=0.5"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert ours.returncode == hydras.returncode == 0, ours.stderr + hydras.stderr
+    assert ours.stdout == hydras.stdout and "lr: 0.5" in ours.stdout
