@@ -10,8 +10,10 @@ The package is grouped by layer; the public API is re-exported here:
 - ``models.training``: the training loop behind ``train.py``, its config, checkpoints, run folders, reports.
 - ``models.data`` (datasets, batching, downloads) and ``models.keras`` (Keras model import).
 
-Old flat module paths (``models.blocks.cpu_kernel``, ``models.training.loop``, ``models.training.report``, ...) keep importing:
-see ``models/_moved.py``.
+Importing ``models`` has no side effects beyond the package's own registries (the zoo's presets, the blocks'
+TorchScript twins): no Hydra, OmegaConf or ``torch._dynamo`` is imported and no kernel is built. The training
+app's Hydra wiring (config schemas, the ``model`` group, resolvers) is registered by ``import models.training``;
+the CPU kernel is built or loaded by the first forward that uses it.
 """
 
 from .blocks import BiGRU, BiLSTM, BiRNN
