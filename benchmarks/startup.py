@@ -7,6 +7,9 @@ best wall seconds, and the median CPU seconds of the child (user + system: what 
 wait for a core on a busy machine). ``import models`` is also reported as its excess over ``import torch``, the
 median of the per-round differences.
 
+``--baseline CHECKOUT`` adds ``import models`` and ``train.py --help`` of another checkout of the project (say,
+the commit before a change) to the same rounds, so a before/after comparison shares the machine's load.
+
 Goals: ``import models`` at most 0.3 s above ``import torch``; ``train.py --help`` under 2 s. Results:
 ``benchmarks/results/startup.json`` and a Markdown table on stdout (``python -m benchmarks.results_page`` adds it
 to ``RESULTS.md``). About a minute on an idle 2-core machine at the default 10 rounds.
@@ -33,13 +36,14 @@ CASES: Dict[str, List[str]] = {
 GOALS = {"import models over import torch": 0.3, "train.py --help": 2.0}  # seconds, wall
 
 
-def process_runner(arguments: Sequence[str]) -> Runner:
-    """A harness runner: each call is ``python <arguments>`` in a new process in the checkout; returns the wall
-    seconds and the child's CPU seconds (user + system) of the ``number`` timed calls."""
+def process_runner(arguments: Sequence[str], checkout: Path = ROOT) -> Runner:
+    """A harness runner: each call is ``python <arguments>`` in a new process in ``checkout`` (its ``models``
+    and ``train.py``); returns the wall seconds and the child's CPU seconds (user + system) of the ``number``
+    timed calls."""
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
     def once() -> None:
-        subprocess.run([sys.executable, *arguments], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
+        subprocess.run([sys.executable, *arguments], cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=600)
 
     def run(number: int, warmup: int = 0, index: int = 0) -> Tuple[float, float]:
@@ -57,21 +61,27 @@ def process_runner(arguments: Sequence[str]) -> Runner:
     return run
 
 
-def measure(rounds: int) -> Dict[str, Any]:
-    """Time every case over ``rounds`` interleaved rounds; the per-case summary and the goal checks."""
+def measure(rounds: int, baseline: Optional[Path] = None) -> Dict[str, Any]:
+    """Time every case over ``rounds`` interleaved rounds (with ``baseline``: its ``import models`` and
+    ``train.py --help`` too, named ``... (baseline)``); the per-case summary and the goal checks."""
     runners = {name: process_runner(arguments) for name, arguments in CASES.items()}
+    if baseline is not None:
+        runners.update({f"{name} (baseline)": process_runner(arguments, baseline)
+                        for name, arguments in CASES.items() if name != "import torch"})
     series = interleaved(runners, number=1, first_calls=1, min_rounds=rounds,
                          on_round=lambda r, s: log(f"round {r}/{rounds}: {s:.1f} s"))
     rows = [{"case": name, "wall_median_s": s.median, "wall_best_s": s.best,
              "cpu_median_s": statistics.median(s.cpu), "rounds": len(s.wall)} for name, s in series.items()]
-    torch_wall, models_wall = series["import torch"].wall, series["import models"].wall
-    excess = statistics.median(m - t for m, t in zip(models_wall, torch_wall, strict=True))
-    excess_cpu = statistics.median(m - t for m, t in zip(series["import models"].cpu, series["import torch"].cpu,
-                                                           strict=True))
-    rows.append({"case": "import models over import torch", "wall_median_s": excess, "wall_best_s": None,
-                 "cpu_median_s": excess_cpu, "rounds": len(torch_wall)})
+    floor = series["import torch"]
+    for suffix in ("", " (baseline)"):
+        models = series.get("import models" + suffix)
+        if models is None:
+            continue
+        rows.append({"case": "import models over import torch" + suffix, "wall_best_s": None, "rounds": len(floor.wall),
+                     "wall_median_s": statistics.median(m - t for m, t in zip(models.wall, floor.wall, strict=True)),
+                     "cpu_median_s": statistics.median(m - t for m, t in zip(models.cpu, floor.cpu, strict=True))})
     for row in rows:
-        goal = GOALS.get(row["case"])
+        goal = GOALS.get(row["case"].removesuffix(" (baseline)"))
         row["goal_s"] = goal
         row["meets_goal"] = None if goal is None else bool(row["wall_median_s"] <= goal)
     return {"rows": rows, "samples": {name: {"wall": s.wall, "cpu": s.cpu} for name, s in series.items()}}
@@ -89,21 +99,37 @@ COLUMNS: List[Column] = [
 ]
 
 
+def _commit(checkout: Path) -> Optional[str]:
+    try:
+        return subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def markdown(results: Dict[str, Any]) -> str:
     m = results["machine"]
+    baseline = results.get("baseline")
+    against = f"; baseline: commit {baseline['commit']}" if baseline else ""
     lines = ["# Start-up", "",
-             f"Machine: {m['summary']}; {results['rows'][0]['rounds']} interleaved rounds.", ""]
+             f"Machine: {m['summary']}; {results['rows'][0]['rounds']} interleaved rounds{against}.", ""]
     return "\n".join(lines + table(COLUMNS, results["rows"], align="lrrrll"))
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (one call per case each)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout of the project, timed in the same rounds (before/after)")
     parser.add_argument("--out", type=Path, default=RESULTS / "startup.json")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    results = measure(args.rounds)
+    if args.baseline is not None and not (args.baseline / "train.py").is_file():
+        parser.error(f"--baseline must be a checkout of the project (holding train.py), got {args.baseline}")
+    results = measure(args.rounds, args.baseline)
+    if args.baseline is not None:
+        results["baseline"] = {"checkout": str(args.baseline), "commit": _commit(args.baseline)}
     from .machine import describe  # after the timing: it imports torch and Keras, and loads the CPU kernel
 
     results = {"machine": describe("cpu", 1), **results}

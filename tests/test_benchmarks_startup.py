@@ -26,8 +26,12 @@ def test_measure_reports_each_case_the_excess_and_the_goals(monkeypatch: pytest.
     seconds = {"import torch": [1.0, 1.4, 1.2], "import models": [1.2, 1.5, 1.5], "train.py --help": [2.5, 2.4, 2.6]}
     calls = {name: 0 for name in seconds}
 
-    def fake(arguments: List[str]) -> harness.Runner:
+    def fake(arguments: List[str], checkout: Path = startup.ROOT) -> harness.Runner:
         name = next(n for n, a in startup.CASES.items() if a == arguments)
+        if checkout != startup.ROOT:                  # the baseline: 0.5 s slower a call
+            seconds[name + " (baseline)"] = [s + 0.5 for s in seconds[name]]
+            calls[name + " (baseline)"] = 0
+            name += " (baseline)"
 
         def run(number: int, warmup: int, index: int) -> tuple:
             if calls[name] == 0:
@@ -44,6 +48,10 @@ def test_measure_reports_each_case_the_excess_and_the_goals(monkeypatch: pytest.
     assert rows["import models over import torch"]["meets_goal"] is True
     assert rows["train.py --help"]["meets_goal"] is False and rows["train.py --help"]["cpu_median_s"] == 1.25
     assert rows["import torch"]["meets_goal"] is None
+    rows = {row["case"]: row for row in startup.measure(3, baseline=Path("/elsewhere"))["rows"]}
+    assert rows["import models over import torch (baseline)"]["wall_median_s"] == pytest.approx(0.7)
+    assert rows["import models over import torch (baseline)"]["meets_goal"] is False
+    assert "import torch (baseline)" not in rows and rows["train.py --help (baseline)"]["goal_s"] == 2.0
 
 
 def test_the_results_page_draws_the_startup_table(tmp_path: Path) -> None:
