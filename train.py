@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import models.training  # noqa: F401  (registers what conf/ composes from: schemas, the model group, resolvers)
 
-# The training stack (data, loop, checkpoints) is imported where a run needs it, not here: ``--help``, ``--cfg``
-# and a config error come back without loading it.
+# The training stack (data, loop, checkpoints) is imported where a run needs it, not here: ``--help`` and ``--cfg``
+# come back without loading it.
 
 log = logging.getLogger("train")
 failed_jobs: list = []   # sweep jobs that failed in this process (the basic launcher runs them all here)
