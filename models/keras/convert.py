@@ -49,6 +49,9 @@ def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
     if spec.kind == "conv":
         kernel = (o["kernel_size"], spec.in_features // o["groups"], o["filters"])
         return [kernel] + ([(o["filters"],)] if o["use_bias"] else [])
+    if spec.kind == "attention":
+        from .attention import attention_shapes
+        return attention_shapes(spec)
     if spec.kind != "recurrent":
         return []
     width = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}[o["cell"]] * o["units"]
@@ -64,7 +67,9 @@ def _read_layer(weights: WeightFile, spec: LayerSpec, check_name: bool = True, r
     where = f"layer {spec.name!r}"
     if weights.kind == "keras":
         nested = {"Bidirectional": ["forward_layer/cell", "backward_layer/cell"], "LSTM": ["cell"], "GRU": ["cell"],
-                  "SimpleRNN": ["cell"], "TimeDistributed": ["layer"]}.get(spec.class_name, [])
+                  "SimpleRNN": ["cell"], "TimeDistributed": ["layer"],
+                  "MultiHeadAttention": ["query_dense", "key_dense", "value_dense", "output_dense"]
+                  }.get(spec.class_name, [])
         root = weights.h5.get("layers")
         if check_name and root is not None and spec.path in root:
             vars_group = root[spec.path].get("vars")
@@ -126,6 +131,9 @@ def _group_state(prefix: str, group: List[Dict], arrays_of: Dict[int, List[np.nd
             state[prefix + "conv.weight"] = values[0].transpose(2, 1, 0)      # (k, in/g, out) -> (out, in/g, k)
             if o["use_bias"]:
                 state[prefix + "conv.bias"] = values[1]
+        elif spec["kind"] == "attention":
+            from .attention import attention_state
+            attention_state(prefix, spec, values, state)
         elif spec["kind"] == "recurrent":
             per = len(values) // (2 if o["bidirectional"] else 1)
             names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
@@ -138,7 +146,9 @@ def _group_state(prefix: str, group: List[Dict], arrays_of: Dict[int, List[np.nd
 
 
 def _tensors(state: Dict[str, np.ndarray]) -> Dict[str, torch.Tensor]:
-    return {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in state.items()}
+    # ``reshape``: ``ascontiguousarray`` makes a 0-d array (an attention scale) 1-d
+    return {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32).reshape(np.shape(value)))
+            for key, value in state.items()}
 
 
 def _state_dict(specs: List[LayerSpec], arrays: List[List[np.ndarray]]) -> Dict[str, torch.Tensor]:
