@@ -49,6 +49,8 @@ def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
     if spec.kind == "conv":
         kernel = (o["kernel_size"], spec.in_features // o["groups"], o["filters"])
         return [kernel] + ([(o["filters"],)] if o["use_bias"] else [])
+    if spec.kind == "timedistributed":
+        return _expected_shapes(LayerSpec(**o["inner"]))
     if spec.kind == "attention":
         from .attention import attention_shapes
         return attention_shapes(spec)
@@ -70,6 +72,10 @@ def _read_layer(weights: WeightFile, spec: LayerSpec, check_name: bool = True, r
                   "SimpleRNN": ["cell"], "TimeDistributed": ["layer"],
                   "MultiHeadAttention": ["query_dense", "key_dense", "value_dense", "output_dense"]
                   }.get(spec.class_name, [])
+        if spec.kind == "timedistributed":      # the wrapped layer's groups under ``layer``
+            inner = spec.options["inner"]["class_name"]
+            nested = ["layer"] + [f"layer/{sub}" for sub in {"Bidirectional": ["forward_layer/cell",
+                      "backward_layer/cell"], "LSTM": ["cell"], "GRU": ["cell"], "SimpleRNN": ["cell"]}.get(inner, [])]
         root = weights.h5.get("layers")
         if check_name and root is not None and spec.path in root:
             vars_group = root[spec.path].get("vars")
@@ -131,6 +137,8 @@ def _group_state(prefix: str, group: List[Dict], arrays_of: Dict[int, List[np.nd
             state[prefix + "conv.weight"] = values[0].transpose(2, 1, 0)      # (k, in/g, out) -> (out, in/g, k)
             if o["use_bias"]:
                 state[prefix + "conv.bias"] = values[1]
+        elif spec["kind"] == "timedistributed":
+            _group_state(prefix + "inner.", [{**o["inner"], "_id": spec["_id"]}], arrays_of, state)
         elif spec["kind"] == "attention":
             from .attention import attention_state
             attention_state(prefix, spec, values, state)

@@ -224,7 +224,11 @@ def _parse(dag: Dag, model_config: Dict[str, Any], keras2: bool) -> GraphPlan:
         stream = copy.copy(source)
         from_input = keys[0] in {_key((n, 0, 0)) for n in input_names}
         spec = layer_spec(str(class_name), config, name, paths[name], stream, first=from_input)
-        if spec.kind == "embedding":
+        if spec.kind == "identity":                    # TimeDistributed(Dropout)
+            alias[out_key] = keys[0]
+            continue
+        if spec.kind == "embedding" or (spec.kind == "timedistributed"
+                                         and spec.options["inner"]["kind"] == "embedding"):
             input_kinds[keys[0].split(":")[0]] = "ids"
         if name in specs and specs[name].in_features != spec.in_features:
             raise _fail(name, f"shared layer called on inputs of {specs[name].in_features} and {spec.in_features} "
