@@ -12,7 +12,7 @@ Keras 3's ``layers/<path>`` layout).
 
 import dataclasses
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from .graph import NotAChain
 from .graph_config import parse_graph
 from .graph_module import KerasGraphModel
 from .module import KerasModel, module_from_specs, plan_stages
+
+if TYPE_CHECKING:
+    from .text_vectorization import TextVectorizer
 
 
 def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
@@ -204,8 +207,28 @@ def from_keras(path: str) -> nn.Module:
     The module takes what the Keras model takes, token ids ``(B, T)`` int64 or features ``(B, T, F)`` float32,
     and returns what ``keras_model(x)`` returns: a tensor, or a ``(forward, backward)`` tuple for a model
     ending in ``Bidirectional(merge_mode=None)``. Raises ``KerasImportError`` naming the layer and reason.
+    A model starting with ``TextVectorization`` is refused here: ``from_keras_text`` imports it.
     """
     config, weights = read_model_file(str(path))
+    return _import(config, weights)
+
+
+def from_keras_text(path: str) -> Tuple[nn.Module, "TextVectorizer"]:
+    """Import a Keras model whose string input feeds a ``TextVectorization`` layer: ``(module, vectorizer)``, where
+    ``vectorizer.encode(texts)`` turns raw strings into the token ids ``(B, L)`` the Keras layer gives and
+    ``module(ids)`` returns what the Keras model returns on those strings. A model without one imports as with
+    ``from_keras`` (``vectorizer`` then ``None``)."""
+    from .text_vectorization import split_text_vectorization
+    config, weights = read_model_file(str(path), text=True)
+    try:
+        config, vectorizer = split_text_vectorization(config)
+    except BaseException:
+        weights.close()
+        raise
+    return _import(config, weights), vectorizer
+
+
+def _import(config: Dict[str, Any], weights: WeightFile) -> nn.Module:
     try:
         plan = None
         try:
