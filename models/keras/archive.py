@@ -137,8 +137,9 @@ def refuse_text_vectorization(config: Dict[str, Any]) -> None:
         if isinstance(entry, dict) and entry.get("class_name") == "TextVectorization":
             name = entry.get("name") or (entry.get("config") or {}).get("name")
             raise KerasImportError(
-                f"layer {name!r}: TextVectorization (raw-string preprocessing) is not imported. Keep it in Keras "
-                "(or tokenize with its vocabulary, `layer.get_vocabulary()`), and import the model after it: "
+                f"layer {name!r}: TextVectorization (raw-string preprocessing) is not imported by from_keras: use "
+                "models.keras.from_keras_text(path), which returns the module and the layer's vectorizer "
+                "(raw strings -> the same token ids). Or import the model after it: "
                 "save `keras.Sequential(model.layers[1:])` (Sequential) or `keras.Model(<the layer after it>.input, "
                 "model.output)` (functional) and import that file.")
 
