@@ -120,7 +120,9 @@ def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
     layers, sequential = model_layers(model)
     model_config = model["config"]
     specs: List[LayerSpec] = []
-    stream = Stream(keras2=str(model.get("_keras_version", "3")).startswith("2"))
+    nested = any(isinstance(e.get("inbound_nodes"), list) and e["inbound_nodes"]
+                 and isinstance(e["inbound_nodes"][0], list) for e in layers)     # Keras 2's node lists
+    stream = Stream(keras2=str(model.get("_keras_version", "3")).startswith("2") or nested)
     for index, entry in enumerate(layers):
         class_name = entry.get("class_name")
         name = str(entry.get("name", f"#{index}"))
@@ -280,6 +282,9 @@ def _time_distributed(config: Dict[str, Any], name: str, path: str, stream: "Str
     if inner_class not in TIME_DISTRIBUTABLE:
         raise _fail(name, f"TimeDistributed wraps {inner_class!r}; supported: {['Dense', *TIME_DISTRIBUTABLE]}")
     inner_config = _dict(inner.get("config"), name, "the wrapped layer's config")
+    if stream.keras2:
+        raise _fail(name, f"TimeDistributed({inner_class}) in a Keras 2 file is not supported (Keras 2 gives the wrapped "
+                          "layer its own per-step masks, a rule not reproduced here; Keras 3 files import)")
     if stream.rank not in (3, 4):
         raise _fail(name, f"TimeDistributed needs an input of rank 3 or 4, got rank {stream.rank}")
     if stream.masked and inner_class in _TAKES_MASK:
