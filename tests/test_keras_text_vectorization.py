@@ -2,7 +2,8 @@
 (``tests/fixtures/keras_text/make_fixtures.py``; Keras's layer needs TensorFlow, these tests do not) give, for
 tricky raw strings (non-ASCII capitals, which Keras does not lower-case; non-ASCII spaces, which it does not split
 on; every ASCII punctuation mark; empty strings; out-of-vocabulary words; rows over the sequence length), the same
-token ids as Keras's layer and the same model outputs. Unsupported settings are refused naming the layer.
+token ids as Keras's layer and the same model outputs: a functional model with an adapted vocabulary (``.keras``
+assets), one splitting characters with its vocabulary in the config (``.keras`` and ``.h5``), and a Sequential one. Unsupported settings are refused naming the layer.
 """
 
 import json
@@ -22,7 +23,8 @@ def _expected(name: str) -> dict:
     return json.loads((FIXTURES / f"{name}.expected.json").read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("name, fmt", [("tv_adapted", "keras"), ("tv_characters", "keras"), ("tv_characters", "h5")])
+@pytest.mark.parametrize("name, fmt", [("tv_adapted", "keras"), ("tv_characters", "keras"), ("tv_characters", "h5"),
+                                       ("tv_sequential", "keras"), ("tv_sequential", "h5")])
 def test_raw_strings_give_keras_ids_and_outputs(name: str, fmt: str) -> None:
     expected = _expected(name)
     module, vectorizer = from_keras_text(FIXTURES / f"{name}.{fmt}")
