@@ -199,3 +199,20 @@ def test_unsupported_options_are_refused_by_name(build, words: str, tmp_path) ->
     model.save(tmp_path / "r.keras")
     with pytest.raises(KerasImportError, match=words):
         from_keras(tmp_path / "r.keras")
+
+
+def test_hostile_attention_specs_are_refused_before_any_allocation() -> None:
+    """keras_specs are data: a MultiHeadAttention (or a TimeDistributed layer) declaring huge sizes is refused."""
+    import json
+    mha = {"kind": "attention", "class_name": "MultiHeadAttention", "name": "m", "path": "m", "in_features": 8,
+           "options": {"op": "MultiHeadAttention", "num_heads": 2**15, "key_dim": 2**15, "value_dim": 4,
+                       "query_features": 8, "key_features": 8, "value_features": 8, "output_dim": 8}}
+    graph = {"format": "graph", "layers": [mha], "nodes": [], "outputs": [], "input_kinds": ["features"]}
+    with pytest.raises(KerasImportError, match="parameters"):
+        module_from_specs(json.dumps(graph))
+    embedding = {"kind": "embedding", "class_name": "Embedding", "name": "e", "path": "e", "in_features": 0,
+                 "options": {"input_dim": 2**20, "output_dim": 2**20, "mask_zero": False}}
+    wrapped = {"kind": "timedistributed", "class_name": "TimeDistributed", "name": "t", "path": "t", "in_features": 0,
+               "options": {"inner": embedding}}
+    with pytest.raises(KerasImportError, match="parameters"):
+        module_from_specs(json.dumps([wrapped]))
