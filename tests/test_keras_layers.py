@@ -139,10 +139,10 @@ def test_docs_table_is_the_registry() -> None:
     from pathlib import Path
 
     from models.keras.config import SUPPORTED
-    from models.keras.graph_config import MERGES
+    from models.keras.graph_config import GRAPH_LAYERS
     text = (Path(__file__).resolve().parents[1] / "docs" / "keras-import.md").read_text(encoding="utf-8")
     table = text.split("## Supported layers", 1)[1].split("\n\n| Keras layer |", 1)[1].split("\n\n", 1)[0]
     listed = set()
     for row in table.splitlines()[2:]:
         listed |= set(re.findall(r"`(\w+)`", row.split("|")[1]))
-    assert listed == set(SUPPORTED) | set(MERGES)
+    assert listed == set(SUPPORTED) | set(GRAPH_LAYERS)

@@ -4,10 +4,11 @@
 Files are read as data (JSON + h5py), never executed or unpickled; Keras is not needed at run time.
 """
 
-from .convert import from_keras, load_keras_weights
+from .convert import from_keras, from_keras_text, load_keras_weights
 from .errors import KerasImportError
 from .graph_module import KerasGraphModel
 from .module import KerasModel, KerasPairModel, module_from_specs
+from .text_vectorization import TextVectorizer
 
-__all__ = ["KerasGraphModel", "KerasImportError", "KerasModel", "KerasPairModel", "from_keras", "load_keras_weights",
-           "module_from_specs"]
+__all__ = ["KerasGraphModel", "KerasImportError", "KerasModel", "KerasPairModel", "TextVectorizer", "from_keras",
+           "from_keras_text", "load_keras_weights", "module_from_specs"]

@@ -10,6 +10,7 @@ datasets whose declared size is over ``MAX_DATASET_ELEMENTS`` (or all together o
 import io
 import json
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -44,9 +45,13 @@ class WeightFile:
         self.h5.close()
 
 
+MAX_ASSET_BYTES = 256 * 2**20
+_VOCABULARY_ASSET = re.compile(r"assets/[A-Za-z0-9_./-]{1,500}/vocabulary\.txt")
+
+
 def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
     info = archive.getinfo(name)
-    cap = _KERAS_MEMBERS[name]
+    cap = _KERAS_MEMBERS.get(name, MAX_ASSET_BYTES)
     if info.file_size > cap:
         raise KerasImportError(f"archive member {name!r} declares {info.file_size} bytes, over the cap of {cap}")
     if info.file_size > MAX_COMPRESSION_RATIO * info.compress_size + 2**20:   # a zip bomb: refused before reading
@@ -132,21 +137,25 @@ def refuse_text_vectorization(config: Dict[str, Any]) -> None:
         if isinstance(entry, dict) and entry.get("class_name") == "TextVectorization":
             name = entry.get("name") or (entry.get("config") or {}).get("name")
             raise KerasImportError(
-                f"layer {name!r}: TextVectorization (raw-string preprocessing) is not imported. Keep it in Keras "
-                "(or tokenize with its vocabulary, `layer.get_vocabulary()`), and import the model after it: "
+                f"layer {name!r}: TextVectorization (raw-string preprocessing) is not imported by from_keras: use "
+                "models.keras.from_keras_text(path), which returns the module and the layer's vectorizer "
+                "(raw strings -> the same token ids). Or import the model after it: "
                 "save `keras.Sequential(model.layers[1:])` (Sequential) or `keras.Model(<the layer after it>.input, "
                 "model.output)` (functional) and import that file.")
 
 
-def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
+def read_model_file(path: str, text: bool = False) -> Tuple[Dict[str, Any], WeightFile]:
     """``.keras`` or legacy ``.h5`` full model -> ``(config dict, weights)``; the caller closes the weights.
-    Keras 3 and Keras 2 (``tf_keras``) files share these layouts; a TensorFlow SavedModel folder is refused."""
+    Keras 3 and Keras 2 (``tf_keras``) files share these layouts; a TensorFlow SavedModel folder is refused.
+    ``text``: a ``TextVectorization`` layer is let through, and its ``vocabulary.txt`` assets are read (as text,
+    into ``config["_assets"]``)."""
     _refuse_saved_model(path)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-            unexpected = sorted(set(names) - set(_KERAS_MEMBERS))
-            if unexpected and "config.json" in names:     # assets of a TextVectorization: name the layer
+            assets = [n for n in names if text and _VOCABULARY_ASSET.fullmatch(n) and ".." not in n.split("/")]
+            unexpected = sorted(set(names) - set(_KERAS_MEMBERS) - set(assets))
+            if unexpected and "config.json" in names and not text:   # assets of a TextVectorization: name it
                 refuse_text_vectorization(_parse_json(_read_member(archive, "config.json"), "config.json"))
             if unexpected:
                 raise KerasImportError(f".keras archive holds unexpected members {unexpected}; expected only "
@@ -157,7 +166,13 @@ def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
                 if required not in names:
                     raise KerasImportError(f".keras archive has no {required!r}")
             config = _parse_json(_read_member(archive, "config.json"), "config.json")
-            refuse_text_vectorization(config)
+            if not text:
+                refuse_text_vectorization(config)
+            try:
+                if text:
+                    config["_assets"] = {n: _read_member(archive, n).decode("utf-8") for n in assets}
+            except UnicodeDecodeError:
+                raise KerasImportError("a vocabulary.txt asset is not UTF-8 text") from None
             weights = _read_member(archive, "model.weights.h5")
             if "metadata.json" in names:   # which Keras wrote it: activations such as hard_sigmoid differ
                 version = _parse_json(_read_member(archive, "metadata.json"), "metadata.json").get("keras_version")
@@ -176,7 +191,8 @@ def read_model_file(path: str) -> Tuple[Dict[str, Any], WeightFile]:
         if "model_weights" not in weights_file.h5:
             raise KerasImportError("legacy .h5 file has no 'model_weights' group")
         config = _parse_json(raw.encode("utf-8"), "model_config")
-        refuse_text_vectorization(config)
+        if not text:
+            refuse_text_vectorization(config)
         version = weights_file.h5.attrs.get("keras_version")
         config["_keras_version"] = version.decode("utf-8") if isinstance(version, bytes) else str(version)
         return config, weights_file

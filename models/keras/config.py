@@ -100,6 +100,7 @@ class Stream:
     used: Dict[str, int] = field(default_factory=dict)
     time: Optional[int] = None
     keras2: bool = False
+    middle: Optional[int] = None       # axis 2 of a rank-4 (batch, time, steps, features) tensor (TimeDistributed)
 
     def path(self, class_name: str) -> str:
         """The next layer of ``class_name``'s weights group: Keras counts each class's layers."""
@@ -119,7 +120,9 @@ def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
     layers, sequential = model_layers(model)
     model_config = model["config"]
     specs: List[LayerSpec] = []
-    stream = Stream(keras2=str(model.get("_keras_version", "3")).startswith("2"))
+    nested = any(isinstance(e.get("inbound_nodes"), list) and e["inbound_nodes"]
+                 and isinstance(e["inbound_nodes"][0], list) for e in layers)     # Keras 2's node lists
+    stream = Stream(keras2=str(model.get("_keras_version", "3")).startswith("2") or nested)
     for index, entry in enumerate(layers):
         class_name = entry.get("class_name")
         name = str(entry.get("name", f"#{index}"))
@@ -173,6 +176,8 @@ def layer_spec(class_name: str, config: Dict[str, Any], name: str, path: str, st
 def _dispatch(class_name: str, config: Dict[str, Any], name: str, path: str, stream: "Stream",
               first: bool) -> LayerSpec:
     features = stream.features
+    if class_name == "TimeDistributed" and _wrapped_class(config) != "Dense":
+        return _time_distributed(config, name, path, stream, first)
     if class_name == "Embedding":
         if not first or stream.rank != 2:
             raise _fail(name, "Embedding is only supported as the first layer, on (batch, time) token ids")
@@ -253,6 +258,58 @@ def _dispatch(class_name: str, config: Dict[str, Any], name: str, path: str, str
         stream.masked, stream.rank, stream.time = False, 3 if keepdims else 2, 1 if keepdims else None
         return LayerSpec("pool", class_name, name, path, features, {"mode": POOLING[class_name], "keepdims": keepdims})
     return LayerSpec("identity", class_name, name, path, features or 0)
+
+
+# Layers ``TimeDistributed`` imports around any layer it wraps (``Dense`` has its own path: ``dense_options``);
+# those that take a mask in their call are refused on a masked input (Keras would hand them one step's mask).
+TIME_DISTRIBUTABLE = ("Embedding", "Bidirectional", *RECURRENT, "Conv1D", *POOLING_1D, *POOLING, "Activation",
+                      *NORMALIZATION, "Flatten", *IDENTITY)
+_TAKES_MASK = ("Bidirectional", *RECURRENT, *POOLING)
+
+
+def _wrapped_class(config: Dict[str, Any]) -> Any:
+    inner = config.get("layer")
+    return inner.get("class_name") if isinstance(inner, dict) else None
+
+
+def _time_distributed(config: Dict[str, Any], name: str, path: str, stream: "Stream", first: bool) -> LayerSpec:
+    """``TimeDistributed(layer)``: Keras 3 runs ``layer.call`` on each step ``x[:, t]`` (no mask of its own: an inner
+    ``Embedding(mask_zero=True)`` masks nothing) and stacks the results; the input's mask passes on. Inputs of rank
+    3 (``(B, T, F)`` features or ``(B, words, chars)`` ids) or 4 (``(B, T, S, F)``)."""
+    check_dtype(config, name)
+    inner = _dict(config.get("layer"), name, "the wrapped layer")
+    inner_class = inner.get("class_name")
+    if inner_class not in TIME_DISTRIBUTABLE:
+        raise _fail(name, f"TimeDistributed wraps {inner_class!r}; supported: {['Dense', *TIME_DISTRIBUTABLE]}")
+    inner_config = _dict(inner.get("config"), name, "the wrapped layer's config")
+    if stream.keras2:
+        raise _fail(name, f"TimeDistributed({inner_class}) in a Keras 2 file is not supported (Keras 2 gives the wrapped "
+                          "layer its own per-step masks, a rule not reproduced here; Keras 3 files import)")
+    if stream.rank not in (3, 4):
+        raise _fail(name, f"TimeDistributed needs an input of rank 3 or 4, got rank {stream.rank}")
+    if stream.masked and inner_class in _TAKES_MASK:
+        raise _fail(name, f"TimeDistributed({inner_class}) on a masked input is not supported (Keras passes the "
+                          "wrapped layer one time step's mask)")
+    if stream.rank == 3:
+        inside = Stream(rank=2, features=stream.features, keras2=stream.keras2, input_kind=stream.input_kind)
+    else:
+        inside = Stream(rank=3, features=stream.features, time=stream.middle, keras2=stream.keras2,
+                        input_kind=stream.input_kind)
+    spec = layer_spec(str(inner_class), inner_config, name, path, inside, first)
+    if spec.kind == "identity":
+        return LayerSpec("identity", "TimeDistributed", name, path, stream.features or 0)
+    if inside.rank not in (2, 3) or inside.paired:
+        raise _fail(name, f"TimeDistributed({inner_class}) gives a step output of rank {inside.rank}; only rank 2 or "
+                          "3 is supported")
+    stream.input_kind = inside.input_kind
+    stream.features = inside.features
+    if inside.rank == 3:
+        stream.rank, stream.middle = 4, inside.time
+    else:
+        stream.rank, stream.middle = 3, None
+    options = {"inner": {"kind": spec.kind, "class_name": spec.class_name, "name": spec.name, "path": spec.path,
+                         "in_features": spec.in_features, "options": spec.options}}
+    return LayerSpec("timedistributed", "TimeDistributed", name, path, spec.in_features, options)
 
 
 def _length_after(length: Optional[int], window: int, stride: int, padding: str) -> Optional[int]:

@@ -12,7 +12,7 @@ Keras 3's ``layers/<path>`` layout).
 
 import dataclasses
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from .graph_config import parse_graph
 from .graph_module import KerasGraphModel
 from .module import KerasModel, module_from_specs, plan_stages
 
+if TYPE_CHECKING:
+    from .text_vectorization import TextVectorizer
+
 
 def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
     o = spec.options
@@ -49,6 +52,11 @@ def _expected_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:
     if spec.kind == "conv":
         kernel = (o["kernel_size"], spec.in_features // o["groups"], o["filters"])
         return [kernel] + ([(o["filters"],)] if o["use_bias"] else [])
+    if spec.kind == "timedistributed":
+        return _expected_shapes(LayerSpec(**o["inner"]))
+    if spec.kind == "attention":
+        from .attention import attention_shapes
+        return attention_shapes(spec)
     if spec.kind != "recurrent":
         return []
     width = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}[o["cell"]] * o["units"]
@@ -64,7 +72,13 @@ def _read_layer(weights: WeightFile, spec: LayerSpec, check_name: bool = True, r
     where = f"layer {spec.name!r}"
     if weights.kind == "keras":
         nested = {"Bidirectional": ["forward_layer/cell", "backward_layer/cell"], "LSTM": ["cell"], "GRU": ["cell"],
-                  "SimpleRNN": ["cell"], "TimeDistributed": ["layer"]}.get(spec.class_name, [])
+                  "SimpleRNN": ["cell"], "TimeDistributed": ["layer"],
+                  "MultiHeadAttention": ["query_dense", "key_dense", "value_dense", "output_dense"]
+                  }.get(spec.class_name, [])
+        if spec.kind == "timedistributed":      # the wrapped layer's groups under ``layer``
+            inner = spec.options["inner"]["class_name"]
+            nested = ["layer"] + [f"layer/{sub}" for sub in {"Bidirectional": ["forward_layer/cell",
+                      "backward_layer/cell"], "LSTM": ["cell"], "GRU": ["cell"], "SimpleRNN": ["cell"]}.get(inner, [])]
         root = weights.h5.get("layers")
         if check_name and root is not None and spec.path in root:
             vars_group = root[spec.path].get("vars")
@@ -126,6 +140,11 @@ def _group_state(prefix: str, group: List[Dict], arrays_of: Dict[int, List[np.nd
             state[prefix + "conv.weight"] = values[0].transpose(2, 1, 0)      # (k, in/g, out) -> (out, in/g, k)
             if o["use_bias"]:
                 state[prefix + "conv.bias"] = values[1]
+        elif spec["kind"] == "timedistributed":
+            _group_state(prefix + "inner.", [{**o["inner"], "_id": spec["_id"]}], arrays_of, state)
+        elif spec["kind"] == "attention":
+            from .attention import attention_state
+            attention_state(prefix, spec, values, state)
         elif spec["kind"] == "recurrent":
             per = len(values) // (2 if o["bidirectional"] else 1)
             names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
@@ -138,7 +157,9 @@ def _group_state(prefix: str, group: List[Dict], arrays_of: Dict[int, List[np.nd
 
 
 def _tensors(state: Dict[str, np.ndarray]) -> Dict[str, torch.Tensor]:
-    return {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in state.items()}
+    # ``reshape``: ``ascontiguousarray`` makes a 0-d array (an attention scale) 1-d
+    return {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32).reshape(np.shape(value)))
+            for key, value in state.items()}
 
 
 def _state_dict(specs: List[LayerSpec], arrays: List[List[np.ndarray]]) -> Dict[str, torch.Tensor]:
@@ -186,8 +207,28 @@ def from_keras(path: str) -> nn.Module:
     The module takes what the Keras model takes, token ids ``(B, T)`` int64 or features ``(B, T, F)`` float32,
     and returns what ``keras_model(x)`` returns: a tensor, or a ``(forward, backward)`` tuple for a model
     ending in ``Bidirectional(merge_mode=None)``. Raises ``KerasImportError`` naming the layer and reason.
+    A model starting with ``TextVectorization`` is refused here: ``from_keras_text`` imports it.
     """
     config, weights = read_model_file(str(path))
+    return _import(config, weights)
+
+
+def from_keras_text(path: str) -> Tuple[nn.Module, "TextVectorizer"]:
+    """Import a Keras model whose string input feeds a ``TextVectorization`` layer: ``(module, vectorizer)``, where
+    ``vectorizer.encode(texts)`` turns raw strings into the token ids ``(B, L)`` the Keras layer gives and
+    ``module(ids)`` returns what the Keras model returns on those strings. A model without one imports as with
+    ``from_keras`` (``vectorizer`` then ``None``)."""
+    from .text_vectorization import split_text_vectorization
+    config, weights = read_model_file(str(path), text=True)
+    try:
+        config, vectorizer = split_text_vectorization(config)
+    except BaseException:
+        weights.close()
+        raise
+    return _import(config, weights), vectorizer
+
+
+def _import(config: Dict[str, Any], weights: WeightFile) -> nn.Module:
     try:
         plan = None
         try:

@@ -30,6 +30,7 @@ class Call:
     as_list: bool
     kwargs: Dict[str, Any] = field(default_factory=dict)
     called_with_mask: Optional[bool] = None
+    roles: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -75,8 +76,10 @@ def _keras3_tensor(value: Any, name: str) -> Optional[Tensor]:
     return None
 
 
-def _parse_node(node: Any, name: str) -> Tuple[List[Tensor], bool, Dict[str, Any], Optional[bool], bool]:
-    """One inbound node -> ``(sources, as_list, kwargs, called_with_mask, keras2)``."""
+def _parse_node(node: Any, name: str) -> Tuple[List[Tensor], bool, Dict[str, Any], Optional[bool], bool, List[str]]:
+    """One inbound node -> ``(sources, as_list, kwargs, called_with_mask, keras2, roles)``; ``roles`` names each
+    source of a call on several positional tensors or with tensors as keyword arguments (``MultiHeadAttention``:
+    ``["arg0", "arg1", "key"]``), else is empty. Keras 2 nodes carry no roles (refused where they matter)."""
     if isinstance(node, list):                                     # Keras 2
         if not node or not all(isinstance(tensor, list) for tensor in node):
             raise fail(name, f"inbound node {node!r} is not a list of [layer, node_index, tensor_index, kwargs]; "
@@ -85,24 +88,29 @@ def _parse_node(node: Any, name: str) -> Tuple[List[Tensor], bool, Dict[str, Any
         kwargs: Dict[str, Any] = {}
         for tensor in node:
             kwargs.update(as_object(tensor[3] if len(tensor) > 3 else None, name, "the call arguments"))
-        return sources, len(node) > 1, kwargs, None, True
+        return sources, len(node) > 1, kwargs, None, True, []
     if not isinstance(node, dict):
         raise fail(name, f"inbound node {node!r} is neither a Keras 3 dict nor a Keras 2 list; malformed config")
     args = node.get("args")
     if not isinstance(args, list) or not args:
         raise fail(name, "layer is called without an input; malformed config")
-    if len(args) > 1:
-        raise fail(name, f"layer is called with {len(args) - 1} extra positional argument(s); not supported")
     first = args[0]
-    as_list = isinstance(first, list)
+    as_list = isinstance(first, list) and len(args) == 1
     sources = []
-    for value in (first if as_list else [first]):
+    for value in (first if as_list else args):
         tensor = _keras3_tensor(value, name)
         if tensor is None:
             raise fail(name, f"layer input {value!r} is not a Keras tensor; malformed config")
         sources.append(tensor)
     kwargs = as_object(node.get("kwargs"), name, "the call arguments")
-    return sources, as_list, kwargs, kwargs.get("mask") is not None, False
+    roles = [f"arg{i}" for i in range(len(args))] if len(args) > 1 else []
+    for key, value in kwargs.items():          # inputs passed by keyword (``mha(q, value=v)``); masks are not
+        tensor = _keras3_tensor(value, name) if key in ("query", "value", "key") else None
+        if tensor is not None:
+            roles = roles or [f"arg{i}" for i in range(len(sources))]
+            sources.append(tensor)
+            roles.append(key)
+    return sources, as_list, kwargs, kwargs.get("mask") is not None, False, roles
 
 
 def model_dag(model: Dict[str, Any]) -> Dag:
@@ -140,13 +148,13 @@ def model_dag(model: Dict[str, Any]) -> Dag:
                 calls[(name, node_index)] = Call(name, node_index, {**entry, "_operation": True}, [], False)
                 continue
             try:
-                sources, as_list, kwargs, with_mask, old = _parse_node(node, name)
+                sources, as_list, kwargs, with_mask, old, roles = _parse_node(node, name)
             except KerasImportError as error:   # raised only if the outputs read this call (see ``visit``)
                 calls[(name, node_index)] = Call(name, node_index, {**entry, "_error": error}, [], False)
                 continue
             keras2 = keras2 or old
             calls[(name, node_index)] = Call(name, node_index, {**entry, "_operation": operation}, sources, as_list,
-                                             kwargs, with_mask)
+                                             kwargs, with_mask, roles)
     outputs = _outputs(config.get("output_layers"))
     order: List[Call] = []
     state: Dict[Tuple[str, int], int] = {}

@@ -14,6 +14,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from .attention import ATTENTION, attention_spec
 from .config import IDENTITY, LayerSpec, Stream, layer_spec, to_snake_case
 from .dag import Call, Dag, Tensor, model_dag
 from .errors import KerasImportError
@@ -23,6 +24,7 @@ from .identity import check_identities
 from .layer_options import check_dtype, flag
 
 MERGES = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Dot")
+GRAPH_LAYERS = (*MERGES, *ATTENTION)     # layers called on several inputs, imported in functional models only
 
 
 @dataclass
@@ -191,9 +193,22 @@ def _parse(dag: Dag, model_config: Dict[str, Any], keras2: bool) -> GraphPlan:
         config = _dict(call.entry.get("config"), name, "the layer config")
         if "/" in name or name in ("", ".", ".."):
             raise _fail(name, "layer name is not a plain name")
-        _check_call(call, dag.keras2)
         keys = [source_key(t, name) for t in call.sources]
         out_key = _key((name, call.node, 0))
+        if class_name in ATTENTION:
+            if call.kwargs.get("training"):
+                raise _fail(name, "called with training=True (dropout active at inference); refused")
+            spec, out, order = attention_spec(class_name, config, name, paths[name], [streams[k] for k in keys],
+                                              call.kwargs, call.roles, call.as_list, dag.keras2)
+            if name in specs and specs[name].options != spec.options:
+                raise _fail(name, "shared attention layer called on inputs of other sizes or with other call options")
+            specs.setdefault(name, spec)
+            streams[out_key] = out
+            nodes.append({"layers": [name], "inputs": [keys[i] for i in order], "outputs": [out_key]})
+            continue
+        if call.roles:
+            raise _fail(name, f"layer is called with {len(call.roles) - 1} extra argument tensor(s); not supported")
+        _check_call(call, dag.keras2)
         if class_name in MERGES:
             spec, out = _merge_spec(call, config, name, paths[name], [streams[k] for k in keys], dag.keras2)
             specs.setdefault(name, spec)
@@ -209,7 +224,11 @@ def _parse(dag: Dag, model_config: Dict[str, Any], keras2: bool) -> GraphPlan:
         stream = copy.copy(source)
         from_input = keys[0] in {_key((n, 0, 0)) for n in input_names}
         spec = layer_spec(str(class_name), config, name, paths[name], stream, first=from_input)
-        if spec.kind == "embedding":
+        if spec.kind == "identity":                    # TimeDistributed(Dropout)
+            alias[out_key] = keys[0]
+            continue
+        if spec.kind == "embedding" or (spec.kind == "timedistributed"
+                                         and spec.options["inner"]["kind"] == "embedding"):
             input_kinds[keys[0].split(":")[0]] = "ids"
         if name in specs and specs[name].in_features != spec.in_features:
             raise _fail(name, f"shared layer called on inputs of {specs[name].in_features} and {spec.in_features} "
@@ -229,6 +248,7 @@ def _parse(dag: Dag, model_config: Dict[str, Any], keras2: bool) -> GraphPlan:
             streams[out_key] = stream
             nodes.append({"layers": [name], "inputs": keys, "outputs": [out_key]})
     outputs = [source_key(t, "model outputs") for t in dag.outputs]
+    _refuse_cleared_masks(nodes, specs, streams)
     nodes = _fuse(nodes, specs, calls_of, outputs)
     numbers = {_key((n, 0, 0)): i for i, n in enumerate(input_names)}
     for node in nodes:
@@ -239,6 +259,26 @@ def _parse(dag: Dag, model_config: Dict[str, Any], keras2: bool) -> GraphPlan:
     layer_order = [entry["_name"] for entry in dag.entries if entry["_name"] in specs]
     return GraphPlan([specs[n] for n in layer_order], plan_nodes, [numbers[k] for k in outputs],
                      [input_kinds[n] for n in input_names], dag.keras2, list(input_names))
+
+
+def _refuse_cleared_masks(nodes: List[Dict[str, Any]], specs: Dict[str, LayerSpec], streams: Dict[str, Stream]) -> None:
+    """Keras 3's ``MultiHeadAttention.call`` removes the mask of its input tensors at run time
+    (``set_keras_mask(query, None)``, same for value and key), so another layer reading one of those masked tensors
+    sees a mask or none depending on whether Keras happens to run it before or after the attention. Not
+    reproducible from the file: refused, naming the layers."""
+    for node in nodes:
+        name = node["layers"][0]
+        if specs[name].options.get("op") != "MultiHeadAttention":
+            continue
+        for key in set(node["inputs"]):
+            if not streams[key].masked:
+                continue
+            others = [n["layers"][0] for n in nodes if n is not node and key in n["inputs"]]
+            if others:
+                raise _fail(name, f"reads a masked tensor that {others} also read(s); Keras 3's MultiHeadAttention "
+                                  "removes that tensor's mask at run time, so what the other layers see depends on "
+                                  "Keras's run order; refused (feed the attention a tensor only it reads, e.g. "
+                                  "through its own layer, or drop the mask)")
 
 
 def _tensor_name(value: Any) -> Optional[str]:

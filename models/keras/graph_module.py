@@ -134,6 +134,18 @@ class MergeNode(nn.Module):
         return [out], _one(_combine(masks, xs, not self.keras2, not self.keras2))
 
 
+class MultiInputNode(nn.Module):
+    """One call of a layer stage that reads several inputs (the attention layers): ``stage(xs, masks)``."""
+
+    def __init__(self, stage: nn.Module) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, xs: List[Tensor], masks: List[Optional[Tensor]]) -> Tuple[List[Tensor], List[Optional[Tensor]]]:
+        y, mask = self.stage(xs, masks)
+        return [y], [mask]
+
+
 class KerasGraphModel(nn.Module):
     """An imported Keras functional graph with one input and one output: ``x`` -> what Keras returns.
     ``keras_specs`` (JSON text) rebuilds it: ``module_from_specs(keras_specs)``."""
@@ -202,6 +214,12 @@ def graph_module_from_dict(plan: Dict[str, Any], specs_json: str) -> KerasGraphM
             o = first["options"]
             nodes.append(MergeNode(o["op"], o.get("axis", -1), o.get("axes"), o.get("normalize", False),
                                    o.get("keras2", False)))
+            continue
+        if first["kind"] == "attention":
+            from .attention import attention_stage
+            if first["name"] not in stages:
+                stages[first["name"]] = attention_stage(first)
+            nodes.append(MultiInputNode(stages[first["name"]]))
             continue
         if node["layers"][0] not in stages:
             stages[node["layers"][0]] = stage_for_group(group)

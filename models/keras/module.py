@@ -228,6 +228,19 @@ class PoolStage(nn.Module):
         return (y.unsqueeze(1) if self.keepdims else y), None
 
 
+class TimeDistributedStage(nn.Module):
+    """Keras ``TimeDistributed(layer)``: ``(B, T, ...)`` -> the wrapped stage on every step at once (``(B * T, ...)``),
+    without a mask (Keras calls the wrapped layer's ``call`` per step) -> ``(B, T, ...)``; the mask passes on."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        y, _ = self.inner(x.flatten(0, 1), None)
+        return y.reshape([x.shape[0], x.shape[1]] + list(y.shape[1:])), mask
+
+
 class KerasModel(nn.Module):
     """An imported Keras model: ``x`` token ids ``(B, T)`` int64 or features ``(B, T, F)`` float32 -> what
     the Keras model returns. ``keras_specs`` (JSON text) rebuilds it: ``module_from_specs(keras_specs)``."""
@@ -304,6 +317,8 @@ def stage_for_group(group: List[Dict[str, Any]]) -> nn.Module:
         from .conv_stages import ConvStage
         return ConvStage(first["in_features"], o["filters"], o["kernel_size"], o["strides"], o["padding"],
                          o["dilation_rate"], o["groups"], o["use_bias"], o["activation"])
+    if kind == "timedistributed":
+        return TimeDistributedStage(stage_for_group([o["inner"]]))
     if kind == "pool1d":
         from .conv_stages import Pool1DStage
         return Pool1DStage(o["mode"], o["pool_size"], o["strides"], o["padding"] == "same")

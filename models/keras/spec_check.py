@@ -13,8 +13,9 @@ from .archive import MAX_TOTAL_ELEMENTS
 from .errors import KerasImportError
 
 KINDS = ("embedding", "masking", "recurrent", "dense", "activation", "pool", "identity", "norm", "conv", "pool1d",
-         "shape", "merge")
-SIZE_OPTIONS = ("input_dim", "output_dim", "units", "filters", "kernel_size")
+         "shape", "merge", "attention", "timedistributed")
+SIZE_OPTIONS = ("input_dim", "output_dim", "units", "filters", "kernel_size", "num_heads", "key_dim", "value_dim",
+                "query_features", "key_features", "value_features")
 MAX_SPECS_BYTES = 16 * 2**20
 
 
@@ -44,8 +45,8 @@ def parse_specs(specs_json: Any) -> Union[List[Dict[str, Any]], Dict[str, Any]]:
     return specs
 
 
-def _check_layers(specs: List[Any]) -> None:
-    elements = 0
+def _check_layers(specs: List[Any], elements: int = 0) -> int:
+    """Checks every spec (a ``TimeDistributed`` one's wrapped spec too); the parameter count so far."""
     for index, spec in enumerate(specs):
         if not isinstance(spec, dict) or not isinstance(spec.get("options"), dict):
             raise KerasImportError(f"keras_specs[{index}] must be an object with an 'options' object")
@@ -60,6 +61,14 @@ def _check_layers(specs: List[Any]) -> None:
         units = sizes.get("units", 0)
         elements += sizes.get("input_dim", 0) * sizes.get("output_dim", 0) + 8 * units * (features + units + 2)
         elements += sizes.get("filters", 0) * (sizes.get("kernel_size", 0) * features + 1)
+        heads = sizes.get("num_heads", 0)          # MultiHeadAttention: four projections
+        elements += heads * (sizes.get("key_dim", 0) * (sizes.get("query_features", 0) + sizes.get("key_features", 0)
+                                                        + 2)
+                             + sizes.get("value_dim", 0) * (sizes.get("value_features", 0) + sizes.get("output_dim", 0)
+                                                            + 1))
+        if spec["kind"] == "timedistributed":
+            elements = _check_layers([spec["options"].get("inner")], elements)
         if elements > MAX_TOTAL_ELEMENTS:
             raise KerasImportError(f"keras_specs describe over {MAX_TOTAL_ELEMENTS} parameters (at [{index}]); "
                                    f"refused")
+    return elements
