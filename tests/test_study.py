@@ -81,7 +81,7 @@ def test_the_study_config_composes_into_96_valid_runs_two_at_a_time() -> None:
         for model in ("bilstm", "bigru"):
             run = composed("experiment=study", f"study={task}", f"model={model}", "model.merge_mode=mul", "seed=2",
                            hydra=False)
-            data = check_config(run)                   # every job's config passes the trainer's own checks
+            data = check_config(run).data              # every job's config passes the trainer's own checks
             assert run.model.merge_mode == "mul" and run.model.cell == model[2:] and run.seed == 2
             names[task] = data["name"] if data["name"] != "synthetic" else data["task"]
     assert names == {task: task for task in TASKS}
