@@ -2,8 +2,10 @@
 
 Each ``conf/<group>/*.yaml`` names its schema first in its defaults list (``optional /schema/trainer@_here_``),
 so Hydra checks types and unknown keys when it composes the config: ``trainer.max_epochs=abc`` or
-``trainer.epochs=3`` fails before anything runs. The values and their comments stay in the YAML files; a
-field's ``metadata`` holds the allowed values (``choices``) or bounds (``min``, ``above``) that
+``trainer.epochs=3`` fails before anything runs. Each default lives in one place: ``trainer`` and ``optim``
+values and their comments in their YAML files (these schemas have none), ``data`` defaults in
+``models/data/schema.py`` (the library's ``build_data`` needs them; the YAML files only choose). A field's
+``metadata`` holds the allowed values (``choices``) or bounds (``min``, ``above``) that
 :func:`models.training.config.check_config` checks after composition, with the cross-field checks; it hands the
 loop a frozen instance of each (the loop never reads the composed ``DictConfig``).
 
