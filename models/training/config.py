@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from ..arguments import check_choice
 from ..data import resolve_config as resolve_data_config
 from ..merge import resolve_merge_modes
 from ..zoo.classifier import CELLS, POOLINGS, SequenceClassifier
@@ -86,12 +87,6 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def _choice(path: str, value: Any, choices: Iterable[str]) -> None:
-    choices = list(choices)
-    if value not in choices:
-        raise ConfigError(f"{path}={value!r} is not allowed; choose one of {choices}")
-
-
 def _known_keys(path: str, node: Mapping[str, Any], allowed: Iterable[str]) -> None:
     allowed = sorted(allowed)
     unknown = sorted(set(node) - set(allowed))
@@ -149,7 +144,7 @@ def check_group(path: str, node: Any, schema: type) -> Any:
             continue
         bounds = spec.metadata
         if "choices" in bounds:
-            _choice(f"{path}.{key}", value, bounds["choices"])
+            check_choice(f"{path}.{key}", value, bounds["choices"], error=ConfigError)
         if "min" in bounds and value < bounds["min"]:
             raise ConfigError(f"{path}.{key}={_shown(value)} must be >= {bounds['min']}")
         if "above" in bounds and not value > bounds["above"]:
@@ -174,7 +169,7 @@ def check_model_config(model: Mapping[str, Any]) -> ModelSettings:
     them checked, with the model's parameter count without its embedding table (the vocabulary comes with the
     data)."""
     name = model.get("name")
-    _choice("model.name", name, list_models())
+    check_choice("model.name", name, list_models(), error=ConfigError)
     parameters = inspect.signature(SequenceClassifier.__init__).parameters
     allowed = [key for key in parameters if key not in ("self", *MODEL_KEYS_FROM_DATA)]
     _known_keys("model", model, ["name", *allowed])
@@ -184,8 +179,8 @@ def check_model_config(model: Mapping[str, Any]) -> ModelSettings:
         arguments["merge_mode"] = resolve_merge_modes(arguments.get("merge_mode", "concat"), layers)
     except (TypeError, ValueError) as error:
         raise ConfigError(command_line_merge_error(error)) from error
-    _choice("model.cell", arguments.get("cell", "lstm"), CELLS)
-    _choice("model.pooling", arguments.get("pooling", "last"), POOLINGS)
+    check_choice("model.cell", arguments.get("cell", "lstm"), CELLS, error=ConfigError)
+    check_choice("model.pooling", arguments.get("pooling", "last"), POOLINGS, error=ConfigError)
     # Every other argument: build the model on the meta device (no memory, no compute), with stand-in data
     # sizes, and turn its own argument check (and the preset's: model.cell=gru is not a bilstm) into a config
     # error naming the key. It also counts the parameters, for check_fits_in_memory.
