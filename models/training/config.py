@@ -9,6 +9,11 @@ is built on the meta device to run its own checks), the data keys (``models.data
 across keys (``optim.betas``, ``trainer.device=cuda`` without a GPU, fp16 on CPU, ``resume`` with ``init_from``).
 ``train.py`` prints each as one line ``config error: ...`` and exits with status 2. Values are accepted as typed:
 ``trainer.precision=32`` (an int), ``"32"``, ``16``, ``bf16``.
+
+:func:`check_config` runs once per run and returns a frozen :class:`TrainConfig` (frozen ``TrainerConfig`` and
+``OptimConfig``, the data config completed with its defaults, the model's arguments with ``merge_mode`` as checked
+``MergeModes``): the set-up and the loop read it, never the composed ``DictConfig``, and nothing checks a key
+again (the meta-device model and the real one take the checked ``merge_mode`` as it is).
 """
 
 import copy
