@@ -12,9 +12,10 @@ across keys (``optim.betas``, ``trainer.device=cuda`` without a GPU, fp16 on CPU
 
 :func:`check_config` runs once per run and returns a frozen :class:`TrainConfig` (frozen ``TrainerConfig`` and
 ``OptimConfig``, the data config completed with its defaults, the model's arguments with ``merge_mode`` as checked
-``MergeModes``): the set-up and the loop read it, never the composed ``DictConfig``. The model's arguments are
-not checked again (the meta-device model and the real one take the checked ``merge_mode`` as it is); the data
-config is, by ``build_data``, the library's entry point, without reading any data.
+``MergeModes``): the set-up and the loop read it, never the composed ``DictConfig``. ``merge_mode`` is not
+checked again (the meta-device model and the real one take the checked modes as they are); the library's entry
+points still guard their own arguments (the model's constructor its sizes, ``build_data`` the data config), in
+microseconds and before any data is read.
 """
 
 import copy
