@@ -24,12 +24,27 @@ MERGE_MODES = ("concat", "sum", "mul", "ave")
 MergeMode = Union[Optional[str], Sequence[Optional[str]]]
 
 
+class MergeModes(List[Optional[str]]):
+    """One merge mode per layer, already checked: what :func:`resolve_merge_modes` returns. Passed back to it
+    (a classifier hands its modes to its block; the training app checks ``model.merge_mode`` once and builds
+    with the result), it is used as it is, not checked again. A plain list to everything else (TorchScript,
+    ``repr``, ``==``)."""
+
+
 def resolve_merge_modes(merge_mode: MergeMode, num_layers: int) -> List[Optional[str]]:
-    """Expand ``merge_mode`` (one mode, or a list with one per layer) to a list of ``num_layers`` modes.
+    """Expand ``merge_mode`` (one mode, or a list with one per layer) to a :class:`MergeModes` of ``num_layers``
+    modes; a :class:`MergeModes` of ``num_layers`` modes comes back as it is.
 
     Raises ``ValueError`` naming the argument, the value and the choices for an unknown mode, a list of
     the wrong length, or ``None`` before the last layer.
     """
+    if isinstance(merge_mode, MergeModes) and len(merge_mode) == num_layers:
+        return merge_mode
+    return MergeModes(check_merge_modes(merge_mode, num_layers))
+
+
+def check_merge_modes(merge_mode: MergeMode, num_layers: int) -> List[Optional[str]]:
+    """The one check of a ``merge_mode`` argument (see :func:`resolve_merge_modes`): its ``num_layers`` modes."""
     if merge_mode is None or isinstance(merge_mode, str):
         modes: List[Optional[str]] = [merge_mode] * num_layers
         given_as_list = False

@@ -131,7 +131,7 @@ def test_feature_data_shards_over_ddp_and_resumes_to_the_same_weights(tmp_path: 
     import os
     import signal
 
-    from models.training.testing_aids import KILL_AT_STEP_ENV
+    from testing_aids import KILL_AT_STEP_ENV
 
     seqs, labels = sequences(150)
     path = save_padded(tmp_path / "train.npz", seqs, labels)
@@ -147,7 +147,9 @@ def test_feature_data_shards_over_ddp_and_resumes_to_the_same_weights(tmp_path: 
     assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-5, "2 ranks train like 1 process"
     assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 2
 
-    killed = subprocess.run([sys.executable, *_train_command(path, tmp_path / "resumed")], cwd=ROOT,
+    aided = [sys.executable, str(ROOT / "tests" / "train_with_aids.py"),       # train.py with the testing aids
+             *_train_command(path, tmp_path / "resumed")[1:]]
+    killed = subprocess.run(aided, cwd=ROOT,
                             env={**env, KILL_AT_STEP_ENV: "10"}, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL
     resumed = subprocess.run([sys.executable, *_train_command(path, tmp_path / "resumed",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from models.data import TASKS, build_data, resolve_config
+from models.data import TASKS, build_data, resolve_config, schema
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 SMALL = {"num_train": 300, "num_val": 100, "num_test": 101}
@@ -118,14 +118,24 @@ def test_bad_config_is_named(cfg: dict, match: str) -> None:
         resolve_config(cfg)
 
 
-def test_every_yaml_validates() -> None:
+def test_every_yaml_validates_and_repeats_no_default() -> None:
+    """Data defaults live in one place, ``models/data/schema.py``: a ``conf/data`` file chooses the dataset and
+    sets only what differs (``tiny.yaml``); the schema completes it, for ``train.py`` as for ``build_data``."""
     files = sorted(CONF.glob("*.yaml"))
     assert {f.stem for f in files} >= {"ends_sum", "adding", "first_last", "palindrome", "brackets", "negation",
                                        "trec", "sst2", "sms_spam"}
     for f in files:
         keys = {k: v for k, v in yaml.safe_load(f.read_text()).items() if k != "defaults"}  # defaults: the schema
         c = resolve_config(keys)
-        assert set(keys) == set(c), f"{f.name} should list every key"
+        repeated = sorted(k for k, v in keys.items() if k not in ("name", "task") and defaults_of(keys)[k] == v)
+        assert not repeated, f"{f.name} repeats the defaults of {repeated} (models/data/schema.py holds them)"
+        assert set(keys) <= set(c)
+    tiny = {k: v for k, v in yaml.safe_load((CONF / "tiny.yaml").read_text()).items() if k != "defaults"}
+    assert resolve_config(tiny)["num_train"] == 192 and resolve_config(tiny)["vocab_size"] == 11
+
+
+def defaults_of(keys: dict) -> dict:
+    return schema.defaults(schema.schema_for(keys["name"], keys.get("task")))
 
 
 def test_omegaconf_node_is_accepted() -> None:

@@ -22,12 +22,12 @@ from typing import Dict, List, Optional
 import pytest
 import torch
 from composing import TINY
+from testing_aids import KILL_AT_STEP_ENV
 
 from models.data.batching import Batch
 from models.training import distributed
 from models.training.checkpoint import load_checkpoint
 from models.training.config import ConfigError
-from models.training.testing_aids import KILL_AT_STEP_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 # 199 examples in batches of 32: 6 full batches and one of 7, which 2 ranks split 3 + 4 (uneven on purpose).
@@ -37,15 +37,17 @@ PARAM_ATOL = 1e-5
 METRIC_RTOL = 1e-5
 
 
-def command(*overrides: str, processes: int) -> List[str]:
+def command(*overrides: str, processes: int, aids: bool = False) -> List[str]:
+    """``aids``: ``tests/train_with_aids.py``, train.py with the testing aids of the environment."""
     launcher = TORCHRUN if processes == 2 else [sys.executable]
-    return [*launcher, str(ROOT / "train.py"), *TINY_HERE, *overrides]
+    script = ROOT / "tests" / "train_with_aids.py" if aids else ROOT / "train.py"
+    return [*launcher, str(script), *TINY_HERE, *overrides]
 
 
 def start(*overrides: str, processes: int, cwd: Path = ROOT, env: Optional[Dict[str, str]] = None
           ) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen(command(*overrides, processes=processes), cwd=cwd, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(command(*overrides, processes=processes, aids=bool(env)), cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 

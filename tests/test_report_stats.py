@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.training.report import load_results, summarize, write_report
-from models.training.study_stats import holm, mean_std, paired_t_test
+from models.training.study.stats import holm, mean_std, paired_t_test
 
 # mean 0.68333, median 0.6, sample std 0.23629, population std 0.19293: each wrong statistic gives another number
 ACCURACIES = (0.5, 0.6, 0.95)

@@ -12,9 +12,9 @@ from composing import compose_config
 
 from models.training.config import check_config
 from models.training.report import load_results
-from models.training.study import main, summarize_study, write_study
-from models.training.study_docs import BEGIN, END, rewrite_docs
-from models.training.study_stats import holm, mean_std, paired_t_test, t_two_sided_p
+from models.training.study.docs import BEGIN, END, rewrite_docs
+from models.training.study.report import main, summarize_study, write_study
+from models.training.study.stats import holm, mean_std, paired_t_test, t_two_sided_p
 
 TASKS = ("ends_sum", "first_last", "trec", "sst2")
 
@@ -75,13 +75,13 @@ def test_the_study_config_composes_into_96_valid_runs_two_at_a_time() -> None:
     assert jobs == 96
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.hydra.launcher.n_jobs * cfg.trainer.num_threads <= 2               # the study's 2 cores
-    assert cfg.hydra.callbacks.study_report._target_ == "models.training.study.StudyCallback"
+    assert cfg.hydra.callbacks.study_report._target_ == "models.training.study.report.StudyCallback"
     names = {}
     for task in TASKS:
         for model in ("bilstm", "bigru"):
             run = composed("experiment=study", f"study={task}", f"model={model}", "model.merge_mode=mul", "seed=2",
                            hydra=False)
-            data = check_config(run)                   # every job's config passes the trainer's own checks
+            data = check_config(run).data              # every job's config passes the trainer's own checks
             assert run.model.merge_mode == "mul" and run.model.cell == model[2:] and run.seed == 2
             names[task] = data["name"] if data["name"] != "synthetic" else data["task"]
     assert names == {task: task for task in TASKS}
@@ -185,7 +185,7 @@ def test_a_tiny_study_trains_and_retimes_the_trained_models(tmp_path: Path) -> N
 
 
 def test_one_seed_shows_no_spread_and_no_test(tmp_path: Path) -> None:
-    from models.training.study import machine, markdown
+    from models.training.study.report import machine, markdown
 
     write_fake_run(tmp_path / "0", "first_last", "bilstm", "concat", 0, 0.5)
     write_fake_run(tmp_path / "1", "first_last", "bilstm", "mul", 0, 0.9)

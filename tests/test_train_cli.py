@@ -69,5 +69,5 @@ def test_the_spelling_the_errors_show_works(compose: Callable[..., DictConfig]) 
 def test_experiment_tiny_composes_with_any_dataset(compose: Callable[..., DictConfig], data: str) -> None:
     cfg = compose("experiment=tiny", f"data={data}")
     assert cfg.model.hidden_size == 8 and cfg.trainer.max_epochs == 2
-    assert check_config(cfg)["name"] == ("synthetic" if data == "first_last" else data)
+    assert check_config(cfg).data["name"] == ("synthetic" if data == "first_last" else data)
     assert compose("experiment=tiny").data.num_train == 192                  # alone: the tiny synthetic data

@@ -28,8 +28,8 @@ def composed(*overrides: str):
 @pytest.mark.parametrize("data", DATA)
 def test_every_model_and_data_config_composes_and_passes_the_checks(model: str, data: str) -> None:
     cfg = composed(f"model={model}", f"data={data}", "optim=sgd" if model == "birnn" else "optim=adamw")
-    resolved = check_config(cfg)
-    assert resolved["name"] == cfg.data.name
+    settings = check_config(cfg)
+    assert settings.data["name"] == cfg.data.name and settings.model.name == model
 
 
 def test_every_preset_has_a_model_config() -> None:
@@ -69,7 +69,7 @@ def test_experiment_merge_modes_sweeps_modes_presets_and_seeds() -> None:
 @pytest.mark.parametrize("experiment", ["trec", "sst2"])
 def test_dataset_experiments_compose_and_pass_the_checks(experiment: str) -> None:
     cfg = composed(f"experiment={experiment}")
-    assert check_config(cfg)["name"] == experiment
+    assert check_config(cfg).data["name"] == experiment
     assert cfg.trainer.max_epochs == {"trec": 15, "sst2": 10}[experiment] and cfg.model.head_dropout == 0.3
 
 

@@ -13,10 +13,10 @@ from typing import Dict, Optional
 import pytest
 import torch
 from composing import compose_config
+from testing_aids import KILL_AT_STEP_ENV
 
 from models.training.checkpoint import load_checkpoint
 from models.training.loop import train
-from models.training.testing_aids import KILL_AT_STEP_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -52,7 +52,8 @@ def test_a_run_without_validation_trains_every_epoch_and_tests_the_last_weights(
 
 def _train(run_dir: Path, *extra: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     """``python train.py`` on a small TREC run without a validation split (2 epochs of 86 steps, hidden size 8)."""
-    command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "data=trec", f"data.root={SHARED}",
+    script = ROOT / "tests" / "train_with_aids.py" if env else ROOT / "train.py"     # the testing aids
+    command = [sys.executable, str(script), f"hydra.run.dir={run_dir}", "data=trec", f"data.root={SHARED}",
                "data.download=false", "data.val_fraction=0", "model.embed_dim=8", "model.hidden_size=8",
                "model.dropout=0.3", "trainer.max_epochs=2", "trainer.num_threads=1", "trainer.tensorboard=false",
                "trainer.checkpoint_every_steps=4", *extra]

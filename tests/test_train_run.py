@@ -11,17 +11,18 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 import torch
 from composing import TINY
+from testing_aids import KILL_AT_STEP_ENV, SKIP_RNG_RESTORE_ENV
 
 from models.training.checkpoint import FORMAT, REQUIRED_KEYS, load_checkpoint, save_checkpoint
-from models.training.testing_aids import KILL_AT_STEP_ENV, SKIP_RNG_RESTORE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_train(*overrides: str, multirun: bool = False, env: Optional[Dict[str, str]] = None
               ) -> subprocess.CompletedProcess:
-    """``python train.py`` on the tiny run; ``env``: extra environment variables (the testing aids)."""
-    command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *TINY, *overrides]
+    """``python train.py`` on the tiny run; ``env``: the testing aids (``tests/train_with_aids.py`` runs it)."""
+    script = ROOT / "tests" / "train_with_aids.py" if env else ROOT / "train.py"
+    command = [sys.executable, str(script), *(["-m"] if multirun else []), *TINY, *overrides]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, **(env or {})})
 

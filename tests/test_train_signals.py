@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 from composing import TINY, compose_config
+from testing_aids import PAUSE_AT_STEP_ENV
 
 from models.training.checkpoint import load_checkpoint
 from models.training.config import ConfigError
-from models.training.testing_aids import PAUSE_AT_STEP_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 # 100 steps per epoch: a signal sent a moment after epoch 1 ends lands in the middle of epoch 2.
@@ -81,7 +81,8 @@ def test_a_signal_writes_last_pt_at_the_step_and_the_printed_command_continues_b
         tmp_path: Path, straight: dict, signum: int, status: int) -> None:
     run_dir = tmp_path / "run"
     # The run waits after step 130 (epoch 2 of 100 steps each) until the signal: mid-epoch on any machine.
-    process = subprocess.Popen(command(*LONGER, f"hydra.run.dir={run_dir}"), cwd=ROOT, stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "train_with_aids.py"), *LONGER,
+                                f"hydra.run.dir={run_dir}"], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env={**os.environ, PAUSE_AT_STEP_ENV: "130"})
     before = wait_for_line(process, f"paused at step 130 ({PAUSE_AT_STEP_ENV})")
     # A second run started in the same folder meanwhile is kept out by the lock (the first is unharmed).
@@ -133,7 +134,7 @@ def test_divergence_names_healthy_weights_and_the_command_with_a_lower_lr_works(
 
 
 def test_the_testing_aids_refuse_a_malformed_step_and_the_pause_ends_on_a_signal() -> None:
-    from models.training.testing_aids import TestingAids
+    from testing_aids import TestingAids
 
     with pytest.raises(ValueError, match=rf"{PAUSE_AT_STEP_ENV}='13x' must be a positive integer"):
         TestingAids.from_environment({PAUSE_AT_STEP_ENV: "13x"})

@@ -72,7 +72,7 @@ def test_a_failed_download_says_what_to_do_in_one_line(tmp_path: Path, monkeypat
 
 
 def test_the_study_report_records_the_command_without_this_machines_folders(monkeypatch: pytest.MonkeyPatch) -> None:
-    from models.training import study
+    from models.training.study import report as study
 
     monkeypatch.setenv(download.CACHE_ENV, "/work/shared/data")
     monkeypatch.setattr("sys.argv", ["/x/train.py", "-m", "experiment=study", "hydra.sweep.dir=/work/studylogs/s"])

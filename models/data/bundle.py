@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arguments import check_bool, check_fraction, check_int
 from . import download, schema, splits, synthetic, text
 from .batching import BatchLoader, ListDataset
 
@@ -141,26 +142,6 @@ def _plain(cfg: Any) -> dict[str, Any]:
     return dict(cfg)
 
 
-def _int(c: dict[str, Any], key: str, lo: int, nullable: bool = False) -> None:
-    v = c[key]
-    if v is None and nullable:
-        return
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"data.{key}={v!r}: expected an integer >= {lo}" + (" or null" if nullable else ""))
-
-
-def _bool(c: dict[str, Any], key: str) -> None:
-    if not isinstance(c[key], bool):
-        raise ValueError(f"data.{key}={c[key]!r}: expected true or false")
-
-
-def _fraction(c: dict[str, Any], key: str, allow_zero: bool = False) -> None:
-    v = c[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0 or (v == 0 and not allow_zero):
-        expected = "a number in [0, 1) (0: no validation split)" if allow_zero else "a number strictly between 0 and 1"
-        raise ValueError(f"data.{key}={v!r}: expected {expected}")
-
-
 def _existing_folder(root: str | None, name: str) -> None:
     """``data.root`` names a folder that exists (a typo must not fall through to a download into a new folder)."""
     if root is None or Path(root).expanduser().is_dir():
@@ -182,46 +163,46 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
                          f"{sorted(defaults)}")
     c = {**defaults, **c}
     for key in ("batch_size", "eval_batch_size"):
-        _int(c, key, 1)
-    _int(c, "num_workers", 0)
-    _bool(c, "bucket")
+        check_int(f"data.{key}", c[key], 1)
+    check_int("data.num_workers", c["num_workers"], 0)
+    check_bool("data.bucket", c["bucket"])
     if name == "synthetic":
         _resolve_synthetic(c)
     elif name in schema.FILE_SCHEMAS:
         _resolve_own_data(c)
     else:
-        _int(c, "min_freq", 1)
-        _int(c, "subword_types", 0)
-        _int(c, "max_len", 1, nullable=True)
+        check_int("data.min_freq", c["min_freq"], 1)
+        check_int("data.subword_types", c["subword_types"], 0)
+        check_int("data.max_len", c["max_len"], 1, nullable=True)
         for key in ("download", "verify_checksum", "lowercase", "unk_shapes", "skip_malformed"):
-            _bool(c, key)
-        _int(c, "max_vocab", 2 + len(text.UNK_SHAPES) * c["unk_shapes"], nullable=True)   # room for the specials
+            check_bool(f"data.{key}", c[key])
+        check_int("data.max_vocab", c["max_vocab"], 2 + len(text.UNK_SHAPES) * c["unk_shapes"], nullable=True)   # room for the specials
         if c["root"] is not None and not isinstance(c["root"], str):
             raise ValueError(f"data.root={c['root']!r}: expected a folder path or null")
         _existing_folder(c["root"], name)
         if "split_seed" in c:
-            _int(c, "split_seed", 0)
+            check_int("data.split_seed", c["split_seed"], 0)
         for key in ("val_fraction", "test_fraction"):
             if key in c:
-                _fraction(c, key, allow_zero=key == "val_fraction")
+                check_fraction(f"data.{key}", c[key], allow_zero=key == "val_fraction")
         if c.get("val_fraction", 0) + c.get("test_fraction", 0) >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be < 1")
     return c
 
 
 def _resolve_tokenizer(c: dict[str, Any]) -> None:
-    _int(c, "min_freq", 1)
-    _int(c, "subword_types", 0)
-    _int(c, "max_len", 1, nullable=True)
+    check_int("data.min_freq", c["min_freq"], 1)
+    check_int("data.subword_types", c["subword_types"], 0)
+    check_int("data.max_len", c["max_len"], 1, nullable=True)
     for key in ("lowercase", "unk_shapes"):
-        _bool(c, key)
-    _int(c, "max_vocab", 2 + len(text.UNK_SHAPES) * c["unk_shapes"] + (c.get("text_pair_column") is not None),
+        check_bool(f"data.{key}", c[key])
+    check_int("data.max_vocab", c["max_vocab"], 2 + len(text.UNK_SHAPES) * c["unk_shapes"] + (c.get("text_pair_column") is not None),
          nullable=True)
 
 
 def _resolve_own_data(c: dict[str, Any]) -> None:
     """``data=text_files | hf | arrays``: the split keys, then each kind's own."""
-    _bool(c, "skip_malformed")
+    check_bool("data.skip_malformed", c["skip_malformed"])
     splits.resolve(c)
     if c["name"] != "arrays":
         _resolve_tokenizer(c)
@@ -231,19 +212,19 @@ def _resolve_own_data(c: dict[str, Any]) -> None:
 def _resolve_synthetic(c: dict[str, Any]) -> None:
     spec = synthetic.TASKS[c["task"]]
     for key in ("num_train", "num_val", "num_test"):
-        _int(c, key, 1)
-    _int(c, "min_len", spec.min_len)
-    _int(c, "max_len", c["min_len"])
-    _int(c, "vocab_size", spec.min_vocab)
-    _int(c, "seed", 0, nullable=True)
+        check_int(f"data.{key}", c[key], 1)
+    check_int("data.min_len", c["min_len"], spec.min_len)
+    check_int("data.max_len", c["max_len"], c["min_len"])
+    check_int("data.vocab_size", c["vocab_size"], spec.min_vocab)
+    check_int("data.seed", c["seed"], 0, nullable=True)
     if "num_classes" in c:
-        _int(c, "num_classes", 2)
+        check_int("data.num_classes", c["num_classes"], 2)
         digits = c["vocab_size"] - 1 if c["task"] == "ends_sum" else (c["vocab_size"] - 1) // 2
         if min(map(len, synthetic._adding_bins(digits, c["num_classes"]))) == 0:
             raise ValueError(f"data.num_classes={c['num_classes']}: too many sum bins for the "
                              f"{2 * digits - 1} possible sums with data.vocab_size={c['vocab_size']}")
     if "window" in c:
-        _int(c, "window", 1)
+        check_int("data.window", c["window"], 1)
 
 
 def build_data(cfg: Any, seed: int = 0) -> DataBundle:

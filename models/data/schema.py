@@ -1,9 +1,12 @@
 """The ``data`` config's keys, types and defaults: one dataclass per kind of dataset, the one source of them.
 
 ``resolve_config`` completes a ``data`` node with these defaults and refuses keys they do not name;
-``train.py`` registers them in Hydra's ConfigStore (``models/training/schema.py``) so that ``conf/data/*.yaml``
-and their overrides are type-checked when the config is composed. A synthetic task's own keys (``num_classes``,
-``window``) come from its :class:`~models.data.synthetic.Task` ``params``.
+``train.py`` registers them in Hydra's ConfigStore (``models/training/schema.py``), and each
+``conf/data/<option>.yaml`` names its schema first, so the composed config holds every key with its default
+here, type-checked. The YAML files only choose the dataset and what differs (``conf/data/tiny.yaml``: fewer,
+shorter sequences); ``python train.py data=<option> --cfg job`` prints every key. A synthetic task's own keys
+(``num_classes``, ``window``) come from its :class:`~models.data.synthetic.Task` ``params``, its vocabulary size
+from :data:`TASK_VOCAB_SIZES`.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ class DataConfig:
 
     name: str = "synthetic"
     batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 0
+    eval_batch_size: int = 256                        # validation and test batches
+    num_workers: int = 0                              # DataLoader worker processes; 0: load in the training process
     bucket: bool = True                               # batches of similar lengths (less padding)
 
 
@@ -37,31 +40,31 @@ class SyntheticDataConfig(DataConfig):
     num_test: int = 2000
     min_len: int = 20
     max_len: int = 60
-    vocab_size: int = 11                              # including the padding id 0
-    seed: Optional[int] = None                        # None: the run's seed
+    vocab_size: int = 32                              # including the padding id 0 (per task: TASK_VOCAB_SIZES)
+    seed: Optional[int] = None                        # None: the run's seed; an integer pins the data independently
 
 
 @dataclass
 class TextDataConfig(DataConfig):
     """A real text dataset read from ``root`` (or the cache, where missing files are downloaded)."""
 
-    root: Optional[str] = None
-    download: bool = True
+    root: Optional[str] = None                        # the files' folder; None: $BIRNN_ZOO_CACHE or ~/.cache/birnn-zoo
+    download: bool = True                             # fetch missing files from their public source (SHA-256 verified)
     verify_checksum: bool = True
-    min_freq: int = 1
+    min_freq: int = 1                                 # vocabulary from the training split: tokens seen this often
     max_vocab: Optional[int] = None                   # counts <pad> and <unk>; None: no cap
-    max_len: Optional[int] = None                     # None: no truncation
+    max_len: Optional[int] = None                     # truncate longer texts to this many tokens; None: keep all
     lowercase: bool = True
     unk_shapes: bool = False                          # unknown words -> <unk:number|CAPS|Capital|lower|other>
     subword_types: int = 0                            # > 0: rare/unseen words spelt with pieces shared by >= this many words
-    skip_malformed: bool = False
+    skip_malformed: bool = False                      # skip (count, report) malformed lines instead of failing
 
 
 @dataclass
 class TrecDataConfig(TextDataConfig):
     name: str = "trec"
     split_seed: int = 0
-    val_fraction: float = 0.1                         # TREC has no validation file
+    val_fraction: float = 0.1                         # no validation file: a seeded stratified 10% of train; 0: none
 
 
 @dataclass
@@ -73,7 +76,7 @@ class Sst2DataConfig(TextDataConfig):
 class SmsSpamDataConfig(TextDataConfig):
     name: str = "sms_spam"
     split_seed: int = 0
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1                         # 0: no validation split (train on all, test the last epoch)
     test_fraction: float = 0.2
 
 
@@ -85,7 +88,7 @@ class SplitsConfig(DataConfig):
     """Your own data (``models/data/splits.py``): a train source, and validation/test sources or seeded stratified
     fractions of train; labels as class names or integer ids."""
 
-    train: Optional[str] = None                       # required
+    train: Optional[str] = None                       # required: the training file (.csv, .npz, ...) or split
     validation: Optional[str] = None                  # null: val_fraction of train
     test: Optional[str] = None                        # null: test_fraction of train
     val_fraction: Optional[float] = None              # null: 0.1 without a validation source; 0: no validation split
@@ -115,7 +118,7 @@ class TextFilesDataConfig(TokenizerConfig, SplitsConfig):
     format: str = "auto"                              # auto (from the extension) | csv | tsv | jsonl
     encoding: str = "utf-8"
     text_column: str = "text"
-    label_column: str = "label"
+    label_column: str = "label"                       # class names (strings) or integer ids 0..K-1
     text_pair_column: Optional[str] = None            # a second text per row, joined with <sep>
 
 
@@ -125,11 +128,11 @@ class HfDataConfig(TokenizerConfig, SplitsConfig):
 
     name: str = "hf"
     path: Optional[str] = None                        # a dataset name, a save_to_disk folder, or csv/json with data_files
-    config_name: Optional[str] = None
-    data_files: Optional[Any] = None                  # for path=csv|json|parquet: a file or {split: file}
-    train: Optional[str] = "train"
+    config_name: Optional[str] = None                 # the dataset's configuration (load_dataset's second argument)
+    data_files: Optional[Any] = None                  # for path=csv|json|parquet: a file, a list or {split: file}
+    train: Optional[str] = "train"                    # split names; validation/test None: fractions of train
     text_column: str = "text"
-    label_column: str = "label"
+    label_column: str = "label"                       # a ClassLabel column names its classes
     text_pair_column: Optional[str] = None
 
 
@@ -147,13 +150,21 @@ class ArraysDataConfig(SplitsConfig):
 FILE_SCHEMAS: dict[str, type] = {"text_files": TextFilesDataConfig, "hf": HfDataConfig, "arrays": ArraysDataConfig}
 
 
+TASK_VOCAB_SIZES: dict[str, int] = {"ends_sum": 11, "adding": 21}
+"""A synthetic task's ``vocab_size`` where it is not :class:`SyntheticDataConfig`'s: ``ends_sum`` pad 0 + digits
+0..9 as ids 1..10; ``adding`` 10 digits and their 10 marked twins."""
+
+
 @cache
 def synthetic_schema(task: str) -> type:
-    """The schema of synthetic ``task``: :class:`SyntheticDataConfig` plus the task's own integer keys."""
+    """The schema of synthetic ``task``: :class:`SyntheticDataConfig` with the task's vocabulary size, plus the
+    task's own integer keys."""
     params = synthetic.TASKS[task].params
     own = [(key, int, field(default=value)) for key, value in params.items()]
+    vocab = TASK_VOCAB_SIZES.get(task, SyntheticDataConfig.vocab_size)
     name = "".join(part.title() for part in task.split("_")) + "DataConfig"
-    return dataclasses.make_dataclass(name, [("task", str, field(default=task)), *own], bases=(SyntheticDataConfig,))
+    return dataclasses.make_dataclass(name, [("task", str, field(default=task)), ("vocab_size", int, field(default=vocab)),
+                                             *own], bases=(SyntheticDataConfig,))
 
 
 def schema_for(name: Any, task: Any = None) -> type:

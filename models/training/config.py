@@ -9,29 +9,41 @@ is built on the meta device to run its own checks), the data keys (``models.data
 across keys (``optim.betas``, ``trainer.device=cuda`` without a GPU, fp16 on CPU, ``resume`` with ``init_from``).
 ``train.py`` prints each as one line ``config error: ...`` and exits with status 2. Values are accepted as typed:
 ``trainer.precision=32`` (an int), ``"32"``, ``16``, ``bf16``.
+
+:func:`check_config` runs once per run and returns a frozen :class:`TrainConfig` (frozen ``TrainerConfig`` and
+``OptimConfig``, the data config completed with its defaults, the model's arguments with ``merge_mode`` as checked
+``MergeModes``): the set-up and the loop read it, never the composed ``DictConfig``. ``merge_mode`` is not
+checked again (the meta-device model and the real one take the checked modes as they are); the library's entry
+points still guard their own arguments (the model's constructor its sizes, ``build_data`` the data config), in
+microseconds and before any data is read.
 """
 
+import copy
 import dataclasses
 import inspect
 import math
 import os
 import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
+from ..arguments import check_choice
 from ..data import resolve_config as resolve_data_config
 from ..merge import resolve_merge_modes
 from ..zoo.classifier import CELLS, POOLINGS, SequenceClassifier
 from ..zoo.config_group import DATA_KEYS
 from ..zoo.registry import create_model, list_models
 from .loggers import check_logger_config
-from .schema import DEVICES, OPTIMIZERS, SCHEDULERS, TRAIN_COMPILE_MODES, OptimConfig, TrainerConfig
+from .schema import DEVICES, OPTIMIZERS, SCHEDULERS, TRAIN_COMPILE_MODES, OptimConfig, TrainerConfig, structured
 
-__all__ = ["ConfigError", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "TRAIN_COMPILE_MODES", "check_config",
-           "check_model_config", "normalize_precision", "optional_path"]
+__all__ = ["ConfigError", "DEVICES", "ModelSettings", "OPTIMIZERS", "SCHEDULERS", "TRAIN_COMPILE_MODES", "TrainConfig",
+           "check_config", "check_model_config", "normalize_precision", "optional_path"]
 
 TOP_LEVEL = ("model", "data", "optim", "trainer", "seed", "logger")
 # What users type (``trainer.precision=32`` arrives as an int) -> the canonical name.
@@ -45,14 +57,41 @@ class ConfigError(ValueError):
     """A config value or key the training app cannot use."""
 
 
+@dataclass(frozen=True)
+class ModelSettings:
+    """``model``, checked: the preset and every ``SequenceClassifier`` argument but the data's sizes."""
+
+    name: str
+    arguments: Mapping[str, Any]                       # read-only; merge_mode as checked MergeModes (not re-checked)
+    num_parameters: int                                # without the embedding table (the vocabulary is the data's)
+
+    def build(self, **data_sizes: int) -> nn.Module:
+        """The model, with the data's ``num_classes`` and ``vocab_size`` (or ``input_size``)."""
+        return create_model(self.name, **data_sizes, **self.arguments)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A composed training config, checked once by :func:`check_config`: what the loop and its set-up read."""
+
+    model: ModelSettings
+    data: Mapping[str, Any]                            # read-only: ``data`` completed with its defaults
+    optim: OptimConfig
+    trainer: TrainerConfig
+    seed: int
+    precision: str                                     # trainer.precision, canonical: "32" | "bf16" | "fp16"
+    resume: Optional[str]                              # trainer.resume / init_from: None when unset or empty
+    init_from: Optional[str]
+    composed: Mapping[str, Any] = field(repr=False)    # the whole config, plain and resolved (read-only)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The composed config as a plain, resolved dict of its own: what checkpoints and ``results.json`` keep,
+        and what a resume compares (``models/training/resume.py``)."""
+        return copy.deepcopy(dict(self.composed))
+
+
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def _choice(path: str, value: Any, choices: Iterable[str]) -> None:
-    choices = list(choices)
-    if value not in choices:
-        raise ConfigError(f"{path}={value!r} is not allowed; choose one of {choices}")
 
 
 def _known_keys(path: str, node: Mapping[str, Any], allowed: Iterable[str]) -> None:
@@ -88,16 +127,16 @@ def _type_name(kind: Any) -> str:
     return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
 
 
-def check_group(path: str, node: Any, schema: type) -> Dict[str, Any]:
+def check_group(path: str, node: Any, schema: type) -> Any:
     """``node`` (a composed group, or a plain mapping) against its schema dataclass: known keys, types (as Hydra
-    checks them when composing), then each field's ``choices``/``min``/``above``. Returns the typed values."""
+    checks them when composing), then each field's ``choices``/``min``/``above``. Returns a (frozen) ``schema``."""
     plain = _plain(node)
     if not isinstance(plain, Mapping):
         raise ConfigError(f"{path}={plain!r} must be a mapping of keys to values")
     fields = {f.name: f for f in dataclasses.fields(schema)}
     _known_keys(path, plain, fields)
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(schema), plain)
+        typed = OmegaConf.merge(structured(schema), plain)
     except OmegaConfBaseException as error:
         key = str(error.full_key).split("[")[0] if error.full_key else "?"
         value = plain.get(key)
@@ -112,14 +151,14 @@ def check_group(path: str, node: Any, schema: type) -> Dict[str, Any]:
             continue
         bounds = spec.metadata
         if "choices" in bounds:
-            _choice(f"{path}.{key}", value, bounds["choices"])
+            check_choice(f"{path}.{key}", value, bounds["choices"], error=ConfigError)
         if "min" in bounds and value < bounds["min"]:
             raise ConfigError(f"{path}.{key}={_shown(value)} must be >= {bounds['min']}")
         if "above" in bounds and not value > bounds["above"]:
             raise ConfigError(f"{path}.{key}={_shown(value)} must be > {bounds['above']}")
         if ("min" in bounds or "above" in bounds) and isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{path}.{key}={_shown(value)} must be a finite number")
-    return OmegaConf.to_container(typed)
+    return OmegaConf.to_object(typed)
 
 
 def command_line_merge_error(error: Exception) -> str:
@@ -132,36 +171,38 @@ def command_line_merge_error(error: Exception) -> str:
               "last layer only) or one mode per layer: model.merge_mode=[concat,null]")
 
 
-def check_model_config(model: Mapping[str, Any]) -> int:
+def check_model_config(model: Mapping[str, Any]) -> ModelSettings:
     """``model``: ``name`` is a registered preset; every other key is a ``SequenceClassifier`` argument. Returns
-    the model's parameter count without its embedding table (the vocabulary comes with the data)."""
+    them checked, with the model's parameter count without its embedding table (the vocabulary comes with the
+    data)."""
     name = model.get("name")
-    _choice("model.name", name, list_models())
+    check_choice("model.name", name, list_models(), error=ConfigError)
     parameters = inspect.signature(SequenceClassifier.__init__).parameters
     allowed = [key for key in parameters if key not in ("self", *MODEL_KEYS_FROM_DATA)]
     _known_keys("model", model, ["name", *allowed])
-    layers = model.get("num_layers", parameters["num_layers"].default)
-    try:
-        resolve_merge_modes(model.get("merge_mode", "concat"), layers)
+    arguments = {key: value for key, value in model.items() if key != "name"}
+    layers = arguments.get("num_layers", parameters["num_layers"].default)
+    try:                                               # checked here, once: the models below reuse the result
+        arguments["merge_mode"] = resolve_merge_modes(arguments.get("merge_mode", "concat"), layers)
     except (TypeError, ValueError) as error:
         raise ConfigError(command_line_merge_error(error)) from error
-    _choice("model.cell", model.get("cell", "lstm"), CELLS)
-    _choice("model.pooling", model.get("pooling", "last"), POOLINGS)
+    check_choice("model.cell", arguments.get("cell", "lstm"), CELLS, error=ConfigError)
+    check_choice("model.pooling", arguments.get("pooling", "last"), POOLINGS, error=ConfigError)
     # Every other argument: build the model on the meta device (no memory, no compute), with stand-in data
     # sizes, and turn its own argument check (and the preset's: model.cell=gru is not a bilstm) into a config
-    # error naming the key.
-    arguments = {key: value for key, value in model.items() if key != "name"}
+    # error naming the key. It also counts the parameters, for check_fits_in_memory.
     padding = arguments.get("padding_idx", 0)
     vocab = padding + 1 if isinstance(padding, int) and not isinstance(padding, bool) and padding >= 1 else 2
+    settings = ModelSettings(name=name, arguments=MappingProxyType(arguments), num_parameters=0)
     try:
         with torch.device("meta"):
-            built = create_model(name, num_classes=2, vocab_size=vocab, **arguments)
+            built = settings.build(num_classes=2, vocab_size=vocab)
     except (TypeError, ValueError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         key = next((k for k in sorted(arguments, key=len, reverse=True) if message.startswith(k)), None)
-        prefix = f"model.{key}={arguments[key]!r}: " if key is not None else "model: "
+        prefix = f"model.{key}={model[key]!r}: " if key is not None else "model: "
         raise ConfigError(prefix + message) from error
-    return sum(p.numel() for p in built.parameters())
+    return dataclasses.replace(settings, num_parameters=sum(p.numel() for p in built.parameters()))
 
 
 SIZE_KEYS = ("hidden_size", "embed_dim", "num_layers")
@@ -207,8 +248,8 @@ def check_fits_in_memory(model: Mapping[str, Any], parameters: int, data: Mappin
         f"fit in this machine's {memory / 2**30:.1f} GiB of memory; lower model.{key}")
 
 
-def check_config(cfg: Any) -> Dict[str, Any]:
-    """Validate the whole composed config; returns the data config completed with its defaults."""
+def check_config(cfg: Any) -> TrainConfig:
+    """Check the whole composed config, once, before anything is loaded or built; returns it typed and frozen."""
     _known_keys("<root>", cfg, TOP_LEVEL)
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -216,38 +257,40 @@ def check_config(cfg: Any) -> Dict[str, Any]:
     if isinstance(cfg.get("model"), DictConfig) and OmegaConf.is_missing(cfg.model, "name"):
         raise ConfigError(f"model=preset is the base every preset builds on, not a model: choose one of "
                           f"{', '.join(f'model={name}' for name in list_models())}")
-    parameters = check_model_config(_plain(cfg.model))
+    composed = _plain(cfg)
+    model = check_model_config(composed["model"])
 
-    optim = check_group("optim", cfg.optim, OptimConfig)
-    betas = optim["betas"]
-    if betas is not None and (len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas)):
-        raise ConfigError(f"optim.betas={_plain(cfg.optim)['betas']!r} must be two numbers in [0, 1), e.g. "
+    optim = check_group("optim", composed["optim"], OptimConfig)
+    if optim.betas is not None and (len(optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in optim.betas)):
+        raise ConfigError(f"optim.betas={composed['optim']['betas']!r} must be two numbers in [0, 1), e.g. "
                           f"[0.9, 0.999]")
-    if not optim["ema_decay"] < 1.0:
-        raise ConfigError(f"optim.ema_decay={_plain(cfg.optim)['ema_decay']!r} must be in [0, 1): the weight of the "
+    if not optim.ema_decay < 1.0:
+        raise ConfigError(f"optim.ema_decay={composed['optim']['ema_decay']!r} must be in [0, 1): the weight of the "
                           f"running average at each step, e.g. 0.99 (0: no average)")
 
-    trainer = check_group("trainer", cfg.trainer, TrainerConfig)
-    precision = normalize_precision(trainer["precision"])
+    trainer = check_group("trainer", composed["trainer"], TrainerConfig)
+    precision = normalize_precision(trainer.precision)
     cuda = torch.cuda.is_available()
-    if trainer["device"] == "cuda" and not cuda:
+    if trainer.device == "cuda" and not cuda:
         raise ConfigError("trainer.device='cuda' but no CUDA device is available (torch.cuda.is_available() is "
                           "False); use trainer.device=auto or cpu")
-    if precision == "fp16" and (trainer["device"] == "cpu" or not cuda):
-        raise ConfigError(f"trainer.precision={trainer['precision']!r} (fp16) needs a CUDA device; use "
+    if precision == "fp16" and (trainer.device == "cpu" or not cuda):
+        raise ConfigError(f"trainer.precision={trainer.precision!r} (fp16) needs a CUDA device; use "
                           f"trainer.precision=bf16 on CPU")
-    if optional_path(trainer.get("resume")) and optional_path(trainer.get("init_from")):
-        raise ConfigError(f"trainer.resume={trainer['resume']!r} and trainer.init_from={trainer['init_from']!r} "
+    resume, init_from = optional_path(trainer.resume), optional_path(trainer.init_from)
+    if resume and init_from:
+        raise ConfigError(f"trainer.resume={trainer.resume!r} and trainer.init_from={trainer.init_from!r} "
                           f"both given: resume continues a run (weights, optimiser, schedule, step), init_from "
                           f"starts a new one from a checkpoint's weights; choose one")
 
     try:
-        check_logger_config(_plain(cfg.get("logger")))
+        check_logger_config(composed.get("logger"))
     except ValueError as error:
         raise ConfigError(str(error)) from error
     try:
-        data = resolve_data_config(_plain(cfg.data))
+        data = resolve_data_config(composed["data"])
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    check_fits_in_memory(_plain(cfg.model), parameters, data)
-    return data
+    check_fits_in_memory(composed["model"], model.num_parameters, data)
+    return TrainConfig(model=model, data=MappingProxyType(data), optim=optim, trainer=trainer, seed=seed,
+                       precision=precision, resume=resume, init_from=init_from, composed=MappingProxyType(composed))

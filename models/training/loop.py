@@ -1,7 +1,8 @@
 """The training loop, top to bottom: ``train(cfg, run_dir) -> results``.
 
 ``python train.py`` (Hydra) calls it; so can notebooks and tests with a config from Hydra's compose API.
-Four named steps, read in order: :func:`~models.training.setup.set_up` (config checks, run folder, data,
+Five named steps, read in order: :func:`~models.training.config.check_config` (every key, once: the typed,
+frozen settings everything after reads), :func:`~models.training.setup.set_up` (run folder, data,
 ``models.create_model``, optimiser, resume), :func:`train_one_epoch`, :func:`end_of_epoch` (validation, the
 epoch's metrics line, checkpoints, early stopping) and :func:`test_and_write` (the best checkpoint on the test
 split, ``results.json``). Writes to ``run_dir``: ``metrics.jsonl`` (one line per epoch), ``results.json``,
@@ -24,15 +25,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.nn import functional as F
 from tqdm import tqdm
 
 from ..atomic import write_atomically
 from . import distributed as ddp
+from .callbacks import Callback
 from .checkpoint import load_checkpoint
 from .config import check_config
 from .evaluation import evaluate
@@ -45,19 +47,24 @@ from .stopping import SignalStop
 log = logging.getLogger("train")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
+def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) -> Dict[str, Any]:
     """Train ``cfg`` (the composed config of ``conf/config.yaml``) into ``run_dir``; returns ``results.json``'s dict.
+    ``callbacks``: :class:`~models.training.callbacks.Callback` objects the loop calls at the start and after
+    every step.
 
     Raises ``ConfigError`` (a setting, the run folder or the data cannot be used), ``Interrupted`` (a signal:
     ``last.pt`` written, ``exit_code`` 130/143) or ``TrainingDiverged`` (non-finite losses)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_config(cfg)                                  # every key and value, before any data is touched
+    settings = check_config(cfg)                       # every key and value, once, before any data is touched
     lock = RunLock(run_dir) if ddp.env_rank() == 0 else None   # rank 0 speaks for a torchrun job
     if lock is not None:
         lock.acquire()
     try:
-        run = set_up(cfg, run_dir)
+        run = set_up(settings, run_dir)
+        run.callbacks = tuple(callbacks)
+        for callback in run.callbacks:
+            callback.on_train_start(run)
         stop_reason = None
         lines = ProgressLines(run.trainer.log_every_steps, run.trainer.log_every_seconds, run.trainer.max_epochs,
                               run.progress.step)
@@ -81,9 +88,9 @@ def train_one_epoch(run: Run, signals: SignalStop, lines: Optional[ProgressLines
 
     Raises ``TrainingDiverged`` after ``trainer.max_nonfinite_steps`` non-finite losses in a row and ``Interrupted``
     after the step in which a signal arrived (on any rank)."""
-    trainer, progress, data_cfg = run.trainer, run.progress, run.data_cfg
+    trainer, progress, data_cfg = run.trainer, run.progress, run.settings.data
     run.model.train()
-    loader = run.data.loader("train", data_cfg["batch_size"], shuffle=True, seed=run.cfg.seed, epoch=progress.epoch,
+    loader = run.data.loader("train", data_cfg["batch_size"], shuffle=True, seed=run.settings.seed, epoch=progress.epoch,
                              start_batch=progress.batch_in_epoch, num_workers=data_cfg["num_workers"],
                              bucket=data_cfg["bucket"])
     show_bar = trainer.progress and sys.stderr.isatty() and run.dist.is_main
@@ -116,7 +123,8 @@ def train_one_epoch(run: Run, signals: SignalStop, lines: Optional[ProgressLines
             raise run.interrupted(signals.signum or signal.SIGTERM)
         if trainer.checkpoint_every_steps and progress.step % trainer.checkpoint_every_steps == 0:
             run.checkpoint("last.pt")
-        run.aids.after_step(progress.step, lambda: signals.signum is not None)   # tests only (testing_aids.py)
+        for callback in run.callbacks:
+            callback.on_step_end(run, lambda: signals.signum is not None)
         tick = time.perf_counter()                     # the bar, logging and checkpoints are not training time
     bar.close()
 
@@ -150,7 +158,7 @@ def _step(run: Run, batch: Any, signals: SignalStop) -> Tuple[Optional[Tuple[flo
     progress.nonfinite_in_a_row = 0
     run.healthy.last_loss = loss_sum / count           # this step's loss, for the health check at last.pt
     run.scaler.scale(loss * weight).backward()         # weight: mean over this rank's rows -> share of the global mean
-    grad_clip = run.cfg.optim.grad_clip
+    grad_clip = run.settings.optim.grad_clip
     if grad_clip and grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), grad_clip)
@@ -172,8 +180,8 @@ def end_of_epoch(run: Run, signals: SignalStop) -> Optional[str]:
         run.model.eval()                               # dropout off for validation; model.train() next epoch
         with run.averaged_weights():                   # optim.ema_decay > 0: the moving average is validated
             val = ddp.evaluate(evaluate, run.eval_forward,
-                               run.data.loader("val", run.data_cfg["eval_batch_size"], shuffle=False,
-                                               seed=run.cfg.seed),
+                               run.data.loader("val", run.settings.data["eval_batch_size"], shuffle=False,
+                                               seed=run.settings.seed),
                                run.device, run.amp_dtype)
     seconds = progress.epoch_seconds
     record = {"epoch": progress.epoch + 1, "step": progress.step, **progress.epoch_metrics(),
@@ -211,7 +219,7 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
     """Test the best checkpoint (else the current weights or their moving average), time inference, write
     ``results.json`` (rank 0)."""
     log.info("training stopped (%s)", stop_reason)
-    cfg, trainer, progress = run.cfg, run.trainer, run.progress
+    settings, trainer, progress = run.settings, run.trainer, run.progress
     ddp.barrier()                                      # rank 0 has written best.pt
     best = run.checkpoints / "best.pt"
     try:
@@ -226,13 +234,13 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
         if run.ema is not None:
             run.model.load_state_dict(run.ema.weights())
     run.model.eval()
-    test_loader = run.data.loader("test", run.data_cfg["eval_batch_size"], shuffle=False, seed=cfg.seed)
+    test_loader = run.data.loader("test", settings.data["eval_batch_size"], shuffle=False, seed=settings.seed)
     test = ddp.evaluate(evaluate, run.eval_forward, test_loader, run.device, run.amp_dtype)
     timing = evaluate(run.eval_forward, test_loader, run.device, run.amp_dtype,   # warm now
                       max_batches=trainer.infer_batches)
     results = {
-        "model": cfg.model.name, "cell": run.model.cell, "merge_mode": OmegaConf.to_container(cfg.model, resolve=True)["merge_mode"],
-        "pooling": cfg.model.pooling, "data": run.data.name, "seed": cfg.seed, "num_parameters": run.num_parameters,
+        "model": settings.model.name, "cell": run.model.cell, "merge_mode": run.config["model"]["merge_mode"],
+        "pooling": settings.model.arguments["pooling"], "data": run.data.name, "seed": settings.seed, "num_parameters": run.num_parameters,
         "best_val_accuracy": progress.best_val_accuracy if run.data.has_validation else None,
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"], "majority_test_accuracy": run.data.majority_accuracy("test"),

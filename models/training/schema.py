@@ -2,9 +2,12 @@
 
 Each ``conf/<group>/*.yaml`` names its schema first in its defaults list (``optional /schema/trainer@_here_``),
 so Hydra checks types and unknown keys when it composes the config: ``trainer.max_epochs=abc`` or
-``trainer.epochs=3`` fails before anything runs. The values and their comments stay in the YAML files; a
-field's ``metadata`` holds the allowed values (``choices``) or bounds (``min``, ``above``) that
-:func:`models.training.config.check_config` checks after composition, with the cross-field checks.
+``trainer.epochs=3`` fails before anything runs. Each default lives in one place: ``trainer`` and ``optim``
+values and their comments in their YAML files (these schemas have none), ``data`` defaults in
+``models/data/schema.py`` (the library's ``build_data`` needs them; the YAML files only choose). A field's
+``metadata`` holds the allowed values (``choices``) or bounds (``min``, ``above``) that
+:func:`models.training.config.check_config` checks after composition, with the cross-field checks; it hands the
+loop a frozen instance of each (the loop never reads the composed ``DictConfig``).
 
 Importing ``models.training`` (any module of it) registers the schemas; the YAML names them ``optional`` so a
 compose without them still works, and ``check_config`` checks the same schema either way.
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ..data import TASKS
 from ..data.schema import FILE_SCHEMAS, TEXT_SCHEMAS, synthetic_schema
@@ -32,7 +35,7 @@ def _key(*, choices: Any = None, minimum: Any = None, above: Any = None) -> Any:
     return field(default=MISSING, metadata=metadata)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainerConfig:
     """``trainer``: how the loop runs, checkpoints and reports (``conf/trainer/default.yaml``)."""
 
@@ -54,7 +57,7 @@ class TrainerConfig:
     infer_batches: int = _key(minimum=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """``optim``: the optimiser and its schedule (``conf/optim/*.yaml``)."""
 
@@ -69,12 +72,21 @@ class OptimConfig:
     ema_decay: float = _key(minimum=0.0)           # < 1: checked in check_config
 
 
+def structured(schema: type) -> DictConfig:
+    """``schema``'s node with every key ``???``, writable: OmegaConf makes a frozen dataclass's node read-only,
+    and the YAML and the overrides are merged into it. ``OmegaConf.to_object`` of the merged node is a frozen
+    ``schema``."""
+    node = OmegaConf.structured(schema)
+    OmegaConf.set_readonly(node, False)
+    return node
+
+
 def register() -> None:
     """Store the schemas as ``schema/trainer``, ``schema/optim`` and ``schema/data/<option>`` (one per file of
     ``conf/data/``: a synthetic task's name, or a text dataset's)."""
     store = ConfigStore.instance()
-    store.store(group="schema", name="trainer", node=TrainerConfig)
-    store.store(group="schema", name="optim", node=OptimConfig)
+    store.store(group="schema", name="trainer", node=structured(TrainerConfig))
+    store.store(group="schema", name="optim", node=structured(OptimConfig))
     for task in TASKS:
         store.store(group="schema/data", name=task, node=synthetic_schema(task))
     for name, schema in {**TEXT_SCHEMAS, **FILE_SCHEMAS}.items():

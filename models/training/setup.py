@@ -6,6 +6,7 @@ state (weights, optimiser, schedule, scaler, progress, RNG). :class:`Run` also w
 builds the two ways a run stops early (a divergence, a signal), since both need the whole state.
 """
 
+import dataclasses
 import functools
 import logging
 import os
@@ -13,26 +14,25 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, Optional
+from typing import Any, Callable, ContextManager, Dict, Mapping, Optional, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..data import ChecksumError, DataBundle, DataFormatError, build_data
 from ..data.preprocessing import Preprocessing
-from ..zoo.registry import create_model
 from . import distributed as ddp
+from .callbacks import Callback
 from .checkpoint import FORMAT, capture_rng_state, restore_rng_state, save_checkpoint
-from .config import ConfigError, check_config, normalize_precision, optional_path
+from .config import ConfigError, ModelSettings, TrainConfig
 from .loggers import MetricLoggers
 from .optimizer import build_optimizer, build_scheduler
 from .progress import HealthyWeights, Progress
 from .resume import adopt_history, load_for_resume, load_init_weights, load_weights, resolve_init_from, same_folder
 from .run_folder import clean_orphans, continue_command, record_hydra_files, refuse_a_used_folder
 from .runtime import autocast_dtype, resolve_device, seed_everything
+from .schema import TrainerConfig
 from .stopping import Interrupted, TrainingDiverged
-from .testing_aids import TestingAids
 from .weight_average import WeightAverage, weight_average
 
 log = logging.getLogger("train")
@@ -42,9 +42,8 @@ log = logging.getLogger("train")
 class Run:
     """One run's settings, data, model, optimiser and progress, as :func:`set_up` built them."""
 
-    cfg: DictConfig                                    # the composed config (``cfg.trainer``, ``cfg.optim``, ...)
-    config: Dict[str, Any]                             # the same, plain and resolved: saved in checkpoints
-    data_cfg: Dict[str, Any]                           # ``cfg.data`` completed with its defaults
+    settings: TrainConfig                              # the checked config (``settings.trainer``, ``.optim``, ...)
+    config: Dict[str, Any]                             # the composed config, plain and resolved: saved in checkpoints
     run_dir: Path
     dist: ddp.Context                                  # rank and world size (1 without torchrun)
     device: torch.device
@@ -62,15 +61,15 @@ class Run:
     ema: Optional[WeightAverage] = None                # optim.ema_decay > 0: the weights' moving average
     resume: Optional[str] = None                       # trainer.resume as given, None for a fresh run
     init_from: Optional[str] = None
-    aids: TestingAids = field(default_factory=TestingAids)
     writer: Any = None                                 # a TensorBoard SummaryWriter (rank 0, when installed)
     preprocessing: Optional[Dict[str, Any]] = None     # raw input -> model input, in every checkpoint (JSON data)
     loggers: Optional[MetricLoggers] = None            # logger=csv|tensorboard|wandb|mlflow (rank 0)
+    callbacks: Sequence[Callback] = ()                 # train(..., callbacks=...): called by the loop
     started: float = field(default_factory=time.time)
 
     @property
-    def trainer(self) -> DictConfig:
-        return self.cfg.trainer
+    def trainer(self) -> TrainerConfig:
+        return self.settings.trainer
 
     @property
     def checkpoints(self) -> Path:
@@ -110,7 +109,7 @@ class Run:
                              "progress": {"step": self.healthy.step, "weights_only": True},
                              **({"preprocessing": self.preprocessing} if self.preprocessing is not None else {})},
                             path)
-        lr = self.cfg.optim.lr
+        lr = self.settings.optim.lr
         lower = f"{float(lr) / 10:g}"
         command = continue_command(self.run_dir.parent / f"{self.run_dir.name}-lr{lower}",
                                    [f"trainer.init_from={path}", f"optim.lr={lower}"], self.dist.world_size)
@@ -142,46 +141,44 @@ def attempt_header(resume: Optional[str], overwrite: bool, started: float) -> st
     return f"===== attempt started {stamp} UTC, pid {os.getpid()}: {kind}; overrides: {overrides} ====="
 
 
-def set_up(cfg: DictConfig, run_dir: Path) -> Run:
-    """Everything before the first step; raises ``ConfigError`` for a setting, folder or data that cannot be used."""
+def set_up(settings: TrainConfig, run_dir: Path) -> Run:
+    """Everything before the first step, from a config :func:`~models.training.config.check_config` checked;
+    raises ``ConfigError`` for a folder or data that cannot be used."""
     started = time.time()
-    data_cfg = check_config(cfg)
-    trainer = cfg.trainer
-    config = OmegaConf.to_container(cfg, resolve=True)
-    resume, init_from = optional_path(trainer.resume), optional_path(trainer.init_from)
-    state = _claim_the_run_folder(cfg, run_dir, config, resume, init_from)
+    trainer, resume, init_from = settings.trainer, settings.resume, settings.init_from
+    config = settings.as_dict()
+    state = _claim_the_run_folder(trainer, run_dir, config, resume, init_from)
     if ddp.env_rank() == 0:                            # train.log appends: each accepted attempt starts with this
-        log.info("%s", attempt_header(resume, bool(trainer.overwrite), started))
-        record_hydra_files(run_dir, cfg)               # only now: a refused attempt leaves .hydra/ as it was
+        log.info("%s", attempt_header(resume, trainer.overwrite, started))
+        record_hydra_files(run_dir, config)            # only now: a refused attempt leaves .hydra/ as it was
 
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
-    seed_everything(cfg.seed)
+    seed_everything(settings.seed)
     device = resolve_device(trainer.device)
     dist = ddp.init(device.type)
-    precision = normalize_precision(trainer.precision)
-    amp_dtype = autocast_dtype(precision, device)
+    amp_dtype = autocast_dtype(settings.precision, device)
 
-    data = _build_data(data_cfg, cfg.seed, dist.world_size)
-    model = _build_model(cfg, data, device, init_from)
-    ddp.seed_rank_streams(cfg.seed)                    # ranks > 0: own dropout masks, same initial weights
+    data = _build_data(settings.data, settings.seed, dist.world_size)
+    model = _build_model(settings.model, data, device, init_from)
+    ddp.seed_rank_streams(settings.seed)               # ranks > 0: own dropout masks, same initial weights
     # Both share the model's parameters; under DDP ``forward`` also averages gradients over ranks.
     forward, eval_forward = ddp.prepare_model(model, trainer.compile, device)
-    log.info("model %s (%s params) on %s, data %s: %s", cfg.model.name,
+    log.info("model %s (%s params) on %s, data %s: %s", settings.model.name,
              f"{sum(p.numel() for p in model.parameters()):,}", device, data.name,
              {s: len(d) for s, d in data.splits.items()})
 
-    train_order = data.loader("train", data_cfg["batch_size"], shuffle=True, seed=cfg.seed)
+    train_order = data.loader("train", settings.data["batch_size"], shuffle=True, seed=settings.seed)
     ddp.check_batch_sizes(train_order.all_batches)     # every rank needs a row of every global batch
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, trainer.max_epochs * len(train_order))
-    run = Run(cfg=cfg, config=config, data_cfg=data_cfg, run_dir=run_dir, dist=dist, device=device,
-              precision=precision, amp_dtype=amp_dtype, data=data, model=model, forward=forward,
+    optim = dataclasses.asdict(settings.optim)
+    optimizer = build_optimizer(model, optim)
+    scheduler = build_scheduler(optimizer, optim, trainer.max_epochs * len(train_order))
+    run = Run(settings=settings, config=config, run_dir=run_dir, dist=dist, device=device,
+              precision=settings.precision, amp_dtype=amp_dtype, data=data, model=model, forward=forward,
               eval_forward=eval_forward, optimizer=optimizer, scheduler=scheduler,
               scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), progress=Progress(),
-              healthy=HealthyWeights(model, 0, data.num_classes), ema=weight_average(model, cfg.optim.ema_decay),
-              resume=resume, init_from=init_from,
-              aids=TestingAids.from_environment(), started=started,
+              healthy=HealthyWeights(model, 0, data.num_classes), ema=weight_average(model, settings.optim.ema_decay),
+              resume=resume, init_from=init_from, started=started,
               preprocessing=Preprocessing.from_bundle(data).to_dict())
     if state is not None:
         _restore(run, state)
@@ -191,11 +188,11 @@ def set_up(cfg: DictConfig, run_dir: Path) -> Run:
     return run
 
 
-def _claim_the_run_folder(cfg: DictConfig, run_dir: Path, config: Dict[str, Any], resume: Optional[str],
+def _claim_the_run_folder(trainer: TrainerConfig, run_dir: Path, config: Dict[str, Any], resume: Optional[str],
                           init_from: Optional[str]) -> Optional[Dict[str, Any]]:
     """Refuse a folder that holds another run (rank 0) and a resume that does not match its checkpoint; returns
     the checkpoint a resume continues (on the CPU), else None."""
-    trainer, is_main = cfg.trainer, ddp.env_rank() == 0
+    is_main = ddp.env_rank() == 0
     if resume:
         state = load_for_resume(resume, config, torch.device("cpu"))
         if is_main and not same_folder(_source_dir(state["path"]), run_dir):
@@ -220,20 +217,20 @@ def _source_dir(checkpoint_path: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def _build_data(data_cfg: Dict[str, Any], seed: int, world_size: int) -> DataBundle:
+def _build_data(data_cfg: Mapping[str, Any], seed: int, world_size: int) -> DataBundle:
     try:
-        data = build_data(data_cfg, seed=seed)
+        data = build_data(dict(data_cfg), seed=seed)
         data.check(world_size)
     except (DataFormatError, ChecksumError, FileNotFoundError, ValueError) as error:
         raise ConfigError(str(error)) from error        # a file to fix or a data setting to change: one line
     return data
 
 
-def _build_model(cfg: DictConfig, data: DataBundle, device: torch.device, init_from: Optional[str]) -> nn.Module:
-    model_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
+def _build_model(settings: ModelSettings, data: DataBundle, device: torch.device,
+                 init_from: Optional[str]) -> nn.Module:
     # The input comes from the data: a vocabulary of token ids, or (data=arrays) F float features per step.
     inputs = ({"input_size": data.num_features} if data.input_kind == "features" else {"vocab_size": data.vocab_size})
-    model = create_model(cfg.model.name, num_classes=data.num_classes, **inputs, **model_kwargs)
+    model = settings.build(num_classes=data.num_classes, **inputs)
     model.to(device)
     if init_from:
         path = load_init_weights(model, init_from, device)
@@ -252,7 +249,7 @@ def _restore(run: Run, state: Dict[str, Any]) -> None:
         run.ema.load_state_dict(state["ema"])
     run.progress.restore(state["progress"])
     rng = ddp.rng_state_for_rank(state)
-    if run.aids.restore_rng and rng is not None:
+    if rng is not None:
         restore_rng_state(rng)
     source_dir = _source_dir(state["path"])
     if run.dist.is_main:

@@ -29,7 +29,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..arguments import check_positive_int, check_probability
+from ..arguments import check_choice, check_positive_int, check_probability
 from ..blocks.factory import block_for_cell
 from ..cells import CELLS
 from ..merge import MergeMode, merged_size, resolve_merge_modes
@@ -45,11 +45,6 @@ class _NoAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return masked_mean(x, mask)
-
-
-def _check_choice(name: str, value: object, choices: tuple) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}")
 
 
 class SequenceClassifier(nn.Module):
@@ -110,8 +105,8 @@ class SequenceClassifier(nn.Module):
         check_positive_int("hidden_size", hidden_size)
         check_positive_int("num_layers", num_layers)
         check_positive_int("attention_size", attention_size)
-        _check_choice("cell", cell, CELLS)
-        _check_choice("pooling", pooling, POOLINGS)
+        check_choice("cell", cell, CELLS)
+        check_choice("pooling", pooling, POOLINGS)
         for name, value in (("dropout", dropout), ("embed_dropout", embed_dropout), ("head_dropout", head_dropout)):
             check_probability(name, value)
         if isinstance(word_dropout, bool) or not isinstance(word_dropout, (int, float)) or not 0.0 <= word_dropout < 1.0:

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..data import build_data
-from ..zoo.registry import create_model
-from .checkpoint import load_checkpoint
+from ...data import build_data
+from ...zoo.registry import create_model
+from ..checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 

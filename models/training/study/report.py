@@ -10,9 +10,9 @@ sweep folder:
 - ``study_accuracy.png`` (accuracy +- std per mode; the axis spans the data, not zero) and ``study_speed.png``
   (accuracy against training tokens/s).
 
-Speed is measured after the sweep (``models/training/study_timing.py``): every trained model re-timed on one
+Speed is measured after the sweep (``models/training/study/timing.py``): every trained model re-timed on one
 fixed batch per task, interleaved, one thread; not the training loop's tokens/s, which other jobs disturb.
-Differences between merge modes are paired by seed (``models/training/study_stats.py`` says which test and why).
+Differences between merge modes are paired by seed (``models/training/study/stats.py`` says which test and why).
 ``--docs PATH`` also rewrites the generated part of ``docs/study.md`` and copies the figures beside it.
 """
 
@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .report import NOT_GROUPED, load_failures, load_results
-from .study_stats import holm, mean_std, paired_t_test
+from ..report import NOT_GROUPED, load_failures, load_results
+from .stats import holm, mean_std, paired_t_test
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _variants(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
 def summarize_study(rows: Sequence[Dict[str, Any]], timings: Optional[Dict[str, Dict[str, Any]]] = None
                     ) -> Dict[str, Any]:
     """``{"cells": [...], "comparisons": [...]}`` from ``results.json`` rows (``models.training.report.load_results``)
-    and the post-sweep timings (``study_timing.time_study``; None: the training loop's tokens/s, marked so)."""
+    and the post-sweep timings (``timing.time_study``; None: the training loop's tokens/s, marked so)."""
     variants = _variants(rows)
     groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
     for row in rows:
@@ -204,10 +204,10 @@ def write_study(sweep_dir: Path, retime: bool = True, rounds: int = 5, batch_siz
                 command: Optional[str] = None) -> Dict[str, Path]:
     """Write ``study.json``, ``study.md`` and the figures into ``sweep_dir``; returns their paths.
 
-    ``retime``: time the trained models now (``study_timing``); else reuse the timings of an earlier
+    ``retime``: time the trained models now (``timing``); else reuse the timings of an earlier
     ``study.json`` in the folder, or fall back to the training loop's tokens/s (the report says which).
     Raises ``ValueError`` when the folder holds no usable ``results.json``."""
-    from .study_figures import plot_accuracy, plot_speed
+    from .figures import plot_accuracy, plot_speed
 
     sweep_dir = Path(sweep_dir)
     rows, skipped = load_results(sweep_dir)
@@ -215,7 +215,7 @@ def write_study(sweep_dir: Path, retime: bool = True, rounds: int = 5, batch_siz
     previous = sweep_dir / "study.json"
     timings: Optional[Dict[str, Dict[str, Any]]] = None
     if retime:
-        from .study_timing import time_study
+        from .timing import time_study
 
         timings = time_study(rows, batch_size=batch_size, rounds=rounds, threads=threads)
     elif previous.is_file():
@@ -277,7 +277,7 @@ class StudyCallback(Callback):  # type: ignore[misc]
 
 
 def main(argv: Sequence[str] = ()) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m models.training.study", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a finished study sweep folder (multirun/study/<date>/<time>)")
     parser.add_argument("--docs", type=Path, default=None, help="also rewrite the generated part of this file "
                         "(docs/study.md) and copy the figures beside it")
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] = ()) -> None:
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
     if args.docs is not None:
-        from .study_docs import rewrite_docs
+        from .docs import rewrite_docs
 
         regenerate = "python -m models.training.study <sweep dir> --no-retime --docs " + str(args.docs)
         figures = [outputs[name] for name in ("study_accuracy.png", "study_speed.png") if name in outputs]
@@ -306,7 +306,3 @@ def main(argv: Sequence[str] = ()) -> None:
         outputs.update(written)
     print(outputs["study.md"].read_text())
     print("wrote " + ", ".join(str(p) for p in outputs.values()))
-
-
-if __name__ == "__main__":
-    main()
