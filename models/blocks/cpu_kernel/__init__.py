@@ -39,12 +39,22 @@ from .reference import reference_gradients
 from .weights import stack_layer
 
 _CELLS = KERNEL_CODES  # mode -> the C code's cell: {"LSTM": 0, "GRU": 1, "GRU_RESET_BEFORE": 2 (Keras reset_after=False)}
+_CELL_NAMES = {code: mode for mode, code in _CELLS.items()}
 _lock = threading.Lock()
 _library: Optional[ctypes.CDLL] = None
 _capability: Optional[str] = None
 _traits: Dict[int, abi.CellTraits] = {}  # cell code -> what the loaded library says of that cell
 _tried = False
-_switch = threading.local()  # .off: set by disabled() on this thread only
+
+
+class _Switches(threading.local):
+    """This thread's switches (class defaults: reading an unset one costs no AttributeError on the hot path)."""
+
+    off = False     # disabled(): PyTorch's fused kernels
+    forced = False  # forced(): the kernel wherever it can run
+
+
+_switch = _Switches()
 
 
 def available() -> bool:
@@ -114,7 +124,7 @@ def can_run(x: Tensor, mode: str) -> bool:
         return _library is not None
     if _in_functorch_transform():
         return False
-    return not getattr(_switch, "off", False) and available()
+    return not _switch.off and available()
 
 
 def applies(x: Tensor, mode: str, hidden_size: int = 0, has_lengths: bool = False, training: bool = False) -> bool:
@@ -124,11 +134,18 @@ def applies(x: Tensor, mode: str, hidden_size: int = 0, has_lengths: bool = Fals
     ``can_run``."""
     if not can_run(x, mode):
         return False
-    if hidden_size <= 0 or getattr(_switch, "forced", False) or x.dtype == torch.float64:  # float64 (tests, gradcheck): no speed to weigh
+    if hidden_size <= 0 or _switch.forced or x.dtype == torch.float64:  # float64 (tests, gradcheck): no speed to weigh
         return True
     batch = x.shape[1] if x.dim() == 3 else 1
-    return kernel_wins(mode, batch, hidden_size, x.shape[0], has_lengths, _thread_count(), _capability or "avx2",
-                       training)
+    return kernel_chosen(mode, batch, hidden_size, x.shape[0], has_lengths, training)
+
+
+def kernel_chosen(mode: str, batch: int, hidden_size: int, steps: int, has_lengths: bool, training: bool,
+                  threads: Optional[int] = None) -> bool:
+    """The policy's answer for one layer's ``B``, ``H``, ``T`` at ``threads`` (default ``torch.get_num_threads()``)
+    and this capability (float32; ``applies`` asks it after ``can_run``)."""
+    return kernel_wins(mode, batch, hidden_size, steps, has_lengths, _thread_count() if threads is None else threads,
+                       _capability or "avx2", training)
 
 
 # torch.compile cannot put torch.get_num_threads() (an int) in a graph: read it once while tracing instead of
