@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ...cells import KERNEL_CODES
-from . import abi
+from . import abi, calibrate
 from . import build as cpu_kernel_build
 from .policy import kernel_wins
 from .reference import reference_gradients
@@ -143,9 +143,16 @@ def applies(x: Tensor, mode: str, hidden_size: int = 0, has_lengths: bool = Fals
 def kernel_chosen(mode: str, batch: int, hidden_size: int, steps: int, has_lengths: bool, training: bool,
                   threads: Optional[int] = None) -> bool:
     """The policy's answer for one layer's ``B``, ``H``, ``T`` at ``threads`` (default ``torch.get_num_threads()``)
-    and this capability (float32; ``applies`` asks it after ``can_run``)."""
-    return kernel_wins(mode, batch, hidden_size, steps, has_lengths, _thread_count() if threads is None else threads,
-                       _capability or "avx2", training)
+    and this capability (float32; ``applies`` asks it after ``can_run``): this CPU's calibration where there is
+    one (``models/blocks/cpu_kernel/calibrate.py``; a checkpoint's pinned record on a resume), else the fixed
+    table ``policy.kernel_wins``."""
+    calibration, threads, capability = calibrate.active(_thread_count() if threads is None else threads,
+                                                        _capability or "avx2")
+    if calibration is not None and mode in calibrate.CELLS:
+        measured = calibration.kernel_wins(mode, batch, hidden_size, has_lengths, training)
+        if measured is not None:
+            return measured
+    return kernel_wins(mode, batch, hidden_size, steps, has_lengths, threads, capability, training)
 
 
 # torch.compile cannot put torch.get_num_threads() (an int) in a graph: read it once while tracing instead of
