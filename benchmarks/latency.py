@@ -15,6 +15,11 @@ with one thread the CPU time is what the call itself cost). Then throughput at B
   longest TREC question, rounded up), so each request is right-padded to ``M``; ``zoo eager @M`` is the eager
   model on the same padded input, the like-for-like comparison for them.
 
+``--variants block block-ort`` times only those (no exports, no throughput: about a minute): the block against
+its ONNX Runtime twin, the issue's goal being at most 0.8x at p50 and p99 on one thread. Each row also shows its
+distance from the physical floor: the request's multiply-adds (``4 T (4H) (in + H)`` a layer, both directions)
+at this core's measured single-thread float32 GEMM rate (``float32_peak``), the closest a recurrence can get.
+
 Results: ``benchmarks/results/latency-<capability>.json`` and a Markdown table on stdout. About 2-4 minutes on
 2 cores (the ONNX export is most of the setup).
 """
@@ -41,6 +46,37 @@ from models.blocks import cpu_kernel
 from . import onnx_rnn
 from .harness import Column, in_process, interleaved, log, table, write_results
 from .machine import describe
+
+# --variants names -> the table's variant names ({M}: the static length of the exported files)
+VARIANTS = {"block": "block", "block-ort": "block ORT", "zoo": "zoo eager", "torchscript": "TorchScript",
+            "zoo-padded": "zoo eager @{M}", "pt2": "pt2 @{M}", "onnx": "ORT .onnx @{M}"}
+EXPORTED = {"torchscript", "zoo-padded", "pt2", "onnx"}
+
+
+def float32_peak(n: int = 1024, repeats: int = 5) -> float:
+    """GFLOP/s of one thread's float32 GEMM (``n x n @ n x n``, the fastest of ``repeats``): what this core's FMA
+    units sustain, the rate of the physical floor."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    finally:
+        torch.set_num_threads(previous)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def request_mflop(steps: int, input_size: int, hidden: int, gates: int, layer_inputs: List[int]) -> float:
+    """Multiply-adds x 2 of one request of ``steps`` tokens through the block: both directions, every layer
+    (``layer_inputs``: each layer's input size; ``gates``: 4 for LSTM, 3 for GRU)."""
+    return sum(2 * 2 * steps * gates * hidden * (size + hidden) for size in layer_inputs) / 1e6
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"   # ../shared/data beside the checkout
@@ -82,6 +118,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--batches", type=int, default=30, help="B=64 batches timed per variant for throughput")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="which variants to time (block block-ort: the block against its ONNX Runtime twin, no "
+                             "exports)")
     parser.add_argument("--artifacts", type=Path, default=None,
                         help="folder for the exported files; existing ones are reused (default: a new temporary "
                              "folder). The exports are most of the setup: ~1 min idle, 5+ min on a loaded 2-core box")
@@ -107,37 +146,51 @@ def main(argv: Optional[List[str]] = None) -> None:
     padded = [torch.nn.functional.pad(t, (0, max_len - t.shape[1])) for t in tokens]  # padding_idx 0 on the right
     features = [torch.randn(1, n, encoder.input_size) for n in lengths]
 
-    folder = args.artifacts or Path(tempfile.mkdtemp(prefix="birnn_latency_"))
-    folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    tag = f"{args.model}-T{max_len}"
-    if args.artifacts is not None and (folder / f"{tag}.state.pt").exists():  # the weights the files were made from
-        model.load_state_dict(torch.load(folder / f"{tag}.state.pt", weights_only=True))
-    else:
-        torch.save(model.state_dict(), folder / f"{tag}.state.pt")
-    paths = {fmt: folder / f"{tag}.{ext}" for fmt, ext in (("torchscript", "pt"), ("pt2", "pt2"), ("onnx", "onnx"))}
-    for fmt, path in paths.items():
-        if not path.exists():
-            log(f"exporting {fmt}" + (f" (static T = {max_len})" if fmt != "torchscript" else ""))
-            models.export(model, path, fmt, **({} if fmt == "torchscript" else {"max_len": max_len}))
-    scripted = torch.jit.load(paths["torchscript"])
-    program = torch.export.load(paths["pt2"]).module()
-    onnx_path = str(paths["onnx"])
+    exported = bool(EXPORTED & set(args.variants))
+    scripted = program = onnx_path = None
+    if exported:
+        folder = args.artifacts or Path(tempfile.mkdtemp(prefix="birnn_latency_"))
+        folder.mkdir(parents=True, exist_ok=True)
+        tag = f"{args.model}-T{max_len}"
+        if args.artifacts is not None and (folder / f"{tag}.state.pt").exists():  # the weights the files were made from
+            model.load_state_dict(torch.load(folder / f"{tag}.state.pt", weights_only=True))
+        else:
+            torch.save(model.state_dict(), folder / f"{tag}.state.pt")
+        paths = {fmt: folder / f"{tag}.{ext}" for fmt, ext in (("torchscript", "pt"), ("pt2", "pt2"),
+                                                                ("onnx", "onnx"))}
+        for fmt, path in paths.items():
+            if not path.exists():
+                log(f"exporting {fmt}" + (f" (static T = {max_len})" if fmt != "torchscript" else ""))
+                models.export(model, path, fmt, **({} if fmt == "torchscript" else {"max_len": max_len}))
+        scripted = torch.jit.load(paths["torchscript"])
+        program = torch.export.load(paths["pt2"]).module()
+        onnx_path = str(paths["onnx"])
+    twin.load_state_dict(encoder.state_dict())  # the weights the exports were made from, if reloaded
     twin_bytes = onnx_rnn.build(twin, with_lengths=False)
     setup_s = time.perf_counter() - started
     log(f"exports took {setup_s:.0f} s")
 
     machine = describe("cpu", max(args.threads))
+    peak = float32_peak()
+    gates = 4 if isinstance(encoder, models.BiLSTM) else 3
+    layer_inputs = [encoder.input_size] + [2 * encoder.hidden_size] * (encoder.num_layers - 1)
+    floors = [request_mflop(n, encoder.input_size, encoder.hidden_size, gates, layer_inputs) * 1e6 / (peak * 1e9)
+              for n in lengths]  # seconds
+    median_length = int(statistics.median(lengths))
     machine.update(onnxruntime=ort.__version__, capability=cpu_kernel.capability(), lengths_source=source,
-                   model=args.model, max_len=max_len, export_s=round(setup_s, 1))
+                   model=args.model, max_len=max_len, export_s=round(setup_s, 1), peak_gflops_1thread=round(peak, 1),
+                   median_request_tokens=median_length,
+                   median_request_mflop=round(request_mflop(median_length, encoder.input_size, encoder.hidden_size,
+                                                            gates, layer_inputs), 2),
+                   floor_p50_ms=1e3 * percentile(floors, 50), floor_p99_ms=1e3 * percentile(floors, 99),
+                   nice=os.nice(0))
     results: Dict[str, Any] = {"machine": machine, "latency": [], "throughput": []}
     for threads in args.threads:
         torch.set_num_threads(threads)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        zoo_session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-        zoo_input = zoo_session.get_inputs()[0].name
         block_session = onnx_rnn.session(twin_bytes, threads)
 
         def grad_free(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,30 +199,45 @@ def main(argv: Optional[List[str]] = None) -> None:
                     return fn(*a)
             return call
 
-        with torch.inference_mode():  # the variants agree before any timing
-            want = model(padded[0])
-            for name, got in (("TorchScript", scripted(padded[0])), ("pt2", program(padded[0])),
-                              ("ORT .onnx", torch.from_numpy(zoo_session.run(None, {zoo_input: padded[0].numpy()})[0])),
-                              ("zoo eager (unpadded)", model(tokens[0]))):
-                diff = float((got - want).abs().max())
-                if diff > 1e-4:
-                    raise AssertionError(f"{name} differs from the eager model by {diff}")
+        with torch.inference_mode():  # the block and its twin agree before any timing
+            want = encoder(features[0])[0].reshape(-1)
+        twin_out = torch.from_numpy(block_session.run(None, {"x": features[0].numpy()})[0]).reshape(-1)
+        if float((twin_out - want).abs().max()) > 1e-4:
+            raise AssertionError(f"the block and its ONNX Runtime twin differ by {float((twin_out - want).abs().max())}")
         variants: Dict[str, Callable[[int], Any]] = {
             "block": grad_free(lambda i: encoder(features[i])),
             "block ORT": lambda i: block_session.run(None, {"x": features[i].numpy()}),  # noqa: B023 (called in this iteration)
-            "zoo eager": grad_free(lambda i: model(tokens[i])),
-            "TorchScript": grad_free(lambda i: scripted(tokens[i])),
-            f"zoo eager @{max_len}": grad_free(lambda i: model(padded[i])),
-            f"pt2 @{max_len}": grad_free(lambda i: program(padded[i])),
-            f"ORT .onnx @{max_len}": lambda i: zoo_session.run(None, {zoo_input: padded[i].numpy()}),  # noqa: B023 (called in this iteration)
         }
+        if exported:
+            zoo_session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+            zoo_input = zoo_session.get_inputs()[0].name
+            with torch.inference_mode():  # the variants agree before any timing
+                want = model(padded[0])
+                for name, got in (("TorchScript", scripted(padded[0])), ("pt2", program(padded[0])),
+                                  ("ORT .onnx", torch.from_numpy(zoo_session.run(None, {zoo_input: padded[0].numpy()})[0])),
+                                  ("zoo eager (unpadded)", model(tokens[0]))):
+                    diff = float((got - want).abs().max())
+                    if diff > 1e-4:
+                        raise AssertionError(f"{name} differs from the eager model by {diff}")
+            variants.update({
+                "TorchScript": grad_free(lambda i: scripted(tokens[i])),
+                f"zoo eager @{max_len}": grad_free(lambda i: model(padded[i])),
+                f"pt2 @{max_len}": grad_free(lambda i: program(padded[i])),
+                f"ORT .onnx @{max_len}": lambda i: zoo_session.run(None, {zoo_input: padded[i].numpy()}),  # noqa: B023 (called in this iteration)
+            })
+        variants["zoo eager"] = grad_free(lambda i: model(tokens[i]))
+        wanted = {VARIANTS[key].format(M=max_len) for key in args.variants}
+        variants = {name: fn for name, fn in variants.items() if name in wanted}
         log(f"{threads} thread(s): {len(lengths)} requests x {len(variants)} variants")
         times, cpu = interleaved_requests(variants, lengths)
         for name, samples in times.items():
             results["latency"].append({"variant": name, "threads": threads, "p50_ms": 1e3 * percentile(samples, 50),
                                        "p99_ms": 1e3 * percentile(samples, 99),
+                                       "p50_over_floor": percentile(samples, 50) / percentile(floors, 50),
                                        "mean_ms": 1e3 * statistics.fmean(samples), "requests": len(samples),
                                        "cpu_p50_ms": 1e3 * percentile(cpu[name], 50)})
+        if not exported:
+            continue
         # Throughput: B = 64 batches of the same requests, padded to the batch's longest (static T: to max_len)
         batches = []
         for b in range(args.batches):
@@ -203,11 +271,34 @@ THROUGHPUT_COLUMNS: List[Column] = [
     ("requests / s", lambda r: f"{r['requests_per_s']:.0f}"), ("ms per batch (p50)", lambda r: f"{r['batch_ms_p50']:.2f}")]
 
 
+def versus_ort(rows: List[Dict[str, Any]]) -> List[str]:
+    """One line per thread count: the block's p50 and p99 over its ONNX Runtime twin's (goal: at most 0.8)."""
+    lines = []
+    for threads in sorted({r["threads"] for r in rows}):
+        by = {r["variant"]: r for r in rows if r["threads"] == threads}
+        if "block" in by and "block ORT" in by:
+            lines.append(f"Block / its ONNX Runtime twin, {threads} thread(s), same run, interleaved: p50 "
+                         f"{by['block']['p50_ms'] / by['block ORT']['p50_ms']:.2f}x, p99 "
+                         f"{by['block']['p99_ms'] / by['block ORT']['p99_ms']:.2f}x (goal: at most 0.8x).")
+    return lines
+
+
 def markdown(results: Dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['summary']}; onnxruntime {m['onnxruntime']}; kernel {m['capability']}; model "
              f"{m['model']}; request lengths from {m['lengths_source']}; static T of pt2/onnx = {m['max_len']}", ""]
-    lines += table(LATENCY_COLUMNS, results["latency"]) + [""] + table(THROUGHPUT_COLUMNS, results["throughput"])
+    if "floor_p50_ms" in m:
+        lines += [f"Physical floor: the median request ({m['median_request_tokens']} tokens, "
+                  f"{m['median_request_mflop']} MFLOP through the block) at this core's measured float32 GEMM rate, "
+                  f"{m['peak_gflops_1thread']} GFLOP/s on one thread: {m['floor_p50_ms']:.3f} ms (p99 request "
+                  f"{m['floor_p99_ms']:.3f} ms); \"x floor\" is a row's p50 over it (run at nice {m.get('nice', 0)} "
+                  "on a machine shared with other jobs).", ""]
+    lines += versus_ort(results["latency"]) + [""]
+    columns = LATENCY_COLUMNS + ([("x floor", lambda r: f"{r['p50_over_floor']:.1f}")]
+                                 if all("p50_over_floor" in r for r in results["latency"]) else [])
+    lines += table(columns, results["latency"])
+    if results["throughput"]:
+        lines += [""] + table(THROUGHPUT_COLUMNS, results["throughput"])
     return "\n".join(lines)
 
 

@@ -11,6 +11,9 @@ from omegaconf import DictConfig
 from models.blocks import cpu_kernel
 from models.blocks.cpu_kernel import build as cpu_kernel_build
 
+# The policy's fixed table, whatever this machine calibrated (read at the policy's first question, not on import).
+os.environ.setdefault("BIRNN_ZOO_CPU_POLICY", "table")
+
 
 @pytest.fixture(scope="session")
 def compose() -> Callable[..., DictConfig]:

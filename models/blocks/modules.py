@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ..cells import GRU, LSTM, RNN_RELU, RNN_TANH
 from ..merge import MergeMode
 from .base import _BiRNNBase
+from .cpu_kernel.inference import fast_forward
 from .validation import check_not_lengths
 
 _SHAPES = """
@@ -166,6 +167,10 @@ class BiLSTM(_BiRNNBase):
         *,
         lengths: Optional[Tensor] = None,
     ) -> Tuple[Union[Tensor, PackedSequence], Tuple[Tensor, Tensor]]:
+        if hx is None:  # serving: one C call, or None and the checked general path below
+            fast = fast_forward(self, input, lengths)  # type: ignore[arg-type]
+            if fast is not None:
+                return fast[0], (fast[1], fast[2])
         _check_call(input, hx, lengths)
         h0, c0 = _lstm_hx(hx)
         if isinstance(input, PackedSequence):
@@ -255,6 +260,10 @@ class BiGRU(_BiRNNBase):
     def forward(
         self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None
     ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
+        if hx is None:  # serving: one C call, or None and the checked general path below
+            fast = fast_forward(self, input, lengths)  # type: ignore[arg-type]
+            if fast is not None:
+                return fast[0], fast[1]
         _check_call(input, hx, lengths)
         return _forward_one_state(self, input, hx, lengths)
 

@@ -53,11 +53,30 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
 
 
+def capture_cpu_path() -> Dict[str, Any]:
+    """What the CPU policy decides with (table or this CPU's calibration, thread count, capability): a resume
+    pins it, so its kernel-or-PyTorch choices, and so its bits, are the checkpointed run's on any machine."""
+    from ..blocks.cpu_kernel import calibrate
+
+    return calibrate.record()
+
+
+def restore_cpu_path(checkpoint: Dict[str, Any]) -> None:
+    """Pin the checkpoint's ``cpu_path`` for this process (older checkpoints hold none: nothing changes)."""
+    if checkpoint.get("cpu_path") is not None:
+        from ..blocks.cpu_kernel import calibrate
+
+        calibrate.pin(checkpoint["cpu_path"])
+
+
 def save_checkpoint(checkpoint: Dict[str, Any], path: PathLike) -> Path:
-    """Atomically write ``checkpoint`` to ``path`` (temp file in the same folder, fsync, ``os.replace``)."""
+    """Atomically write ``checkpoint`` to ``path`` (temp file in the same folder, fsync, ``os.replace``), with the
+    CPU policy's record under ``cpu_path`` (``capture_cpu_path``) unless it holds one."""
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
     if missing:
         raise ValueError(f"checkpoint to save lacks keys {missing}; expected {list(REQUIRED_KEYS)}")
+    if "cpu_path" not in checkpoint:
+        checkpoint = {**checkpoint, "cpu_path": capture_cpu_path()}
     # torch.save writes through the helper's os.write sink: a full disk is one AtomicWriteError, the old file stays.
     write_atomically(path, lambda file: torch.save(checkpoint, file))
     return path

@@ -23,7 +23,7 @@ from ..data import ChecksumError, DataBundle, DataFormatError, build_data
 from ..data.preprocessing import Preprocessing
 from . import distributed as ddp
 from .callbacks import Callback
-from .checkpoint import FORMAT, capture_rng_state, restore_rng_state, save_checkpoint
+from .checkpoint import FORMAT, capture_rng_state, restore_cpu_path, restore_rng_state, save_checkpoint
 from .config import ConfigError, ModelSettings, TrainConfig
 from .loggers import MetricLoggers
 from .optimizer import build_optimizer, build_scheduler
@@ -251,6 +251,7 @@ def _restore(run: Run, state: Dict[str, Any]) -> None:
     rng = ddp.rng_state_for_rank(state)
     if rng is not None:
         restore_rng_state(rng)
+    restore_cpu_path(state)  # the kernel-or-PyTorch choices of the checkpointed run, on any machine
     source_dir = _source_dir(state["path"])
     if run.dist.is_main:
         adopt_history(source_dir, run.run_dir, run.progress.as_dict(), state.get("best_damage"), state.get("best_step"))

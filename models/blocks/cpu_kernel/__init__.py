@@ -33,19 +33,29 @@ from torch import Tensor
 
 from ...cells import KERNEL_CODES
 from ..compile_boundary import constant_when_traced
-from . import abi
+from . import abi, calibrate
 from . import build as cpu_kernel_build
 from .policy import kernel_wins
 from .reference import reference_gradients
 from .weights import stack_layer
 
 _CELLS = KERNEL_CODES  # mode -> the C code's cell: {"LSTM": 0, "GRU": 1, "GRU_RESET_BEFORE": 2 (Keras reset_after=False)}
+_CELL_NAMES = {code: mode for mode, code in _CELLS.items()}
 _lock = threading.Lock()
 _library: Optional[ctypes.CDLL] = None
 _capability: Optional[str] = None
 _traits: Dict[int, abi.CellTraits] = {}  # cell code -> what the loaded library says of that cell
 _tried = False
-_switch = threading.local()  # .off: set by disabled() on this thread only
+
+
+class _Switches(threading.local):
+    """This thread's switches (class defaults: reading an unset one costs no AttributeError on the hot path)."""
+
+    off = False     # disabled(): PyTorch's fused kernels
+    forced = False  # forced(): the kernel wherever it can run
+
+
+_switch = _Switches()
 
 
 def available() -> bool:
@@ -123,7 +133,7 @@ def can_run(x: Tensor, mode: str) -> bool:
         return _available_while_tracing()
     if _in_functorch_transform():
         return False
-    return not getattr(_switch, "off", False) and available()
+    return not _switch.off and available()
 
 
 def applies(x: Tensor, mode: str, hidden_size: int = 0, has_lengths: bool = False, training: bool = False) -> bool:
@@ -133,11 +143,25 @@ def applies(x: Tensor, mode: str, hidden_size: int = 0, has_lengths: bool = Fals
     ``can_run``."""
     if not can_run(x, mode):
         return False
-    if hidden_size <= 0 or getattr(_switch, "forced", False) or x.dtype == torch.float64:  # float64 (tests, gradcheck): no speed to weigh
+    if hidden_size <= 0 or _switch.forced or x.dtype == torch.float64:  # float64 (tests, gradcheck): no speed to weigh
         return True
     batch = x.shape[1] if x.dim() == 3 else 1
-    return kernel_wins(mode, batch, hidden_size, x.shape[0], has_lengths, _thread_count(), _capability or "avx2",
-                       training)
+    return kernel_chosen(mode, batch, hidden_size, x.shape[0], has_lengths, training)
+
+
+def kernel_chosen(mode: str, batch: int, hidden_size: int, steps: int, has_lengths: bool, training: bool,
+                  threads: Optional[int] = None) -> bool:
+    """The policy's answer for one layer's ``B``, ``H``, ``T`` at ``threads`` (default ``torch.get_num_threads()``)
+    and this capability (float32; ``applies`` asks it after ``can_run``): this CPU's calibration where there is
+    one (``models/blocks/cpu_kernel/calibrate.py``; a checkpoint's pinned record on a resume), else the fixed
+    table ``policy.kernel_wins``."""
+    calibration, threads, capability = calibrate.active(_thread_count() if threads is None else threads,
+                                                        _capability or "avx2")
+    if calibration is not None and mode in calibrate.CELLS:
+        measured = calibration.kernel_wins(mode, batch, hidden_size, has_lengths, training)
+        if measured is not None:
+            return measured
+    return kernel_wins(mode, batch, hidden_size, steps, has_lengths, threads, capability, training)
 
 
 # torch.compile cannot put torch.get_num_threads() (an int) in a graph: read it once while tracing instead of

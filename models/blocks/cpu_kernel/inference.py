@@ -24,6 +24,7 @@ already chose the kernel. Outputs, ``h_n`` and ``c_n`` are those of the custom o
 """
 
 import ctypes
+import operator
 import threading
 import weakref
 from typing import List, Optional, Tuple
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 from ...merge import MERGE_MODES, merged_size
 from .. import cpu_kernel
 from . import abi
-from .policy import inference_threads
+from .policy import SPLIT_MIN_MFLOP, inference_threads
 from .weights import stack_layer
 
 # The merge code birnn_forward_stack_* reads: its position in MERGE_MODES, None after them.
@@ -89,6 +90,7 @@ class _Plan:
         self._input_sizes = (ctypes.c_int32 * num_layers)(*self.input_sizes)
         self.addresses_address = ctypes.addressof(self._addresses)
         self.input_sizes_address = ctypes.addressof(self._input_sizes)
+        self.fast: Optional[_FastCall] = None  # set by _plan_for for a cached plan: what fast_forward reuses
 
     def matches(self, cell: int, weights: List[Tensor]) -> bool:
         if cell != self.cell or len(weights) != len(self.weights):
@@ -100,6 +102,58 @@ class _Plan:
             if w is not p or w._version != version or w.data_ptr() != address:
                 return False
         return True
+
+
+class _FastCall:
+    """What ``fast_forward`` reuses on every call of a cached plan: the constant part of the kernel's ``Args``,
+    the entry point, the output's trailing shape, the weights' identity (objects, versions, addresses as lists
+    compared in one C-level pass each) and a zero initial state (the kernel only reads ``h0``/``c0``)."""
+
+    def __init__(self, plan: "_Plan", merge_modes: List[Optional[str]], hidden: int) -> None:
+        library = cpu_kernel._kernel()
+        first = plan.layers[0].w_hh
+        self.dtype = first.dtype
+        self.mode = cpu_kernel._CELL_NAMES[plan.cell]
+        self.hidden = hidden
+        self.layers = len(merge_modes)
+        self.input_size = plan.input_sizes[0]
+        self.merge_modes = list(merge_modes)
+        self.cell_state = cpu_kernel.traits(plan.cell).cell_state
+        last = merge_modes[-1]
+        self.out_tail: Tuple[int, ...] = (2, hidden) if last is None else (merged_size(last, hidden),)
+        self.stack = library.birnn_forward_stack_f32 if self.dtype == torch.float32 else \
+            library.birnn_forward_stack_f64
+        # multiply-adds x 2, both directions, every layer, per (step, row): inference_threads' count
+        self.flop_per_row_step = sum(2 * 2 * first.shape[1] * (size + hidden) for size in plan.input_sizes)
+        self._merges = (ctypes.c_int32 * self.layers)(*[_MERGE_CODES[merge] for merge in merge_modes])
+        self.template = abi.Args(cell=plan.cell, hidden=hidden, layers=self.layers,
+                                 input_sizes=plan.input_sizes_address, merges=ctypes.addressof(self._merges),
+                                 weights=plan.addresses_address)
+        self.weights = plan.weights
+        self.versions = [version for _, version in plan.state or ()]
+        self.addresses = [address for address, _ in plan.state or ()]
+        self.states = 2 * self.layers
+        self.zeros = torch.zeros(self.states, 1, hidden, dtype=self.dtype)
+
+    def empty(self, *sizes: int) -> Tensor:
+        """``torch.empty(*sizes)`` of the weights' dtype."""
+        return torch.empty(sizes, dtype=self.dtype)
+
+    def zero_state(self, batch: int) -> Tensor:
+        zeros = self.zeros  # one read: another thread may swap in a wider one meanwhile
+        if zeros.shape[1] != batch:
+            zeros = torch.zeros(2 * self.layers, batch, self.hidden, dtype=self.dtype)
+            self.zeros = zeros
+        return zeros
+
+    def matches(self, weights: List[Optional[Tensor]]) -> bool:
+        """The module holds the very weights prepared, unchanged (no in-place write, no new storage)."""
+        return (all(map(operator.is_, weights, self.weights)) and list(map(_VERSION, weights)) == self.versions
+                and list(map(Tensor.data_ptr, weights)) == self.addresses)
+
+
+_VERSION = operator.attrgetter("_version")
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
 
 
 def _state(weights: List[Tensor]) -> Tuple[Tuple[int, int], ...]:
@@ -135,15 +189,17 @@ def usable(x: Tensor, weights: List[Tensor]) -> bool:
     return True
 
 
-def _plan_for(module: nn.Module, cell: int, weights: List[Tensor], has_biases: bool, num_layers: int) -> _Plan:
+def _plan_for(module: nn.Module, cell: int, weights: List[Tensor], has_biases: bool,
+              merge_modes: List[Optional[str]], hidden: int) -> _Plan:
     """The module's cached plan if it still matches its weights, else a new one (cached in eval mode, when
     every weight has a version counter: inference-mode tensors do not)."""
     plan = _plans.get(module)
     if plan is not None and not module.training and plan.matches(cell, weights):  # a cached plan has a state
         return plan
     cacheable = not module.training and not any(w.is_inference() for w in weights)
-    plan = _Plan(cell, weights, has_biases, num_layers)
+    plan = _Plan(cell, weights, has_biases, len(merge_modes))
     if cacheable:
+        plan.fast = _FastCall(plan, merge_modes, hidden)
         with _plans_lock:
             _plans[module] = plan
     return plan
@@ -158,7 +214,7 @@ def run_layers(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor
     ``(2L, B, H)`` (``c_n`` is ``h_n`` for GRU), as ``_run_kernel_layers`` does."""
     cell = cpu_kernel._CELLS[mode]
     num_layers = len(merge_modes)
-    plan = _plan_for(module, cell, weights, has_biases, num_layers)
+    plan = _plan_for(module, cell, weights, has_biases, merge_modes, hidden)
     library = cpu_kernel._kernel()
     steps, batch, _ = x.shape
     if x.dtype != plan.layers[0].w_ih.dtype:
@@ -211,3 +267,103 @@ def run_layers(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor
                     weights=plan.addresses_address)
     stack(ctypes.byref(args))
     return (out.unflatten(-1, (2, hidden)) if last is None else out), h_n, c_n
+
+
+_any_autocast = torch._C._is_any_autocast_enabled
+_tracing = torch._C._is_tracing
+_function_mode = torch._C._is_torch_function_mode_enabled
+_dispatch_depth = torch._C._len_torch_dispatch_stack
+_functorch_stack = torch._C._functorch.peek_interpreter_stack
+
+
+def fast_forward(module: nn.Module, input: Tensor, lengths: Optional[Tensor]
+                 ) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    """A block's whole forward for the serving case, or None where any condition below fails: the general path
+    then runs (``_BiRNNBase._run``) with its checks and clear errors, so validation of the caller's input stays.
+
+    The case: eval mode with the module's plan cached and its weights unchanged (same objects, versions,
+    storage), no ``h0``/``c0``; ``input`` a plain CPU tensor ``(T, B, F)`` (``(B, T, F)`` when ``batch_first``) of
+    the weights' dtype with ``F = input_size`` and ``T, B >= 1``; ``lengths`` None or a CPU int64 ``(B,)`` tensor
+    with values in ``[1, T]``; no gradient needed; eager (no trace, compile, export, autocast, ``torch.func``
+    transform, torch function or dispatch mode, not inside ``cpu_kernel.disabled()``); and the policy choosing
+    the kernel. Returns ``(output, h_n, c_n)`` as ``_run`` does, bit for bit (the same C call with the same
+    arguments: ``run_layers``).
+
+    Why: a TREC-length request (B = 1, T ~ 10, H = 128, 2 layers) costs the kernel ~0.1-0.2 ms, and the general
+    path's Python around it (two zero states, transposes, re-validating the plan and the merges, a ctypes
+    ``Args`` built field by field) cost a third to a half of that. Here every check is one C-level call,
+    the weights are compared in three ``map`` passes, the zero state is cached, a batch-first single request
+    is read and written in place (``(1, T, F)`` and ``(T, 1, F)`` share one memory layout) and the ``Args``
+    is a copy of a prepared template with the call's ten fields set.
+    """
+    if torch.compiler.is_compiling():  # first: under torch.compile the rest is never traced
+        return None
+    plan = _plans.get(module)
+    if plan is None or plan.fast is None or module.training:
+        return None
+    fast = plan.fast
+    if type(input) is not Tensor or input.dtype is not fast.dtype or input.dim() != 3 or not input.is_cpu:
+        return None
+    if (_any_autocast() or _tracing() or torch.compiler.is_exporting() or _function_mode() or _dispatch_depth()
+            or _functorch_stack() is not None or cpu_kernel._switch.off):
+        return None
+    params = module._parameters
+    weights = list(map(params.get, module._flat_weights_names))
+    if torch.is_grad_enabled() and (input.requires_grad or any(map(_REQUIRES_GRAD, weights))):
+        return None
+    if not fast.matches(weights) or module.merge_modes != fast.merge_modes:
+        return None
+    batch_first = module.batch_first
+    if batch_first:
+        batch, steps, features = input.shape
+    else:
+        steps, batch, features = input.shape
+    if features != fast.input_size or steps == 0 or batch == 0:
+        return None
+    run_steps = steps
+    length_address: Optional[int] = None
+    if lengths is not None:
+        if (type(lengths) is not Tensor or lengths.dtype is not torch.int64 or not lengths.is_cpu
+                or lengths.dim() != 1 or lengths.shape[0] != batch):
+            return None
+        values = lengths.tolist()
+        shortest, longest = min(values), max(values)
+        if shortest < 1 or longest > steps:
+            return None  # the general path raises
+        # As run_layers: steps after the longest row are not run (zeros), and rows all as long as the run take
+        # the call without lengths.
+        run_steps = longest
+        if shortest < longest:
+            lengths = lengths.contiguous()
+            length_address = lengths.data_ptr()
+    threads = max(1, torch.get_num_threads())
+    if (not cpu_kernel._switch.forced and fast.dtype is torch.float32
+            and not cpu_kernel.kernel_chosen(fast.mode, batch, fast.hidden, steps, lengths is not None, False,
+                                             threads)):
+        return None
+    # torch.empty(*sizes) without a dtype is the cheapest allocation from Python (a shape tuple and a dtype
+    # keyword cost ~2x its time to parse): taken when the default dtype is the weights'.
+    empty = torch.empty if torch.get_default_dtype() is fast.dtype else fast.empty
+    if batch_first and batch > 1:
+        x = input.transpose(0, 1)[:run_steps].contiguous()
+        out = empty(steps, batch, *fast.out_tail)
+        result = out.transpose(0, 1)
+    else:
+        x = input if input.is_contiguous() else input.contiguous()  # (T, B, F) or (1, T, F): time-major memory
+        out = empty(batch, steps, *fast.out_tail) if batch_first else empty(steps, batch, *fast.out_tail)
+        result = out
+    if run_steps < steps:
+        (out[0, run_steps:] if batch_first and batch == 1 else out[run_steps:]).zero_()
+    if run_steps * batch * fast.flop_per_row_step < SPLIT_MIN_MFLOP * 1e6:  # policy.inference_threads
+        threads = 1
+    h_n = empty(fast.states, batch, fast.hidden)
+    c_n = empty(fast.states, batch, fast.hidden) if fast.cell_state else h_n
+    zeros = fast.zero_state(batch)
+    args = abi.Args.from_buffer_copy(fast.template)
+    args.steps, args.batch, args.threads = run_steps, batch, threads
+    args.x, args.lengths, args.out, args.h_n = x.data_ptr(), length_address, out.data_ptr(), h_n.data_ptr()
+    args.h0 = zeros.data_ptr()
+    if fast.cell_state:
+        args.c0, args.c_n = args.h0, c_n.data_ptr()
+    fast.stack(ctypes.byref(args))
+    return result, h_n, c_n

@@ -1,0 +1,329 @@
+"""``python -m models.blocks.cpu_kernel.calibrate [--threads 1 2] [--show]``: measure, once per CPU, where the
+kernel beats PyTorch's fused kernels, and let the policy use that instead of its fixed table.
+
+Why: ``policy.kernel_wins`` is a table measured on two CPUs (an AVX2 EPYC, an AVX-512 Xeon); on any other CPU it is
+a prediction, and on an AMD Zen 4 it missed (one-thread LSTM training 1.08-1.10x ``nn.LSTM``). A calibration times
+the blocks both ways (``cpu_kernel.forced()`` against ``cpu_kernel.disabled()``, interleaved) on a small grid:
+LSTM and GRU, inference and training steps, with and without ``lengths``, ``B`` in (1, 16, 64), ``H`` in (64,
+256), ``T = 24``, one layer (the policy decides per layer): 48 cells, a few seconds. The policy then asks the
+nearest measured cell (``B`` and ``H`` on a log scale) and takes the kernel where it ran at most as long as
+PyTorch's path (``ratio <= 1``). Keras's ``reset_after=False`` GRU always takes the kernel (its other path is a
+Python time loop), as in the table.
+
+Where it is kept: ``calibration-<key>.json`` in the kernel cache folder (``$BIRNN_ZOO_KERNEL_CACHE`` or
+``~/.cache/birnn-zoo-kernels``), written atomically, ``key`` a hash of what the measurement depends on: the CPU
+model string, the kernel's capability (avx2/avx512), the thread count, torch's version and the kernel's source.
+A new torch, kernel or CPU finds no calibration and uses the table until calibrated again.
+
+When it is used (``$BIRNN_ZOO_CPU_POLICY``):
+- ``calibrated`` (default): a calibration made earlier for this CPU, capability, thread count, torch and kernel
+  is used where one exists, else the table. Nothing is ever measured unless asked: the choice is a pure function
+  of the cached file, read once per process and thread count.
+- ``table``: the fixed table only (what the tests run: ``tests/conftest.py``).
+- ``calibrate``: as ``calibrated``, but a missing calibration is measured (a few seconds, once) the first time
+  the policy is asked in a process, and cached.
+
+Deterministic runs: a training run records what its policy used (``record()``: the source, thread count,
+capability and the whole calibration) in every checkpoint, and a resume pins it (``pin(record)``), so the
+resumed run, even on another machine with another calibration or none, makes the same choices at every shape
+(``tests/test_cpu_kernel_calibrate.py`` checks a resume stays bit-exact).
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+POLICY_ENV = "BIRNN_ZOO_CPU_POLICY"
+POLICIES = ("calibrated", "table", "calibrate")
+FORMAT = 1
+# The grid: small enough to measure in a few seconds, wide enough to cover the table's exceptions' sides.
+CELLS = ("LSTM", "GRU")
+BATCHES = (1, 16, 64)
+HIDDENS = (64, 256)
+STEPS = 24
+
+
+class Calibration:
+    """One measured grid: ``rows`` of ``{"cell", "batch", "hidden", "lengths", "training", "ratio"}`` (kernel time
+    over PyTorch's, same run, interleaved) with the ``identity`` it was measured under."""
+
+    def __init__(self, data: Dict[str, Any]) -> None:
+        if data.get("format") != FORMAT or not isinstance(data.get("rows"), list):
+            raise ValueError(f"not a calibration of format {FORMAT}: keys {sorted(data)}")
+        self.data = data
+        self._by: Dict[Tuple[str, bool, bool], List[Tuple[int, int, float]]] = {}
+        for row in data["rows"]:
+            key = (str(row["cell"]), bool(row["lengths"]), bool(row["training"]))
+            self._by.setdefault(key, []).append((int(row["batch"]), int(row["hidden"]), float(row["ratio"])))
+
+    def kernel_wins(self, cell: str, batch: int, hidden: int, has_lengths: bool, training: bool) -> Optional[bool]:
+        """The nearest measured cell's answer (``B`` and ``H`` on a log2 scale, ties to the smaller), or None
+        where this cell, ``lengths`` and ``training`` were not measured."""
+        rows = self._by.get((cell, has_lengths, training))
+        if not rows:
+            return None
+        b, h = math.log2(max(batch, 1)), math.log2(max(hidden, 1))
+        nearest = min(rows, key=lambda r: (abs(math.log2(r[0]) - b) + abs(math.log2(r[1]) - h), r[0], r[1]))
+        return nearest[2] <= 1.0
+
+
+_lock = threading.Lock()
+_loaded: Dict[Tuple[int, str], Optional[Calibration]] = {}  # (threads, capability) -> what this process uses
+_pinned: Optional[Dict[str, Any]] = None  # a checkpoint's record(), set by pin()
+_pinned_calibration: Optional[Calibration] = None
+
+
+def policy_mode() -> str:
+    """``$BIRNN_ZOO_CPU_POLICY``, checked: ``calibrated`` (default), ``table`` or ``calibrate``."""
+    mode = os.environ.get(POLICY_ENV, "calibrated").strip().lower() or "calibrated"
+    if mode not in POLICIES:
+        raise ValueError(f"{POLICY_ENV}={mode!r}; expected one of {', '.join(POLICIES)}")
+    return mode
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _kernel_source() -> str:
+    from . import build
+
+    digest = hashlib.sha256()
+    for source in build.SOURCES:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def identity(threads: int, capability: str) -> Dict[str, Any]:
+    """What a calibration depends on; its hash names the cached file."""
+    return {"cpu": _cpu_model(), "capability": capability, "threads": threads, "torch": str(torch.__version__),
+            "kernel_source": _kernel_source()}
+
+
+def cache_path(threads: int, capability: str, folder: Optional[Path] = None) -> Path:
+    """``<kernel cache>/calibration-<key>.json`` for this CPU, capability, thread count, torch and kernel."""
+    from . import build
+
+    key = hashlib.sha256(json.dumps(identity(threads, capability), sort_keys=True).encode()).hexdigest()[:16]
+    return (folder or build.cache_dir()) / f"calibration-{key}.json"
+
+
+def _read(path: Path) -> Optional[Calibration]:
+    try:
+        return Calibration(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        import warnings
+
+        warnings.warn(f"birnn-zoo: ignoring the CPU policy calibration {path} ({error}); using the fixed table. "
+                      f"Run python -m models.blocks.cpu_kernel.calibrate to measure it again", RuntimeWarning,
+                      stacklevel=3)
+        return None
+
+
+def cached(threads: int, capability: str) -> Optional[Calibration]:
+    """The calibration this process uses at ``threads`` and ``capability`` (read once; under ``calibrate``,
+    measured once where missing), or None: the table. Under ``torch.compile`` only what is already read."""
+    key = (threads, capability)
+    if key in _loaded:
+        return _loaded[key]
+    if torch.compiler.is_compiling():
+        return None
+    with _lock:
+        if key not in _loaded:
+            mode = policy_mode()
+            found = None if mode == "table" else _read(cache_path(threads, capability))
+            if found is None and mode == "calibrate":
+                found = Calibration(save(measure(threads, capability)))
+            _loaded[key] = found
+    return _loaded[key]
+
+
+def forget() -> None:
+    """Drop what this process has read (the next question reads the cache again)."""
+    with _lock:
+        _loaded.clear()
+
+
+def active(threads: int, capability: str) -> Tuple[Optional[Calibration], int, str]:
+    """What the policy decides with: ``(calibration or None for the table, threads, capability)``; a pinned
+    record replaces all three (a resumed run decides as the run that wrote its checkpoint)."""
+    if _pinned is not None:
+        return _pinned_calibration, int(_pinned["threads"]), str(_pinned["capability"])
+    return cached(threads, capability), threads, capability
+
+
+def record(threads: Optional[int] = None, capability: Optional[str] = None) -> Dict[str, Any]:
+    """What the policy uses now, for a checkpoint: ``{"format", "source": "table" | "calibration", "threads",
+    "capability", "calibration": the whole measured grid or None}``; the pinned record while one is pinned."""
+    if _pinned is not None:
+        return dict(_pinned)
+    from .. import cpu_kernel
+
+    threads = torch.get_num_threads() if threads is None else threads
+    capability = capability or cpu_kernel.capability() or "avx2"
+    calibration = cached(threads, capability)
+    return {"format": FORMAT, "source": "table" if calibration is None else "calibration", "threads": threads,
+            "capability": capability, "calibration": None if calibration is None else calibration.data}
+
+
+def pin(recorded: Optional[Dict[str, Any]]) -> None:
+    """Decide as ``recorded`` (a ``record()``, e.g. from a checkpoint) says, whatever this machine's calibration,
+    thread count or capability; None unpins. Raises ``ValueError`` for a record it cannot read."""
+    global _pinned, _pinned_calibration
+    if recorded is None:
+        _pinned, _pinned_calibration = None, None
+        return
+    if not isinstance(recorded, dict) or recorded.get("source") not in ("table", "calibration"):
+        raise ValueError(f"a CPU policy record has source 'table' or 'calibration', got {recorded!r:.200}")
+    calibration = Calibration(recorded["calibration"]) if recorded["source"] == "calibration" else None
+    _pinned_calibration, _pinned = calibration, dict(recorded)
+
+
+def pinned() -> Optional[Dict[str, Any]]:
+    """The pinned record, or None."""
+    return _pinned
+
+
+# -- measuring ------------------------------------------------------------------------------------------------------
+def _case(cell: str, batch: int, hidden: int, lengths: bool, training: bool) -> Callable[[], Any]:
+    from ..modules import BiGRU, BiLSTM
+
+    torch.manual_seed(0)
+    block = (BiLSTM if cell == "LSTM" else BiGRU)(hidden, hidden, 1)
+    x = torch.randn(STEPS, batch, hidden)
+    lengths_tensor = torch.randint(STEPS // 2, STEPS + 1, (batch,)) if lengths else None
+    if lengths_tensor is not None:
+        lengths_tensor[0] = STEPS
+    if training:
+        block.train()
+        x.requires_grad_(True)
+
+        def step() -> None:
+            out = block(x, lengths=lengths_tensor)[0]
+            out.sum().backward()
+        return step
+    block.eval()
+
+    def infer() -> None:
+        with torch.no_grad():
+            block(x, lengths=lengths_tensor)
+    return infer
+
+
+def _seconds(fn: Callable[[], Any], repeats: int) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def measure(threads: int, capability: str, rounds: int = 3, repeats: int = 2,
+            progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Time every grid cell on the kernel and on PyTorch's kernels at ``threads``, interleaved (rounds alternate
+    which path goes first); ``ratio`` is the median over rounds of kernel time / PyTorch time, each time the
+    fastest of ``repeats`` calls. Returns the calibration's data (not yet saved)."""
+    from .. import cpu_kernel
+
+    if not cpu_kernel.available():
+        raise RuntimeError("the CPU kernel is not available here: nothing to calibrate")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    started = time.perf_counter()
+    try:
+        for cell in CELLS:
+            for training in (False, True):
+                for lengths in (False, True):
+                    for batch in BATCHES:
+                        for hidden in HIDDENS:
+                            fn = _case(cell, batch, hidden, lengths, training)
+                            paths = {"kernel": cpu_kernel.forced, "torch": cpu_kernel.disabled}
+                            for switch in paths.values():
+                                with switch():
+                                    fn()  # first calls: allocations, prepared weights
+                            ratios = []
+                            for r in range(rounds):
+                                order = list(paths) if r % 2 == 0 else list(paths)[::-1]
+                                seconds = {}
+                                for name in order:
+                                    with paths[name]():
+                                        seconds[name] = _seconds(fn, repeats)
+                                ratios.append(seconds["kernel"] / seconds["torch"])
+                            rows.append({"cell": cell, "batch": batch, "hidden": hidden, "lengths": lengths,
+                                         "training": training, "ratio": round(statistics.median(ratios), 4)})
+                            if progress is not None:
+                                progress(f"{cell} B={batch} H={hidden} lengths={lengths} training={training}: "
+                                         f"{rows[-1]['ratio']:.2f}x")
+    finally:
+        torch.set_num_threads(previous)
+    return {"format": FORMAT, "identity": identity(threads, capability), "steps": STEPS,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.perf_counter() - started, 1), "rows": rows}
+
+
+def save(data: Dict[str, Any], folder: Optional[Path] = None) -> Dict[str, Any]:
+    """Write ``data`` (``measure()``'s) atomically to its cache path; the process uses it from now on."""
+    from ...atomic import write_atomically
+
+    ident = data["identity"]
+    path = cache_path(int(ident["threads"]), str(ident["capability"]), folder)
+    write_atomically(path, json.dumps(data, indent=1) + "\n")
+    with _lock:
+        _loaded[(int(ident["threads"]), str(ident["capability"]))] = Calibration(data)
+    return data
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
+                        help="thread counts to calibrate (default: torch's current, %(default)s)")
+    parser.add_argument("--show", action="store_true", help="print the cached calibrations; measure nothing")
+    args = parser.parse_args(argv)
+    from .. import cpu_kernel
+
+    capability = cpu_kernel.capability()
+    if capability is None:
+        raise SystemExit("the CPU kernel is not available here (see models.blocks.cpu_kernel.available()): "
+                         "the blocks use PyTorch's kernels, nothing to calibrate")
+    for threads in args.threads:
+        if threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {threads}")
+        path = cache_path(threads, capability)
+        if args.show:
+            found = _read(path)
+            print(f"{threads} thread(s): {path if found else 'none (the fixed table)'}")
+            for row in (found.data["rows"] if found else []):
+                print(f"  {row['cell']:4} B={row['batch']:<3} H={row['hidden']:<3} lengths={row['lengths']!s:5} "
+                      f"training={row['training']!s:5} kernel/torch {row['ratio']:.2f}x")
+            continue
+        print(f"calibrating {capability} on {threads} thread(s) ({_cpu_model()})", file=sys.stderr)
+        data = save(measure(threads, capability, progress=lambda line: print("  " + line, file=sys.stderr)))
+        wins = sum(row["ratio"] <= 1.0 for row in data["rows"])
+        print(f"{threads} thread(s): {wins}/{len(data['rows'])} cells on the kernel, measured in {data['seconds']} s; "
+              f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
