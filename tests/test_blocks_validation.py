@@ -154,3 +154,11 @@ def test_a_state_of_another_dtype_or_device_is_refused() -> None:
         check_hidden(torch.zeros(2, 3, 5, dtype=torch.float64), [2, 3, 5], "c0", torch.zeros(6, 3, 2))
     with raises(ValueError, "c0 is on device meta but input is on device cpu"):
         check_hidden(torch.zeros(2, 3, 5, device="meta"), [2, 3, 5], "c0", torch.zeros(6, 3, 2))
+
+
+def test_under_torchscript_each_dtype_is_named_as_in_eager_code() -> None:
+    """TorchScript holds a dtype as a number: the scripted checks name each dtype through their own table."""
+    scripted = torch.jit.script(dtype_name)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool):
+        assert scripted(dtype) == str(dtype)
+    assert scripted(torch.uint8).startswith("dtype number ")
