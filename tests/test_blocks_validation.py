@@ -162,3 +162,9 @@ def test_under_torchscript_each_dtype_is_named_as_in_eager_code() -> None:
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool):
         assert scripted(dtype) == str(dtype)
     assert scripted(torch.uint8).startswith("dtype number ")
+
+
+@pytest.mark.parametrize(("length", "low", "high"), [(0, 0, 0), (6, 6, 6)])
+def test_the_length_of_a_single_sequence_is_checked_too(length: int, low: int, high: int) -> None:
+    with raises(ValueError, f"lengths must lie in [1, T] = [1, 5], got values from {low} to {high}"):
+        check_lengths(torch.tensor([length]), 1, 5)
