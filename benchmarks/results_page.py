@@ -43,6 +43,12 @@ def _vs_onnxruntime(document: Dict[str, Any]) -> str:
     return markdown(document["rows"])
 
 
+def _quantized(document: Dict[str, Any]) -> str:
+    from .quantized import markdown
+
+    return markdown(document)
+
+
 def _vs_tensorflow(document: Dict[str, Any]) -> str:
     from .vs_tensorflow import markdown
 
@@ -55,6 +61,7 @@ BENCHMARKS: List[Tuple[str, str, Callable[[Dict[str, Any]], str]]] = [
     ("vs_onnxruntime", "python -m benchmarks.vs_onnxruntime", _vs_onnxruntime),
     ("latency", "python -m benchmarks.latency", _latency),
     ("vs_tensorflow", "python -m benchmarks.vs_tensorflow", _vs_tensorflow),
+    ("quantized", "python -m benchmarks.quantized", _quantized),
     ("cpu", "python -m benchmarks.run", _report),
 ]
 
