@@ -10,7 +10,7 @@ inference. Every runtime runs in its own worker process (``benchmarks/process_ti
 time. Ratios are medians over rounds of int8 / other within the round. Each runtime's output is compared with the
 float32 block's (max abs difference in the JSON: the int8 error of each).
 
-Prediction, written before the first run (AMD EPYC 7571, Zen 1, AVX2): Zen 1 runs one 256-bit ``vpmaddwd`` per two
+Prediction, written before the first run (lscpu "AMD EPYC", family 23 model 1: Zen 1, AVX2, no VNNI): Zen 1 runs one 256-bit ``vpmaddwd`` per two
 cycles on one pipe, 8 multiply-adds a cycle, the same as its float32 FMA rate, so the int8 path cannot win on
 arithmetic there: about 0.85-1.0x the float32 kernel at B = 16 and 64, 0.7-0.9x at B = 1 (the weights are 4x
 smaller: ``W_hh`` at H = 256 fits L2 in int8, not in float32); faster than PyTorch's ``DynamicQuantizedLSTM``
@@ -111,7 +111,10 @@ def torch_dq_runner(spec: Dict[str, Any]) -> Tuple[Callable[[], Any], Dict[str, 
     reference.load_state_dict(saved["state_dict"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecated in favour of torchao: still what torch ships
-        quantized = torch.ao.quantization.quantize_dynamic(reference, {nn.LSTM}, dtype=torch.qint8)
+        # quantize_dynamic swaps child modules only, never the root: the LSTM goes in a holder.
+        holder = torch.ao.quantization.quantize_dynamic(nn.ModuleDict({"lstm": reference}), {nn.LSTM},
+                                                        dtype=torch.qint8)
+    quantized = holder["lstm"]
     x = saved["x"]
 
     def run() -> Any:
