@@ -220,7 +220,7 @@ class QuantizedBiRNN(nn.Module):
         raise RuntimeError(_NO_SCRIPT)
 
     # -- forward ---------------------------------------------------------------------------------------------------
-    def forward(self, input: Union[Tensor, PackedSequence], hx: Union[None, Tensor, Tuple[Tensor, Tensor]] = None,
+    def forward(self, input: Union[Tensor, PackedSequence], hx: Union[Tensor, Tuple[Tensor, Tensor], None] = None,
                 *, lengths: Optional[Tensor] = None
                 ) -> Tuple[Tensor, Union[Tensor, Tuple[Tensor, Tensor]]]:
         if torch.jit.is_tracing() or torch.compiler.is_exporting():

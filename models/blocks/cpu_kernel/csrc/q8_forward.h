@@ -54,11 +54,28 @@ struct Q8Args {
 inline float quantize_row(const float* v, int K, int Kp, int16_t* q) {
   float m = 0.0f;
   bool finite = true;
-  for (int j = 0; j < K; ++j) {
-    const float a = std::fabs(v[j]);
-    finite = finite && a <= 3.4028234663852886e38f;  // false for NaN and inf
+  int i = 0;
+#if defined(__AVX2__)
+  {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 top = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+    for (; i + 8 <= K; i += 8) {
+      const __m256 x = _mm256_loadu_ps(v + i);
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));  // NaN
+      top = _mm256_max_ps(top, _mm256_andnot_ps(sign, x));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, top);
+    for (float lane : lanes) m = lane > m ? lane : m;
+    finite = _mm256_movemask_ps(bad) == 0;
+  }
+#endif
+  for (; i < K; ++i) {
+    const float a = std::fabs(v[i]);
+    finite = finite && a == a;
     m = a > m ? a : m;
   }
+  finite = finite && m <= 3.4028234663852886e38f;  // an inf anywhere makes m inf
   if (!finite || m == 0.0f) {
     std::memset(q, 0, sizeof(int16_t) * 2 * Kp);
     return finite ? 0.0f : std::nanf("");
@@ -84,7 +101,7 @@ inline float quantize_row(const float* v, int K, int Kp, int16_t* q) {
 // Scratch of one thread, kept across calls (first-touch page faults of fresh buffers cost more than small steps).
 struct Buffers {
   std::vector<int16_t> qx, qh;
-  std::vector<float> sx, sh, g, tmp;
+  std::vector<float> sx, sh, g, tmp, zeros;
   std::vector<int32_t> ax, ah;
 };
 inline Buffers& buffers() {
@@ -95,6 +112,29 @@ template <typename V>
 inline typename V::value_type* sized(V& v, int64_t n) {
   if (int64_t(v.size()) < n) v.resize(size_t(n));
   return v.data();
+}
+
+// g[j] = acc_h[j] * (s_h * s_hh[j]) + extra[j] + (acc_x[j] * (s_x * s_ih[j]) + bias[j]) for j < n (extra: GRU's
+// b_hh of r and z, else none): a step's pre-activations from the two int32 products. The vector and scalar
+// forms round alike (no fused multiply-add: the library is built -std=c++17, which leaves contraction off).
+inline void dequantize(int n, const int32_t* ah, float fh, const float* sw, const int32_t* ax, float fx,
+                       const float* si, const float* bias, float* g, const float* extra = nullptr) {
+  int j = 0;
+#if defined(__AVX2__)
+  const __m256 vh = _mm256_set1_ps(fh), vx = _mm256_set1_ps(fx);
+  for (; j + 8 <= n; j += 8) {
+    const __m256 h = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ah + j))),
+                                   _mm256_mul_ps(vh, _mm256_loadu_ps(sw + j)));
+    const __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ax + j))),
+                                   _mm256_mul_ps(vx, _mm256_loadu_ps(si + j)));
+    const __m256 hh = extra ? _mm256_add_ps(h, _mm256_loadu_ps(extra + j)) : h;
+    _mm256_storeu_ps(g + j, _mm256_add_ps(hh, _mm256_add_ps(x, _mm256_loadu_ps(bias + j))));
+  }
+#endif
+  for (; j < n; ++j) {
+    const float h = float(ah[j]) * (fh * sw[j]);
+    g[j] = (extra ? h + extra[j] : h) + (float(ax[j]) * (fx * si[j]) + bias[j]);
+  }
 }
 
 // Direction d of layer l: input `in` (T, B, F), raw output (T, B, 2, H).
@@ -123,7 +163,8 @@ inline void direction(const Q8Args& S, int l, int d, const float* in, int F, flo
   float* sh = sized(buf.sh, B);
   int32_t* ah = sized(buf.ah, int64_t(B) * Gp);
   float* g = sized(buf.g, Gp);
-  float* tmp = sized(buf.tmp, H);
+  float* tmp = sized(buf.tmp, 2 * H);
+  const float* zeros = sized(buf.zeros, Gp);  // in place of an absent bias (never written: zero from resize)
   int chunk_start = 0;
   for (int s = 0; s < T; ++s) {
     const int t = d == 0 ? s : T - 1 - s;
@@ -149,9 +190,8 @@ inline void direction(const Q8Args& S, int l, int d, const float* in, int F, flo
       float* hb = h + int64_t(b) * H;
       if (cell == kGru) {
         // r, z: x and h parts summed; n: x part in g, h part (with b_hn) in tmp, gated by r below.
-        for (int j = 0; j < 2 * H; ++j)
-          g[j] = (float(ahr[j]) * (fh * sw[j]) + (bh ? bh[j] : 0.0f)) +
-                 (float(axr[j]) * (fx * si[j]) + (bi ? bi[j] : 0.0f));
+        for (int j = 0; j < 2 * H; ++j) tmp[j] = bh ? bh[j] : 0.0f;  // (tmp holds 2H here: sized below)
+        dequantize(2 * H, ahr, fh, sw, axr, fx, si, bi ? bi : zeros, g, tmp);
         sigmoid_(g, 2 * H);
         for (int j = 0; j < H; ++j) {
           const int k = 2 * H + j;
@@ -165,8 +205,7 @@ inline void direction(const Q8Args& S, int l, int d, const float* in, int F, flo
         }
         continue;
       }
-      for (int j = 0; j < G; ++j)
-        g[j] = float(ahr[j]) * (fh * sw[j]) + (float(axr[j]) * (fx * si[j]) + (bi ? bi[j] : 0.0f));
+      dequantize(G, ahr, fh, sw, axr, fx, si, bi ? bi : zeros, g);
       if (cell == kLstm) {
         float* cb = c + int64_t(b) * H;
         sigmoid_(g, 2 * H);
