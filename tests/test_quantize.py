@@ -263,3 +263,19 @@ def test_bad_input_is_refused_as_by_the_float_blocks():
         gru(x, torch.tensor([5, 2]))
     with pytest.raises(ValueError, match="hx must have shape"):
         gru(x, torch.zeros(2, 3, 12))
+
+
+@needs_kernel
+def test_two_threads_give_the_same_bits():
+    # Big enough for the kernel to run one thread a direction (models/blocks/quantized.py: >= 20M multiply-adds).
+    q = quantize(block("lstm", input_size=64, hidden=64, layers=2, merge_mode="sum"))
+    x = torch.randn(32, 16, 64, generator=torch.Generator().manual_seed(5))
+    lengths = torch.randint(1, 33, (16,), generator=torch.Generator().manual_seed(6))
+    one, _ = q(x, lengths=lengths)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two, _ = q(x, lengths=lengths)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
