@@ -70,10 +70,11 @@ def padded_gates(gates: int) -> int:
 
 def pack(weight: Tensor) -> Tensor:
     """int8 ``(2, G, K)`` -> the product's layout ``(2, Gp / 8, ceil(K / 2), 8, 2)`` (``csrc/q8_gemm.h``), zero
-    padded to ``Gp`` channels and an even ``K``."""
+    padded to ``Gp`` channels and an even ``K``, the int8 values sign-extended to int16 (what the AVX2 product
+    loads: ``csrc/q8_gemm.h`` says why)."""
     directions, gates, inputs = weight.shape
     gp, kp = padded_gates(gates), (inputs + 1) // 2
-    full = weight.new_zeros((directions, gp, 2 * kp))
+    full = torch.zeros((directions, gp, 2 * kp), dtype=torch.int16)
     full[:, :gates, :inputs] = weight
     return full.reshape(directions, gp // 8, 8, kp, 2).permute(0, 1, 3, 2, 4).contiguous()
 
@@ -86,7 +87,7 @@ def pad_channels(values: Tensor) -> Tensor:
 
 
 def gemm(a: Tensor, w: Tensor, scalar: bool = False) -> Tensor:
-    """The kernel's int8 product alone (tests): ``a`` int16 ``(M, 2 Kp)`` and packed ``w`` ``(Gp / 8, Kp, 8, 2)``
+    """The kernel's int8 product alone (tests): ``a`` int16 ``(M, 2 Kp)`` and packed int16 ``w`` ``(Gp / 8, Kp, 8, 2)``
     -> int32 ``(M, Gp)``; ``scalar`` forces the portable loop."""
     lib = library()
     if lib is None:

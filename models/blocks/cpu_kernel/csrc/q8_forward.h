@@ -33,8 +33,8 @@ inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
 // Layouts (T steps, B rows, H hidden, L layers, G = gates * H, Gp = G rounded up to 16, Kp = ceil(K / 2)):
 //   x (T, B, F) float32; lengths (B,) int64 or null; h0, c0, h_n, c_n (2L, B, H) (c0, c_n: LSTM only, else null);
 //   out (T, B, 2H) after a last concat/None, else (T, B, H); input_sizes, merges (L,);
-//   weights: 6 addresses a layer: w_ih (2, Gp/8, Kp_in, 8, 2) int8, s_ih (2, Gp) float32, b_ih (2, Gp) float32 or 0
-//   (LSTM and RNN: b_ih + b_hh), w_hh (2, Gp/8, Kp_h, 8, 2) int8, s_hh (2, Gp), b_hh (2, Gp) (GRU: kept apart,
+//   weights: 6 addresses a layer: w_ih (2, Gp/8, Kp_in, 8, 2) int16 (int8 values), s_ih (2, Gp) float32, b_ih (2, Gp) float32 or 0
+//   (LSTM and RNN: b_ih + b_hh), w_hh (2, Gp/8, Kp_h, 8, 2) int16, s_hh (2, Gp), b_hh (2, Gp) (GRU: kept apart,
 //   r gates its n block) or 0.
 struct Q8Args {
   int32_t cell, steps, batch, hidden, layers, threads;
@@ -142,10 +142,10 @@ inline void direction(const Q8Args& S, int l, int d, const float* in, int F, flo
   const int T = S.steps, B = S.batch, H = S.hidden, cell = S.cell, G = gates_of(cell) * H, Gp = round_up(G, 16);
   const int Kx = (F + 1) / 2, Kh = (H + 1) / 2;
   const int64_t* w = S.weights + 6 * int64_t(l);
-  const int8_t* wi = reinterpret_cast<const int8_t*>(w[0]) + d * packed_bytes(Gp, Kx);
+  const int16_t* wi = reinterpret_cast<const int16_t*>(w[0]) + d * packed_size(Gp, Kx);
   const float* si = reinterpret_cast<const float*>(w[1]) + int64_t(d) * Gp;
   const float* bi = w[2] ? reinterpret_cast<const float*>(w[2]) + int64_t(d) * Gp : nullptr;
-  const int8_t* wh = reinterpret_cast<const int8_t*>(w[3]) + d * packed_bytes(Gp, Kh);
+  const int16_t* wh = reinterpret_cast<const int16_t*>(w[3]) + d * packed_size(Gp, Kh);
   const float* sw = reinterpret_cast<const float*>(w[4]) + int64_t(d) * Gp;
   const float* bh = w[5] ? reinterpret_cast<const float*>(w[5]) + int64_t(d) * Gp : nullptr;
   const int64_t state = (int64_t(2) * l + d) * B * H;
@@ -272,7 +272,7 @@ void birnn_q8_args_layout(int64_t* size, int64_t* last_offset) {
 // Every layer of an int8 inference call (q8_forward.h).
 void birnn_q8_forward_stack(const birnn::q8::Q8Args* args) { birnn::q8::forward_stack(*args); }
 // The int8 product alone, for tests: C (M, Gp) = A x W^T (q8_gemm.h layouts); scalar != 0 forces the portable loop.
-void birnn_q8_gemm(int scalar, int M, int Kp, int Gp, const int32_t* a, const int8_t* w, int32_t* c) {
+void birnn_q8_gemm(int scalar, int M, int Kp, int Gp, const int32_t* a, const int16_t* w, int32_t* c) {
   birnn::q8::gemm(M, Kp, Gp, a, w, c, scalar != 0);
 }
 // 1 where this build has the AVX2 product, 0 where only the scalar loop.
