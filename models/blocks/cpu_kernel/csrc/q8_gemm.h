@@ -68,7 +68,32 @@ inline void tile(int Kp, int Gp, const int32_t* a, const int16_t* w0, int32_t* c
   }
 }
 
+// One row x 32 channels (blocks nb .. nb + 3): the step product of a single sequence. Four independent
+// accumulators per broadcast instead of two: measured 0.79x the time of tile<1> at H = 128 on Zen 1.
+inline void row_tile32(int Kp, const int32_t* a, const int16_t* w0, int32_t* c) {
+  __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+  const int64_t block = int64_t(Kp) * 16;
+  for (int p = 0; p < Kp; ++p) {
+    const __m256i av = _mm256_set1_epi32(a[p]);
+    const int16_t* wp = w0 + p * 16;
+    s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(av, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp))));
+    s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(av, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + block))));
+    s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(av, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 2 * block))));
+    s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(av, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 3 * block))));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(c), s0);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + 8), s1);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + 16), s2);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + 24), s3);
+}
+
 inline void gemm_avx2(int M, int Kp, int Gp, const int32_t* a, const int16_t* w, int32_t* c) {
+  if (M == 1) {
+    int nb = 0;
+    for (; nb + 4 <= Gp / 8; nb += 4) row_tile32(Kp, a, w + int64_t(nb) * Kp * 16, c + 8 * nb);
+    if (nb < Gp / 8) tile<1>(Kp, Gp, a, w + int64_t(nb) * Kp * 16, c + 8 * nb);
+    return;
+  }
   // Channel tiles outside, rows inside: a tile's weights (Kp * 64 bytes, 8 KB at H = 256) stay in L1 for every row.
   for (int nb = 0; nb < Gp / 8; nb += 2) {
     const int16_t* wb = w + int64_t(nb) * Kp * 16;
