@@ -2,7 +2,7 @@
 ``models.quantize`` (issue 35's bar: at most 0.3 points lost), each run on its own data config's test split
 (``models.deploy.evaluate.evaluate_run``), the same rows, the same preprocessing.
 
-Results: ``benchmarks/results/quantized_accuracy.json`` (``--out``) and a Markdown table on stdout.
+Results: ``benchmarks/results/accuracy_int8.json`` (``--out``) and a Markdown table on stdout.
 """
 
 import argparse
@@ -43,13 +43,14 @@ COLUMNS: List[Column] = [
 
 
 def markdown(document: Dict[str, Any]) -> str:
-    return "\n".join(table(COLUMNS, document["rows"]))
+    head = "Test accuracy of trained runs, float32 and after `models.quantize` (the same rows and preprocessing)."
+    return "\n".join([head, "", *table(COLUMNS, document["rows"])])
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run folders (python train.py's output folders)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "quantized_accuracy.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "accuracy_int8.json")
     args = parser.parse_args(argv)
     rows = [measure(run) for run in args.runs]
     document = {"machine": describe("cpu", 1), "rows": rows}
