@@ -186,6 +186,8 @@ def test_state_dict_round_trip_and_layouts():
     fresh(x)                                         # a plan for the zero weights, dropped by the load below
     fresh.load_state_dict(q.state_dict())
     assert torch.equal(fresh(x)[0], q(x)[0])
+    before = q(x)[0]
+    assert torch.equal(q.double()(x)[0], before)     # float64 scales and biases: still read as float32 (exact)
     unbatched, (h, _) = q(x[0])
     assert unbatched.shape == (7, 12) and h.shape == (4, 12)
     torch.testing.assert_close(unbatched, q(x[:1])[0][0], rtol=0, atol=0)
