@@ -150,7 +150,7 @@ class QuantizedBiRNN(nn.Module):
                 if bias:
                     self.register_buffer(f"bias_{kind}_l{layer}", torch.zeros((2, gates)))
             size = merged_size(self.merge_modes[layer], hidden_size)
-        self._packed: Optional[List[List[Optional[Tensor]]]] = None
+        self._packed: Optional[q8.StackPlan] = None
 
     @classmethod
     def from_float(cls, block: nn.Module) -> "QuantizedBiRNN":
@@ -205,14 +205,18 @@ class QuantizedBiRNN(nn.Module):
                 b_ih, b_hh = b_ih + b_hh, None
         return [get("weight_ih"), get("scale_ih"), b_ih, get("weight_hh"), get("scale_hh"), b_hh]
 
-    def _kernel_weights(self) -> List[List[Optional[Tensor]]]:
+    def input_sizes(self) -> List[int]:
+        """Each layer's input width."""
+        return [self.input_size] + [merged_size(m, self.hidden_size) for m in self.merge_modes[:-1]]
+
+    def _kernel_plan(self) -> "q8.StackPlan":
         if self._packed is None:
             packed = []
             for layer in range(self.num_layers):
                 w_ih, s_ih, b_ih, w_hh, s_hh, b_hh = self.layer_weights(layer)
                 pad = lambda t: None if t is None else q8.pad_channels(t.float())  # noqa: E731
                 packed.append([q8.pack(w_ih), pad(s_ih), pad(b_ih), q8.pack(w_hh), pad(s_hh), pad(b_hh)])
-            self._packed = packed
+            self._packed = q8.plan(packed, self.input_sizes(), [_MERGE_CODES[m] for m in self.merge_modes])
         return self._packed
 
     # -- TorchScript, tracing, export: refused with the reason -----------------------------------------------------
@@ -302,15 +306,14 @@ def _compute(block: QuantizedBiRNN, x: Tensor, lengths: Optional[Tensor], h0: Te
         lib = q8.library() if _kernel_allowed() else None
         hidden, lstm = block.hidden_size, block.mode == "LSTM"
         if lib is not None:
-            sizes = [block.input_size] + [merged_size(m, hidden) for m in block.merge_modes[:-1]]
+            sizes = block.input_sizes()
             steps, batch = x.shape[0], x.shape[1]
             gates = {"LSTM": 4, "GRU": 3}.get(block.mode, 1) * hidden
             macs = 2 * steps * batch * gates * (sum(sizes) + block.num_layers * hidden)
             # Two threads (one a direction) only where the work pays for waking the second (a guess: ~1 ms of work).
             threads = 2 if torch.get_num_threads() >= 2 and macs >= 20_000_000 else 1
             out, h_n, c_n = q8.forward_stack(lib, block.mode, x, lengths, h0, c0 if lstm else None,
-                                             block._kernel_weights(), sizes,
-                                             [_MERGE_CODES[m] for m in block.merge_modes], hidden, threads)
+                                             block._kernel_plan(), hidden, threads)
             if block.merge_modes[-1] is None:
                 out = out.unflatten(-1, (2, hidden))
         else:

@@ -7,7 +7,7 @@ Change ``Q8Args`` here and in ``csrc/q8_forward.h`` together.
 """
 
 import ctypes
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -98,24 +98,37 @@ def gemm(a: Tensor, w: Tensor, scalar: bool = False) -> Tensor:
     return c
 
 
+class StackPlan(NamedTuple):
+    """What a stack's every call passes unchanged, built once (``plan``): the packed weights (kept alive here), and
+    the int32/int64 arrays of input sizes, merge codes and weight addresses the C code reads."""
+
+    weights: List[List[Optional[Tensor]]]
+    input_sizes: Tensor
+    merges: Tensor
+    addresses: Tensor
+    wide: bool  # the last merge keeps both directions (concat, None): out (T, B, 2H)
+
+
+def plan(weights: List[List[Optional[Tensor]]], input_sizes: List[int], merges: List[int]) -> StackPlan:
+    """``weights`` per layer ``(w_ih, s_ih, b_ih, w_hh, s_hh, b_hh)`` as packed by ``pack`` / ``pad_channels``;
+    merge codes as ``csrc/forward.h``'s ``Merge``."""
+    addresses = torch.tensor([ptr(t) or 0 for layer in weights for t in layer], dtype=torch.int64)
+    return StackPlan(weights, torch.tensor(input_sizes, dtype=torch.int32), torch.tensor(merges, dtype=torch.int32),
+                     addresses, merges[-1] in (0, 4))
+
+
 def forward_stack(lib: ctypes.CDLL, cell: str, x: Tensor, lengths: Optional[Tensor], h0: Tensor,
-                  c0: Optional[Tensor], weights: Sequence[Sequence[Optional[Tensor]]], input_sizes: List[int],
-                  merges: List[int], hidden: int, threads: int) -> List[Tensor]:
-    """One call for every layer: ``x (T, B, F)`` float32 contiguous, ``h0``/``c0`` ``(2L, B, H)``, ``weights`` per
-    layer ``(w_ih, s_ih, b_ih, w_hh, s_hh, b_hh)`` as packed by ``pack`` / ``pad_channels``; returns
-    ``[out, h_n, c_n]`` (``out (T, B, 2H)`` after a last concat/None, else ``(T, B, H)``; ``c_n`` None but for
-    the LSTM)."""
+                  c0: Optional[Tensor], stack: StackPlan, hidden: int, threads: int) -> List[Tensor]:
+    """One call for every layer: ``x (T, B, F)`` float32 contiguous, ``h0``/``c0`` ``(2L, B, H)``; returns
+    ``[out, h_n, c_n]`` (``out (T, B, 2H)`` after a last concat/None, else ``(T, B, H)``; ``c_n`` is ``h_n`` but
+    for the LSTM)."""
     steps, batch = x.shape[0], x.shape[1]
-    layers = len(input_sizes)
-    wide = merges[-1] in (0, 4)
-    out = x.new_empty((steps, batch, 2 * hidden if wide else hidden))
+    layers = stack.input_sizes.shape[0]
+    out = x.new_empty((steps, batch, 2 * hidden if stack.wide else hidden))
     h_n = x.new_empty((2 * layers, batch, hidden))
     c_n = x.new_empty((2 * layers, batch, hidden)) if c0 is not None else None
-    sizes = torch.tensor(input_sizes, dtype=torch.int32)
-    codes = torch.tensor(merges, dtype=torch.int32)
-    addresses = torch.tensor([ptr(t) or 0 for layer in weights for t in layer], dtype=torch.int64)
     args = Q8Args(cell=CELL_CODES[cell], steps=steps, batch=batch, hidden=hidden, layers=layers, threads=threads,
                   x=ptr(x), lengths=ptr(lengths), h0=ptr(h0), c0=ptr(c0), out=ptr(out), h_n=ptr(h_n), c_n=ptr(c_n),
-                  input_sizes=ptr(sizes), merges=ptr(codes), weights=ptr(addresses))
+                  input_sizes=ptr(stack.input_sizes), merges=ptr(stack.merges), weights=ptr(stack.addresses))
     lib.birnn_q8_forward_stack(ctypes.byref(args))
     return [out, h_n, c_n if c_n is not None else h_n]
