@@ -43,6 +43,18 @@ def _vs_onnxruntime(document: Dict[str, Any]) -> str:
     return markdown(document["rows"])
 
 
+def _quantized(document: Dict[str, Any]) -> str:
+    from .quantized import markdown
+
+    return markdown(document)
+
+
+def _accuracy_int8(document: Dict[str, Any]) -> str:
+    from .quantized_accuracy import markdown
+
+    return markdown(document)
+
+
 def _vs_tensorflow(document: Dict[str, Any]) -> str:
     from .vs_tensorflow import markdown
 
@@ -61,6 +73,8 @@ BENCHMARKS: List[Tuple[str, str, Callable[[Dict[str, Any]], str]]] = [
     ("vs_onnxruntime", "python -m benchmarks.vs_onnxruntime", _vs_onnxruntime),
     ("latency", "python -m benchmarks.latency", _latency),
     ("vs_tensorflow", "python -m benchmarks.vs_tensorflow", _vs_tensorflow),
+    ("quantized", "python -m benchmarks.quantized", _quantized),
+    ("accuracy_int8", "python -m benchmarks.quantized_accuracy", _accuracy_int8),
     ("cpu", "python -m benchmarks.run", _report),
     ("startup", "python -m benchmarks.startup", _startup),
 ]

@@ -6,7 +6,8 @@ The package is grouped by layer; the public API is re-exported here:
 - ``models.blocks``: the layers ``BiLSTM``, ``BiGRU``, ``BiRNN`` and their CPU kernel (``models.blocks.cpu_kernel``).
 - ``models.zoo``: the registry (``create_model``, ``list_models``, ``register_model``), presets, classifier, pooling.
 - ``models.deploy``: ``compile_model``, ``export``, ``load_exported``, ``load_run`` (a trained run -> a predictor of
-  raw text), ``save_pretrained`` / ``from_pretrained``.
+  raw text), ``save_pretrained`` / ``from_pretrained``, ``quantize``
+  (an int8 copy for serving).
 - ``models.training``: the training loop behind ``train.py``, its config, checkpoints, run folders, reports.
 - ``models.data`` (datasets, batching, downloads) and ``models.keras`` (Keras model import).
 
@@ -27,6 +28,7 @@ from .deploy import (
     load_exported,
     load_run,
     push_to_hub,
+    quantize,
     save_pretrained,
 )
 from .merge import MERGE_MODES, merge_directions, resolve_merge_modes
@@ -36,6 +38,6 @@ __all__ = [
     "BiGRU", "BiLSTM", "BiRNN", "MERGE_MODES", "merge_directions", "resolve_merge_modes",
     "SequenceClassifier", "create_model", "describe_models", "list_models", "register_model",
     "COMPILE_MODES", "compile_model", "EXPORT_FORMATS", "export", "load_exported", "Predictor", "load_run",
-    "save_pretrained", "from_pretrained", "push_to_hub",
+    "save_pretrained", "from_pretrained", "push_to_hub", "quantize",
 ]
 

@@ -28,6 +28,7 @@
 #include "cells.h"
 #include "forward.h"
 #include "products.h"
+#include "q8_forward.h"  // int8 inference (models.quantize): its entry points are defined there
 
 using birnn::Args;
 using birnn::Cell;

@@ -1,0 +1,221 @@
+"""``python -m benchmarks.quantized [--batches 1 16 64] [--hidden 128 256] [--threads 1]``: int8 inference
+(``models.quantize``) against the float32 CPU kernel, PyTorch's ``DynamicQuantizedLSTM``
+(``torch.ao.quantization.quantize_dynamic``, fbgemm/x86) and ONNX Runtime's ``DynamicQuantizeLSTM``
+(``onnxruntime.quantization.quantize_dynamic`` of ``benchmarks/onnx_rnn.py``'s graph), on the same weights
+(issue 35).
+
+Each row: ``BiLSTM``, 2 layers, ``concat`` (the peers only concatenate), batch-first, input size H, T = 64,
+inference. Every runtime runs in its own worker process (``benchmarks/process_timing.py``, as
+``benchmarks/vs_onnxruntime.py``), timed one at a time in interleaved rounds; one thread: each worker's process CPU
+time. Ratios are medians over rounds of int8 / other within the round. Each runtime's output is compared with the
+float32 block's (max abs difference in the JSON: the int8 error of each).
+
+Prediction, written before the first run (lscpu "AMD EPYC", family 23 model 1: Zen 1, AVX2, no VNNI): Zen 1 runs one 256-bit ``vpmaddwd`` per two
+cycles on one pipe, 8 multiply-adds a cycle, the same as its float32 FMA rate, so the int8 path cannot win on
+arithmetic there: about 0.85-1.0x the float32 kernel at B = 16 and 64, 0.7-0.9x at B = 1 (the weights are 4x
+smaller: ``W_hh`` at H = 256 fits L2 in int8, not in float32); faster than PyTorch's ``DynamicQuantizedLSTM``
+everywhere (it quantizes per call through ATen ops) and within 0.8x of ONNX Runtime's. The 0.6x goal needs a CPU
+with two ``vpmaddwd`` pipes (Intel since Skylake) or VNNI. Measured: ``benchmarks/RESULTS.md``.
+
+Results: ``benchmarks/results/quantized-<capability>.json`` and a Markdown table on stdout.
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (the workers inherit it): no OpenMP spinning
+
+import argparse
+import statistics
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import onnx_rnn
+from .harness import Column, grid, log, table, write_results
+from .machine import describe
+from .process_timing import WorkerPool, interleaved
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BATCHES, HIDDEN, STEPS, LAYERS = (1, 16, 64), (128, 256), 64, 2
+RUNTIMES = ("float32", "int8", "torch_dq", "ort_dq")
+
+
+def write_row(batch: int, hidden: int, folder: Path) -> Dict[str, Any]:
+    """Seeded weights and input of one row (plain tensors, ``weights_only``), the float ONNX graph and ONNX
+    Runtime's dynamic-quantized copy of it."""
+    stem = folder / f"LSTM-H{hidden}-B{batch}"
+    spec = {"hidden": hidden, "tensors": str(stem.with_suffix(".pt")), "onnx": str(stem) + "-int8.onnx"}
+    if Path(spec["tensors"]).exists():
+        return spec
+    torch.manual_seed(hidden)
+    reference = nn.LSTM(hidden, hidden, LAYERS, batch_first=True, bidirectional=True).eval()
+    x = torch.randn(batch, STEPS, hidden, generator=torch.Generator().manual_seed(batch * 1000 + hidden))
+    torch.save({"state_dict": reference.state_dict(), "x": x}, spec["tensors"])
+    plain = stem.with_suffix(".onnx")
+    plain.write_bytes(onnx_rnn.build(reference, False))
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(plain), spec["onnx"], weight_type=QuantType.QInt8)
+    return spec
+
+
+# The runtimes, each built inside its own worker (spawn) from a row's spec.
+
+def _block(spec: Dict[str, Any]) -> Tuple[nn.Module, torch.Tensor]:
+    from models import BiLSTM
+
+    saved = torch.load(spec["tensors"], weights_only=True)
+    hidden = spec["hidden"]
+    block = BiLSTM(hidden, hidden, LAYERS, batch_first=True, merge_mode="concat").eval()
+    block.load_state_dict(saved["state_dict"])
+    return block, saved["x"]
+
+
+def float32_runner(spec: Dict[str, Any]) -> Tuple[Callable[[], Any], Dict[str, Any]]:
+    """The float32 block on the CPU kernel (forced: the kernel, whatever the policy)."""
+    from models.blocks import cpu_kernel
+
+    block, x = _block(spec)
+
+    def run() -> Any:
+        with torch.inference_mode(), cpu_kernel.forced():
+            return block(x)[0]
+
+    return run, {"capability": cpu_kernel.capability()}
+
+
+def int8_runner(spec: Dict[str, Any]) -> Tuple[Callable[[], Any], Dict[str, Any]]:
+    """``models.quantize`` of the same block."""
+    from models import quantize
+
+    block, x = _block(spec)
+    quantized = quantize(block)
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return quantized(x)[0]
+
+    return run, {}
+
+
+def torch_dq_runner(spec: Dict[str, Any]) -> Tuple[Callable[[], Any], Dict[str, Any]]:
+    """PyTorch's ``DynamicQuantizedLSTM`` (``torch.ao.quantization.quantize_dynamic``, qint8 weights)."""
+    saved = torch.load(spec["tensors"], weights_only=True)
+    hidden = spec["hidden"]
+    reference = nn.LSTM(hidden, hidden, LAYERS, batch_first=True, bidirectional=True).eval()
+    reference.load_state_dict(saved["state_dict"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated in favour of torchao: still what torch ships
+        # quantize_dynamic swaps child modules only, never the root: the LSTM goes in a holder.
+        holder = torch.ao.quantization.quantize_dynamic(nn.ModuleDict({"lstm": reference}), {nn.LSTM},
+                                                        dtype=torch.qint8)
+    quantized = holder["lstm"]
+    x = saved["x"]
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return quantized(x)[0]
+
+    return run, {"engine": torch.backends.quantized.engine, "module": type(quantized).__name__}
+
+
+def ort_dq_runner(spec: Dict[str, Any]) -> Tuple[Callable[[], Any], Dict[str, Any]]:
+    """ONNX Runtime on its own dynamic-quantized graph (``DynamicQuantizeLSTM``)."""
+    import onnx
+
+    saved = torch.load(spec["tensors"], weights_only=True)
+    ops = sorted({node.op_type for node in onnx.load(spec["onnx"]).graph.node})
+    session = onnx_rnn.session(spec["onnx"], spec["threads"])
+    feeds = {"x": saved["x"].numpy()}
+    return (lambda: session.run(None, feeds)[0]), {"ops": ops}
+
+
+FACTORIES = {"float32": float32_runner, "int8": int8_runner, "torch_dq": torch_dq_runner, "ort_dq": ort_dq_runner}
+
+
+def run_row(pool: WorkerPool, folder: Path, batch: int, hidden: int, threads: int, budget_s: float
+            ) -> Dict[str, Any]:
+    spec = {**write_row(batch, hidden, folder), "threads": threads}
+    workers = {key: pool.get(key, threads) for key in RUNTIMES}
+    infos = {key: workers[key].call("load", FACTORIES[key], spec) for key in RUNTIMES}
+    outputs = {key: np.asarray(workers[key].call("output")[0]) for key in RUNTIMES}
+    errors = {key: float(np.abs(outputs[key] - outputs["float32"]).max()) for key in RUNTIMES[1:]}
+    samples = interleaved(workers, threads == 1, budget_s)
+    rounds = len(samples["int8"])
+
+    def ratio(key: str) -> float:
+        return statistics.median(samples["int8"][i] / samples[key][i] for i in range(rounds))
+
+    row: Dict[str, Any] = {
+        "cell": "LSTM", "layers": LAYERS, "merge": "concat", "T": STEPS, "B": batch, "H": hidden,
+        "threads": threads, "clock": "process_cpu" if threads == 1 else "wall", "rounds": rounds,
+        **{f"{key}_ms": 1e3 * statistics.median(samples[key]) for key in RUNTIMES},
+        **{f"int8_over_{key}": ratio(key) for key in RUNTIMES if key != "int8"},
+        **{f"{key}_max_abs_error": errors[key] for key in errors},
+        "ort_ops": infos["ort_dq"]["ops"], "torch_dq": infos["torch_dq"],
+    }
+    try:
+        row["load_average"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    return row
+
+
+COLUMNS: List[Column] = [
+    ("H", lambda r: r["H"]), ("B", lambda r: r["B"]), ("threads", lambda r: r["threads"]),
+    ("float32 kernel ms", lambda r: f"{r['float32_ms']:.2f}"), ("int8 ms", lambda r: f"{r['int8_ms']:.2f}"),
+    ("torch DQ ms", lambda r: f"{r['torch_dq_ms']:.2f}"), ("ORT DQ ms", lambda r: f"{r['ort_dq_ms']:.2f}"),
+    ("int8 / float32", lambda r: f"**{r['int8_over_float32']:.2f}**"),
+    ("int8 / torch DQ", lambda r: f"{r['int8_over_torch_dq']:.2f}"),
+    ("int8 / ORT DQ", lambda r: f"{r['int8_over_ort_dq']:.2f}"),
+    ("max err int8 / torch / ORT", lambda r: f"{r['int8_max_abs_error']:.1e} / {r['torch_dq_max_abs_error']:.1e} / "
+                                             f"{r['ort_dq_max_abs_error']:.1e}"),
+]
+
+
+def markdown(document: Dict[str, Any]) -> str:
+    rows = document["rows"]
+    head = (f"BiLSTM, {LAYERS} layers concat, T={STEPS}, batch-first, inference; each runtime in its own process; "
+            "ratios: medians over interleaved rounds; max err: max |output - float32 block's output|.")
+    return "\n".join([head, "", *table(COLUMNS, rows)])
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--hidden", type=int, nargs="+", default=list(HIDDEN))
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of interleaved rounds per row (>= 3 rounds)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default results/quantized-<cap>.json)")
+    args = parser.parse_args(argv)
+    import onnxruntime
+
+    from models.blocks import cpu_kernel
+
+    if not cpu_kernel.available():
+        raise SystemExit("the CPU kernel is not available here: there is no int8 kernel to time")
+    out = args.out or RESULTS / f"quantized-{cpu_kernel.capability()}.json"
+    machine = describe("cpu", max(args.threads))
+    machine["onnxruntime"] = onnxruntime.__version__
+    machine["capability"] = cpu_kernel.capability()
+    machine["processes"] = "one worker process per runtime"
+    torch.set_num_threads(1)
+    rows: List[Dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="quantized-") as folder, WorkerPool() as pool:
+        for case in grid(H=args.hidden, B=args.batches, threads=args.threads):
+            row = run_row(pool, Path(folder), case["B"], case["H"], case["threads"], args.budget)
+            rows.append(row)
+            log(f"H={row['H']} B={row['B']} threads={row['threads']}: int8/float32 {row['int8_over_float32']:.2f}, "
+                f"int8/torch DQ {row['int8_over_torch_dq']:.2f}, int8/ORT DQ {row['int8_over_ort_dq']:.2f}")
+            write_results(out, {"machine": machine, "rows": rows})
+    print(f"Machine: {machine['summary']}; onnxruntime {machine['onnxruntime']}; kernel {machine['capability']}")
+    print(markdown({"rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""``models.quantize``: the int8 blocks (``models/blocks/quantized.py``, the kernel's ``csrc/q8_*.h``).
+
+- the int8 product: the AVX2 loop and the portable loop give torch's integer product, bit for bit;
+- exactness: every layer's output and state equal the dequantized reference (``reference_layer``: the same
+  quantization rule, the int8 weights dequantized, float64 accumulation) to float32 rounding, step by step
+  (teacher-forced), for every cell, merge mode, lengths and layer count; the stack equals its layers chained;
+- the portable path (no kernel) gives the kernel's outputs;
+- the documented error against the float32 block (docs/zoo-and-deployment.md, "int8 quantization");
+- the classifier, state_dict, compile works; TorchScript, trace, torch.export and ``export`` refuse with the reason;
+- bad input is refused as the float blocks refuse it.
+"""
+
+from typing import List, Optional
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from models import BiGRU, BiLSTM, BiRNN, SequenceClassifier, export, quantize
+from models.blocks import cpu_kernel
+from models.blocks.cpu_kernel import q8
+from models.blocks.quantized import QuantizedBiRNN, quantize_rows, reference_layer
+from models.merge import merge_stacked
+
+needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built on this machine")
+
+BLOCKS = {
+    "lstm": lambda f, h, n, **kw: BiLSTM(f, h, n, **kw),
+    "gru": lambda f, h, n, **kw: BiGRU(f, h, n, **kw),
+    "rnn": lambda f, h, n, **kw: BiRNN(f, h, n, **kw),
+    "rnn_relu": lambda f, h, n, **kw: BiRNN(f, h, n, nonlinearity="relu", **kw),
+}
+MERGES: List[List[Optional[str]]] = [["concat"], ["sum"], ["mul"], ["ave"], [None], ["ave", "concat"],
+                                     ["concat", "sum"], ["mul", None]]
+
+
+def block(cell: str, input_size: int = 6, hidden: int = 12, layers: int = 1, seed: int = 0, **options) -> nn.Module:
+    torch.manual_seed(seed)
+    return BLOCKS[cell](input_size, hidden, layers, **options).eval()
+
+
+def one_layer(q: QuantizedBiRNN, layer: int, merge: Optional[str]) -> QuantizedBiRNN:
+    """Layer ``layer`` of ``q`` as a one-layer int8 block with merge ``merge``."""
+    size = getattr(q, f"weight_ih_l{layer}").shape[2]
+    single = QuantizedBiRNN(q.mode, size, q.hidden_size, 1, [merge], q.bias)
+    for name in ("weight_ih", "weight_hh", "scale_ih", "scale_hh", *(("bias_ih", "bias_hh") if q.bias else ())):
+        getattr(single, f"{name}_l0").copy_(getattr(q, f"{name}_l{layer}"))
+    return single
+
+
+# -- the product ---------------------------------------------------------------------------------------------------
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
+@pytest.mark.parametrize("gates", [37, 53])     # 48 and 64 channels padded: one row's 32-channel tile, and its tail
+def test_int8_product_is_exact(rows: int, gates: int):
+    gen = torch.Generator().manual_seed(rows)
+    inputs = 21                                 # an odd K: the padding is exercised
+    w = torch.randint(-127, 128, (1, gates, inputs), generator=gen, dtype=torch.int8)
+    a = torch.randint(-127, 128, (rows, inputs), generator=gen, dtype=torch.int16)
+    a[0] = 127 if rows > 1 else a[0]            # the largest products: no saturation anywhere
+    w[0, 0] = -127
+    padded = torch.zeros((rows, inputs + 1), dtype=torch.int16)
+    padded[:, :inputs] = a
+    expected = a.long() @ w[0].long().T
+    for scalar in (False, True):
+        got = q8.gemm(padded, q8.pack(w)[0], scalar=scalar)
+        assert torch.equal(got[:, :gates].long(), expected)
+        assert not got[:, gates:].any()
+
+
+def test_quantize_rows_rule():
+    q, scale = quantize_rows(torch.tensor([[0.5, -1.0, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0],
+                                           [1.0, float("nan"), 0.0, 0.0]]))
+    assert q[0].tolist() == [64.0, -127.0, 32.0, 0.0]    # 63.5 rounds half to even: 64
+    assert scale[0].item() == pytest.approx(1 / 127, rel=1e-7)
+    assert q[1].tolist() == [0.0] * 4 and scale[1].item() == 0.0
+    assert q[2].tolist() == [0.0] * 4 and torch.isnan(scale[2])
+
+
+# -- exactness against the dequantized reference -------------------------------------------------------------------
+def check_exact(cell: str, merges: List[Optional[str]], lengths: Optional[Tensor], bias: bool = True) -> None:
+    layers = len(merges)
+    float_block = block(cell, layers=layers, merge_mode=merges if layers > 1 else merges[0], bias=bias)
+    q = quantize(float_block)
+    torch.manual_seed(1)
+    x = torch.randn(9, 3, 6)
+    h0 = torch.randn(2 * layers, 3, 12) * 0.5
+    c0 = torch.randn(2 * layers, 3, 12) * 0.5
+    hx = (h0, c0) if cell == "lstm" else h0
+    out, state = q(x, hx, lengths=lengths)
+    h_n = state[0] if cell == "lstm" else state
+    layer_in = x
+    for layer in range(layers):
+        pair = slice(2 * layer, 2 * layer + 2)
+        raw_block = one_layer(q, layer, None)
+        raw, _ = raw_block(layer_in, (h0[pair], c0[pair]) if cell == "lstm" else h0[pair], lengths=lengths)
+        ref, ref_h, _ = reference_layer(q.mode, layer_in, lengths, h0[pair], c0[pair] if cell == "lstm" else None,
+                                        q.layer_weights(layer), teacher=raw)
+        torch.testing.assert_close(raw.double(), ref, rtol=0, atol=2e-6)
+        torch.testing.assert_close(h_n[pair].double(), ref_h, rtol=0, atol=2e-6)
+        layer_in = merge_stacked(raw.flatten(2), merges[layer], 12)
+    assert torch.equal(out, layer_in)              # the stack in one call is its layers chained, bit for bit
+    if lengths is not None:
+        for b, n in enumerate(lengths.tolist()):
+            assert not out[n:, b].any()            # zero at padded steps
+
+
+@needs_kernel
+@pytest.mark.parametrize("cell", list(BLOCKS))
+@pytest.mark.parametrize("merges", MERGES, ids=str)
+def test_exact_against_dequantized_reference(cell: str, merges: List[Optional[str]]):
+    check_exact(cell, merges, None)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cell", list(BLOCKS))
+def test_exact_with_lengths_and_without_bias(cell: str):
+    check_exact(cell, ["sum", "concat"], torch.tensor([9, 4, 1]))
+    check_exact(cell, [None], torch.tensor([2, 9, 5]), bias=False)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cell", list(BLOCKS))
+def test_portable_path_gives_the_kernels_outputs(cell: str):
+    q = quantize(block(cell, layers=2, merge_mode=["ave", "concat"]))
+    x = torch.randn(8, 4, 6, generator=torch.Generator().manual_seed(3))
+    lengths = torch.tensor([8, 2, 5, 7])
+    out, _ = q(x, lengths=lengths)
+    with cpu_kernel.disabled():
+        portable, _ = q(x, lengths=lengths)
+    # Float32 against float64 states: a state landing within rounding of a quantization boundary may round to the
+    # neighbouring integer on one path, moving that step by a part of one quantization step (hence not 1e-6).
+    torch.testing.assert_close(portable, out, rtol=0, atol=2e-4)
+
+
+# -- error against float32 -----------------------------------------------------------------------------------------
+# Documented in docs/zoo-and-deployment.md ("int8 quantization"): max and mean |int8 - float32| over the outputs of
+# random blocks (nn.LSTM's init, standard normal inputs, T = 32, B = 8, 2 layers concat), measured on this suite's
+# seeds (input_size 32), and the bounds asserted here (about twice the worst measured).
+ERROR_BOUNDS = {  # cell: (max, mean)
+    "lstm": (0.004, 0.0007),       # measured at H = 32 / 128 / 256: max 0.0017 / 0.0013 / 0.0009, mean 3e-4 / 2e-4 / 1.5e-4
+    "gru": (0.013, 0.0025),        # max 0.0063 / 0.0046 / 0.0043, mean 1.2e-3 / 7e-4 / 6e-4
+    "rnn": (0.04, 0.006),          # max 0.018 / 0.014 / 0.014, mean 3.0e-3 / 2.4e-3 / 2.1e-3
+    "rnn_relu": (0.04, 0.0035),    # max 0.018 / 0.010 / 0.0075, mean 1.6e-3 / 9e-4 / 7e-4
+}
+
+
+@pytest.mark.parametrize("hidden", [32, 128])
+@pytest.mark.parametrize("cell", list(BLOCKS))
+def test_error_against_float32_is_within_the_documented_bounds(cell: str, hidden: int):
+    float_block = block(cell, input_size=32, hidden=hidden, layers=2)
+    q = quantize(float_block)
+    x = torch.randn(32, 8, 32, generator=torch.Generator().manual_seed(hidden))
+    with torch.no_grad():
+        expected, _ = float_block(x)
+    got, _ = q(x)
+    error = (got - expected).abs()
+    bound_max, bound_mean = ERROR_BOUNDS[cell]
+    assert error.max().item() <= bound_max and error.mean().item() <= bound_mean, (error.max(), error.mean())
+    assert error.max().item() > 0                   # int8 indeed: not the float path by accident
+
+
+# -- models, state, compile ----------------------------------------------------------------------------------------
+def test_quantize_a_classifier_leaves_the_original_and_keeps_the_head():
+    torch.manual_seed(0)
+    model = SequenceClassifier(num_classes=3, vocab_size=50, embed_dim=16, cell="gru", hidden_size=16,
+                               num_layers=2, merge_mode="sum", pooling="mean").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q = quantize(model)
+    assert isinstance(q.rnn, QuantizedBiRNN) and isinstance(model.rnn, BiGRU)
+    assert type(q.head) is nn.Linear and not q.training
+    tokens = torch.randint(1, 50, (4, 11), generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([11, 5, 3, 8])
+    with torch.no_grad():
+        expected = model(tokens, lengths)
+    torch.testing.assert_close(q(tokens, lengths), expected, rtol=0, atol=0.02)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_state_dict_round_trip_and_layouts():
+    q = quantize(block("lstm", layers=2, merge_mode="ave", batch_first=True))
+    assert q.weight_ih_l0.dtype == torch.int8 and q.weight_ih_l0.shape == (2, 48, 6)
+    assert q.scale_hh_l1.dtype == torch.float32 and q.bias_ih_l1.shape == (2, 48)
+    fresh = QuantizedBiRNN("LSTM", 6, 12, 2, ["ave", "ave"], batch_first=True)
+    x = torch.randn(3, 7, 6)
+    fresh(x)                                         # a plan for the zero weights, dropped by the load below
+    fresh.load_state_dict(q.state_dict())
+    assert torch.equal(fresh(x)[0], q(x)[0])
+    before = q(x)[0]
+    assert torch.equal(q.double()(x)[0], before)     # float64 scales and biases: still read as float32 (exact)
+    unbatched, (h, _) = q(x[0])
+    assert unbatched.shape == (7, 12) and h.shape == (4, 12)
+    torch.testing.assert_close(unbatched, q(x[:1])[0][0], rtol=0, atol=0)
+
+
+def test_torch_compile_works():
+    q = quantize(block("gru", layers=2, merge_mode="concat"))
+    x = torch.randn(5, 2, 6)
+    compiled = torch.compile(q, backend="aot_eager")
+    torch.testing.assert_close(compiled(x)[0], q(x)[0], rtol=0, atol=0)
+
+
+def test_scripting_tracing_and_export_refuse_with_the_reason(tmp_path):
+    q = quantize(block("lstm"))
+    x = torch.randn(5, 2, 6)
+    with pytest.raises(RuntimeError, match="cannot be compiled by TorchScript"):
+        torch.jit.script(q)
+    with pytest.raises(RuntimeError, match="cannot be traced or exported"):
+        torch.jit.trace(q, (x,))
+    with pytest.raises(RuntimeError, match="cannot be traced or exported"):
+        torch.export.export(q, (x,))
+    model = quantize(SequenceClassifier(num_classes=2, vocab_size=20, embed_dim=8, hidden_size=8, num_layers=1))
+    with pytest.raises(RuntimeError, match="cannot be compiled by TorchScript"):
+        torch.jit.script(model)
+    for fmt in ("pt2", "torchscript", "onnx"):
+        with pytest.raises(RuntimeError, match="cannot be"):
+            export(model, tmp_path / f"model.{fmt}", fmt)
+
+
+# -- refusals ------------------------------------------------------------------------------------------------------
+def test_quantize_refuses_what_it_cannot_quantize():
+    with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
+        quantize("model")
+    with pytest.raises(ValueError, match="holds no BiLSTM, BiGRU or BiRNN"):
+        quantize(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match=r"reset_after=False"):
+        quantize(BiGRU(4, 4, reset_after=False))
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize(quantize(block("rnn")))
+    broken = block("lstm")
+    with torch.no_grad():
+        broken.weight_hh_l0[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        quantize(broken)
+
+
+def test_bad_input_is_refused_as_by_the_float_blocks():
+    q = quantize(block("lstm", layers=2))
+    x = torch.randn(5, 2, 6)
+    with pytest.raises(ValueError, match="input_size=6"):
+        q(torch.randn(5, 2, 7))
+    with pytest.raises(ValueError, match="3-D tensor"):
+        q(torch.randn(5))
+    with pytest.raises(ValueError, match="T = 0"):
+        q(torch.randn(0, 2, 6))
+    with pytest.raises(TypeError, match="float32"):
+        q(x.double())
+    with pytest.raises(TypeError, match="floating-point"):
+        q(torch.ones(5, 2, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, T\]"):
+        q(x, lengths=torch.tensor([6, 2]))
+    with pytest.raises(ValueError, match=r"shape \(B,\)"):
+        q(x, lengths=torch.tensor([5, 2, 1]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        q(x, lengths=[5, 2])
+    with pytest.raises(TypeError, match="looks like lengths"):
+        q(x, (torch.tensor([5, 2]), torch.zeros(4, 2, 12)))
+    with pytest.raises(ValueError, match="hx\\[0\\] must have shape"):
+        q(x, (torch.zeros(2, 2, 12), torch.zeros(4, 2, 12)))
+    with pytest.raises(TypeError, match="tuple"):
+        q(x, torch.zeros(4, 2, 12))
+    with pytest.raises(TypeError, match="PackedSequence"):
+        q(torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 2])))
+    gru = quantize(block("gru"))
+    with pytest.raises(TypeError, match="looks like lengths"):
+        gru(x, torch.tensor([5, 2]))
+    with pytest.raises(ValueError, match="hx must have shape"):
+        gru(x, torch.zeros(2, 3, 12))
+
+
+@needs_kernel
+def test_two_threads_give_the_same_bits():
+    # Big enough for the kernel to run one thread a direction (models/blocks/quantized.py: >= 20M multiply-adds).
+    q = quantize(block("lstm", input_size=64, hidden=64, layers=2, merge_mode="sum"))
+    x = torch.randn(32, 16, 64, generator=torch.Generator().manual_seed(5))
+    lengths = torch.randint(1, 33, (16,), generator=torch.Generator().manual_seed(6))
+    one, _ = q(x, lengths=lengths)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two, _ = q(x, lengths=lengths)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
