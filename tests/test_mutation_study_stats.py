@@ -66,7 +66,7 @@ def test_mean_std_of_one_and_of_several_values() -> None:
     assert mean_std([3]) == {"mean": 3.0, "std": 0.0, "n": 1}
     assert mean_std((1, 2, 6)) == pytest.approx({"mean": 3.0, "std": math.sqrt(7), "n": 3}, rel=1e-15)
     assert isinstance(mean_std([1, 2])["mean"], float)
-    with pytest.raises(ValueError, match="^mean_std needs at least one value, got an empty sequence$"):
+    with pytest.raises(ValueError, match=r"^mean_std needs at least one value, got an empty sequence$"):
         mean_std([])
 
 
@@ -100,7 +100,7 @@ def test_the_paired_t_test_refuses_what_is_not_pairs() -> None:
     with pytest.raises(ValueError, match=r"^paired_t_test needs equally long sequences \(one value per seed\), got 3 "
                                          r"and 2$"):
         paired_t_test([1, 2, 3], [1, 2])
-    with pytest.raises(ValueError, match="^paired_t_test needs at least one pair, got none$"):
+    with pytest.raises(ValueError, match=r"^paired_t_test needs at least one pair, got none$"):
         paired_t_test([], [])
 
 
