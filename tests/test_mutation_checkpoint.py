@@ -64,6 +64,32 @@ def test_a_gpu_runs_rng_state_restores_on_a_cpu_only_machine() -> None:
     assert draws() == expected
 
 
+class FakeCuda:
+    """``torch.cuda``'s RNG calls, recorded: what capture and restore do with CUDA on any machine."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, available: bool) -> None:
+        self.state, self.restored = [torch.full((8,), 7, dtype=torch.uint8)], []
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: self.state)
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", self.restored.append)
+
+
+def test_with_cuda_its_rng_state_is_captured_and_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = FakeCuda(monkeypatch, available=True)
+    state = capture_rng_state()
+    assert state["cuda"] is cuda.state
+    restore_rng_state(state)
+    assert cuda.restored == [cuda.state]
+
+
+def test_without_cuda_no_cuda_rng_state_is_captured_or_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = FakeCuda(monkeypatch, available=False)
+    state = capture_rng_state()
+    assert state["cuda"] == []
+    restore_rng_state({**state, "cuda": cuda.state})    # a GPU run's checkpoint resumed on a CPU-only machine
+    assert cuda.restored == []
+
+
 def test_save_refuses_a_checkpoint_lacking_keys_and_writes_nothing(tmp_path: Path) -> None:
     state = checkpoint()
     del state["rng"], state["scaler"]
