@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from optional import optional_import
 
-datasets = pytest.importorskip("datasets", reason="data=hf needs the optional extra: pip install -e '.[hf]'")
+datasets, needs_datasets = optional_import("datasets", "data=hf needs the optional extra: pip install -e '.[hf]'")
+pytestmark = needs_datasets
 
 from test_data_text_files import example_rows, write_csv  # noqa: E402
 

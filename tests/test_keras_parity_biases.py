@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from optional import optional_import
 
-keras = pytest.importorskip("keras", reason="the Keras parity tests need keras (pip install -e '.[dev]')")
-from keras import layers  # noqa: E402
+keras, needs_keras = optional_import("keras", "the Keras tests need keras (pip install -e '.[dev]')")
+pytestmark = needs_keras
+layers = keras.layers
 
 from models import BiGRU, BiLSTM, BiRNN  # noqa: E402
 from models.blocks import cpu_kernel  # noqa: E402

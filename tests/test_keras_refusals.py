@@ -12,9 +12,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from optional import optional_import
 
-keras = pytest.importorskip("keras")
-from keras import layers  # noqa: E402
+keras, needs_keras = optional_import("keras", "the Keras tests need keras (pip install -e '.[dev]')")
+pytestmark = needs_keras
+layers = keras.layers
 
 from models.keras import KerasImportError, from_keras, load_keras_weights  # noqa: E402
 from models.keras import archive as archive_module  # noqa: E402

@@ -3,14 +3,16 @@ nn.LSTM/nn.GRU and the blocks compute, so the benchmark compares like with like.
 
 import pytest
 import torch
+from optional import optional_import
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models import BiGRU, BiLSTM
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-from benchmarks import onnx_rnn
+_, needs_onnx = optional_import("onnx", "the ONNX twin needs onnx (pip install -e '.[onnx]')")
+_, needs_onnxruntime = optional_import("onnxruntime", "the ONNX twin needs onnxruntime (pip install -e '.[onnx]')")
+pytestmark = [needs_onnx, needs_onnxruntime]
+from benchmarks import onnx_rnn  # noqa: E402
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])

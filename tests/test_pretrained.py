@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from optional import optional_import
 from tiny_text_run import tiny_text_run
 
 import models
 from models.data.preprocessing import Preprocessing, PreprocessingError
 
-pytest.importorskip("safetensors", reason="the hub extra (safetensors)")
+_, needs_safetensors = optional_import("safetensors", "the hub extra (safetensors)")
+pytestmark = needs_safetensors
 
 TEXTS = ["what is the capital of peru ?", "who wrote hamlet ?", "What does NASA stand for ?"]
 

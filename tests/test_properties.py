@@ -4,11 +4,13 @@ steps do not depend on what the padding holds. A few examples in the default sui
 
 import pytest
 import torch
+from optional import optional_import
 from torch import nn
 
-hypothesis = pytest.importorskip("hypothesis", reason="the property tests need hypothesis (pip install -e '.[dev]')")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+hypothesis, needs_hypothesis = optional_import("hypothesis", "the property tests need hypothesis (pip install -e '.[dev]')")
+st, _ = optional_import("hypothesis.strategies", "the property tests need hypothesis (pip install -e '.[dev]')")
+pytestmark = needs_hypothesis
+given, settings = hypothesis.given, hypothesis.settings
 
 from models import BiGRU, BiLSTM  # noqa: E402
 from models.blocks import cpu_kernel  # noqa: E402

@@ -7,11 +7,13 @@ import math
 from pathlib import Path
 
 import pytest
+from optional import optional_import
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-from benchmarks import vs_onnxruntime as vs
-from benchmarks.process_timing import WorkerError, WorkerPool
+_, needs_onnx = optional_import("onnx", "the comparison needs onnx (pip install -e '.[onnx]')")
+_, needs_onnxruntime = optional_import("onnxruntime", "the comparison needs onnxruntime (pip install -e '.[onnx]')")
+pytestmark = [needs_onnx, needs_onnxruntime]
+from benchmarks import vs_onnxruntime as vs  # noqa: E402
+from benchmarks.process_timing import WorkerError, WorkerPool  # noqa: E402
 
 
 def test_tiny_row_in_worker_processes(tmp_path: Path) -> None:
