@@ -1,4 +1,4 @@
-"""``models/training/study_stats.py`` against closed forms, sharp enough that mutation testing (issue 37) finds no
+"""``models/training/study/stats.py`` against closed forms, sharp enough that mutation testing (issue 37) finds no
 change a user would not notice: the incomplete beta function on both sides of its switch, the t tail for 1 to 4
 degrees of freedom, every branch of the paired t-test and Holm's step-down. Pure Python, milliseconds."""
 
@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import pytest
 
-from models.training.study_stats import betainc, holm, mean_std, paired_t_test, t_two_sided_p
+from models.training.study.stats import betainc, holm, mean_std, paired_t_test, t_two_sided_p
 
 
 def binomial_betainc(a: int, b: int, x: float) -> float:
