@@ -68,7 +68,7 @@ step gpu-plan 75 "$PY" -m benchmarks.gpu_plan --out "$OUT" --budget 60
 # The CUDA tests must run, not skip: the fixture fails instead of skipping, and any skip fails the step.
 export BIRNN_ZOO_REQUIRE_CUDA=1
 step cuda-tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
-  tests/test_gru_reset_before.py -k cuda >"$OUT/cuda_tests.log" 2>&1
+  tests/blocks/test_gru_reset_before.py -k cuda >"$OUT/cuda_tests.log" 2>&1
 tests_rc=$?
 if grep -q "SKIPPED" "$OUT/cuda_tests.log"; then
   echo "CUDA TESTS SKIPPED where a GPU is visible: counted as a failure"

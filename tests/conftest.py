@@ -5,7 +5,7 @@ from typing import Callable, Iterator
 
 import pytest
 import torch
-from composing import compose_config
+from helpers.composing import compose_config
 from omegaconf import DictConfig
 
 from models.blocks import cpu_kernel
@@ -18,7 +18,7 @@ os.environ.setdefault("BIRNN_ZOO_CPU_POLICY", "table")
 @pytest.fixture(scope="session")
 def compose() -> Callable[..., DictConfig]:
     """``compose(*overrides, hydra=False)``: ``conf/config.yaml`` composed with Hydra's compose API
-    (``tests/composing.py``; ``*TINY`` first for the tiny run)."""
+    (``tests/helpers/composing.py``; ``*TINY`` first for the tiny run)."""
     return compose_config
 
 

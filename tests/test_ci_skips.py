@@ -29,7 +29,7 @@ NEEDS_A_MODULE = '''
 import sys
 
 import pytest
-from optional import optional_import
+from helpers.optional import optional_import
 
 module, needs_it = optional_import("{name}", "the tests of this file need it")
 pytestmark = needs_it

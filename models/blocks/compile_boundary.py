@@ -6,7 +6,7 @@ every ``import models`` pay for a compiler most programs never call. Here:
 
 - ``constant_when_traced(fn)`` marks ``fn`` as ``assume_constant_result`` does: Dynamo calls it once while it
   traces and puts its result in the graph as a constant. That decorator only sets the attribute set here
-  (``tests/test_import_side_effects.py`` checks that it still does).
+  (``tests/blocks/test_import_side_effects.py`` checks that it still does).
 - ``eager_under_compile(fn)`` is ``fn`` in eager code; while Dynamo traces, it calls
   ``torch.compiler.disable(fn)`` (one graph break, ``fn`` runs as eager PyTorch), made on the first trace by a
   ``constant_when_traced`` function, so the first trace breaks the graph exactly where later ones do.

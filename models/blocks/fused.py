@@ -113,7 +113,7 @@ class _FusedPaths(nn.Module):
         bidirectional: bool,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         # Not _kernel_cell() nor cells.GRU_RESET_BEFORE.mode: TorchScript runs this and reads neither; the literal is
-        # that mode's name in models/cells.py (tests/test_cells.py checks they agree).
+        # that mode's name in models/cells.py (tests/blocks/test_cells.py checks they agree).
         mode = self.mode if self.reset_after else "GRU_RESET_BEFORE"
         # cuDNN's train flag means "keep what backward needs", so it follows whether grad is enabled (a module in
         # eval() can be differentiated, as in Keras); dropout follows self.training and is 0 outside training.

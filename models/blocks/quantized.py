@@ -11,7 +11,7 @@ What is quantized, and how (one rule, ``quantize_rows``, for weights and activat
 Where it runs: the CPU kernel's int8 entry point (``csrc/q8_forward.h``, every layer and merge in one call) where
 the kernel is available (Linux x86-64 with AVX2); elsewhere (ARM, a torch without MKL, ``cpu_kernel.disabled()``)
 ``reference_layer`` below, the same arithmetic in PyTorch with float64 accumulation (integer products exact there
-too), slower but portable. ``reference_layer`` is also the tests' reference (``tests/test_quantize.py``).
+too), slower but portable. ``reference_layer`` is also the tests' reference (``tests/blocks/test_quantize.py``).
 
 Not supported (refused with a clear error): ``BiGRU(reset_after=False)``, gradients, TorchScript, ``torch.export``,
 tracing (so ONNX export). ``torch.compile`` works: the kernel call is left to eager (one graph break).

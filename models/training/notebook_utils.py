@@ -1,7 +1,7 @@
 """Small helpers the notebooks in ``notebooks/`` share: find the repo, read runs and sweeps, plot, check outputs.
 
 Everything here is plain Python (matplotlib only inside ``plot_merge_mode_runs``), so the notebooks stay short
-and the logic is tested in ``tests/test_notebook_utils.py`` rather than only by executing the notebooks::
+and the logic is tested in ``tests/training/test_notebook_utils.py`` rather than only by executing the notebooks::
 
     root = find_repo_root()                          # the folder holding conf/config.yaml
     history = read_metrics(run_dir)                  # {"epoch": [1, 2, 3], "val_acc": [...], ...}

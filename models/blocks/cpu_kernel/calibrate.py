@@ -26,7 +26,7 @@ When it is used (``$BIRNN_ZOO_CPU_POLICY``):
 Deterministic runs: a training run records what its policy used (``record()``: the source, thread count,
 capability and the whole calibration) in every checkpoint, and a resume pins it (``pin(record)``), so the
 resumed run, even on another machine with another calibration or none, makes the same choices at every shape
-(``tests/test_cpu_kernel_calibrate.py`` checks a resume stays bit-exact).
+(``tests/kernel/test_cpu_kernel_calibrate.py`` checks a resume stays bit-exact).
 """
 
 import argparse

@@ -20,7 +20,7 @@ version counter, as they bypass autograd: call ``clear(module)`` (or ``module.ev
 Taken only where it changes nothing but speed: eager mode (not tracing, compiling or exporting), no gradient
 needed, plain tensors (no subclass, no dispatch or function mode), and where ``models.blocks.cpu_kernel.applies``
 already chose the kernel. Outputs, ``h_n`` and ``c_n`` are those of the custom operator's path
-(``tests/test_cpu_kernel_inference.py``).
+(``tests/kernel/test_cpu_kernel_inference.py``).
 """
 
 import ctypes

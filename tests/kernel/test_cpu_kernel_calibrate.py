@@ -1,0 +1,152 @@
+"""The per-CPU policy calibration (models/blocks/cpu_kernel/calibrate.py): the nearest measured cell decides, a
+cached calibration is used only where the policy mode allows, a pinned record overrides this machine's, and a
+checkpoint records what its run used so a resume on another machine takes the same paths, bit for bit."""
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+from helpers.composing import TINY, compose_config
+
+from models.blocks import cpu_kernel
+from models.blocks.cpu_kernel import calibrate
+from models.training.checkpoint import load_checkpoint
+from models.training.loop import train
+
+needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built")
+
+
+def calibration(ratio: float, capability: str = "avx2", threads: int = 1) -> dict:
+    """A made-up calibration of the whole grid, every cell at ``ratio`` (kernel time / PyTorch time)."""
+    rows = [{"cell": cell, "batch": b, "hidden": h, "lengths": lengths, "training": training, "ratio": ratio}
+            for cell in calibrate.CELLS for b in calibrate.BATCHES for h in calibrate.HIDDENS
+            for lengths in (False, True) for training in (False, True)]
+    return {"format": calibrate.FORMAT, "identity": calibrate.identity(threads, capability), "rows": rows}
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private kernel cache for calibrations (the library itself still loads from the real one), nothing read
+    or pinned before or after."""
+    from models.blocks.cpu_kernel import build
+
+    real = build.cache_dir()
+    monkeypatch.setattr(build, "cache_dir", lambda root=None: tmp_path if root is None else real)
+    calibrate.forget()
+    calibrate.pin(None)
+    yield tmp_path
+    calibrate.forget()
+    calibrate.pin(None)
+
+
+def test_the_nearest_measured_cell_decides() -> None:
+    data = calibration(0.5)
+    for row in data["rows"]:
+        if row["cell"] == "LSTM" and row["training"] and not row["lengths"] and row["batch"] == 16:
+            row["ratio"] = 1.2  # PyTorch's kernels at B = 16, both H
+    table = calibrate.Calibration(data)
+    assert table.kernel_wins("LSTM", 16, 128, False, True) is False
+    assert table.kernel_wins("LSTM", 11, 64, False, True) is False      # log2 11 is nearer 16 than 1
+    assert table.kernel_wins("LSTM", 3, 64, False, True) is True        # nearer 1
+    assert table.kernel_wins("LSTM", 16, 128, True, True) is True       # with lengths: measured apart
+    assert table.kernel_wins("LSTM", 16, 128, False, False) is True     # inference: measured apart
+    assert table.kernel_wins("GRU_RESET_BEFORE", 16, 128, False, True) is None
+    with pytest.raises(ValueError, match="format"):
+        calibrate.Calibration({"rows": []})
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["calibrated", "table"])
+def test_a_cached_calibration_is_used_unless_the_table_is_asked_for(mode: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    capability = cpu_kernel.capability()
+    calibrate.save(calibration(3.0, capability))  # PyTorch's kernels everywhere
+    calibrate.forget()
+    monkeypatch.setenv(calibrate.POLICY_ENV, mode)
+    chosen = cpu_kernel.kernel_chosen("GRU", 1, 64, 20, False, False, threads=1)
+    assert chosen is (mode == "table")  # the table: the kernel for every one-thread GRU inference
+    assert cpu_kernel.kernel_chosen("GRU_RESET_BEFORE", 1, 64, 20, False, False, threads=1)  # always the kernel
+    assert calibrate.record(1, capability)["source"] == ("calibration" if mode == "calibrated" else "table")
+    # the blocks follow it: nn.GRU's path (bits of torch's GRU), or the kernel
+    block = cpu_kernel_block()
+    x = torch.randn(20, 1, 64)
+    with torch.no_grad():
+        got = block(x)[0]
+        with cpu_kernel.disabled():
+            torch_path = block(x)[0]
+    assert torch.equal(got, torch_path) is (mode == "calibrated")
+
+
+def cpu_kernel_block() -> torch.nn.Module:
+    from models import BiGRU
+
+    torch.manual_seed(0)
+    return BiGRU(64, 64, 1).eval()
+
+
+def test_a_bad_policy_mode_and_a_damaged_calibration(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
+    monkeypatch.setenv(calibrate.POLICY_ENV, "fastest")
+    with pytest.raises(ValueError, match="BIRNN_ZOO_CPU_POLICY='fastest'"):
+        calibrate.cached(1, "avx2")
+    monkeypatch.setenv(calibrate.POLICY_ENV, "calibrated")
+    calibrate.cache_path(1, "avx2").write_text("{not json")
+    with pytest.warns(RuntimeWarning, match="ignoring the CPU policy calibration"):
+        assert calibrate.cached(1, "avx2") is None
+
+
+def test_the_cache_file_is_keyed_by_what_the_measurement_depends_on() -> None:
+    paths = {calibrate.cache_path(1, "avx2"), calibrate.cache_path(2, "avx2"), calibrate.cache_path(1, "avx512")}
+    assert len(paths) == 3
+    saved = calibrate.save(calibration(0.5, "avx2", 2))
+    assert json.loads(calibrate.cache_path(2, "avx2").read_text()) == saved
+    assert not list(calibrate.cache_path(2, "avx2").parent.glob("*.partial"))
+
+
+@needs_kernel
+def test_a_pinned_record_decides_whatever_this_machine_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(calibrate.POLICY_ENV, "calibrated")
+    recorded = {"format": 1, "source": "calibration", "threads": 1, "capability": "avx2",
+                "calibration": calibration(3.0)}
+    calibrate.pin(recorded)
+    assert calibrate.record() == recorded
+    for threads in (1, 2, 8):  # the record's thread count, not this process's
+        assert not cpu_kernel.kernel_chosen("GRU", 1, 64, 20, False, False, threads=threads)
+    calibrate.pin({"format": 1, "source": "table", "threads": 1, "capability": "avx2", "calibration": None})
+    assert cpu_kernel.kernel_chosen("GRU", 1, 64, 20, False, False, threads=8)  # the table at 1 thread
+    with pytest.raises(ValueError, match="source"):
+        calibrate.pin({"source": "guess"})
+
+
+@needs_kernel
+def test_a_resume_on_another_machine_takes_the_recorded_paths_bit_exactly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's machine has a calibration that sends the tiny LSTM's training steps to PyTorch's kernels (the
+    table sends them to the kernel: the two differ in float rounding). A run of 2 epochs, and a run of 1 epoch
+    resumed for the second on "another machine" without that calibration, end with the same weights, bit for
+    bit: the checkpoint's record was pinned."""
+    monkeypatch.setenv(calibrate.POLICY_ENV, "calibrated")
+    calibrate.save(calibration(3.0, cpu_kernel.capability()))
+    overrides = [*TINY, "trainer.tensorboard=false"]
+    threads = torch.get_num_threads()
+    try:
+        train(compose_config(*overrides), tmp_path / "whole")
+        train(compose_config(*overrides, "trainer.max_epochs=1"), tmp_path / "first")
+        recorded = load_checkpoint(tmp_path / "first" / "checkpoints" / "last.pt")["cpu_path"]
+        assert recorded["source"] == "calibration" and recorded["calibration"]["rows"][0]["ratio"] == 3.0
+        # another machine: no calibration, the table
+        calibrate.forget()
+        monkeypatch.setenv(calibrate.POLICY_ENV, "table")
+        assert cpu_kernel.kernel_chosen("LSTM", 32, 8, 12, True, True, threads=1)  # the table: the kernel
+        train(compose_config(*overrides, f"trainer.resume={tmp_path / 'first'}"), tmp_path / "continued")
+        assert calibrate.pinned() == recorded
+        assert not cpu_kernel.kernel_chosen("LSTM", 32, 8, 12, True, True, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    continued = load_checkpoint(tmp_path / "continued" / "checkpoints" / "last.pt")
+    assert continued["cpu_path"] == recorded
+    assert whole["model"].keys() == continued["model"].keys()
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, continued["model"][name]), name
