@@ -139,7 +139,8 @@ class _Lengths(nn.Module):
         return self.block(x, lengths=lengths)[0]
 
 
-def plan_rows(device: str, batch: int, steps: int, sizes: List[Any], merges: List[Optional[str]]) -> List[Dict[str, Any]]:
+def plan_rows(device: str, batch: int, steps: int, sizes: List[Any],
+              merges: List[Optional[str]]) -> List[Dict[str, Any]]:
     rows: List[Dict[str, Any]] = []
     for hidden, layers in sizes:
         for cell in ("LSTM", "GRU"):

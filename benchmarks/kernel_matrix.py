@@ -101,11 +101,13 @@ def report(document: Dict[str, Any]) -> str:
     from models.blocks.cpu_kernel.policy import kernel_wins
 
     capability = document["machine"]["capability"]
-    lines = [f"Machine: {document['machine']['lscpu']}, capability `{capability}`, torch {document['machine']['torch']}."]
+    lines = [f"Machine: {document['machine']['lscpu']}, capability `{capability}`, "
+             f"torch {document['machine']['torch']}."]
     rows = [r for r in document["rows"] if "seconds" in r]
     groups = sorted({(r["cell"], r["mode"], r["threads"]) for r in rows})
     for cell, mode, threads in groups:
-        here = {(r["T"], r["B"], r["H"]): r for r in rows if (r["cell"], r["mode"], r["threads"]) == (cell, mode, threads)}
+        here = {(r["T"], r["B"], r["H"]): r for r in rows if (r["cell"], r["mode"], r["threads"]) == (cell, mode,
+                                                                                                      threads)}
         sizes = sorted({h for _, _, h in here})
         table_rows = []
         for steps, batch in sorted({(t, b) for t, b, _ in here}):
@@ -116,7 +118,8 @@ def report(document: Dict[str, Any]) -> str:
                     entries[h] = "-"
                     continue
                 parts = []
-                for lengths, kernel_key, other in ((False, "kernel/nn", 1.0), (True, "kernel_len/nn", r["aten_len/nn"])):
+                for lengths, kernel_key, other in ((False, "kernel/nn", 1.0),
+                                                   (True, "kernel_len/nn", r["aten_len/nn"])):
                     take = kernel_wins(cell, batch, h, steps, lengths, threads, capability, mode == "train")
                     chosen, alternative = (r[kernel_key], other) if take else (other, r[kernel_key])
                     parts.append(f"{chosen:.2f}{'k' if take else 'p'}" + ("" if take else f" (k {alternative:.2f})"))

@@ -1,10 +1,11 @@
 """``python -m benchmarks.latency [--requests 1000] [--threads 1 2] [--model bilstm]``: serving latency on CPU.
 
 Single requests (B = 1) whose lengths are drawn from TREC's question lengths (``../shared/data`` beside the
-checkout, or ``--data``; a fixed stand-in distribution when absent, said in the output), the same request sequence for every
-variant, interleaved request by request (rotating order), wall time per call as a caller sees it; p50 / p99 /
+checkout, or ``--data``; a fixed stand-in distribution when absent, said in the output), the same request sequence for
+every variant, interleaved request by request (rotating order), wall time per call as a caller sees it; p50 / p99 /
 mean per variant, and the p50 of process CPU time (on a shared machine the wall times include waiting for a core;
-with one thread the CPU time is what the call itself cost). Then throughput at B = 64 (batches of those requests, right-padded). Variants:
+with one thread the CPU time is what the call itself cost). Then throughput at B = 64 (batches of those requests,
+right-padded). Variants:
 
 - ``block`` / ``block ORT``: the zoo model's recurrent encoder alone (``BiLSTM``/``BiGRU``, eager, no grad) on
   ``(1, L, E)`` features, and ONNX Runtime on its twin graph of fused ``LSTM``/``GRU`` ops (dynamic ``T``,
@@ -202,8 +203,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         with torch.inference_mode():  # the block and its twin agree before any timing
             want = encoder(features[0])[0].reshape(-1)
         twin_out = torch.from_numpy(block_session.run(None, {"x": features[0].numpy()})[0]).reshape(-1)
-        if float((twin_out - want).abs().max()) > 1e-4:
-            raise AssertionError(f"the block and its ONNX Runtime twin differ by {float((twin_out - want).abs().max())}")
+        difference = float((twin_out - want).abs().max())
+        if difference > 1e-4:
+            raise AssertionError(f"the block and its ONNX Runtime twin differ by {difference}")
         variants: Dict[str, Callable[[int], Any]] = {
             "block": grad_free(lambda i: encoder(features[i])),
             "block ORT": lambda i: block_session.run(None, {"x": features[i].numpy()}),  # noqa: B023 (called in this iteration)
@@ -214,7 +216,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             with torch.inference_mode():  # the variants agree before any timing
                 want = model(padded[0])
                 for name, got in (("TorchScript", scripted(padded[0])), ("pt2", program(padded[0])),
-                                  ("ORT .onnx", torch.from_numpy(zoo_session.run(None, {zoo_input: padded[0].numpy()})[0])),
+                                  ("ORT .onnx",
+                                   torch.from_numpy(zoo_session.run(None, {zoo_input: padded[0].numpy()})[0])),
                                   ("zoo eager (unpadded)", model(tokens[0]))):
                     diff = float((got - want).abs().max())
                     if diff > 1e-4:
@@ -268,7 +271,8 @@ LATENCY_COLUMNS: List[Column] = [
     ("mean ms", lambda r: f"{r['mean_ms']:.3f}"), ("p50 CPU ms", lambda r: f"{r['cpu_p50_ms']:.3f}")]
 THROUGHPUT_COLUMNS: List[Column] = [
     ("throughput, B = 64", lambda r: r["variant"]), ("threads", lambda r: r["threads"]),
-    ("requests / s", lambda r: f"{r['requests_per_s']:.0f}"), ("ms per batch (p50)", lambda r: f"{r['batch_ms_p50']:.2f}")]
+    ("requests / s", lambda r: f"{r['requests_per_s']:.0f}"),
+    ("ms per batch (p50)", lambda r: f"{r['batch_ms_p50']:.2f}")]
 
 
 def versus_ort(rows: List[Dict[str, Any]]) -> List[str]:

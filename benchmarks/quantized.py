@@ -10,10 +10,10 @@ inference. Every runtime runs in its own worker process (``benchmarks/process_ti
 time. Ratios are medians over rounds of int8 / other within the round. Each runtime's output is compared with the
 float32 block's (max abs difference in the JSON: the int8 error of each).
 
-Prediction, written before the first run (lscpu "AMD EPYC", family 23 model 1: Zen 1, AVX2, no VNNI): Zen 1 runs one 256-bit ``vpmaddwd`` per two
-cycles on one pipe, 8 multiply-adds a cycle, the same as its float32 FMA rate, so the int8 path cannot win on
-arithmetic there: about 0.85-1.0x the float32 kernel at B = 16 and 64, 0.7-0.9x at B = 1 (the weights are 4x
-smaller: ``W_hh`` at H = 256 fits L2 in int8, not in float32); faster than PyTorch's ``DynamicQuantizedLSTM``
+Prediction, written before the first run (lscpu "AMD EPYC", family 23 model 1: Zen 1, AVX2, no VNNI): Zen 1 runs one
+256-bit ``vpmaddwd`` per two cycles on one pipe, 8 multiply-adds a cycle, the same as its float32 FMA rate, so the int8
+path cannot win on arithmetic there: about 0.85-1.0x the float32 kernel at B = 16 and 64, 0.7-0.9x at B = 1 (the weights
+are 4x smaller: ``W_hh`` at H = 256 fits L2 in int8, not in float32); faster than PyTorch's ``DynamicQuantizedLSTM``
 everywhere (it quantizes per call through ATen ops) and within 0.8x of ONNX Runtime's. The 0.6x goal needs a CPU
 with two ``vpmaddwd`` pipes (Intel since Skylake) or VNNI. Measured: ``benchmarks/RESULTS.md``.
 

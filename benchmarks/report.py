@@ -91,7 +91,8 @@ def _ref(r: Dict[str, Any]) -> str:
 def _kind_columns(kind: str, label: str) -> List[Column]:
     return [(f"{label} ms", lambda r: f"{r[kind]['median_s'] * 1e3:.1f}"),
             (f"{label} tok/s", lambda r: f"{r[kind]['tokens_per_s']:.0f}"),
-            (f"{label} x fused (best)", lambda r: f"{r[kind]['ratio_to_fused']:.2f} ({r[kind]['best_ratio_to_fused']:.2f})"),
+            (f"{label} x fused (best)",
+             lambda r: f"{r[kind]['ratio_to_fused']:.2f} ({r[kind]['best_ratio_to_fused']:.2f})"),
             (f"{label} GFLOP/s (% peak)", lambda r: f"{r[kind]['gflops']:.1f} ({r[kind]['pct_of_peak']:.0f}%)")]
 
 
@@ -109,7 +110,8 @@ def markdown(payload: Dict[str, Any]) -> str:
     lines = [f"# Benchmark results: {payload['device']}", "", f"Machine: {payload['machine']['summary']}", "",
              "Matmul peak (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in payload["matmul_peak_gflops"].items()),
              "", "Times are medians of interleaved rounds; `x fused` = time / fused baseline's time in the same "
-             "run (lower is faster), `(best)` the same from each variant's fastest round; `x ref` = time / the variant named in `ref`. GFLOP/s counts "
+             "run (lower is faster), `(best)` the same from each variant's fastest round; `x ref` = time / the "
+             "variant named in `ref`. GFLOP/s counts "
              "2*T*B*G*H*(in+H) per direction and layer (G=4 LSTM, 3 GRU), 3x for a training step.", ""]
     for block in payload["configs"]:
         lines += [f"## {block['config']['name']}", ""] + table(VARIANT_COLUMNS, block["results"], "lrrrrrrrrlr")

@@ -1,8 +1,8 @@
 """``python -m benchmarks.run [--device cpu|cuda] [--quick] [--threads N] [--budget-scale S] [--only TEXT]``.
 
 Times every configuration of ``configs.plan`` (inference and a training step per variant, interleaved
-rounds until the configuration's time budget is spent, medians), the machine's matmul peak, and writes ``benchmarks/results/<device>[-quick].json`` and
-``.md``.
+rounds until the configuration's time budget is spent, medians), the machine's matmul peak, and writes
+``benchmarks/results/<device>[-quick].json`` and ``.md``.
 """
 
 import os
@@ -76,7 +76,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         timings = interleaved(items, args.threads, min_time, budget, config.min_rounds, args.max_rounds, log)
         results = rows(config, cases, timings, peak)
         for r in results:
-            log(f"  {r['name']:28s} inf {r['inference']['ratio_to_fused']:.2f}x  train {r['train']['ratio_to_fused']:.2f}x")
+            log(f"  {r['name']:28s} inf {r['inference']['ratio_to_fused']:.2f}x  "
+                f"train {r['train']['ratio_to_fused']:.2f}x")
         blocks.append({"config": config.as_dict(), "results": results})
         targets += check_targets(config, results)
         del cases, items, timings

@@ -15,8 +15,8 @@ return_sequences=True), merge_mode=m) x L])`` (float32, batch-major: Keras' nati
   Keras hands it to every ``Bidirectional`` layer; ``check_mask`` verifies once per process that it reaches
   the RNNs (zero outputs at padded steps, a padded row equal to that row run alone).
 
-Each callable is traced, warmed up and timed by ``time_cases`` (median of repeats, interleaved over the cases). Output, one JSON object on
-stdout: ``{"times": {case_key: seconds_per_call}, "samples": ..., "versions": ..., "threads": ...}``.
+Each callable is traced, warmed up and timed by ``time_cases`` (median of repeats, interleaved over the cases). Output,
+one JSON object on stdout: ``{"times": {case_key: seconds_per_call}, "samples": ..., "versions": ..., "threads": ...}``.
 
 This file imports neither torch nor ``models``; its pure helpers (``parse_spec``, ``draw_lengths``,
 ``case_key``, ``time_cases``) are shared with the torch worker in ``vs_tensorflow``, so both sides use the same

@@ -145,7 +145,8 @@ def torch_cases(spec: Dict[str, Any]) -> Dict[str, Callable[[], None]]:
 def torch_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Time every torch case of ``spec`` with the TF worker's protocol; same result layout as the TF worker."""
     torch.set_num_threads(int(spec["threads"]))
-    result: Dict[str, Any] = {"threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()},
+    result: Dict[str, Any] = {"threads": {"intra_op": torch.get_num_threads(),
+                                          "inter_op": torch.get_num_interop_threads()},
                               "versions": {"torch": torch.__version__, "onednn": torch.backends.mkldnn.is_available(),
                                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                                            "python": sys.version.split()[0]},
@@ -267,8 +268,8 @@ def markdown(payload: Dict[str, Any]) -> str:
     lines = [
         "# Blocks vs TensorFlow-Keras (CPU)", "",
         f"Machine: {payload['machine'].get('summary', '')}", "",
-        f"TensorFlow {v.get('tensorflow')}, Keras {v.get('keras')} (oneDNN {v.get('tf_onednn')}, intra/inter-op threads "
-        f"{v.get('tf_threads')}); torch {v.get('torch')} (threads {v.get('torch_threads')}). "
+        f"TensorFlow {v.get('tensorflow')}, Keras {v.get('keras')} (oneDNN {v.get('tf_onednn')}, intra/inter-op "
+        f"threads {v.get('tf_threads')}); torch {v.get('torch')} (threads {v.get('torch_threads')}). "
         f"{payload['rounds']} rounds; {payload['repeats']} repeats of >= {payload['min_time']} s per case and worker.",
         "",
         "Each cell: median over rounds of the per-round time ratio (min-max over rounds). Per round, the TF and torch "
@@ -276,8 +277,8 @@ def markdown(payload: Dict[str, Any]) -> str:
         "are faster. TF-Keras: `Bidirectional(LSTM|GRU(H, return_sequences=True), merge_mode=m) x L`, batch-major, "
         "`tf.function` (no XLA); with lengths a boolean mask. blocks: `models.BiLSTM/BiGRU`, time-major, `lengths=`. "
         "torch fused: `nn.LSTM/nn.GRU(bidirectional=True)` without lengths (concat). blocks on PyTorch's kernels: the "
-        "blocks inside `models.blocks.cpu_kernel.disabled()`, as they ran before the CPU kernel. Training step: forward + mean + "
-        "gradients, no optimizer.", "",
+        "blocks inside `models.blocks.cpu_kernel.disabled()`, as they ran before the CPU kernel. Training step: "
+        "forward + mean + gradients, no optimizer.", "",
     ]
     ratio_rows: List[Dict[str, Any]] = []
     for block in payload["configs"]:
@@ -303,7 +304,8 @@ def markdown(payload: Dict[str, Any]) -> str:
                   lengths_rows, "lllrrrr")
     times = ["## Median times (ms per call)", ""]
     times += table(_ROW_COLUMNS + [(f"{label} {kind}", _ms_cell(side, kind))
-                                   for side, label in (("torch", "blocks"), ("tf", "TF-Keras"), ("fused", "torch fused"))
+                                   for side, label in (("torch", "blocks"), ("tf", "TF-Keras"),
+                                                       ("fused", "torch fused"))
                                    for kind in KINDS], ratio_rows, "llllrrrrrr")
     return "\n".join([*lines, "", *cost, "", *times]) + "\n"
 
@@ -328,7 +330,8 @@ def write_outputs(stem: Path, payload: Dict[str, Any]) -> None:
 def collect_versions(tf_result: Dict[str, Any], torch_result: Dict[str, Any]) -> Dict[str, Any]:
     """The versions and thread settings both workers reported."""
     tf_v, torch_v = tf_result["versions"], torch_result["versions"]
-    return {"tensorflow": tf_v.get("tensorflow"), "keras": tf_v.get("keras"), "keras_backend": tf_v.get("keras_backend"),
+    return {"tensorflow": tf_v.get("tensorflow"), "keras": tf_v.get("keras"),
+            "keras_backend": tf_v.get("keras_backend"),
             "tf_numpy": tf_v.get("numpy"), "tf_onednn": tf_v.get("onednn"), "tf_python": tf_v.get("python"),
             "tf_threads": tf_result.get("threads"), "torch": torch_v.get("torch"),
             "torch_onednn": torch_v.get("onednn"), "torch_threads": torch_result.get("threads"),
@@ -347,7 +350,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--only", action="append", default=[], help="only configurations whose name contains "
                         "this text, e.g. 'GRU' or 'B=16 T=512'; repeat it for several")
     parser.add_argument("--quick", action="store_true", help="one tiny configuration per cell, 2 rounds")
-    parser.add_argument("--out", default=None, help="output stem under benchmarks/results (default vs_tensorflow[-quick])")
+    parser.add_argument("--out", default=None,
+                        help="output stem under benchmarks/results (default vs_tensorflow[-quick])")
     parser.add_argument("--worker", choices=("torch",), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

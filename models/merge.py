@@ -83,7 +83,8 @@ def merged_size(mode: Optional[str], hidden_size: int) -> int:
 
 
 def merge_directions(forward: Tensor, backward: Tensor, mode: Optional[str]) -> Tensor:
-    """Merge two ``(..., H)`` direction outputs: ``(..., 2H)`` for concat, ``(..., 2, H)`` for None, else ``(..., H)``."""
+    """Merge two ``(..., H)`` direction outputs: ``(..., 2H)`` for concat, ``(..., 2, H)`` for None, else
+    ``(..., H)``."""
     # None first: TorchScript refines Optional[str] to str only after an explicit None check.
     if mode is None:
         return torch.stack([forward, backward], -2)

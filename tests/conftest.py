@@ -36,7 +36,8 @@ def one_thread():
 KERNEL_CAPABILITIES = cpu_kernel_build.supported_capabilities() if cpu_kernel.available() else []
 
 
-@pytest.fixture(params=KERNEL_CAPABILITIES or [pytest.param(None, marks=pytest.mark.skip(reason="CPU kernel not built"))])
+@pytest.fixture(params=KERNEL_CAPABILITIES or [pytest.param(None,
+                                                            marks=pytest.mark.skip(reason="CPU kernel not built"))])
 def capability(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The kernel library of one capability loaded in place of the default, blocks forced onto it."""
     monkeypatch.setattr(cpu_kernel, "_library", cpu_kernel_build.load(request.param))
@@ -70,7 +71,8 @@ def _fail_a_preventable_skip(report: pytest.TestReport | pytest.CollectReport) -
     reason = str(report.longrepr[2])
     if ci_should_have_prevented(reason):
         report.outcome = "failed"
-        report.longrepr = f"{CI_ENV}=1: skipped for a reason CI must prevent (install '.[dev]', the shared data): {reason}"
+        report.longrepr = (f"{CI_ENV}=1: skipped for a reason CI must prevent (install '.[dev]', the shared data): "
+                           f"{reason}")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -77,7 +77,8 @@ def _flat(state: Any) -> List[torch.Tensor]:
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, what: str, tol: float = TOL) -> None:
-    torch.testing.assert_close(got.detach().cpu(), want.detach().cpu(), atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(got.detach().cpu(), want.detach().cpu(), atol=tol, rtol=tol,
+                               msg=lambda m: f"{what}: {m}")
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])

@@ -449,8 +449,8 @@ class _BiRNNBase(_FusedPaths):
         cs: List[Tensor] = []
         for layer in range(self.num_layers):
             first = 2 * layer
-            out, h, c = cpu_kernel.fused_layer(self._kernel_cell(), x, h0[first:first + 2], c0[first:first + 2], lengths,
-                                               self._layer_weights(weights, layer, 2), self.bias)
+            out, h, c = cpu_kernel.fused_layer(self._kernel_cell(), x, h0[first:first + 2], c0[first:first + 2],
+                                               lengths, self._layer_weights(weights, layer, 2), self.bias)
             x = self._between_layers(merge_stacked(out.flatten(2), self.merge_modes[layer], self.hidden_size),
                                      layer == self.num_layers - 1)
             hs.append(h)

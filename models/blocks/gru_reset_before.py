@@ -250,7 +250,8 @@ class GRUResetBefore(nn.Module):
         super().__init__()
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
-        self.input_size, self.hidden_size, self.bias, self.batch_first = input_size, hidden_size, bool(bias), batch_first
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.bias, self.batch_first = bool(bias), batch_first
         self.weight_ih_l0 = nn.Parameter(torch.empty(3 * hidden_size, input_size))
         self.weight_hh_l0 = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
         for name in ("bias_ih_l0", "bias_hh_l0"):

@@ -186,10 +186,10 @@ class BiGRU(_BiRNNBase):
 
     Each layer runs ``nn.GRU``'s cell in both directions (``r, z, n`` gates with
     ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, Keras's ``reset_after=True``; ``h' = (1 - z) * n + z * h``;
-    or, with ``reset_after=False``, Keras's original ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``), then merges the two direction outputs with the layer's merge mode; the merged output is the next layer's
-    input (after dropout, in training, except after the last layer). With ``merge_mode="concat"`` it is
-    ``nn.GRU(bidirectional=True)``: the same parameters (an ``nn.GRU`` state_dict loads as is), outputs and
-    gradients.
+    or, with ``reset_after=False``, Keras's original ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``), then merges the
+    two direction outputs with the layer's merge mode; the merged output is the next layer's input (after dropout, in
+    training, except after the last layer). With ``merge_mode="concat"`` it is ``nn.GRU(bidirectional=True)``: the same
+    parameters (an ``nn.GRU`` state_dict loads as is), outputs and gradients.
 
     Args:
         input_size: ``F``, the number of features of the input.

@@ -79,9 +79,9 @@ def check_not_lengths(state: Optional[Tensor], name: str) -> None:
     this project's blocks took it before they took ``nn.LSTM``'s ``forward(input, hx)``."""
     if state is not None and state.dim() == 1 and not state.is_floating_point() and not state.is_complex():
         raise TypeError(
-            f"{name} got a 1-D integer tensor (dtype {dtype_name(state.dtype)}, shape {list(state.shape)}), which looks like "
-            f"lengths: the second positional argument is hx, as in nn.LSTM/nn.GRU/nn.RNN; pass lengths by keyword, "
-            f"block(input, lengths=lengths)"
+            f"{name} got a 1-D integer tensor (dtype {dtype_name(state.dtype)}, shape {list(state.shape)}), which "
+            f"looks like lengths: the second positional argument is hx, as in nn.LSTM/nn.GRU/nn.RNN; pass lengths by "
+            f"keyword, block(input, lengths=lengths)"
         )
 
 

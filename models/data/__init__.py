@@ -13,7 +13,9 @@ from .synthetic import TASKS
 from .text import DataFormatError, Vocab, encode_example, tokenize
 
 __all__ = [
-    "Batch", "BatchLoader", "ChecksumError", "DataBundle", "DownloadError", "DataFormatError", "FeatureDataset", "ListDataset", "TASKS", "Vocab",
-    "batch_order", "build_data", "cache_dir", "collate", "download_file", "encode_example", "ensure_files", "padding_fraction",
+    "Batch", "BatchLoader", "ChecksumError", "DataBundle", "DownloadError", "DataFormatError", "FeatureDataset",
+    "ListDataset", "TASKS", "Vocab",
+    "batch_order", "build_data", "cache_dir", "collate", "download_file", "encode_example", "ensure_files",
+    "padding_fraction",
     "resolve_config", "sha256_file", "tokenize",
 ]

@@ -6,8 +6,8 @@ Config keys (unknown keys raise ``ValueError``; their types and defaults: ``mode
   ``eval_batch_size`` (256), ``num_workers`` (0), ``bucket`` (true).
 - synthetic: ``task`` (see :mod:`models.data.synthetic`), ``num_train``, ``num_val``, ``num_test``,
   ``min_len``, ``max_len``, ``vocab_size`` (including pad 0), ``seed`` (null: use the ``seed``
-  argument), plus the task's own keys (``ends_sum``: ``num_classes``; ``adding``: ``num_classes``, ``window``; ``negation``:
-  ``window``).
+  argument), plus the task's own keys (``ends_sum``: ``num_classes``; ``adding``: ``num_classes``, ``window``;
+  ``negation``: ``window``).
 - text: ``root`` (null: ``$BIRNN_ZOO_CACHE`` or ``~/.cache/birnn-zoo``), ``download`` (true),
   ``verify_checksum`` (true), ``min_freq`` (1), ``max_vocab`` (null = no cap; counts pad and unk),
   ``max_len`` (null = no truncation), ``lowercase`` (true), ``unk_shapes`` (false: unknown words -> ``<unk>``;
@@ -176,7 +176,8 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
         check_int("data.max_len", c["max_len"], 1, nullable=True)
         for key in ("download", "verify_checksum", "lowercase", "unk_shapes", "skip_malformed"):
             check_bool(f"data.{key}", c[key])
-        check_int("data.max_vocab", c["max_vocab"], 2 + len(text.UNK_SHAPES) * c["unk_shapes"], nullable=True)   # room for the specials
+        # room for the specials
+        check_int("data.max_vocab", c["max_vocab"], 2 + len(text.UNK_SHAPES) * c["unk_shapes"], nullable=True)
         if c["root"] is not None and not isinstance(c["root"], str):
             raise ValueError(f"data.root={c['root']!r}: expected a folder path or null")
         _existing_folder(c["root"], name)
@@ -196,7 +197,8 @@ def _resolve_tokenizer(c: dict[str, Any]) -> None:
     check_int("data.max_len", c["max_len"], 1, nullable=True)
     for key in ("lowercase", "unk_shapes"):
         check_bool(f"data.{key}", c[key])
-    check_int("data.max_vocab", c["max_vocab"], 2 + len(text.UNK_SHAPES) * c["unk_shapes"] + (c.get("text_pair_column") is not None),
+    check_int("data.max_vocab", c["max_vocab"],
+              2 + len(text.UNK_SHAPES) * c["unk_shapes"] + (c.get("text_pair_column") is not None),
          nullable=True)
 
 

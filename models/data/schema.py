@@ -56,7 +56,8 @@ class TextDataConfig(DataConfig):
     max_len: Optional[int] = None                     # truncate longer texts to this many tokens; None: keep all
     lowercase: bool = True
     unk_shapes: bool = False                          # unknown words -> <unk:number|CAPS|Capital|lower|other>
-    subword_types: int = 0                            # > 0: rare/unseen words spelt with pieces shared by >= this many words
+    # > 0: rare/unseen words spelt with pieces shared by >= this many words
+    subword_types: int = 0
     skip_malformed: bool = False                      # skip (count, report) malformed lines instead of failing
 
 
@@ -127,7 +128,8 @@ class HfDataConfig(TokenizerConfig, SplitsConfig):
     """A Hugging Face dataset (``models/data/hf.py``): ``train``/``validation``/``test`` name its splits."""
 
     name: str = "hf"
-    path: Optional[str] = None                        # a dataset name, a save_to_disk folder, or csv/json with data_files
+    # a dataset name, a save_to_disk folder, or csv/json with data_files
+    path: Optional[str] = None
     config_name: Optional[str] = None                 # the dataset's configuration (load_dataset's second argument)
     data_files: Optional[Any] = None                  # for path=csv|json|parquet: a file, a list or {split: file}
     train: Optional[str] = "train"                    # split names; validation/test None: fractions of train
@@ -163,7 +165,8 @@ def synthetic_schema(task: str) -> type:
     own = [(key, int, field(default=value)) for key, value in params.items()]
     vocab = TASK_VOCAB_SIZES.get(task, SyntheticDataConfig.vocab_size)
     name = "".join(part.title() for part in task.split("_")) + "DataConfig"
-    return dataclasses.make_dataclass(name, [("task", str, field(default=task)), ("vocab_size", int, field(default=vocab)),
+    return dataclasses.make_dataclass(name,
+                                      [("task", str, field(default=task)), ("vocab_size", int, field(default=vocab)),
                                              *own], bases=(SyntheticDataConfig,))
 
 

@@ -1,7 +1,7 @@
 """Tokenizer, vocabulary and readers for the real text datasets (TREC-6, SST-2, SMS spam).
 
-Row counts of the files as published (sources and checksums in :mod:`models.data.download`): TREC train 5,452 / test 500; SST-2
-6,920 / 872 / 1,821; SMS 5,574 (ham 4,827, spam 747). Splits without an official counterpart are
+Row counts of the files as published (sources and checksums in :mod:`models.data.download`): TREC train 5,452 / test
+500; SST-2 6,920 / 872 / 1,821; SMS 5,574 (ham 4,827, spam 747). Splits without an official counterpart are
 seeded and stratified (:func:`stratified_split`).
 """
 
@@ -27,8 +27,8 @@ SEP = "<sep>"
 # a number, an acronym, a name and a rare lower-case word say different things about a question's type.
 UNK_SHAPES = ("<unk:number>", "<unk:CAPS>", "<unk:Capital>", "<unk:lower>", "<unk:other>")
 _TOKEN_RE = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
-# With ``data.subword_types``, a word below ``min_freq`` is spelt with pieces learnt from the training words: a word-start
-# piece of >= 3 letters (a frequent word, or a prefix shared by enough word types), then continuation pieces
+# With ``data.subword_types``, a word below ``min_freq`` is spelt with pieces learnt from the training words: a
+# word-start piece of >= 3 letters (a frequent word, or a prefix shared by enough word types), then continuation pieces
 # ``##...`` (``"explorers" -> "explorer", "##s"``); the tokenizer never emits "##", so no word collides.
 CONTINUATION = "##"
 _MIN_START = 3  # letters of a word-start piece

@@ -1,21 +1,24 @@
 """``compile_model(model, mode)``: one switch for eager, TorchScript, ``torch.compile`` and ``torch.export``.
 
-| mode        | returns                                  | trains | shapes                     | notes                         |
-|-------------|------------------------------------------|--------|----------------------------|-------------------------------|
-| none        | the model itself                         | yes    | any                        |                               |
-| script      | ``torch.jit.script(model)``              | yes    | any (B and T dynamic)      | fused kernels via ``_VF``     |
-| aot_eager   | ``torch.compile(model, backend=...)``    | yes    | any (recompiles, then      | CPU: the kernel is a custom   |
-| inductor    | ``torch.compile(model, backend=...)``    | yes    | dynamic after a recompile) | op, no break; else a graph    |
-|             |                                          |        |                            | break per fused RNN call      |
-| export      | ``ExportedModel``: ``torch.export`` ->   | no     | dynamic B, ``T <= max_len``| the graph ``export(..., "pt2")``|
-|             | ``.module()``, inputs padded to max_len  |        |                            | writes, run in process        |
+| mode      | returns                                 | trains | shapes                      | notes                  |
+|-----------|-----------------------------------------|--------|-----------------------------|------------------------|
+| none      | the model itself                        | yes    | any                         |                        |
+| script    | ``torch.jit.script(model)``             | yes    | any (B and T dynamic)       | fused kernels via      |
+|           |                                         |        |                             | ``_VF``                |
+| aot_eager | ``torch.compile(model, backend=...)``   | yes    | any (recompiles, then       | CPU: the kernel is a   |
+| inductor  | ``torch.compile(model, backend=...)``   | yes    | dynamic after a recompile)  | custom op, no break;   |
+|           |                                         |        |                             | else a graph break per |
+|           |                                         |        |                             | fused RNN call         |
+| export    | ``ExportedModel``: ``torch.export`` ->  | no     | dynamic B, ``T <= max_len`` | the graph              |
+|           | ``.module()``, inputs padded to max_len |        |                             | ``export(..., "pt2")`` |
+|           |                                         |        |                             | writes, run in process |
 
 Why ``export`` means "export, then ``.module()``": it runs in process the graph the ``.pt2`` deployment
-artifact holds (``models.export(model, path, "pt2")``, which adds the right-padding inside the program), so an evaluation with ``mode="export"`` checks the
-artifact's numerics rather than a cousin of it. ``torch.export`` on torch 2.13 specialises the time
-dimension of ``aten.lstm``/``aten.gru``/``aten.rnn_*`` (plain ``nn.LSTM`` too), so the graph has a static
-``T = max_len`` and a dynamic batch; ``ExportedModel`` right-pads shorter inputs to ``max_len`` (tokens with
-``padding_idx``, features by passing ``lengths``), which leaves the logits unchanged because the classifier
+artifact holds (``models.export(model, path, "pt2")``, which adds the right-padding inside the program), so an
+evaluation with ``mode="export"`` checks the artifact's numerics rather than a cousin of it. ``torch.export`` on torch
+2.13 specialises the time dimension of ``aten.lstm``/``aten.gru``/``aten.rnn_*`` (plain ``nn.LSTM`` too), so the graph
+has a static ``T = max_len`` and a dynamic batch; ``ExportedModel`` right-pads shorter inputs to ``max_len`` (tokens
+with ``padding_idx``, features by passing ``lengths``), which leaves the logits unchanged because the classifier
 only reads valid steps. The graph is captured in eval mode (dropout off), so it is for inference:
 train with ``none``/``script``/``aot_eager``/``inductor`` and evaluate or serve with ``export``.
 """

@@ -7,12 +7,12 @@ bare model without one). With that JSON a few lines of standard-library Python t
 artifact's input, in a process that has torch (or onnxruntime) and nothing of this project
 (``docs/zoo-and-deployment.md``).
 
-| format        | file                        | loader (torch only)                              | shapes                      |
-|---------------|-----------------------------|--------------------------------------------------|-----------------------------|
-| pt2 (default) | ``torch.export`` program    | ``torch.export.load(path).module()(x)``          | B dynamic, T <= ``max_len`` |
-| onnx          | ONNX model (.onnx)          | ``onnxruntime.InferenceSession(path)``           | B dynamic, T == ``max_len`` |
-| torchscript   | TorchScript archive (.pt)   | ``torch.jit.load(path)(x)``                      | B and T dynamic (deprecated |
-|               |                             |                                                  | by torch, warns; not default)|
+| format        | file                      | loader (torch only)                     | shapes                        |
+|---------------|---------------------------|-----------------------------------------|-------------------------------|
+| pt2 (default) | ``torch.export`` program  | ``torch.export.load(path).module()(x)`` | B dynamic, T <= ``max_len``   |
+| onnx          | ONNX model (.onnx)        | ``onnxruntime.InferenceSession(path)``  | B dynamic, T == ``max_len``   |
+| torchscript   | TorchScript archive (.pt) | ``torch.jit.load(path)(x)``             | B and T dynamic (deprecated   |
+|               |                           |                                         | by torch, warns; not default) |
 
 ``max_len`` defaults to the preprocessing's ``max_len`` (texts are truncated to it anyway), else
 ``DEFAULT_MAX_LEN``. Texts longer than ``max_len`` are truncated to it (the JSON records it). The ``pt2`` program
@@ -29,8 +29,8 @@ program has a static ``T = max_len`` and a dynamic batch. Pad every batch to ``m
 ``padding_idx``, or with ``lengths`` for features): the classifier only reads valid steps, so the logits are
 those of the unpadded batch. The TorchScript archive has no such limit and runs the same fused kernels.
 Export time grows with ``max_len`` (the fused ops are traced step by step under fake tensors: about 20 s
-for a 2-layer ``bilstm`` at ``max_len=64`` on a busy CPU). The ONNX export goes through the ``pt2`` program (``torch.onnx.export(..., dynamo=True)``, needs
-``onnxscript``), so it has the same static ``T``.
+for a 2-layer ``bilstm`` at ``max_len=64`` on a busy CPU). The ONNX export goes through the ``pt2`` program
+(``torch.onnx.export(..., dynamo=True)``, needs ``onnxscript``), so it has the same static ``T``.
 """
 
 import copy
@@ -187,7 +187,8 @@ def _export_onnx(model: nn.Module, path: str, max_len: int) -> None:
     try:
         import onnxscript  # noqa: F401
     except ImportError as error:
-        raise ImportError("format='onnx' needs the onnx and onnxscript packages (pip install onnx onnxscript)") from error
+        raise ImportError("format='onnx' needs the onnx and onnxscript packages "
+                          "(pip install onnx onnxscript)") from error
     program = export_program(model, max_len)
     names = ["tokens"] if len(program.example_inputs[0]) == 1 else ["features", "lengths"]
     was_training = model.training

@@ -161,7 +161,8 @@ def from_pretrained(folder_or_repo: PathLike, *, device: Union[str, torch.device
         raise ValueError(f"{config_path}: not valid JSON ({error})") from error
     arguments = _checked_config(config, config_path)
     try:
-        preprocessing = None if config.get("preprocessing") is None else Preprocessing.from_dict(config["preprocessing"])
+        preprocessing = None if config.get("preprocessing") is None else \
+            Preprocessing.from_dict(config["preprocessing"])
     except PreprocessingError as error:
         raise PreprocessingError(f"{config_path}: {error}") from error
     model = SequenceClassifier(**arguments)

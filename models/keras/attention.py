@@ -126,7 +126,8 @@ def _mha_spec(config: Dict[str, Any], name: str, path: str, streams: List[Stream
                "use_bias": flag(config, "use_bias", True, name), "output_dim": output_shape, "causal": causal,
                "sliding_window": window or 0, "query_features": q, "value_features": v, "key_features": k,
                "has_key": key is not None}
-    return LayerSpec("attention", "MultiHeadAttention", name, path, q, options), out, [i for i in order if i is not None]
+    return LayerSpec("attention", "MultiHeadAttention", name, path, q,
+                     options), out, [i for i in order if i is not None]
 
 
 def attention_shapes(spec: LayerSpec) -> List[Tuple[int, ...]]:

@@ -40,7 +40,8 @@ POOLING = {"GlobalAveragePooling1D": "avg", "GlobalMaxPooling1D": "max"}
 POOLING_1D = ("MaxPooling1D", "AveragePooling1D")
 NORMALIZATION = ("BatchNormalization", "LayerNormalization")
 RESHAPING = ("Flatten", "Reshape", "Permute", "RepeatVector")
-SUPPORTED = ("InputLayer", "Embedding", "Masking", "Bidirectional", "Dense", "TimeDistributed", "Activation", *RECURRENT,
+SUPPORTED = ("InputLayer", "Embedding", "Masking", "Bidirectional", "Dense", "TimeDistributed", "Activation",
+             *RECURRENT,
              *IDENTITY, *POOLING, "Conv1D", *POOLING_1D, *NORMALIZATION, *RESHAPING)
 
 
@@ -185,7 +186,8 @@ def _dispatch(class_name: str, config: Dict[str, Any], name: str, path: str, str
             raise _fail(name, "quantized, sparse or LoRA embeddings are not supported")
         check_dtype(config, name)
         spec = LayerSpec("embedding", class_name, name, path, 0, {
-            "input_dim": positive_int(config, "input_dim", name), "output_dim": positive_int(config, "output_dim", name),
+            "input_dim": positive_int(config, "input_dim", name),
+            "output_dim": positive_int(config, "output_dim", name),
             "mask_zero": flag(config, "mask_zero", False, name)})
         stream.masked, stream.rank, stream.features = spec.options["mask_zero"], 3, spec.options["output_dim"]
         stream.input_kind = "ids"
@@ -283,7 +285,8 @@ def _time_distributed(config: Dict[str, Any], name: str, path: str, stream: "Str
         raise _fail(name, f"TimeDistributed wraps {inner_class!r}; supported: {['Dense', *TIME_DISTRIBUTABLE]}")
     inner_config = _dict(inner.get("config"), name, "the wrapped layer's config")
     if stream.keras2:
-        raise _fail(name, f"TimeDistributed({inner_class}) in a Keras 2 file is not supported (Keras 2 gives the wrapped "
+        raise _fail(name,
+                    f"TimeDistributed({inner_class}) in a Keras 2 file is not supported (Keras 2 gives the wrapped "
                           "layer its own per-step masks, a rule not reproduced here; Keras 3 files import)")
     if stream.rank not in (3, 4):
         raise _fail(name, f"TimeDistributed needs an input of rank 3 or 4, got rank {stream.rank}")

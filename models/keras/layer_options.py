@@ -76,7 +76,8 @@ def recurrent_options(class_name: str, config: Dict[str, Any], layer: str, wrapp
     reset_after = flag(config, "reset_after", True, layer) if class_name == "GRU" else True
     units = positive_int(config, "units", layer)
     check_dtype(config, layer)
-    return {"cell": class_name, "units": units, "activation": activation, "use_bias": flag(config, "use_bias", True, layer),
+    return {"cell": class_name, "units": units, "activation": activation,
+            "use_bias": flag(config, "use_bias", True, layer),
             "return_sequences": flag(config, "return_sequences", False, layer),
             "zero_output_for_mask": flag(config, "zero_output_for_mask", False, layer), "reset_after": reset_after,
             "recurrent_activation": recurrent, "loop": loop}

@@ -333,7 +333,8 @@ def stage_for_group(group: List[Dict[str, Any]]) -> nn.Module:
             return LoopBidirectionalStage(*common, o["merge_mode"])
         return LoopUnidirectionalStage(*common)
     if o["bidirectional"]:
-        return BidirectionalStage(o["cell"], first["in_features"], o["units"], [s["options"]["merge_mode"] for s in group],
+        return BidirectionalStage(o["cell"], first["in_features"], o["units"],
+                                  [s["options"]["merge_mode"] for s in group],
                                   group[-1]["options"]["return_sequences"], o["use_bias"], o["activation"],
                                   o.get("reset_after", True))
     return RecurrentStage(o["cell"], first["in_features"], o["units"], o["return_sequences"], o["use_bias"],
@@ -351,7 +352,8 @@ def module_from_specs(specs_json: str) -> nn.Module:
             return graph_module_from_dict(specs, specs_json)
         stages = [stage_for_group(group) for group in plan_stages(specs)]
         last = specs[-1]
-        paired = last["kind"] == "recurrent" and last["options"]["bidirectional"] and last["options"]["merge_mode"] is None
+        paired = (last["kind"] == "recurrent" and last["options"]["bidirectional"]
+                  and last["options"]["merge_mode"] is None)
         return (KerasPairModel if paired else KerasModel)(stages, specs_json)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, RecursionError) as error:
         raise KerasImportError(f"keras_specs do not describe a module ({type(error).__name__}: {error})") from None

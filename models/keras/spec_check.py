@@ -36,7 +36,8 @@ def parse_specs(specs_json: Any) -> Union[List[Dict[str, Any]], Dict[str, Any]]:
         raise KerasImportError(f"keras_specs is not valid JSON ({type(error).__name__})") from None
     if isinstance(specs, dict):
         if specs.get("format") != "graph" or not isinstance(specs.get("layers"), list):
-            raise KerasImportError("keras_specs as an object must be a graph: {\"format\": \"graph\", \"layers\": [...]}")
+            raise KerasImportError("keras_specs as an object must be a graph: "
+                                   "{\"format\": \"graph\", \"layers\": [...]}")
         _check_layers(specs["layers"])
         return specs
     if not isinstance(specs, list) or not specs:

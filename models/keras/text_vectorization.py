@@ -73,7 +73,8 @@ class TextVectorizer:
             raise _fail(where, f"vocabulary of {len(vocab) if isinstance(vocab, tuple) else type(vocab).__name__} "
                                f"entries: expected a tuple of 2 to {MAX_VOCAB} strings")
         if vocab[:2] != (MASK, OOV):
-            raise _fail(where, f"vocabulary starts with {list(vocab[:2])!r}: expected ['', '[UNK]'] (mask id 0, OOV id 1)")
+            raise _fail(where,
+                        f"vocabulary starts with {list(vocab[:2])!r}: expected ['', '[UNK]'] (mask id 0, OOV id 1)")
         for index, token in enumerate(vocab):
             if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
                 raise _fail(where, f"vocabulary[{index}]={token!r:.80} is not a string of at most {MAX_TOKEN_CHARS} "

@@ -1,8 +1,8 @@
 """Checkpoints that survive a kill and load without unpickling code.
 
 ``save_checkpoint`` writes through :func:`models.atomic.write_atomically` (a temporary file in the target folder,
-fsync, ``os.replace`` over the old one, fsync of the folder), so a kill at any moment leaves either the old or the new checkpoint,
-never half of one. ``load_checkpoint`` uses ``torch.load(weights_only=True)`` only and turns every way a
+fsync, ``os.replace`` over the old one, fsync of the folder), so a kill at any moment leaves either the old or the new
+checkpoint, never half of one. ``load_checkpoint`` uses ``torch.load(weights_only=True)`` only and turns every way a
 file can be wrong (missing, truncated, not a checkpoint, missing keys) into one clear ``ValueError``.
 
 A checkpoint is a plain dict of tensors and Python primitives:

@@ -102,7 +102,8 @@ def _known_keys(path: str, node: Mapping[str, Any], allowed: Iterable[str]) -> N
 
 
 def normalize_precision(value: Any) -> str:
-    """``trainer.precision`` as typed (``32``, ``"32"``, ``16``, ``bf16``, ``fp16``, ...) -> ``"32" | "bf16" | "fp16"``."""
+    """``trainer.precision`` as typed (``32``, ``"32"``, ``16``, ``bf16``, ``fp16``, ...) ->
+    ``"32" | "bf16" | "fp16"``."""
     name = str(value).strip().lower() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
     if name not in PRECISION_ALIASES:
         raise ConfigError(f"trainer.precision={value!r} is not allowed; choose one of 32, bf16, fp16 (16)")

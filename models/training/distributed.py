@@ -291,7 +291,8 @@ class SharedRunDir(Callback):  # type: ignore[misc]
     Each rank runs Hydra on its own and ``${now:%H-%M-%S}`` may straddle a second between them. OmegaConf
     caches ``now`` per config (Hydra relies on that cache to keep one timestamp per run and copies it into
     every sweep job); before Hydra creates the folder, this empties the ``now`` cache and resolves the folder
-    again with a ``now`` resolver that returns :func:`agreed_time`, so the cache, and the folder, agree. Ranks > 0 also skip ``.hydra/``
+    again with a ``now`` resolver that returns :func:`agreed_time`, so the cache, and the folder, agree. Ranks > 0 also
+    skip ``.hydra/``
     and log to ``<job name>.rank<r>.log`` (warnings only on the console)."""
 
     def _agree(self, config: DictConfig, key: str) -> None:

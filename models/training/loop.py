@@ -90,7 +90,8 @@ def train_one_epoch(run: Run, signals: SignalStop, lines: Optional[ProgressLines
     after the step in which a signal arrived (on any rank)."""
     trainer, progress, data_cfg = run.trainer, run.progress, run.settings.data
     run.model.train()
-    loader = run.data.loader("train", data_cfg["batch_size"], shuffle=True, seed=run.settings.seed, epoch=progress.epoch,
+    loader = run.data.loader("train", data_cfg["batch_size"], shuffle=True, seed=run.settings.seed,
+                             epoch=progress.epoch,
                              start_batch=progress.batch_in_epoch, num_workers=data_cfg["num_workers"],
                              bucket=data_cfg["bucket"])
     show_bar = trainer.progress and sys.stderr.isatty() and run.dist.is_main
@@ -146,7 +147,8 @@ def _step(run: Run, batch: Any, signals: SignalStop) -> Tuple[Optional[Tuple[flo
     # every rank stops after this step when any of them got a signal.
     # One device-to-host copy for the step's statistics (each .item() would be a sync); lengths sum on the host.
     loss_value, correct_value, finite_value = torch.stack([
-        loss.detach(), (logits.argmax(-1) == labels).sum().to(loss.dtype), torch.isfinite(loss).to(loss.dtype)]).tolist()
+        loss.detach(), (logits.argmax(-1) == labels).sum().to(loss.dtype),
+        torch.isfinite(loss).to(loss.dtype)]).tolist()
     loss_sum, correct, count, tokens, finite, stop = ddp.sum_over_ranks(
         loss_value * labels.numel(), int(correct_value), labels.numel(),
         int(batch[1].sum()), int(finite_value), signals.requested)
@@ -240,7 +242,8 @@ def test_and_write(run: Run, stop_reason: str) -> Dict[str, Any]:
                       max_batches=trainer.infer_batches)
     results = {
         "model": settings.model.name, "cell": run.model.cell, "merge_mode": run.config["model"]["merge_mode"],
-        "pooling": settings.model.arguments["pooling"], "data": run.data.name, "seed": settings.seed, "num_parameters": run.num_parameters,
+        "pooling": settings.model.arguments["pooling"], "data": run.data.name, "seed": settings.seed,
+        "num_parameters": run.num_parameters,
         "best_val_accuracy": progress.best_val_accuracy if run.data.has_validation else None,
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"], "majority_test_accuracy": run.data.majority_accuracy("test"),

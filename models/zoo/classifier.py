@@ -109,7 +109,8 @@ class SequenceClassifier(nn.Module):
         check_choice("pooling", pooling, POOLINGS)
         for name, value in (("dropout", dropout), ("embed_dropout", embed_dropout), ("head_dropout", head_dropout)):
             check_probability(name, value)
-        if isinstance(word_dropout, bool) or not isinstance(word_dropout, (int, float)) or not 0.0 <= word_dropout < 1.0:
+        if isinstance(word_dropout, bool) or not isinstance(word_dropout,
+                                                            (int, float)) or not 0.0 <= word_dropout < 1.0:
             raise ValueError(f"word_dropout must be a float in [0, 1), got {word_dropout!r}")
         modes: List[Optional[str]] = resolve_merge_modes(merge_mode, num_layers)
 
@@ -131,7 +132,8 @@ class SequenceClassifier(nn.Module):
         if vocab_size is not None:
             check_positive_int("vocab_size", vocab_size)
             if isinstance(padding_idx, bool) or not isinstance(padding_idx, int) or not 0 <= padding_idx < vocab_size:
-                raise ValueError(f"padding_idx must be an int in [0, vocab_size) = [0, {vocab_size}), got {padding_idx!r}")
+                raise ValueError(f"padding_idx must be an int in [0, vocab_size) = [0, {vocab_size}), "
+                                 f"got {padding_idx!r}")
             # One attribute for both kinds of input: each maps (B, T[, F]) -> (B, T, embed_dim).
             self.embed: nn.Module = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
         else:
@@ -141,7 +143,8 @@ class SequenceClassifier(nn.Module):
         self.embed_dropout = nn.Dropout(embed_dropout)
         self.word_dropout = float(word_dropout)
 
-        self.rnn: nn.Module = block_for_cell(cell, embed_dim, hidden_size, num_layers, batch_first=True, dropout=dropout,
+        self.rnn: nn.Module = block_for_cell(cell, embed_dim, hidden_size, num_layers, batch_first=True,
+                                             dropout=dropout,
                                              merge_mode=modes)
         self.rnn_output_size = merged_size(self.last_merge_mode, hidden_size)
         # Only "attention" owns a scorer; the others keep a parameter-free stand-in (one TorchScript signature).

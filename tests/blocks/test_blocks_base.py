@@ -46,7 +46,8 @@ def test_the_attributes_and_parameters_after_each_merge_mode(cls: type, gates: i
 
 
 @pytest.mark.parametrize(("modes", "size", "all_concat"), [("concat", 8, True), (["concat", "concat"], 8, True),
-                                                            (["concat", "mul"], 4, False), (["ave", "concat"], 8, False),
+                                                            (["concat", "mul"], 4, False),
+                                                            (["ave", "concat"], 8, False),
                                                             (["sum", None], 8, False)])
 def test_output_size_and_the_single_fused_call(modes: object, size: int, all_concat: bool) -> None:
     block = BiGRU(3, 4, num_layers=2, merge_mode=modes)

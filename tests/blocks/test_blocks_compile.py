@@ -74,5 +74,6 @@ def test_export_with_dynamic_batch_equals_eager(cls: type, mode: object) -> None
     program = torch.export.export(block, (x,), {"lengths": lengths},
                                   dynamic_shapes={"input": {0: batch}, "lengths": {0: batch}})
     x, lengths = torch.randn(5, 6, 3), torch.tensor([1, 6, 3, 4, 2])
-    for ours, eager in zip(outputs(program.module()(x, lengths=lengths)), outputs(block(x, lengths=lengths)), strict=True):
+    for ours, eager in zip(outputs(program.module()(x, lengths=lengths)), outputs(block(x, lengths=lengths)),
+                           strict=True):
         torch.testing.assert_close(ours, eager, **TOL)

@@ -36,7 +36,8 @@ def test_row1_hx_is_the_second_positional_argument(cell: str, path: str) -> None
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("mode", [*MERGE_MODES, None])
 def test_row2_packed_sequence_in_packed_sequence_out_in_every_merge_mode(cell: str, mode: object, path: str) -> None:
-    """concat equals nn.* (tests/blocks/test_blocks_dropin.py::test_packed_sequence_input); every mode equals the block's
+    """concat equals nn.* (tests/blocks/test_blocks_dropin.py::test_packed_sequence_input); every mode equals the
+    block's
     own lengths path, packed: data (N, 2, H) for None, states and gradients."""
     block = CELLS[cell][0](3, 4, 2, merge_mode=["sum", None] if mode is None else mode)
     lengths = torch.tensor([2, 5, 1, 4])

@@ -24,7 +24,8 @@ def test_each_cell_is_what_pytorch_calls_it(name: str) -> None:
     assert reference.weight_ih_l0.shape[0] == GATES[cell.mode] * 5 == cell.gates * 5
 
 
-@pytest.mark.parametrize(("name", "block_class"), [("lstm", BiLSTM), ("gru", BiGRU), ("rnn", BiRNN), ("rnn_relu", BiRNN)])
+@pytest.mark.parametrize(("name", "block_class"),
+                         [("lstm", BiLSTM), ("gru", BiGRU), ("rnn", BiRNN), ("rnn_relu", BiRNN)])
 def test_block_for_cell_builds_the_block_of_that_cell(name: str, block_class: type) -> None:
     block = block_for_cell(name, 3, 4, 2, batch_first=True, merge_mode="sum")
     assert type(block) is block_class and block.mode == BY_NAME[name].mode

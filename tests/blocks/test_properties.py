@@ -7,7 +7,8 @@ import torch
 from helpers.optional import optional_import
 from torch import nn
 
-hypothesis, needs_hypothesis = optional_import("hypothesis", "the property tests need hypothesis (pip install -e '.[dev]')")
+hypothesis, needs_hypothesis = optional_import("hypothesis",
+                                               "the property tests need hypothesis (pip install -e '.[dev]')")
 st, _ = optional_import("hypothesis.strategies", "the property tests need hypothesis (pip install -e '.[dev]')")
 pytestmark = needs_hypothesis
 given, settings = hypothesis.given, hypothesis.settings

@@ -147,7 +147,8 @@ def test_feature_data_shards_over_ddp_and_resumes_to_the_same_weights(tmp_path: 
     assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-5, "2 ranks train like 1 process"
     assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 2
 
-    aided = [sys.executable, str(ROOT / "tests" / "helpers" / "train_with_aids.py"),       # train.py with the testing aids
+    # train.py with the testing aids
+    aided = [sys.executable, str(ROOT / "tests" / "helpers" / "train_with_aids.py"),
              *_train_command(path, tmp_path / "resumed")[1:]]
     killed = subprocess.run(aided, cwd=ROOT,
                             env={**env, KILL_AT_STEP_ENV: "10"}, capture_output=True, text=True, timeout=600)

@@ -45,7 +45,9 @@ def test_known_values_pin_the_stream() -> None:
     h = hashlib.sha256()
     for i in range(len(b.splits["train"])):
         h.update(repr(b.splits["train"][i]).encode())
-    assert b.splits["train"][0] == ([4, 10, 3, 4, 1, 10, 3, 1, 10, 9, 3, 8, 2, 3, 8, 10, 5, 9, 7, 6, 8, 3, 5, 7, 2, 3, 2, 10, 3, 4, 2, 3, 3, 5, 8, 4, 1, 9, 7, 8, 5, 7, 2, 4, 3, 4, 1, 9, 8, 8, 3, 2, 10, 10], 2)
+    assert b.splits["train"][0] == ([4, 10, 3, 4, 1, 10, 3, 1, 10, 9, 3, 8, 2, 3, 8, 10, 5, 9, 7, 6, 8, 3, 5, 7, 2, 3,
+                                     2, 10, 3, 4, 2, 3, 3, 5, 8, 4, 1, 9, 7, 8, 5, 7, 2, 4, 3, 4, 1, 9, 8, 8, 3, 2, 10,
+                                     10], 2)
     assert h.hexdigest() == "0039da829c4548489868f26691bac7538178b181b2245b6fe36695e94fd2fbaa"
 
 

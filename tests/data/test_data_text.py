@@ -124,7 +124,8 @@ def test_subword_pieces_spell_rare_lower_case_words() -> None:
     assert vocab.has_pieces and "##s" in vocab.stoi and "##er" in vocab.stoi and "walk" in vocab.stoi
     assert "painters" not in vocab.stoi, "a word below min_freq is not a token of its own"
     assert vocab.decode(vocab.spell("explorers")) == ["explorer", "##s"], "longest start, then the continuation"
-    # "walker" is below min_freq: the longest start piece is "walke" (in 2 words), greedy even where "walk" reads better.
+    # "walker" is below min_freq: the longest start piece is "walke" (in 2 words), greedy even where "walk" reads
+    # better.
     assert vocab.decode(vocab.spell("walkers")) == ["walke", "##rs"]
     assert vocab.spell("zebra") is None and vocab.spell("ex1") is None and vocab.spell("exp") is None
     # Lower-case unknown words are spelt; a capitalised one keeps its shape; one without pieces falls back to it.

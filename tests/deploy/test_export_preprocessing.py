@@ -158,7 +158,8 @@ def test_an_oversized_vocabulary_is_refused_before_it_is_used(record: dict, monk
 
     monkeypatch.setattr(preprocessing, "MAX_VOCAB", 10)
     with pytest.raises(PreprocessingError, match=r"preprocessing\.vocab has 12 entries: expected 2 to 10"):
-        Preprocessing.from_dict({**record, "vocab": record["vocab"] + [f"w{i}" for i in range(12 - len(record["vocab"]))]})
+        Preprocessing.from_dict({**record,
+                                 "vocab": record["vocab"] + [f"w{i}" for i in range(12 - len(record["vocab"]))]})
 
 
 def test_a_checkpoint_with_a_tampered_record_is_refused(run: Path, tmp_path: Path) -> None:

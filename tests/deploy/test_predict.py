@@ -1,5 +1,6 @@
 """``models.load_run`` -> ``Predictor``: raw strings classified as the training loop's own evaluation classified
-them; old checkpoints (no preprocessing) still load; feature models; ``predict.py`` / ``eval.py`` on the command line."""
+them; old checkpoints (no preprocessing) still load; feature models; ``predict.py`` / ``eval.py`` on the command
+line."""
 
 import io
 import json

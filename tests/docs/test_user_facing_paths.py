@@ -96,7 +96,8 @@ def test_the_setup_text_says_which_torch_build_the_pin_installs() -> None:
     assert len(commands) == 2 and commands[0].startswith("pip install torch==2.13.0")   # what .ci/run parses
     assert "CPU build" not in setup.split("```", 1)[0]        # the pin alone does not pick the CPU build
     assert "CUDA build" in setup
-    cpu_only = re.search(r"`(pip install torch==2\.13\.0 --index-url https://download\.pytorch\.org/whl/cpu[^`]*)`", setup)
+    cpu_only = re.search(r"`(pip install torch==2\.13\.0 --index-url https://download\.pytorch\.org/whl/cpu[^`]*)`",
+                         setup)
     assert cpu_only and 'pip install -e ".[dev]"' in cpu_only.group(1)
 
 

@@ -6,8 +6,9 @@ LSTM example, Keras's "text classification from scratch" CNN, CNN-BiLSTM hybrids
 taggers, siamese question-pair models, hand-built dot-product attention, BiGRU with max- and average-pooled
 outputs concatenated (Kaggle toxic-comment kernels), word + feature multi-input models, stacked residual
 BiLSTMs, BiLSTMs with Keras's Attention / AdditiveAttention / MultiHeadAttention layers (Keras 3 only), a
-character-level word encoder in TimeDistributed layers. Run ``python tests/helpers/keras_real_models.py`` (``--tf-keras`` for the TensorFlow side); it prints one line
-per model and file format and exits non-zero if any output differs by more than 1e-5 (relative and absolute).
+character-level word encoder in TimeDistributed layers. Run ``python tests/helpers/keras_real_models.py``
+(``--tf-keras`` for the TensorFlow side); it prints one line per model and file format and exits non-zero if any output
+differs by more than 1e-5 (relative and absolute).
 """
 
 import os
@@ -65,7 +66,8 @@ def builders(keras: Any) -> Dict[str, Tuple[Callable[[], Any], Callable[[np.rand
 
     def cnn_bilstm():                            # Conv1D + MaxPooling1D in front of a BiLSTM
         return keras.Sequential([ids_input(T), L.Embedding(V, 8), L.Conv1D(8, 3, padding="same", activation="relu"),
-                                 L.MaxPooling1D(2), L.Bidirectional(L.LSTM(5, **bias)), L.Dense(3, activation="softmax")])
+                                 L.MaxPooling1D(2), L.Bidirectional(L.LSTM(5, **bias)),
+                                 L.Dense(3, activation="softmax")])
 
     def bilstm_cnn():                            # BiLSTM then Conv1D + pooling (after the recurrent layer)
         return keras.Sequential([ids_input(), L.Embedding(V, 8, mask_zero=True),

@@ -40,8 +40,10 @@ def write_tiny_trec(root: Path, train: int = 240, test: int = 36, seed: int = 0)
 
 def tiny_text_overrides(root: Path, *extra: str, unk_shapes: bool = True) -> Tuple[str, ...]:
     return ("data=trec", f"data.root={root}", "data.download=false", "data.verify_checksum=false",
-            "data.batch_size=16", f"data.unk_shapes={str(unk_shapes).lower()}", "model.embed_dim=8", "model.hidden_size=8",
-            "optim.lr=0.03", "optim.warmup_steps=0", "trainer.max_epochs=4", "trainer.num_threads=1", "trainer.tensorboard=false", "trainer.infer_batches=1",
+            "data.batch_size=16", f"data.unk_shapes={str(unk_shapes).lower()}", "model.embed_dim=8",
+            "model.hidden_size=8",
+            "optim.lr=0.03", "optim.warmup_steps=0", "trainer.max_epochs=4", "trainer.num_threads=1",
+            "trainer.tensorboard=false", "trainer.infer_batches=1",
             *extra)
 
 

@@ -1,5 +1,5 @@
-"""``python tests/helpers/train_with_aids.py <train.py arguments>`` (also as ``torchrun``'s script): ``train.py`` itself,
-run with the testing aids the environment asks for (``tests/helpers/testing_aids.py``) as a callback of the run.
+"""``python tests/helpers/train_with_aids.py <train.py arguments>`` (also as ``torchrun``'s script): ``train.py``
+itself, run with the testing aids the environment asks for (``tests/helpers/testing_aids.py``) as a callback of the run.
 
 The aids reach the loop the way any code adds to a run, through ``train(..., callbacks=[...])``; the production
 ``train.py`` and loop carry none of them.

@@ -86,7 +86,8 @@ def test_from_keras_and_initial_states_with_random_biases_match_keras(tmp_path: 
     initial = rng.normal(size=(2, 2, n_states, B, H)).astype("float32")     # (layer, direction, state, B, H)
     outputs = x
     for layer, bidirectional in enumerate(bidirectionals):
-        outputs = bidirectional(outputs, initial_state=[initial[layer, d, s] for d in range(2) for s in range(n_states)])
+        outputs = bidirectional(outputs,
+                                initial_state=[initial[layer, d, s] for d in range(2) for s in range(n_states)])
     expected_from_states = as_numpy(outputs)
     h0 = torch.from_numpy(initial[:, :, 0].reshape(4, B, H))              # rows: l0 fwd, l0 bwd, l1 fwd, l1 bwd
     hx = (h0, torch.from_numpy(initial[:, :, 1].reshape(4, B, H))) if cell == "LSTM" else h0

@@ -64,8 +64,10 @@ def _replace(h5, name, data, **kwargs):
     (lambda: layers.UpSampling1D(2), r"layer 'up_sampling1d(_\d+)?'.*'UpSampling1D' is not supported"),
     (lambda: layers.LSTM(4, go_backwards=True), r"layer 'lstm.*go_backwards=True on an unwrapped"),
     (lambda: layers.Bidirectional(layers.LSTM(4, return_sequences=True), backward_layer=layers.LSTM(
-        4, return_sequences=True, go_backwards=True, use_bias=False)), r"layer 'bidirectional.*backward_layer differs.*use_bias"),
-    (lambda: layers.LSTM(4, activation="softmax"), r"layer 'lstm.*activation='softmax' is not a supported element-wise"),
+        4, return_sequences=True, go_backwards=True, use_bias=False)),
+        r"layer 'bidirectional.*backward_layer differs.*use_bias"),
+    (lambda: layers.LSTM(4, activation="softmax"),
+     r"layer 'lstm.*activation='softmax' is not a supported element-wise"),
     (lambda: layers.Dense(3, activation="sparsemax"), r"layer 'dense.*activation='sparsemax' is not supported"),
 ])
 def test_refused_layers(tmp_path, layer, match):
@@ -110,7 +112,8 @@ def test_refused_training_true_call(tmp_path):
     (lambda h5: h5[FORWARD_KERNEL].__setitem__((0, 0), np.nan), r"holds NaN or Inf"),
     (lambda h5: h5.__setitem__("layers/bidirectional/forward_layer/cell/vars/9", h5py.ExternalLink("x.h5", "/w")),
      r"'layers/bidirectional/forward_layer/cell/vars/9' is an HDF5 external link"),
-    (lambda h5: h5.__setitem__("vars/alias", h5py.SoftLink("/layers/bidirectional")), r"'vars/alias' is an HDF5 soft link"),
+    (lambda h5: h5.__setitem__("vars/alias", h5py.SoftLink("/layers/bidirectional")),
+     r"'vars/alias' is an HDF5 soft link"),
 ])
 def test_refused_weights(tmp_path, edit, match):
     path = _rewrite(_bilstm(tmp_path), edit_h5=edit)
@@ -141,7 +144,8 @@ def test_refused_huge_declared_dataset(tmp_path):
         h5.create_dataset("layers/embedding/vars/0", shape=(2**28, 2), dtype="float32", chunks=(1024, 2))
     _rewrite(path, edit_h5=weights, edit_config=config)
     assert path.stat().st_size < 2**20
-    with pytest.raises(KerasImportError, match=r"layer 'embedding(_\d+)?'.*declares shape \(268435456, 2\), over the cap"):
+    with pytest.raises(KerasImportError,
+                       match=r"layer 'embedding(_\d+)?'.*declares shape \(268435456, 2\), over the cap"):
         from_keras(path)
 
 

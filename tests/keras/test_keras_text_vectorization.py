@@ -3,7 +3,8 @@
 tricky raw strings (non-ASCII capitals, which Keras does not lower-case; non-ASCII spaces, which it does not split
 on; every ASCII punctuation mark; empty strings; out-of-vocabulary words; rows over the sequence length), the same
 token ids as Keras's layer and the same model outputs: a functional model with an adapted vocabulary (``.keras``
-assets), one splitting characters with its vocabulary in the config (``.keras`` and ``.h5``), and a Sequential one. Unsupported settings are refused naming the layer.
+assets), one splitting characters with its vocabulary in the config (``.keras`` and ``.h5``), and a Sequential one.
+Unsupported settings are refused naming the layer.
 """
 
 import json

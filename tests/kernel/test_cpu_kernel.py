@@ -1,4 +1,5 @@
-"""The CPU kernel (models/blocks/cpu_kernel/csrc/birnn_cpu.cpp) against PyTorch's packed nn.LSTM/nn.GRU, float64 and float32,
+"""The CPU kernel (models/blocks/cpu_kernel/csrc/birnn_cpu.cpp) against PyTorch's packed nn.LSTM/nn.GRU, float64 and
+float32,
 and its fallback. Fresh random inputs every run."""
 
 import os
@@ -63,7 +64,8 @@ def test_layer_equals_packed_torch_module_with_states_and_gradients(
     upstream = [torch.randn_like(t) for t in expected]
     inputs = [x, h0, *([c0] if mode == "LSTM" else []), *weights]
     used = 3 if mode == "LSTM" else 2  # GRU: c_n is h_n
-    want = torch.autograd.grad(sum((t * g).sum() for t, g in zip(expected[:used], upstream[:used], strict=True)), inputs)
+    want = torch.autograd.grad(sum((t * g).sum() for t, g in zip(expected[:used], upstream[:used], strict=True)),
+                               inputs)
     have = torch.autograd.grad(sum((t * g).sum() for t, g in zip(got[:used], upstream[:used], strict=True)), inputs)
     for a, b in zip(have, want, strict=True):
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
@@ -133,7 +135,8 @@ def test_blocks_use_the_kernel_on_cpu_and_fall_back_elsewhere(monkeypatch: pytes
     monkeypatch.setattr(cpu_kernel, "fused_layer", lambda *args: calls.append(args[0]) or real(*args))
     block = BiLSTM(4, 5, num_layers=2, merge_mode="ave")
     x = torch.randn(6, 3, 4)
-    with cpu_kernel.forced():  # whatever the policy picks for this shape on this CPU (tests/kernel/test_cpu_kernel_policy.py)
+    # whatever the policy picks for this shape on this CPU (tests/kernel/test_cpu_kernel_policy.py)
+    with cpu_kernel.forced():
         fast, _ = block(x)
     assert calls == ["LSTM", "LSTM"]
     with cpu_kernel.disabled():

@@ -294,6 +294,7 @@ def test_direct_path_on_more_threads_equals_two_threads(monkeypatch: pytest.Monk
             assert calls, "the direct path was not taken"
             for name, a, b in zip(("output", "h_n", "c_n"), got, expected, strict=True):
                 torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6, msg=f"{threads} threads, {name}")
-            assert all(torch.equal(a, b) for a, b in zip(got, again, strict=True)), f"{threads} threads: a repeat differs"
+            assert all(torch.equal(a, b) for a, b in zip(got, again, strict=True)), \
+                f"{threads} threads: a repeat differs"
     finally:
         torch.set_num_threads(previous)

@@ -92,7 +92,8 @@ def test_small_states_keep_float32_relative_precision(capability: str, mode: str
 
 def layer_inputs(dtype: torch.dtype = torch.float32, cell: int = 0) -> list:
     gates = (4 if cell == 0 else 3) * 3
-    return [torch.randn(4, 2, 5, dtype=dtype), torch.randn(2, gates, 5), torch.randn(2, gates), torch.randn(2, gates, 3),
+    return [torch.randn(4, 2, 5, dtype=dtype), torch.randn(2, gates, 5), torch.randn(2, gates), torch.randn(2, gates,
+                                                                                                            3),
             None, torch.randn(2, 2, 3), torch.randn(2, 2, 3), None, cell, False]
 
 

@@ -47,7 +47,8 @@ def command(*overrides: str, processes: int, aids: bool = False) -> List[str]:
 def start(*overrides: str, processes: int, cwd: Path = ROOT, env: Optional[Dict[str, str]] = None
           ) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen(command(*overrides, processes=processes, aids=bool(env)), cwd=cwd, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(command(*overrides, processes=processes, aids=bool(env)), cwd=cwd, env=env,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 

@@ -245,7 +245,8 @@ def test_the_problems_section() -> None:
         "- `/s/2` (): signal: None: \n"
         "\n## Skipped results (1)\n\n"
         "- `/s/3/results.json`: a metric is not a number\n")
-    assert problems_section([], skipped) == "\n## Skipped results (1)\n\n- `/s/3/results.json`: a metric is not a number\n"
+    assert problems_section([],
+                            skipped) == "\n## Skipped results (1)\n\n- `/s/3/results.json`: a metric is not a number\n"
 
 
 # -- the figure -------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``models.training.notebook_utils``: repo root, metrics and sweep summaries, parameter counts, the plot, clean notebooks."""
+"""``models.training.notebook_utils``: repo root, metrics and sweep summaries, parameter counts, the plot, clean
+notebooks."""
 
 import json
 import os
@@ -53,7 +54,8 @@ def test_find_repo_root_defaults_to_the_working_directory(tmp_path: Path, monkey
 def test_find_repo_root_raises_when_nothing_has_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import models.training.notebook_utils as utils
 
-    monkeypatch.setattr(utils, "__file__", str(tmp_path / "site-packages" / "models" / "training" / "notebook_utils.py"))
+    monkeypatch.setattr(utils, "__file__",
+                        str(tmp_path / "site-packages" / "models" / "training" / "notebook_utils.py"))
     with pytest.raises(FileNotFoundError, match=r"conf/config\.yaml"):
         find_repo_root(tmp_path)
 

@@ -38,7 +38,8 @@ def test_the_reports_mean_and_std_over_three_seeds(tmp_path: Path) -> None:
     assert small["infer_tokens_per_s"] == pytest.approx(16000 / 3, rel=1e-12)
     assert large["test_accuracy"] == pytest.approx(0.9) and large["test_accuracy_std"] == pytest.approx(0.0, abs=1e-12)
     write_report(tmp_path)
-    assert "| 8 | 3 | 3 | 800 | 68.3 +- 23.6 | 2,667 +- 2,082 | 5,333 +- 4,163 |" in (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| 8 | 3 | 3 | 800 | 68.3 +- 23.6 | 2,667 +- 2,082 | 5,333 +- 4,163 |" in summary
 
 
 def test_the_studys_mean_and_sample_std_over_three_seeds() -> None:

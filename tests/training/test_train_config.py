@@ -76,11 +76,14 @@ def test_dataset_experiments_compose_and_pass_the_checks(experiment: str) -> Non
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.merge_mode=avg"], "model.merge_mode='avg' is not a merge mode; choose one of ['concat', 'sum', 'mul', 'ave']"),
+        (["model.merge_mode=avg"],
+         "model.merge_mode='avg' is not a merge mode; choose one of ['concat', 'sum', 'mul', 'ave']"),
         (["+model.typo=1"], "unknown config key model.typo; allowed keys under model:"),
-        (["model.cell=transformer"], "model.cell='transformer' is not allowed; choose one of ['lstm', 'gru', 'rnn', 'rnn_relu']"),
+        (["model.cell=transformer"],
+         "model.cell='transformer' is not allowed; choose one of ['lstm', 'gru', 'rnn', 'rnn_relu']"),
         (["model.merge_mode=[null,sum]"], "model.merge_mode[0]=null is only allowed for the last layer"),
-        (["trainer.compile=jit"], "trainer.compile='jit' is not allowed; choose one of ['none', 'script', 'aot_eager', 'inductor']"),
+        (["trainer.compile=jit"],
+         "trainer.compile='jit' is not allowed; choose one of ['none', 'script', 'aot_eager', 'inductor']"),
         (["trainer.device=tpu"], "trainer.device='tpu' is not allowed; choose one of ['auto', 'cpu', 'cuda']"),
         (["optim.name=lion"], "optim.name='lion' is not allowed; choose one of ['adamw', 'adam', 'sgd']"),
         (["+trainer.epochs=3"], "unknown config key trainer.epochs; allowed keys under trainer:"),

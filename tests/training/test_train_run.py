@@ -66,7 +66,8 @@ runpy.run_path({script!r}, run_name="__main__")
 def test_a_sweep_survives_bad_jobs_and_reports_the_others_by_what_differs(tmp_path: Path) -> None:
     # A bad value (model.hidden_size=0) stops the sweep before any job (tests/training/test_sweep_fail_fast.py); a job
     # that raises while it runs is recorded and the sweep goes on.
-    command = [sys.executable, "-c", RAISES_FOR_16.format(script=str(ROOT / "train.py")), "-m", *TINY, f"hydra.sweep.dir={tmp_path}",
+    command = [sys.executable, "-c", RAISES_FOR_16.format(script=str(ROOT / "train.py")), "-m", *TINY,
+               f"hydra.sweep.dir={tmp_path}",
                "model.hidden_size=8,16,12", "trainer.max_epochs=1"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]           # the sweep ran to its end, one job failed
@@ -79,7 +80,8 @@ def test_a_sweep_survives_bad_jobs_and_reports_the_others_by_what_differs(tmp_pa
     assert "## Failed jobs (1)" in summary and "RuntimeError: disk full (injected)" in summary
     assert (tmp_path / "summary.csv").read_text().count("\n") == 3
     # The report also runs on its own.
-    again = subprocess.run([sys.executable, "-m", "models.training.report", str(tmp_path)], cwd=ROOT, capture_output=True,
+    again = subprocess.run([sys.executable, "-m", "models.training.report", str(tmp_path)], cwd=ROOT,
+                           capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 0 and "model.hidden_size" in again.stdout
 

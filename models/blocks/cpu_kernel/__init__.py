@@ -12,8 +12,8 @@ Which path a block takes is decided in one place, ``models/blocks/cpu_kernel/pol
 where it is faster than ``nn.LSTM``/``nn.GRU`` at the same thread count). The library is built once per
 machine, compiler and instruction set by ``models/blocks/cpu_kernel/build.py`` (AVX-512 or AVX2 + FMA, chosen at run
 time; ``BIRNN_ZOO_CPU_CAPABILITY=avx512|avx2|none`` forces one) into a private cache folder,
-``$BIRNN_ZOO_KERNEL_CACHE`` or ``~/.cache/birnn-zoo-kernels``. If it cannot be built (no compiler, a torch without MKL, not
-x86-64), or ``BIRNN_ZOO_CPU_KERNEL=0``, ``capability()`` is None and the blocks use PyTorch's fused kernels;
+``$BIRNN_ZOO_KERNEL_CACHE`` or ``~/.cache/birnn-zoo-kernels``. If it cannot be built (no compiler, a torch without MKL,
+not x86-64), or ``BIRNN_ZOO_CPU_KERNEL=0``, ``capability()`` is None and the blocks use PyTorch's fused kernels;
 the results agree to float32 rounding either way (NaN and Inf included).
 
 Autograd: first-order gradients run the kernel's reverse loop. A graph of the backward (``create_graph=True``:
@@ -39,7 +39,8 @@ from .policy import kernel_wins
 from .reference import reference_gradients
 from .weights import stack_layer
 
-_CELLS = KERNEL_CODES  # mode -> the C code's cell: {"LSTM": 0, "GRU": 1, "GRU_RESET_BEFORE": 2 (Keras reset_after=False)}
+# mode -> the C code's cell: {"LSTM": 0, "GRU": 1, "GRU_RESET_BEFORE": 2 (Keras reset_after=False)}
+_CELLS = KERNEL_CODES
 _CELL_NAMES = {code: mode for mode, code in _CELLS.items()}
 _lock = threading.Lock()
 _library: Optional[ctypes.CDLL] = None

@@ -1,4 +1,5 @@
-"""Build and load the CPU kernel (``models/blocks/cpu_kernel/csrc/``): one library per instruction set, chosen at run time.
+"""Build and load the CPU kernel (``models/blocks/cpu_kernel/csrc/``): one library per instruction set, chosen at run
+time.
 
 Why not ``-march=native``: a library built for the builder's CPU dies with SIGILL on a CPU without those
 instructions, and a home folder shared by cluster nodes hands it to every node. Instead the same source is

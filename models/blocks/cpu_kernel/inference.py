@@ -3,8 +3,8 @@
 Why: a single request (B = 1, T = 64, H = 128, 2 layers) spends about as long in fixed costs as in arithmetic
 (``benchmarks/archive/RESULTS-2026-12.md``, "Inference against ONNX Runtime"): each call re-stacked both
 directions' weights, repacked ``W_hh`` for the step product (35-240 us a direction and layer at H = 128-256),
-went through the custom operator's dispatch and autograd glue, and allocated outputs it then concatenated. Without gradients
-none of that is needed: ``run_layers`` keeps each layer's stacked weights and packed ``W_ih``, ``W_hh`` (the
+went through the custom operator's dispatch and autograd glue, and allocated outputs it then concatenated. Without
+gradients none of that is needed: ``run_layers`` keeps each layer's stacked weights and packed ``W_ih``, ``W_hh`` (the
 input projections then run on the step product's micro-kernel too: 1.2-1.3x MKL's rate) in a plan cached
 per module, and makes one call of the kernel's C entry point ``birnn_forward_stack_*``, which runs every layer
 and merge in one parallel region and writes ``h_n``/``c_n`` of every layer into one ``(2L, B, H)`` tensor (one

@@ -1,10 +1,10 @@
 """Which path a block takes on CPU: the project's kernel or PyTorch's fused kernels. The one place that decides.
 
 The rule comes from the matrix measured by ``python -m benchmarks.kernel_matrix`` (current tables in
-``benchmarks/RESULTS.md``; the discussion in ``benchmarks/archive/RESULTS-2026-12.md``, "Kernel or PyTorch"): the kernel is taken where it ran at most as long as ``nn.LSTM``/``nn.GRU(bidirectional=
-True)`` at the same thread count (within the noise of a shared machine). It is a pure function of its arguments,
-so a run makes the same choice after a restart (bit-exact resume needs that; an autotuner could choose
-differently).
+``benchmarks/RESULTS.md``; the discussion in ``benchmarks/archive/RESULTS-2026-12.md``, "Kernel or PyTorch"): the kernel
+is taken where it ran at most as long as ``nn.LSTM``/``nn.GRU(bidirectional=True)`` at the same thread count (within
+the noise of a shared machine). It is a pure function of its arguments, so a run makes the same choice after a restart
+(bit-exact resume needs that; an autotuner could choose differently).
 
 What the measurements say (AVX2 on an AMD EPYC Zen 3, AVX-512 on an Intel Xeon, torch 2.13; ratios are kernel time /
 ``nn.*`` time):

@@ -1,10 +1,10 @@
 """The CPU kernel's layer on PyTorch's differentiable kernels: what a graph of the backward is built from.
 
-``models/blocks/cpu_kernel/__init__.py`` runs one bidirectional layer in C++; its reverse loop gives first-order gradients
-only. When autograd asks for a graph of the backward (``create_graph=True``: double backward, ``gradgradcheck``,
-Hessian-vector products), the layer is recomputed here from the same inputs with ``torch._VF.lstm``/``gru``
-(packed by ``lengths`` when given, so each backward direction starts at its row's true end, as in the kernel)
-and differentiated with a graph: the gradients equal ``nn.LSTM``/``nn.GRU``'s, to every order.
+``models/blocks/cpu_kernel/__init__.py`` runs one bidirectional layer in C++; its reverse loop gives first-order
+gradients only. When autograd asks for a graph of the backward (``create_graph=True``: double backward,
+``gradgradcheck``, Hessian-vector products), the layer is recomputed here from the same inputs with
+``torch._VF.lstm``/``gru`` (packed by ``lengths`` when given, so each backward direction starts at its row's true end,
+as in the kernel) and differentiated with a graph: the gradients equal ``nn.LSTM``/``nn.GRU``'s, to every order.
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -29,7 +29,8 @@ def reference_layer(cell: int, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], 
     steps, batch, _ = x.shape
     hidden = w_hh.shape[2]
     mode = _MODES[cell]
-    if mode == "GRU_RESET_BEFORE":  # reset gate before the recurrent product (Keras reset_after=False): its exact time loop
+    # reset gate before the recurrent product (Keras reset_after=False): its exact time loop
+    if mode == "GRU_RESET_BEFORE":
         directions = [gru_reset_before_direction(x, h0[d], w_ih[d], w_hh[d], None if b_ih is None else b_ih[d], None,
                                                  lengths, reverse=d == 1) for d in range(2)]
         h_n = torch.stack([h for _, h in directions])

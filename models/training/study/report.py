@@ -60,8 +60,8 @@ def _variants(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
         if "model.name" in varying and "model.cell" in varying:
             varying.remove("model.cell")               # the preset names its cell
         for row in runs:
-            parts = [str(row["settings"].get(k)) if k == "model.name" else f"{k.split('.')[-1]}={row['settings'].get(k)}"
-                     for k in varying]
+            parts = [str(row["settings"].get(k)) if k == "model.name"
+                     else f"{k.split('.')[-1]}={row['settings'].get(k)}" for k in varying]
             labels[row["path"]] = " ".join(parts) or str(row.get("model"))
     return labels
 
@@ -224,7 +224,8 @@ def write_study(sweep_dir: Path, retime: bool = True, rounds: int = 5, batch_siz
     old = json.loads(previous.read_text()) if previous.is_file() else {}
     # Without new timings the speeds are the earlier report's, so is the machine (and its load) they describe.
     study.update(command=command or old.get("command") or f"python -m models.training.study {sweep_dir}",
-                 machine=old["machine"] if not retime and "machine" in old else machine(), timing_settings=(timings or {}).get("_settings"), timings=timings,
+                 machine=old["machine"] if not retime and "machine" in old else machine(),
+                 timing_settings=(timings or {}).get("_settings"), timings=timings,
                  runs=len(rows), failed_jobs=[f.get("folder") for f in failures],
                  skipped_results=[str(path) for path, _ in skipped])
     outputs = {name: sweep_dir / name for name in OUTPUTS}
