@@ -71,6 +71,14 @@ def _kernel_capability() -> Optional[str]:
         return None
 
 
+def load_average() -> Optional[float]:
+    """The 1-minute load average (how busy the machine was while a row was timed), None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def describe(device: str, threads: int) -> Dict[str, Any]:
     """CPU/GPU, cores, thread setting, load average and library versions."""
     info: Dict[str, Any] = {

@@ -37,7 +37,7 @@ from torch import nn
 
 from . import onnx_rnn
 from .harness import Column, grid, log, table, write_results
-from .machine import describe
+from .machine import describe, load_average
 from .process_timing import WorkerPool, interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -159,10 +159,7 @@ def run_row(pool: WorkerPool, folder: Path, batch: int, hidden: int, threads: in
         **{f"{key}_max_abs_error": errors[key] for key in errors},
         "ort_ops": infos["ort_dq"]["ops"], "torch_dq": infos["torch_dq"],
     }
-    try:
-        row["load_average"] = os.getloadavg()[0]
-    except OSError:
-        pass
+    row["load_average"] = load_average()
     return row
 
 

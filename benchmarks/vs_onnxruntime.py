@@ -38,7 +38,7 @@ from torch import nn
 
 from . import onnx_rnn
 from .harness import Column, grid, log, table, write_results
-from .machine import describe
+from .machine import describe, load_average
 from .process_timing import Factory, WorkerPool, interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -152,10 +152,7 @@ def run_row(pool: WorkerPool, folder: Path, cell: str, batch: int, steps: int, h
         row["nn_ms"] = 1e3 * statistics.median(samples["nn"])
         row["block_over_nn"] = statistics.median(
             [samples["block"][i] / samples["nn"][i] for i in range(rounds)])
-    try:
-        row["load_average"] = os.getloadavg()[0]
-    except OSError:
-        pass
+    row["load_average"] = load_average()
     return row
 
 

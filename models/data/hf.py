@@ -18,15 +18,12 @@ gives the class names (unless ``data.class_names`` does). A bad row names the da
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from . import splits, text_files
 from .splits import Rows
 from .text import DataFormatError
-
-log = logging.getLogger(__name__)
 
 
 def resolve(c: dict[str, Any]) -> None:
@@ -113,13 +110,5 @@ def read(c: dict[str, Any], key: str, name: str, part: Any) -> Rows:
         c["class_names"] = list(names)
     rows = Rows(source)
     wanted = [c[k] for k in ("text_column", "text_pair_column", "label_column") if c[k] is not None]
-    for index, record in enumerate(part.select_columns(wanted)):
-        where = f"{source}[{index}]"
-        fields = text_files._fields(record, where, c, "jsonl")
-        if fields is None:
-            rows.skipped += 1
-            continue
-        rows.add(fields[:2], fields[2], where)
-    if rows.skipped:
-        log.warning("%s: skipped %d malformed row(s) (data.skip_malformed=true)", source, rows.skipped)
-    return rows
+    records = ((f"{source}[{index}]", record) for index, record in enumerate(part.select_columns(wanted)))
+    return text_files.collect(rows, records, c, "jsonl")

@@ -19,7 +19,7 @@ import csv
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +81,20 @@ def read(c: dict[str, Any], key: str) -> Rows:
     fmt = file_format(c, key)
     rows = Rows(str(path))
     records = _jsonl(path, c, rows) if fmt == "jsonl" else _table(path, c, rows, "\t" if fmt == "tsv" else ",")
-    for lineno, record in records:
-        where = f"{path}:{lineno}"
+    return collect(rows, ((f"{path}:{lineno}", record) for lineno, record in records), c, fmt)
+
+
+def collect(rows: Rows, records: Iterable[tuple[str, Any]], c: dict[str, Any], fmt: str) -> Rows:
+    """Adds each ``(where, record)``'s fields to ``rows``; with ``data.skip_malformed`` a malformed record is
+    counted (and the count logged once) instead of raising its error naming ``where``."""
+    for where, record in records:
         fields = _fields(record, where, c, fmt)
         if fields is None:
             rows.skipped += 1
             continue
         rows.add(fields[:2], fields[2], where)
     if rows.skipped:
-        log.warning("%s: skipped %d malformed row(s) (data.skip_malformed=true)", path, rows.skipped)
+        log.warning("%s: skipped %d malformed row(s) (data.skip_malformed=true)", rows.source, rows.skipped)
     return rows
 
 
