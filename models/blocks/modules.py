@@ -139,6 +139,7 @@ class BiLSTM(_BiRNNBase):
 
     MODE = LSTM.mode
 
+    # The full signature again, not **kwargs: help(), inspect.signature and IDEs show nn.{LSTM,GRU,RNN}'s own.
     def __init__(
         self,
         input_size: int,
@@ -233,6 +234,7 @@ class BiGRU(_BiRNNBase):
 
     MODE = GRU.mode
 
+    # The full signature again, not **kwargs: help(), inspect.signature and IDEs show nn.{LSTM,GRU,RNN}'s own.
     def __init__(
         self,
         input_size: int,
@@ -314,6 +316,7 @@ class BiRNN(_BiRNNBase):
         (torch.Size([5, 2, 20]), torch.Size([4, 20]))
     """
 
+    # The full signature again, not **kwargs: help(), inspect.signature and IDEs show nn.{LSTM,GRU,RNN}'s own.
     def __init__(
         self,
         input_size: int,

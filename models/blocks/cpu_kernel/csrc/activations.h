@@ -22,6 +22,7 @@
 
 namespace birnn {
 
+// One set of vector wrappers per instruction set, with the same names, so the cell code is written once.
 #if defined(__AVX512F__)
 #define BIRNN_VECTOR 16
 using vf = __m512;
