@@ -53,3 +53,14 @@ def check_fraction(name: str, value: object, allow_zero: bool = False) -> None:
             value == 0 and not allow_zero):
         expected = "a number in [0, 1) (0: no validation split)" if allow_zero else "a number strictly between 0 and 1"
         raise ValueError(f"{name}={value!r}: expected {expected}")
+
+
+def plain(node: object) -> object:
+    """An OmegaConf node as plain, resolved Python containers; any other value as it is.
+
+    omegaconf is imported only for its own nodes, so the library's non-Hydra paths never load it."""
+    if type(node).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[arg-type]
+    return node

@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..merge import MERGE_MODES, merge_stacked, merged_size
 from .base import _BiRNNBase
+from .compile_boundary import eager_under_compile
 from .cpu_kernel import q8
 from .validation import check_hidden, check_input, check_lengths, check_not_lengths, dtype_name
 
@@ -298,8 +299,7 @@ class QuantizedBiRNN(nn.Module):
         return out, h_n, c_n
 
 
-@torch.compiler.disable
-def _compute(block: QuantizedBiRNN, x: Tensor, lengths: Optional[Tensor], h0: Tensor, c0: Tensor
+def _compute_eager(block: QuantizedBiRNN, x: Tensor, lengths: Optional[Tensor], h0: Tensor, c0: Tensor
              ) -> Tuple[Tensor, Tensor, Tensor]:
     """``x (T, B, F)`` float32 contiguous -> ``(out, h_n, c_n)``: one kernel call, or the portable path."""
     with torch.no_grad():
@@ -328,6 +328,10 @@ def _compute(block: QuantizedBiRNN, x: Tensor, lengths: Optional[Tensor], h0: Te
                 cs.append(c.float())
             out, h_n, c_n = x, torch.cat(hs), torch.cat(cs)
         return out, h_n, c_n
+
+
+# One graph break under torch.compile: the C call and the portable path run as eager PyTorch.
+_compute = eager_under_compile("quantized_compute", _compute_eager)
 
 
 def _kernel_allowed() -> bool:

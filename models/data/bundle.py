@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arguments import check_bool, check_fraction, check_int
+from ..arguments import check_bool, check_fraction, check_int, plain
 from . import download, schema, splits, synthetic, text
 from .batching import BatchLoader, ListDataset
 
@@ -124,22 +124,10 @@ def split_key(c: Mapping[str, Any], split: str) -> str:
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
-    if not isinstance(cfg, Mapping):
-        try:
-            from omegaconf import DictConfig, OmegaConf
-        except ImportError:  # pragma: no cover
-            DictConfig = ()  # type: ignore[assignment,misc]
-        if not isinstance(cfg, DictConfig):
-            raise ValueError(f"data config must be a mapping, got {type(cfg).__name__}")
-        return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
+    c = plain(cfg)
+    if not isinstance(c, Mapping):
+        raise ValueError(f"data config must be a mapping, got {type(cfg).__name__}")
+    return dict(c)
 
 
 def _existing_folder(root: str | None, name: str) -> None:

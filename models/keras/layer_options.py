@@ -83,17 +83,17 @@ def recurrent_options(class_name: str, config: Dict[str, Any], layer: str, wrapp
             "recurrent_activation": recurrent, "loop": loop}
 
 
-def _plain(value: Any) -> Any:
+def _without_bookkeeping(value: Any) -> Any:
     """A config without Keras's ``shared_object_id`` bookkeeping, for comparisons."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if k != "shared_object_id"}
+        return {k: _without_bookkeeping(v) for k, v in value.items() if k != "shared_object_id"}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_without_bookkeeping(v) for v in value]
     return value
 
 
 def _inference_keys(config: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: _plain(v) for k, v in config.items() if k not in _DIRECTION_KEYS
+    return {k: _without_bookkeeping(v) for k, v in config.items() if k not in _DIRECTION_KEYS
             and not k.endswith(("_initializer", "_regularizer", "_constraint"))}
 
 

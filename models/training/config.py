@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from ..arguments import check_choice
+from ..arguments import check_choice, plain
 from ..data import resolve_config as resolve_data_config
 from ..merge import resolve_merge_modes
 from ..zoo.classifier import CELLS, POOLINGS, SequenceClassifier
@@ -90,10 +90,6 @@ class TrainConfig:
         return copy.deepcopy(dict(self.composed))
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def _known_keys(path: str, node: Mapping[str, Any], allowed: Iterable[str]) -> None:
     allowed = sorted(allowed)
     unknown = sorted(set(node) - set(allowed))
@@ -131,16 +127,16 @@ def _type_name(kind: Any) -> str:
 def check_group(path: str, node: Any, schema: type) -> Any:
     """``node`` (a composed group, or a plain mapping) against its schema dataclass: known keys, types (as Hydra
     checks them when composing), then each field's ``choices``/``min``/``above``. Returns a (frozen) ``schema``."""
-    plain = _plain(node)
-    if not isinstance(plain, Mapping):
-        raise ConfigError(f"{path}={plain!r} must be a mapping of keys to values")
+    values = plain(node)
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path}={values!r} must be a mapping of keys to values")
     fields = {f.name: f for f in dataclasses.fields(schema)}
-    _known_keys(path, plain, fields)
+    _known_keys(path, values, fields)
     try:
-        typed = OmegaConf.merge(structured(schema), plain)
+        typed = OmegaConf.merge(structured(schema), values)
     except OmegaConfBaseException as error:
         key = str(error.full_key).split("[")[0] if error.full_key else "?"
-        value = plain.get(key)
+        value = values.get(key)
         if value is None:
             raise ConfigError(f"{path}.{key} must not be null") from error
         raise ConfigError(f"{path}.{key}={value!r} must be of type {_type_name(fields[key].type)}") from error
@@ -258,7 +254,7 @@ def check_config(cfg: Any) -> TrainConfig:
     if isinstance(cfg.get("model"), DictConfig) and OmegaConf.is_missing(cfg.model, "name"):
         raise ConfigError(f"model=preset is the base every preset builds on, not a model: choose one of "
                           f"{', '.join(f'model={name}' for name in list_models())}")
-    composed = _plain(cfg)
+    composed = plain(cfg)
     model = check_model_config(composed["model"])
 
     optim = check_group("optim", composed["optim"], OptimConfig)
