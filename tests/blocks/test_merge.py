@@ -89,7 +89,7 @@ def test_the_merged_size(mode: object, size: int) -> None:
 )
 def test_one_mode_or_one_per_layer_expands_to_a_list(merge_mode: object, layers: int, expanded: list) -> None:
     modes = resolve_merge_modes(merge_mode, layers)  # type: ignore[arg-type]
-    assert modes == expanded and type(modes) is list
+    assert modes == expanded and isinstance(modes, list)
 
 
 def test_any_iterable_of_modes_is_a_list_of_modes() -> None:
