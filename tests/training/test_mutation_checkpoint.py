@@ -172,6 +172,8 @@ def test_a_file_holding_code_is_refused_without_torchs_advice_to_unpickle(tmp_pa
                               f"(UnpicklingError: it holds data a weights-only load refuses)")
 
 
+# torch.load is replaced by a stub that raises these; the last-but-one imitates torch's own error text, whose advice
+# to unpickle the loader must never pass on (the loader itself only ever calls torch.load(..., weights_only=True)).
 @pytest.mark.parametrize(("raised", "shown"), [
     (RuntimeError("first line\nsecond line"), "RuntimeError: first line"),
     (RuntimeError(""), "RuntimeError: "),

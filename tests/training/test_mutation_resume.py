@@ -204,7 +204,7 @@ def test_a_weights_only_checkpoint_cannot_be_resumed(tmp_path: Path) -> None:
         load_for_resume(str(last), CONFIG, CPU)
     assert str(error.value) == (f"trainer.resume={last}: {last} holds model weights only (no optimiser state); "
                                 f"start a new run from it with trainer.init_from={last}")
-    write_checkpoint(tmp_path / "full.pt", weights_only=False)
+    write_checkpoint(tmp_path / "full.pt")   # a full checkpoint carries no weights-only flag in its progress
     load_for_resume(str(tmp_path / "full.pt"), CONFIG, CPU)
 
 
