@@ -106,8 +106,8 @@ def save_pretrained(model_or_run: Union[nn.Module, Predictor, PathLike], folder:
     if prep is not None:
         prep.check_model(model)
     arguments = architecture(model)
-    name = KERAS_ARCHITECTURE if "keras_specs" in arguments else ARCHITECTURE
-    config = {"format": FORMAT, "architecture": name, "arguments": arguments,
+    kind = KERAS_ARCHITECTURE if "keras_specs" in arguments else ARCHITECTURE
+    config = {"format": FORMAT, "architecture": kind, "arguments": arguments,
               "preprocessing": None if prep is None else prep.to_dict(), "library": "birnn-zoo",
               "torch": torch.__version__}
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}

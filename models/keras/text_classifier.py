@@ -99,7 +99,7 @@ def _graph_output_spec(plan: Dict[str, Any]) -> Dict[str, Any]:
     raise KerasImportError(f"the graph's output value {wanted} is not made by any node")
 
 
-def text_classifier(module: nn.Module, probe_length: int) -> KerasTextClassifier:
+def as_text_classifier(module: nn.Module, probe_length: int) -> KerasTextClassifier:
     """``module`` (``from_keras_text``'s) as a :class:`KerasTextClassifier`; its class count is read off one run
     on a batch ``(1, probe_length)`` of OOV ids (the output must be ``(B, C)``)."""
     output = output_kind(module.keras_specs)
@@ -131,7 +131,7 @@ def keras_text_predictor(path: Union[str, Any], class_names: Optional[Sequence[s
     if vectorizer is None:
         raise KerasImportError(f"{path}: the model has no TextVectorization layer; from_keras imports it (it takes "
                                f"token ids, not strings)")
-    classifier = text_classifier(module, vectorizer.output_sequence_length or 1)
+    classifier = as_text_classifier(module, vectorizer.output_sequence_length or 1)
     names: List[str] = [str(i) for i in range(classifier.num_classes)] if class_names is None else list(class_names)
     preprocessing = Preprocessing.from_text_vectorizer(vectorizer, names)
     return Predictor(classifier, preprocessing, batch_size=batch_size, device=device, source=str(path))
