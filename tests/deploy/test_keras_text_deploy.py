@@ -26,7 +26,7 @@ from models.keras.text_classifier import KerasTextClassifier, output_kind
 
 FIXTURES = Path(__file__).resolve().parents[1] / "keras" / "fixtures" / "keras_text"
 FILES = [("tv_adapted", "keras"), ("tv_characters", "h5"), ("tv_sequential", "keras"), ("tv_ngrams", "keras"),
-         ("tv_ngram_widths", "h5")]
+         ("tv_ngram_widths", "h5"), ("tv_unmasked_fixed", "keras")]
 TOL = 1e-6
 
 
@@ -75,6 +75,17 @@ def test_batches_pad_like_keras_in_input_order() -> None:
     torch.testing.assert_close(got, reference, atol=TOL, rtol=0)
     whole = keras_text_predictor(FIXTURES / "tv_characters.keras", batch_size=len(texts)).logits(texts).softmax(-1)
     assert (whole - got).abs().max() > 1e-4                  # padding to 3 rows' longest differs: Keras's behaviour
+
+
+def test_a_fixed_sequence_length_pads_every_batch_to_it() -> None:
+    """With ``output_sequence_length`` every row has exactly that many ids whatever the batch, so one string at a
+    time gives Keras's outputs of the whole batch; ``tv_unmasked_fixed`` does not mask, so the padding counts."""
+    expected = _expected("tv_unmasked_fixed")
+    predictor = keras_text_predictor(FIXTURES / "tv_unmasked_fixed.keras", batch_size=1)
+    for text, row in zip(expected["texts"], expected["ids"], strict=True):
+        assert predictor.preprocessing.encode([text])[0].tolist() == [row]
+    keras = _keras_probabilities(expected, predictor.model.output)
+    np.testing.assert_allclose(predictor(expected["texts"]).probabilities.numpy(), keras, atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize("name, fmt", [("tv_ngrams", "keras"), ("tv_characters", "h5")])

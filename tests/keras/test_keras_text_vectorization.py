@@ -4,8 +4,9 @@ tricky raw strings (non-ASCII capitals, which Keras does not lower-case; non-ASC
 on; every ASCII punctuation mark; empty strings; out-of-vocabulary words; rows over the sequence length), the same
 token ids as Keras's layer and the same model outputs: a functional model with an adapted vocabulary (``.keras``
 assets), one splitting characters with its vocabulary in the config (``.keras`` and ``.h5``), a Sequential one, and
-two with ``ngrams`` (an int on an adapted vocabulary; a tuple of widths with the vocabulary in the config). Unsupported
-settings are refused naming the layer.
+two with ``ngrams`` (an int on an adapted vocabulary; a tuple of widths with the vocabulary in the config), and one
+reading a fixed ``output_sequence_length`` without masking its padding. Unsupported settings are refused naming the
+layer.
 """
 
 import json
@@ -27,7 +28,7 @@ def _expected(name: str) -> dict:
 
 FIXTURE_FILES = [("tv_adapted", "keras"), ("tv_characters", "keras"), ("tv_characters", "h5"),
                  ("tv_sequential", "keras"), ("tv_sequential", "h5"), ("tv_ngrams", "keras"),
-                 ("tv_ngram_widths", "keras"), ("tv_ngram_widths", "h5")]
+                 ("tv_ngram_widths", "keras"), ("tv_ngram_widths", "h5"), ("tv_unmasked_fixed", "keras")]
 
 
 @pytest.mark.parametrize("name, fmt", FIXTURE_FILES)
