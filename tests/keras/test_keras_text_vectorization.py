@@ -107,3 +107,16 @@ def test_ngrams_follow_keras_order() -> None:
     assert characters.tokens("abc") == ["a b", "b c"]
     config = {"vocabulary": ["a"], "ngrams": 3, "output_mode": "int"}
     assert TextVectorizer.from_keras_config(config, "tv", {}).ngrams == (1, 2, 3)
+
+
+
+NGRAM_RULES = json.loads((FIXTURES / "tv_ngram_rules.expected.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("case", NGRAM_RULES["cases"], ids=lambda c: f"{c['split']}-ngrams{c['ngrams']}")
+def test_ngram_settings_give_keras_ids(case: dict) -> None:
+    """Keras's layer alone (``tv_ngram_rules.expected.json``): ``ngrams`` as an int, a tuple in any order, on
+    character and whitespace splits, rows shorter than a width, an empty string."""
+    config = {key: case[key] for key in ("ngrams", "split", "standardize", "vocabulary")}
+    vectorizer = TextVectorizer.from_keras_config({**config, "output_mode": "int"}, "tv", {})
+    assert vectorizer.encode(NGRAM_RULES["texts"]).tolist() == case["ids"]
