@@ -11,11 +11,13 @@ Predictor's softmax, about 1e-7); exported logits within 1e-5 of the eager modul
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.without_project import isolated
 
 from models.data.preprocessing import Preprocessing, PreprocessingError
 from models.deploy import export, from_pretrained, load_exported, save_pretrained
@@ -25,6 +27,7 @@ from models.keras.module import module_from_specs
 from models.keras.text_classifier import KerasTextClassifier, output_kind
 
 FIXTURES = Path(__file__).resolve().parents[1] / "keras" / "fixtures" / "keras_text"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "keras-import.md"
 FILES = [("tv_adapted", "keras"), ("tv_characters", "h5"), ("tv_sequential", "keras"), ("tv_ngrams", "keras"),
          ("tv_ngram_widths", "h5"), ("tv_unmasked_fixed", "keras")]
 TOL = 1e-6
@@ -199,6 +202,22 @@ def test_the_records_rules_reproduce_keras_without_the_project(name: str, fmt: s
     expected = _expected(name)
     prep = json.loads(json.dumps(keras_text_predictor(FIXTURES / f"{name}.{fmt}").preprocessing.to_dict()))
     assert _stdlib_encode(prep, expected["texts"]) == expected["ids"]
+
+
+def test_the_docs_classify_keras_block_runs_without_the_project(tmp_path: Path) -> None:
+    """docs/keras-import.md's ``classify_keras.py`` (torch and the standard library only) in ``python -I`` with
+    ``models`` unimportable, on a TorchScript export with its JSON: the Predictor's labels and probabilities."""
+    found = re.findall(r"```python\n(# classify_keras\.py.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
+    assert len(found) == 1, "docs/keras-import.md shows one classify_keras.py block"
+    predictor = keras_text_predictor(FIXTURES / "tv_ngrams.keras", class_names=["neg", "neu", "pos"])
+    export(predictor, tmp_path / "reviews.pt", "torchscript")
+    result = isolated(found[0], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = predictor([p["text"] for p in printed])
+    assert len(printed) == 2 and [p["label"] for p in printed] == expected.labels
+    for row, p in zip(expected.probabilities, printed, strict=True):
+        assert abs(float(row.max()) - p["p"]) < 1e-4
 
 
 def test_torchscript_export_with_its_json(tmp_path: Path) -> None:
