@@ -11,6 +11,15 @@ A run's checkpoints (``best.pt``, ``last.pt``), its exports (a ``<file>.json`` b
   reproduce :meth:`Preprocessing.encode` without this project (``docs/zoo-and-deployment.md``), and ``text_pair``
   (``true``: the run's data had a ``text_pair_column``, so every input is a ``(text, pair)`` pair, encoded as text
   ids, ``<sep>``, pair ids, truncated to ``max_len``; ``false`` or absent: one text per input);
+- tokens, ``tokenizer_kind``: which tokenizer reads the text. ``"birnn-zoo"`` (absent in records written before
+  Keras imports had one: the same) is the zoo's own above. ``"keras-text-vectorization"`` is a Keras
+  ``TextVectorization`` layer imported with its model (``models/keras/text_vectorization.py`` is the reference):
+  ``keras_text`` holds its settings (``name``, ``standardize``, ``split``, ``ngrams``: the n-gram widths or
+  ``null``), ``vocab`` its vocabulary (``""`` the mask = id 0, ``"[UNK]"`` the OOV token = id 1), ``max_len`` its
+  ``output_sequence_length`` (truncate, then right-pad with 0 to exactly ``max_len``; ``null``: pad to the longest
+  row of the batch), ``lowercase`` whether ``standardize`` lower-cases (A-Z only, as Keras), and ``tokenizer``
+  its rules spelt out (punctuation regex, whitespace, n-gram joining, mask and OOV ids). Such a record is
+  never a pair model's;
 - features: ``num_features`` and the standardisation fitted on the training split, ``feature_mean`` /
   ``feature_std`` (``null``: none), applied as ``(x - mean) / std``.
 
@@ -33,6 +42,9 @@ from . import text
 
 FORMAT = "birnn-zoo/preprocessing/v1"
 INPUT_KINDS = ("tokens", "features")
+ZOO_TOKENIZER, KERAS_TOKENIZER = "birnn-zoo", "keras-text-vectorization"
+TOKENIZER_KINDS = (ZOO_TOKENIZER, KERAS_TOKENIZER)
+KERAS_TEXT_KEYS = ("name", "standardize", "split", "ngrams")
 MAX_VOCAB = 5_000_000
 """A vocabulary larger than this is refused (a tampered or corrupted file, not a model this project trains)."""
 MAX_TOKEN_CHARS = 1_000
@@ -124,7 +136,10 @@ class Preprocessing:
     feature_std: list[float] | None = None
     data_name: str | None = None
     text_pair: bool = False
+    tokenizer_kind: str = ZOO_TOKENIZER
+    keras_text: dict[str, Any] | None = None
     _vocab: text.Vocab | None = field(default=None, repr=False, compare=False)
+    _keras: Any = field(default=None, repr=False, compare=False)   # the TextVectorizer of a Keras tokenizer
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -155,6 +170,15 @@ class Preprocessing:
                               "vocab": vocab.itos, "lowercase": lowercase, "max_len": max_len})
 
     @classmethod
+    def from_text_vectorizer(cls, vectorizer: Any, class_names: Sequence[str]) -> Preprocessing:
+        """The record of a Keras ``TextVectorization`` layer (``models.keras.from_keras_text``'s vectorizer)."""
+        return cls.from_dict({
+            "format": FORMAT, "input_kind": "tokens", "class_names": list(class_names),
+            "tokenizer_kind": KERAS_TOKENIZER, "keras_text": vectorizer.settings(),
+            "vocab": list(vectorizer.vocabulary), "max_len": vectorizer.output_sequence_length,
+            "lowercase": vectorizer.standardize in ("lower", "lower_and_strip_punctuation")})
+
+    @classmethod
     def from_dict(cls, d: Any) -> Preprocessing:
         """Validate a record (``to_dict``'s output, from a checkpoint or a JSON file); raises ``PreprocessingError``."""
         if not isinstance(d, Mapping):
@@ -177,6 +201,13 @@ class Preprocessing:
             if (mean is None) != (std is None):
                 raise PreprocessingError("preprocessing.feature_mean and feature_std: give both or neither")
             return cls("features", classes, num_features=size, feature_mean=mean, feature_std=std, data_name=name)
+        tokenizer_kind = d.get("tokenizer_kind", ZOO_TOKENIZER)
+        if tokenizer_kind not in TOKENIZER_KINDS:
+            raise _fail("tokenizer_kind", tokenizer_kind, f"one of {list(TOKENIZER_KINDS)}")
+        if tokenizer_kind == KERAS_TOKENIZER:
+            return cls._keras_from_dict(d, classes, name)
+        if d.get("keras_text") is not None:
+            raise _fail("keras_text", d["keras_text"], f"null for tokenizer_kind {ZOO_TOKENIZER!r}")
         raw_vocab = d.get("vocab")
         vocab = None
         if raw_vocab is not None:
@@ -198,6 +229,35 @@ class Preprocessing:
                 raise _fail(key, d[key], f"{getattr(record, key)} (what the vocabulary holds)")
         return record
 
+    @classmethod
+    def _keras_from_dict(cls, d: Mapping[str, Any], classes: list[str], name: str | None) -> Preprocessing:
+        """A ``keras-text-vectorization`` record, checked by building its ``TextVectorizer``."""
+        from ..keras.errors import KerasImportError
+        from ..keras.text_vectorization import TextVectorizer
+
+        settings = d.get("keras_text")
+        if not isinstance(settings, Mapping) or sorted(settings) != sorted(KERAS_TEXT_KEYS):
+            raise _fail("keras_text", settings, f"an object with exactly the keys {list(KERAS_TEXT_KEYS)}")
+        if not isinstance(settings["name"], str):
+            raise _fail("keras_text.name", settings["name"], "a string (the layer's name)")
+        vocab = _check_strings("vocab", d.get("vocab"), MAX_VOCAB, min_count=2)
+        if d.get("text_pair", False) is not False:
+            raise _fail("text_pair", d.get("text_pair"), "false (a Keras text model reads one string per input)")
+        ngrams = settings["ngrams"]
+        if ngrams is not None and not isinstance(ngrams, list):
+            raise _fail("keras_text.ngrams", ngrams, "null or a list of n-gram widths")
+        try:
+            vectorizer = TextVectorizer(tuple(vocab), settings["standardize"], settings["split"], d.get("max_len"),
+                                        settings["name"], None if ngrams is None else tuple(ngrams))
+        except KerasImportError as error:
+            raise PreprocessingError(f"preprocessing.keras_text: {error}") from None
+        lowercase = vectorizer.standardize in ("lower", "lower_and_strip_punctuation")
+        if d.get("lowercase", lowercase) != lowercase:
+            raise _fail("lowercase", d.get("lowercase"), f"{lowercase} (what standardize="
+                                                         f"{vectorizer.standardize!r} does)")
+        return cls("tokens", classes, vocab=vocab, lowercase=lowercase, max_len=vectorizer.output_sequence_length,
+                   data_name=name, tokenizer_kind=KERAS_TOKENIZER, keras_text=vectorizer.settings(), _keras=vectorizer)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (safe in a ``weights_only`` checkpoint); ``from_dict`` reads it back."""
         d: dict[str, Any] = {"format": FORMAT, "input_kind": self.input_kind, "class_names": list(self.class_names),
@@ -205,9 +265,13 @@ class Preprocessing:
         if self.input_kind == "features":
             d.update(num_features=self.num_features, feature_mean=self.feature_mean, feature_std=self.feature_std)
             return d
-        d.update(lowercase=self.lowercase, max_len=self.max_len, unk_shapes=self.unk_shapes,
-                 word_pieces=self.word_pieces, text_pair=self.text_pair, tokenizer=tokenizer_rules(),
-                 vocab=self.vocab)
+        if self._keras is not None:
+            d.update(tokenizer_kind=KERAS_TOKENIZER, keras_text=dict(self.keras_text or {}), lowercase=self.lowercase,
+                     max_len=self.max_len, text_pair=False, tokenizer=self._keras.rules(), vocab=self.vocab)
+            return d
+        d.update(tokenizer_kind=ZOO_TOKENIZER, lowercase=self.lowercase, max_len=self.max_len,
+                 unk_shapes=self.unk_shapes, word_pieces=self.word_pieces, text_pair=self.text_pair,
+                 tokenizer=tokenizer_rules(), vocab=self.vocab)
         return d
 
     # -- properties --------------------------------------------------------------------------------------------
@@ -226,7 +290,13 @@ class Preprocessing:
     @property
     def has_tokenizer(self) -> bool:
         """True when raw strings can be encoded (a token model with a vocabulary)."""
-        return self.input_kind == "tokens" and self._vocab is not None
+        return self.input_kind == "tokens" and (self._vocab is not None or self._keras is not None)
+
+    @property
+    def pads_like_keras(self) -> bool:
+        """True for a Keras ``TextVectorization`` record: a batch's rows are padded to ``max_len`` (or to the
+        batch's longest row) in input order, as Keras pads them, since an unmasked Keras model reads the padding."""
+        return self._keras is not None
 
     # -- checks against a model --------------------------------------------------------------------------------
     def check_model(self, model: torch.nn.Module) -> None:
@@ -257,6 +327,10 @@ class Preprocessing:
                                      "synthetic tasks): give token id lists, not strings")
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, got one str (wrap it in a list)")
+        if self._keras is not None:
+            for index, item in enumerate(texts):
+                self._split_pair(item, index)
+            return self._keras.encode_ids(texts)
         out = []
         for index, item in enumerate(texts):
             text_, pair = self._split_pair(item, index)
@@ -288,7 +362,15 @@ class Preprocessing:
             seqs = self.encode_ids(texts)
         else:
             seqs = [_id_list(t, i, self.max_len) for i, t in enumerate(texts)]
-        return pad_ids(seqs)
+        return self.pad(seqs)
+
+    def pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Id lists -> ``(ids (B, T) int64`` right-padded with 0, ``lengths (B,))``: ``T`` the longest row, or
+        exactly ``max_len`` for a Keras record with one (as its ``output_sequence_length`` pads)."""
+        ids, lengths = pad_ids(seqs)
+        if self._keras is not None and self.max_len is not None and ids.shape[1] < self.max_len:
+            ids = torch.nn.functional.pad(ids, (0, self.max_len - ids.shape[1]))
+        return ids, lengths
 
     def encode_features(self, arrays: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(T_i, F)`` float arrays -> ``(features (B, T, F) float32`` right-padded with 0, standardised with the

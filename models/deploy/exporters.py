@@ -19,6 +19,12 @@ artifact's input, in a process that has torch (or onnxruntime) and nothing of th
 pads its input to ``max_len`` itself (``_PadInside``), so it takes any ``T <= max_len``; the ONNX graph takes
 exactly ``T == max_len``.
 
+An imported Keras text model (``KerasTextClassifier``, ``models.keras.keras_text_predictor``) is exported without
+the padding inside: a Keras model without ``mask_zero`` reads its padding steps, so its ``pt2`` program, like its
+ONNX graph, takes exactly ``T == max_len`` ids (``max_len``: the ``TextVectorization``'s
+``output_sequence_length``, which a different ``max_len`` may not contradict; without one, give ``max_len`` and
+pad every row to it: the logits are Keras's where the model masks padding, or where Keras pads to that length).
+
 The artifacts take what the model takes: token ids ``(B, T)`` (``padding_idx`` marks padding, anywhere in
 the row) or, for feature models, ``(features (B, T, F), lengths (B,))`` (``pt2``/``onnx``; the TorchScript
 archive keeps ``lengths`` optional). Both are captured in eval mode (dropout off).
@@ -96,6 +102,10 @@ def export(model_or_run: Union[nn.Module, Any, PathLike], path: PathLike, format
         # Exported from a CPU copy, so the artifact loads on any host; load_exported(..., map_location=) moves it.
         model = copy.deepcopy(model).cpu()
     recorded = preprocessing.max_len if preprocessing is not None and preprocessing.input_kind == "tokens" else None
+    keras_text = isinstance(getattr(model, "keras_specs", None), str)    # an imported Keras model: no padding inside
+    if keras_text and max_len is not None and recorded is not None and max_len != recorded:
+        raise ValueError(f"max_len={max_len}: this Keras model's TextVectorization gives exactly "
+                         f"output_sequence_length={recorded} ids per row; leave max_len out")
     length = max_len if max_len is not None else recorded or DEFAULT_MAX_LEN
     if format == "torchscript":
         was_training = model.training
@@ -106,7 +116,7 @@ def export(model_or_run: Union[nn.Module, Any, PathLike], path: PathLike, format
             model.train(was_training)
         write_atomically(path, lambda file: torch.jit.save(scripted, file))
     elif format == "pt2":
-        program = _padding_program(model, length)
+        program = export_program(model, length) if keras_text else _padding_program(model, length)
         buffer = io.BytesIO()                          # the archive is built in memory, then written atomically
         torch.export.save(program, buffer)
         write_atomically(path, buffer.getvalue())
@@ -119,7 +129,8 @@ def export(model_or_run: Union[nn.Module, Any, PathLike], path: PathLike, format
         "input_dtypes": ["int64"] if token_input else ["float32", "int64"],
         "max_len": None if format == "torchscript" else length,
         # pt2: any T <= max_len (padded inside the program); onnx: T == max_len exactly (pad before calling).
-        "time_steps": {"torchscript": "any", "pt2": "<= max_len", "onnx": "== max_len"}[format],
+        "time_steps": "== max_len" if keras_text and format == "pt2" else
+        {"torchscript": "any", "pt2": "<= max_len", "onnx": "== max_len"}[format],
         "pad_id": int(getattr(model, "padding_idx", 0)) if token_input else None,
         "num_classes": int(getattr(model, "num_classes", 0)) or None,
         "outputs": ["logits"],

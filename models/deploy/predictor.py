@@ -13,7 +13,9 @@ its weights loaded with ``torch.load(weights_only=True)``: no code from the run 
 preprocessing (``models/data/preprocessing.py``) turns strings into ids exactly as the training data was
 encoded. Inputs are batched by length (``batch_size`` rows at a time, shortest padding) and run with
 ``lengths`` under ``torch.no_grad()`` in eval mode, which is what lets the CPU kernel take its inference path
-(``models/blocks/cpu_kernel/inference.py``); the outputs come back in input order.
+(``models/blocks/cpu_kernel/inference.py``); the outputs come back in input order. A Keras text model
+(``models.keras.keras_text_predictor``) is batched in input order instead and padded as Keras pads (to its
+``output_sequence_length``, else to each batch's longest row), since a Keras model may read its padding.
 """
 
 from __future__ import annotations
@@ -106,7 +108,10 @@ class Predictor:
         if isinstance(inputs, (str, bytes)):
             raise TypeError("inputs must be a list (of strings, id lists or arrays), got one str: wrap it in a list")
         encoded = self.encode(list(inputs))
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))    # similar lengths batch together
+        if self.preprocessing is not None and self.preprocessing.pads_like_keras:
+            order = list(range(len(encoded)))      # Keras pads each batch, in input order, to its longest row
+        else:
+            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))    # similar lengths batch together
         out = torch.empty(len(encoded), len(self.class_names))
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
@@ -118,7 +123,7 @@ class Predictor:
         from ..data.preprocessing import pad_ids
 
         if bool(getattr(self.model, "token_input", True)):
-            return pad_ids(rows)
+            return pad_ids(rows) if self.preprocessing is None else self.preprocessing.pad(rows)
         lengths = torch.tensor([len(x) for x in rows], dtype=torch.int64)
         return nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
 

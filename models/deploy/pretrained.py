@@ -36,6 +36,10 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "birnn-zoo/pretrained/v1"
 ARCHITECTURE = "SequenceClassifier"
+KERAS_ARCHITECTURE = "KerasTextClassifier"
+"""An imported Keras text model (``models.keras.keras_text_predictor``): its ``keras_specs`` (JSON text, checked
+as data by ``module_from_specs``), how its output becomes logits, and its class count."""
+_KERAS_ARGUMENTS: Dict[str, tuple] = {"keras_specs": (str,), "output": (str,), "num_classes": (int,)}
 
 # SequenceClassifier's arguments, with the JSON types config.json may give them.
 _ARGUMENTS: Dict[str, tuple] = {
@@ -56,9 +60,14 @@ def _safetensors() -> Any:
 
 
 def architecture(model: nn.Module) -> Dict[str, Any]:
-    """``SequenceClassifier``'s constructor arguments, read off a built model."""
+    """``SequenceClassifier``'s (or ``KerasTextClassifier``'s) constructor arguments, read off a built model."""
+    from ..keras.text_classifier import KerasTextClassifier
+
+    if isinstance(model, KerasTextClassifier):
+        return {"keras_specs": model.keras_specs, "output": model.output, "num_classes": model.num_classes}
     if not isinstance(model, SequenceClassifier):
-        raise TypeError(f"save_pretrained writes zoo models (SequenceClassifier), got {type(model).__name__}")
+        raise TypeError(f"save_pretrained writes zoo models (SequenceClassifier) and imported Keras text models "
+                        f"(KerasTextClassifier), got {type(model).__name__}")
     attention = model.attention
     return {
         "num_classes": model.num_classes, "vocab_size": model.vocab_size, "input_size": model.input_size,
@@ -96,7 +105,9 @@ def save_pretrained(model_or_run: Union[nn.Module, Predictor, PathLike], folder:
     model = predictor.model
     if prep is not None:
         prep.check_model(model)
-    config = {"format": FORMAT, "architecture": ARCHITECTURE, "arguments": architecture(model),
+    arguments = architecture(model)
+    kind = KERAS_ARCHITECTURE if "keras_specs" in arguments else ARCHITECTURE
+    config = {"format": FORMAT, "architecture": kind, "arguments": arguments,
               "preprocessing": None if prep is None else prep.to_dict(), "library": "birnn-zoo",
               "torch": torch.__version__}
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
@@ -112,17 +123,24 @@ def save_pretrained(model_or_run: Union[nn.Module, Predictor, PathLike], folder:
 def _checked_config(config: Any, where: Path) -> Dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{where}: not a birnn-zoo config.json (format is not {FORMAT!r})")
-    if config.get("architecture") != ARCHITECTURE:
-        raise ValueError(f"{where}: architecture={config.get('architecture')!r}, expected {ARCHITECTURE!r}")
+    name = config.get("architecture")
+    if name not in (ARCHITECTURE, KERAS_ARCHITECTURE):
+        raise ValueError(f"{where}: architecture={name!r}, expected {ARCHITECTURE!r} or {KERAS_ARCHITECTURE!r}")
+    allowed = _ARGUMENTS if name == ARCHITECTURE else _KERAS_ARGUMENTS
     arguments = config.get("arguments")
     if not isinstance(arguments, dict):
-        raise ValueError(f"{where}: arguments must be an object of SequenceClassifier's arguments")
+        raise ValueError(f"{where}: arguments must be an object of {name}'s arguments")
     for key, value in arguments.items():
-        if key not in _ARGUMENTS:
-            raise ValueError(f"{where}: arguments.{key} is not an argument of SequenceClassifier; allowed: "
-                             f"{sorted(_ARGUMENTS)}")
-        if isinstance(value, bool) or not isinstance(value, _ARGUMENTS[key]):
+        if key not in allowed:
+            raise ValueError(f"{where}: arguments.{key} is not an argument of {name}; allowed: {sorted(allowed)}")
+        if isinstance(value, bool) or not isinstance(value, allowed[key]):
             raise ValueError(f"{where}: arguments.{key}={value!r} has the wrong type")
+    if name == KERAS_ARCHITECTURE:
+        missing = sorted(set(_KERAS_ARGUMENTS) - set(arguments))
+        if missing:
+            raise ValueError(f"{where}: arguments lacks {missing} ({KERAS_ARCHITECTURE} needs all of "
+                             f"{sorted(_KERAS_ARGUMENTS)})")
+        return arguments
     modes = arguments.get("merge_mode", [])
     if not all(m is None or isinstance(m, str) for m in modes):
         raise ValueError(f"{where}: arguments.merge_mode={modes!r}: expected a list of merge mode names")
@@ -145,6 +163,21 @@ def _local_folder(folder_or_repo: PathLike, revision: Optional[str]) -> Path:
                                   allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
 
 
+def _build(name: str, arguments: Dict[str, Any], where: Path) -> nn.Module:
+    """The (randomly initialised) model of checked ``arguments``."""
+    if name == ARCHITECTURE:
+        return SequenceClassifier(**arguments)
+    from ..keras.errors import KerasImportError
+    from ..keras.module import module_from_specs
+    from ..keras.text_classifier import KerasTextClassifier
+
+    try:
+        return KerasTextClassifier(module_from_specs(arguments["keras_specs"]), arguments["output"],
+                                   arguments["num_classes"])
+    except (KerasImportError, ValueError, TypeError) as error:
+        raise ValueError(f"{where}: arguments do not describe a {KERAS_ARCHITECTURE} ({error})") from None
+
+
 def from_pretrained(folder_or_repo: PathLike, *, device: Union[str, torch.device] = "cpu",
                     revision: Optional[str] = None) -> Predictor:
     """A :class:`Predictor` (``.model`` is the ``SequenceClassifier``) from a ``save_pretrained`` folder or a Hub
@@ -165,7 +198,7 @@ def from_pretrained(folder_or_repo: PathLike, *, device: Union[str, torch.device
             Preprocessing.from_dict(config["preprocessing"])
     except PreprocessingError as error:
         raise PreprocessingError(f"{config_path}: {error}") from error
-    model = SequenceClassifier(**arguments)
+    model = _build(config["architecture"], arguments, config_path)
     try:
         weights = st.load_file(str(weights_path))
     except Exception as error:  # a truncated or foreign file

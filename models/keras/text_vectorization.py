@@ -9,12 +9,15 @@ What Keras 3 does (``keras/src/layers/preprocessing/text_vectorization.py``, ``i
    delete every character of ``PUNCTUATION`` (Keras's regex, ASCII punctuation); ``None``: as is.
 2. ``split``: ``"whitespace"`` splits on runs of ASCII whitespace (empty pieces dropped); ``"character"``: one
    token per Unicode code point.
+2b. ``ngrams`` (``tf.strings.ngrams(tokens, widths, separator=" ")``): an int ``n`` means the widths
+   ``1, 2, ..., n``, a tuple those widths; the tokens become, width after width in that order, every run of
+   ``width`` consecutive tokens joined by one space (none for a row shorter than the width).
 3. ids: ``vocabulary[i]`` has id ``i``; ``vocabulary[0]`` is the mask token ``""`` (padding, id 0) and
    ``vocabulary[1]`` the OOV token ``"[UNK]"`` (id 1, every token not in the vocabulary).
 4. ``output_sequence_length`` ``L``: the first ``L`` ids, right-padded with 0 to ``L``; ``None``: right-padded to the
    longest row of the batch.
 
-Refused, naming the layer and option: a custom ``standardize`` or ``split`` (code), ``ngrams``, an ``output_mode``
+Refused, naming the layer and option: a custom ``standardize`` or ``split`` (code), an ``output_mode``
 other than ``"int"``, ``ragged``/``sparse`` outputs, an encoding other than UTF-8, more than one OOV token, and a
 vocabulary that is not in the file (neither in the config nor in the ``.keras`` assets).
 """
@@ -37,6 +40,7 @@ SPLIT = ("whitespace", "character")
 MAX_VOCAB = 5_000_000
 MAX_TOKEN_CHARS = 10_000
 MAX_SEQUENCE_LENGTH = 1_000_000
+MAX_NGRAM = 64
 MASK, OOV = "", "[UNK]"
 
 
@@ -56,6 +60,9 @@ class TextVectorizer:
     split: str = "whitespace"
     output_sequence_length: Optional[int] = None
     name: str = "text_vectorization"
+    ngrams: Optional[Tuple[int, ...]] = None
+    """The n-gram widths, in Keras's order (``ngrams=3`` in the layer's config is ``(1, 2, 3)``); ``None``: tokens
+    as split."""
 
     def __post_init__(self) -> None:
         where = self.name
@@ -63,6 +70,11 @@ class TextVectorizer:
             raise _fail(where, f"standardize={self.standardize!r} is not one of {list(STANDARDIZE)}")
         if self.split not in SPLIT:
             raise _fail(where, f"split={self.split!r} is not one of {list(SPLIT)}")
+        widths = self.ngrams
+        if widths is not None and (not isinstance(widths, tuple) or not widths or len(set(widths)) != len(widths)
+                                   or any(isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= MAX_NGRAM
+                                          for w in widths)):
+            raise _fail(where, f"ngrams={widths!r} is not null or a tuple of distinct integers in [1, {MAX_NGRAM}]")
         length = self.output_sequence_length
         if length is not None and (isinstance(length, bool) or not isinstance(length, int)
                                    or not 1 <= length <= MAX_SEQUENCE_LENGTH):
@@ -97,7 +109,7 @@ class TextVectorizer:
 
         standardize = setting("standardize", STANDARDIZE, "lower_and_strip_punctuation")
         split = setting("split", SPLIT, "whitespace")
-        setting("ngrams", (None,), None)
+        ngrams = _ngram_widths(config.get("ngrams"), name)
         setting("output_mode", ("int",), "int")
         setting("ragged", (False,), False)
         setting("sparse", (False,), False)
@@ -123,7 +135,7 @@ class TextVectorizer:
             vocab = found[0].splitlines()
             while vocab and vocab[-1] == "":
                 vocab.pop()
-        return cls(tuple(vocab), standardize, split, length, name)
+        return cls(tuple(vocab), standardize, split, length, name, ngrams)
 
     # -- raw strings -> ids -----------------------------------------------------------------------------------
     def tokens(self, text: str) -> List[str]:
@@ -135,8 +147,13 @@ class TextVectorizer:
         if self.standardize in ("strip_punctuation", "lower_and_strip_punctuation"):
             text = _PUNCTUATION_RE.sub("", text)
         if self.split == "character":
-            return list(text)
-        return [piece for piece in _ASCII_WHITESPACE_RE.split(text) if piece]
+            pieces = list(text)
+        else:
+            pieces = [piece for piece in _ASCII_WHITESPACE_RE.split(text) if piece]
+        if self.ngrams is None:
+            return pieces
+        return [" ".join(pieces[start:start + width]) for width in self.ngrams
+                for start in range(len(pieces) - width + 1)]
 
     def encode_ids(self, texts: Sequence[str]) -> List[List[int]]:
         """Each string's ids, truncated to ``output_sequence_length`` (not padded)."""
@@ -158,8 +175,35 @@ class TextVectorizer:
     # -- the record -------------------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
         return {"format": FORMAT, "name": self.name, "standardize": self.standardize, "split": self.split,
+                "ngrams": None if self.ngrams is None else list(self.ngrams),
                 "output_sequence_length": self.output_sequence_length, "vocabulary": list(self.vocabulary),
                 "punctuation": PUNCTUATION, "lowercase": "ASCII letters only", "whitespace": "ASCII"}
+
+    def settings(self) -> Dict[str, Any]:
+        """The settings without the vocabulary and length, as a preprocessing record keeps them
+        (``models/data/preprocessing.py``: its ``vocab`` and ``max_len`` hold those)."""
+        return {"name": self.name, "standardize": self.standardize, "split": self.split,
+                "ngrams": None if self.ngrams is None else list(self.ngrams)}
+
+    @staticmethod
+    def rules() -> Dict[str, Any]:
+        """The rules as data: what a standard-library re-implementation needs (this class is the reference)."""
+        return {
+            "punctuation": PUNCTUATION,
+            "whitespace": _ASCII_WHITESPACE_RE.pattern,
+            "steps": [
+                "standardize lower / lower_and_strip_punctuation: map A-Z to a-z, nothing else "
+                "(text.translate(str.maketrans(string.ascii_uppercase, string.ascii_lowercase)))",
+                "standardize strip_punctuation / lower_and_strip_punctuation: re.sub(punctuation, '', text)",
+                "split whitespace: [t for t in re.split(whitespace, text) if t]; split character: list(text)",
+                "ngrams [w1, w2, ...]: for each width w in that order, ' '.join(tokens[i:i + w]) for i in "
+                "range(len(tokens) - w + 1); ngrams null: the tokens",
+                "id = vocab.index(token) if token is in vocab, else oov_id",
+                "max_len (output_sequence_length) set: ids[:max_len] right-padded with mask_id to exactly max_len; "
+                "null: right-padded with mask_id to the longest row of the batch",
+            ],
+            "mask_token": MASK, "mask_id": 0, "oov_token": OOV, "oov_id": 1,
+        }
 
     @classmethod
     def from_dict(cls, d: Any) -> "TextVectorizer":
@@ -169,8 +213,25 @@ class TextVectorizer:
         vocab = d.get("vocabulary")
         if not isinstance(vocab, list):
             raise KerasImportError("text vectorizer record: vocabulary must be a list of strings")
-        name = d.get("name", "text_vectorization")
-        return cls(tuple(vocab), d.get("standardize"), d.get("split"), d.get("output_sequence_length"), str(name))
+        name = str(d.get("name", "text_vectorization"))
+        return cls(tuple(vocab), d.get("standardize"), d.get("split"), d.get("output_sequence_length"), name,
+                   _ngram_widths(d.get("ngrams"), name))
+
+
+def _ngram_widths(value: Any, name: str) -> Optional[Tuple[int, ...]]:
+    """Keras's ``ngrams`` setting (``None``, an int ``n``: widths ``1..n``, or a list/tuple of widths) -> the widths;
+    ``TextVectorizer`` checks them."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= MAX_NGRAM:
+            raise _fail(name, f"TextVectorization ngrams={value!r} is not supported (expected an integer in "
+                              f"[1, {MAX_NGRAM}], a list of them, or null)")
+        return tuple(range(1, value + 1))
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise _fail(name, f"TextVectorization ngrams={value!r} is not supported (expected an integer, a list of "
+                      "integers, or null)")
 
 
 def split_text_vectorization(model: Dict[str, Any]) -> Tuple[Dict[str, Any], Optional[TextVectorizer]]:

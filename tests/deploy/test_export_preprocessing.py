@@ -3,16 +3,14 @@ fresh ``python -I`` process that cannot import ``models`` (the docs' own ``class
 the run's ``Predictor`` gives. And a tampered preprocessing JSON is refused."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.tiny_text_run import tiny_text_run
+from helpers.without_project import isolated
 
 import models
 from models.data.preprocessing import Preprocessing, PreprocessingError
@@ -29,17 +27,6 @@ def classify_block() -> str:
     found = re.findall(r"```python\n(# classify\.py.*?)```", DOCS.read_text(), re.S)
     assert len(found) == 1, "docs/zoo-and-deployment.md shows one classify.py block"
     return found[0]
-
-
-# The project is installed (editable) in this environment: block it, as a machine without it would be.
-BLOCK_THE_PROJECT = "import sys\nsys.modules['models'] = None   # any import of birnn-zoo now fails\n"
-
-
-def isolated(code: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -I`` (no cwd, no PYTHONPATH, no user site) in a folder without the project, ``models`` blocked."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    return subprocess.run([sys.executable, "-I", "-c", BLOCK_THE_PROJECT + code], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
