@@ -329,3 +329,16 @@ def test_keras2_attention_configs_outside_the_subset_are_refused(edit, message: 
     edit(config)
     with pytest.raises(KerasImportError, match=message):
         parse_graph_config(config)
+
+
+@pytest.mark.parametrize("name", ["fn_mha_masked_rows", "fn_attention", "fn_char_tagger", "seq_char_pool"])
+def test_keras2_rules_survive_keras_specs(name: str) -> None:
+    """``module_from_specs(module.keras_specs)`` rebuilds the Keras 2 rules too (they live in the specs): the rebuilt
+    module, given the weights, still gives Keras 2's outputs."""
+    from models.keras import module_from_specs
+    module = from_keras(os.path.join(HERE, f"{name}.keras"))
+    rebuilt = module_from_specs(module.keras_specs)
+    rebuilt.load_state_dict(module.state_dict())
+    expected = np.load(os.path.join(HERE, f"{name}.expected.npy"))
+    tol = TOL * max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(rebuilt.eval()(_inputs(name)).detach().numpy(), expected, atol=tol, rtol=0)
