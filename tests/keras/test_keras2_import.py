@@ -225,7 +225,7 @@ def test_saved_model_folder_is_refused_with_a_resave_hint(tmp_path) -> None:
         from_keras(str(tmp_path))
 
 
-@pytest.mark.parametrize("name", ["seq_bilstm3", "fn_gru_pool"])
+@pytest.mark.parametrize("name", ["seq_bilstm3", "fn_gru_pool", "fn_mha", "fn_char_tagger"])
 def test_keras2_weights_only_h5_loads(name: str, tmp_path) -> None:
     """Keras 2's ``save_weights("w.h5")`` layout (the full file's ``model_weights`` groups at the root, with
     ``layer_names``) loads into a module of the same architecture, all or nothing, and gives Keras 2's outputs."""
