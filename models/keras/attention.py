@@ -1,5 +1,5 @@
-"""Keras 3 attention layers, exact: ``Attention`` (Luong: dot or concat scores, ``use_scale``),
-``AdditiveAttention`` (Bahdanau) and ``MultiHeadAttention``, with the masks Keras propagates.
+"""Keras attention layers (files of Keras 3 and of Keras 2), exact: ``Attention`` (Luong: dot or concat scores,
+``use_scale``), ``AdditiveAttention`` (Bahdanau) and ``MultiHeadAttention``, with the masks Keras propagates.
 
 Semantics (``keras/src/layers/attention/*.py``, Keras 3.15):
 
@@ -15,6 +15,12 @@ Semantics (``keras/src/layers/attention/*.py``, Keras 3.15):
   value_mask[:, None, :] & key_mask[:, None, :]`` (& causal & sliding window), masked scores set to a large
   negative (a row with nothing valid averages every step, as Keras's backends do), then the output projection
   ``(N, V, out)``. The output's mask is the query's.
+
+Keras 2 (``tf_keras``'s ``layers/attention/*.py``, 2.21) where it differs: ``Attention`` multiplies the output by the
+query's mask and may carry ``causal`` in its config (tf.keras before 2.10); ``MultiHeadAttention``'s ``Softmax``
+adds ``-1e9`` to masked scores (``softmax_robust_masking=True``: replaces them by ``-1e9``), so on a query step with
+no valid value step large scores still count; its sub-layers are ``_query_dense`` ... ``_output_dense`` in a
+``tf_keras`` ``.keras`` file; it leaves its inputs' masks in place.
 """
 
 import copy
@@ -30,6 +36,7 @@ from .layer_options import check_dtype, flag, positive_int
 
 ATTENTION = ("Attention", "AdditiveAttention", "MultiHeadAttention")
 _LARGE_NEGATIVE = -0.7 * 3.38953e38          # Keras's torch backend, float32 (`_get_large_negative`)
+_KERAS2_NEGATIVE = -1e9                        # tf_keras's Softmax (`_large_compatible_negative`, float32)
 
 
 def _features(stream: Stream, name: str, what: str) -> int:
@@ -64,18 +71,17 @@ def attention_spec(class_name: str, config: Dict[str, Any], name: str, path: str
     output projection's feature size; the query's mask) and the order of its sources as the stage takes them
     (query, value, key)."""
     check_dtype(config, name)
-    if keras2:
-        raise _fail(name, f"{class_name} in a Keras 2 file is not supported (imported from Keras 3 files only: its "
-                          "mask rules are checked against Keras 3)")
     for key in ("dropout",):
         value = config.get(key, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise _fail(name, f"{key}={value!r} is not a rate in [0, 1)")
     if class_name == "MultiHeadAttention":
-        return _mha_spec(config, name, path, streams, kwargs, roles)
+        return _mha_spec(config, name, path, streams, kwargs, roles, keras2)
     if not as_list or roles or not 2 <= len(streams) <= 3:
         raise _fail(name, f"{class_name} must be called on a list [query, value] or [query, value, key]")
-    causal = _call_options(kwargs, roles, name, ())
+    # tf.keras before 2.10 saved ``causal`` in the config (tf_keras still takes it but no longer saves it)
+    causal_config = flag(config, "causal", False, name) if keras2 else False
+    causal = _call_options(kwargs, roles, name, ()) or causal_config
     q, v = _features(streams[0], name, "query"), _features(streams[1], name, "value")
     k = _features(streams[2], name, "key") if len(streams) == 3 else v
     score_mode = "additive" if class_name == "AdditiveAttention" else config.get("score_mode", "dot")
@@ -83,16 +89,18 @@ def attention_spec(class_name: str, config: Dict[str, Any], name: str, path: str
         raise _fail(name, f"score_mode={score_mode!r} is not 'dot' or 'concat'")
     if q != k:
         raise _fail(name, f"query ({q} features) and key ({k} features) must have the same feature size")
+    if keras2 and score_mode == "additive" and v != q:       # Keras 2 sizes the scale by the value
+        raise _fail(name, f"value ({v} features) and query ({q} features) must have the same feature size")
     use_scale = flag(config, "use_scale", class_name == "AdditiveAttention", name)
     out = copy.copy(streams[0])
     out.features = v
     options = {"op": class_name, "score_mode": score_mode, "use_scale": use_scale, "causal": causal,
-               "num_inputs": len(streams), "query_features": q}
+               "num_inputs": len(streams), "query_features": q, "keras2": keras2}
     return LayerSpec("attention", class_name, name, path, q, options), out, list(range(len(streams)))
 
 
 def _mha_spec(config: Dict[str, Any], name: str, path: str, streams: List[Stream], kwargs: Dict[str, Any],
-              roles: List[str]) -> Tuple[LayerSpec, Stream, List[int]]:
+              roles: List[str], keras2: bool) -> Tuple[LayerSpec, Stream, List[int]]:
     index = {role: i for i, role in enumerate(roles or [f"arg{i}" for i in range(len(streams))])}
     order = [index.get("arg0"), index.get("arg1", index.get("value")), index.get("arg2", index.get("key"))]
     query, value, key = (None if i is None else streams[i] for i in order)
@@ -118,6 +126,7 @@ def _mha_spec(config: Dict[str, Any], name: str, path: str, streams: List[Stream
         output_shape = output_shape[0]
     if output_shape in (None, []):
         output_shape = q
+    robust = flag(config, "softmax_robust_masking", False, name)
     if isinstance(output_shape, bool) or not isinstance(output_shape, int) or output_shape < 1:
         raise _fail(name, f"output_shape={config.get('output_shape')!r} is not supported (one positive size or None)")
     out = copy.copy(query)
@@ -125,7 +134,7 @@ def _mha_spec(config: Dict[str, Any], name: str, path: str, streams: List[Stream
     options = {"op": "MultiHeadAttention", "num_heads": heads, "key_dim": key_dim, "value_dim": value_dim,
                "use_bias": flag(config, "use_bias", True, name), "output_dim": output_shape, "causal": causal,
                "sliding_window": window or 0, "query_features": q, "value_features": v, "key_features": k,
-               "has_key": key is not None}
+               "has_key": key is not None, "keras2": keras2, "robust_masking": robust}
     return LayerSpec("attention", "MultiHeadAttention", name, path, q,
                      options), out, [i for i in order if i is not None]
 
@@ -168,13 +177,14 @@ class AttentionStage(nn.Module):
     """Keras ``Attention`` / ``AdditiveAttention``: ``[query (B, Tq, D), value (B, Tv, Dv)(, key (B, Tv, D))]`` ->
     ``(B, Tq, Dv)``, mask: the query's."""
 
-    __constants__ = ["mode", "use_scale", "causal"]
+    __constants__ = ["mode", "use_scale", "causal", "keras2"]
 
-    def __init__(self, score_mode: str, use_scale: bool, causal: bool, features: int) -> None:
+    def __init__(self, score_mode: str, use_scale: bool, causal: bool, features: int, keras2: bool = False) -> None:
         super().__init__()
         self.mode = score_mode
         self.use_scale = use_scale
         self.causal = causal
+        self.keras2 = keras2
         shape = [features] if score_mode == "additive" else []
         self.scale = nn.Parameter(torch.ones(shape)) if use_scale else None
         self.concat_score_weight = nn.Parameter(torch.ones([])) if score_mode == "concat" else None
@@ -212,7 +222,9 @@ class AttentionStage(nn.Module):
             scores = torch.where(keep, scores, scores - 1.0e9)
         out = torch.matmul(torch.softmax(scores, -1), v)
         q_mask = masks[0]
-        if q_mask is not None:
+        if q_mask is not None and self.keras2:       # Keras 2 multiplies by the mask (NaN stays NaN)
+            out = out * q_mask.unsqueeze(-1).to(out.dtype)
+        elif q_mask is not None:
             out = torch.where(q_mask.unsqueeze(-1), out, torch.zeros_like(out))
         return out, q_mask
 
@@ -221,17 +233,20 @@ class MultiHeadAttentionStage(nn.Module):
     """Keras ``MultiHeadAttention``: ``[query (B, T, Fq), value (B, S, Fv)(, key (B, S, Fk))]`` -> ``(B, T, out)``.
     Parameters keep Keras's ``EinsumDense`` layouts (kernels ``(F, N, K)``, output ``(N, V, out)``)."""
 
-    __constants__ = ["causal", "window", "has_key", "inverse_sqrt_key_dim", "large_negative"]
+    __constants__ = ["causal", "window", "has_key", "inverse_sqrt_key_dim", "large_negative", "add_negative"]
 
     def __init__(self, num_heads: int, key_dim: int, value_dim: int, query_features: int, key_features: int,
                  value_features: int, output_dim: int, use_bias: bool, causal: bool, sliding_window: int,
-                 has_key: bool) -> None:
+                 has_key: bool, masking: str = "keras3") -> None:
         super().__init__()
         self.causal = causal
         self.window = sliding_window
         self.has_key = has_key
         self.inverse_sqrt_key_dim = 1.0 / math.sqrt(float(key_dim))
-        self.large_negative = _LARGE_NEGATIVE
+        # masked scores: Keras 3 replaces them by a large negative; Keras 2's Softmax adds -1e9 to them (or, with
+        # softmax_robust_masking, replaces them by -1e9)
+        self.large_negative = _LARGE_NEGATIVE if masking == "keras3" else _KERAS2_NEGATIVE
+        self.add_negative = masking == "keras2"
 
         def param(*shape: int) -> nn.Parameter:
             return nn.Parameter(torch.zeros(shape))
@@ -275,7 +290,9 @@ class MultiHeadAttentionStage(nn.Module):
             cols = torch.arange(s, device=query.device).view(1, 1, s)
             band = (rows - cols).abs() < self.window
             keep = band if keep is None else keep & band
-        if keep is not None:
+        if keep is not None and self.add_negative:
+            scores = scores + (1.0 - keep.unsqueeze(1).to(scores.dtype)) * self.large_negative
+        elif keep is not None:
             scores = scores.masked_fill(~keep.unsqueeze(1), self.large_negative)
         weights = torch.softmax(scores, -1)
         out = torch.einsum("acbe,aecd->abcd", weights, v)                                     # (B, T, N, V)
@@ -290,5 +307,11 @@ def attention_stage(spec: Dict[str, Any]) -> nn.Module:
     if o["op"] == "MultiHeadAttention":
         return MultiHeadAttentionStage(o["num_heads"], o["key_dim"], o["value_dim"], o["query_features"],
                                        o["key_features"], o["value_features"], o["output_dim"], o["use_bias"],
-                                       o["causal"], o["sliding_window"], o["has_key"])
-    return AttentionStage(o["score_mode"], o["use_scale"], o["causal"], o["query_features"])
+                                       o["causal"], o["sliding_window"], o["has_key"], _masking(o))
+    return AttentionStage(o["score_mode"], o["use_scale"], o["causal"], o["query_features"], o.get("keras2", False))
+
+
+def _masking(options: Dict[str, Any]) -> str:
+    if not options.get("keras2"):
+        return "keras3"
+    return "keras2_robust" if options.get("robust_masking") else "keras2"

@@ -4,7 +4,8 @@ Reads Keras 3 configs and Keras 2 (tf.keras / ``tf_keras``) ones: a Keras 2 func
 inbound nodes as nested lists (``[[["embedding", 0, 0, {}]]]``) where Keras 3 writes ``{"args", "kwargs"}``
 dicts, and gives input shapes as ``batch_input_shape``. Every layer that cannot be represented exactly is
 refused with a ``KerasImportError`` naming the layer and the reason, and so is a malformed config. Mask
-propagation follows Keras inference semantics (the same in Keras 2 and 3 for this subset):
+propagation follows Keras inference semantics (the same in Keras 2 and 3 for this subset but ``TimeDistributed``
+around layers other than ``Dense``: see ``_time_distributed``):
 ``Embedding(mask_zero=True)`` and ``Masking`` create a mask; recurrent layers with ``return_sequences=True``,
 ``Dense``, ``TimeDistributed(Dense)``, ``Activation`` and the dropouts pass it on; recurrent layers with
 ``return_sequences=False`` and the global poolings end it.
@@ -102,6 +103,7 @@ class Stream:
     time: Optional[int] = None
     keras2: bool = False
     middle: Optional[int] = None       # axis 2 of a rank-4 (batch, time, steps, features) tensor (TimeDistributed)
+    step_mask: bool = False            # Keras 2: the mask is (batch, time, steps), one per step of a rank-4 tensor
 
     def path(self, class_name: str) -> str:
         """The next layer of ``class_name``'s weights group: Keras counts each class's layers."""
@@ -110,11 +112,14 @@ class Stream:
         return snake if self.used[snake] == 0 else f"{snake}_{self.used[snake]}"
 
     def take_shape(self, shape: Any, error: KerasImportError) -> None:
-        """The model's input shape ``(batch, time)`` ids or ``(batch, time, features)``; else ``error``."""
-        if not isinstance(shape, list) or len(shape) not in (2, 3):
+        """The model's input shape ``(batch, time)`` ids, ``(batch, time, features)`` or ``(batch, time, steps,
+        features)`` (for ``TimeDistributed`` layers); else ``error``."""
+        if not isinstance(shape, list) or len(shape) not in (2, 3, 4):
             raise error
-        self.rank, self.features = len(shape), (shape[2] if len(shape) == 3 else None)
+        self.rank, self.features = len(shape), (shape[-1] if len(shape) > 2 else None)
         self.time = shape[1] if isinstance(shape[1], int) and not isinstance(shape[1], bool) else None
+        if len(shape) == 4:
+            self.middle = shape[2] if isinstance(shape[2], int) and not isinstance(shape[2], bool) else None
 
 
 def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
@@ -140,8 +145,8 @@ def _parse(model: Dict[str, Any]) -> Tuple[List[LayerSpec], str]:
             raise _fail(name, "follows a Bidirectional with merge_mode=None; merge_mode=None is only allowed last")
         if class_name == "InputLayer":
             shape = config.get("batch_shape") or config.get("batch_input_shape")
-            stream.take_shape(shape, _fail(name, f"input shape {shape!r} is not (batch, time) ids or (batch, time, "
-                                                 "features)"))
+            stream.take_shape(shape, _fail(name, f"input shape {shape!r} is not (batch, time) ids, (batch, time, "
+                                                 "features) or (batch, time, steps, features)"))
             if not sequential:
                 stream.path(class_name)
             continue
@@ -194,7 +199,7 @@ def _dispatch(class_name: str, config: Dict[str, Any], name: str, path: str, str
         return spec
     if class_name in RESHAPING:
         return _reshaping(class_name, config, name, path, stream)
-    if stream.rank != 3 and class_name not in ("Dense", "Activation", *IDENTITY, *NORMALIZATION):
+    if stream.rank != 3 and class_name not in ("Dense", "TimeDistributed", "Activation", *IDENTITY, *NORMALIZATION):
         raise _fail(name, f"{class_name} needs a (batch, time, features) input here")
     if features is None and class_name in ("Activation", "Masking", *IDENTITY, *POOLING, *POOLING_1D):
         features = 0            # layers without weights run on any feature size (e.g. after a Dot)
@@ -277,27 +282,31 @@ def _wrapped_class(config: Dict[str, Any]) -> Any:
 def _time_distributed(config: Dict[str, Any], name: str, path: str, stream: "Stream", first: bool) -> LayerSpec:
     """``TimeDistributed(layer)``: Keras 3 runs ``layer.call`` on each step ``x[:, t]`` (no mask of its own: an inner
     ``Embedding(mask_zero=True)`` masks nothing) and stacks the results; the input's mask passes on. Inputs of rank
-    3 (``(B, T, F)`` features or ``(B, words, chars)`` ids) or 4 (``(B, T, S, F)``)."""
+    3 (``(B, T, F)`` features or ``(B, words, chars)`` ids) or 4 (``(B, T, S, F)``).
+
+    Keras 2 (``tf_keras``'s ``TimeDistributed.call``/``compute_mask``) runs the layer on ``(B * T, ...)`` and hands
+    it the input's mask reshaped to ``(B * T, S)`` where the layer's call takes a mask; the output's mask is the
+    layer's own output mask reshaped to ``(B, T, ...)`` (an inner ``Embedding(mask_zero=True)`` masks each
+    character), else the input's mask reduced to ``(B, T)`` by ``any`` (a word with no valid character is masked).
+    """
     check_dtype(config, name)
     inner = _dict(config.get("layer"), name, "the wrapped layer")
     inner_class = inner.get("class_name")
     if inner_class not in TIME_DISTRIBUTABLE:
         raise _fail(name, f"TimeDistributed wraps {inner_class!r}; supported: {['Dense', *TIME_DISTRIBUTABLE]}")
     inner_config = _dict(inner.get("config"), name, "the wrapped layer's config")
-    if stream.keras2:
-        raise _fail(name,
-                    f"TimeDistributed({inner_class}) in a Keras 2 file is not supported (Keras 2 gives the wrapped "
-                          "layer its own per-step masks, a rule not reproduced here; Keras 3 files import)")
     if stream.rank not in (3, 4):
         raise _fail(name, f"TimeDistributed needs an input of rank 3 or 4, got rank {stream.rank}")
-    if stream.masked and inner_class in _TAKES_MASK:
+    step_masked = stream.keras2 and stream.masked and stream.step_mask      # Keras 2: (B * T, S) to the layer
+    if stream.masked and inner_class in _TAKES_MASK and not step_masked:
+        shape = ", of shape (B * T,) here" if stream.keras2 else ""
         raise _fail(name, f"TimeDistributed({inner_class}) on a masked input is not supported (Keras passes the "
-                          "wrapped layer one time step's mask)")
+                          f"wrapped layer one time step's mask{shape})")
     if stream.rank == 3:
         inside = Stream(rank=2, features=stream.features, keras2=stream.keras2, input_kind=stream.input_kind)
     else:
         inside = Stream(rank=3, features=stream.features, time=stream.middle, keras2=stream.keras2,
-                        input_kind=stream.input_kind)
+                        input_kind=stream.input_kind, masked=step_masked)
     spec = layer_spec(str(inner_class), inner_config, name, path, inside, first)
     if spec.kind == "identity":
         return LayerSpec("identity", "TimeDistributed", name, path, stream.features or 0)
@@ -306,12 +315,15 @@ def _time_distributed(config: Dict[str, Any], name: str, path: str, stream: "Str
                           "3 is supported")
     stream.input_kind = inside.input_kind
     stream.features = inside.features
+    if stream.keras2:
+        stream.masked = stream.masked or inside.masked
+        stream.step_mask = inside.masked and inside.rank == 3
     if inside.rank == 3:
         stream.rank, stream.middle = 4, inside.time
     else:
         stream.rank, stream.middle = 3, None
     options = {"inner": {"kind": spec.kind, "class_name": spec.class_name, "name": spec.name, "path": spec.path,
-                         "in_features": spec.in_features, "options": spec.options}}
+                         "in_features": spec.in_features, "options": spec.options}, "keras2": stream.keras2}
     return LayerSpec("timedistributed", "TimeDistributed", name, path, spec.in_features, options)
 
 

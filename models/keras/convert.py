@@ -7,7 +7,7 @@ with ``bias_hh`` zero; GRU gates z, r, h reorder to PyTorch's r, z, n and the ``
 ``bias_ih`` with ``bias_hh`` zero (see ``models/blocks/gru_reset_before.py``); SimpleRNN as LSTM with one gate; Dense
 (or ``TimeDistributed(Dense)``) ``kernel (in, out)`` transposes; Embedding is as is. Keras 2 files use the
 same arrays and orders (``.h5``: ``model_weights/<name>`` by ``weight_names``; ``tf_keras``'s ``.keras``:
-Keras 3's ``layers/<path>`` layout).
+Keras 3's ``layers/<path>`` layout, ``MultiHeadAttention``'s sub-layers named ``_query_dense`` ... ``_output_dense``).
 """
 
 import dataclasses
@@ -75,6 +75,8 @@ def _read_layer(weights: WeightFile, spec: LayerSpec, check_name: bool = True, r
                   "SimpleRNN": ["cell"], "TimeDistributed": ["layer"],
                   "MultiHeadAttention": ["query_dense", "key_dense", "value_dense", "output_dense"]
                   }.get(spec.class_name, [])
+        if spec.class_name == "MultiHeadAttention" and spec.options.get("keras2"):   # tf_keras's attribute names
+            nested = ["_query_dense", "_key_dense", "_value_dense", "_output_dense"]
         if spec.kind == "timedistributed":      # the wrapped layer's groups under ``layer``
             inner = spec.options["inner"]["class_name"]
             nested = ["layer"] + [f"layer/{sub}" for sub in {"Bidirectional": ["forward_layer/cell",

@@ -79,7 +79,8 @@ def _keras3_tensor(value: Any, name: str) -> Optional[Tensor]:
 def _parse_node(node: Any, name: str) -> Tuple[List[Tensor], bool, Dict[str, Any], Optional[bool], bool, List[str]]:
     """One inbound node -> ``(sources, as_list, kwargs, called_with_mask, keras2, roles)``; ``roles`` names each
     source of a call on several positional tensors or with tensors as keyword arguments (``MultiHeadAttention``:
-    ``["arg0", "arg1", "key"]``), else is empty. Keras 2 nodes carry no roles (refused where they matter)."""
+    ``["arg0", "arg1", "key"]``), else is empty. A Keras 2 node names tensors passed by keyword in its kwargs
+    (``mha(q, v)`` is saved as ``[["q", 0, 0, {"value": ["v", 0, 0]}]]``)."""
     if isinstance(node, list):                                     # Keras 2
         if not node or not all(isinstance(tensor, list) for tensor in node):
             raise fail(name, f"inbound node {node!r} is not a list of [layer, node_index, tensor_index, kwargs]; "
@@ -88,7 +89,13 @@ def _parse_node(node: Any, name: str) -> Tuple[List[Tensor], bool, Dict[str, Any
         kwargs: Dict[str, Any] = {}
         for tensor in node:
             kwargs.update(as_object(tensor[3] if len(tensor) > 3 else None, name, "the call arguments"))
-        return sources, len(node) > 1, kwargs, None, True, []
+        roles: List[str] = []
+        for key in ("query", "value", "key"):
+            if isinstance(kwargs.get(key), list):
+                roles = roles or [f"arg{i}" for i in range(len(sources))]
+                sources.append(_tensor(kwargs[key], name))
+                roles.append(key)
+        return sources, len(node) > 1, kwargs, None, True, roles
     if not isinstance(node, dict):
         raise fail(name, f"inbound node {node!r} is neither a Keras 3 dict nor a Keras 2 list; malformed config")
     args = node.get("args")

@@ -70,6 +70,8 @@ def _inbound(entry: Dict[str, Any], name: str) -> Tuple[str, Dict[str, Any], Opt
         tensor = node[0]
         source = _history(tensor, name)
         kwargs = as_object(tensor[3] if len(tensor) > 3 else None, name, "the call arguments")
+        if any(isinstance(kwargs.get(key), list) for key in ("query", "value", "key")):
+            raise _branch(name, "layer reads a second tensor by keyword; linear models only")
         return source, kwargs, None
     if not isinstance(node, dict):
         raise fail(name, f"inbound node {node!r} is neither a Keras 3 dict nor a Keras 2 list; malformed config")

@@ -55,8 +55,8 @@ def _input_stream(entry: Dict[str, Any], name: str) -> Stream:
     config = _dict(entry.get("config"), name, "the layer config")
     shape = config.get("batch_shape") or config.get("batch_input_shape")
     stream = Stream()
-    stream.take_shape(shape, _fail(name, f"input shape {shape!r} is not (batch, time) ids, (batch, time, features) "
-                                         "or (batch, features)"))
+    stream.take_shape(shape, _fail(name, f"input shape {shape!r} is not (batch, time) ids, (batch, time, features), "
+                                         "(batch, time, steps, features) or (batch, features)"))
     dtype = config.get("dtype")
     if isinstance(dtype, dict):
         dtype = (dtype.get("config") or {}).get("name")
@@ -248,7 +248,8 @@ def _parse(dag: Dag, model_config: Dict[str, Any], keras2: bool) -> GraphPlan:
             streams[out_key] = stream
             nodes.append({"layers": [name], "inputs": keys, "outputs": [out_key]})
     outputs = [source_key(t, "model outputs") for t in dag.outputs]
-    _refuse_cleared_masks(nodes, specs, streams)
+    if not dag.keras2:                 # Keras 2's MultiHeadAttention leaves its inputs' masks alone
+        _refuse_cleared_masks(nodes, specs, streams)
     nodes = _fuse(nodes, specs, calls_of, outputs)
     numbers = {_key((n, 0, 0)): i for i, n in enumerate(input_names)}
     for node in nodes:

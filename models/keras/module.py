@@ -229,16 +229,30 @@ class PoolStage(nn.Module):
 
 
 class TimeDistributedStage(nn.Module):
-    """Keras ``TimeDistributed(layer)``: ``(B, T, ...)`` -> the wrapped stage on every step at once (``(B * T, ...)``),
-    without a mask (Keras calls the wrapped layer's ``call`` per step) -> ``(B, T, ...)``; the mask passes on."""
+    """Keras ``TimeDistributed(layer)``: ``(B, T, ...)`` -> the wrapped stage on every step at once (``(B * T, ...)``)
+    -> ``(B, T, ...)``. Keras 3: without a mask (Keras calls the wrapped layer's ``call`` per step); the mask passes
+    on. Keras 2 (``keras2``): the wrapped stage gets the mask reshaped to ``(B * T, ...)``; the output's mask is the
+    stage's own reshaped to ``(B, T, ...)``, else the input's reduced to ``(B, T)`` by ``any``."""
 
-    def __init__(self, inner: nn.Module) -> None:
+    __constants__ = ["keras2"]
+
+    def __init__(self, inner: nn.Module, keras2: bool = False) -> None:
         super().__init__()
         self.inner = inner
+        self.keras2 = keras2
 
     def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
-        y, _ = self.inner(x.flatten(0, 1), None)
-        return y.reshape([x.shape[0], x.shape[1]] + list(y.shape[1:])), mask
+        b, t = x.shape[0], x.shape[1]
+        if not self.keras2:
+            y, _ = self.inner(x.flatten(0, 1), None)
+            return y.reshape([b, t] + list(y.shape[1:])), mask
+        y, inner_mask = self.inner(x.flatten(0, 1), None if mask is None else mask.flatten(0, 1))
+        y = y.reshape([b, t] + list(y.shape[1:]))
+        if inner_mask is not None:
+            return y, inner_mask.reshape([b, t] + list(inner_mask.shape[1:]))
+        if mask is not None and mask.dim() == 3:
+            return y, mask.any(-1)
+        return y, mask
 
 
 class KerasModel(nn.Module):
@@ -318,7 +332,7 @@ def stage_for_group(group: List[Dict[str, Any]]) -> nn.Module:
         return ConvStage(first["in_features"], o["filters"], o["kernel_size"], o["strides"], o["padding"],
                          o["dilation_rate"], o["groups"], o["use_bias"], o["activation"])
     if kind == "timedistributed":
-        return TimeDistributedStage(stage_for_group([o["inner"]]))
+        return TimeDistributedStage(stage_for_group([o["inner"]]), bool(o.get("keras2", False)))
     if kind == "pool1d":
         from .conv_stages import Pool1DStage
         return Pool1DStage(o["mode"], o["pool_size"], o["strides"], o["padding"] == "same")

@@ -5,7 +5,7 @@ Each builder follows a public example or a common pattern of published code: the
 LSTM example, Keras's "text classification from scratch" CNN, CNN-BiLSTM hybrids, BiLSTM(-CRF-less) sequence
 taggers, siamese question-pair models, hand-built dot-product attention, BiGRU with max- and average-pooled
 outputs concatenated (Kaggle toxic-comment kernels), word + feature multi-input models, stacked residual
-BiLSTMs, BiLSTMs with Keras's Attention / AdditiveAttention / MultiHeadAttention layers (Keras 3 only), a
+BiLSTMs, BiLSTMs with Keras's Attention / AdditiveAttention / MultiHeadAttention layers, a
 character-level word encoder in TimeDistributed layers. Run ``python tests/helpers/keras_real_models.py``
 (``--tf-keras`` for the TensorFlow side); it prints one line per model and file format and exits non-zero if any output
 differs by more than 1e-5 (relative and absolute).
@@ -232,9 +232,6 @@ def builders(keras: Any) -> Dict[str, Tuple[Callable[[], Any], Callable[[np.rand
     }
 
 
-# Keras 3 only: the importer takes attention layers and TimeDistributed of anything but Dense from Keras 3 files
-# (tf.keras masks inside TimeDistributed differently; its attention layers are not tested)
-KERAS3_ONLY = ("bilstm_attention", "bahdanau_attention", "bilstm_transformer_block", "char_word_tagger")
 
 
 def _numpy(keras: Any, value: Any) -> List[np.ndarray]:
@@ -252,7 +249,7 @@ def run(keras: Any, formats: Tuple[str, ...], only: List[str] = ()) -> List[str]
     failures: List[str] = []
     with tempfile.TemporaryDirectory() as folder:
         for index, (name, (build, make_inputs)) in enumerate(builders(keras).items()):
-            if (only and name not in only) or (name in KERAS3_ONLY and not hasattr(keras, "ops")):
+            if only and name not in only:
                 continue
             rng = np.random.default_rng(index)
             model = build()

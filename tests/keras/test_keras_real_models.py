@@ -31,6 +31,7 @@ def test_real_models_from_tf_keras() -> None:
     result = subprocess.run([sys.executable, str(SCRIPT), "--tf-keras"], capture_output=True, text=True, env=env,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.stdout.count(" ok ") == 50 and "all exact" in result.stdout    # attention and TimeDistributed too
 
 
 def test_the_suite_covers_at_least_20_models() -> None:
