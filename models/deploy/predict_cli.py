@@ -1,5 +1,5 @@
 """What ``python predict.py`` and ``python eval.py`` do, behind their Hydra entry points (``conf/predict.yaml``,
-``conf/eval.yaml``): read the inputs, run the run's model, write JSON atomically."""
+``conf/eval.yaml``): open the model ``run=`` names, read the inputs, run it, write JSON atomically."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..arguments import check_positive_int
 from ..atomic import write_atomically
 from ..data.preprocessing import PreprocessingError
 from .evaluate import evaluate_run
-from .predictor import load_run
+from .predictor import Predictor, load_run
 
 log = logging.getLogger("eval")
 
 DEFAULT_COLUMN = "text"
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 class PredictError(ValueError):
@@ -71,12 +73,52 @@ def read_inputs(source: str, column: str | None, pair_column: str | None = None)
     return list(range(len(rows))), [(row[name], row[pair_column]) for row in rows]
 
 
+def _class_names(class_names: Any) -> Optional[List[str]]:
+    if class_names is None:
+        return None
+    names = list(class_names) if isinstance(class_names, Sequence) and not isinstance(class_names, str) else None
+    if not names or not all(isinstance(name, str) and name for name in names) or len(set(names)) != len(names):
+        raise PredictError(f"class_names={class_names!r}: expected a list of distinct non-empty names, e.g. "
+                           f"class_names=[neg,pos]")
+    return names
+
+
+def open_model(run: str, *, device: str = "cpu", batch_size: int = 64, class_names: Any = None) -> Predictor:
+    """The :class:`Predictor` that ``run=`` names:
+
+    - a run folder of ``python train.py`` or a ``.pt`` checkpoint (``load_run``);
+    - a ``save_pretrained`` folder, ``config.json`` + ``model.safetensors`` (``from_pretrained``);
+    - a Keras model file (``.keras``, ``.h5``) whose string input feeds a ``TextVectorization``
+      (``keras_text_predictor``); ``class_names`` names its classes (default ``"0", "1", ...``).
+
+    The first two carry their class names, so ``class_names`` is refused for them. Errors become ``PredictError``."""
+    names = _class_names(class_names)
+    path = Path(str(run)).expanduser()
+    is_keras = path.is_file() and path.suffix.lower() in KERAS_SUFFIXES
+    if names is not None and not is_keras:
+        raise PredictError(f"class_names only applies to a Keras model file (.keras, .h5); run={str(run)!r} "
+                           f"carries its own class names")
+    try:
+        if is_keras:
+            from ..keras.text_classifier import keras_text_predictor
+
+            return keras_text_predictor(path, names, batch_size=batch_size, device=device)
+        if path.is_dir() and (path / "config.json").is_file() and not (path / "checkpoints").is_dir():
+            from .pretrained import from_pretrained
+
+            predictor = from_pretrained(path, device=device)
+            check_positive_int("batch_size", batch_size)
+            predictor.batch_size = batch_size
+            return predictor
+        return load_run(str(run), device=device, batch_size=batch_size)
+    except (ValueError, PreprocessingError) as error:  # KerasImportError is a ValueError
+        raise PredictError(str(error)) from error
+
+
 def predict_main(cfg: DictConfig) -> None:
     """``python predict.py``: JSON Lines ``{"index", "label", "probabilities"}`` to ``cfg.output`` or stdout."""
-    try:
-        predictor = load_run(cfg.run, device=cfg.device, batch_size=cfg.batch_size)
-    except (ValueError, PreprocessingError) as error:
-        raise PredictError(str(error)) from error
+    predictor = open_model(cfg.run, device=cfg.device, batch_size=cfg.batch_size,
+                           class_names=cfg.get("class_names"))
     pair_column = cfg.get("pair_column")
     text_pair = predictor.preprocessing is not None and predictor.preprocessing.text_pair
     if text_pair and pair_column is None:
@@ -104,15 +146,15 @@ def eval_main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        predictor = load_run(cfg.run, device=cfg.device, batch_size=cfg.batch_size)
-    except (ValueError, PreprocessingError) as error:
-        raise PredictError(str(error)) from error
+    predictor = open_model(cfg.run, device=cfg.device, batch_size=cfg.batch_size, class_names=cfg.get("class_names"))
     if predictor.source is not None and out_dir.resolve() in Path(predictor.source).resolve().parents:
         raise PredictError(f"hydra.run.dir={out_dir} holds the run evaluated; write the evaluation elsewhere")
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
     if data_cfg is None:
-        data_cfg = dict((predictor.config or {}).get("data") or {})
+        if not predictor.config:
+            raise PredictError(f"run={str(cfg.run)!r} is not a run of python train.py, so it names no data to "
+                               f"evaluate on: give data=<name> (and data.root=...)")
+        data_cfg = dict(predictor.config.get("data") or {})
         if cfg.data_root is not None:
             data_cfg["root"] = str(cfg.data_root)
     elif cfg.data_root is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.optional import optional_import
 from helpers.tiny_text_run import tiny_text_run, write_tiny_trec
 from omegaconf import OmegaConf
 
@@ -20,7 +21,7 @@ from models.data import build_data, resolve_config
 from models.data.preprocessing import Preprocessing
 from models.data.text import read_trec
 from models.deploy.evaluate import evaluate_run, text_rows
-from models.deploy.predict_cli import PredictError, predict_main
+from models.deploy.predict_cli import PredictError, open_model, predict_main
 from models.deploy.predictor import Predictor
 from models.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -130,7 +131,7 @@ def _predict(run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
              **options: object) -> list:
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     cfg = OmegaConf.create({"run": str(run_dir), "input": "-", "column": None, "output": None, "batch_size": 64,
-                            "device": "cpu", **options})
+                            "device": "cpu", "class_names": None, **options})
     predict_main(cfg)
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
@@ -179,3 +180,63 @@ def test_evaluate_run_reads_another_data_config_with_the_runs_vocabulary(run, tm
     assert evaluated["accuracy"] == sum(p == label for p, (label, _) in zip(predicted, rows, strict=True)) / 30
     with pytest.raises(ValueError, match="split='val': data 'trec' has splits"):
         evaluate_run(run_dir, {**data, "val_fraction": 0}, "val")
+
+
+_, needs_safetensors = optional_import("safetensors", "the hub extra (safetensors)")
+_, needs_h5py = optional_import("h5py", "Keras files need h5py (pip install -e '.[dev]')")
+KERAS_TEXT = ROOT / "tests" / "keras" / "fixtures" / "keras_text"
+
+
+@needs_safetensors
+def test_predict_opens_a_save_pretrained_folder_as_the_run_itself(run, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    folder = models.save_pretrained(run[0], tmp_path / "shared-model")
+    stdin = "\n".join(TEXTS) + "\n"
+    from_run = _predict(run[0], monkeypatch, capsys, stdin=stdin)
+    assert _predict(folder, monkeypatch, capsys, stdin=stdin) == from_run
+    assert open_model(str(folder), batch_size=2).batch_size == 2
+    with pytest.raises(PredictError, match=r"batch_size.*0"):
+        open_model(str(folder), batch_size=0)
+
+
+@needs_h5py
+@pytest.mark.parametrize("name, fmt", [("tv_sequential", "keras"), ("tv_characters", "h5")])
+def test_predict_opens_a_keras_text_model_file(name: str, fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """``run=model.keras``: raw strings in, Keras's probabilities out (the committed Keras 3 + TensorFlow outputs,
+    within 1e-6), the classes named by ``class_names``."""
+    expected = json.loads((KERAS_TEXT / f"{name}.expected.json").read_text(encoding="utf-8"))
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in expected["texts"]))
+    keras_out = torch.tensor(expected["outputs"], dtype=torch.float64)
+    probabilities = keras_out if keras_out.min() >= 0 and torch.allclose(keras_out.sum(-1), torch.ones(1).double(),
+                                                                           atol=1e-5) else keras_out.softmax(-1)
+    names = [f"class{i}" for i in range(probabilities.shape[1])]
+    rows = _predict(KERAS_TEXT / f"{name}.{fmt}", monkeypatch, capsys, input=str(tmp_path / "texts.jsonl"),
+                    batch_size=len(expected["texts"]), class_names=names)
+    assert [row["index"] for row in rows] == list(range(len(expected["texts"])))
+    got = torch.tensor([list(row["probabilities"].values()) for row in rows], dtype=torch.float64)
+    torch.testing.assert_close(got, probabilities, atol=1e-6, rtol=0)
+    assert [row["label"] for row in rows] == [names[i] for i in probabilities.argmax(1).tolist()]
+    assert list(rows[0]["probabilities"]) == names
+
+
+def test_class_names_is_checked_and_only_for_keras_files(run) -> None:
+    with pytest.raises(PredictError, match=r"class_names only applies to a Keras model file"):
+        open_model(str(run[0]), class_names=["a", "b"])
+    for bad in ("neg", [], ["a", "a"], ["a", ""]):
+        with pytest.raises(PredictError, match=r"class_names=.*distinct non-empty names"):
+            open_model(str(KERAS_TEXT / "tv_sequential.keras"), class_names=bad)
+
+
+def test_eval_of_a_model_without_a_run_asks_for_data(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from models.deploy.predict_cli import eval_main
+
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: OmegaConf.create(
+        {"runtime": {"output_dir": str(tmp_path / "eval")}})))
+    cfg = OmegaConf.create({"run": str(KERAS_TEXT / "tv_sequential.keras"), "split": "test", "data_root": None,
+                            "batch_size": 8, "device": "cpu", "class_names": None, "data": None})
+    with pytest.raises(PredictError, match=r"not a run of python train\.py.*give data=<name>"):
+        eval_main(cfg)
