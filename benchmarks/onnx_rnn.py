@@ -9,7 +9,7 @@ whose ``Y (T, 2, B, H)`` is transposed and reshaped to ``(T, B, 2H)``; outputs `
 (LSTM) ``c_n`` ``(2L, B, H)`` like the blocks'.
 """
 
-from typing import Any, List, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,12 +23,18 @@ def _gates(weight: torch.Tensor, cell: str) -> np.ndarray:
     return np.concatenate([chunks[i] for i in order], axis=0)
 
 
-def build(module: nn.Module, with_lengths: bool) -> bytes:
-    """The serialised ONNX model of ``module`` (``nn.LSTM``/``nn.GRU``, bidirectional, batch-first, biases)."""
+def build(module: nn.Module, with_lengths: bool, merges: Optional[Sequence[str]] = None) -> bytes:
+    """The serialised ONNX model of ``module`` (``nn.LSTM``/``nn.GRU``, or a ``BiLSTM``/``BiGRU`` block with the same
+    parameter names; bidirectional, batch-first, biases). ``merges``: one of ``concat``, ``sum``, ``mul``, ``ave``
+    per layer (default: all ``concat``), applied to each layer's two directions as the blocks' merge modes (ONNX
+    ``Add``/``Mul``/``Div`` on the halves of ``Y``); ``y`` is then ``(B, T, H)`` after a last non-concat merge."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    cell = "LSTM" if isinstance(module, nn.LSTM) else "GRU"
+    cell = "LSTM" if isinstance(module, nn.LSTM) or getattr(module, "mode", None) == "LSTM" else "GRU"
+    merges = list(merges) if merges is not None else ["concat"] * module.num_layers
+    if len(merges) != module.num_layers or any(m not in ("concat", "sum", "mul", "ave") for m in merges):
+        raise ValueError(f"merges must hold one of concat, sum, mul, ave per layer ({module.num_layers}), got {merges}")
     hidden, layers = module.hidden_size, module.num_layers
     nodes: List[Any] = []
     inits: List[Any] = []
@@ -37,6 +43,9 @@ def build(module: nn.Module, with_lengths: bool) -> bytes:
         inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, ["B"]))
     nodes.append(helper.make_node("Transpose", ["x"], ["x_tm"], perm=[1, 0, 2]))
     inits.append(numpy_helper.from_array(np.array([0, 0, 2 * hidden], dtype=np.int64), "flat_shape"))
+    inits.append(numpy_helper.from_array(np.array([1, 1], dtype=np.int64), "halves"))
+    inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "direction_axis"))
+    inits.append(numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two"))
     current, h_names, c_names = "x_tm", [], []
     for layer in range(layers):
         ws, rs, bs = [], [], []
@@ -53,18 +62,31 @@ def build(module: nn.Module, with_lengths: bool) -> bytes:
             attrs["linear_before_reset"] = 1  # PyTorch's GRU: r gates (W_hn h + b_hn)
         nodes.append(helper.make_node(cell, [current, f"W{layer}", f"R{layer}", f"B{layer}",
                                              "lengths" if with_lengths else ""], outs, **attrs))
-        nodes.append(helper.make_node("Transpose", [f"y{layer}"], [f"y{layer}_tb"], perm=[0, 2, 1, 3]))
-        nodes.append(helper.make_node("Reshape", [f"y{layer}_tb", "flat_shape"], [f"y{layer}_flat"]))
-        current = f"y{layer}_flat"
+        if merges[layer] == "concat":
+            nodes.append(helper.make_node("Transpose", [f"y{layer}"], [f"y{layer}_tb"], perm=[0, 2, 1, 3]))
+            nodes.append(helper.make_node("Reshape", [f"y{layer}_tb", "flat_shape"], [f"y{layer}_flat"]))
+            current = f"y{layer}_flat"
+        else:  # Y (T, 2, B, H): the directions' halves merged into (T, B, H)
+            f, b, m = f"y{layer}_f", f"y{layer}_b", f"y{layer}_m"
+            nodes.append(helper.make_node("Split", [f"y{layer}", "halves"], [f, b], axis=1))
+            nodes.append(helper.make_node("Mul" if merges[layer] == "mul" else "Add", [f, b], [m]))
+            if merges[layer] == "ave":
+                nodes.append(helper.make_node("Div", [m, "two"], [m + "_ave"]))
+                m += "_ave"
+            nodes.append(helper.make_node("Squeeze", [m, "direction_axis"], [f"y{layer}_merged"]))
+            current = f"y{layer}_merged"
         h_names.append(f"h{layer}")
         c_names.append(f"c{layer}")
     nodes.append(helper.make_node("Transpose", [current], ["y"], perm=[1, 0, 2]))
     nodes.append(helper.make_node("Concat", h_names, ["h_n"], axis=0))
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", 2 * hidden]),
+    width = 2 * hidden if merges[-1] == "concat" else hidden
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", width]),
                helper.make_tensor_value_info("h_n", TensorProto.FLOAT, [2 * layers, "B", hidden])]
     if cell == "LSTM":
         nodes.append(helper.make_node("Concat", c_names, ["c_n"], axis=0))
         outputs.append(helper.make_tensor_value_info("c_n", TensorProto.FLOAT, [2 * layers, "B", hidden]))
+    used = {name for node in nodes for name in node.input}
+    inits = [init for init in inits if init.name in used]  # the merge constants only where a merge uses them
     graph = helper.make_graph(nodes, f"bi{cell.lower()}", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)

@@ -5,7 +5,8 @@ What is quantized, and how (one rule, ``quantize_rows``, for weights and activat
   the row, ``q = clamp(round(w * (127 / m)), -127, 127)``, ``scale = m / 127``; biases stay float32;
 - activations: each input row ``x_t`` and each state row ``h_{t-1}`` (every step) quantized the same way, on its
   own scale, just before its product: dynamic, symmetric int8;
-- products exact in int32 (``csrc/q8_gemm.h``: s8 x s8 through s16 ``vpmaddwd`` on AVX2, no saturation), then
+- products exact in int32 (``csrc/q8_gemm.h``: AVX-512 VNNI ``vpdpbusd`` on u8 x s8 with an exact offset correction
+  where the CPU has it, s16 ``vpmaddwd`` on AVX2 otherwise; no saturation, the same integers), then
   ``acc * (row scale * channel scale)``; states ``h``, ``c`` and the gate math in float32, as the float kernel.
 
 Where it runs: the CPU kernel's int8 entry point (``csrc/q8_forward.h``, every layer and merge in one call) where
@@ -17,6 +18,7 @@ Not supported (refused with a clear error): ``BiGRU(reset_after=False)``, gradie
 tracing (so ONNX export). ``torch.compile`` works: the kernel call is left to eager (one graph break).
 """
 
+import ctypes
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -210,15 +212,19 @@ class QuantizedBiRNN(nn.Module):
         """Each layer's input width."""
         return [self.input_size] + [merged_size(m, self.hidden_size) for m in self.merge_modes[:-1]]
 
-    def _kernel_plan(self) -> "q8.StackPlan":
+    def kernel_plan(self, lib: "ctypes.CDLL", product: Optional[str] = None) -> "q8.StackPlan":
+        """What ``q8.forward_stack`` reads: the weights packed for ``product`` (default: the fastest ``lib`` has
+        here). The default plan is kept (dropped when buffers change); another product's is built per call
+        (tests, benchmarks)."""
+        if product is not None and product != q8.best_product(lib):
+            return self._plan_for(lib, product)
         if self._packed is None:
-            packed = []
-            for layer in range(self.num_layers):
-                w_ih, s_ih, b_ih, w_hh, s_hh, b_hh = self.layer_weights(layer)
-                pad = lambda t: None if t is None else q8.pad_channels(t.float())  # noqa: E731
-                packed.append([q8.pack(w_ih), pad(s_ih), pad(b_ih), q8.pack(w_hh), pad(s_hh), pad(b_hh)])
-            self._packed = q8.plan(packed, self.input_sizes(), [_MERGE_CODES[m] for m in self.merge_modes])
+            self._packed = self._plan_for(lib, None)
         return self._packed
+
+    def _plan_for(self, lib: "ctypes.CDLL", product: Optional[str]) -> "q8.StackPlan":
+        layers = [self.layer_weights(layer) for layer in range(self.num_layers)]
+        return q8.plan(lib, layers, self.input_sizes(), [_MERGE_CODES[m] for m in self.merge_modes], product)
 
     # -- TorchScript, tracing, export: refused with the reason -----------------------------------------------------
     def __prepare_scriptable__(self) -> nn.Module:
@@ -313,7 +319,7 @@ def _compute_eager(block: QuantizedBiRNN, x: Tensor, lengths: Optional[Tensor], 
             # Two threads (one a direction) only where the work pays for waking the second (a guess: ~1 ms of work).
             threads = 2 if torch.get_num_threads() >= 2 and macs >= 20_000_000 else 1
             out, h_n, c_n = q8.forward_stack(lib, block.mode, x, lengths, h0, c0 if lstm else None,
-                                             block._kernel_plan(), hidden, threads)
+                                             block.kernel_plan(lib), hidden, threads)
             if block.merge_modes[-1] is None:
                 out = out.unflatten(-1, (2, hidden))
         else:

@@ -9,7 +9,9 @@ Hugging Face: ``model.safetensors`` (the weights) + ``config.json`` (architectur
 
 Loading reads JSON and safetensors only: no code from the folder runs, nothing is unpickled. ``config.json``
 is validated (the architecture, every constructor argument's name and type, the preprocessing) before any
-model is built. The round trip is bit for bit: same parameters, same logits. It follows the Hugging Face Hub
+model is built. The round trip is bit for bit: same parameters, same logits. An int8 model (``models.quantize``)
+round-trips too: ``config.json`` says ``"quantization": "int8"``, the file holds its int8 weights and scales, and
+``from_pretrained`` quantizes the built model before loading them. It follows the Hugging Face Hub
 mixin convention (``ModelHubMixin``: ``config.json`` + ``model.safetensors`` at the top of a repository, a
 local folder or a Hub repository id for ``from_pretrained``); ``push_to_hub`` and Hub ids need the optional
 ``hub`` extra (``pip install -e '.[hub]'``: safetensors and huggingface_hub).
@@ -28,9 +30,11 @@ from torch import nn
 
 from ..arguments import PathLike
 from ..atomic import write_atomically
+from ..blocks.quantized import QuantizedBiRNN
 from ..data.preprocessing import Preprocessing, PreprocessingError
 from ..zoo.classifier import SequenceClassifier
 from .predictor import Predictor
+from .quantize import quantize
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -40,6 +44,7 @@ KERAS_ARCHITECTURE = "KerasTextClassifier"
 """An imported Keras text model (``models.keras.keras_text_predictor``): its ``keras_specs`` (JSON text, checked
 as data by ``module_from_specs``), how its output becomes logits, and its class count."""
 _KERAS_ARGUMENTS: Dict[str, tuple] = {"keras_specs": (str,), "output": (str,), "num_classes": (int,)}
+QUANTIZATIONS = (None, "int8")  # config.json's "quantization": float32 weights, or models.quantize's int8 copy
 
 # SequenceClassifier's arguments, with the JSON types config.json may give them.
 _ARGUMENTS: Dict[str, tuple] = {
@@ -72,12 +77,18 @@ def architecture(model: nn.Module) -> Dict[str, Any]:
     return {
         "num_classes": model.num_classes, "vocab_size": model.vocab_size, "input_size": model.input_size,
         "embed_dim": model.embed_dim, "cell": model.cell, "hidden_size": model.hidden_size,
-        "num_layers": model.num_layers, "merge_mode": list(model.merge_modes), "dropout": float(model.rnn.dropout),
+        "num_layers": model.num_layers, "merge_mode": list(model.merge_modes),
+        "dropout": 0.0 if _quantized(model) else float(model.rnn.dropout),  # the int8 copy has no training dropout
         "embed_dropout": float(model.embed_dropout.p), "head_dropout": float(model.head_dropout.p),
         "pooling": model.pooling,
         "attention_size": int(attention.project.out_features) if hasattr(attention, "project") else 64,
         "padding_idx": model.padding_idx, "word_dropout": float(model.word_dropout),
     }
+
+
+def _quantized(model: nn.Module) -> bool:
+    """Whether ``model`` is ``models.quantize``'s int8 copy of a zoo model."""
+    return isinstance(model.rnn, QuantizedBiRNN)
 
 
 def _as_predictor(source: Any) -> Predictor:
@@ -108,7 +119,8 @@ def save_pretrained(model_or_run: Union[nn.Module, Predictor, PathLike], folder:
     arguments = architecture(model)
     kind = KERAS_ARCHITECTURE if "keras_specs" in arguments else ARCHITECTURE
     config = {"format": FORMAT, "architecture": kind, "arguments": arguments,
-              "preprocessing": None if prep is None else prep.to_dict(), "library": "birnn-zoo",
+              "preprocessing": None if prep is None else prep.to_dict(),
+              "quantization": "int8" if _quantized(model) else None, "library": "birnn-zoo",
               "torch": torch.__version__}
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     folder = Path(folder)
@@ -135,6 +147,8 @@ def _checked_config(config: Any, where: Path) -> Dict[str, Any]:
             raise ValueError(f"{where}: arguments.{key} is not an argument of {name}; allowed: {sorted(allowed)}")
         if isinstance(value, bool) or not isinstance(value, allowed[key]):
             raise ValueError(f"{where}: arguments.{key}={value!r} has the wrong type")
+    if config.get("quantization") not in QUANTIZATIONS:
+        raise ValueError(f"{where}: quantization={config.get('quantization')!r}, expected one of {QUANTIZATIONS}")
     if name == KERAS_ARCHITECTURE:
         missing = sorted(set(_KERAS_ARGUMENTS) - set(arguments))
         if missing:
@@ -180,8 +194,9 @@ def _build(name: str, arguments: Dict[str, Any], where: Path) -> nn.Module:
 
 def from_pretrained(folder_or_repo: PathLike, *, device: Union[str, torch.device] = "cpu",
                     revision: Optional[str] = None) -> Predictor:
-    """A :class:`Predictor` (``.model`` is the ``SequenceClassifier``) from a ``save_pretrained`` folder or a Hub
-    repository id (with huggingface_hub; only ``config.json`` and ``model.safetensors`` are fetched)."""
+    """A :class:`Predictor` (``.model`` is the ``SequenceClassifier``, int8 where it was saved int8) from a
+    ``save_pretrained`` folder or a Hub repository id (with huggingface_hub; only ``config.json`` and
+    ``model.safetensors`` are fetched)."""
     st = _safetensors()
     folder = _local_folder(folder_or_repo, revision)
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
@@ -199,6 +214,8 @@ def from_pretrained(folder_or_repo: PathLike, *, device: Union[str, torch.device
     except PreprocessingError as error:
         raise PreprocessingError(f"{config_path}: {error}") from error
     model = _build(config["architecture"], arguments, config_path)
+    if config.get("quantization") == "int8":  # the int8 buffers to load into: the float weights are replaced below
+        model = quantize(model)
     try:
         weights = st.load_file(str(weights_path))
     except Exception as error:  # a truncated or foreign file

@@ -1,6 +1,7 @@
 """``models.quantize``: the int8 blocks (``models/blocks/quantized.py``, the kernel's ``csrc/q8_*.h``).
 
-- the int8 product: the AVX2 loop and the portable loop give torch's integer product, bit for bit;
+- the int8 product: every product the kernel has here (AVX-512 VNNI, AVX2, the portable loop) gives torch's integer
+  product, bit for bit, and a whole stack gives the same bits on each;
 - exactness: every layer's output and state equal the dequantized reference (``reference_layer``: the same
   quantization rule, the int8 weights dequantized, float64 accumulation) to float32 rounding, step by step
   (teacher-forced), for every cell, merge mode, lengths and layer count; the stack equals its layers chained;
@@ -49,23 +50,63 @@ def one_layer(q: QuantizedBiRNN, layer: int, merge: Optional[str]) -> QuantizedB
 
 
 # -- the product ---------------------------------------------------------------------------------------------------
+def kernel_products() -> List[str]:
+    """The int8 products this machine's kernel has (``["scalar", "avx2", "vnni"]`` on an AVX-512 VNNI CPU)."""
+    lib = q8.library()
+    return q8.products(lib) if lib is not None else []
+
+
 @needs_kernel
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
 @pytest.mark.parametrize("gates", [37, 53])     # 48 and 64 channels padded: one row's 32-channel tile, and its tail
-def test_int8_product_is_exact(rows: int, gates: int):
+@pytest.mark.parametrize("inputs", [21, 23])    # K not a multiple of 2 or 4: both layouts' padding is exercised
+def test_int8_product_is_exact(rows: int, gates: int, inputs: int):
     gen = torch.Generator().manual_seed(rows)
-    inputs = 21                                 # an odd K: the padding is exercised
-    w = torch.randint(-127, 128, (1, gates, inputs), generator=gen, dtype=torch.int8)
+    w = torch.randint(-127, 128, (gates, inputs), generator=gen, dtype=torch.int8)
     a = torch.randint(-127, 128, (rows, inputs), generator=gen, dtype=torch.int16)
     a[0] = 127 if rows > 1 else a[0]            # the largest products: no saturation anywhere
-    w[0, 0] = -127
-    padded = torch.zeros((rows, inputs + 1), dtype=torch.int16)
-    padded[:, :inputs] = a
-    expected = a.long() @ w[0].long().T
-    for scalar in (False, True):
-        got = q8.gemm(padded, q8.pack(w)[0], scalar=scalar)
-        assert torch.equal(got[:, :gates].long(), expected)
-        assert not got[:, gates:].any()
+    a[-1] = -127
+    w[0] = -127
+    w[1] = 127
+    expected = a.long() @ w.long().T
+    for product in kernel_products():
+        got = q8.gemm(a, w, product)
+        assert torch.equal(got[:, :gates].long(), expected), product
+        assert not got[:, gates:].any(), product
+
+
+@needs_kernel
+def test_the_fastest_product_is_the_cpus():
+    lib = q8.library()
+    capability = cpu_kernel.capability()
+    vnni = "avx512_vnni" in cpu_kernel.build._cpu_flags()
+    assert q8.best_product(lib) == ("vnni" if capability == "avx512" and vnni else "avx2")
+    with pytest.raises(ValueError, match="product must be one of"):
+        q8.gemm(torch.zeros((1, 4), dtype=torch.int16), torch.zeros((16, 4), dtype=torch.int8), "sse")
+
+
+@needs_kernel
+@pytest.mark.parametrize("cell", list(BLOCKS))
+def test_every_product_gives_the_same_bits(cell: str):
+    # Whole stacks (two layers, lengths, x with an all-zero row and a NaN row): the same integers in every product,
+    # so the same outputs and states bit for bit, NaN where NaN.
+    q = quantize(block(cell, input_size=37, hidden=20, layers=2, merge_mode=["mul", "concat"]))
+    x = torch.randn(7, 5, 37, generator=torch.Generator().manual_seed(8))
+    x[2, 1] = 0.0
+    x[4, 3, 5] = float("nan")
+    lengths = torch.tensor([7, 3, 6, 5, 1])
+    lib = q8.library()
+    h0 = torch.zeros((4, 5, 20))
+    runs = {}
+    for product in kernel_products():
+        stack = q.kernel_plan(lib, product)
+        assert stack.product == product
+        runs[product] = q8.forward_stack(lib, q.mode, x, lengths, h0, h0 if cell == "lstm" else None, stack, 20, 1)
+    first = runs[kernel_products()[0]]
+    assert first[0].isnan().any() and not first[0].isnan().all()
+    for product, outputs in runs.items():
+        for got, want in zip(outputs, first, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=product)
 
 
 def test_quantize_rows_rule():

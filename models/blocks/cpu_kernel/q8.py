@@ -1,5 +1,10 @@
 """The int8 inference entry point of the CPU kernel (``csrc/q8_forward.h``, ``csrc/q8_gemm.h``): ``Q8Args``, the
-ctypes mirror of its C struct, the weight packing its product reads, and one call for a whole stack.
+ctypes mirror of its C struct, the weight packing its products read, and one call for a whole stack.
+
+The products (``PRODUCTS``; ``csrc/q8_gemm.h`` says how each stays exact): ``"vnni"`` (AVX-512 VNNI ``vpdpbusd``
+on u8 x s8, the avx512 library on a CPU that has it), ``"avx2"`` (``vpmaddwd`` on s16) and ``"scalar"`` (the
+portable loop). All give the same integers, so the same outputs bit for bit. The library picks the fastest it has
+at run time (``best_product``); ``BIRNN_ZOO_CPU_CAPABILITY=avx2`` (a library without AVX-512) forces the AVX2 one.
 
 Kept apart from ``abi.py``'s ``Args`` (the float entry points' struct): the int8 path has its own struct, checked
 against the library by ``birnn_q8_args_layout`` when first used, so neither path's signature moves for the other.
@@ -7,7 +12,7 @@ Change ``Q8Args`` here and in ``csrc/q8_forward.h`` together.
 """
 
 import ctypes
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -20,6 +25,10 @@ _I32 = ctypes.c_int32
 
 # The int8 path's cell codes (csrc/q8_forward.h, q8::Cell): LSTM and GRU as the float kernel's, the Elman RNNs apart.
 CELL_CODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 3, "RNN_RELU": 4}
+# The int8 products, fastest last (csrc/q8_gemm.h, q8::Product), and the inputs each packs into 4 bytes.
+PRODUCTS = {"scalar": 0, "avx2": 1, "vnni": 2}
+_UNIT = {"scalar": 2, "avx2": 2, "vnni": 4}
+_VNNI_OFFSET = 128  # the VNNI product's activations are stored + 128 (u8)
 
 
 class Q8Args(ctypes.Structure):
@@ -27,6 +36,7 @@ class Q8Args(ctypes.Structure):
 
     _fields_ = [
         ("cell", _I32), ("steps", _I32), ("batch", _I32), ("hidden", _I32), ("layers", _I32), ("threads", _I32),
+        ("product", _I32),
         ("x", _P), ("lengths", _P), ("h0", _P), ("c0", _P), ("out", _P), ("h_n", _P), ("c_n", _P),
         ("input_sizes", _P), ("merges", _P), ("weights", _P),
     ]
@@ -42,10 +52,10 @@ def _declared(library: ctypes.CDLL) -> ctypes.CDLL:
     library.birnn_q8_args_layout.restype = None
     library.birnn_q8_forward_stack.argtypes = [ctypes.POINTER(Q8Args)]
     library.birnn_q8_forward_stack.restype = None
-    library.birnn_q8_gemm.argtypes = [ctypes.c_int] * 4 + [_P] * 3
+    library.birnn_q8_gemm.argtypes = [ctypes.c_int] * 4 + [_P] * 4
     library.birnn_q8_gemm.restype = None
-    library.birnn_q8_vectorized.argtypes = []
-    library.birnn_q8_vectorized.restype = ctypes.c_int
+    library.birnn_q8_best_product.argtypes = []
+    library.birnn_q8_best_product.restype = ctypes.c_int
     size, last = int64(), int64()
     library.birnn_q8_args_layout(ctypes.byref(size), ctypes.byref(last))
     if size.value != ctypes.sizeof(Q8Args) or last.value != Q8Args.weights.offset:
@@ -63,20 +73,43 @@ def library() -> Optional[ctypes.CDLL]:
     return _declared(cpu_kernel._kernel())
 
 
+def best_product(lib: ctypes.CDLL) -> str:
+    """The fastest product ``lib`` runs on this CPU: ``"vnni"``, ``"avx2"`` or ``"scalar"``."""
+    code = lib.birnn_q8_best_product()
+    return next(name for name, value in PRODUCTS.items() if value == code)
+
+
+def products(lib: ctypes.CDLL) -> List[str]:
+    """Every product ``lib`` runs on this CPU, slowest first (the tests compare them all)."""
+    best = PRODUCTS[best_product(lib)]
+    return [name for name, value in PRODUCTS.items() if value <= best]
+
+
+def _check_product(lib: ctypes.CDLL, product: str) -> None:
+    if product not in products(lib):
+        raise ValueError(f"product must be one of {products(lib)} (what this kernel has on this CPU), got "
+                         f"{product!r}")
+
+
 def padded_gates(gates: int) -> int:
     """Output channels the product computes: ``gates`` rounded up to 16 (two blocks of 8 a tile)."""
     return (gates + 15) // 16 * 16
 
 
-def pack(weight: Tensor) -> Tensor:
-    """int8 ``(2, G, K)`` -> the product's layout ``(2, Gp / 8, ceil(K / 2), 8, 2)`` (``csrc/q8_gemm.h``), zero
-    padded to ``Gp`` channels and an even ``K``, the int8 values sign-extended to int16 (what the AVX2 product
-    loads: ``csrc/q8_gemm.h`` says why)."""
+def pack(weight: Tensor, product: str) -> Tuple[Tensor, Optional[Tensor]]:
+    """int8 ``(2, G, K)`` -> ``product``'s layout (``csrc/q8_gemm.h``), zero padded to ``Gp`` channels and a whole
+    number of units, and its offset corrections. ``"vnni"``: int8 ``(2, Gp / 8, ceil(K / 4), 8, 4)`` and int32
+    ``(2, Gp)`` ``128 * sum_k w[j, k]``; otherwise int16 ``(2, Gp / 8, ceil(K / 2), 8, 2)`` (the int8 values
+    sign-extended: what the AVX2 product loads) and None."""
     directions, gates, inputs = weight.shape
-    gp, kp = padded_gates(gates), (inputs + 1) // 2
-    full = torch.zeros((directions, gp, 2 * kp), dtype=torch.int16)
+    unit = _UNIT[product]
+    gp, ku = padded_gates(gates), (inputs + unit - 1) // unit
+    full = torch.zeros((directions, gp, unit * ku), dtype=torch.int8 if product == "vnni" else torch.int16)
     full[:, :gates, :inputs] = weight
-    return full.reshape(directions, gp // 8, 8, kp, 2).permute(0, 1, 3, 2, 4).contiguous()
+    packed = full.reshape(directions, gp // 8, 8, ku, unit).permute(0, 1, 3, 2, 4).contiguous()
+    if product != "vnni":
+        return packed, None
+    return packed, (_VNNI_OFFSET * full.sum(-1, dtype=torch.int32)).contiguous()
 
 
 def pad_channels(values: Tensor) -> Tensor:
@@ -86,15 +119,26 @@ def pad_channels(values: Tensor) -> Tensor:
     return out.contiguous()
 
 
-def gemm(a: Tensor, w: Tensor, scalar: bool = False) -> Tensor:
-    """The kernel's int8 product alone (tests): ``a`` int16 ``(M, 2 Kp)`` and packed int16 ``w`` ``(Gp / 8, Kp, 8, 2)``
-    -> int32 ``(M, Gp)``; ``scalar`` forces the portable loop."""
+def gemm(a: Tensor, weight: Tensor, product: str) -> Tensor:
+    """The kernel's int8 product alone (tests): integer ``a (M, K)`` and int8 ``weight (G, K)``, values in
+    [-127, 127] -> int32 ``(M, Gp)`` = ``a @ weight.T`` (channels past ``G``: 0), by ``product``."""
     lib = library()
     if lib is None:
         raise RuntimeError("the CPU kernel is unavailable here; models.blocks.cpu_kernel.available() says why")
-    m, gp, kp = a.shape[0], w.shape[0] * 8, w.shape[1]
-    c = torch.empty((m, gp), dtype=torch.int32)
-    lib.birnn_q8_gemm(int(scalar), m, kp, gp, ptr(a.contiguous()), ptr(w.contiguous()), ptr(c))
+    _check_product(lib, product)
+    packed, comp = pack(weight.unsqueeze(0), product)
+    unit = _UNIT[product]
+    rows, inputs = a.shape
+    ku, gp = packed.shape[2], packed.shape[1] * 8
+    if product == "vnni":
+        rows_of_a = torch.full((rows, unit * ku), _VNNI_OFFSET, dtype=torch.uint8)
+        rows_of_a[:, :inputs] = (a.to(torch.int16) + _VNNI_OFFSET).to(torch.uint8)
+    else:
+        rows_of_a = torch.zeros((rows, unit * ku), dtype=torch.int16)
+        rows_of_a[:, :inputs] = a
+    c = torch.empty((rows, gp), dtype=torch.int32)
+    lib.birnn_q8_gemm(PRODUCTS[product], rows, ku, gp, ptr(rows_of_a), ptr(packed[0]),
+                      ptr(comp[0].contiguous()) if comp is not None else None, ptr(c))
     return c
 
 
@@ -107,14 +151,24 @@ class StackPlan(NamedTuple):
     merges: Tensor
     addresses: Tensor
     wide: bool  # the last merge keeps both directions (concat, None): out (T, B, 2H)
+    product: str
 
 
-def plan(weights: List[List[Optional[Tensor]]], input_sizes: List[int], merges: List[int]) -> StackPlan:
-    """``weights`` per layer ``(w_ih, s_ih, b_ih, w_hh, s_hh, b_hh)`` as packed by ``pack`` / ``pad_channels``;
+def plan(lib: ctypes.CDLL, weights: List[List[Optional[Tensor]]], input_sizes: List[int], merges: List[int],
+         product: Optional[str] = None) -> StackPlan:
+    """``weights`` per layer ``[w_ih (2, G, F) int8, s_ih (2, G), b_ih (2, G) or None, w_hh (2, G, H) int8, s_hh,
+    b_hh or None]`` (``QuantizedBiRNN.layer_weights``), packed for ``product`` (default: ``best_product(lib)``);
     merge codes as ``csrc/forward.h``'s ``Merge``."""
-    addresses = torch.tensor([ptr(t) or 0 for layer in weights for t in layer], dtype=torch.int64)
-    return StackPlan(weights, torch.tensor(input_sizes, dtype=torch.int32), torch.tensor(merges, dtype=torch.int32),
-                     addresses, merges[-1] in (0, 4))
+    product = best_product(lib) if product is None else product
+    _check_product(lib, product)
+    packed: List[List[Optional[Tensor]]] = []
+    for w_ih, s_ih, b_ih, w_hh, s_hh, b_hh in weights:
+        pad = lambda t: None if t is None else pad_channels(t.float())  # noqa: E731
+        (p_ih, k_ih), (p_hh, k_hh) = pack(w_ih, product), pack(w_hh, product)
+        packed.append([p_ih, pad(s_ih), pad(b_ih), p_hh, pad(s_hh), pad(b_hh), k_ih, k_hh])
+    addresses = torch.tensor([ptr(t) or 0 for layer in packed for t in layer], dtype=torch.int64)
+    return StackPlan(packed, torch.tensor(input_sizes, dtype=torch.int32), torch.tensor(merges, dtype=torch.int32),
+                     addresses, merges[-1] in (0, 4), product)
 
 
 def forward_stack(lib: ctypes.CDLL, cell: str, x: Tensor, lengths: Optional[Tensor], h0: Tensor,
@@ -128,6 +182,7 @@ def forward_stack(lib: ctypes.CDLL, cell: str, x: Tensor, lengths: Optional[Tens
     h_n = x.new_empty((2 * layers, batch, hidden))
     c_n = x.new_empty((2 * layers, batch, hidden)) if c0 is not None else None
     args = Q8Args(cell=CELL_CODES[cell], steps=steps, batch=batch, hidden=hidden, layers=layers, threads=threads,
+                  product=PRODUCTS[stack.product],
                   x=ptr(x), lengths=ptr(lengths), h0=ptr(h0), c0=ptr(c0), out=ptr(out), h_n=ptr(h_n), c_n=ptr(c_n),
                   input_sizes=ptr(stack.input_sizes), merges=ptr(stack.merges), weights=ptr(stack.addresses))
     lib.birnn_q8_forward_stack(ctypes.byref(args))

@@ -30,14 +30,17 @@ enum Cell : int32_t { kLstm = 0, kGru = 1, kRnnTanh = 3, kRnnRelu = 4 };
 inline int gates_of(int cell) { return cell == kLstm ? 4 : cell == kGru ? 3 : 1; }
 inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
-// Layouts (T steps, B rows, H hidden, L layers, G = gates * H, Gp = G rounded up to 16, Kp = ceil(K / 2)):
+// Layouts (T steps, B rows, H hidden, L layers, G = gates * H, Gp = G rounded up to 16, Ku = ceil(K / unit), unit
+// 2 (kScalar, kAvx2: s16 pairs) or 4 (kVnni: s8 quads), q8_gemm.h):
 //   x (T, B, F) float32; lengths (B,) int64 or null; h0, c0, h_n, c_n (2L, B, H) (c0, c_n: LSTM only, else null);
 //   out (T, B, 2H) after a last concat/None, else (T, B, H); input_sizes, merges (L,);
-//   weights: 6 addresses a layer: w_ih (2, Gp/8, Kp_in, 8, 2) int16 (int8 values), s_ih (2, Gp) float32, b_ih (2, Gp) float32 or 0
-//   (LSTM and RNN: b_ih + b_hh), w_hh (2, Gp/8, Kp_h, 8, 2) int16, s_hh (2, Gp), b_hh (2, Gp) (GRU: kept apart,
-//   r gates its n block) or 0.
+//   weights: 8 addresses a layer: w_ih (2, Gp/8, Ku_in, 8, unit) (int16 pairs or int8 quads: the product's layout),
+//   s_ih (2, Gp) float32, b_ih (2, Gp) float32 or 0 (LSTM and RNN: b_ih + b_hh), w_hh (2, Gp/8, Ku_h, 8, unit),
+//   s_hh (2, Gp), b_hh (2, Gp) (GRU: kept apart, r gates its n block) or 0, k_ih, k_hh (2, Gp) int32 (kVnni's
+//   offset corrections, 128 * sum_k w[j, k]) or 0;
+//   product: the int8 product (q8_gemm.h's Product), one best_product() allows; the weights are in its layout.
 struct Q8Args {
-  int32_t cell, steps, batch, hidden, layers, threads;
+  int32_t cell, steps, batch, hidden, layers, threads, product;
   const float* x;
   const int64_t* lengths;
   const float* h0;
@@ -50,8 +53,11 @@ struct Q8Args {
   const int64_t* weights;
 };
 
-// Quantizes v (K floats) into q (2 Kp s16, zero padded): returns the row's scale (the rule above).
-inline float quantize_row(const float* v, int K, int Kp, int16_t* q) {
+// Quantizes v (K floats) into q (`padded` codes): returns the row's scale (the rule above). Q = int16_t: the values
+// (s16 pairs); Q = uint8_t: the values + 128 (u8 quads of the VNNI product). Padding and zero rows: value 0.
+template <typename Q>
+inline float quantize_row(const float* v, int K, int padded, Q* q) {
+  constexpr int offset = sizeof(Q) == 1 ? 128 : 0;
   float m = 0.0f;
   bool finite = true;
   int i = 0;
@@ -77,7 +83,7 @@ inline float quantize_row(const float* v, int K, int Kp, int16_t* q) {
   }
   finite = finite && m <= 3.4028234663852886e38f;  // an inf anywhere makes m inf
   if (!finite || m == 0.0f) {
-    std::memset(q, 0, sizeof(int16_t) * 2 * Kp);
+    for (int j = 0; j < padded; ++j) q[j] = Q(offset);
     return finite ? 0.0f : std::nanf("");
   }
   const float inv = 127.0f / m;
@@ -90,17 +96,22 @@ inline float quantize_row(const float* v, int K, int Kp, int16_t* q) {
     r = _mm256_min_ps(hi, _mm256_max_ps(lo, r));
     const __m256i i = _mm256_cvtps_epi32(r);
     const __m128i packed = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + j), packed);
+    if constexpr (offset == 0) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + j), packed);
+    } else {  // s8 (no saturation: |values| <= 127), then + 128 as u8: flipping the sign bit
+      const __m128i bytes = _mm_xor_si128(_mm_packs_epi16(packed, packed), _mm_set1_epi8(char(0x80)));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + j), bytes);
+    }
   }
 #endif
-  for (; j < K; ++j) q[j] = int16_t(std::min(127.0f, std::max(-127.0f, std::nearbyint(v[j] * inv))));
-  for (; j < 2 * Kp; ++j) q[j] = 0;
+  for (; j < K; ++j) q[j] = Q(int(std::min(127.0f, std::max(-127.0f, std::nearbyint(v[j] * inv)))) + offset);
+  for (; j < padded; ++j) q[j] = Q(offset);
   return m / 127.0f;
 }
 
 // Scratch of one thread, kept across calls (first-touch page faults of fresh buffers cost more than small steps).
 struct Buffers {
-  std::vector<int16_t> qx, qh;
+  std::vector<int32_t> qx, qh;  // rows of A: Ku int32 each (q8_gemm.h)
   std::vector<float> sx, sh, g, tmp, zeros;
   std::vector<int32_t> ax, ah;
 };
@@ -137,17 +148,26 @@ inline void dequantize(int n, const int32_t* ah, float fh, const float* sw, cons
   }
 }
 
+// Row v (K floats) into a row of A for `product` (Ku int32 at a): returns its scale.
+inline float quantize_into(int product, const float* v, int K, int Ku, int32_t* a) {
+  if (product == kVnni) return quantize_row(v, K, 4 * Ku, reinterpret_cast<uint8_t*>(a));
+  return quantize_row(v, K, 2 * Ku, reinterpret_cast<int16_t*>(a));
+}
+
 // Direction d of layer l: input `in` (T, B, F), raw output (T, B, 2, H).
 inline void direction(const Q8Args& S, int l, int d, const float* in, int F, float* raw) {
   const int T = S.steps, B = S.batch, H = S.hidden, cell = S.cell, G = gates_of(cell) * H, Gp = round_up(G, 16);
-  const int Kx = (F + 1) / 2, Kh = (H + 1) / 2;
-  const int64_t* w = S.weights + 6 * int64_t(l);
-  const int16_t* wi = reinterpret_cast<const int16_t*>(w[0]) + d * packed_size(Gp, Kx);
+  const int product = S.product, unit = unit_of(product);
+  const int Kx = (F + unit - 1) / unit, Kh = (H + unit - 1) / unit;
+  const int64_t* w = S.weights + 8 * int64_t(l);
+  const char* wi = reinterpret_cast<const char*>(w[0]) + d * packed_bytes(Gp, Kx);
   const float* si = reinterpret_cast<const float*>(w[1]) + int64_t(d) * Gp;
   const float* bi = w[2] ? reinterpret_cast<const float*>(w[2]) + int64_t(d) * Gp : nullptr;
-  const int16_t* wh = reinterpret_cast<const int16_t*>(w[3]) + d * packed_size(Gp, Kh);
+  const char* wh = reinterpret_cast<const char*>(w[3]) + d * packed_bytes(Gp, Kh);
   const float* sw = reinterpret_cast<const float*>(w[4]) + int64_t(d) * Gp;
   const float* bh = w[5] ? reinterpret_cast<const float*>(w[5]) + int64_t(d) * Gp : nullptr;
+  const int32_t* ki = w[6] ? reinterpret_cast<const int32_t*>(w[6]) + int64_t(d) * Gp : nullptr;
+  const int32_t* kh = w[7] ? reinterpret_cast<const int32_t*>(w[7]) + int64_t(d) * Gp : nullptr;
   const int64_t state = (int64_t(2) * l + d) * B * H;
   float* h = S.h_n + state;
   float* c = cell == kLstm ? S.c_n + state : nullptr;
@@ -156,10 +176,10 @@ inline void direction(const Q8Args& S, int l, int d, const float* in, int F, flo
   // Projections in chunks of about 256 rows (one int8 GEMM each), kept as int32 until the step reads them.
   const int chunk = std::max(1, std::min(T, 256 / std::max(1, B)));
   Buffers& buf = buffers();
-  int16_t* qx = sized(buf.qx, int64_t(chunk) * B * 2 * Kx);
+  int32_t* qx = sized(buf.qx, int64_t(chunk) * B * Kx);
   float* sx = sized(buf.sx, int64_t(chunk) * B);
   int32_t* ax = sized(buf.ax, int64_t(chunk) * B * Gp);
-  int16_t* qh = sized(buf.qh, int64_t(B) * 2 * Kh);
+  int32_t* qh = sized(buf.qh, int64_t(B) * Kh);
   float* sh = sized(buf.sh, B);
   int32_t* ah = sized(buf.ah, int64_t(B) * Gp);
   float* g = sized(buf.g, Gp);
@@ -172,11 +192,11 @@ inline void direction(const Q8Args& S, int l, int d, const float* in, int F, flo
       const int n = std::min(chunk, T - s);
       chunk_start = d == 0 ? s : T - s - n;
       const float* xs = in + int64_t(chunk_start) * B * F;
-      for (int64_t r = 0; r < int64_t(n) * B; ++r) sx[r] = quantize_row(xs + r * F, F, Kx, qx + r * 2 * Kx);
-      gemm(n * B, Kx, Gp, reinterpret_cast<const int32_t*>(qx), wi, ax);
+      for (int64_t r = 0; r < int64_t(n) * B; ++r) sx[r] = quantize_into(product, xs + r * F, F, Kx, qx + r * Kx);
+      gemm(product, n * B, Kx, Gp, qx, wi, ki, ax);
     }
-    for (int b = 0; b < B; ++b) sh[b] = quantize_row(h + int64_t(b) * H, H, Kh, qh + int64_t(b) * 2 * Kh);
-    gemm(B, Kh, Gp, reinterpret_cast<const int32_t*>(qh), wh, ah);
+    for (int b = 0; b < B; ++b) sh[b] = quantize_into(product, h + int64_t(b) * H, H, Kh, qh + int64_t(b) * Kh);
+    gemm(product, B, Kh, Gp, qh, wh, kh, ah);
     for (int b = 0; b < B; ++b) {
       float* o = raw + ((int64_t(t) * B + b) * 2 + d) * H;
       if (S.lengths != nullptr && t >= S.lengths[b]) {
@@ -271,16 +291,12 @@ void birnn_q8_args_layout(int64_t* size, int64_t* last_offset) {
 }
 // Every layer of an int8 inference call (q8_forward.h).
 void birnn_q8_forward_stack(const birnn::q8::Q8Args* args) { birnn::q8::forward_stack(*args); }
-// The int8 product alone, for tests: C (M, Gp) = A x W^T (q8_gemm.h layouts); scalar != 0 forces the portable loop.
-void birnn_q8_gemm(int scalar, int M, int Kp, int Gp, const int32_t* a, const int16_t* w, int32_t* c) {
-  birnn::q8::gemm(M, Kp, Gp, a, w, c, scalar != 0);
+// The int8 product alone, for tests: C (M, Gp) = A x W^T by `product` (q8_gemm.h layouts; comp: kVnni's
+// corrections, else null).
+void birnn_q8_gemm(int product, int M, int Ku, int Gp, const int32_t* a, const void* w, const int32_t* comp,
+                   int32_t* c) {
+  birnn::q8::gemm(product, M, Ku, Gp, a, w, comp, c);
 }
-// 1 where this build has the AVX2 product, 0 where only the scalar loop.
-int birnn_q8_vectorized() {
-#if defined(__AVX2__)
-  return 1;
-#else
-  return 0;
-#endif
-}
+// The fastest product this library has on this CPU (q8_gemm.h's Product): kVnni (2), kAvx2 (1) or kScalar (0).
+int birnn_q8_best_product() { return birnn::q8::best_product(); }
 }
