@@ -260,6 +260,21 @@ class QuantizedBiRNN(nn.Module):
         out, h_n, c_n = self._run(input, h0, c0, lengths)
         return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
 
+    def run(self, input: Tensor, h0: Optional[Tensor] = None, c0: Optional[Tensor] = None,
+            lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+        """The float blocks' ``run``: ``(output, h_n, c_n)`` for all three cells (``c_n`` is ``h_n`` for GRU/RNN),
+        so a module that calls ``block.run`` (an imported Keras model) works on the int8 copy too."""
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            raise RuntimeError(_NO_EXPORT)
+        if self.mode != "LSTM" and c0 is not None:
+            raise ValueError(f"c0 is the LSTM's cell state; {self.mode} blocks take h0 only")
+        for name, state in (("h0", h0), ("c0", c0)):
+            if state is not None:
+                check_not_lengths(state, name)
+        if lengths is not None and not isinstance(lengths, Tensor):
+            raise TypeError(f"lengths must be an integer tensor (B,), got {type(lengths).__name__}: {lengths!r}")
+        return self._run(input, h0, c0, lengths)
+
     def _run(self, input: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], lengths: Optional[Tensor]
              ) -> Tuple[Tensor, Tensor, Tensor]:
         """Checks, then the kernel (or the portable path): every check before any compute."""

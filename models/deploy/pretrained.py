@@ -87,8 +87,8 @@ def architecture(model: nn.Module) -> Dict[str, Any]:
 
 
 def _quantized(model: nn.Module) -> bool:
-    """Whether ``model`` is ``models.quantize``'s int8 copy of a zoo model."""
-    return isinstance(model.rnn, QuantizedBiRNN)
+    """Whether ``model`` is ``models.quantize``'s int8 copy (its recurrent blocks are int8)."""
+    return any(isinstance(module, QuantizedBiRNN) for module in model.modules())
 
 
 def _as_predictor(source: Any) -> Predictor:

@@ -59,3 +59,35 @@ def test_a_quantization_that_does_not_match_is_refused(quantized: bool, claim, m
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=match):
         models.from_pretrained(tmp_path)
+
+
+def test_an_int8_keras_text_model_serves_raw_strings_and_round_trips(tmp_path: Path) -> None:
+    """An imported Keras text model (its block called through ``block.run``) quantizes like a zoo model: within the
+    int8 error of its float32 probabilities (2e-3 here: LSTM int8 error is documented at ~1e-3), bit for bit through
+    ``save_pretrained``."""
+    pytest.importorskip("h5py", reason="Keras files need h5py (pip install -e '.[dev]')")
+    from models.deploy.predictor import Predictor
+    from models.keras import keras_text_predictor
+
+    fixture = Path(__file__).resolve().parents[1] / "keras" / "fixtures" / "keras_text" / "tv_sequential.keras"
+    float_predictor = keras_text_predictor(fixture)
+    quantized = Predictor(models.quantize(float_predictor.model), float_predictor.preprocessing)
+    assert any(isinstance(module, QuantizedBiRNN) for module in quantized.model.modules())
+    texts = ["The cat sat on the mat.", "Dogs DON'T like cats!!!", "", "ünïcode wörds"]
+    want = quantized(texts).probabilities
+    torch.testing.assert_close(want, float_predictor(texts).probabilities, atol=2e-3, rtol=0)
+    models.save_pretrained(quantized, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["quantization"] == "int8"
+    assert torch.equal(models.from_pretrained(tmp_path)(texts).probabilities, want)
+
+
+def test_run_is_the_float_blocks_run() -> None:
+    torch.manual_seed(0)
+    float_block = models.BiGRU(5, 6, num_layers=2, merge_mode="ave", batch_first=True)
+    block = models.quantize(float_block)
+    x, lengths = torch.randn(3, 7, 5), torch.tensor([7, 2, 5])
+    out, h_n, c_n = block.run(x, lengths=lengths)
+    want_out, want_h = block(x, lengths=lengths)
+    assert torch.equal(out, want_out) and torch.equal(h_n, want_h) and torch.equal(c_n, h_n)
+    with pytest.raises(ValueError, match=r"c0 is the LSTM's cell state"):
+        block.run(x, c0=torch.zeros(4, 3, 6))
