@@ -54,8 +54,8 @@ def runners(batch: int, hidden: int) -> Dict[str, Callable[[], torch.Tensor]]:
         with torch.inference_mode(), cpu_kernel.forced():
             return block(x)[0]
 
-    def bf16() -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    def bf16() -> torch.Tensor:  # forced: the kernel even where bf16.onednn_wins would send it to oneDNN
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), cpu_kernel.forced():
             return block(x)[0]
 
     def onednn_bf16() -> torch.Tensor:

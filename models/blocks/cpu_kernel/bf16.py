@@ -181,8 +181,17 @@ def _plan_for(module: nn.Module, mode: str, weights: List[Tensor], has_biases: b
     return plan
 
 
+def onednn_wins(batch: int, hidden: int, threads: int) -> bool:
+    """Where oneDNN's bf16 LSTM measured faster than the kernel's (``benchmarks.bf16``, one run on a 2-core AMD EPYC
+    Zen 4 at load average 7-8, ``benchmarks/RESULTS.md``): two threads at B >= 64 (1.21-1.26x the time; H = 256:
+    0.98x) and at B = 16, H = 512 (1.21x); everywhere else the kernel was faster or level (0.19-1.07x). oneDNN
+    splits its big GEMMs over both threads; the kernel runs one direction a thread."""
+    return threads >= 2 and (batch >= 64 or (batch >= 16 and hidden >= 512))
+
+
 def applies(x: Tensor, mode: str, weights: List[Tensor]) -> bool:
-    """Whether a block runs this call on the bf16 kernel (the module docstring says when)."""
+    """Whether a block runs this call on the bf16 kernel (the module docstring says when; for the LSTM not where
+    ``onednn_wins``, unless ``cpu_kernel.forced()``)."""
     if mode not in CELL_CODES or x.device.type != "cpu":
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.compiler.is_exporting():
@@ -195,6 +204,9 @@ def applies(x: Tensor, mode: str, weights: List[Tensor]) -> bool:
         if x.dtype not in (torch.float32, torch.bfloat16) or any(w.dtype != torch.float32 for w in weights):
             return False
     elif x.dtype != torch.bfloat16 or any(w.dtype != torch.bfloat16 for w in weights):
+        return False
+    if (mode == "LSTM" and not cpu_kernel._switch.forced
+            and onednn_wins(x.shape[1] if x.dim() == 3 else 1, weights[1].shape[1], torch.get_num_threads())):
         return False
     return library() is not None
 
