@@ -196,14 +196,15 @@ def applies(x: Tensor, mode: str, weights: List[Tensor]) -> bool:
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.compiler.is_exporting():
         return False
-    if cpu_kernel._switch.off or cpu_kernel._in_functorch_transform() or not inference.usable(x, weights):
-        return False
+    # the dtypes first: every float32 call outside autocast asks this and is answered here
     if torch.is_autocast_enabled("cpu"):
         if torch.get_autocast_dtype("cpu") != torch.bfloat16:
             return False
         if x.dtype not in (torch.float32, torch.bfloat16) or any(w.dtype != torch.float32 for w in weights):
             return False
     elif x.dtype != torch.bfloat16 or any(w.dtype != torch.bfloat16 for w in weights):
+        return False
+    if cpu_kernel._switch.off or cpu_kernel._in_functorch_transform() or not inference.usable(x, weights):
         return False
     if (mode == "LSTM" and not cpu_kernel._switch.forced
             and onednn_wins(x.shape[1] if x.dim() == 3 else 1, weights[1].shape[1], torch.get_num_threads())):
