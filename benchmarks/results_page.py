@@ -55,6 +55,12 @@ def _accuracy_int8(document: Dict[str, Any]) -> str:
     return markdown(document)
 
 
+def _bf16(document: Dict[str, Any]) -> str:
+    from .bf16 import markdown
+
+    return markdown(document)
+
+
 def _vs_tensorflow(document: Dict[str, Any]) -> str:
     from .vs_tensorflow import markdown
 
@@ -75,6 +81,7 @@ BENCHMARKS: List[Tuple[str, str, Callable[[Dict[str, Any]], str]]] = [
     ("vs_tensorflow", "python -m benchmarks.vs_tensorflow", _vs_tensorflow),
     ("quantized", "python -m benchmarks.quantized", _quantized),
     ("accuracy_int8", "python -m benchmarks.quantized_accuracy", _accuracy_int8),
+    ("bf16", "python -m benchmarks.bf16", _bf16),
     ("cpu", "python -m benchmarks.run", _report),
     ("startup", "python -m benchmarks.startup", _startup),
 ]

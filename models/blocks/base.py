@@ -40,6 +40,7 @@ from ..cells import GATES, GRU_RESET_BEFORE
 from ..merge import MergeMode, merge_stacked, merged_size, resolve_merge_modes
 from . import cpu_kernel
 from .compile_boundary import eager_under_compile
+from .cpu_kernel import bf16 as cpu_kernel_bf16
 from .cpu_kernel import inference as cpu_kernel_inference
 from .fused import _SATURATE, _FusedPaths
 from .packed import repack, unpack
@@ -148,10 +149,12 @@ class _BiRNNBase(_FusedPaths):
         result = super()._apply(fn, recurse)
         self._init_flat_weights()
         cpu_kernel_inference.clear(self)  # the prepared inference weights are of the old tensors
+        cpu_kernel_bf16.clear(self)
         return result
 
     def train(self, mode: bool = True) -> "_BiRNNBase":
         cpu_kernel_inference.clear(self)  # a plan is kept in eval mode only, and eval() re-reads the weights
+        cpu_kernel_bf16.clear(self)
         return super().train(mode)
 
     @torch.jit.unused
@@ -317,6 +320,9 @@ class _BiRNNBase(_FusedPaths):
 
         if packed and lengths is not None:
             out, h_n, c_n = self._run_lengths_packed(x, lengths, h0, c0, weights)
+        elif not torch.jit.is_scripting() and not empty and self._bf16_applies(x, weights):
+            out, h_n, c_n = cpu_kernel_bf16.run(self, self._kernel_cell(), x, lengths, h0, c0, weights, self.bias,
+                                                self.merge_modes, self.hidden_size)
         elif not torch.jit.is_scripting() and not empty and self._kernel_applies(x, lengths, weights):
             out, h_n, c_n = self._run_kernel_layers(x, lengths, h0, c0, weights)
         elif lengths is None and self.all_concat:
@@ -425,6 +431,12 @@ class _BiRNNBase(_FusedPaths):
         A reset_after=False BiGRU is the kernel's third cell, ``GRU_RESET_BEFORE``."""
         training = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
         return cpu_kernel.applies(x, self._kernel_cell(), self.hidden_size, lengths is not None, training)
+
+    @torch.jit.unused
+    def _bf16_applies(self, x: Tensor, weights: List[Tensor]) -> bool:
+        """bf16 inference on the CPU kernel (``models/blocks/cpu_kernel/bf16.py`` says when): not with dropout to
+        apply."""
+        return not (self.training and self.dropout > 0.0) and cpu_kernel_bf16.applies(x, self._kernel_cell(), weights)
 
     @torch.jit.unused
     def _kernel_cell(self) -> str:

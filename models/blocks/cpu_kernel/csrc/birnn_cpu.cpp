@@ -29,6 +29,7 @@
 #include "forward.h"
 #include "products.h"
 #include "q8_forward.h"  // int8 inference (models.quantize): its entry points are defined there
+#include "bf16_forward.h"  // bfloat16 inference (cpu_kernel/bf16.py): its entry points are defined there
 
 using birnn::Args;
 using birnn::Cell;

@@ -1,0 +1,313 @@
+// bfloat16 inference of a whole bidirectional stack (models/blocks/cpu_kernel/bf16.py): bf16 weights and inputs,
+// float32 accumulation, float32 states and gate math. The products run on AVX512_BF16's vdpbf16ps (16 lanes, each
+// adding two bf16 x bf16 products to a float32 sum); everything else is ordinary code of the build.
+//
+// The math, mirrored by bf16.py's `reference` (float64 products of the same bf16 values): the input rows x_t and the
+// state rows h_{t-1} are rounded to bf16 (round to nearest even, as torch's .to(torch.bfloat16)) before their
+// product; the weights were rounded once when packed; the biases stay float32 (b_ih + b_hh folded in float32 where
+// the cell adds both to the same pre-activations: LSTM, reset-before GRU, RNN). Layer outputs, merges and states are
+// float32; bf16.py rounds the returned output and states to bf16. vdpbf16ps treats bf16 denormals as zero (inputs
+// below 1.2e-38: no trained weight or state is that small and nonzero).
+//
+// Only the avx512 build has this path, and only a CPU reporting AVX512_BF16 runs it (birnn_bf16_supported): the
+// product is compiled with a target attribute for that one function, so the library still loads and runs on a CPU
+// without it (and the avx2 build has no bf16 path at all).
+//
+// Entry point: birnn_bf16_forward_stack(const Bf16Args*), every layer and merge of an inference call (merge codes
+// as forward.h's Merge). Bf16Args is mirrored by bf16.py (checked by birnn_bf16_args_layout).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "activations.h"  // defines BIRNN_VECTOR
+
+#if defined(BIRNN_VECTOR) && BIRNN_VECTOR == 16
+#include <immintrin.h>
+#define BIRNN_BF16 1
+#define BIRNN_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+#endif
+
+namespace birnn {
+namespace bf16 {
+
+// The cells of the bf16 path: the float kernel's codes, and the Elman RNNs as the int8 path numbers them.
+enum Cell : int32_t { kLstm = 0, kGru = 1, kGruResetBefore = 2, kRnnTanh = 3, kRnnRelu = 4 };
+
+inline int gates_of(int cell) { return cell == kLstm ? 4 : cell == kGru || cell == kGruResetBefore ? 3 : 1; }
+// Every gate block is padded to Hp = H rounded up to 16: gate k, unit j is channel k * Hp + j, so each gate block
+// starts on a 16-channel block of the packed weights.
+inline int padded(int h) { return (h + 15) / 16 * 16; }
+
+// Layouts (T steps, B rows, H hidden, L layers, Hp = padded(H), Gp = gates * Hp, Kp = ceil(K / 2)):
+//   x (T, B, F) float32; lengths (B,) int64 or null (right padding); h0, c0, h_n, c_n (2L, B, H) float32 (c: LSTM
+//   only, else null); out (T, B, 2H) after a last concat/None, else (T, B, H), float32; input_sizes, merges (L,).
+//   weights: 4 addresses a layer: w_ih (2, Gp / 16, Kp_in, 16, 2) bf16, b_ih (2, Gp) float32 or 0 (b_ih + b_hh but
+//   for the GRU), w_hh (2, Gp / 16, Kp_h, 16, 2) bf16, b_hh (2, Gp) float32 (GRU only: r gates its n block) or 0.
+//   Packed block nb, pair p holds [w(c, 2p), w(c, 2p + 1)] for the 16 channels c = 16 nb .. 16 nb + 15 (zero beyond
+//   H in each gate block and beyond K).
+struct Bf16Args {
+  int32_t cell, steps, batch, hidden, layers, threads;
+  const float* x;
+  const int64_t* lengths;
+  const float* h0;
+  const float* c0;
+  float* out;
+  float* h_n;
+  float* c_n;
+  const int32_t* input_sizes;
+  const int32_t* merges;
+  const int64_t* weights;
+};
+
+// float32 -> bf16 bits, round to nearest even (torch's rule; NaN -> the quiet NaN torch gives).
+inline uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// K floats -> 2 Kp bf16 (zero padded).
+inline void round_row(const float* v, int K, int Kp, uint16_t* q) {
+  for (int j = 0; j < K; ++j) q[j] = to_bf16(v[j]);
+  for (int j = K; j < 2 * Kp; ++j) q[j] = 0;
+}
+
+#ifdef BIRNN_BF16
+// MR rows x NB blocks of 16 channels: C (+)= A @ W^T over Kp pairs. a: row stride lda bf16; w: the first block,
+// blocks `block` bf16 apart; c: row stride ldc floats. The accumulators stay in registers.
+template <int MR, int NB, bool ACC>
+BIRNN_BF16_TARGET inline void tile(int Kp, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block, float* c,
+                                   int64_t ldc) {
+  __m512 acc[MR][NB];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = ACC ? _mm512_loadu_ps(c + i * ldc + 16 * j) : _mm512_setzero_ps();
+  for (int p = 0; p < Kp; ++p) {
+    __m512bh b[NB];
+    for (int j = 0; j < NB; ++j) b[j] = (__m512bh)_mm512_loadu_si512(w + j * block + 32 * int64_t(p));
+    for (int i = 0; i < MR; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, a + i * lda + 2 * int64_t(p), 4);
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(pair);
+      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], ai, b[j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NB; ++j) _mm512_storeu_ps(c + i * ldc + 16 * j, acc[i][j]);
+}
+
+// MR rows over blocks [n0, n1): groups of NB, then one at a time.
+template <int MR, int NB, bool ACC>
+BIRNN_BF16_TARGET inline void row_blocks(int Kp, const uint16_t* a, int64_t lda, const uint16_t* w, int n0, int n1,
+                                         float* c, int64_t ldc) {
+  const int64_t block = 32 * int64_t(Kp);
+  int n = n0;
+  for (; n + NB <= n1; n += NB) tile<MR, NB, ACC>(Kp, a, lda, w + n * block, block, c + 16 * n, ldc);
+  for (; n < n1; ++n) tile<MR, 1, ACC>(Kp, a, lda, w + n * block, block, c + 16 * n, ldc);
+}
+
+// C (M, 16 (n1 - n0)) (+)= A (M, 2 Kp) @ W[blocks n0 .. n1)^T; c points at block n0's first channel. A slice of
+// blocks of about 256 KB at a time, every row over it before the next: the weights come from memory once a call.
+template <bool ACC>
+BIRNN_BF16_TARGET void gemm(int M, int Kp, const uint16_t* a, int64_t lda, const uint16_t* w, int n0, int n1,
+                            float* c, int64_t ldc) {
+  const int step = std::max(4, int(262144 / (64 * int64_t(Kp))));
+  for (int s = n0; s < n1; s += step) {
+    const int e = std::min(n1, s + step);
+    float* cs = c - 16 * int64_t(n0);  // row_blocks adds 16 n for block n
+    int m = 0;
+    for (; m + 4 <= M; m += 4) row_blocks<4, 4, ACC>(Kp, a + m * lda, lda, w, s, e, cs + m * ldc, ldc);
+    switch (M - m) {
+      case 1: row_blocks<1, 8, ACC>(Kp, a + m * lda, lda, w, s, e, cs + m * ldc, ldc); break;
+      case 2: row_blocks<2, 6, ACC>(Kp, a + m * lda, lda, w, s, e, cs + m * ldc, ldc); break;
+      case 3: row_blocks<3, 4, ACC>(Kp, a + m * lda, lda, w, s, e, cs + m * ldc, ldc); break;
+      default: break;
+    }
+  }
+}
+#endif
+
+inline void product(bool accumulate, int M, int Kp, const uint16_t* a, int64_t lda, const uint16_t* w, int n0, int n1,
+                    float* c, int64_t ldc) {
+#ifdef BIRNN_BF16
+  if (accumulate)
+    gemm<true>(M, Kp, a, lda, w, n0, n1, c, ldc);
+  else
+    gemm<false>(M, Kp, a, lda, w, n0, n1, c, ldc);
+#else
+  (void)accumulate, (void)M, (void)Kp, (void)a, (void)lda, (void)w, (void)n0, (void)n1, (void)c, (void)ldc;
+#endif
+}
+
+// Scratch of one thread, kept across calls (first-touch page faults of fresh buffers cost more than small steps).
+struct Buffers {
+  std::vector<uint16_t> qx, qh, qr;
+  std::vector<float> gx, gh, tmp;
+};
+inline Buffers& buffers() {
+  thread_local Buffers b;
+  return b;
+}
+template <typename V>
+inline typename V::value_type* sized(V& v, int64_t n) {
+  if (int64_t(v.size()) < n) v.resize(size_t(n));
+  return v.data();
+}
+
+// Direction d of layer l: input `in` (T, B, F) float32, raw output (T, B, 2, H).
+inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, float* raw) {
+  const int T = S.steps, B = S.batch, H = S.hidden, Hp = padded(H), cell = S.cell, gates = gates_of(cell);
+  const int Gp = gates * Hp, blocks = Gp / 16, Kx = (F + 1) / 2, Kh = (H + 1) / 2;
+  const int64_t* w = S.weights + 4 * int64_t(l);
+  const uint16_t* wi = reinterpret_cast<const uint16_t*>(w[0]) + int64_t(d) * Gp * 2 * Kx;
+  const float* bi = w[1] ? reinterpret_cast<const float*>(w[1]) + int64_t(d) * Gp : nullptr;
+  const uint16_t* wh = reinterpret_cast<const uint16_t*>(w[2]) + int64_t(d) * Gp * 2 * Kh;
+  const float* bh = w[3] ? reinterpret_cast<const float*>(w[3]) + int64_t(d) * Gp : nullptr;
+  const int64_t state = (int64_t(2) * l + d) * B * H;
+  float* h = S.h_n + state;
+  float* c = cell == kLstm ? S.c_n + state : nullptr;
+  std::memcpy(h, S.h0 + state, sizeof(float) * B * H);
+  if (c) std::memcpy(c, S.c0 + state, sizeof(float) * B * H);
+  // Projections in chunks of about 256 rows (one product each, bias added), read by the steps of the chunk.
+  const int chunk = std::max(1, std::min(T, 256 / std::max(1, B)));
+  Buffers& buf = buffers();
+  uint16_t* qx = sized(buf.qx, int64_t(chunk) * B * 2 * Kx);
+  float* gx = sized(buf.gx, int64_t(chunk) * B * Gp);
+  uint16_t* qh = sized(buf.qh, int64_t(B) * 2 * Kh);
+  uint16_t* qr = sized(buf.qr, cell == kGruResetBefore ? int64_t(B) * 2 * Kh : 1);
+  float* gh = sized(buf.gh, cell == kGru ? int64_t(B) * Gp : 1);
+  float* tmp = sized(buf.tmp, H);
+  // The step product accumulates onto the projected rows, but for the GRU (r gates W_hn h + b_hn: kept apart) and
+  // the reset-before GRU (its n block waits for r * h).
+  const int first_blocks = cell == kGruResetBefore ? 2 * Hp / 16 : blocks;
+  int chunk_start = 0;
+  for (int s = 0; s < T; ++s) {
+    const int t = d == 0 ? s : T - 1 - s;
+    if (s % chunk == 0) {
+      const int n = std::min(chunk, T - s);
+      chunk_start = d == 0 ? s : T - s - n;
+      const float* xs = in + int64_t(chunk_start) * B * F;
+      for (int64_t r = 0; r < int64_t(n) * B; ++r) round_row(xs + r * F, F, Kx, qx + r * 2 * Kx);
+      product(false, n * B, Kx, qx, 2 * Kx, wi, 0, blocks, gx, Gp);
+      if (bi)
+        for (int64_t r = 0; r < int64_t(n) * B; ++r)
+          for (int j = 0; j < Gp; ++j) gx[r * Gp + j] += bi[j];
+    }
+    float* g0 = gx + int64_t(t - chunk_start) * B * Gp;  // this step's B rows of pre-activations
+    for (int b = 0; b < B; ++b) round_row(h + int64_t(b) * H, H, Kh, qh + int64_t(b) * 2 * Kh);
+    if (cell == kGru)
+      product(false, B, Kh, qh, 2 * Kh, wh, 0, blocks, gh, Gp);
+    else
+      product(true, B, Kh, qh, 2 * Kh, wh, 0, first_blocks, g0, Gp);
+    if (cell == kGruResetBefore) {  // r, then (r * h) @ W_hn^T onto the n block
+      for (int b = 0; b < B; ++b) {
+        float* g = g0 + int64_t(b) * Gp;
+        const float* hb = h + int64_t(b) * H;
+        sigmoid_(g, H);
+        for (int j = 0; j < H; ++j) tmp[j] = g[j] * hb[j];
+        round_row(tmp, H, Kh, qr + int64_t(b) * 2 * Kh);
+      }
+      product(true, B, Kh, qr, 2 * Kh, wh, 2 * Hp / 16, blocks, g0 + 2 * Hp, Gp);
+    }
+    for (int b = 0; b < B; ++b) {
+      float* o = raw + ((int64_t(t) * B + b) * 2 + d) * H;
+      if (S.lengths != nullptr && t >= S.lengths[b]) {
+        std::memset(o, 0, sizeof(float) * H);
+        continue;
+      }
+      float* g = g0 + int64_t(b) * Gp;
+      float* hb = h + int64_t(b) * H;
+      if (cell == kLstm) {
+        float* cb = c + int64_t(b) * H;
+        sigmoid_(g, 2 * Hp);  // i, f (the padding lanes too: contiguous)
+        tanh_(g + 2 * Hp, H);
+        sigmoid_(g + 3 * Hp, H);
+        for (int j = 0; j < H; ++j) tmp[j] = cb[j] = g[Hp + j] * cb[j] + g[j] * g[2 * Hp + j];
+        tanh_(tmp, H);
+        for (int j = 0; j < H; ++j) o[j] = hb[j] = g[3 * Hp + j] * tmp[j];
+      } else if (cell == kGru || cell == kGruResetBefore) {
+        if (cell == kGru) {
+          const float* ghb = gh + int64_t(b) * Gp;
+          for (int j = 0; j < 2 * Hp; ++j) g[j] += ghb[j] + (bh ? bh[j] : 0.0f);
+          sigmoid_(g, 2 * Hp);
+          for (int j = 0; j < H; ++j) g[2 * Hp + j] += g[j] * (ghb[2 * Hp + j] + (bh ? bh[2 * Hp + j] : 0.0f));
+        } else {
+          sigmoid_(g + Hp, H);  // z (r is done)
+        }
+        tanh_(g + 2 * Hp, H);
+        for (int j = 0; j < H; ++j) {
+          const float n = g[2 * Hp + j];
+          o[j] = hb[j] = n + g[Hp + j] * (hb[j] - n);
+        }
+      } else if (cell == kRnnTanh) {
+        tanh_(g, H);
+        for (int j = 0; j < H; ++j) o[j] = hb[j] = g[j];
+      } else {
+        for (int j = 0; j < H; ++j) o[j] = hb[j] = g[j] < 0.0f ? 0.0f : g[j];  // NaN stays NaN
+      }
+    }
+  }
+}
+
+// Every layer and merge (merge codes: 0 concat, 1 sum, 2 mul, 3 ave, 4 None, as forward.h's Merge).
+inline void forward_stack(const Bf16Args& S) {
+  const int T = S.steps, B = S.batch, H = S.hidden;
+  const int64_t rows = int64_t(T) * B, raw_size = rows * 2 * H;
+  thread_local std::vector<float> spare_a, spare_b;  // the calling thread's layer buffers, kept across calls
+  float* const spare[2] = {sized(spare_a, raw_size), S.layers > 1 ? sized(spare_b, raw_size) : nullptr};
+  const float* in = S.x;
+  for (int l = 0; l < S.layers; ++l) {
+    const bool last = l == S.layers - 1, whole = S.merges[l] == 0 || S.merges[l] == 4;
+    float* raw = last && whole ? S.out : (in == spare[0] ? spare[1] : spare[0]);
+    if (raw == nullptr) raw = spare[0];  // one layer, merged: spare[0] is free
+    const int F = S.input_sizes[l];
+#pragma omp parallel for num_threads(2) schedule(static, 1) if (S.threads > 1)
+    for (int d = 0; d < 2; ++d) direction(S, l, d, in, F, raw);
+    if (whole) {
+      in = raw;
+      continue;
+    }
+    float* merged = last ? S.out : (raw == spare[0] ? spare[1] : spare[0]);
+    const int merge = S.merges[l];
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* f = raw + r * 2 * H;
+      const float* b = f + H;
+      float* m = merged + r * H;
+      if (merge == 1)
+        for (int j = 0; j < H; ++j) m[j] = f[j] + b[j];
+      else if (merge == 2)
+        for (int j = 0; j < H; ++j) m[j] = f[j] * b[j];
+      else
+        for (int j = 0; j < H; ++j) m[j] = (f[j] + b[j]) / 2.0f;
+    }
+    in = merged;
+  }
+}
+
+}  // namespace bf16
+}  // namespace birnn
+
+// Defined here, not inline: this header is included once, by birnn_cpu.cpp, whose library exports them.
+extern "C" {
+// The layout of Bf16Args, for models/blocks/cpu_kernel/bf16.py's check of its mirror: sizeof, last field's offset.
+void birnn_bf16_args_layout(int64_t* size, int64_t* last_offset) {
+  *size = int64_t(sizeof(birnn::bf16::Bf16Args));
+  *last_offset = int64_t(offsetof(birnn::bf16::Bf16Args, weights));
+}
+// 1 where this library has the bf16 path and the CPU runs vdpbf16ps; 0 elsewhere (then never call the entry below).
+int birnn_bf16_supported() {
+#ifdef BIRNN_BF16
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") ? 1 : 0;
+#else
+  return 0;
+#endif
+}
+// Every layer of a bf16 inference call (bf16_forward.h); only where birnn_bf16_supported() is 1.
+void birnn_bf16_forward_stack(const birnn::bf16::Bf16Args* args) { birnn::bf16::forward_stack(*args); }
+}
