@@ -31,6 +31,7 @@ from torch import nn
 
 from models import BiGRU, BiLSTM
 from models.blocks import cpu_kernel
+from models.blocks.cpu_kernel import calibrate
 
 from .harness import Column, grid, in_process, interleaved, log, table, write_results
 from .machine import describe
@@ -98,8 +99,6 @@ def timed_rounds(items: Dict[str, Callable[[], None]], threads: int, rounds: int
 def policy_choice(cell: str, batch: int, hidden: int, steps: int, threads: int, train: bool) -> Dict[str, Any]:
     """What the blocks' policy (``cpu_kernel.kernel_chosen``: this CPU's calibration where there is one, else the
     fixed table) takes for this configuration, without and with ``lengths``, and what it decided with."""
-    from models.blocks.cpu_kernel import calibrate
-
     source = calibrate.record(threads, cpu_kernel.capability())["source"]
     return {"source": source, **{key: cpu_kernel.kernel_chosen(cell, batch, hidden, steps, lengths, train,
                                                                threads=threads)
@@ -200,6 +199,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     log(f"{machine['lscpu']} | capability {capability} | load {machine.get('load_average_start')}")
     document: Dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"rows": []}
     document["machine"] = machine
+    # what the policy decided with at each thread count: the calibration itself, so the file says why
+    document.setdefault("policy", {}).update({str(t): calibrate.record(t, capability) for t in args.threads})
     done = {(r["cell"], r["threads"], r["mode"], r["B"], r["H"], r["T"]) for r in document["rows"]}
     for case in grid(cell=args.cells, threads=args.threads, mode=args.modes, T=steps_list, B=batches,
                      H=hidden_sizes):  # the matrix's cases, in this order
