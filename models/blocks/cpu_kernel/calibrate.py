@@ -10,7 +10,7 @@ pairs of samples until every pair's ratio lies clearly on one side of 1 or the c
 clear cells (most) cost three pairs: about 450 calls, 8-9 s of CPU time per thread count on an AMD Zen 4 (the
 first version timed every cell alike: 672 calls, 14 s there, 183 s on a loaded Zen 1). The policy then asks the
 nearest measured cell (``B`` and ``H`` on a log scale) and takes the kernel where it ran at most as long as
-PyTorch's path (``ratio <= 1``); more than one doubling outside the grid (``B`` = 256, ``H`` = 1024) the table
+PyTorch's path (``ratio <= 1``); more than one doubling above the grid (``B`` = 256, ``H`` = 1024) the table
 decides. Keras's ``reset_after=False`` GRU always takes the kernel (its other path is a
 Python time loop), as in the table.
 
@@ -64,7 +64,7 @@ MAX_NUMBER = 16
 MIN_PAIRS, MAX_PAIRS = 3, 8
 CLEAR = 0.05
 CELL_BUDGET_S = 0.4
-# How far outside its grid a calibration answers (doublings of B or H); beyond, the fixed table decides.
+# How far above its grid a calibration answers (doublings of B or H); beyond, the fixed table decides.
 REACH = 1.0
 MAX_CALLS = 2 + 2 * MAX_PAIRS * MAX_NUMBER  # per cell
 
@@ -85,15 +85,15 @@ class Calibration:
     def kernel_wins(self, cell: str, batch: int, hidden: int, has_lengths: bool, training: bool) -> Optional[bool]:
         """The nearest measured cell's answer (``B`` and ``H`` on a log2 scale, ties to the smaller), or None
         (the table decides) where this cell, ``lengths`` and ``training`` were not measured, or where ``B`` or
-        ``H`` lies more than ``REACH`` doublings outside the measured range: a one-thread GRU training step at
+        ``H`` lies more than ``REACH`` doublings above the measured range: a one-thread GRU training step at
         B = 256 is not a B = 64 one (measured on a Zen 4: kernel 1.17x ``nn.GRU`` at H = 128, 0.64-0.93x at
-        B = 64)."""
+        B = 64). Below the range the smallest cells answer (per-call costs dominate there as in them)."""
         rows = self._by.get((cell, has_lengths, training))
         if not rows:
             return None
         b, h = math.log2(max(batch, 1)), math.log2(max(hidden, 1))
         for value, measured in ((b, [math.log2(r[0]) for r in rows]), (h, [math.log2(r[1]) for r in rows])):
-            if value > max(measured) + REACH or value < min(measured) - REACH:
+            if value > max(measured) + REACH:
                 return None
         nearest = min(rows, key=lambda r: (abs(math.log2(r[0]) - b) + abs(math.log2(r[1]) - h), r[0], r[1]))
         return nearest[2] <= 1.0
