@@ -11,7 +11,9 @@ variants timed side by side in interleaved rounds:
 
 Configurations whose forward pass exceeds ``--max-gflop`` are skipped (on 2 cores the largest would take
 minutes a step); the JSON says which. Results go to ``benchmarks/results/kernel_matrix-<capability>.json``, one
-row per configuration, appended as they finish, with the machine (CPU model and flags) at the top.
+row per configuration, appended as they finish, each with the path the blocks' policy takes there (this CPU's
+calibration where one is cached, else the fixed table), with the machine (CPU model and flags) and the policy's
+record per thread count at the top. The report lists every cell above ``LIMIT`` (1.02x ``nn.*``) under it.
 """
 
 import os
