@@ -11,7 +11,9 @@ variants timed side by side in interleaved rounds:
 
 Configurations whose forward pass exceeds ``--max-gflop`` are skipped (on 2 cores the largest would take
 minutes a step); the JSON says which. Results go to ``benchmarks/results/kernel_matrix-<capability>.json``, one
-row per configuration, appended as they finish, with the machine (CPU model and flags) at the top.
+row per configuration, appended as they finish, each with the path the blocks' policy takes there (this CPU's
+calibration where one is cached, else the fixed table), with the machine (CPU model and flags) and the policy's
+record per thread count at the top. The report lists every cell above ``LIMIT`` (1.02x ``nn.*``) under it.
 """
 
 import os
@@ -24,19 +26,21 @@ import json
 import statistics
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from models import BiGRU, BiLSTM
 from models.blocks import cpu_kernel
+from models.blocks.cpu_kernel import calibrate
 
 from .harness import Column, grid, in_process, interleaved, log, table, write_results
 from .machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCHES, HIDDEN, STEPS = (1, 16, 64, 256), (64, 128, 256, 512), (64, 512)
+LIMIT = 1.02  # the most a block may cost relative to nn.* under the policy (noise of a shared machine included)
 
 
 def gflop(cell: str, batch: int, hidden: int, steps: int) -> float:
@@ -94,16 +98,45 @@ def timed_rounds(items: Dict[str, Callable[[], None]], threads: int, rounds: int
     return {key: s.samples for key, s in series.items()}
 
 
-def report(document: Dict[str, Any]) -> str:
-    """Markdown: per cell, step kind and thread count, a (T, B) x H table of what the block costs relative to
-    ``nn.*`` under ``models/blocks/cpu_kernel/policy.py``: ``no lengths · lengths``, with the path the policy takes
-    (``k`` kernel, ``p`` PyTorch's kernels) and the other path's ratio in brackets where they differ."""
+def policy_choice(cell: str, batch: int, hidden: int, steps: int, threads: int, train: bool) -> Dict[str, Any]:
+    """What the blocks' policy (``cpu_kernel.kernel_chosen``: this CPU's calibration where there is one, else the
+    fixed table) takes for this configuration, without and with ``lengths``, and what it decided with."""
+    source = calibrate.record(threads, cpu_kernel.capability())["source"]
+    return {"source": source, **{key: cpu_kernel.kernel_chosen(cell, batch, hidden, steps, lengths, train,
+                                                               threads=threads)
+                                 for key, lengths in (("kernel", False), ("kernel_len", True))}}
+
+
+def _takes_kernel(row: Dict[str, Any], lengths: bool, capability: str) -> bool:
+    """The path the row's policy took (recorded with the row), or the fixed table's for rows measured before the
+    policy was recorded."""
     from models.blocks.cpu_kernel.policy import kernel_wins
 
+    if "policy" in row:
+        return bool(row["policy"]["kernel_len" if lengths else "kernel"])
+    return kernel_wins(row["cell"], row["B"], row["H"], row["T"], lengths, row["threads"], capability,
+                       row["mode"] == "train")
+
+
+def under_policy(row: Dict[str, Any], capability: str) -> Dict[str, Tuple[float, float]]:
+    """The block's cost relative to ``nn.*`` on the path its policy takes and on the other one:
+    ``{"no lengths": (taken, other), "lengths": (taken, other)}`` (PyTorch's path without lengths is ``nn.*``)."""
+    plain, padded = (row["kernel/nn"], 1.0), (row["kernel_len/nn"], row["aten_len/nn"])
+    return {"no lengths": plain if _takes_kernel(row, False, capability) else plain[::-1],
+            "lengths": padded if _takes_kernel(row, True, capability) else padded[::-1]}
+
+
+def report(document: Dict[str, Any]) -> str:
+    """Markdown: per cell, step kind and thread count, a (T, B) x H table of what the block costs relative to
+    ``nn.*`` under the policy (the one recorded with each row: this CPU's calibration or the fixed table of
+    ``models/blocks/cpu_kernel/policy.py``): ``no lengths · lengths``, with the path the policy takes (``k``
+    kernel, ``p`` PyTorch's kernels) and the other path's ratio in brackets where they differ; then every cell
+    above ``LIMIT``."""
     capability = document["machine"]["capability"]
-    lines = [f"Machine: {document['machine']['lscpu']}, capability `{capability}`, "
-             f"torch {document['machine']['torch']}."]
     rows = [r for r in document["rows"] if "seconds" in r]
+    sources = sorted({r["policy"]["source"] if "policy" in r else "table (not recorded)" for r in rows})
+    lines = [f"Machine: {document['machine']['lscpu']}, capability `{capability}`, "
+             f"torch {document['machine']['torch']}; policy: {', '.join(sources)}."]
     groups = sorted({(r["cell"], r["mode"], r["threads"]) for r in rows})
     for cell, mode, threads in groups:
         here = {(r["T"], r["B"], r["H"]): r for r in rows if (r["cell"], r["mode"], r["threads"]) == (cell, mode,
@@ -120,7 +153,7 @@ def report(document: Dict[str, Any]) -> str:
                 parts = []
                 for lengths, kernel_key, other in ((False, "kernel/nn", 1.0),
                                                    (True, "kernel_len/nn", r["aten_len/nn"])):
-                    take = kernel_wins(cell, batch, h, steps, lengths, threads, capability, mode == "train")
+                    take = _takes_kernel(r, lengths, capability)
                     chosen, alternative = (r[kernel_key], other) if take else (other, r[kernel_key])
                     parts.append(f"{chosen:.2f}{'k' if take else 'p'}" + ("" if take else f" (k {alternative:.2f})"))
                 entries[h] = " · ".join(parts)
@@ -129,7 +162,12 @@ def report(document: Dict[str, Any]) -> str:
         columns += [(f"H={h}", lambda e, h=h: e[h]) for h in sizes]
         lines += ["", f"**{cell} {'training step' if mode == 'train' else 'inference'}, {threads} thread(s)**", ""]
         lines += table(columns, table_rows, "ll" + "r" * len(sizes))
-    return "\n".join(lines)
+    over = [f"{r['cell']} {r['mode']} {r['threads']} thread(s) T={r['T']} B={r['B']} H={r['H']} {key}: "
+            f"{taken:.2f} (the other path {other:.2f})"
+            for r in rows for key, (taken, other) in under_policy(r, capability).items() if taken > LIMIT]
+    lines += ["", f"Cells above {LIMIT:.2f}x `nn.*` under the policy: {len(over)} of {2 * len(rows)}"
+              + (":" if over else "."), ""] + [f"- {line}" for line in over]
+    return "\n".join(lines).rstrip()
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -163,6 +201,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     log(f"{machine['lscpu']} | capability {capability} | load {machine.get('load_average_start')}")
     document: Dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"rows": []}
     document["machine"] = machine
+    # what the policy decided with at each thread count: the calibration itself, so the file says why
+    document.setdefault("policy", {}).update({str(t): calibrate.record(t, capability) for t in args.threads})
     done = {(r["cell"], r["threads"], r["mode"], r["B"], r["H"], r["T"]) for r in document["rows"]}
     for case in grid(cell=args.cells, threads=args.threads, mode=args.modes, T=steps_list, B=batches,
                      H=hidden_sizes):  # the matrix's cases, in this order
@@ -180,6 +220,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             clock = args.clock if args.clock != "auto" else ("process" if threads == 1 else "wall")
             series = timed_rounds(items, threads, rounds, clock)
             row["clock"] = clock
+            row["policy"] = policy_choice(cell, batch, hidden, steps, threads, mode == "train")
             row["seconds"] = {k: statistics.median(v) for k, v in series.items()}
             for name in ("kernel", "kernel_len", "aten_len"):  # per-round ratios, then their median
                 ratios = [a / b for a, b in zip(series[name], series["nn"], strict=True)]

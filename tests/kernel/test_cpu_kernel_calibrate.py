@@ -4,7 +4,7 @@ checkpoint records what its run used so a resume on another machine takes the sa
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -53,6 +53,13 @@ def test_the_nearest_measured_cell_decides() -> None:
     assert table.kernel_wins("LSTM", 16, 128, True, True) is True       # with lengths: measured apart
     assert table.kernel_wins("LSTM", 16, 128, False, False) is True     # inference: measured apart
     assert table.kernel_wins("GRU_RESET_BEFORE", 16, 128, False, True) is None
+    # one doubling above the grid (B 1..64, H 64..256) the nearest cell still answers; further, the table;
+    # below it, the smallest cells
+    assert table.kernel_wins("LSTM", 128, 512, False, True) is True
+    assert table.kernel_wins("LSTM", 4, 32, False, True) is True
+    assert table.kernel_wins("LSTM", 256, 64, False, True) is None
+    assert table.kernel_wins("LSTM", 16, 1024, False, True) is None
+    assert table.kernel_wins("LSTM", 16, 8, False, True) is False
     with pytest.raises(ValueError, match="format"):
         calibrate.Calibration({"rows": []})
 
@@ -150,3 +157,60 @@ def test_a_resume_on_another_machine_takes_the_recorded_paths_bit_exactly(
     assert whole["model"].keys() == continued["model"].keys()
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, continued["model"][name]), name
+
+
+class FakeClock:
+    """A clock that only the fake steps move: each call of a step costs its stated seconds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.calls = 0
+
+    def step(self, seconds: float) -> Callable[[], None]:
+        def run() -> None:
+            self.now += seconds
+            self.calls += 1
+        return run
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("kernel_s, torch_s, ratio, calls", [
+    (0.002, 0.001, 2.0, 2 + 3 * 2),                          # clearly slower: decided after MIN_PAIRS pairs
+    (0.0005, 0.001, 0.5, 2 + 3 * 2 * 2),                     # clearly faster; samples of 2 calls make SAMPLE_S
+    (0.001, 0.001, 1.0, 2 + calibrate.MAX_PAIRS * 2 * 2),    # a tie: every pair, up to MAX_PAIRS
+    (0.1, 0.1, 1.0, 2 + 3 * 2),                              # a tie, but the cell's budget is spent: stops
+])
+def test_a_cell_is_measured_only_until_its_answer_is_clear(kernel_s: float, torch_s: float, ratio: float,
+                                                           calls: int) -> None:
+    clock = FakeClock()
+    got, made = calibrate.ratio(clock.step(kernel_s), clock.step(torch_s), clock)
+    assert got == pytest.approx(ratio)
+    assert made == clock.calls == calls <= calibrate.MAX_CALLS
+
+
+@needs_kernel
+def test_a_calibration_costs_a_bounded_number_of_calls() -> None:
+    """The worst case (every cell a tie, cheap calls: the most pairs and calls a sample) stays within
+    ``MAX_CALLS`` a cell and decides every cell of the grid; a realistic grid (most cells clear) far less."""
+    clock = FakeClock()
+    grid = len(calibrate.CELLS) * 2 * 2 * len(calibrate.BATCHES) * len(calibrate.HIDDENS)
+
+    def tie(cell: str, batch: int, hidden: int, lengths: bool, training: bool) -> Callable[[], None]:
+        return clock.step(1e-5)
+    data = calibrate.measure(1, "avx2", case=tie, clock=clock)
+    assert len(data["rows"]) == grid == 48
+    assert data["calls"] == clock.calls <= grid * calibrate.MAX_CALLS
+    assert all(row["calls"] <= calibrate.MAX_CALLS and row["ratio"] == 1.0 for row in data["rows"])
+
+    clock.calls = 0
+
+    def costs(cell: str, batch: int, hidden: int, lengths: bool, training: bool) -> Callable[[], None]:
+        # the kernel's path is the one forced on (cpu_kernel.forced); PyTorch's takes twice as long per call
+        def run() -> None:
+            clock.step(1e-3 if cpu_kernel._switch.forced else 2e-3)()
+        return run
+    data = calibrate.measure(1, "avx2", case=costs, clock=clock)
+    assert data["calls"] == clock.calls == grid * (2 + 3 * 2)
+    assert all(row["ratio"] == 0.5 for row in data["rows"])

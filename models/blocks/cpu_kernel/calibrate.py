@@ -5,9 +5,13 @@ Why: ``policy.kernel_wins`` is a table measured on two CPUs (an AVX2 EPYC, an AV
 a prediction, and on an AMD Zen 4 it missed (one-thread LSTM training 1.08-1.10x ``nn.LSTM``). A calibration times
 the blocks both ways (``cpu_kernel.forced()`` against ``cpu_kernel.disabled()``, interleaved) on a small grid:
 LSTM and GRU, inference and training steps, with and without ``lengths``, ``B`` in (1, 16, 64), ``H`` in (64,
-256), ``T = 24``, one layer (the policy decides per layer): 48 cells, a few seconds. The policy then asks the
+256), ``T = 24``, one layer (the policy decides per layer): 48 cells. Each cell is timed adaptively (``ratio``):
+pairs of samples until every pair's ratio lies clearly on one side of 1 or the cell's budget is spent, so the
+clear cells (most) cost three pairs: about 450 calls, 8-9 s of CPU time per thread count on an AMD Zen 4 (the
+first version timed every cell alike: 672 calls, 14 s there, 183 s on a loaded Zen 1). The policy then asks the
 nearest measured cell (``B`` and ``H`` on a log scale) and takes the kernel where it ran at most as long as
-PyTorch's path (``ratio <= 1``). Keras's ``reset_after=False`` GRU always takes the kernel (its other path is a
+PyTorch's path (``ratio <= 1``); more than one doubling above the grid (``B`` = 256, ``H`` = 1024) the table
+decides. Keras's ``reset_after=False`` GRU always takes the kernel (its other path is a
 Python time loop), as in the table.
 
 Where it is kept: ``calibration-<key>.json`` in the kernel cache folder (``$BIRNN_ZOO_KERNEL_CACHE`` or
@@ -52,6 +56,17 @@ CELLS = ("LSTM", "GRU")
 BATCHES = (1, 16, 64)
 HIDDENS = (64, 256)
 STEPS = 24
+# Measuring one cell (``ratio``): pairs of samples of at least SAMPLE_S each (at most MAX_NUMBER calls a sample),
+# MIN_PAIRS to MAX_PAIRS pairs, stopping early once every pair's ratio is CLEAR of 1 on the same side or the cell
+# has used CELL_BUDGET_S. Most cells are decided in MIN_PAIRS; the budget bounds the near-1 ones.
+SAMPLE_S = 0.002
+MAX_NUMBER = 16
+MIN_PAIRS, MAX_PAIRS = 3, 8
+CLEAR = 0.05
+CELL_BUDGET_S = 0.4
+# How far above its grid a calibration answers (doublings of B or H); beyond, the fixed table decides.
+REACH = 1.0
+MAX_CALLS = 2 + 2 * MAX_PAIRS * MAX_NUMBER  # per cell
 
 
 class Calibration:
@@ -69,11 +84,17 @@ class Calibration:
 
     def kernel_wins(self, cell: str, batch: int, hidden: int, has_lengths: bool, training: bool) -> Optional[bool]:
         """The nearest measured cell's answer (``B`` and ``H`` on a log2 scale, ties to the smaller), or None
-        where this cell, ``lengths`` and ``training`` were not measured."""
+        (the table decides) where this cell, ``lengths`` and ``training`` were not measured, or where ``B`` or
+        ``H`` lies more than ``REACH`` doublings above the measured range: a one-thread GRU training step at
+        B = 256 is not a B = 64 one (measured on a Zen 4: kernel 1.17x ``nn.GRU`` at H = 128, 0.64-0.93x at
+        B = 64). Below the range the smallest cells answer (per-call costs dominate there as in them)."""
         rows = self._by.get((cell, has_lengths, training))
         if not rows:
             return None
         b, h = math.log2(max(batch, 1)), math.log2(max(hidden, 1))
+        for value, measured in ((b, [math.log2(r[0]) for r in rows]), (h, [math.log2(r[1]) for r in rows])):
+            if value > max(measured) + REACH:
+                return None
         nearest = min(rows, key=lambda r: (abs(math.log2(r[0]) - b) + abs(math.log2(r[1]) - h), r[0], r[1]))
         return nearest[2] <= 1.0
 
@@ -230,57 +251,87 @@ def _case(cell: str, batch: int, hidden: int, lengths: bool, training: bool) -> 
     return infer
 
 
-def _seconds(fn: Callable[[], Any], repeats: int) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
+def _clock(threads: int) -> Callable[[], float]:
+    """Process CPU time on one thread (other jobs' time on a shared core is not counted), wall time on more."""
+    return time.process_time if threads == 1 else time.perf_counter
 
 
-def measure(threads: int, capability: str, rounds: int = 3, repeats: int = 2,
-            progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Time every grid cell on the kernel and on PyTorch's kernels at ``threads``, interleaved (rounds alternate
-    which path goes first); ``ratio`` is the median over rounds of kernel time / PyTorch time, each time the
-    fastest of ``repeats`` calls. Returns the calibration's data (not yet saved)."""
+def ratio(kernel: Callable[[], Any], reference: Callable[[], Any], clock: Callable[[], float]) -> Tuple[float, int]:
+    """``(kernel time / reference time, calls made)`` for one grid cell, measured adaptively.
+
+    One untimed-for-the-result first call each (allocations, prepared weights) sizes a sample: ``n`` calls, as
+    many as make ``SAMPLE_S`` (at most ``MAX_NUMBER``). Then pairs of samples, the order alternating, each pair
+    giving one ratio: after ``MIN_PAIRS`` pairs it stops once every ratio lies on the same side of 1 by more
+    than ``CLEAR`` (the answer cannot change), or once the cell has used ``CELL_BUDGET_S`` of ``clock``; never
+    more than ``MAX_PAIRS``. The ratio is the median of the pairs'. At most ``MAX_CALLS`` calls."""
+    def timed(fn: Callable[[], Any], number: int) -> float:
+        started = clock()
+        for _ in range(number):
+            fn()
+        return clock() - started
+
+    started = clock()
+    once = max(timed(kernel, 1), timed(reference, 1), 1e-6)
+    number = max(1, min(MAX_NUMBER, math.ceil(SAMPLE_S / once)))
+    calls, ratios = 2, []
+    for pair in range(MAX_PAIRS):
+        if pair % 2 == 0:
+            k, r = timed(kernel, number), timed(reference, number)
+        else:
+            r, k = timed(reference, number), timed(kernel, number)
+        calls += 2 * number
+        ratios.append(k / max(r, 1e-9))
+        if len(ratios) >= MIN_PAIRS and (max(ratios) < 1 - CLEAR or min(ratios) > 1 + CLEAR
+                                         or clock() - started > CELL_BUDGET_S):
+            break
+    return statistics.median(ratios), calls
+
+
+def measure(threads: int, capability: str, progress: Optional[Callable[[str], None]] = None,
+            case: Optional[Callable[[str, int, int, bool, bool], Callable[[], Any]]] = None,
+            clock: Optional[Callable[[], float]] = None) -> Dict[str, Any]:
+    """Time every grid cell on the kernel (``cpu_kernel.forced()``) and on PyTorch's kernels
+    (``cpu_kernel.disabled()``) at ``threads``, interleaved (``ratio``). Returns the calibration's data (not yet
+    saved), with the calls it made. ``case`` (the cell's step, default ``_case``) and ``clock`` (default
+    ``_clock(threads)``) are there for tests."""
     from .. import cpu_kernel
 
     if not cpu_kernel.available():
         raise RuntimeError("the CPU kernel is not available here: nothing to calibrate")
+    case = case or _case
+    clock = clock or _clock(threads)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     rows = []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         for cell in CELLS:
             for training in (False, True):
                 for lengths in (False, True):
                     for batch in BATCHES:
                         for hidden in HIDDENS:
-                            fn = _case(cell, batch, hidden, lengths, training)
-                            paths = {"kernel": cpu_kernel.forced, "torch": cpu_kernel.disabled}
-                            for switch in paths.values():
-                                with switch():
-                                    fn()  # first calls: allocations, prepared weights
-                            ratios = []
-                            for r in range(rounds):
-                                order = list(paths) if r % 2 == 0 else list(paths)[::-1]
-                                seconds = {}
-                                for name in order:
-                                    with paths[name]():
-                                        seconds[name] = _seconds(fn, repeats)
-                                ratios.append(seconds["kernel"] / seconds["torch"])
+                            fn = case(cell, batch, hidden, lengths, training)
+
+                            def on_kernel(fn: Callable[[], Any] = fn) -> None:
+                                with cpu_kernel.forced():
+                                    fn()
+
+                            def on_torch(fn: Callable[[], Any] = fn) -> None:
+                                with cpu_kernel.disabled():
+                                    fn()
+                            measured, calls = ratio(on_kernel, on_torch, clock)
                             rows.append({"cell": cell, "batch": batch, "hidden": hidden, "lengths": lengths,
-                                         "training": training, "ratio": round(statistics.median(ratios), 4)})
+                                         "training": training, "ratio": round(measured, 4), "calls": calls})
                             if progress is not None:
                                 progress(f"{cell} B={batch} H={hidden} lengths={lengths} training={training}: "
-                                         f"{rows[-1]['ratio']:.2f}x")
+                                         f"{measured:.2f}x ({calls} calls)")
     finally:
         torch.set_num_threads(previous)
     return {"format": FORMAT, "identity": identity(threads, capability), "steps": STEPS,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": round(time.perf_counter() - started, 1), "rows": rows}
+            "seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(time.process_time() - cpu_started, 1), "calls": sum(row["calls"] for row in rows),
+            "rows": rows}
 
 
 def save(data: Dict[str, Any], folder: Optional[Path] = None) -> Dict[str, Any]:
@@ -321,8 +372,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"calibrating {capability} on {threads} thread(s) ({_cpu_model()})", file=sys.stderr)
         data = save(measure(threads, capability, progress=lambda line: print("  " + line, file=sys.stderr)))
         wins = sum(row["ratio"] <= 1.0 for row in data["rows"])
-        print(f"{threads} thread(s): {wins}/{len(data['rows'])} cells on the kernel, measured in {data['seconds']} s; "
-              f"written {path}")
+        print(f"{threads} thread(s): {wins}/{len(data['rows'])} cells on the kernel, measured in {data['seconds']} s "
+              f"({data['cpu_seconds']} s of CPU time, {data['calls']} calls); written {path}")
 
 
 if __name__ == "__main__":
