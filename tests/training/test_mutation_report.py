@@ -456,3 +456,4 @@ def test_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
         report.main(["--help"])
     helped = capsys.readouterr().out
     assert helped.startswith("usage: ") and "The report of a sweep:" in helped
+    assert "sweep_dir a sweep folder (hydra.sweep.dir) holding */results.json" in " ".join(helped.split())
