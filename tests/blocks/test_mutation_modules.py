@@ -64,3 +64,26 @@ def test_bigru_in_serving_mode_with_lengths_matches_nn_gru_on_a_packed_batch() -
         packed, ref_h_n = reference(pack_padded_sequence(x, lengths, enforce_sorted=False))
     ref_out, _ = pad_packed_sequence(packed, total_length=5)
     assert_same([out, h_n], [ref_out, ref_h_n])
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_a_packed_batch_with_hx_matches_the_nn_reference(cell: str) -> None:
+    torch.manual_seed(0)
+    block, reference = pair(cell)
+    x, lengths, h0 = torch.randn(5, 3, 3), torch.tensor([5, 2, 4]), torch.randn(4, 3, 4)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, h_n = block(packed, h0)
+    ref_out, ref_h_n = reference(packed, h0)
+    assert_same([out.data, h_n], [ref_out.data, ref_h_n])
+    assert torch.equal(out.unsorted_indices, ref_out.unsorted_indices)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_a_packed_batchs_wrong_hx_is_refused_naming_hx(cell: str) -> None:
+    block, _ = pair(cell)
+    packed = pack_padded_sequence(torch.randn(5, 3, 3), torch.tensor([5, 2, 4]), enforce_sorted=False)
+    with pytest.raises(ValueError, match=r"^hx must have shape \(2 \* num_layers, B, hidden_size\) = \[4, 3, 4\], "
+                                         r"got \[4, 2, 4\]$"):
+        block(packed, torch.zeros(4, 2, 4))
+    with pytest.raises(TypeError, match=r"^hx has dtype torch.float64 but input has dtype torch.float32$"):
+        block(packed, torch.zeros(4, 3, 4, dtype=torch.float64))
