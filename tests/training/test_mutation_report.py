@@ -456,3 +456,18 @@ def test_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
         report.main(["--help"])
     helped = capsys.readouterr().out
     assert helped.startswith("usage: ") and "The report of a sweep:" in helped
+    assert "sweep_dir a sweep folder (hydra.sweep.dir) holding */results.json" in " ".join(helped.split())
+
+
+def test_a_diverged_runs_non_finite_numbers_are_written_as_python_writes_them() -> None:
+    # A run whose loss blew up can report nan accuracy and inf throughput; the table says so in lower case.
+    diverged = {**entry({}, math.nan, math.nan, runs=1), "train_tokens_per_s": math.inf,
+                "infer_tokens_per_s": -math.inf}
+    assert markdown_table([], [diverged]).splitlines()[-1] == (
+        "| trec | 1 | 1 | 12,345 | nan +- n/a | inf +- 10 | -inf +- n/a |")
+
+
+def test_swept_keys_strip_only_a_leading_plus_or_tilde_from_a_key() -> None:
+    assert swept_keys([["+foo=1", "a=1"], ["foo=1", "a=2"]]) == ["a"]
+    assert swept_keys([["Xa=1"], ["Xa=2"]]) == ["Xa"]
+    assert swept_keys([["Xa=1"], ["a=1", "Xa=1"]]) == ["a"]

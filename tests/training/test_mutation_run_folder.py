@@ -369,3 +369,84 @@ def test_inside_hydra_its_files_are_written_into_the_run_folder(tmp_path: Path, 
     assert OmegaConf.load(hydra / "hydra.yaml") == {"hydra": in_hydra}
     assert OmegaConf.to_container(OmegaConf.load(hydra / "overrides.yaml")) == ["seed=3", "model=bigru"]
     assert re.fullmatch(r"seed: 3\nmodel:\n  name: bigru\n", (hydra / "config.yaml").read_text())
+
+
+def test_continue_command_reads_a_settings_key_as_the_word_before_its_first_equals_sign_without_plus_or_tilde() -> None:
+    # "+key=v" and "key=v" name the same key; a value may hold "=" itself; only a leading "+"/"~" is dropped.
+    overrides = ["optim.lr=0.1", "data.root=/old", "data.root=/old=dir", "y=1", "Xz=1"]
+    assert continue_command(Path("/r"), ["+optim.lr=0.01", "data.root=/a=b", "+Xy=3", "z=2"], overrides=overrides) == (
+        "python train.py y=1 Xz=1 +optim.lr=0.01 'data.root='\"'\"'/a=b'\"'\"'' +Xy=3 z=2 hydra.run.dir=/r")
+
+
+def test_a_folder_with_five_files_of_a_run_names_four_and_one_more(tmp_path: Path) -> None:
+    for name in ("metrics.jsonl", "results.json", "job_error.json", "metrics.csv", "mlflow.db"):
+        touch(tmp_path / name)
+    with pytest.raises(ConfigError, match=r"\(job_error\.json, metrics\.csv, metrics\.jsonl, mlflow\.db and 1 more\)"):
+        refuse_a_used_folder(tmp_path, overwrite=False)
+
+
+def test_release_does_not_fail_when_the_lock_file_vanishes_just_before_it_is_deleted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lock = RunLock(tmp_path).acquire()
+    read_holder = RunLock._holder
+
+    def read_then_vanish(self: RunLock) -> Any:   # someone deletes the file right after release() read it
+        holder = read_holder(self)
+        self.path.unlink()
+        return holder
+
+    monkeypatch.setattr(RunLock, "_holder", read_then_vanish)
+    lock.release()
+    assert not lock.held and not (tmp_path / ".lock").exists()
+
+
+def test_alive_only_asks_whether_a_process_runs_and_never_signals_it() -> None:
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert _alive(child.pid) is True
+        with pytest.raises(subprocess.TimeoutExpired):   # still running: no signal (SIGHUP would end it) was sent
+            child.wait(timeout=0.5)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_readable_lock_is_refused_at_once_without_waiting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_lock(tmp_path, HOST + "-b", 7)
+    clock = Clock(now=time.time())
+    monkeypatch.setattr(run_folder, "time", clock)
+    with pytest.raises(ConfigError, match=rf"in use by process 7 on {HOST}-b "):
+        RunLock(tmp_path).acquire()
+    assert clock.sleeps == []
+
+
+def test_an_old_unreadable_lock_another_process_removes_first_is_taken(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    lock_file = tmp_path / ".lock"
+    lock_file.write_text("")
+    os.utime(lock_file, (1000.0, 1000.0))
+    monkeypatch.setattr(run_folder, "time", Clock(now=1000.0 + run_folder.STALE_EMPTY_LOCK_SECONDS + 0.01))
+    stale_unreadable = RunLock._stale_unreadable
+
+    def stale_then_removed_by_another(self: RunLock) -> bool:   # a second run cleans up the same stale file
+        stale = stale_unreadable(self)
+        self.path.unlink()
+        return stale
+
+    monkeypatch.setattr(RunLock, "_stale_unreadable", stale_then_removed_by_another)
+    lock = RunLock(tmp_path).acquire()
+    assert lock.held and json.loads(lock_file.read_text())["pid"] == os.getpid()
+
+
+def test_a_dead_processs_lock_another_process_removes_first_is_taken(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    lock_file = tmp_path / ".lock"
+    write_lock(tmp_path, HOST, 4_000_000)
+
+    def gone_and_removed_by_another(pid: int) -> bool:   # a second run takes over the same stale lock first
+        lock_file.unlink()
+        return False
+
+    monkeypatch.setattr(run_folder, "_alive", gone_and_removed_by_another)
+    lock = RunLock(tmp_path).acquire()
+    assert lock.held and json.loads(lock_file.read_text())["pid"] == os.getpid()

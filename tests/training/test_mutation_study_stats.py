@@ -56,6 +56,18 @@ def test_the_t_tail_matches_its_closed_forms(df: int) -> None:
     assert t_two_sided_p(math.inf, df) == 0.0 and t_two_sided_p(-math.inf, df) == 0.0
 
 
+
+def test_the_t_tail_is_accurate_to_a_few_units_in_the_last_place() -> None:
+    # The closed forms of 1 and 2 degrees of freedom written without cancellation (exact to about 2 ulp); the
+    # continued fraction stops as soon as it has converged (more terms only add rounding, up to 3e-14 here).
+    for t in (0.1, 0.5, 1.0, 2.0, 3.0, 10.0, 100.0):
+        root = math.sqrt(2 + t * t)
+        assert t_two_sided_p(t, 1) == pytest.approx(2 / math.pi * math.atan(1 / t), rel=4e-15, abs=0)
+        assert t_two_sided_p(t, 2) == pytest.approx(2 / (root * (root + t)), rel=4e-15, abs=0)
+    # mpmath at 40 digits: betainc(15, 1/2, 0, 30/34, regularized=True); starting the fraction on the side that
+    # converges fast matters here (the other side's 1 - I gives 1e-13).
+    assert t_two_sided_p(2.0, 30) == pytest.approx(0.0546250449629831, rel=2e-14, abs=0)
+
 def test_the_t_tail_refuses_no_degrees_of_freedom() -> None:
     for df in (0, -2):
         with pytest.raises(ValueError, match=f"^df must be >= 1, got {df}$"):
@@ -66,6 +78,7 @@ def test_mean_std_of_one_and_of_several_values() -> None:
     assert mean_std([3]) == {"mean": 3.0, "std": 0.0, "n": 1}
     assert mean_std((1, 2, 6)) == pytest.approx({"mean": 3.0, "std": math.sqrt(7), "n": 3}, rel=1e-15)
     assert isinstance(mean_std([1, 2])["mean"], float)
+    assert mean_std([1.0, 3.0]) == pytest.approx({"mean": 2.0, "std": math.sqrt(2), "n": 2}, rel=1e-15)
     with pytest.raises(ValueError, match=r"^mean_std needs at least one value, got an empty sequence$"):
         mean_std([])
 
