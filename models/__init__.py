@@ -3,7 +3,8 @@
 The package is grouped by layer; the public API is re-exported here:
 
 - ``models.merge``: the merge-mode words (``concat``, ``sum``, ``mul``, ``ave``, ``None``), spelled only there.
-- ``models.blocks``: the layers ``BiLSTM``, ``BiGRU``, ``BiRNN`` and their CPU kernel (``models.blocks.cpu_kernel``).
+- ``models.blocks``: the layers ``BiLSTM``, ``BiGRU``, ``BiRNN``, their CPU kernel (``models.blocks.cpu_kernel``) and
+  ``validate_inputs`` (``with validate_inputs(False):`` skips the input checks that read tensor values).
 - ``models.zoo``: the registry (``create_model``, ``list_models``, ``register_model``), presets, classifier, pooling.
 - ``models.deploy``: ``compile_model``, ``export``, ``load_exported``, ``load_run`` (a trained run -> a predictor of
   raw text), ``save_pretrained`` / ``from_pretrained``, ``quantize``
@@ -17,7 +18,7 @@ app's Hydra wiring (config schemas, the ``model`` group, resolvers) is registere
 the CPU kernel is built or loaded by the first forward that uses it.
 """
 
-from .blocks import BiGRU, BiLSTM, BiRNN
+from .blocks import BiGRU, BiLSTM, BiRNN, validate_inputs
 from .deploy import (
     COMPILE_MODES,
     EXPORT_FORMATS,
@@ -35,7 +36,7 @@ from .merge import MERGE_MODES, merge_directions, resolve_merge_modes
 from .zoo import SequenceClassifier, create_model, describe_models, list_models, register_model
 
 __all__ = [
-    "BiGRU", "BiLSTM", "BiRNN", "MERGE_MODES", "merge_directions", "resolve_merge_modes",
+    "BiGRU", "BiLSTM", "BiRNN", "validate_inputs", "MERGE_MODES", "merge_directions", "resolve_merge_modes",
     "SequenceClassifier", "create_model", "describe_models", "list_models", "register_model",
     "COMPILE_MODES", "compile_model", "EXPORT_FORMATS", "export", "load_exported", "Predictor", "load_run",
     "save_pretrained", "from_pretrained", "push_to_hub", "quantize",

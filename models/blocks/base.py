@@ -39,7 +39,7 @@ from ..arguments import check_positive_int, check_probability
 from ..cells import GATES, GRU_RESET_BEFORE
 from ..merge import MergeMode, merge_stacked, merged_size, resolve_merge_modes
 from . import cpu_kernel
-from .compile_boundary import eager_under_compile
+from .compile_boundary import eager_under_compile, exporting
 from .cpu_kernel import bf16 as cpu_kernel_bf16
 from .cpu_kernel import inference as cpu_kernel_inference
 from .fused import _SATURATE, _FusedPaths
@@ -363,8 +363,7 @@ class _BiRNNBase(_FusedPaths):
         where cuDNN takes variable lengths natively (both directions in one call). Not for ``reset_after=False``
         (no fused kernel) nor under a trace or ``torch.export`` (packing has data-dependent sizes); on CPU packed
         input would take the LSTM off oneDNN, so the CPU keeps the padded path."""
-        exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-        return x.is_cuda and self.reset_after and not torch.jit.is_tracing() and not exporting
+        return x.is_cuda and self.reset_after and not torch.jit.is_tracing() and not exporting()
 
     @torch.jit.unused
     def _run_lengths_packed(

@@ -7,6 +7,9 @@ every ``import models`` pay for a compiler most programs never call. Here:
 - ``constant_when_traced(fn)`` marks ``fn`` as ``assume_constant_result`` does: Dynamo calls it once while it
   traces and puts its result in the graph as a constant. That decorator only sets the attribute set here
   (``tests/blocks/test_import_side_effects.py`` checks that it still does).
+- ``exporting()`` is ``torch.compiler.is_exporting()`` read for real while Dynamo traces: torch 2.11's Dynamo
+  folds that call to True under every ``torch.compile`` trace (torch 2.13 reads the flag), which would take a
+  ``torch.compile`` for a ``torch.export``.
 - ``eager_under_compile(fn)`` is ``fn`` in eager code; while Dynamo traces, it calls
   ``torch.compiler.disable(fn)`` (one graph break, ``fn`` runs as eager PyTorch), made on the first trace by a
   ``constant_when_traced`` function, so the first trace breaks the graph exactly where later ones do.
@@ -27,6 +30,12 @@ def constant_when_traced(fn: F) -> F:
     """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo`` now."""
     setattr(fn, _MARK, True)
     return fn
+
+
+@constant_when_traced
+def exporting() -> bool:
+    """True inside ``torch.export`` only (not ``torch.compile``), on every supported torch."""
+    return torch.compiler.is_exporting()
 
 
 @constant_when_traced

@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..merge import MERGE_MODES, merge_stacked, merged_size
 from .base import _BiRNNBase
-from .compile_boundary import eager_under_compile
+from .compile_boundary import eager_under_compile, exporting
 from .cpu_kernel import q8
 from .validation import check_hidden, check_input, check_lengths, check_not_lengths, dtype_name
 
@@ -234,7 +234,7 @@ class QuantizedBiRNN(nn.Module):
     def forward(self, input: Union[Tensor, PackedSequence], hx: Union[Tensor, Tuple[Tensor, Tensor], None] = None,
                 *, lengths: Optional[Tensor] = None
                 ) -> Tuple[Tensor, Union[Tensor, Tuple[Tensor, Tensor]]]:
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        if torch.jit.is_tracing() or exporting():
             raise RuntimeError(_NO_EXPORT)
         if isinstance(input, PackedSequence):
             raise TypeError("QuantizedBiRNN takes a padded tensor and lengths=, not a PackedSequence "

@@ -1,15 +1,81 @@
 """Input checks shared by the blocks: clear errors before any compute.
 
 Eager code raises ``ValueError``/``TypeError``; under TorchScript the same messages arrive as
-``torch.jit.Error``. Checks that read tensor values (the range of ``lengths``) are skipped while
-``torch.compile``/``torch.export`` trace, where they would force a graph break or a specialisation.
+``torch.jit.Error``. Checks of shapes, dtypes and devices are free and always run. Checks that read tensor
+values (the range of ``lengths``, of token ids) read them in one device-to-host copy (``host_bounds``: on CUDA
+one sync); they are skipped while ``torch.compile``/``torch.export`` trace, where they would force a graph break
+or a specialisation, and inside ``validate_inputs(False)``, where the caller asserts the values are valid.
 """
 
-
-from typing import List, Optional
+import threading
+from types import TracebackType
+from typing import List, Optional, Type
 
 import torch
 from torch import Tensor
+
+
+class _Switch(threading.local):
+    enabled = True
+
+
+_switch = _Switch()  # per thread, like torch's grad mode: one thread's serving cannot turn off another's checks
+
+
+class validate_inputs:
+    """``with validate_inputs(False):`` the caller asserts that the inputs of the forwards inside are valid, so the
+    checks that read tensor values are skipped: the range of ``lengths`` (the blocks, the zoo's classifier, the
+    Keras import) and of token ids (``[0, vocab_size)``). Those are the only checks that cost a device-to-host
+    copy (one sync per batch on CUDA); shape, dtype and device checks are free and still run. The default, and
+    ``validate_inputs(True)``, check. The setting is per thread and restored on exit, as ``torch.no_grad`` is.
+
+    With validation off, invalid values are not caught and nothing is guaranteed: an out-of-range token id
+    fails inside ``nn.Embedding`` (``IndexError`` on the CPU, a device-side assert on CUDA), and ``lengths``
+    outside ``[1, T]`` give wrong outputs or an error from deep inside PyTorch. TorchScript-compiled modules always
+    check (the switch is Python state); ``torch.compile``d ones never read values while tracing.
+    ``python train.py trainer.validate_inputs=false`` trains inside ``validate_inputs(False)``.
+    """
+
+    def __init__(self, mode: bool) -> None:
+        if not isinstance(mode, bool):
+            raise TypeError(f"validate_inputs(mode) takes a bool, got {type(mode).__name__}: {mode!r}")
+        self.mode = mode
+        self._before: List[bool] = []
+
+    def __enter__(self) -> None:
+        self._before.append(_switch.enabled)
+        _switch.enabled = self.mode
+
+    def __exit__(self, kind: Optional[Type[BaseException]], error: Optional[BaseException],
+                 trace: Optional[TracebackType]) -> None:
+        _switch.enabled = self._before.pop()
+
+    @staticmethod
+    def is_enabled() -> bool:
+        """Whether value checks run in this thread now (outside any ``torch.compile`` trace)."""
+        return _switch.enabled
+
+
+def checking_values() -> bool:
+    """Whether checks that read tensor values run now: not while ``torch.compile``/``torch.export`` trace, not
+    inside ``validate_inputs(False)`` (always under TorchScript, which cannot see the switch)."""
+    if torch.compiler.is_compiling():
+        return False
+    enabled = True
+    if not torch.jit.is_scripting():
+        enabled = _switch.enabled
+    return enabled
+
+
+def host_bounds(tensors: List[Tensor]) -> List[int]:
+    """``[min(t0), max(t0), min(t1), max(t1), ...]`` of non-empty integer tensors on one device, read in one
+    device-to-host copy (one sync on CUDA, whatever the number of tensors)."""
+    parts: List[Tensor] = []
+    for tensor in tensors:
+        parts.append(tensor.min().long())
+        parts.append(tensor.max().long())
+    bounds: List[int] = torch.stack(parts).tolist()
+    return bounds
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -91,11 +157,11 @@ def check_lengths(lengths: Tensor, batch: int, seq_len: int) -> Tensor:
         raise ValueError(f"lengths must have shape (B,) = ({batch},), got shape {list(lengths.shape)}")
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise TypeError(f"lengths must be an integer tensor (int64), got dtype {dtype_name(lengths.dtype)}")
-    if batch > 0 and not torch.compiler.is_compiling() and lengths.device.type != "meta":   # meta: no values
+    if batch > 0 and lengths.device.type != "meta" and checking_values():   # meta: no values
         # Both bounds in one device-to-host copy: at most one sync per batch for CUDA lengths (none for CPU ones).
-        bounds = torch.stack([lengths.min(), lengths.max()]).cpu()
-        low = int(bounds[0])
-        high = int(bounds[1])
+        bounds = host_bounds([lengths])
+        low = bounds[0]
+        high = bounds[1]
         if low < 1 or high > seq_len:
             raise ValueError(
                 f"lengths must lie in [1, T] = [1, {seq_len}], got values from {low} to {high}"

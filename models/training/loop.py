@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from ..atomic import write_atomically
+from ..blocks.validation import validate_inputs
 from . import distributed as ddp
 from .callbacks import Callback
 from .checkpoint import load_checkpoint
@@ -68,7 +69,9 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) ->
         stop_reason = None
         lines = ProgressLines(run.trainer.log_every_steps, run.trainer.log_every_seconds, run.trainer.max_epochs,
                               run.progress.step)
-        with SignalStop() as signals:
+        # trainer.validate_inputs=false: every forward of the run (training, validation, test) trusts the data's
+        # token ids and lengths, so none reads them back from the device to check their range.
+        with SignalStop() as signals, validate_inputs(run.trainer.validate_inputs):
             while stop_reason is None and run.progress.epoch < run.trainer.max_epochs:
                 train_one_epoch(run, signals, lines)
                 stop_reason = end_of_epoch(run, signals)

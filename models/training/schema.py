@@ -54,6 +54,7 @@ class TrainerConfig:
     log_every_seconds: float = _key(above=0)
     progress: bool = MISSING
     tensorboard: bool = MISSING
+    validate_inputs: bool = MISSING
     infer_batches: int = _key(minimum=0)
 
 

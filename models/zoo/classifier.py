@@ -24,17 +24,18 @@ Empty rows (every token is ``padding_idx``, or ``lengths[b] == 0``): the pooled 
 logits are the head's bias, the same for every such row; never NaN.
 """
 
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..arguments import check_choice, check_positive_int, check_probability
 from ..blocks.factory import block_for_cell
+from ..blocks.validation import checking_values, host_bounds, validate_inputs
 from ..cells import CELLS
 from ..merge import MergeMode, merged_size, resolve_merge_modes
 from .pooling import AdditiveAttentionPool, compact_valid_steps, last_state, lengths_to_mask, masked_max, masked_mean
-from .token_ids import check_token_ids
+from .token_ids import check_token_dtype, check_token_range
 
 POOLINGS = ("last", "mean", "max", "attention")
 """Ways to reduce the merged sequence ``(B, T, D)`` to ``(B, D)``."""
@@ -165,7 +166,7 @@ class SequenceClassifier(nn.Module):
             if x.dim() != 2:
                 raise ValueError(f"token input x must be an integer tensor (B, T), got dtype {x.dtype} and shape "
                                  f"{list(x.shape)}")
-            check_token_ids(x, self.vocab_limit, "x (token ids)")
+            check_token_dtype(x, self.vocab_limit, "x (token ids)")
         else:
             if x.dim() != 3 or x.shape[2] != self.feature_size:
                 raise ValueError(f"feature input x must be a float tensor (B, T, input_size) with input_size="
@@ -174,18 +175,16 @@ class SequenceClassifier(nn.Module):
                 raise TypeError(f"feature input x must be a floating-point tensor (B, T, {self.feature_size}), got "
                                 f"dtype {x.dtype}")
         seq_len = x.shape[1]
-        valid: Optional[Tensor] = None
         if lengths is not None:
             if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
                 raise ValueError(f"lengths must have shape (B,) = ({x.shape[0]},), got {list(lengths.shape)}")
             if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
                 raise TypeError(f"lengths must be an integer tensor (B,) with values in [0, T] = [0, {seq_len}], "
                                 f"got dtype {lengths.dtype}")
-            if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
-                if lengths.numel() > 0 and (int(lengths.min()) < 0 or int(lengths.max()) > seq_len):
-                    raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values from "
-                                     f"{int(lengths.min())} to {int(lengths.max())}")
             lengths = lengths.to(x.device).long()
+        self._check_values(x, lengths, seq_len)
+        valid: Optional[Tensor] = None
+        if lengths is not None:
             valid = lengths_to_mask(lengths, seq_len)
         elif self.token_input:
             valid = x != self.padding_idx
@@ -233,9 +232,40 @@ class SequenceClassifier(nn.Module):
             pooled = self.head_dropout(pooled)
         return self.head(pooled)
 
+    def _check_values(self, x: Tensor, lengths: Optional[Tensor], seq_len: int) -> None:
+        """Token ids in ``[0, vocab_size)`` and ``lengths`` in ``[0, T]``, their bounds read in one device-to-host
+        copy (one sync per batch on CUDA); skipped where ``checking_values()`` is False (``validate_inputs(False)``,
+        a ``torch.compile`` trace)."""
+        if not checking_values():
+            return
+        ids = self.token_input and x.numel() > 0
+        given = lengths is not None and lengths.numel() > 0
+        read: List[Tensor] = []
+        if ids:
+            read.append(x)
+        if lengths is not None and given:
+            read.append(lengths)
+        if len(read) == 0:
+            return
+        bounds = host_bounds(read)
+        if ids:
+            check_token_range(bounds[0], bounds[1], self.vocab_limit, "x (token ids)")
+        if given and (bounds[-2] < 0 or bounds[-1] > seq_len):
+            raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values from {bounds[-2]} to "
+                             f"{bounds[-1]}")
+
     def _run_rnn(self, h: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        """Run the block; returns ``(output, h_n)`` whatever the cell (the LSTM's state is ``(h_n, c_n)``)."""
-        out, state = self.rnn(h, lengths=lengths)
+        """Run the block; returns ``(output, h_n)`` whatever the cell (the LSTM's state is ``(h_n, c_n)``).
+        ``lengths`` are in ``[1, T]`` by construction here, so the block need not read them again."""
+        if torch.jit.is_scripting():
+            out, state = self.rnn(h, lengths=lengths)
+        else:
+            out, state = self._run_rnn_trusted(h, lengths)
         if isinstance(state, Tensor):
             return out, state
         return out, state[0]
+
+    @torch.jit.unused
+    def _run_rnn_trusted(self, h: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Any]:
+        with validate_inputs(False):
+            return self.rnn(h, lengths=lengths)

@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import pytest
 import torch
+from helpers.optional import optional_import
 from torch import Tensor, nn
 
 from models import BiGRU, BiLSTM, BiRNN, SequenceClassifier, export, quantize
@@ -23,6 +24,8 @@ from models.blocks.cpu_kernel import q8
 from models.blocks.quantized import QuantizedBiRNN, quantize_rows, reference_layer
 from models.merge import merge_stacked
 
+_, needs_onnxscript = optional_import("onnxscript",
+                                     "the ONNX export needs onnx and onnxscript (pip install -e '.[onnx]')")
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built on this machine")
 
 BLOCKS = {
@@ -254,9 +257,16 @@ def test_scripting_tracing_and_export_refuse_with_the_reason(tmp_path):
     model = quantize(SequenceClassifier(num_classes=2, vocab_size=20, embed_dim=8, hidden_size=8, num_layers=1))
     with pytest.raises(RuntimeError, match="cannot be compiled by TorchScript"):
         torch.jit.script(model)
-    for fmt in ("pt2", "torchscript", "onnx"):
+    for fmt in ("pt2", "torchscript"):
         with pytest.raises(RuntimeError, match="cannot be"):
             export(model, tmp_path / f"model.{fmt}", fmt)
+
+
+@needs_onnxscript
+def test_onnx_export_refuses_the_int8_model_with_the_reason(tmp_path):
+    model = quantize(SequenceClassifier(num_classes=2, vocab_size=20, embed_dim=8, hidden_size=8, num_layers=1))
+    with pytest.raises(RuntimeError, match="cannot be"):
+        export(model, tmp_path / "model.onnx", "onnx")
 
 
 # -- refusals ------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from helpers.optional import optional_import
 datasets, needs_datasets = optional_import("datasets", "data=hf needs the optional extra: pip install -e '.[hf]'")
 pytestmark = needs_datasets
 
-from test_data_text_files import example_rows, write_csv  # noqa: E402
+from helpers.text_rows import example_rows, write_csv  # noqa: E402
 
 from models.data import DataFormatError, build_data  # noqa: E402
 

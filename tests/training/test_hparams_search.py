@@ -51,7 +51,7 @@ def test_main_returns_the_best_validation_accuracy_not_the_test_accuracy(tmp_pat
 
 def test_a_run_without_validation_returns_none_and_says_why(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                              ) -> None:
-    from test_data_text_files import write_csv
+    from helpers.text_rows import write_csv
 
     train_file, test_file = write_csv(tmp_path / "train.csv", 48), write_csv(tmp_path / "test.csv", 16, seed=1)
     with caplog.at_level(logging.WARNING, logger="train"):

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ...cells import KERNEL_CODES
-from ..compile_boundary import constant_when_traced
+from ..compile_boundary import constant_when_traced, exporting
 from . import abi, calibrate
 from . import build as cpu_kernel_build
 from .policy import kernel_wins
@@ -128,7 +128,7 @@ def can_run(x: Tensor, mode: str) -> bool:
     trace holds the kernel as one op."""
     if mode not in _CELLS or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
-    if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.compiler.is_exporting():
+    if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or exporting():
         return False
     if torch.compiler.is_compiling():
         return _available_while_tracing()

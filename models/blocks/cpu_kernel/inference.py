@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ...merge import MERGE_MODES, merged_size
 from .. import cpu_kernel
+from ..compile_boundary import exporting
 from . import abi
 from .policy import SPLIT_MIN_MFLOP, inference_threads
 from .weights import stack_layer
@@ -304,7 +305,7 @@ def fast_forward(module: nn.Module, input: Tensor, lengths: Optional[Tensor]
     fast = plan.fast
     if type(input) is not Tensor or input.dtype is not fast.dtype or input.dim() != 3 or not input.is_cpu:
         return None
-    if (_any_autocast() or _tracing() or torch.compiler.is_exporting() or _function_mode() or _dispatch_depth()
+    if (_any_autocast() or _tracing() or exporting() or _function_mode() or _dispatch_depth()
             or _functorch_stack() is not None or cpu_kernel._switch.off):
         return None
     params = module._parameters
