@@ -7,10 +7,10 @@
 # atomically by the Python steps) and $OUT/steps.txt (one line per finished step: name, exit code, seconds):
 #   0. preflight: torch / CUDA / cuDNN versions, TF32 flags, import models, one block forward (preflight.json);
 #      no GPU -> status "no-gpu", exit 2 (DRY_RUN=1: a tiny CPU plan first, so the plan code is exercised)
-#   1. the GPU plan, benchmarks/gpu_plan.py, 75 s                                          -> gpu_plan.json
-#   2. the CUDA tests (tests/test_cuda.py and the reset-before GRU's), 150 s; FAILS when any is skipped
+#   1. the GPU plan, benchmarks/gpu_plan.py, 70 s                                          -> gpu_plan.json
+#   2. the CUDA tests (tests/test_cuda.py and the reset-before GRU's), 140 s; FAILS when any is skipped
 #                                                                                          -> cuda_tests.log
-#   3. the CPU kernel at 4, 8 and 16 threads, 60 s in all                       -> kernel_matrix-<N>t.json
+#   3. the CPU kernel at 4, 8 and 16 threads, 45 s in all                       -> kernel_matrix-<N>t.json
 #   plus machine.txt (nvidia-smi, lscpu) and session.log (everything printed; plain redirection, no tee).
 #
 # Before the call, here: bash benchmarks/build_device_wheels.sh   (hydra-core, omegaconf, antlr4 into .whl/)
@@ -26,6 +26,7 @@ export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE BIRNN_ZOO_CACHE="${BIRNN_ZOO_C
 PY="${PYTHON:-python3}"
 : >"$OUT/steps.txt"
 
+# The GPU path's step limits add up to 295 s (40 + 70 + 140 + 20 + 15 + 10; a test checks it stays <= 300 s).
 step() {  # step NAME SECONDS COMMAND...: run under a timeout, record exit code and seconds
   local name="$1" seconds="$2" started rc
   shift 2
@@ -47,7 +48,7 @@ else
 fi
 { date -u; nvidia-smi || echo "nvidia-smi: none"; lscpu | head -20; } >"$OUT/machine.txt" 2>&1
 
-step preflight 60 "$PY" -m benchmarks.gpu_plan --out "$OUT" --preflight-only
+step preflight 40 "$PY" -m benchmarks.gpu_plan --out "$OUT" --preflight-only
 rc=$?
 if [ "$rc" = 2 ]; then
   echo "NO GPU: torch.cuda.is_available() is False; see $OUT/status.json"
@@ -63,11 +64,11 @@ elif [ "$rc" != 0 ]; then
   exit 1
 fi
 
-step gpu-plan 75 "$PY" -m benchmarks.gpu_plan --out "$OUT" --budget 60
+step gpu-plan 70 "$PY" -m benchmarks.gpu_plan --out "$OUT" --budget 55
 
 # The CUDA tests must run, not skip: the fixture fails instead of skipping, and any skip fails the step.
 export BIRNN_ZOO_REQUIRE_CUDA=1
-step cuda-tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
+step cuda-tests 140 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
   tests/blocks/test_gru_reset_before.py -k cuda >"$OUT/cuda_tests.log" 2>&1
 tests_rc=$?
 if grep -q "SKIPPED" "$OUT/cuda_tests.log"; then
@@ -78,7 +79,7 @@ tail -5 "$OUT/cuda_tests.log"
 
 # The first step builds the kernel (about 7 s on 16 cores) unless the cache has it.
 for threads in 4 8 16; do
-  step "kernel-${threads}t" $((threads == 4 ? 25 : (threads == 8 ? 20 : 15))) "$PY" -m benchmarks.kernel_matrix --threads "$threads" --batches 64 --hidden 256 \
+  step "kernel-${threads}t" $((threads == 4 ? 20 : (threads == 8 ? 15 : 10))) "$PY" -m benchmarks.kernel_matrix --threads "$threads" --batches 64 --hidden 256 \
     --steps 64 --rounds 3 --max-gflop 20 --out "$OUT/kernel_matrix-${threads}t.json"
 done
 

@@ -52,3 +52,18 @@ def test_dry_run_times_a_tiny_plan_on_the_cpu_and_still_says_no_gpu(tmp_path: Pa
     row = plan["rows"][0]
     assert row["block_ms"] > 0 and row["baseline_ms"] > 0 and "error" not in row
     assert row["ratio"] == pytest.approx(row["block_ms"] / row["baseline_ms"], rel=1.0)
+
+
+def test_the_gpu_path_steps_are_capped_at_five_minutes_in_all() -> None:
+    """Issue 36: the session takes at most 5 minutes. Every `step NAME SECONDS` on the GPU path (all but the CPU
+    dry run) counts, the kernel loop once per thread count."""
+    import re
+
+    script = (ROOT / "benchmarks" / "device_session.sh").read_text()
+    caps = {name: int(seconds) for name, seconds in re.findall(r'^\s*step ([\w"${}-]+) (\d+) ', script, re.M)}
+    kernel = re.search(r'step "kernel-\$\{threads\}t" '
+                       r'\$\(\(threads == 4 \? (\d+) : \(threads == 8 \? (\d+) : (\d+)\)\)\)', script)
+    assert kernel, "the kernel loop's per-thread-count limits"
+    assert set(caps) == {"preflight", "dry-run", "gpu-plan", "cuda-tests"}, caps
+    total = caps["preflight"] + caps["gpu-plan"] + caps["cuda-tests"] + sum(map(int, kernel.groups()))
+    assert total <= 300, f"the GPU path's step limits add up to {total} s"
