@@ -15,8 +15,9 @@ right-padded). Variants:
 - ``pt2`` / ``ORT .onnx``: ``models.export(..., "pt2" | "onnx", max_len=M)``: these take a static ``T = M`` (the
   longest TREC question, rounded up), so each request is right-padded to ``M``; ``zoo eager @M`` is the eager
   model on the same padded input, the like-for-like comparison for them;
-- ``block int8`` / ``zoo int8``: the encoder and the zoo model after ``models.quantize``
-  (``benchmarks/latency_quantized.py``), on the same requests as ``block`` and ``zoo eager``.
+- ``block int8`` / ``zoo int8`` and ``block bf16`` / ``zoo bf16``: the encoder and the zoo model after
+  ``models.quantize``, and under bf16 autocast (``benchmarks/latency_low_precision.py``), on the same requests as
+  ``block`` and ``zoo eager``.
 
 ``--variants block block-ort`` times only those (no exports, no throughput: about a minute): the block against
 its ONNX Runtime twin, the issue's goal being at most 0.8x at p50 and p99 on one thread. Each row also shows its
@@ -46,13 +47,14 @@ from torch import nn
 import models
 from models.blocks import cpu_kernel
 
-from . import latency_quantized, onnx_rnn
+from . import latency_low_precision, onnx_rnn
 from .harness import Column, in_process, interleaved, log, table, write_results
 from .machine import describe
 
 # --variants names -> the table's variant names ({M}: the static length of the exported files)
 VARIANTS = {"block": "block", "block-ort": "block ORT", "zoo": "zoo eager", "torchscript": "TorchScript",
-            "zoo-padded": "zoo eager @{M}", "pt2": "pt2 @{M}", "onnx": "ORT .onnx @{M}", **latency_quantized.VARIANTS}
+            "zoo-padded": "zoo eager @{M}", "pt2": "pt2 @{M}", "onnx": "ORT .onnx @{M}",
+            **latency_low_precision.VARIANTS}
 EXPORTED = {"torchscript", "zoo-padded", "pt2", "onnx"}
 
 
@@ -171,10 +173,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         onnx_path = str(paths["onnx"])
     twin.load_state_dict(encoder.state_dict())  # the weights the exports were made from, if reloaded
     twin_bytes = onnx_rnn.build(twin, with_lengths=False)
-    int8 = bool(set(latency_quantized.VARIANTS) & set(args.variants))
-    if int8:  # after any reload above: the int8 copies of the weights the other variants run
-        quantized_model, quantized_encoder, int8_errors = latency_quantized.quantized_pair(model, encoder, tokens[0],
-                                                                                           features[0])
+    # after any reload above: the int8 copies (bf16: the autocast wrappers) of the weights the other variants run
+    low_precision = {precision: latency_low_precision.pair(precision, model, encoder, tokens[0], features[0])
+                     for precision in latency_low_precision.wanted(args.variants)}
     setup_s = time.perf_counter() - started
     log(f"exports took {setup_s:.0f} s")
 
@@ -192,8 +193,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                                                             gates, layer_inputs), 2),
                    floor_p50_ms=1e3 * percentile(floors, 50), floor_p99_ms=1e3 * percentile(floors, 99),
                    nice=os.nice(0))
-    if int8:
-        machine["int8_max_abs_error"] = int8_errors
+    for precision, (_, _, errors) in low_precision.items():
+        machine[f"{precision}_max_abs_error"] = errors
     results: Dict[str, Any] = {"machine": machine, "latency": [], "throughput": []}
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -237,8 +238,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                 f"ORT .onnx @{max_len}": lambda i: zoo_session.run(None, {zoo_input: padded[i].numpy()}),  # noqa: B023 (called in this iteration)
             })
         variants["zoo eager"] = grad_free(lambda i: model(tokens[i]))
-        if int8:
-            variants.update(latency_quantized.latency_variants(quantized_model, quantized_encoder, tokens, features))
+        for precision, (low_model, low_encoder, _) in low_precision.items():
+            variants.update(latency_low_precision.latency_variants(precision, low_model, low_encoder, tokens,
+                                                                   features))
         wanted = {VARIANTS[key].format(M=max_len) for key in args.variants}
         variants = {name: fn for name, fn in variants.items() if name in wanted}
         log(f"{threads} thread(s): {len(lengths)} requests x {len(variants)} variants")
@@ -264,8 +266,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             f"pt2 @{max_len}": grad_free(lambda k: program(batches[k][1])),  # noqa: B023 (called in this iteration)
             f"ORT .onnx @{max_len}": lambda k: zoo_session.run(None, {zoo_input: batches[k][1].numpy()}),  # noqa: B023 (called in this iteration)
         }
-        if "zoo-int8" in args.variants:
-            throughput.update(latency_quantized.throughput_variants(quantized_model, batches))
+        for precision, (low_model, _, _) in low_precision.items():
+            if f"zoo-{precision}" in args.variants:
+                throughput.update(latency_low_precision.throughput_variants(precision, low_model, batches))
         batch_times, _ = interleaved_requests(throughput, list(range(len(batches))))
         for name, samples in batch_times.items():
             results["throughput"].append({"variant": name, "threads": threads, "batch": 64,
