@@ -21,14 +21,14 @@ def expand_braces(path: str) -> List[str]:
 
 
 def named_test_paths() -> List[Tuple[str, str]]:
-    """``(where, path)`` for each ``tests/...`` path on a line of README.md or docs/ that runs pytest; placeholders
-    (``test_mutation_<module>.py``) left out."""
+    """``(where, path)`` for each ``tests/...`` path on a line of README.md or docs/ that runs pytest or configures
+    mutmut's pytest selection; a placeholder (``test_mutation_<module>.py``) stands for any name (a glob's ``*``)."""
     found = []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         for number, line in enumerate(doc.read_text().splitlines(), 1):
             if "pytest" not in line:
                 continue
-            for path in TEST_PATH.findall(line.replace("<", " <")):
+            for path in TEST_PATH.findall(re.sub(r"<[\w-]+>", "*", line)):
                 found += [(f"{doc.relative_to(ROOT)}:{number}", p.split("::")[0]) for p in expand_braces(path)]
     return found
 
