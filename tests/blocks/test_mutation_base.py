@@ -92,3 +92,29 @@ def test_a_float64_input_to_a_float32_block_is_refused_before_any_compute() -> N
     for block in (BiLSTM(3, 4), BiLSTM(3, 4, merge_mode="sum")):
         with raises(ValueError, message):
             block.run(torch.randn(5, 2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("lengths", [torch.tensor(3), torch.tensor([3])])
+def test_unbatched_input_takes_one_length_as_shape_nothing_or_one(lengths: torch.Tensor) -> None:
+    torch.manual_seed(3)
+    block = BiLSTM(3, 4)
+    reference = nn.LSTM(3, 4, bidirectional=True)
+    reference.load_state_dict(block.state_dict())
+    x = torch.randn(5, 3)
+    with cpu_kernel.disabled():
+        out, h_n, _ = block.run(x, lengths=lengths)
+    want, (want_h, _) = reference(x[:3])
+    torch.testing.assert_close(out[:3], want, **TOL)
+    torch.testing.assert_close(h_n, want_h, **TOL)
+
+
+@pytest.mark.parametrize("merge_mode", ["concat", "sum"])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_an_empty_batch_gives_empty_outputs_and_states(merge_mode: str, with_lengths: bool) -> None:
+    block = BiLSTM(3, 4, num_layers=2, merge_mode=merge_mode)
+    lengths = torch.zeros(0, dtype=torch.int64) if with_lengths else None
+    for disabled in (False, True):
+        with cpu_kernel.disabled() if disabled else torch.no_grad():
+            out, h_n, c_n = block.run(torch.randn(5, 0, 3), lengths=lengths)
+        assert out.shape == (5, 0, block.output_size)
+        assert h_n.shape == c_n.shape == (4, 0, 4)
