@@ -118,3 +118,19 @@ def test_an_empty_batch_gives_empty_outputs_and_states(merge_mode: str, with_len
             out, h_n, c_n = block.run(torch.randn(5, 0, 3), lengths=lengths)
         assert out.shape == (5, 0, block.output_size)
         assert h_n.shape == c_n.shape == (4, 0, 4)
+
+
+def test_a_batch_of_one_with_lengths_is_nn_lstm_on_the_cut_sequence() -> None:
+    torch.manual_seed(4)
+    block = BiLSTM(3, 4)
+    reference = nn.LSTM(3, 4, bidirectional=True)
+    reference.load_state_dict(block.state_dict())
+    x = torch.randn(5, 1, 3)
+    for disabled in (False, True):
+        with cpu_kernel.disabled() if disabled else torch.no_grad():
+            out, h_n, _ = block.run(x, lengths=torch.tensor([3]))
+        with torch.no_grad():
+            want, (want_h, _) = reference(x[:3])
+        torch.testing.assert_close(out[:3], want, **TOL)
+        torch.testing.assert_close(h_n, want_h, **TOL)
+        assert torch.equal(out[3:], torch.zeros(2, 1, 8))
