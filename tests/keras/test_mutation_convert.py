@@ -102,3 +102,11 @@ def test_a_one_direction_recurrent_layer_goes_to_rnn() -> None:
     expected = {f"stage.rnn.{name}_l0": value
                 for name, value in zip(["weight_ih", "weight_hh", "bias_ih", "bias_hh"], chunk, strict=True)}
     assert_state(state_of([spec], [values]), expected)
+
+
+def test_an_attention_layer_keeps_kerass_arrays_under_their_names() -> None:
+    values = arrays((), ())
+    spec = LayerSpec("attention", "Attention", "a", "a", 6, {"op": "Attention", "use_scale": True,
+                                                          "score_mode": "concat"})
+    assert_state(state_of([spec], [values]),
+                 {"stage.scale": values[0], "stage.concat_score_weight": values[1]})
