@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from models.data import resolve_config as resolve_data_config
+from models.training import resume as resume_module
 from models.training.checkpoint import FORMAT, REQUIRED_KEYS, save_checkpoint
 from models.training.config import ConfigError
 from models.training.resume import (
@@ -354,3 +355,21 @@ def test_load_init_weights_loads_the_model_or_names_the_problem(tmp_path: Path) 
     meta = model().to("meta")
     load_init_weights(meta, str(path), torch.device("meta"))
     assert meta[0].weight.device.type == "meta"
+
+
+def test_load_init_weights_reads_the_checkpoint_onto_the_runs_device(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint trained on a GPU must load on a CPU-only machine: its tensors are mapped onto the run's device
+    (a recorded ``load_checkpoint``: this machine has no second device to save from)."""
+    state: Dict[str, Any] = {key: {} for key in REQUIRED_KEYS}
+    path = save_checkpoint({**state, "format": FORMAT, "model": model().state_dict()}, tmp_path / "m.pt")
+    seen = []
+
+    def recorded(*args: Any, **kwargs: Any) -> Dict[str, Any]:
+        seen.append(kwargs.get("map_location"))
+        return real(*args, **kwargs)
+
+    real = resume_module.load_checkpoint
+    monkeypatch.setattr(resume_module, "load_checkpoint", recorded)
+    load_init_weights(model(), str(path), CPU)
+    assert seen == [CPU]
