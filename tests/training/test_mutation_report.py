@@ -492,3 +492,17 @@ def test_a_group_swept_only_by_a_failed_job_is_still_a_column(tmp_path: Path) ->
         "|---|---|---|---|---|---|---|",
         "| bilstm | 1 | 1 | 1,234 | 50.0 +- n/a | 1,000 +- n/a | 3,000 +- n/a |"]
     assert (tmp_path / "summary.csv").read_text().splitlines()[0] == ",".join([*report.COLUMNS, "model.name"])
+
+
+def test_load_results_reads_an_older_runs_settings_from_its_own_hydra_config(tmp_path: Path) -> None:
+    write(tmp_path / "0", result())
+    (tmp_path / "0" / ".hydra").mkdir()
+    (tmp_path / "0" / ".hydra" / "config.yaml").write_text("model:\n  hidden_size: 12\nseed: 3\n")
+    rows, skipped = load_results(tmp_path)
+    assert skipped == [] and [row["settings"] for row in rows] == [{"model.hidden_size": 12, "seed": 3}]
+
+
+def test_each_skipped_result_is_a_line_of_its_own() -> None:
+    skipped = [(Path("/s/1/results.json"), "a"), (Path("/s/2/results.json"), "b")]
+    assert problems_section([], skipped) == (
+        "\n## Skipped results (2)\n\n- `/s/1/results.json`: a\n- `/s/2/results.json`: b\n")

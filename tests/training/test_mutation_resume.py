@@ -373,3 +373,25 @@ def test_load_init_weights_reads_the_checkpoint_onto_the_runs_device(tmp_path: P
     monkeypatch.setattr(resume_module, "load_checkpoint", recorded)
     load_init_weights(model(), str(path), CPU)
     assert seen == [CPU]
+
+
+def test_at_epoch_0_a_line_without_an_epoch_is_kept_and_two_damaged_lines_are_warned_of(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    note = json.dumps({"note": "no epoch"})
+    metrics.write_text("\n".join([note, line(1), "[1]", '{"epoch": 1']) + "\n")
+    with caplog.at_level(logging.WARNING, logger="train"):
+        assert _metrics_lines(metrics, 0) == [note]
+    assert [r.getMessage() for r in caplog.records] == [f"{metrics}: 2 damaged lines dropped (kept 1 epoch lines)"]
+
+
+def test_a_resume_into_another_folder_adds_only_the_history(tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir(), target.mkdir()
+    (source / "metrics.jsonl").write_text(line(1) + "\n")
+    adopt_history(source, target, {"epoch": 2, "step": 20})      # no best.pt in the source: none to copy
+    assert sorted(p.name for p in target.rglob("*")) == ["metrics.jsonl"]
+    write_checkpoint(source / "checkpoints" / "best.pt", step=20)
+    adopt_history(source, target, {"epoch": 2, "step": 20})
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == [
+        "checkpoints", "checkpoints/best.pt", "metrics.jsonl"]
