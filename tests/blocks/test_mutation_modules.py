@@ -87,3 +87,25 @@ def test_a_packed_batchs_wrong_hx_is_refused_naming_hx(cell: str) -> None:
         block(packed, torch.zeros(4, 2, 4))
     with pytest.raises(TypeError, match=r"^hx has dtype torch.float64 but input has dtype torch.float32$"):
         block(packed, torch.zeros(4, 3, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_a_packed_batch_with_lengths_too_is_refused(cell: str) -> None:
+    block, _ = pair(cell)
+    packed = pack_padded_sequence(torch.randn(5, 3, 3), torch.tensor([5, 2, 4]), enforce_sorted=False)
+    with pytest.raises(ValueError, match=r"^pass either a PackedSequence or lengths, not both: a PackedSequence "
+                                         r"carries its own lengths$"):
+        block(packed, lengths=torch.tensor([5, 2, 4]))
+
+
+def test_a_bilstm_packed_batch_names_the_state_it_refuses_and_refuses_lengths_too() -> None:
+    block, _ = pair("lstm")
+    packed = pack_padded_sequence(torch.randn(5, 3, 3), torch.tensor([5, 2, 4]), enforce_sorted=False)
+    good, bad = torch.zeros(4, 3, 4), torch.zeros(4, 2, 4)
+    shape = r" must have shape \(2 \* num_layers, B, hidden_size\) = \[4, 3, 4\], got \[4, 2, 4\]$"
+    with pytest.raises(ValueError, match=r"^hx\[0\]" + shape):
+        block(packed, (bad, good))
+    with pytest.raises(ValueError, match=r"^hx\[1\]" + shape):
+        block(packed, (good, bad))
+    with pytest.raises(ValueError, match=r"^pass either a PackedSequence or lengths, not both"):
+        block(packed, lengths=torch.tensor([5, 2, 4]))

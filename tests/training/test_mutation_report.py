@@ -471,3 +471,38 @@ def test_swept_keys_strip_only_a_leading_plus_or_tilde_from_a_key() -> None:
     assert swept_keys([["+foo=1", "a=1"], ["foo=1", "a=2"]]) == ["a"]
     assert swept_keys([["Xa=1"], ["Xa=2"]]) == ["Xa"]
     assert swept_keys([["Xa=1"], ["a=1", "Xa=1"]]) == ["a"]
+
+
+def test_a_setting_json_cannot_write_groups_by_its_text() -> None:
+    rows = rows_of({"data.root": Path("b"), "seed": 0}, {"data.root": Path("a"), "seed": 1},
+                   {"data.root": Path("b"), "seed": 2})
+    keys, summary = summarize(rows)
+    assert keys == ["data.root"]
+    assert [(s["group"]["data.root"], s["runs"]) for s in summary] == [(Path("a"), 1), (Path("b"), 2)]
+
+
+def test_a_group_swept_only_by_a_failed_job_is_still_a_column(tmp_path: Path) -> None:
+    write(tmp_path / "0", result(config=config()), overrides=["model=bilstm", "seed=0"])
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / report.JOB_ERROR).write_text(json.dumps(
+        {"kind": "exception", "error": "E", "message": "m", "overrides": ["model=bigru", "seed=0"]}))
+    assert sorted(write_report(tmp_path)) in (["csv", "md"], ["csv", "md", "png"])
+    assert (tmp_path / "summary.md").read_text().splitlines()[:3] == [
+        "| model.name | seeds | runs | params | test accuracy | train tokens/s | infer tokens/s |",
+        "|---|---|---|---|---|---|---|",
+        "| bilstm | 1 | 1 | 1,234 | 50.0 +- n/a | 1,000 +- n/a | 3,000 +- n/a |"]
+    assert (tmp_path / "summary.csv").read_text().splitlines()[0] == ",".join([*report.COLUMNS, "model.name"])
+
+
+def test_load_results_reads_an_older_runs_settings_from_its_own_hydra_config(tmp_path: Path) -> None:
+    write(tmp_path / "0", result())
+    (tmp_path / "0" / ".hydra").mkdir()
+    (tmp_path / "0" / ".hydra" / "config.yaml").write_text("model:\n  hidden_size: 12\nseed: 3\n")
+    rows, skipped = load_results(tmp_path)
+    assert skipped == [] and [row["settings"] for row in rows] == [{"model.hidden_size": 12, "seed": 3}]
+
+
+def test_each_skipped_result_is_a_line_of_its_own() -> None:
+    skipped = [(Path("/s/1/results.json"), "a"), (Path("/s/2/results.json"), "b")]
+    assert problems_section([], skipped) == (
+        "\n## Skipped results (2)\n\n- `/s/1/results.json`: a\n- `/s/2/results.json`: b\n")

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from models.data import resolve_config as resolve_data_config
+from models.training import resume as resume_module
 from models.training.checkpoint import FORMAT, REQUIRED_KEYS, save_checkpoint
 from models.training.config import ConfigError
 from models.training.resume import (
@@ -354,3 +355,43 @@ def test_load_init_weights_loads_the_model_or_names_the_problem(tmp_path: Path) 
     meta = model().to("meta")
     load_init_weights(meta, str(path), torch.device("meta"))
     assert meta[0].weight.device.type == "meta"
+
+
+def test_load_init_weights_reads_the_checkpoint_onto_the_runs_device(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint trained on a GPU must load on a CPU-only machine: its tensors are mapped onto the run's device
+    (a recorded ``load_checkpoint``: this machine has no second device to save from)."""
+    state: Dict[str, Any] = {key: {} for key in REQUIRED_KEYS}
+    path = save_checkpoint({**state, "format": FORMAT, "model": model().state_dict()}, tmp_path / "m.pt")
+    seen = []
+
+    def recorded(*args: Any, **kwargs: Any) -> Dict[str, Any]:
+        seen.append(kwargs.get("map_location"))
+        return real(*args, **kwargs)
+
+    real = resume_module.load_checkpoint
+    monkeypatch.setattr(resume_module, "load_checkpoint", recorded)
+    load_init_weights(model(), str(path), CPU)
+    assert seen == [CPU]
+
+
+def test_at_epoch_0_a_line_without_an_epoch_is_kept_and_two_damaged_lines_are_warned_of(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    note = json.dumps({"note": "no epoch"})
+    metrics.write_text("\n".join([note, line(1), "[1]", '{"epoch": 1']) + "\n")
+    with caplog.at_level(logging.WARNING, logger="train"):
+        assert _metrics_lines(metrics, 0) == [note]
+    assert [r.getMessage() for r in caplog.records] == [f"{metrics}: 2 damaged lines dropped (kept 1 epoch lines)"]
+
+
+def test_a_resume_into_another_folder_adds_only_the_history(tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir(), target.mkdir()
+    (source / "metrics.jsonl").write_text(line(1) + "\n")
+    adopt_history(source, target, {"epoch": 2, "step": 20})      # no best.pt in the source: none to copy
+    assert sorted(p.name for p in target.rglob("*")) == ["metrics.jsonl"]
+    write_checkpoint(source / "checkpoints" / "best.pt", step=20)
+    adopt_history(source, target, {"epoch": 2, "step": 20})
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == [
+        "checkpoints", "checkpoints/best.pt", "metrics.jsonl"]
