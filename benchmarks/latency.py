@@ -1,7 +1,8 @@
 """``python -m benchmarks.latency [--requests 1000] [--threads 1 2] [--model bilstm]``: serving latency on CPU.
 
-Single requests (B = 1) whose lengths are drawn from TREC's question lengths (``../shared/data`` beside the
-checkout, or ``--data``; a fixed stand-in distribution when absent, said in the output), the same request sequence for
+Single requests (B = 1) whose lengths are drawn from TREC's question lengths (the data cache that ``python train.py
+experiment=trec`` fills, ``$BIRNN_ZOO_CACHE``, or ``--data`` for a local copy; a fixed stand-in distribution when
+absent, said in the output), the same request sequence for
 every variant, interleaved request by request (rotating order), wall time per call as a caller sees it; p50 / p99 /
 mean per variant, and the p50 of process CPU time (on a shared machine the wall times include waiting for a core;
 with one thread the CPU time is what the call itself cost). Then throughput at B = 64 (batches of those requests,
@@ -46,6 +47,7 @@ from torch import nn
 
 import models
 from models.blocks import cpu_kernel
+from models.data.download import cache_dir
 
 from . import latency_low_precision, onnx_rnn
 from .harness import Column, in_process, interleaved, log, table, write_results
@@ -84,7 +86,6 @@ def request_mflop(steps: int, input_size: int, hidden: int, gates: int, layer_in
     return sum(2 * 2 * steps * gates * hidden * (size + hidden) for size in layer_inputs) / 1e6
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"   # ../shared/data beside the checkout
 
 
 def trec_lengths(root: Path) -> Tuple[List[int], str]:
@@ -121,7 +122,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batches", type=int, default=30, help="B=64 batches timed per variant for throughput")
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a folder holding trec/train_5500.label (default: the data cache)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="which variants to time (block block-ort: the block against its ONNX Runtime twin, no "
@@ -133,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     import onnxruntime as ort
 
     torch.manual_seed(0)
-    pool, source = trec_lengths(args.data)
+    pool, source = trec_lengths(args.data if args.data is not None else cache_dir())
     rng = random.Random(0)
     lengths = [rng.choice(pool) for _ in range(args.requests)]
     max_len = int(np.ceil(max(pool) / 8) * 8)
