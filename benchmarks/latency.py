@@ -22,8 +22,11 @@ right-padded). Variants:
 
 ``--variants block block-ort`` times only those (no exports, no throughput: about a minute): the block against
 its ONNX Runtime twin, the issue's goal being at most 0.8x at p50 and p99 on one thread. Each row also shows its
-distance from the physical floor: the request's multiply-adds (``4 T (4H) (in + H)`` a layer, both directions)
-at this core's measured single-thread float32 GEMM rate (``float32_peak``), the closest a recurrence can get.
+distance from the physical floor, the larger of two times: the request's multiply-adds (``4 T (4H) (in + H)`` a
+layer, both directions) at this core's measured single-thread float32 GEMM rate (``float32_peak``), and reading
+the weights a one-row request must read (``request_bytes_floor``: all of them once, each direction's ``W_hh``
+again every step) at this core's measured read rates (``read_bandwidth``). At B = 1 the second is the larger:
+each weight read feeds one multiply-add.
 
 Results: ``benchmarks/results/latency-<capability>.json`` and a Markdown table on stdout. About 2-4 minutes on
 2 cores (the ONNX export is most of the setup).
@@ -78,6 +81,34 @@ def _timed(fn: Callable[[], Any]) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
+
+
+def read_bandwidth(nbytes: int, repeats: int = 5, total: int = 256 << 20) -> float:
+    """GB/s at which one thread reads a float32 buffer of ``nbytes`` over and over (a stride-0 view of it summed:
+    no copy; the best of ``repeats``): this core's rate from the cache level that holds that many bytes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        numel = max(16, nbytes // 4)
+        rows = max(1, total // (numel * 4))
+        again = torch.randn(numel).as_strided((rows, numel), (0, 1))
+        again.sum()
+        best = min(_timed(again.sum) for _ in range(repeats))
+    finally:
+        torch.set_num_threads(previous)
+    return rows * numel * 4 / best / 1e9
+
+
+def request_bytes_floor(steps: int, ih_bytes: List[int], hh_bytes: List[int], model_rate: float,
+                        step_rate: float) -> float:
+    """Seconds to read what a one-row request must read: every weight once (``sum(ih_bytes) + sum(hh_bytes)``, one
+    entry per layer and direction, at ``model_rate`` GB/s: the rate for a buffer the model's size, since another
+    request's work may have evicted it), then each direction's ``W_hh`` once more for every further step (at
+    ``step_rate``: the rate for one direction's ``W_hh``, which stays in cache across that direction's steps).
+    With one row a step's product is a matrix-vector product: one multiply-add per weight read, so at this size
+    reading the weights, not the multiply-adds, bounds the time."""
+    once = (sum(ih_bytes) + sum(hh_bytes)) / (model_rate * 1e9)
+    return once + max(0, steps - 1) * sum(hh_bytes) / (step_rate * 1e9)
 
 
 def request_mflop(steps: int, input_size: int, hidden: int, gates: int, layer_inputs: List[int]) -> float:
@@ -185,8 +216,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     peak = float32_peak()
     gates = 4 if isinstance(encoder, models.BiLSTM) else 3
     layer_inputs = [encoder.input_size] + [2 * encoder.hidden_size] * (encoder.num_layers - 1)
-    floors = [request_mflop(n, encoder.input_size, encoder.hidden_size, gates, layer_inputs) * 1e6 / (peak * 1e9)
-              for n in lengths]  # seconds
+    flop_floors = [request_mflop(n, encoder.input_size, encoder.hidden_size, gates, layer_inputs) * 1e6 / (peak * 1e9)
+                   for n in lengths]  # seconds
+    ih_bytes = [4 * gates * encoder.hidden_size * size for size in layer_inputs for _ in range(2)]
+    hh_bytes = [4 * gates * encoder.hidden_size * encoder.hidden_size] * (2 * encoder.num_layers)
+    model_rate, step_rate = read_bandwidth(sum(ih_bytes) + sum(hh_bytes)), read_bandwidth(hh_bytes[0])
+    byte_floors = [request_bytes_floor(n, ih_bytes, hh_bytes, model_rate, step_rate) for n in lengths]
+    floors = [max(f, b) for f, b in zip(flop_floors, byte_floors)]
     median_length = int(statistics.median(lengths))
     machine.update(onnxruntime=ort.__version__, capability=cpu_kernel.capability(), lengths_source=source,
                    model=args.model, max_len=max_len, export_s=round(setup_s, 1), peak_gflops_1thread=round(peak, 1),
@@ -194,6 +230,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                    median_request_mflop=round(request_mflop(median_length, encoder.input_size, encoder.hidden_size,
                                                             gates, layer_inputs), 2),
                    floor_p50_ms=1e3 * percentile(floors, 50), floor_p99_ms=1e3 * percentile(floors, 99),
+                   flop_floor_p50_ms=1e3 * percentile(flop_floors, 50),
+                   byte_floor_p50_ms=1e3 * percentile(byte_floors, 50),
+                   weight_mb=round((sum(ih_bytes) + sum(hh_bytes)) / 1e6, 2),
+                   read_gbs_model=round(model_rate, 1), read_gbs_step=round(step_rate, 1),
                    nice=os.nice(0))
     for precision, (_, _, errors) in low_precision.items():
         machine[f"{precision}_max_abs_error"] = errors
@@ -309,11 +349,16 @@ def markdown(results: Dict[str, Any]) -> str:
     lines = [f"Machine: {m['summary']}; onnxruntime {m['onnxruntime']}; kernel {m['capability']}; model "
              f"{m['model']}; request lengths from {m['lengths_source']}; static T of pt2/onnx = {m['max_len']}", ""]
     if "floor_p50_ms" in m:
-        lines += [f"Physical floor: the median request ({m['median_request_tokens']} tokens, "
-                  f"{m['median_request_mflop']} MFLOP through the block) at this core's measured float32 GEMM rate, "
-                  f"{m['peak_gflops_1thread']} GFLOP/s on one thread: {m['floor_p50_ms']:.3f} ms (p99 request "
-                  f"{m['floor_p99_ms']:.3f} ms); \"x floor\" is a row's p50 over it (run at nice {m.get('nice', 0)} "
-                  "on a machine shared with other jobs).", ""]
+        flops = (f"Physical floor: the median request ({m['median_request_tokens']} tokens, "
+                 f"{m['median_request_mflop']} MFLOP through the block) at this core's measured float32 GEMM rate, "
+                 f"{m['peak_gflops_1thread']} GFLOP/s on one thread")
+        if "byte_floor_p50_ms" in m:
+            flops += (f": {m['flop_floor_p50_ms']:.3f} ms of multiply-adds; reading its weights ({m['weight_mb']} MB "
+                      f"once at {m['read_gbs_model']} GB/s, then each direction's W_hh again every step at "
+                      f"{m['read_gbs_step']} GB/s, this core's measured read rates for buffers of those sizes): "
+                      f"{m['byte_floor_p50_ms']:.3f} ms; the floor is the larger")
+        lines += [flops + f": {m['floor_p50_ms']:.3f} ms (p99 request {m['floor_p99_ms']:.3f} ms); \"x floor\" is a "
+                  f"row's p50 over it (run at nice {m.get('nice', 0)} on a machine shared with other jobs).", ""]
     lines += versus_ort(results["latency"]) + [""]
     columns = LATENCY_COLUMNS + ([("x floor", lambda r: f"{r['p50_over_floor']:.1f}")]
                                  if all("p50_over_floor" in r for r in results["latency"]) else [])
