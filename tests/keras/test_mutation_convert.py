@@ -5,13 +5,22 @@ beta, moving mean, moving variance). The survivors of issue 37's mutation run on
 (the arrays are only moved)."""
 
 import dataclasses
-from typing import Dict, List
+import re
+import zipfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import pytest
+import torch
 
-from models.keras.config import LayerSpec
-from models.keras.convert import _direction, _group_state
+pytest.importorskip("h5py", reason="the Keras conversion reads HDF5 files (pip install -e '.[dev]')")
+import h5py  # noqa: E402
+
+from models import BiLSTM  # noqa: E402
+from models.keras import KerasImportError, from_keras, load_keras_weights  # noqa: E402
+from models.keras.config import LayerSpec  # noqa: E402
+from models.keras.convert import _direction, _group_state  # noqa: E402
 
 
 def arrays(*shapes: tuple) -> List[np.ndarray]:
@@ -110,3 +119,107 @@ def test_an_attention_layer_keeps_kerass_arrays_under_their_names() -> None:
                                                           "score_mode": "concat"})
     assert_state(state_of([spec], [values]),
                  {"stage.scale": values[0], "stage.concat_score_weight": values[1]})
+
+
+# ``load_keras_weights`` and ``from_keras`` on real files: the committed Keras 2 fixtures (``tf_keras``'s ``.keras``
+# archives use Keras 3's ``layers/<path>`` layout; their ``model.weights.h5`` is a ``.weights.h5`` file) and
+# files written here with h5py. No Keras needed.
+
+FIXTURES = Path(__file__).parent / "fixtures" / "keras2"
+
+
+def exact(message: str) -> str:
+    return "^" + re.escape(message) + "$"
+
+
+def weights_of(archive: Path, target: Path) -> Path:
+    """The ``model.weights.h5`` inside a ``.keras`` archive, written to ``target``."""
+    with zipfile.ZipFile(archive) as zipped:
+        target.write_bytes(zipped.read("model.weights.h5"))
+    return target
+
+
+def with_weights(archive: Path, target: Path, edit: Callable[[h5py.File], None]) -> Path:
+    """A copy of a ``.keras`` archive whose ``model.weights.h5`` went through ``edit``."""
+    weights = weights_of(archive, target.with_suffix(".weights.h5"))
+    with h5py.File(weights, "r+") as h5:
+        edit(h5)
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(target, "w") as copy:
+        for member in source.namelist():
+            copy.writestr(member, weights.read_bytes() if member == "model.weights.h5" else source.read(member))
+    return target
+
+
+def zeroed(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """``module``'s state (copied), then every entry of it set to zero, so a load has to write each one."""
+    state = {key: value.clone() for key, value in module.state_dict().items()}
+    with torch.no_grad():
+        for value in module.state_dict().values():
+            value.zero_()
+    return state
+
+
+def lstm_layer(name: str, features: int, units: int, fill: float) -> Dict[str, np.ndarray]:
+    """A ``Bidirectional(LSTM)``'s groups in a ``.weights.h5`` file, each array filled with one value."""
+    out = {}
+    for side in ("forward_layer", "backward_layer"):
+        for index, shape in enumerate([(features, 4 * units), (units, 4 * units), (4 * units,)]):
+            out[f"layers/{name}/{side}/cell/vars/{index}"] = np.full(shape, fill + index, dtype="float32")
+    return out
+
+
+def write(path: Path, datasets: Dict[str, np.ndarray], attrs: Optional[Dict[str, object]] = None) -> Path:
+    with h5py.File(path, "w") as h5:
+        for key, value in datasets.items():
+            h5.create_dataset(key, data=value)
+        for key, value in (attrs or {}).items():
+            h5.attrs[key] = value
+    return path
+
+
+def test_a_keras_3_weights_file_with_a_stray_layer_names_attribute_is_still_read_as_keras_3(tmp_path: Path) -> None:
+    """The ``layers`` group decides the layout; ``layer_names`` (Keras 2's marker) only where it is missing."""
+    path = write(tmp_path / "w.weights.h5", lstm_layer("bidirectional", 2, 3, 1.0),
+                 {"layer_names": [b"bidirectional"]})
+    block = load_keras_weights(BiLSTM(2, 3), str(path))
+    assert (block.weight_ih_l0 == 1.0).all() and (block.bias_ih_l0_reverse == 3.0).all()
+
+
+def test_a_block_takes_its_groups_by_path_whatever_name_they_record(tmp_path: Path) -> None:
+    """``layers=`` names groups by path (Keras matches by path too); a group recording another layer's name is
+    not refused, as ``from_keras`` refuses it (below)."""
+    path = write(tmp_path / "w.weights.h5", lstm_layer("encoder", 2, 3, 1.0))
+    with h5py.File(path, "r+") as h5:
+        h5["layers/encoder"].create_group("vars").attrs["name"] = "bidirectional_7"
+    block = load_keras_weights(BiLSTM(2, 3), str(path), layers=["encoder"])
+    assert (block.weight_hh_l0 == 2.0).all() and (block.bias_ih_l0 == 3.0).all()
+
+
+@pytest.mark.parametrize("name", ["seq_bilstm3", "fn_branches"])   # a KerasModel, a KerasGraphModel
+def test_an_imported_module_takes_a_weights_file_by_path_whatever_name_it_records(tmp_path: Path,
+                                                                                  name: str) -> None:
+    module = from_keras(str(FIXTURES / f"{name}.keras"))
+    assert type(module).__name__ == ("KerasModel" if name.startswith("seq") else "KerasGraphModel")
+    path = weights_of(FIXTURES / f"{name}.keras", tmp_path / "w.weights.h5")
+    with h5py.File(path, "r+") as h5:
+        for group in h5["layers"].values():
+            group.require_group("vars").attrs["name"] = "renamed"
+    expected = zeroed(module)
+    assert load_keras_weights(module, str(path)) is module
+    assert list(module.state_dict()) == list(expected)
+    for key, value in expected.items():
+        assert torch.equal(module.state_dict()[key], value), key
+
+
+def test_from_keras_refuses_a_weights_group_recording_another_layers_name(tmp_path: Path) -> None:
+    def rename(to: str) -> Callable[[h5py.File], None]:
+        return lambda h5: h5["layers/bidirectional"].require_group("vars").attrs.__setitem__("name", to)
+
+    own = with_weights(FIXTURES / "seq_bilstm3.keras", tmp_path / "own.keras", rename("bidirectional"))
+    reference = from_keras(str(FIXTURES / "seq_bilstm3.keras")).state_dict()
+    module = from_keras(str(own))      # its own name recorded: imported, the same arrays
+    assert all(torch.equal(module.state_dict()[key], value) for key, value in reference.items())
+    other = with_weights(FIXTURES / "seq_bilstm3.keras", tmp_path / "other.keras", rename("encoder"))
+    with pytest.raises(KerasImportError, match=exact(
+            "layer 'bidirectional': weights group layers/bidirectional belongs to layer 'encoder'")):
+        from_keras(str(other))
