@@ -15,12 +15,12 @@ import pytest
 import torch
 
 pytest.importorskip("h5py", reason="the Keras conversion reads HDF5 files (pip install -e '.[dev]')")
-import h5py  # noqa: E402
+import h5py
 
-from models import BiLSTM  # noqa: E402
-from models.keras import KerasImportError, from_keras, load_keras_weights  # noqa: E402
-from models.keras.config import LayerSpec  # noqa: E402
-from models.keras.convert import _direction, _group_state  # noqa: E402
+from models import BiLSTM
+from models.keras import KerasImportError, from_keras, load_keras_weights
+from models.keras.config import LayerSpec
+from models.keras.convert import _direction, _group_state
 
 
 def arrays(*shapes: tuple) -> List[np.ndarray]:
