@@ -223,3 +223,17 @@ def test_from_keras_refuses_a_weights_group_recording_another_layers_name(tmp_pa
     with pytest.raises(KerasImportError, match=exact(
             "layer 'bidirectional': weights group layers/bidirectional belongs to layer 'encoder'")):
         from_keras(str(other))
+
+
+def test_from_keras_checks_every_layers_shapes_before_it_reads_any_values(tmp_path: Path) -> None:
+    """A file with NaN in its first layer and a wrong shape in its last is refused for the shape: all shapes are
+    checked (cheap, from the file's headers) before the first array is read."""
+    def spoil(h5: h5py.File) -> None:
+        h5["layers/embedding/vars/0"][0, 0] = np.nan
+        del h5["layers/dense/vars/0"]
+        h5["layers/dense/vars"].create_dataset("0", data=np.zeros((3, 1), dtype="float32"))
+
+    path = with_weights(FIXTURES / "seq_bilstm3.keras", tmp_path / "spoilt.keras", spoil)
+    with pytest.raises(KerasImportError, match=exact(
+            "layer 'dense': weight '/layers/dense/vars/0' has shape (3, 1), expected (4, 3)")):
+        from_keras(str(path))
