@@ -20,7 +20,7 @@ import h5py
 from models import BiLSTM
 from models.keras import KerasImportError, from_keras, load_keras_weights
 from models.keras.config import LayerSpec
-from models.keras.convert import _direction, _group_state
+from models.keras.convert import _direction, _group_state, _tensors
 
 
 def arrays(*shapes: tuple) -> List[np.ndarray]:
@@ -237,3 +237,14 @@ def test_from_keras_checks_every_layers_shapes_before_it_reads_any_values(tmp_pa
     with pytest.raises(KerasImportError, match=exact(
             "layer 'dense': weight '/layers/dense/vars/0' has shape (3, 1), expected (4, 3)")):
         from_keras(str(path))
+
+
+def test_tensors_are_float32_in_the_arrays_shapes() -> None:
+    """Whatever array type comes in (float64 from a computation, a transposed view, a 0-d scale), a float32
+    tensor of the same shape and values comes out."""
+    scale, kernel = np.float64(0.125), np.arange(6, dtype=np.float64).reshape(2, 3).T
+    out = _tensors({"scale": np.asarray(scale), "kernel": kernel})
+    assert list(out) == ["scale", "kernel"]
+    assert out["scale"].dtype == out["kernel"].dtype == torch.float32
+    assert out["scale"].shape == () and out["kernel"].shape == (3, 2)
+    assert out["scale"].item() == 0.125 and torch.equal(out["kernel"], torch.tensor(kernel, dtype=torch.float32))
