@@ -20,7 +20,7 @@ import h5py
 from models import BiLSTM
 from models.keras import KerasImportError, from_keras, load_keras_weights
 from models.keras.config import LayerSpec
-from models.keras.convert import _direction, _group_state, _tensors
+from models.keras.convert import _direction, _group_state, _install, _tensors
 
 
 def arrays(*shapes: tuple) -> List[np.ndarray]:
@@ -248,3 +248,15 @@ def test_tensors_are_float32_in_the_arrays_shapes() -> None:
     assert out["scale"].dtype == out["kernel"].dtype == torch.float32
     assert out["scale"].shape == () and out["kernel"].shape == (3, 2)
     assert out["scale"].item() == 0.125 and torch.equal(out["kernel"], torch.tensor(kernel, dtype=torch.float32))
+
+
+def test_install_refuses_a_missing_key_alone_and_an_unexpected_key_alone() -> None:
+    module = torch.nn.Linear(2, 3)
+    weight = module.weight.detach().clone()
+    with pytest.raises(KerasImportError,
+                       match=exact("weights do not match the module: missing ['bias'], unexpected []")):
+        _install(module, {"weight": torch.ones(3, 2)})
+    with pytest.raises(KerasImportError,
+                       match=exact("weights do not match the module: missing [], unexpected ['scale']")):
+        _install(module, {"weight": torch.ones(3, 2), "bias": torch.ones(3), "scale": torch.ones(3)})
+    assert torch.equal(module.weight, weight)      # nothing copied
