@@ -19,8 +19,9 @@ import h5py
 
 from models import BiLSTM
 from models.keras import KerasImportError, from_keras, load_keras_weights
+from models.keras.archive import WeightFile, open_weights
 from models.keras.config import LayerSpec
-from models.keras.convert import _direction, _group_state, _install, _tensors
+from models.keras.convert import _direction, _group_state, _install, _read_layer, _tensors
 
 
 def arrays(*shapes: tuple) -> List[np.ndarray]:
@@ -260,3 +261,91 @@ def test_install_refuses_a_missing_key_alone_and_an_unexpected_key_alone() -> No
                        match=exact("weights do not match the module: missing [], unexpected ['scale']")):
         _install(module, {"weight": torch.ones(3, 2), "bias": torch.ones(3), "scale": torch.ones(3)})
     assert torch.equal(module.weight, weight)      # nothing copied
+
+
+# ``_read_layer`` on ``.keras``-layout files written here: where each layer class keeps its arrays (Keras 3's
+# ``layers/<path>/<sub-layer>/vars/<i>``), the order it reads them in, and what it checks.
+
+def keras_weights(path: Path, datasets: Dict[str, np.ndarray], names: Optional[Dict[str, str]] = None) -> WeightFile:
+    """A ``.weights.h5`` file (``names``: a ``vars`` group -> the layer name it records), opened."""
+    write(path, datasets)
+    with h5py.File(path, "r+") as h5:
+        for group, name in (names or {}).items():
+            h5.require_group(group).attrs["name"] = name
+    return open_weights(str(path), "keras")
+
+
+def numbered(prefix: str, shapes: List[tuple], start: float) -> Dict[str, np.ndarray]:
+    """``prefix/vars/0, 1, ...`` of the given shapes, array i filled with ``start + i``."""
+    return {f"{prefix}/vars/{i}": np.full(shape, start + i, dtype="float32") for i, shape in enumerate(shapes)}
+
+
+RNN = {"units": 2, "use_bias": True, "bidirectional": False}
+DENSE = LayerSpec("dense", "Dense", "d", "d", 3, {"units": 2, "use_bias": True})
+MHA = {"op": "MultiHeadAttention", "num_heads": 1, "key_dim": 2, "value_dim": 2, "use_bias": False, "output_dim": 3,
+       "query_features": 3, "key_features": 3, "value_features": 3}
+MHA_SHAPES = [(3, 1, 2), (3, 1, 2), (3, 1, 2), (1, 2, 3)]
+
+
+@pytest.mark.parametrize(("spec", "layout"), [
+    (LayerSpec("recurrent", "Bidirectional", "bi", "x", 3, {**RNN, "cell": "LSTM", "bidirectional": True}),
+     [("forward_layer/cell", [(3, 8), (2, 8), (8,)]), ("backward_layer/cell", [(3, 8), (2, 8), (8,)])]),
+    (LayerSpec("recurrent", "LSTM", "l", "x", 3, {**RNN, "cell": "LSTM"}), [("cell", [(3, 8), (2, 8), (8,)])]),
+    (LayerSpec("recurrent", "GRU", "g", "x", 3, {**RNN, "cell": "GRU"}), [("cell", [(3, 6), (2, 6), (2, 6)])]),
+    (LayerSpec("recurrent", "SimpleRNN", "s", "x", 3, {**RNN, "cell": "SimpleRNN"}),
+     [("cell", [(3, 2), (2, 2), (2,)])]),
+    (LayerSpec("timedistributed", "TimeDistributed", "t", "x", 3, {"inner": dataclasses.asdict(DENSE)}),
+     [("layer", [(3, 2), (2,)])]),
+    (LayerSpec("timedistributed", "TimeDistributed", "t", "x", 3, {"inner": dataclasses.asdict(LayerSpec(
+        "recurrent", "Bidirectional", "bi", "bi", 3, {**RNN, "cell": "GRU", "bidirectional": True}))}),
+     [("layer/forward_layer/cell", [(3, 6), (2, 6), (2, 6)]), ("layer/backward_layer/cell", [(3, 6), (2, 6), (2, 6)])]),
+    (LayerSpec("timedistributed", "TimeDistributed", "t", "x", 3, {"inner": dataclasses.asdict(LayerSpec(
+        "recurrent", "LSTM", "l", "l", 3, {**RNN, "cell": "LSTM"}))}), [("layer/cell", [(3, 8), (2, 8), (8,)])]),
+    (LayerSpec("timedistributed", "TimeDistributed", "t", "x", 3, {"inner": dataclasses.asdict(LayerSpec(
+        "recurrent", "GRU", "g", "g", 3, {**RNN, "cell": "GRU"}))}), [("layer/cell", [(3, 6), (2, 6), (2, 6)])]),
+    (LayerSpec("timedistributed", "TimeDistributed", "t", "x", 3, {"inner": dataclasses.asdict(LayerSpec(
+        "recurrent", "SimpleRNN", "s", "s", 3, {**RNN, "cell": "SimpleRNN"}))}),
+     [("layer/cell", [(3, 2), (2, 2), (2,)])]),
+    (LayerSpec("attention", "MultiHeadAttention", "m", "x", 3, MHA),
+     [(part, [shape]) for part, shape in zip(["query_dense", "key_dense", "value_dense", "output_dense"], MHA_SHAPES,
+                                             strict=True)]),
+    (LayerSpec("attention", "MultiHeadAttention", "m", "x", 3, {**MHA, "keras2": True}),
+     [(part, [shape]) for part, shape in zip(["_query_dense", "_key_dense", "_value_dense", "_output_dense"],
+                                             MHA_SHAPES, strict=True)]),
+])
+def test_each_layer_class_is_read_from_its_sub_layers_in_kerass_order(tmp_path: Path, spec: LayerSpec,
+                                                                      layout: list) -> None:
+    datasets: Dict[str, np.ndarray] = {}
+    for sub, shapes in layout:
+        datasets |= numbered(f"layers/x/{sub}", shapes, 10.0 * len(datasets))
+    weights = keras_weights(tmp_path / "w.weights.h5", datasets)
+    try:
+        got = _read_layer(weights, spec)
+        checked = [dataset.name for dataset in _read_layer(weights, spec, read=False)]   # the datasets, unread
+    finally:
+        weights.close()
+    assert len(got) == len(datasets)
+    for array, (key, value) in zip(got, datasets.items(), strict=True):
+        assert array.dtype == np.float32 and np.array_equal(array, value), key
+    assert checked == ["/" + key for key in datasets]
+
+
+def test_a_group_is_checked_against_the_layer_name_it_records(tmp_path: Path) -> None:
+    """Refused naming the layer, its group and the name the group records; accepted when that is the layer's
+    name (not its path), or without ``check_name`` (``load_keras_weights``: by path only)."""
+    spec = LayerSpec("dense", "Dense", "head", "x", 3, {"units": 2, "use_bias": True})
+    datasets = numbered("layers/x", [(3, 2), (2,)], 1.0)
+    for recorded in ["x", "other"]:
+        weights = keras_weights(tmp_path / f"{recorded}.weights.h5", datasets, {"layers/x/vars": recorded})
+        try:
+            with pytest.raises(KerasImportError, match=exact(
+                    f"layer 'head': weights group layers/x belongs to layer {recorded!r}")):
+                _read_layer(weights, spec)
+            assert [a[0].tolist() for a in _read_layer(weights, spec, check_name=False)] == [[1.0, 1.0], 2.0]
+        finally:
+            weights.close()
+    weights = keras_weights(tmp_path / "own.weights.h5", datasets, {"layers/x/vars": "head"})
+    try:
+        assert len(_read_layer(weights, spec)) == 2
+    finally:
+        weights.close()
