@@ -349,3 +349,14 @@ def test_a_group_is_checked_against_the_layer_name_it_records(tmp_path: Path) ->
         assert len(_read_layer(weights, spec)) == 2
     finally:
         weights.close()
+
+
+def test_a_conv1d_kernel_of_another_shape_is_refused_naming_both_shapes_in_whole_numbers(tmp_path: Path) -> None:
+    spec = LayerSpec("conv", "Conv1D", "c", "x", 6, {"kernel_size": 3, "groups": 2, "filters": 4, "use_bias": False})
+    weights = keras_weights(tmp_path / "w.weights.h5", numbered("layers/x", [(3, 6, 4)], 1.0))
+    try:
+        with pytest.raises(KerasImportError, match=exact(
+                "layer 'c': weight '/layers/x/vars/0' has shape (3, 6, 4), expected (3, 3, 4)")):
+            _read_layer(weights, spec)
+    finally:
+        weights.close()
