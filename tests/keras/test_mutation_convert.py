@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("h5py", reason="the Keras conversion reads HDF5 files (pip install -e '.[dev]')")
 import h5py
 
-from models import BiLSTM
+from models import BiGRU, BiLSTM
 from models.keras import KerasImportError, from_keras, load_keras_weights
 from models.keras.archive import WeightFile, open_weights
 from models.keras.config import LayerSpec
@@ -360,3 +360,17 @@ def test_a_conv1d_kernel_of_another_shape_is_refused_naming_both_shapes_in_whole
             _read_layer(weights, spec)
     finally:
         weights.close()
+
+
+def test_a_keras_2_weights_file_missing_a_listed_weight_is_refused_naming_the_layer(tmp_path: Path) -> None:
+    """Keras 2's ``save_weights("w.h5")``: the layer's group lists its arrays in ``weight_names``; one listed but
+    absent is refused, naming the layer and the weight."""
+    path = write(tmp_path / "w.h5", {"bidirectional/bidirectional/forward_gru/kernel:0": np.zeros((2, 9), "float32")},
+                 {"layer_names": [b"bidirectional"]})
+    with h5py.File(path, "r+") as h5:
+        h5["bidirectional"].attrs["weight_names"] = [b"bidirectional/forward_gru/kernel:0",
+                                                     b"bidirectional/forward_gru/recurrent_kernel:0"]
+    with pytest.raises(KerasImportError, match=exact(
+            "layer 'bidirectional': weight 'bidirectional/forward_gru/recurrent_kernel:0' listed in weight_names "
+            "is missing")):
+        load_keras_weights(BiGRU(2, 3), str(path))
