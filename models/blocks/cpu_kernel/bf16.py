@@ -14,6 +14,12 @@ the loaded kernel is the ``avx512`` build and the CPU reports AVX512_BF16, and e
 Elsewhere (a CPU without AVX512_BF16, ``BIRNN_ZOO_CPU_CAPABILITY=avx2`` or ``none``, ``cpu_kernel.disabled()``,
 training, tracing/compiling/exporting) the blocks keep PyTorch's paths: oneDNN's bf16 LSTM under autocast.
 
+AMX tiles: on a CPU with AMX-TILE and AMX-BF16 (Sapphire Rapids and later) where Linux grants the process the tile
+state, the products run on ``_tile_dpbf16ps`` where they fill 16-row tiles (every input product; the step products
+from ``AMX_MIN_BATCH`` rows), the rest on ``vdpbf16ps`` (``csrc/bf16_forward.h``); the same packed weights serve both.
+``BIRNN_ZOO_BF16_AMX=0`` (read at each call) or ``with bf16.without_amx():`` keeps a process or a block of code on
+``vdpbf16ps`` alone, to compare the two on one CPU; ``amx_supported()`` / ``amx_used()`` say what a call takes.
+
 The math (``csrc/bf16_forward.h``; ``tests/helpers/bf16_reference.py`` is its float64 mirror): weights rounded to bf16
 once, each step's input rows and ``h_{t-1}`` rounded to bf16 (round to nearest even) before their products, float32
 sums, biases float32, gates and states float32, merges float32; the returned output and states are rounded to bf16
@@ -23,10 +29,12 @@ The packed weights are prepared once per module and kept while every weight is t
 version (as ``inference.py``'s plan; eval mode only; ``train()``/``eval()``/``to()`` drop it).
 """
 
+import contextlib
 import ctypes
+import os
 import threading
 import weakref
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +53,10 @@ GATES = {"LSTM": 4, "GRU": 3, "GRU_RESET_BEFORE": 3, "RNN_TANH": 1, "RNN_RELU": 
 # What each cell returns under CPU bf16 autocast, as nn.LSTM / nn.RNN (bf16) and nn.GRU (float32) return it.
 AUTOCAST_DTYPES = {"LSTM": torch.bfloat16, "GRU": torch.float32, "GRU_RESET_BEFORE": torch.float32,
                    "RNN_TANH": torch.bfloat16, "RNN_RELU": torch.bfloat16}
+# The step product h (B x H) @ W_hh^T runs on AMX tiles from this many rows: below 16 a tile holds padding only;
+# measured on a 2-core Sapphire Rapids Xeon (family 6 model 167), benchmarks/RESULTS.md ("bf16 inference").
+AMX_MIN_BATCH = 16
+AMX_ENV = "BIRNN_ZOO_BF16_AMX"
 _MERGE_CODES = {**{mode: code for code, mode in enumerate(MERGE_MODES)}, None: len(MERGE_MODES)}
 
 
@@ -54,7 +66,7 @@ class Bf16Args(ctypes.Structure):
     _fields_ = [
         ("cell", _I32), ("steps", _I32), ("batch", _I32), ("hidden", _I32), ("layers", _I32), ("threads", _I32),
         ("x", _P), ("lengths", _P), ("h0", _P), ("c0", _P), ("out", _P), ("h_n", _P), ("c_n", _P),
-        ("input_sizes", _P), ("merges", _P), ("weights", _P),
+        ("input_sizes", _P), ("merges", _P), ("weights", _P), ("amx_min_batch", _I32),
     ]
 
 
@@ -68,15 +80,19 @@ def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.birnn_bf16_args_layout.restype = None
     lib.birnn_bf16_supported.argtypes = []
     lib.birnn_bf16_supported.restype = ctypes.c_int
+    lib.birnn_bf16_amx_supported.argtypes = []
+    lib.birnn_bf16_amx_supported.restype = ctypes.c_int
     lib.birnn_bf16_forward_stack.argtypes = [ctypes.POINTER(Bf16Args)]
     lib.birnn_bf16_forward_stack.restype = None
     size, last = int64(), int64()
     lib.birnn_bf16_args_layout(ctypes.byref(size), ctypes.byref(last))
-    if size.value != ctypes.sizeof(Bf16Args) or last.value != Bf16Args.weights.offset:
+    if size.value != ctypes.sizeof(Bf16Args) or last.value != Bf16Args.amx_min_batch.offset:
         raise OSError(f"the CPU kernel's Bf16Args is {size.value} bytes (last field at {last.value}) but "
-                      f"bf16.Bf16Args is {ctypes.sizeof(Bf16Args)} (at {Bf16Args.weights.offset}): "
+                      f"bf16.Bf16Args is {ctypes.sizeof(Bf16Args)} (at {Bf16Args.amx_min_batch.offset}): "
                       "csrc/bf16_forward.h and bf16.py disagree")
     lib._bf16_supported = bool(lib.birnn_bf16_supported())
+    # asks Linux for the tile state once (arch_prctl); only where the bf16 path runs at all
+    lib._bf16_amx = lib._bf16_supported and bool(lib.birnn_bf16_amx_supported())
     lib._bf16_declared = True
     return lib
 
@@ -92,6 +108,37 @@ def library() -> Optional[ctypes.CDLL]:
 def supported() -> bool:
     """Whether this process runs bf16 inference on the kernel (``library`` is not None)."""
     return library() is not None
+
+
+def amx_supported() -> bool:
+    """Whether this process's bf16 kernel can run on AMX tiles (``supported()``, a CPU with AMX-TILE and AMX-BF16,
+    and Linux granted the tile state)."""
+    lib = library()
+    return lib is not None and lib._bf16_amx
+
+
+_amx_off = threading.local()  # without_amx()'s depth on this thread
+
+
+@contextlib.contextmanager
+def without_amx() -> Iterator[None]:
+    """Within this block (this thread), bf16 calls run on ``vdpbf16ps`` alone, as on a CPU without AMX."""
+    _amx_off.depth = getattr(_amx_off, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _amx_off.depth -= 1
+
+
+def amx_used() -> bool:
+    """Whether a bf16 call made now runs its products on AMX tiles: ``amx_supported()``, not within
+    ``without_amx()``, and ``$BIRNN_ZOO_BF16_AMX`` unset, empty or ``1`` (``0``: ``vdpbf16ps`` alone; anything else
+    raises ``ValueError``)."""
+    setting = os.environ.get(AMX_ENV, "").strip()
+    if setting not in ("", "0", "1"):
+        raise ValueError(f"{AMX_ENV}={setting!r} is not a setting; expected 0 (vdpbf16ps alone) or 1 (AMX where "
+                         "the CPU has it)")
+    return setting != "0" and not getattr(_amx_off, "depth", 0) and amx_supported()
 
 
 def padded(hidden: int) -> int:
@@ -249,7 +296,8 @@ def run(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor], h0: 
     args = Bf16Args(cell=CELL_CODES[mode], steps=steps, batch=batch, hidden=hidden, layers=layers,
                     threads=max(1, torch.get_num_threads()), x=ptr(x32), lengths=length_address, h0=ptr(h0),
                     c0=ptr(c0), out=ptr(out), h_n=ptr(h_n), c_n=ptr(c_n), input_sizes=ptr(plan.input_sizes),
-                    merges=ptr(plan.merges), weights=ptr(plan.addresses))
+                    merges=ptr(plan.merges), weights=ptr(plan.addresses),
+                    amx_min_batch=AMX_MIN_BATCH if amx_used() else 0)
     lib.birnn_bf16_forward_stack(ctypes.byref(args))
     dtype = AUTOCAST_DTYPES[mode] if torch.is_autocast_enabled("cpu") else torch.bfloat16
     h_n = h_n.to(dtype)
