@@ -311,12 +311,15 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
   if (c) std::memcpy(c, S.c0 + state, sizeof(float) * B * H);
   // Projections in chunks of about 256 rows (one product each, bias added), read by the steps of the chunk.
   const int chunk = std::max(1, std::min(T, 256 / std::max(1, B)));
+  // Row strides one cache line past the rows: the rows of a tile (16 of them) would otherwise lie a power of two
+  // apart (Gp floats, 2 Kp bf16, for the usual sizes) and share a few L1 sets.
+  const int64_t ldg = Gp + 16, ldx = 2 * int64_t(Kx) + 32, ldh = 2 * int64_t(Kh) + 32;
   Buffers& buf = buffers();
-  uint16_t* qx = sized(buf.qx, int64_t(chunk) * B * 2 * Kx);
-  float* gx = sized(buf.gx, int64_t(chunk) * B * Gp);
-  uint16_t* qh = sized(buf.qh, int64_t(B) * 2 * Kh);
-  uint16_t* qr = sized(buf.qr, cell == kGruResetBefore ? int64_t(B) * 2 * Kh : 1);
-  float* gh = sized(buf.gh, cell == kGru ? int64_t(B) * Gp : 1);
+  uint16_t* qx = sized(buf.qx, int64_t(chunk) * B * ldx);
+  float* gx = sized(buf.gx, int64_t(chunk) * B * ldg);
+  uint16_t* qh = sized(buf.qh, int64_t(B) * ldh);
+  uint16_t* qr = sized(buf.qr, cell == kGruResetBefore ? int64_t(B) * ldh : 1);
+  float* gh = sized(buf.gh, cell == kGru ? int64_t(B) * ldg : 1);
   float* tmp = sized(buf.tmp, H);
   // The step product accumulates onto the projected rows, but for the GRU (r gates W_hn h + b_hn: kept apart) and
   // the reset-before GRU (its n block waits for r * h).
@@ -331,27 +334,27 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
       const int n = std::min(chunk, T - s);
       chunk_start = d == 0 ? s : T - s - n;
       const float* xs = in + int64_t(chunk_start) * B * F;
-      for (int64_t r = 0; r < int64_t(n) * B; ++r) round_row(xs + r * F, F, Kx, qx + r * 2 * Kx);
-      product(amx_in, false, n * B, Kx, qx, 2 * Kx, wi, 0, blocks, gx, Gp);
+      for (int64_t r = 0; r < int64_t(n) * B; ++r) round_row(xs + r * F, F, Kx, qx + r * ldx);
+      product(amx_in, false, n * B, Kx, qx, ldx, wi, 0, blocks, gx, ldg);
       if (bi)
         for (int64_t r = 0; r < int64_t(n) * B; ++r)
-          for (int j = 0; j < Gp; ++j) gx[r * Gp + j] += bi[j];
+          for (int j = 0; j < Gp; ++j) gx[r * ldg + j] += bi[j];
     }
-    float* g0 = gx + int64_t(t - chunk_start) * B * Gp;  // this step's B rows of pre-activations
-    for (int b = 0; b < B; ++b) round_row(h + int64_t(b) * H, H, Kh, qh + int64_t(b) * 2 * Kh);
+    float* g0 = gx + int64_t(t - chunk_start) * B * ldg;  // this step's B rows of pre-activations
+    for (int b = 0; b < B; ++b) round_row(h + int64_t(b) * H, H, Kh, qh + b * ldh);
     if (cell == kGru)
-      product(amx_step, false, B, Kh, qh, 2 * Kh, wh, 0, blocks, gh, Gp);
+      product(amx_step, false, B, Kh, qh, ldh, wh, 0, blocks, gh, ldg);
     else
-      product(amx_step, true, B, Kh, qh, 2 * Kh, wh, 0, first_blocks, g0, Gp);
+      product(amx_step, true, B, Kh, qh, ldh, wh, 0, first_blocks, g0, ldg);
     if (cell == kGruResetBefore) {  // r, then (r * h) @ W_hn^T onto the n block
       for (int b = 0; b < B; ++b) {
-        float* g = g0 + int64_t(b) * Gp;
+        float* g = g0 + b * ldg;
         const float* hb = h + int64_t(b) * H;
         sigmoid_(g, H);
         for (int j = 0; j < H; ++j) tmp[j] = g[j] * hb[j];
-        round_row(tmp, H, Kh, qr + int64_t(b) * 2 * Kh);
+        round_row(tmp, H, Kh, qr + b * ldh);
       }
-      product(amx_step, true, B, Kh, qr, 2 * Kh, wh, 2 * Hp / 16, blocks, g0 + 2 * Hp, Gp);
+      product(amx_step, true, B, Kh, qr, ldh, wh, 2 * Hp / 16, blocks, g0 + 2 * Hp, ldg);
     }
     for (int b = 0; b < B; ++b) {
       float* o = raw + ((int64_t(t) * B + b) * 2 + d) * H;
@@ -359,7 +362,7 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
         std::memset(o, 0, sizeof(float) * H);
         continue;
       }
-      float* g = g0 + int64_t(b) * Gp;
+      float* g = g0 + b * ldg;
       float* hb = h + int64_t(b) * H;
       if (cell == kLstm) {
         float* cb = c + int64_t(b) * H;
@@ -371,7 +374,7 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
         for (int j = 0; j < H; ++j) o[j] = hb[j] = g[3 * Hp + j] * tmp[j];
       } else if (cell == kGru || cell == kGruResetBefore) {
         if (cell == kGru) {
-          const float* ghb = gh + int64_t(b) * Gp;
+          const float* ghb = gh + b * ldg;
           for (int j = 0; j < 2 * Hp; ++j) g[j] += ghb[j] + (bh ? bh[j] : 0.0f);
           sigmoid_(g, 2 * Hp);
           for (int j = 0; j < H; ++j) g[2 * Hp + j] += g[j] * (ghb[2 * Hp + j] + (bh ? bh[2 * Hp + j] : 0.0f));
