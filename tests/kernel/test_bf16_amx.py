@@ -59,7 +59,7 @@ def run_block(mode: str, features: int, hidden: int, batch: int, merges: List[Op
         x[steps - 1:, lengths < steps] = float("nan")  # padding may hold anything
     h0 = (0.5 * torch.randn(2 * len(merges), batch, hidden)).bfloat16()
     c0 = (0.5 * torch.randn(2 * len(merges), batch, hidden)).bfloat16() if mode == "LSTM" else None
-    with torch.no_grad():
+    with torch.no_grad(), cpu_kernel.forced():  # forced: off the tiles the LSTM would go to oneDNN (onednn_wins)
         if amx:
             out, h_n, c_n = block.run(x, h0, c0, lengths)
         else:
@@ -103,7 +103,7 @@ def test_the_tiles_ran() -> None:
     a few places (both within the reference's tolerance, test above), and without_amx() gives the other result."""
     block = block_of("LSTM", 128, 128, 2, merge_mode="concat").eval().to(torch.bfloat16)
     x = torch.randn(16, 32, 128).bfloat16()
-    with torch.no_grad():
+    with torch.no_grad(), cpu_kernel.forced():
         tiles = block(x)[0]
         with bf16.without_amx():
             plain = block(x)[0]
@@ -135,3 +135,26 @@ def test_the_environment_switch_keeps_vdpbf16ps(monkeypatch: pytest.MonkeyPatch,
         with pytest.raises(ValueError, match=r"BIRNN_ZOO_BF16_AMX='yes'.*expected 0"):
             block(x)
     assert requests == [0, bf16.AMX_MIN_BATCH, bf16.AMX_MIN_BATCH, 0]
+
+
+def test_the_lstm_keeps_the_kernel_on_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On AMX tiles the kernel measured level with or faster than oneDNN's bf16 LSTM at every size (bf16.onednn_wins
+    is False with amx): a big two-thread LSTM call stays on the kernel, where off the tiles it goes to oneDNN."""
+    calls: List[str] = []
+    original = bf16.run
+    monkeypatch.setattr(bf16, "run", lambda module, mode, *args: calls.append(mode) or original(module, mode, *args))
+    x = torch.randn(2, 64, 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            block = block_of("LSTM", 4, 8, 1).eval()
+            assert block(x)[0].dtype == torch.bfloat16
+            with bf16.without_amx():
+                block(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == ["LSTM"]
+    assert bf16.cpu_has_amx()
+    assert not any(bf16.onednn_wins(b, h, t, amx=True, amx_cpu=True) for b in (1, 16, 64, 256) for h in (128, 512)
+                   for t in (1, 2))

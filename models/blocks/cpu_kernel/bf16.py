@@ -228,12 +228,38 @@ def _plan_for(module: nn.Module, mode: str, weights: List[Tensor], has_biases: b
     return plan
 
 
-def onednn_wins(batch: int, hidden: int, threads: int) -> bool:
-    """Where oneDNN's bf16 LSTM measured faster than the kernel's (``benchmarks.bf16``, one run on a 2-core AMD EPYC
-    Zen 4 at load average 7-8, ``benchmarks/RESULTS.md``): two threads at B >= 64 (1.21-1.26x the time; H = 256:
-    0.98x) and at B = 16, H = 512 (1.21x); everywhere else the kernel was faster or level (0.19-1.07x). oneDNN
-    splits its big GEMMs over both threads; the kernel runs one direction a thread."""
+def onednn_wins(batch: int, hidden: int, threads: int, amx: bool = False, amx_cpu: bool = False) -> bool:
+    """Where oneDNN's bf16 LSTM measured faster than the kernel's (``benchmarks.bf16``, ``benchmarks/RESULTS.md``),
+    for a call of ``batch`` rows, ``hidden`` units, ``threads`` threads; ``amx``: the kernel runs on AMX tiles
+    (``amx_used()``); ``amx_cpu``: the CPU has AMX (oneDNN then uses its tiles, whether or not the kernel does).
+
+    - Kernel on AMX tiles (two runs on a 2-core Sapphire Rapids Xeon, family 6 model 167, load average 3.6-4.8):
+      never. The kernel took 0.25-0.85x oneDNN's time at B = 1 and 16 and 0.76-1.06x at B = 64 (parity within those
+      runs' noise: 3 of 12 cells of B = 64 above 1.0, by at most 1.06x).
+    - A CPU with AMX, the kernel on ``vdpbf16ps`` (``BIRNN_ZOO_BF16_AMX=0``, ``without_amx()``; same Xeon, before
+      the AMX path and beside it, three runs): B >= 16, where the kernel took 2.1-7.0x oneDNN's time (``vdpbf16ps``
+      there is slower than the float32 kernel); at B = 1 it took 0.40-1.00x.
+    - No AMX (one run on a 2-core AMD EPYC Zen 4 at load average 7-8): two threads at B >= 64 (1.21-1.26x the time;
+      H = 256: 0.98x) and at B = 16, H = 512 (1.21x); everywhere else the kernel was faster or level (0.19-1.07x).
+      oneDNN splits its big GEMMs over both threads; the kernel runs one direction a thread."""
+    if amx:
+        return False
+    if amx_cpu:
+        return batch >= 16
     return threads >= 2 and (batch >= 64 or (batch >= 16 and hidden >= 512))
+
+
+_cpu_amx: Optional[bool] = None
+
+
+def cpu_has_amx() -> bool:
+    """Whether /proc/cpuinfo reports ``amx_bf16`` (read once): oneDNN's bf16 LSTM runs on tiles there."""
+    global _cpu_amx
+    if _cpu_amx is None:
+        from .build import _cpu_flags
+
+        _cpu_amx = "amx_bf16" in _cpu_flags()
+    return _cpu_amx
 
 
 def applies(x: Tensor, mode: str, weights: List[Tensor]) -> bool:
@@ -253,10 +279,11 @@ def applies(x: Tensor, mode: str, weights: List[Tensor]) -> bool:
         return False
     if cpu_kernel._switch.off or cpu_kernel._in_functorch_transform() or not inference.usable(x, weights):
         return False
-    if (mode == "LSTM" and not cpu_kernel._switch.forced
-            and onednn_wins(x.shape[1] if x.dim() == 3 else 1, weights[1].shape[1], torch.get_num_threads())):
+    if library() is None:
         return False
-    return library() is not None
+    return not (mode == "LSTM" and not cpu_kernel._switch.forced
+                and onednn_wins(x.shape[1] if x.dim() == 3 else 1, weights[1].shape[1], torch.get_num_threads(),
+                                amx_used(), cpu_has_amx()))
 
 
 def run(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor], h0: Tensor, c0: Tensor,
