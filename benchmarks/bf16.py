@@ -163,8 +163,10 @@ def markdown(document: Dict[str, Any]) -> str:
             "wall clock; ratios: medians over rounds; err: |output - float32 block's output|"
             + ("; vdpbf16ps: the bf16 kernel without AMX (`bf16.without_amx()`), AMX: as it runs by default here; "
                "load: the 1-minute load average after the row." if amx else "."))
-    notes = [document["note"], ""] if document.get("note") else []
-    return "\n".join([head, "", *notes, document.get("prediction", PREDICTION), "",
+    summary = (document.get("machine") or {}).get("summary")
+    machine = [f"Machine: {summary}.", ""] if summary else []
+    note = [document["note"], ""] if document.get("note") else []  # the measurement against the prediction
+    return "\n".join([head, "", *machine, document.get("prediction", PREDICTION), "", *note,
                       *table(COLUMNS_AMX if amx else COLUMNS, rows)])
 
 
