@@ -19,7 +19,7 @@ unchanged, so bf16 / float32 kernel about 0.5-0.6 at B >= 16 (the goal: <= 0.5),
 the weights' memory traffic, half in bf16); against oneDNN's bf16 LSTM 0.5-0.7 at B = 1 (its per-call setup),
 about 0.9-1.1 at B = 16 and 1.0-1.3 at B = 64 (its large GEMMs are better blocked than the kernel's 4 x 64 tile).
 Error against float32: max 1e-2..3e-2, mean 1e-3..3e-3, the same order for both (bf16 keeps 8 significant bits).
-Measured: ``benchmarks/RESULTS.md``. The AMX prediction (Sapphire Rapids) is ``PREDICTION_AMX``, recorded in its
+Measured: ``benchmarks/RESULTS.md``. The AMX prediction (a 2-core AMX Xeon) is ``PREDICTION_AMX``, recorded in its
 result file.
 
 Results: ``benchmarks/results/bf16.json`` and a Markdown table on stdout.
@@ -145,7 +145,7 @@ PREDICTION = ("Prediction (before measuring): bf16 / float32 kernel 0.5-0.6 at B
               "1e-2..3e-2, mean 1e-3..3e-3 for both.")
 
 
-# Written before the interleaved run of the AMX path on a 2-core Sapphire Rapids Xeon (family 6 model 167), after the
+# Written before the interleaved run of the AMX path on a 2-core AMX Xeon (KVM's family 6 model 167), after the
 # "before" run of this benchmark there (vdpbf16ps alone) and one exploratory timing of the new path (best of 5,
 # load average 3.6-4.3): its numbers are in this prediction's ranges.
 PREDICTION_AMX = ("Prediction (written before this run, after one exploratory timing on the loaded machine): AMX / "

@@ -53,8 +53,9 @@ GATES = {"LSTM": 4, "GRU": 3, "GRU_RESET_BEFORE": 3, "RNN_TANH": 1, "RNN_RELU": 
 # What each cell returns under CPU bf16 autocast, as nn.LSTM / nn.RNN (bf16) and nn.GRU (float32) return it.
 AUTOCAST_DTYPES = {"LSTM": torch.bfloat16, "GRU": torch.float32, "GRU_RESET_BEFORE": torch.float32,
                    "RNN_TANH": torch.bfloat16, "RNN_RELU": torch.bfloat16}
-# The step product h (B x H) @ W_hh^T runs on AMX tiles from this many rows: below 16 a tile holds padding only;
-# measured on a 2-core Sapphire Rapids Xeon (family 6 model 167), benchmarks/RESULTS.md ("bf16 inference").
+# The step product h (B x H) @ W_hh^T runs on AMX tiles from this many rows. The C code tiles whole 16-row tiles
+# only (the rows past them run on vdpbf16ps), so below 16 nothing would be tiled anyway; not tuned above 16 (B = 16
+# and 64 measured: benchmarks/RESULTS.md, "bf16").
 AMX_MIN_BATCH = 16
 AMX_ENV = "BIRNN_ZOO_BF16_AMX"
 _MERGE_CODES = {**{mode: code for code, mode in enumerate(MERGE_MODES)}, None: len(MERGE_MODES)}
@@ -233,7 +234,7 @@ def onednn_wins(batch: int, hidden: int, threads: int, amx: bool = False, amx_cp
     for a call of ``batch`` rows, ``hidden`` units, ``threads`` threads; ``amx``: the kernel runs on AMX tiles
     (``amx_used()``); ``amx_cpu``: the CPU has AMX (oneDNN then uses its tiles, whether or not the kernel does).
 
-    - Kernel on AMX tiles (two runs on a 2-core Sapphire Rapids Xeon, family 6 model 167, load average 3.6-4.8):
+    - Kernel on AMX tiles (two runs on a 2-core AMX Xeon, KVM's family 6 model 167, load average 3.6-4.8):
       never. The kernel took 0.25-0.85x oneDNN's time at B = 1 and 16 and 0.76-1.06x at B = 64 (parity within those
       runs' noise: 3 of 12 cells of B = 64 above 1.0, by at most 1.06x).
     - A CPU with AMX, the kernel on ``vdpbf16ps`` (``BIRNN_ZOO_BF16_AMX=0``, ``without_amx()``; same Xeon, before
