@@ -158,3 +158,17 @@ def test_the_lstm_keeps_the_kernel_on_tiles(monkeypatch: pytest.MonkeyPatch) -> 
     assert bf16.cpu_has_amx()
     assert not any(bf16.onednn_wins(b, h, t, amx=True, amx_cpu=True) for b in (1, 16, 64, 256) for h in (128, 512)
                    for t in (1, 2))
+
+
+def test_onednn_tiles_between_calls_change_nothing() -> None:
+    """oneDNN's bf16 LSTM runs on AMX too, with its own tile configuration, in the same threads: each tile product
+    loads the kernel's configuration first (and each direction releases the tiles after), so a oneDNN call between
+    two kernel calls leaves the second exactly equal to the first."""
+    block = block_of("LSTM", 64, 64, 2, merge_mode="concat").eval()
+    reference = torch.nn.LSTM(64, 96, 2, bidirectional=True).eval()
+    x = torch.randn(8, 32, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), cpu_kernel.forced():
+        first = block(x)[0]
+        between = reference(x)[0]
+        second = block(x)[0]
+    assert between.dtype == torch.bfloat16 and torch.equal(first, second)
