@@ -66,7 +66,7 @@ inline int padded(int h) { return (h + 15) / 16 * 16; }
 //   Packed block nb, pair p holds [w(c, 2p), w(c, 2p + 1)] for the 16 channels c = 16 nb .. 16 nb + 15 (zero beyond
 //   H in each gate block and beyond K).
 //   amx_min_batch: 0 = vdpbf16ps only; else AMX tiles for the input products and for the step products at
-//   B >= amx_min_batch (only where birnn_bf16_amx_supported() is 1).
+//   B >= amx_min_batch (ignored where birnn_bf16_amx_supported() is 0).
 struct Bf16Args {
   int32_t cell, steps, batch, hidden, layers, threads;
   const float* x;
@@ -281,6 +281,30 @@ inline void product(bool amx, bool accumulate, int M, int Kp, const uint16_t* a,
 #endif
 }
 
+// Whether tile instructions may run here: the library has the bf16 path, the CPU has AVX512_BF16, AMX-TILE and
+// AMX-BF16, and Linux grants this process the tile state (asked once, here; the grant is the process's, for every
+// thread). Without the grant a tile instruction is SIGILL, so direction() asks this too and ignores amx_min_batch
+// where it is false.
+inline bool amx_granted() {
+#ifdef BIRNN_BF16
+  static const bool granted = [] {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512bf16")) return false;
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    if (!(edx & (1u << 22)) || !(edx & (1u << 24))) return false;  // AMX-BF16, AMX-TILE
+    constexpr long kGetPerm = 0x1022, kRequestPerm = 0x1023, kTileData = 18;  // asm/prctl.h, XFEATURE_XTILEDATA
+    if (syscall(SYS_arch_prctl, kRequestPerm, kTileData) != 0) return false;  // an old kernel or a refusal
+    unsigned long permitted = 0;
+    if (syscall(SYS_arch_prctl, kGetPerm, &permitted) != 0) return false;
+    return ((permitted >> kTileData) & 1ul) != 0;
+  }();
+  return granted;
+#else
+  return false;
+#endif
+}
+
 // Scratch of one thread, kept across calls (first-touch page faults of fresh buffers cost more than small steps).
 struct Buffers {
   std::vector<uint16_t> qx, qh, qr;
@@ -323,7 +347,7 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
   const int first_blocks = cell == kGruResetBefore ? 2 * Hp / 16 : blocks;
   // Tiles for the input products (their rows: a chunk of steps), for the step products only from amx_min_batch
   // rows (below it most of a 16-row tile would be padding).
-  const bool amx_in = S.amx_min_batch > 0, amx_step = amx_in && B >= S.amx_min_batch;
+  const bool amx_in = S.amx_min_batch > 0 && amx_granted(), amx_step = amx_in && B >= S.amx_min_batch;
   int chunk_start = 0;
   for (int s = 0; s < T; ++s) {
     const int t = d == 0 ? s : T - 1 - s;
@@ -419,26 +443,8 @@ int birnn_bf16_supported() {
 #endif
 }
 // 1 where the bf16 path runs here (birnn_bf16_supported) and the CPU has AMX-TILE and AMX-BF16 and Linux grants
-// this process the tile state (asked for here, once; the grant is the process's, for every thread); 0 elsewhere:
-// then never pass amx_min_batch > 0 (a tile instruction without the grant is SIGILL).
-int birnn_bf16_amx_supported() {
-#ifdef BIRNN_BF16
-  static const int granted = [] {
-    if (!birnn_bf16_supported()) return 0;
-    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return 0;
-    if (!(edx & (1u << 22)) || !(edx & (1u << 24))) return 0;  // AMX-BF16, AMX-TILE
-    constexpr long kGetPerm = 0x1022, kRequestPerm = 0x1023, kTileData = 18;  // asm/prctl.h, XFEATURE_XTILEDATA
-    if (syscall(SYS_arch_prctl, kRequestPerm, kTileData) != 0) return 0;     // an old kernel or a refusal
-    unsigned long permitted = 0;
-    if (syscall(SYS_arch_prctl, kGetPerm, &permitted) != 0) return 0;
-    return (permitted >> kTileData) & 1ul ? 1 : 0;
-  }();
-  return granted;
-#else
-  return 0;
-#endif
-}
+// this process the tile state (bf16::amx_granted); 0 elsewhere, where amx_min_batch is ignored.
+int birnn_bf16_amx_supported() { return birnn::bf16::amx_granted() ? 1 : 0; }
 // Every layer of a bf16 inference call (bf16_forward.h); only where birnn_bf16_supported() is 1.
 void birnn_bf16_forward_stack(const birnn::bf16::Bf16Args* args) { birnn::bf16::forward_stack(*args); }
 }
