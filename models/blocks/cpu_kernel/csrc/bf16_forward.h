@@ -115,13 +115,17 @@ inline void round_row(const float* v, int K, int Kp, uint16_t* q) {
 
 #ifdef BIRNN_BF16
 // MR rows x NB blocks of 16 channels: C (+)= A @ W^T over np pairs. a: row stride lda bf16; w: the first block,
-// blocks `block` bf16 apart; c: row stride ldc floats. The accumulators stay in registers.
+// blocks `block` bf16 apart; c: row stride ldc floats; bias (not ACC, or null): the first block's 16 floats, the
+// sums' start instead of zero. The accumulators stay in registers.
 template <int MR, int NB, bool ACC>
 BIRNN_BF16_TARGET inline void tile(int np, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block, float* c,
-                                   int64_t ldc) {
+                                   int64_t ldc, const float* bias) {
   __m512 acc[MR][NB];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NB; ++j) acc[i][j] = ACC ? _mm512_loadu_ps(c + i * ldc + 16 * j) : _mm512_setzero_ps();
+    for (int j = 0; j < NB; ++j)
+      acc[i][j] = ACC    ? _mm512_loadu_ps(c + i * ldc + 16 * j)
+                  : bias ? _mm512_loadu_ps(bias + 16 * j)
+                         : _mm512_setzero_ps();
   for (int p = 0; p < np; ++p) {
     __m512bh b[NB];
     for (int j = 0; j < NB; ++j) b[j] = (__m512bh)_mm512_loadu_si512(w + j * block + 32 * int64_t(p));
@@ -139,18 +143,20 @@ BIRNN_BF16_TARGET inline void tile(int np, const uint16_t* a, int64_t lda, const
 // MR rows over blocks [n0, n1): groups of NB, then one at a time.
 template <int MR, int NB, bool ACC>
 BIRNN_BF16_TARGET inline void row_blocks(int np, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block,
-                                         int n0, int n1, float* c, int64_t ldc) {
+                                         int n0, int n1, float* c, int64_t ldc, const float* bias) {
   int n = n0;
-  for (; n + NB <= n1; n += NB) tile<MR, NB, ACC>(np, a, lda, w + n * block, block, c + 16 * n, ldc);
-  for (; n < n1; ++n) tile<MR, 1, ACC>(np, a, lda, w + n * block, block, c + 16 * n, ldc);
+  for (; n + NB <= n1; n += NB)
+    tile<MR, NB, ACC>(np, a, lda, w + n * block, block, c + 16 * n, ldc, bias ? bias + 16 * n : nullptr);
+  for (; n < n1; ++n)
+    tile<MR, 1, ACC>(np, a, lda, w + n * block, block, c + 16 * n, ldc, bias ? bias + 16 * n : nullptr);
 }
 
-// C (M, 16 (n1 - n0)) (+)= A (M, pairs p0 .. Kp) @ W[blocks n0 .. n1, the same pairs]^T; c points at block n0's
-// first channel. A slice of blocks of about 256 KB at a time, every row over it before the next: the weights come
-// from memory once a call.
+// C (M, 16 (n1 - n0)) (+)= A (M, pairs p0 .. Kp) @ W[blocks n0 .. n1, the same pairs]^T; c (and bias: added to
+// every row, not ACC; or null) points at block n0's first channel. A slice of blocks of about 256 KB at a time,
+// every row over it before the next: the weights come from memory once a call.
 template <bool ACC>
 BIRNN_BF16_TARGET void gemm(int M, int Kp, const uint16_t* a, int64_t lda, const uint16_t* w, int n0, int n1,
-                            float* c, int64_t ldc, int p0 = 0) {
+                            float* c, int64_t ldc, int p0 = 0, const float* bias = nullptr) {
   const int64_t block = 32 * int64_t(Kp);
   const int np = Kp - p0;
   a += 2 * int64_t(p0);
@@ -159,12 +165,13 @@ BIRNN_BF16_TARGET void gemm(int M, int Kp, const uint16_t* a, int64_t lda, const
   for (int s = n0; s < n1; s += step) {
     const int e = std::min(n1, s + step);
     float* cs = c - 16 * int64_t(n0);  // row_blocks adds 16 n for block n
+    const float* bs = bias ? bias - 16 * int64_t(n0) : nullptr;
     int m = 0;
-    for (; m + 4 <= M; m += 4) row_blocks<4, 4, ACC>(np, a + m * lda, lda, w, block, s, e, cs + m * ldc, ldc);
+    for (; m + 4 <= M; m += 4) row_blocks<4, 4, ACC>(np, a + m * lda, lda, w, block, s, e, cs + m * ldc, ldc, bs);
     switch (M - m) {
-      case 1: row_blocks<1, 8, ACC>(np, a + m * lda, lda, w, block, s, e, cs + m * ldc, ldc); break;
-      case 2: row_blocks<2, 6, ACC>(np, a + m * lda, lda, w, block, s, e, cs + m * ldc, ldc); break;
-      case 3: row_blocks<3, 4, ACC>(np, a + m * lda, lda, w, block, s, e, cs + m * ldc, ldc); break;
+      case 1: row_blocks<1, 8, ACC>(np, a + m * lda, lda, w, block, s, e, cs + m * ldc, ldc, bs); break;
+      case 2: row_blocks<2, 6, ACC>(np, a + m * lda, lda, w, block, s, e, cs + m * ldc, ldc, bs); break;
+      case 3: row_blocks<3, 4, ACC>(np, a + m * lda, lda, w, block, s, e, cs + m * ldc, ldc, bs); break;
       default: break;
     }
   }
@@ -189,7 +196,7 @@ BIRNN_AMX_TARGET inline void amx_configure() {
 // Tile numbers are part of the instructions, hence the spelled-out cases.
 template <int MT, int NT, bool ACC>
 BIRNN_AMX_TARGET inline void amx_tile(int chunks, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block,
-                                      float* c, int64_t ldc) {
+                                      float* c, int64_t ldc, const float* bias) {
   const int64_t sa = 2 * lda, sc = 4 * ldc;  // strides in bytes
   float* c1 = c + 16 * ldc;
   if (ACC) {
@@ -197,6 +204,11 @@ BIRNN_AMX_TARGET inline void amx_tile(int chunks, const uint16_t* a, int64_t lda
     if (NT > 1) _tile_loadd(1, c + 16, sc);
     if (MT > 1) _tile_loadd(2, c1, sc);
     if (MT > 1 && NT > 1) _tile_loadd(3, c1 + 16, sc);
+  } else if (bias) {  // stride 0: every row of the tile starts as the block's 16 biases
+    _tile_loadd(0, bias, 0);
+    if (NT > 1) _tile_loadd(1, bias + 16, 0);
+    if (MT > 1) _tile_loadd(2, bias, 0);
+    if (MT > 1 && NT > 1) _tile_loadd(3, bias + 16, 0);
   } else {
     _tile_zero(0);
     if (NT > 1) _tile_zero(1);
@@ -221,30 +233,32 @@ BIRNN_AMX_TARGET inline void amx_tile(int chunks, const uint16_t* a, int64_t lda
   if (MT > 1 && NT > 1) _tile_stored(3, c1 + 16, sc);
 }
 
-// C (M, 16 (n1 - n0)) (+)= A (M, 32 chunks bf16) @ W[blocks n0 .. n1)^T on tiles, M a multiple of 16, c at block n0.
+// C (M, 16 (n1 - n0)) (+)= A (M, 32 chunks bf16) @ W[blocks n0 .. n1)^T on tiles, M a multiple of 16, c (and bias,
+// as gemm's) at block n0.
 // Two blocks at a time over every row tile: the weights are read once a call, the rows (a chunk: about 256) stay in
 // L2.
 template <bool ACC>
 BIRNN_AMX_TARGET void amx_gemm(int M, int chunks, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block,
-                               int n0, int n1, float* c, int64_t ldc) {
+                               int n0, int n1, float* c, int64_t ldc, const float* bias) {
   asm volatile("" ::: "memory");  // the tile loads are asm the compiler does not see reading a and c
   amx_configure();
   for (int n = n0; n < n1; n += 2) {
     const uint16_t* wn = w + n * block;
     float* cn = c + 16 * int64_t(n - n0);
+    const float* bn = bias ? bias + 16 * int64_t(n - n0) : nullptr;
     const bool two = n + 1 < n1;
     int m = 0;
     for (; m + 32 <= M; m += 32) {
       if (two)
-        amx_tile<2, 2, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc);
+        amx_tile<2, 2, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc, bn);
       else
-        amx_tile<2, 1, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc);
+        amx_tile<2, 1, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc, bn);
     }
     if (m < M) {
       if (two)
-        amx_tile<1, 2, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc);
+        amx_tile<1, 2, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc, bn);
       else
-        amx_tile<1, 1, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc);
+        amx_tile<1, 1, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc, bn);
     }
   }
   asm volatile("" ::: "memory");
@@ -254,18 +268,19 @@ BIRNN_AMX_TARGET void amx_gemm(int M, int chunks, const uint16_t* a, int64_t lda
 BIRNN_AMX_TARGET inline void amx_release() { _tile_release(); }
 #endif
 
-// C (M, 16 (n1 - n0)) (+)= A (M, 2 Kp) @ W[blocks n0 .. n1)^T (c at block n0's first channel). With `amx` (and at least
+// C (M, 16 (n1 - n0)) (+)= A (M, 2 Kp) @ W[blocks n0 .. n1)^T (c at block n0's first channel; bias, not accumulate,
+// or null: 16 (n1 - n0) floats each row's sums start from, as gemm's). With `amx` (and at least
 // 16 pairs): the rows up to the last multiple of 16 over the pairs up to the last multiple of 16 on tiles, their
 // remaining pairs added on vdpbf16ps, the remaining rows on vdpbf16ps; without: every product on vdpbf16ps.
 inline void product(bool amx, bool accumulate, int M, int Kp, const uint16_t* a, int64_t lda, const uint16_t* w,
-                    int n0, int n1, float* c, int64_t ldc) {
+                    int n0, int n1, float* c, int64_t ldc, const float* bias = nullptr) {
 #ifdef BIRNN_BF16
   const int chunks = Kp / 16, tiled = amx && chunks > 0 ? M / 16 * 16 : 0;
   if (tiled > 0) {
     if (accumulate)
-      amx_gemm<true>(tiled, chunks, a, lda, w, 32 * int64_t(Kp), n0, n1, c, ldc);
+      amx_gemm<true>(tiled, chunks, a, lda, w, 32 * int64_t(Kp), n0, n1, c, ldc, nullptr);
     else
-      amx_gemm<false>(tiled, chunks, a, lda, w, 32 * int64_t(Kp), n0, n1, c, ldc);
+      amx_gemm<false>(tiled, chunks, a, lda, w, 32 * int64_t(Kp), n0, n1, c, ldc, bias);
     if (16 * chunks < Kp) gemm<true>(tiled, Kp, a, lda, w, n0, n1, c, ldc, 16 * chunks);
   }
   if (tiled < M) {
@@ -274,10 +289,11 @@ inline void product(bool amx, bool accumulate, int M, int Kp, const uint16_t* a,
     if (accumulate)
       gemm<true>(M - tiled, Kp, ar, lda, w, n0, n1, cr, ldc);
     else
-      gemm<false>(M - tiled, Kp, ar, lda, w, n0, n1, cr, ldc);
+      gemm<false>(M - tiled, Kp, ar, lda, w, n0, n1, cr, ldc, 0, bias);
   }
 #else
   (void)amx, (void)accumulate, (void)M, (void)Kp, (void)a, (void)lda, (void)w, (void)n0, (void)n1, (void)c, (void)ldc;
+  (void)bias;
 #endif
 }
 
@@ -330,7 +346,7 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
   float* c = cell == kLstm ? S.c_n + state : nullptr;
   std::memcpy(h, S.h0 + state, sizeof(float) * B * H);
   if (c) std::memcpy(c, S.c0 + state, sizeof(float) * B * H);
-  // Projections in chunks of about 256 rows (one product each, bias added), read by the steps of the chunk.
+  // Projections in chunks of about 256 rows (one product each, from the bias), read by the steps of the chunk.
   const int chunk = std::max(1, std::min(T, 256 / std::max(1, B)));
   // Row strides one cache line past the rows: the rows of a tile (16 of them) would otherwise lie a power of two
   // apart (Gp floats, 2 Kp bf16, for the usual sizes) and share a few L1 sets.
@@ -356,10 +372,7 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
       chunk_start = d == 0 ? s : T - s - n;
       const float* xs = in + int64_t(chunk_start) * B * F;
       for (int64_t r = 0; r < int64_t(n) * B; ++r) round_row(xs + r * F, F, Kx, qx + r * ldx);
-      product(amx_in, false, n * B, Kx, qx, ldx, wi, 0, blocks, gx, ldg);
-      if (bi)
-        for (int64_t r = 0; r < int64_t(n) * B; ++r)
-          for (int j = 0; j < Gp; ++j) gx[r * ldg + j] += bi[j];
+      product(amx_in, false, n * B, Kx, qx, ldx, wi, 0, blocks, gx, ldg, bi);  // the sums start from the bias
     }
     float* g0 = gx + int64_t(t - chunk_start) * B * ldg;  // this step's B rows of pre-activations
     for (int b = 0; b < B; ++b) round_row(h + int64_t(b) * H, H, Kh, qh + b * ldh);
