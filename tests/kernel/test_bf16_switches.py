@@ -1,0 +1,129 @@
+"""Which bf16 path a call takes (models/blocks/cpu_kernel/bf16.py): supported() and amx_supported() against what
+/proc/cpuinfo reports (not skipped when they are False where the CPU has the instructions, unlike the math tests,
+which skip on them), amx_used()'s settings, and bf16.applies' choice between the kernel and oneDNN's bf16 LSTM for
+each of onednn_wins' rules (the AMX-CPU rule measured on this Xeon, the rule without AMX measured on Zen 4), with
+the CPU's answers replaced where a rule belongs to another CPU."""
+
+import types
+from typing import Any, Iterator, List
+
+import pytest
+import torch
+from torch import nn
+
+from models import BiLSTM
+from models.blocks import cpu_kernel
+from models.blocks.cpu_kernel import bf16, build
+
+
+def kernel_has_bf16_here() -> bool:
+    """What supported() must say: the avx512 build loaded on a CPU whose flags include avx512_bf16."""
+    return cpu_kernel.available() and cpu_kernel.capability() == "avx512" and "avx512_bf16" in build._cpu_flags()
+
+
+def test_supported_says_what_the_cpu_reports() -> None:
+    assert bf16.supported() is kernel_has_bf16_here()
+
+
+def test_amx_supported_says_what_the_cpu_reports() -> None:
+    """On a CPU with amx_bf16 and the bf16 kernel, Linux (5.16 and later) grants the tile state: amx_supported() is
+    True; without AMX or without the bf16 kernel it is False."""
+    if kernel_has_bf16_here() and "amx_bf16" in build._cpu_flags():
+        assert bf16.amx_supported() is True and bf16.cpu_has_amx() is True
+    else:
+        assert bf16.amx_supported() is False
+
+
+def test_amx_supported_is_false_without_the_library_or_its_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bf16, "library", lambda: None)
+    assert bf16.amx_supported() is False
+    monkeypatch.setattr(bf16, "library", lambda: types.SimpleNamespace(_bf16_amx=False))
+    assert bf16.amx_supported() is False
+    monkeypatch.setattr(bf16, "library", lambda: types.SimpleNamespace(_bf16_amx=True))
+    assert bf16.amx_supported() is True
+
+
+@pytest.mark.parametrize(("setting", "used"), [("", True), ("1", True), (" 1 ", True), ("0", False)])
+def test_amx_used_settings(setting: str, used: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bf16, "amx_supported", lambda: True)
+    monkeypatch.setenv(bf16.AMX_ENV, setting)
+    assert bf16.amx_used() is used
+    with bf16.without_amx():
+        assert bf16.amx_used() is False
+        with bf16.without_amx():
+            assert bf16.amx_used() is False
+        assert bf16.amx_used() is False
+    assert bf16.amx_used() is used
+
+
+def test_amx_used_refuses_other_settings_naming_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bf16, "amx_supported", lambda: True)
+    monkeypatch.setenv(bf16.AMX_ENV, "true")
+    with pytest.raises(ValueError) as raised:
+        bf16.amx_used()
+    assert str(raised.value) == ("BIRNN_ZOO_BF16_AMX='true' is not a setting; expected 0 (vdpbf16ps alone) or 1 "
+                                 "(AMX where the CPU has it)")
+
+
+# -- applies: the kernel or oneDNN for the LSTM, per rule ---------------------------------------------------------
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[List[str]]:
+    """The cells of the calls that run on the bf16 kernel (bf16.run replaced by a recorder that still runs it)."""
+    if not bf16.supported():
+        pytest.skip(f"no bf16 kernel here (CPU kernel capability {cpu_kernel.capability()}, AVX512_BF16 needed)")
+    seen: List[str] = []
+    original = bf16.run
+
+    def recording(module: nn.Module, mode: str, *args: Any) -> Any:
+        seen.append(mode)
+        return original(module, mode, *args)
+
+    monkeypatch.setattr(bf16, "run", recording)
+    yield seen
+
+
+def lstm_under_autocast(x: torch.Tensor, threads: int, hidden: int = 8) -> None:
+    block = BiLSTM(x.shape[-1], hidden, 1).eval()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert block(x)[0].dtype == torch.bfloat16
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_without_amx_on_an_amx_cpu_the_lstm_goes_to_onednn_from_16_rows(calls: List[str],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AMX CPU, the kernel off its tiles: B = 16 on one thread goes to oneDNN (the rule without AMX would keep it),
+    B = 15 and an unbatched sequence (one row, however many features) stay on the kernel."""
+    monkeypatch.setattr(bf16, "cpu_has_amx", lambda: True)
+    with bf16.without_amx():
+        lstm_under_autocast(torch.randn(3, 16, 4), threads=1)
+        lstm_under_autocast(torch.randn(3, 15, 4), threads=1)
+        lstm_under_autocast(torch.randn(3, 20), threads=1)  # unbatched: the block makes it (T, 1, F)
+        # applies itself on a 2-D (T, F) sequence, as a direct caller may pass it: one row, not F = 20
+        weights = BiLSTM(20, 8, 1).eval()._weights_now()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert bf16.applies(torch.randn(3, 20), "LSTM", weights)
+            assert not bf16.applies(torch.randn(3, 16, 20), "LSTM", weights)
+    assert calls == ["LSTM", "LSTM"]
+
+
+def test_without_amx_elsewhere_the_zen4_rule_reads_hidden_and_threads(calls: List[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AMX: at B = 16 oneDNN only with two threads and H >= 512, so the rule reads both."""
+    monkeypatch.setattr(bf16, "cpu_has_amx", lambda: False)
+    with bf16.without_amx():
+        lstm_under_autocast(torch.randn(2, 16, 4), threads=2, hidden=512)  # oneDNN
+        lstm_under_autocast(torch.randn(2, 16, 4), threads=2, hidden=8)    # kernel
+        lstm_under_autocast(torch.randn(2, 16, 4), threads=1, hidden=512)  # kernel
+    assert calls == ["LSTM", "LSTM"]
+
+
+def test_nothing_applies_without_the_library(calls: List[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bf16, "library", lambda: None)
+    with bf16.without_amx():
+        lstm_under_autocast(torch.randn(3, 2, 4), threads=1)
+    assert calls == []
