@@ -234,12 +234,12 @@ def onednn_wins(batch: int, hidden: int, threads: int, amx: bool = False, amx_cp
     for a call of ``batch`` rows, ``hidden`` units, ``threads`` threads; ``amx``: the kernel runs on AMX tiles
     (``amx_used()``); ``amx_cpu``: the CPU has AMX (oneDNN then uses its tiles, whether or not the kernel does).
 
-    - Kernel on AMX tiles (two runs on a 2-core AMX Xeon, KVM's family 6 model 167, load average 3.6-4.8):
-      never. The kernel took 0.25-0.85x oneDNN's time at B = 1 and 16 and 0.76-1.06x at B = 64 (parity within those
-      runs' noise: 3 of 12 cells of B = 64 above 1.0, by at most 1.06x).
+    - Kernel on AMX tiles (three runs on a 2-core AMX Xeon, KVM's family 6 model 167, load average 3.2-4.8):
+      never. The kernel took 0.08-0.85x oneDNN's time at B = 1 and 16 and 0.43-1.07x at B = 64 (parity within those
+      runs' noise: 4 of 18 cells of B = 64 above 1.0, by at most 1.07x).
     - A CPU with AMX, the kernel on ``vdpbf16ps`` (``BIRNN_ZOO_BF16_AMX=0``, ``without_amx()``; same Xeon, before
       the AMX path and beside it, three runs): B >= 16, where the kernel took 2.1-7.0x oneDNN's time (``vdpbf16ps``
-      there is slower than the float32 kernel); at B = 1 it took 0.40-1.00x.
+      there is slower than the float32 kernel); at B = 1 it took 0.14-1.00x.
     - No AMX (one run on a 2-core AMD EPYC Zen 4 at load average 7-8): two threads at B >= 64 (1.21-1.26x the time;
       H = 256: 0.98x) and at B = 16, H = 512 (1.21x); everywhere else the kernel was faster or level (0.19-1.07x).
       oneDNN splits its big GEMMs over both threads; the kernel runs one direction a thread."""
