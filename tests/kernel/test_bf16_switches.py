@@ -127,3 +127,65 @@ def test_nothing_applies_without_the_library(calls: List[str], monkeypatch: pyte
     with bf16.without_amx():
         lstm_under_autocast(torch.randn(3, 2, 4), threads=1)
     assert calls == []
+
+
+# -- run's own checks, for a direct caller (the blocks check their arguments before) ------------------------------
+
+def direct_call(mode: str = "LSTM", *, features: int = 5, batch: int = 3, hidden: int = 8, x_features: int = 5,
+                h0_shape: Any = None, c0_shape: Any = None, lengths: Any = None) -> Any:
+    """bf16.run on a 2-layer concat block in bf16, arguments shaped as the block would pass them unless given."""
+    from test_bf16_kernel import block_of
+
+    block = block_of(mode, features, hidden, 2, merge_mode="concat").eval().to(torch.bfloat16)
+    x = torch.randn(4, batch, x_features).bfloat16()
+    h0 = torch.zeros(h0_shape or (4, batch, hidden), dtype=torch.bfloat16)
+    c0 = torch.zeros(c0_shape or (4, batch, hidden), dtype=torch.bfloat16)
+    with torch.no_grad():
+        return bf16.run(block, block._kernel_cell(), x, lengths, h0, c0, block._weights_now(), True,
+                        block.merge_modes, hidden)
+
+
+def test_run_refuses_without_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bf16, "library", lambda: None)
+    with pytest.raises(RuntimeError) as raised:
+        direct_call()
+    assert str(raised.value) == ("bf16 inference needs the CPU kernel's avx512 build on a CPU with AVX512_BF16; "
+                                 "models.blocks.cpu_kernel.bf16.supported() is False here")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"x_features": 4}, "layer 0 takes 5 features, got 4"),
+    ({"h0_shape": (2, 3, 8)}, "h0 must have shape [4, 3, 8], got [2, 3, 8]"),
+    ({"c0_shape": (4, 3, 7)}, "c0 must have shape [4, 3, 8], got [4, 3, 7]"),
+    ({"lengths": torch.tensor([4, 2])}, "lengths must have shape [3], got [2]"),
+])
+def test_run_refuses_misshapen_arguments_naming_them(kwargs: Any, message: str, calls: List[str]) -> None:
+    with pytest.raises(ValueError) as raised:
+        direct_call(**kwargs)
+    assert str(raised.value) == message
+
+
+def test_run_takes_int32_lengths_and_any_default_dtype(calls: List[str]) -> None:
+    """The C code reads int64 lengths and float32 buffers: run converts and allocates them so, whatever the caller's
+    lengths dtype or torch's default dtype."""
+    from test_bf16_kernel import block_of
+
+    block = block_of("GRU", 5, 8, 2, merge_mode="concat").eval().to(torch.bfloat16)
+    x = torch.randn(4, 3, 5).bfloat16()
+    h0 = torch.zeros(4, 3, 8, dtype=torch.bfloat16)
+
+    def call(lengths: torch.Tensor) -> Any:
+        with torch.no_grad():
+            return bf16.run(block, "GRU", x, lengths, h0, h0, block._weights_now(), True, block.merge_modes, 8)
+
+    want = call(torch.tensor([4, 2, 1]))
+    got = call(torch.tensor([4, 2, 1], dtype=torch.int32))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        wide = call(torch.tensor([4, 2, 1]))
+    finally:
+        torch.set_default_dtype(default)
+    for a, b, c in zip(want, got, wide, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert float(want[0][1:, 2].abs().sum()) == 0.0  # row 2 (length 1) is zero past its length
