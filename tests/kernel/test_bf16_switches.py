@@ -183,9 +183,45 @@ def test_run_takes_int32_lengths_and_any_default_dtype(calls: List[str]) -> None
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
+        bf16.clear(block)  # the weights packed again, under the float64 default
         wide = call(torch.tensor([4, 2, 1]))
     finally:
         torch.set_default_dtype(default)
     for a, b, c in zip(want, got, wide, strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
     assert float(want[0][1:, 2].abs().sum()) == 0.0  # row 2 (length 1) is zero past its length
+
+
+def test_padded_rounds_up_to_whole_16_channel_blocks() -> None:
+    assert [bf16.padded(h) for h in (1, 15, 16, 17, 31, 32, 33, 250, 256)] == [16, 16, 16, 32, 32, 32, 48, 256, 256]
+
+
+def test_a_block_without_biases_is_the_same_math(calls: List[str]) -> None:
+    """bias=False: two weights a direction, no bias addresses (0 for the C code)."""
+    from helpers.bf16_reference import bf16_reference
+    from test_bf16_kernel import assert_same_math, block_of
+
+    for mode in ("LSTM", "GRU"):
+        block = block_of(mode, 6, 20, 2, merge_mode="sum", bias=False).eval().to(torch.bfloat16)
+        x = torch.randn(5, 17, 6).bfloat16()
+        with torch.no_grad():
+            out = block(x)[0]
+        assert_same_math(out, bf16_reference(mode, x, block._weights_now(), False, block.merge_modes)[0])
+    assert calls == ["LSTM", "GRU"]
+
+
+def test_inference_tensor_weights_are_packed_each_call(calls: List[str]) -> None:
+    """Weights made under torch.inference_mode() have no version counter to tell a change by: no plan is kept."""
+    from test_bf16_kernel import block_of
+
+    with torch.inference_mode():
+        block = block_of("GRU", 4, 8, 1).eval().to(torch.bfloat16)
+        block(torch.randn(3, 2, 4).bfloat16())
+    assert calls == ["GRU"] and block not in bf16._plans
+
+
+def test_library_is_none_where_the_cpu_lacks_avx512_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not bf16.supported():
+        pytest.skip("no bf16 kernel here")
+    monkeypatch.setattr(cpu_kernel._kernel(), "_bf16_supported", False)
+    assert bf16.library() is None and not bf16.supported()

@@ -221,9 +221,12 @@ def _plan_for(module: nn.Module, mode: str, weights: List[Tensor], has_biases: b
         packed = [layer_weights(mode, weights[i * per:(i + 1) * per], has_biases) for i in range(len(merges))]
     input_sizes = [weights[i * per].shape[1] for i in range(len(merges))]
     addresses = torch.tensor([ptr(t) or 0 for layer in packed for t in layer], dtype=torch.int64)
-    plan = _Plan(mode, list(weights), [w._version for w in weights], packed,
+    # inference tensors (weights made under torch.inference_mode()) have no version counter to tell a change by:
+    # packed for this call only
+    kept = not module.training and not any(w.is_inference() for w in weights)
+    plan = _Plan(mode, list(weights), [w._version for w in weights] if kept else [], packed,
                  torch.tensor(input_sizes, dtype=torch.int32), torch.tensor(merges, dtype=torch.int32), addresses)
-    if not module.training and not any(w.is_inference() for w in weights):
+    if kept:
         with _plans_lock:
             _plans[module] = plan
     return plan
