@@ -225,3 +225,42 @@ def test_library_is_none_where_the_cpu_lacks_avx512_bf16(monkeypatch: pytest.Mon
         pytest.skip("no bf16 kernel here")
     monkeypatch.setattr(cpu_kernel._kernel(), "_bf16_supported", False)
     assert bf16.library() is None and not bf16.supported()
+
+
+def bf16_weights(requires_grad: bool = False) -> List[torch.Tensor]:
+    weights = BiLSTM(4, 8, 1).eval().to(torch.bfloat16)._weights_now()
+    return [w.detach().requires_grad_(requires_grad) for w in weights]
+
+
+def test_applies_refuses_each_guarded_case(calls: List[str]) -> None:
+    """Each guard of applies on its own: everything else as in a call that takes the kernel."""
+    x = torch.randn(3, 2, 4).bfloat16()
+    weights = bf16_weights()
+    float_weights = [w.float() for w in weights]
+    with torch.no_grad():
+        assert bf16.applies(x, "LSTM", weights)                            # the call that takes it
+        assert not bf16.applies(x, "LSTM_PROJ", weights)                   # no such cell
+        assert not bf16.applies(x.to("meta"), "LSTM", weights)             # not on the CPU
+        assert not bf16.applies(x.float(), "LSTM", weights)                # float32 input, bf16 weights
+        assert not bf16.applies(x, "LSTM", float_weights)                  # float32 weights, no autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert bf16.applies(x.float(), "LSTM", float_weights)
+            assert not bf16.applies(x.double(), "LSTM", float_weights)     # float64 input under autocast
+            assert not bf16.applies(x.float(), "LSTM", weights)            # bf16 weights under autocast
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert not bf16.applies(x.float(), "LSTM", float_weights)      # another autocast dtype
+        with cpu_kernel.disabled():
+            assert not bf16.applies(x, "LSTM", weights)
+    with torch.enable_grad():
+        assert not bf16.applies(x, "LSTM", bf16_weights(requires_grad=True))  # a gradient to compute
+
+
+def test_not_taken_while_tracing(calls: List[str]) -> None:
+    """A trace records PyTorch's ops (the kernel's ctypes call would not be in it)."""
+    block = BiLSTM(4, 8, 1).eval().to(torch.bfloat16)
+    x = torch.randn(3, 2, 4).bfloat16()
+    with torch.no_grad():
+        traced = torch.jit.trace(block, (x,), check_trace=False)
+    assert calls == []
+    with torch.no_grad():
+        assert traced(x)[0].dtype == torch.bfloat16
