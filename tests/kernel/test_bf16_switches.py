@@ -264,3 +264,38 @@ def test_not_taken_while_tracing(calls: List[str]) -> None:
     assert calls == []
     with torch.no_grad():
         assert traced(x)[0].dtype == torch.bfloat16
+
+
+class _Entry:
+    """A stand-in for one ctypes function of the library (argtypes/restype settable, called like it)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+@pytest.mark.parametrize("wrong", ["size", "offset"])
+def test_a_library_with_another_args_layout_is_refused(wrong: str) -> None:
+    """A library built from another bf16_forward.h than this bf16.py: refused with both layouts named, whichever of
+    the size and the last field's offset differs."""
+    size, offset = bf16.ctypes.sizeof(bf16.Bf16Args), bf16.Bf16Args.amx_min_batch.offset
+
+    def layout(size_out: Any, offset_out: Any) -> None:
+        size_out._obj.value = size + 8 if wrong == "size" else size
+        offset_out._obj.value = offset + 4 if wrong == "offset" else offset
+
+    lib = types.SimpleNamespace(birnn_bf16_args_layout=_Entry(layout), birnn_bf16_supported=_Entry(lambda: 1),
+                                birnn_bf16_amx_supported=_Entry(lambda: 1), birnn_bf16_forward_stack=_Entry(None))
+    with pytest.raises(OSError) as raised:
+        bf16._declared(lib)
+    got_size, got_offset = (size + 8, offset) if wrong == "size" else (size, offset + 4)
+    assert str(raised.value) == (f"the CPU kernel's Bf16Args is {got_size} bytes (last field at {got_offset}) but "
+                                 f"bf16.Bf16Args is {size} (at {offset}): csrc/bf16_forward.h and bf16.py disagree")
+
+
+def test_run_on_an_empty_batch_with_lengths(calls: List[str]) -> None:
+    """B = 0 with (empty) lengths: empty results, no reduction over the empty lengths."""
+    out, h_n, c_n = direct_call("LSTM", batch=0, lengths=torch.zeros(0, dtype=torch.int64))
+    assert list(out.shape) == [4, 0, 16] and list(h_n.shape) == list(c_n.shape) == [4, 0, 8]
