@@ -24,8 +24,11 @@ from models.blocks.cpu_kernel import bf16
 
 
 @pytest.fixture(autouse=True)
-def needs_amx() -> None:
-    """Skip without AMX tiles; else a fixed seed (as test_bf16_kernel.py: the same-math checks have rare tails)."""
+def needs_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip without AMX tiles; else a fixed seed (as test_bf16_kernel.py: the same-math checks have rare tails) and
+    BIRNN_ZOO_BF16_AMX unset (these tests say where the tiles run: a session's BIRNN_ZOO_BF16_AMX=0 would turn them
+    off)."""
+    monkeypatch.delenv(bf16.AMX_ENV, raising=False)
     if not bf16.amx_supported():
         pytest.skip("no AMX tiles for the bf16 kernel here (needs AVX512_BF16, AMX-TILE, AMX-BF16 and Linux's grant "
                     f"of the tile state; CPU kernel capability {cpu_kernel.capability()})")

@@ -204,7 +204,7 @@ def test_a_block_without_biases_is_the_same_math(calls: List[str]) -> None:
     for mode in ("LSTM", "GRU"):
         block = block_of(mode, 6, 20, 2, merge_mode="sum", bias=False).eval().to(torch.bfloat16)
         x = torch.randn(5, 17, 6).bfloat16()
-        with torch.no_grad():
+        with torch.no_grad(), cpu_kernel.forced():  # forced: off the tiles the LSTM at B = 17 goes to oneDNN
             out = block(x)[0]
         assert_same_math(out, bf16_reference(mode, x, block._weights_now(), False, block.merge_modes)[0])
     assert calls == ["LSTM", "GRU"]
