@@ -170,14 +170,15 @@ def test_not_taken_with_gradients_dropout_or_disabled(monkeypatch: pytest.Monkey
 
 
 def test_the_lstm_leaves_big_two_thread_calls_to_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where oneDNN's bf16 LSTM measured faster (bf16.onednn_wins: two threads, B >= 64) the block takes it, unless
-    forced; the GRU has no oneDNN path and keeps the kernel."""
+    """Where oneDNN's bf16 LSTM measured faster than the vdpbf16ps kernel (bf16.onednn_wins: without AMX two threads,
+    B >= 64; on an AMX CPU B >= 16) the block takes it, unless forced; the GRU has no oneDNN path and keeps the
+    kernel. (The kernel on AMX tiles keeps the LSTM: test_bf16_amx.py.)"""
     calls = taken(monkeypatch)
     x = torch.randn(2, 64, 4)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), bf16.without_amx():
             assert block_of("LSTM", 4, 8, 1).eval()(x)[0].dtype == torch.bfloat16
             with cpu_kernel.forced():
                 block_of("LSTM", 4, 8, 1).eval()(x)
@@ -187,6 +188,8 @@ def test_the_lstm_leaves_big_two_thread_calls_to_onednn(monkeypatch: pytest.Monk
     assert calls == ["LSTM", "GRU"]
     assert bf16.onednn_wins(64, 128, 2) and bf16.onednn_wins(16, 512, 2)
     assert not bf16.onednn_wins(64, 512, 1) and not bf16.onednn_wins(16, 256, 2)
+    # a CPU with AMX, the kernel off its tiles: oneDNN (on tiles) from B = 16, at any thread count
+    assert bf16.onednn_wins(16, 128, 1, amx_cpu=True) and not bf16.onednn_wins(15, 512, 2, amx_cpu=True)
 
 
 @pytest.mark.parametrize("mode", CELLS)

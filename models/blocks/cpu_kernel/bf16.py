@@ -14,6 +14,12 @@ the loaded kernel is the ``avx512`` build and the CPU reports AVX512_BF16, and e
 Elsewhere (a CPU without AVX512_BF16, ``BIRNN_ZOO_CPU_CAPABILITY=avx2`` or ``none``, ``cpu_kernel.disabled()``,
 training, tracing/compiling/exporting) the blocks keep PyTorch's paths: oneDNN's bf16 LSTM under autocast.
 
+AMX tiles: on a CPU with AMX-TILE and AMX-BF16 (Sapphire Rapids and later) where Linux grants the process the tile
+state, the products run on ``_tile_dpbf16ps`` where they fill 16-row tiles (every input product; the step products
+from ``AMX_MIN_BATCH`` rows), the rest on ``vdpbf16ps`` (``csrc/bf16_forward.h``); the same packed weights serve both.
+``BIRNN_ZOO_BF16_AMX=0`` (read at each call) or ``with bf16.without_amx():`` keeps a process or a block of code on
+``vdpbf16ps`` alone, to compare the two on one CPU; ``amx_supported()`` / ``amx_used()`` say what a call takes.
+
 The math (``csrc/bf16_forward.h``; ``tests/helpers/bf16_reference.py`` is its float64 mirror): weights rounded to bf16
 once, each step's input rows and ``h_{t-1}`` rounded to bf16 (round to nearest even) before their products, float32
 sums, biases float32, gates and states float32, merges float32; the returned output and states are rounded to bf16
@@ -23,10 +29,12 @@ The packed weights are prepared once per module and kept while every weight is t
 version (as ``inference.py``'s plan; eval mode only; ``train()``/``eval()``/``to()`` drop it).
 """
 
+import contextlib
 import ctypes
+import os
 import threading
 import weakref
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +53,11 @@ GATES = {"LSTM": 4, "GRU": 3, "GRU_RESET_BEFORE": 3, "RNN_TANH": 1, "RNN_RELU": 
 # What each cell returns under CPU bf16 autocast, as nn.LSTM / nn.RNN (bf16) and nn.GRU (float32) return it.
 AUTOCAST_DTYPES = {"LSTM": torch.bfloat16, "GRU": torch.float32, "GRU_RESET_BEFORE": torch.float32,
                    "RNN_TANH": torch.bfloat16, "RNN_RELU": torch.bfloat16}
+# The step product h (B x H) @ W_hh^T runs on AMX tiles from this many rows. The C code tiles whole 16-row tiles
+# only (the rows past them run on vdpbf16ps), so below 16 nothing would be tiled anyway; not tuned above 16 (B = 16
+# and 64 measured: benchmarks/RESULTS.md, "bf16").
+AMX_MIN_BATCH = 16
+AMX_ENV = "BIRNN_ZOO_BF16_AMX"
 _MERGE_CODES = {**{mode: code for code, mode in enumerate(MERGE_MODES)}, None: len(MERGE_MODES)}
 
 
@@ -54,7 +67,7 @@ class Bf16Args(ctypes.Structure):
     _fields_ = [
         ("cell", _I32), ("steps", _I32), ("batch", _I32), ("hidden", _I32), ("layers", _I32), ("threads", _I32),
         ("x", _P), ("lengths", _P), ("h0", _P), ("c0", _P), ("out", _P), ("h_n", _P), ("c_n", _P),
-        ("input_sizes", _P), ("merges", _P), ("weights", _P),
+        ("input_sizes", _P), ("merges", _P), ("weights", _P), ("amx_min_batch", _I32),
     ]
 
 
@@ -68,15 +81,19 @@ def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.birnn_bf16_args_layout.restype = None
     lib.birnn_bf16_supported.argtypes = []
     lib.birnn_bf16_supported.restype = ctypes.c_int
+    lib.birnn_bf16_amx_supported.argtypes = []
+    lib.birnn_bf16_amx_supported.restype = ctypes.c_int
     lib.birnn_bf16_forward_stack.argtypes = [ctypes.POINTER(Bf16Args)]
     lib.birnn_bf16_forward_stack.restype = None
     size, last = int64(), int64()
     lib.birnn_bf16_args_layout(ctypes.byref(size), ctypes.byref(last))
-    if size.value != ctypes.sizeof(Bf16Args) or last.value != Bf16Args.weights.offset:
+    if size.value != ctypes.sizeof(Bf16Args) or last.value != Bf16Args.amx_min_batch.offset:
         raise OSError(f"the CPU kernel's Bf16Args is {size.value} bytes (last field at {last.value}) but "
-                      f"bf16.Bf16Args is {ctypes.sizeof(Bf16Args)} (at {Bf16Args.weights.offset}): "
+                      f"bf16.Bf16Args is {ctypes.sizeof(Bf16Args)} (at {Bf16Args.amx_min_batch.offset}): "
                       "csrc/bf16_forward.h and bf16.py disagree")
     lib._bf16_supported = bool(lib.birnn_bf16_supported())
+    # asks Linux for the tile state once (arch_prctl); only where the bf16 path runs at all
+    lib._bf16_amx = lib._bf16_supported and bool(lib.birnn_bf16_amx_supported())
     lib._bf16_declared = True
     return lib
 
@@ -92,6 +109,37 @@ def library() -> Optional[ctypes.CDLL]:
 def supported() -> bool:
     """Whether this process runs bf16 inference on the kernel (``library`` is not None)."""
     return library() is not None
+
+
+def amx_supported() -> bool:
+    """Whether this process's bf16 kernel can run on AMX tiles (``supported()``, a CPU with AMX-TILE and AMX-BF16,
+    and Linux granted the tile state)."""
+    lib = library()
+    return lib is not None and lib._bf16_amx
+
+
+_amx_off = threading.local()  # without_amx()'s depth on this thread
+
+
+@contextlib.contextmanager
+def without_amx() -> Iterator[None]:
+    """Within this block (this thread), bf16 calls run on ``vdpbf16ps`` alone, as on a CPU without AMX."""
+    _amx_off.depth = getattr(_amx_off, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _amx_off.depth -= 1
+
+
+def amx_used() -> bool:
+    """Whether a bf16 call made now runs its products on AMX tiles: ``amx_supported()``, not within
+    ``without_amx()``, and ``$BIRNN_ZOO_BF16_AMX`` unset, empty or ``1`` (``0``: ``vdpbf16ps`` alone; anything else
+    raises ``ValueError``)."""
+    setting = os.environ.get(AMX_ENV, "").strip()
+    if setting not in ("", "0", "1"):
+        raise ValueError(f"{AMX_ENV}={setting!r} is not a setting; expected 0 (vdpbf16ps alone) or 1 (AMX where "
+                         "the CPU has it)")
+    return setting != "0" and not getattr(_amx_off, "depth", 0) and amx_supported()
 
 
 def padded(hidden: int) -> int:
@@ -173,20 +221,49 @@ def _plan_for(module: nn.Module, mode: str, weights: List[Tensor], has_biases: b
         packed = [layer_weights(mode, weights[i * per:(i + 1) * per], has_biases) for i in range(len(merges))]
     input_sizes = [weights[i * per].shape[1] for i in range(len(merges))]
     addresses = torch.tensor([ptr(t) or 0 for layer in packed for t in layer], dtype=torch.int64)
-    plan = _Plan(mode, list(weights), [w._version for w in weights], packed,
+    # inference tensors (weights made under torch.inference_mode()) have no version counter to tell a change by:
+    # packed for this call only
+    kept = not module.training and not any(w.is_inference() for w in weights)
+    plan = _Plan(mode, list(weights), [w._version for w in weights] if kept else [], packed,
                  torch.tensor(input_sizes, dtype=torch.int32), torch.tensor(merges, dtype=torch.int32), addresses)
-    if not module.training and not any(w.is_inference() for w in weights):
+    if kept:
         with _plans_lock:
             _plans[module] = plan
     return plan
 
 
-def onednn_wins(batch: int, hidden: int, threads: int) -> bool:
-    """Where oneDNN's bf16 LSTM measured faster than the kernel's (``benchmarks.bf16``, one run on a 2-core AMD EPYC
-    Zen 4 at load average 7-8, ``benchmarks/RESULTS.md``): two threads at B >= 64 (1.21-1.26x the time; H = 256:
-    0.98x) and at B = 16, H = 512 (1.21x); everywhere else the kernel was faster or level (0.19-1.07x). oneDNN
-    splits its big GEMMs over both threads; the kernel runs one direction a thread."""
+def onednn_wins(batch: int, hidden: int, threads: int, amx: bool = False, amx_cpu: bool = False) -> bool:
+    """Where oneDNN's bf16 LSTM measured faster than the kernel's (``benchmarks.bf16``, ``benchmarks/RESULTS.md``),
+    for a call of ``batch`` rows, ``hidden`` units, ``threads`` threads; ``amx``: the kernel runs on AMX tiles
+    (``amx_used()``); ``amx_cpu``: the CPU has AMX (oneDNN then uses its tiles, whether or not the kernel does).
+
+    - Kernel on AMX tiles (three runs on a 2-core AMX Xeon, KVM's family 6 model 167, load average 3.2-4.8):
+      never. The kernel took 0.08-0.85x oneDNN's time at B = 1 and 16 and 0.43-1.07x at B = 64 (parity within those
+      runs' noise: 4 of 18 cells of B = 64 above 1.0, by at most 1.07x).
+    - A CPU with AMX, the kernel on ``vdpbf16ps`` (``BIRNN_ZOO_BF16_AMX=0``, ``without_amx()``; same Xeon, before
+      the AMX path and beside it, three runs): B >= 16, where the kernel took 2.1-7.0x oneDNN's time (``vdpbf16ps``
+      there is slower than the float32 kernel); at B = 1 it took 0.14-1.00x.
+    - No AMX (one run on a 2-core AMD EPYC Zen 4 at load average 7-8): two threads at B >= 64 (1.21-1.26x the time;
+      H = 256: 0.98x) and at B = 16, H = 512 (1.21x); everywhere else the kernel was faster or level (0.19-1.07x).
+      oneDNN splits its big GEMMs over both threads; the kernel runs one direction a thread."""
+    if amx:
+        return False
+    if amx_cpu:
+        return batch >= 16
     return threads >= 2 and (batch >= 64 or (batch >= 16 and hidden >= 512))
+
+
+_cpu_amx: Optional[bool] = None
+
+
+def cpu_has_amx() -> bool:
+    """Whether /proc/cpuinfo reports ``amx_bf16`` (read once): oneDNN's bf16 LSTM runs on tiles there."""
+    global _cpu_amx
+    if _cpu_amx is None:
+        from .build import _cpu_flags
+
+        _cpu_amx = "amx_bf16" in _cpu_flags()
+    return _cpu_amx
 
 
 def applies(x: Tensor, mode: str, weights: List[Tensor]) -> bool:
@@ -206,10 +283,11 @@ def applies(x: Tensor, mode: str, weights: List[Tensor]) -> bool:
         return False
     if cpu_kernel._switch.off or cpu_kernel._in_functorch_transform() or not inference.usable(x, weights):
         return False
-    if (mode == "LSTM" and not cpu_kernel._switch.forced
-            and onednn_wins(x.shape[1] if x.dim() == 3 else 1, weights[1].shape[1], torch.get_num_threads())):
+    if library() is None:
         return False
-    return library() is not None
+    return not (mode == "LSTM" and not cpu_kernel._switch.forced
+                and onednn_wins(x.shape[1] if x.dim() == 3 else 1, weights[1].shape[1], torch.get_num_threads(),
+                                amx_used(), cpu_has_amx()))
 
 
 def run(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor], h0: Tensor, c0: Tensor,
@@ -249,7 +327,8 @@ def run(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor], h0: 
     args = Bf16Args(cell=CELL_CODES[mode], steps=steps, batch=batch, hidden=hidden, layers=layers,
                     threads=max(1, torch.get_num_threads()), x=ptr(x32), lengths=length_address, h0=ptr(h0),
                     c0=ptr(c0), out=ptr(out), h_n=ptr(h_n), c_n=ptr(c_n), input_sizes=ptr(plan.input_sizes),
-                    merges=ptr(plan.merges), weights=ptr(plan.addresses))
+                    merges=ptr(plan.merges), weights=ptr(plan.addresses),
+                    amx_min_batch=AMX_MIN_BATCH if amx_used() else 0)
     lib.birnn_bf16_forward_stack(ctypes.byref(args))
     dtype = AUTOCAST_DTYPES[mode] if torch.is_autocast_enabled("cpu") else torch.bfloat16
     h_n = h_n.to(dtype)

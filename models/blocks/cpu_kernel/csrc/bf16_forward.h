@@ -13,6 +13,15 @@
 // product is compiled with a target attribute for that one function, so the library still loads and runs on a CPU
 // without it (and the avx2 build has no bf16 path at all).
 //
+// AMX tiles (Sapphire Rapids and later): where the CPU reports AMX-TILE and AMX-BF16 and Linux grants this process
+// the tile state (birnn_bf16_amx_supported: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)), and the caller
+// asks for it (Bf16Args.amx_min_batch > 0), the products run on _tile_dpbf16ps where they fill 16-row tiles: the
+// input product over a chunk's T*B rows, and the step product h (B x H) @ W_hh^T when B >= amx_min_batch. The rows
+// past the last multiple of 16 and the pairs past the last multiple of 16 run on vdpbf16ps, which reads the same
+// packed weights: a block's Kp rows of 16 channel pairs (64 bytes) are exactly AMX's VNNI B operand (16 pairs x 16
+// channels a tile), so the weights are packed once for both. The tile instructions are compiled with a target
+// attribute for their functions only (amx-tile, amx-bf16), as the vdpbf16ps code is.
+//
 // Entry point: birnn_bf16_forward_stack(const Bf16Args*), every layer and merge of an inference call (merge codes
 // as forward.h's Merge). Bf16Args is mirrored by bf16.py (checked by birnn_bf16_args_layout).
 #pragma once
@@ -24,12 +33,18 @@
 #include <cstring>
 #include <vector>
 
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include "activations.h"  // defines BIRNN_VECTOR
+#include "stack_driver.h"
 
 #if defined(BIRNN_VECTOR) && BIRNN_VECTOR == 16
 #include <immintrin.h>
 #define BIRNN_BF16 1
 #define BIRNN_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+#define BIRNN_AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma,amx-tile,amx-bf16")))
 #endif
 
 namespace birnn {
@@ -50,6 +65,8 @@ inline int padded(int h) { return (h + 15) / 16 * 16; }
 //   for the GRU), w_hh (2, Gp / 16, Kp_h, 16, 2) bf16, b_hh (2, Gp) float32 (GRU only: r gates its n block) or 0.
 //   Packed block nb, pair p holds [w(c, 2p), w(c, 2p + 1)] for the 16 channels c = 16 nb .. 16 nb + 15 (zero beyond
 //   H in each gate block and beyond K).
+//   amx_min_batch: 0 = vdpbf16ps only; else AMX tiles for the input products and for the step products at
+//   B >= amx_min_batch (ignored where birnn_bf16_amx_supported() is 0).
 struct Bf16Args {
   int32_t cell, steps, batch, hidden, layers, threads;
   const float* x;
@@ -62,6 +79,7 @@ struct Bf16Args {
   const int32_t* input_sizes;
   const int32_t* merges;
   const int64_t* weights;
+  int32_t amx_min_batch;
 };
 
 // float32 -> bf16 bits, round to nearest even (torch's rule; NaN -> the quiet NaN torch gives).
@@ -72,22 +90,43 @@ inline uint16_t to_bf16(float f) {
   return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+#ifdef BIRNN_BF16
+// K floats -> 2 Kp bf16 (zero padded), 16 at a time on vcvtneps2bf16 (round to nearest even, as to_bf16). It flushes
+// denormal inputs to zero and keeps a NaN's payload where to_bf16 gives 0x7fc0; both feed only the products, which
+// treat bf16 denormals as zero and give NaN for any NaN, so the products are the same as from to_bf16's bits (but
+// for a float denormal that to_bf16 rounds up to the smallest normal, 1.2e-38: a term of that size, not zero).
+BIRNN_BF16_TARGET inline void round_row(const float* v, int K, int Kp, uint16_t* q) {
+  int j = 0;
+  for (; j + 16 <= K; j += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v + j)));
+  if (j < K) {
+    const __mmask16 rest = __mmask16((1u << (K - j)) - 1u);
+    _mm256_mask_storeu_epi16(q + j, rest, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(rest, v + j)));
+  }
+  for (j = K; j < 2 * Kp; ++j) q[j] = 0;
+}
+#else
 // K floats -> 2 Kp bf16 (zero padded).
 inline void round_row(const float* v, int K, int Kp, uint16_t* q) {
   for (int j = 0; j < K; ++j) q[j] = to_bf16(v[j]);
   for (int j = K; j < 2 * Kp; ++j) q[j] = 0;
 }
+#endif
 
 #ifdef BIRNN_BF16
-// MR rows x NB blocks of 16 channels: C (+)= A @ W^T over Kp pairs. a: row stride lda bf16; w: the first block,
-// blocks `block` bf16 apart; c: row stride ldc floats. The accumulators stay in registers.
+// MR rows x NB blocks of 16 channels: C (+)= A @ W^T over np pairs. a: row stride lda bf16; w: the first block,
+// blocks `block` bf16 apart; c: row stride ldc floats; bias (not ACC, or null): the first block's 16 floats, the
+// sums' start instead of zero. The accumulators stay in registers.
 template <int MR, int NB, bool ACC>
-BIRNN_BF16_TARGET inline void tile(int Kp, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block, float* c,
-                                   int64_t ldc) {
+BIRNN_BF16_TARGET inline void tile(int np, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block, float* c,
+                                   int64_t ldc, const float* bias) {
   __m512 acc[MR][NB];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NB; ++j) acc[i][j] = ACC ? _mm512_loadu_ps(c + i * ldc + 16 * j) : _mm512_setzero_ps();
-  for (int p = 0; p < Kp; ++p) {
+    for (int j = 0; j < NB; ++j)
+      acc[i][j] = ACC    ? _mm512_loadu_ps(c + i * ldc + 16 * j)
+                  : bias ? _mm512_loadu_ps(bias + 16 * j)
+                         : _mm512_setzero_ps();
+  for (int p = 0; p < np; ++p) {
     __m512bh b[NB];
     for (int j = 0; j < NB; ++j) b[j] = (__m512bh)_mm512_loadu_si512(w + j * block + 32 * int64_t(p));
     for (int i = 0; i < MR; ++i) {
@@ -103,44 +142,182 @@ BIRNN_BF16_TARGET inline void tile(int Kp, const uint16_t* a, int64_t lda, const
 
 // MR rows over blocks [n0, n1): groups of NB, then one at a time.
 template <int MR, int NB, bool ACC>
-BIRNN_BF16_TARGET inline void row_blocks(int Kp, const uint16_t* a, int64_t lda, const uint16_t* w, int n0, int n1,
-                                         float* c, int64_t ldc) {
-  const int64_t block = 32 * int64_t(Kp);
+BIRNN_BF16_TARGET inline void row_blocks(int np, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block,
+                                         int n0, int n1, float* c, int64_t ldc, const float* bias) {
   int n = n0;
-  for (; n + NB <= n1; n += NB) tile<MR, NB, ACC>(Kp, a, lda, w + n * block, block, c + 16 * n, ldc);
-  for (; n < n1; ++n) tile<MR, 1, ACC>(Kp, a, lda, w + n * block, block, c + 16 * n, ldc);
+  for (; n + NB <= n1; n += NB)
+    tile<MR, NB, ACC>(np, a, lda, w + n * block, block, c + 16 * n, ldc, bias ? bias + 16 * n : nullptr);
+  for (; n < n1; ++n)
+    tile<MR, 1, ACC>(np, a, lda, w + n * block, block, c + 16 * n, ldc, bias ? bias + 16 * n : nullptr);
 }
 
-// C (M, 16 (n1 - n0)) (+)= A (M, 2 Kp) @ W[blocks n0 .. n1)^T; c points at block n0's first channel. A slice of
-// blocks of about 256 KB at a time, every row over it before the next: the weights come from memory once a call.
+// C (M, 16 (n1 - n0)) (+)= A (M, pairs p0 .. Kp) @ W[blocks n0 .. n1, the same pairs]^T; c (and bias: added to
+// every row, not ACC; or null) points at block n0's first channel. A slice of blocks of about 256 KB at a time,
+// every row over it before the next: the weights come from memory once a call.
 template <bool ACC>
 BIRNN_BF16_TARGET void gemm(int M, int Kp, const uint16_t* a, int64_t lda, const uint16_t* w, int n0, int n1,
-                            float* c, int64_t ldc) {
-  const int step = std::max(4, int(262144 / (64 * int64_t(Kp))));
+                            float* c, int64_t ldc, int p0 = 0, const float* bias = nullptr) {
+  const int64_t block = 32 * int64_t(Kp);
+  const int np = Kp - p0;
+  a += 2 * int64_t(p0);
+  w += 32 * int64_t(p0);
+  const int step = std::max(4, int(262144 / (64 * int64_t(std::max(1, np)))));
   for (int s = n0; s < n1; s += step) {
     const int e = std::min(n1, s + step);
     float* cs = c - 16 * int64_t(n0);  // row_blocks adds 16 n for block n
+    const float* bs = bias ? bias - 16 * int64_t(n0) : nullptr;
     int m = 0;
-    for (; m + 4 <= M; m += 4) row_blocks<4, 4, ACC>(Kp, a + m * lda, lda, w, s, e, cs + m * ldc, ldc);
+    for (; m + 4 <= M; m += 4) row_blocks<4, 4, ACC>(np, a + m * lda, lda, w, block, s, e, cs + m * ldc, ldc, bs);
     switch (M - m) {
-      case 1: row_blocks<1, 8, ACC>(Kp, a + m * lda, lda, w, s, e, cs + m * ldc, ldc); break;
-      case 2: row_blocks<2, 6, ACC>(Kp, a + m * lda, lda, w, s, e, cs + m * ldc, ldc); break;
-      case 3: row_blocks<3, 4, ACC>(Kp, a + m * lda, lda, w, s, e, cs + m * ldc, ldc); break;
+      case 1: row_blocks<1, 8, ACC>(np, a + m * lda, lda, w, block, s, e, cs + m * ldc, ldc, bs); break;
+      case 2: row_blocks<2, 6, ACC>(np, a + m * lda, lda, w, block, s, e, cs + m * ldc, ldc, bs); break;
+      case 3: row_blocks<3, 4, ACC>(np, a + m * lda, lda, w, block, s, e, cs + m * ldc, ldc, bs); break;
       default: break;
     }
   }
 }
+
+// AMX: every tile 16 rows x 64 bytes. tmm0..3 the float32 sums of (row tile i, block j) = tmm(2 i + j), tmm4/5 the
+// row tiles of A (16 rows x 16 pairs), tmm6/7 the blocks of W (16 pairs x 16 channels).
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+BIRNN_AMX_TARGET inline void amx_configure() {
+  TileConfig config{};
+  config.palette = 1;
+  for (int t = 0; t < 8; ++t) config.colsb[t] = 64, config.rows[t] = 16;
+  _tile_loadconfig(&config);
+}
+
+// MT row tiles x NT blocks, `chunks` of 16 pairs: C (+)= A @ W^T, pointers as tile's (a and c at the first row).
+// Tile numbers are part of the instructions, hence the spelled-out cases.
+template <int MT, int NT, bool ACC>
+BIRNN_AMX_TARGET inline void amx_tile(int chunks, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block,
+                                      float* c, int64_t ldc, const float* bias) {
+  const int64_t sa = 2 * lda, sc = 4 * ldc;  // strides in bytes
+  float* c1 = c + 16 * ldc;
+  if (ACC) {
+    _tile_loadd(0, c, sc);
+    if (NT > 1) _tile_loadd(1, c + 16, sc);
+    if (MT > 1) _tile_loadd(2, c1, sc);
+    if (MT > 1 && NT > 1) _tile_loadd(3, c1 + 16, sc);
+  } else if (bias) {  // stride 0: every row of the tile starts as the block's 16 biases
+    _tile_loadd(0, bias, 0);
+    if (NT > 1) _tile_loadd(1, bias + 16, 0);
+    if (MT > 1) _tile_loadd(2, bias, 0);
+    if (MT > 1 && NT > 1) _tile_loadd(3, bias + 16, 0);
+  } else {
+    _tile_zero(0);
+    if (NT > 1) _tile_zero(1);
+    if (MT > 1) _tile_zero(2);
+    if (MT > 1 && NT > 1) _tile_zero(3);
+  }
+  for (int k = 0; k < chunks; ++k) {
+    _tile_loadd(4, a + 32 * int64_t(k), sa);
+    _tile_loadd(6, w + 512 * int64_t(k), 64);
+    if (NT > 1) _tile_loadd(7, w + block + 512 * int64_t(k), 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if (NT > 1) _tile_dpbf16ps(1, 4, 7);
+    if (MT > 1) {
+      _tile_loadd(5, a + 16 * lda + 32 * int64_t(k), sa);
+      _tile_dpbf16ps(2, 5, 6);
+      if (NT > 1) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, c, sc);
+  if (NT > 1) _tile_stored(1, c + 16, sc);
+  if (MT > 1) _tile_stored(2, c1, sc);
+  if (MT > 1 && NT > 1) _tile_stored(3, c1 + 16, sc);
+}
+
+// C (M, 16 (n1 - n0)) (+)= A (M, 32 chunks bf16) @ W[blocks n0 .. n1)^T on tiles, M a multiple of 16, c (and bias,
+// as gemm's) at block n0.
+// Two blocks at a time over every row tile: the weights are read once a call, the rows (a chunk: about 256) stay in
+// L2.
+template <bool ACC>
+BIRNN_AMX_TARGET void amx_gemm(int M, int chunks, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block,
+                               int n0, int n1, float* c, int64_t ldc, const float* bias) {
+  asm volatile("" ::: "memory");  // the tile loads are asm the compiler does not see reading a and c
+  amx_configure();
+  for (int n = n0; n < n1; n += 2) {
+    const uint16_t* wn = w + n * block;
+    float* cn = c + 16 * int64_t(n - n0);
+    const float* bn = bias ? bias + 16 * int64_t(n - n0) : nullptr;
+    const bool two = n + 1 < n1;
+    int m = 0;
+    for (; m + 32 <= M; m += 32) {
+      if (two)
+        amx_tile<2, 2, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc, bn);
+      else
+        amx_tile<2, 1, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc, bn);
+    }
+    if (m < M) {
+      if (two)
+        amx_tile<1, 2, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc, bn);
+      else
+        amx_tile<1, 1, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc, bn);
+    }
+  }
+  asm volatile("" ::: "memory");
+}
+
+// The tile state back to its initial state (a thread's saved context stays small between calls).
+BIRNN_AMX_TARGET inline void amx_release() { _tile_release(); }
 #endif
 
-inline void product(bool accumulate, int M, int Kp, const uint16_t* a, int64_t lda, const uint16_t* w, int n0, int n1,
-                    float* c, int64_t ldc) {
+// C (M, 16 (n1 - n0)) (+)= A (M, 2 Kp) @ W[blocks n0 .. n1)^T (c at block n0's first channel; bias, not accumulate,
+// or null: 16 (n1 - n0) floats each row's sums start from, as gemm's). With `amx` (and at least
+// 16 pairs): the rows up to the last multiple of 16 over the pairs up to the last multiple of 16 on tiles, their
+// remaining pairs added on vdpbf16ps, the remaining rows on vdpbf16ps; without: every product on vdpbf16ps.
+inline void product(bool amx, bool accumulate, int M, int Kp, const uint16_t* a, int64_t lda, const uint16_t* w,
+                    int n0, int n1, float* c, int64_t ldc, const float* bias = nullptr) {
 #ifdef BIRNN_BF16
-  if (accumulate)
-    gemm<true>(M, Kp, a, lda, w, n0, n1, c, ldc);
-  else
-    gemm<false>(M, Kp, a, lda, w, n0, n1, c, ldc);
+  const int chunks = Kp / 16, tiled = amx && chunks > 0 ? M / 16 * 16 : 0;
+  if (tiled > 0) {
+    if (accumulate)
+      amx_gemm<true>(tiled, chunks, a, lda, w, 32 * int64_t(Kp), n0, n1, c, ldc, nullptr);
+    else
+      amx_gemm<false>(tiled, chunks, a, lda, w, 32 * int64_t(Kp), n0, n1, c, ldc, bias);
+    if (16 * chunks < Kp) gemm<true>(tiled, Kp, a, lda, w, n0, n1, c, ldc, 16 * chunks);
+  }
+  if (tiled < M) {
+    const uint16_t* ar = a + tiled * lda;
+    float* cr = c + tiled * ldc;
+    if (accumulate)
+      gemm<true>(M - tiled, Kp, ar, lda, w, n0, n1, cr, ldc);
+    else
+      gemm<false>(M - tiled, Kp, ar, lda, w, n0, n1, cr, ldc, 0, bias);
+  }
 #else
-  (void)accumulate, (void)M, (void)Kp, (void)a, (void)lda, (void)w, (void)n0, (void)n1, (void)c, (void)ldc;
+  (void)amx, (void)accumulate, (void)M, (void)Kp, (void)a, (void)lda, (void)w, (void)n0, (void)n1, (void)c, (void)ldc;
+  (void)bias;
+#endif
+}
+
+// Whether tile instructions may run here: the library has the bf16 path, the CPU has AVX512_BF16, AMX-TILE and
+// AMX-BF16, and Linux grants this process the tile state (asked once, here; the grant is the process's, for every
+// thread). Without the grant a tile instruction is SIGILL, so direction() asks this too and ignores amx_min_batch
+// where it is false.
+inline bool amx_granted() {
+#ifdef BIRNN_BF16
+  static const bool granted = [] {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512bf16")) return false;
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    if (!(edx & (1u << 22)) || !(edx & (1u << 24))) return false;  // AMX-BF16, AMX-TILE
+    constexpr long kGetPerm = 0x1022, kRequestPerm = 0x1023, kTileData = 18;  // asm/prctl.h, XFEATURE_XTILEDATA
+    if (syscall(SYS_arch_prctl, kRequestPerm, kTileData) != 0) return false;  // an old kernel or a refusal
+    unsigned long permitted = 0;
+    if (syscall(SYS_arch_prctl, kGetPerm, &permitted) != 0) return false;
+    return ((permitted >> kTileData) & 1ul) != 0;
+  }();
+  return granted;
+#else
+  return false;
 #endif
 }
 
@@ -153,11 +330,7 @@ inline Buffers& buffers() {
   thread_local Buffers b;
   return b;
 }
-template <typename V>
-inline typename V::value_type* sized(V& v, int64_t n) {
-  if (int64_t(v.size()) < n) v.resize(size_t(n));
-  return v.data();
-}
+using stack::sized;
 
 // Direction d of layer l: input `in` (T, B, F) float32, raw output (T, B, 2, H).
 inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, float* raw) {
@@ -173,18 +346,24 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
   float* c = cell == kLstm ? S.c_n + state : nullptr;
   std::memcpy(h, S.h0 + state, sizeof(float) * B * H);
   if (c) std::memcpy(c, S.c0 + state, sizeof(float) * B * H);
-  // Projections in chunks of about 256 rows (one product each, bias added), read by the steps of the chunk.
+  // Projections in chunks of about 256 rows (one product each, from the bias), read by the steps of the chunk.
   const int chunk = std::max(1, std::min(T, 256 / std::max(1, B)));
+  // Row strides one cache line past the rows: the rows of a tile (16 of them) would otherwise lie a power of two
+  // apart (Gp floats, 2 Kp bf16, for the usual sizes) and share a few L1 sets.
+  const int64_t ldg = Gp + 16, ldx = 2 * int64_t(Kx) + 32, ldh = 2 * int64_t(Kh) + 32;
   Buffers& buf = buffers();
-  uint16_t* qx = sized(buf.qx, int64_t(chunk) * B * 2 * Kx);
-  float* gx = sized(buf.gx, int64_t(chunk) * B * Gp);
-  uint16_t* qh = sized(buf.qh, int64_t(B) * 2 * Kh);
-  uint16_t* qr = sized(buf.qr, cell == kGruResetBefore ? int64_t(B) * 2 * Kh : 1);
-  float* gh = sized(buf.gh, cell == kGru ? int64_t(B) * Gp : 1);
+  uint16_t* qx = sized(buf.qx, int64_t(chunk) * B * ldx);
+  float* gx = sized(buf.gx, int64_t(chunk) * B * ldg);
+  uint16_t* qh = sized(buf.qh, int64_t(B) * ldh);
+  uint16_t* qr = sized(buf.qr, cell == kGruResetBefore ? int64_t(B) * ldh : 1);
+  float* gh = sized(buf.gh, cell == kGru ? int64_t(B) * ldg : 1);
   float* tmp = sized(buf.tmp, H);
   // The step product accumulates onto the projected rows, but for the GRU (r gates W_hn h + b_hn: kept apart) and
   // the reset-before GRU (its n block waits for r * h).
   const int first_blocks = cell == kGruResetBefore ? 2 * Hp / 16 : blocks;
+  // Tiles for the input products (their rows: a chunk of steps), for the step products only from amx_min_batch
+  // rows (below it most of a 16-row tile would be padding).
+  const bool amx_in = S.amx_min_batch > 0 && amx_granted(), amx_step = amx_in && B >= S.amx_min_batch;
   int chunk_start = 0;
   for (int s = 0; s < T; ++s) {
     const int t = d == 0 ? s : T - 1 - s;
@@ -192,27 +371,24 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
       const int n = std::min(chunk, T - s);
       chunk_start = d == 0 ? s : T - s - n;
       const float* xs = in + int64_t(chunk_start) * B * F;
-      for (int64_t r = 0; r < int64_t(n) * B; ++r) round_row(xs + r * F, F, Kx, qx + r * 2 * Kx);
-      product(false, n * B, Kx, qx, 2 * Kx, wi, 0, blocks, gx, Gp);
-      if (bi)
-        for (int64_t r = 0; r < int64_t(n) * B; ++r)
-          for (int j = 0; j < Gp; ++j) gx[r * Gp + j] += bi[j];
+      for (int64_t r = 0; r < int64_t(n) * B; ++r) round_row(xs + r * F, F, Kx, qx + r * ldx);
+      product(amx_in, false, n * B, Kx, qx, ldx, wi, 0, blocks, gx, ldg, bi);  // the sums start from the bias
     }
-    float* g0 = gx + int64_t(t - chunk_start) * B * Gp;  // this step's B rows of pre-activations
-    for (int b = 0; b < B; ++b) round_row(h + int64_t(b) * H, H, Kh, qh + int64_t(b) * 2 * Kh);
+    float* g0 = gx + int64_t(t - chunk_start) * B * ldg;  // this step's B rows of pre-activations
+    for (int b = 0; b < B; ++b) round_row(h + int64_t(b) * H, H, Kh, qh + b * ldh);
     if (cell == kGru)
-      product(false, B, Kh, qh, 2 * Kh, wh, 0, blocks, gh, Gp);
+      product(amx_step, false, B, Kh, qh, ldh, wh, 0, blocks, gh, ldg);
     else
-      product(true, B, Kh, qh, 2 * Kh, wh, 0, first_blocks, g0, Gp);
+      product(amx_step, true, B, Kh, qh, ldh, wh, 0, first_blocks, g0, ldg);
     if (cell == kGruResetBefore) {  // r, then (r * h) @ W_hn^T onto the n block
       for (int b = 0; b < B; ++b) {
-        float* g = g0 + int64_t(b) * Gp;
+        float* g = g0 + b * ldg;
         const float* hb = h + int64_t(b) * H;
         sigmoid_(g, H);
         for (int j = 0; j < H; ++j) tmp[j] = g[j] * hb[j];
-        round_row(tmp, H, Kh, qr + int64_t(b) * 2 * Kh);
+        round_row(tmp, H, Kh, qr + b * ldh);
       }
-      product(true, B, Kh, qr, 2 * Kh, wh, 2 * Hp / 16, blocks, g0 + 2 * Hp, Gp);
+      product(amx_step, true, B, Kh, qr, ldh, wh, 2 * Hp / 16, blocks, g0 + 2 * Hp, ldg);
     }
     for (int b = 0; b < B; ++b) {
       float* o = raw + ((int64_t(t) * B + b) * 2 + d) * H;
@@ -220,7 +396,7 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
         std::memset(o, 0, sizeof(float) * H);
         continue;
       }
-      float* g = g0 + int64_t(b) * Gp;
+      float* g = g0 + b * ldg;
       float* hb = h + int64_t(b) * H;
       if (cell == kLstm) {
         float* cb = c + int64_t(b) * H;
@@ -232,7 +408,7 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
         for (int j = 0; j < H; ++j) o[j] = hb[j] = g[3 * Hp + j] * tmp[j];
       } else if (cell == kGru || cell == kGruResetBefore) {
         if (cell == kGru) {
-          const float* ghb = gh + int64_t(b) * Gp;
+          const float* ghb = gh + b * ldg;
           for (int j = 0; j < 2 * Hp; ++j) g[j] += ghb[j] + (bh ? bh[j] : 0.0f);
           sigmoid_(g, 2 * Hp);
           for (int j = 0; j < H; ++j) g[2 * Hp + j] += g[j] * (ghb[2 * Hp + j] + (bh ? bh[2 * Hp + j] : 0.0f));
@@ -252,42 +428,13 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
       }
     }
   }
+#ifdef BIRNN_BF16
+  if (amx_in) amx_release();
+#endif
 }
 
-// Every layer and merge (merge codes: 0 concat, 1 sum, 2 mul, 3 ave, 4 None, as forward.h's Merge).
-inline void forward_stack(const Bf16Args& S) {
-  const int T = S.steps, B = S.batch, H = S.hidden;
-  const int64_t rows = int64_t(T) * B, raw_size = rows * 2 * H;
-  thread_local std::vector<float> spare_a, spare_b;  // the calling thread's layer buffers, kept across calls
-  float* const spare[2] = {sized(spare_a, raw_size), S.layers > 1 ? sized(spare_b, raw_size) : nullptr};
-  const float* in = S.x;
-  for (int l = 0; l < S.layers; ++l) {
-    const bool last = l == S.layers - 1, whole = S.merges[l] == 0 || S.merges[l] == 4;
-    float* raw = last && whole ? S.out : (in == spare[0] ? spare[1] : spare[0]);
-    if (raw == nullptr) raw = spare[0];  // one layer, merged: spare[0] is free
-    const int F = S.input_sizes[l];
-#pragma omp parallel for num_threads(2) schedule(static, 1) if (S.threads > 1)
-    for (int d = 0; d < 2; ++d) direction(S, l, d, in, F, raw);
-    if (whole) {
-      in = raw;
-      continue;
-    }
-    float* merged = last ? S.out : (raw == spare[0] ? spare[1] : spare[0]);
-    const int merge = S.merges[l];
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* f = raw + r * 2 * H;
-      const float* b = f + H;
-      float* m = merged + r * H;
-      if (merge == 1)
-        for (int j = 0; j < H; ++j) m[j] = f[j] + b[j];
-      else if (merge == 2)
-        for (int j = 0; j < H; ++j) m[j] = f[j] * b[j];
-      else
-        for (int j = 0; j < H; ++j) m[j] = (f[j] + b[j]) / 2.0f;
-    }
-    in = merged;
-  }
-}
+// Every layer and merge (stack_driver.h).
+inline void forward_stack(const Bf16Args& S) { stack::forward_stack(S, direction); }
 
 }  // namespace bf16
 }  // namespace birnn
@@ -297,7 +444,7 @@ extern "C" {
 // The layout of Bf16Args, for models/blocks/cpu_kernel/bf16.py's check of its mirror: sizeof, last field's offset.
 void birnn_bf16_args_layout(int64_t* size, int64_t* last_offset) {
   *size = int64_t(sizeof(birnn::bf16::Bf16Args));
-  *last_offset = int64_t(offsetof(birnn::bf16::Bf16Args, weights));
+  *last_offset = int64_t(offsetof(birnn::bf16::Bf16Args, amx_min_batch));
 }
 // 1 where this library has the bf16 path and the CPU runs vdpbf16ps; 0 elsewhere (then never call the entry below).
 int birnn_bf16_supported() {
@@ -308,6 +455,9 @@ int birnn_bf16_supported() {
   return 0;
 #endif
 }
+// 1 where the bf16 path runs here (birnn_bf16_supported) and the CPU has AMX-TILE and AMX-BF16 and Linux grants
+// this process the tile state (bf16::amx_granted); 0 elsewhere, where amx_min_batch is ignored.
+int birnn_bf16_amx_supported() { return birnn::bf16::amx_granted() ? 1 : 0; }
 // Every layer of a bf16 inference call (bf16_forward.h); only where birnn_bf16_supported() is 1.
 void birnn_bf16_forward_stack(const birnn::bf16::Bf16Args* args) { birnn::bf16::forward_stack(*args); }
 }

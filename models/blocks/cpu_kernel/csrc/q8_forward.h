@@ -20,6 +20,7 @@
 
 #include "activations.h"
 #include "q8_gemm.h"
+#include "stack_driver.h"
 
 namespace birnn {
 namespace q8 {
@@ -119,11 +120,7 @@ inline Buffers& buffers() {
   thread_local Buffers b;
   return b;
 }
-template <typename V>
-inline typename V::value_type* sized(V& v, int64_t n) {
-  if (int64_t(v.size()) < n) v.resize(size_t(n));
-  return v.data();
-}
+using stack::sized;
 
 // g[j] = acc_h[j] * (s_h * s_hh[j]) + extra[j] + (acc_x[j] * (s_x * s_ih[j]) + bias[j]) for j < n (extra: GRU's
 // b_hh of r and z, else none): a step's pre-activations from the two int32 products. The vector and scalar
@@ -244,40 +241,8 @@ inline void direction(const Q8Args& S, int l, int d, const float* in, int F, flo
   }
 }
 
-// Every layer and merge (merge codes: 0 concat, 1 sum, 2 mul, 3 ave, 4 None, as forward.h's Merge).
-inline void forward_stack(const Q8Args& S) {
-  const int T = S.steps, B = S.batch, H = S.hidden;
-  const int64_t rows = int64_t(T) * B, raw_size = rows * 2 * H;
-  thread_local std::vector<float> spare_a, spare_b;  // the calling thread's layer buffers, kept across calls
-  float* const spare[2] = {sized(spare_a, raw_size), S.layers > 1 ? sized(spare_b, raw_size) : nullptr};
-  const float* in = S.x;
-  for (int l = 0; l < S.layers; ++l) {
-    const bool last = l == S.layers - 1, whole = S.merges[l] == 0 || S.merges[l] == 4;
-    float* raw = last && whole ? S.out : (in == spare[0] ? spare[1] : spare[0]);
-    if (raw == nullptr) raw = spare[0];  // one layer, merged: spare[0] is free
-    const int F = S.input_sizes[l];
-#pragma omp parallel for num_threads(2) schedule(static, 1) if (S.threads > 1)
-    for (int d = 0; d < 2; ++d) direction(S, l, d, in, F, raw);
-    if (whole) {
-      in = raw;
-      continue;
-    }
-    float* merged = last ? S.out : (raw == spare[0] ? spare[1] : spare[0]);
-    const int merge = S.merges[l];
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* f = raw + r * 2 * H;
-      const float* b = f + H;
-      float* m = merged + r * H;
-      if (merge == 1)
-        for (int j = 0; j < H; ++j) m[j] = f[j] + b[j];
-      else if (merge == 2)
-        for (int j = 0; j < H; ++j) m[j] = f[j] * b[j];
-      else
-        for (int j = 0; j < H; ++j) m[j] = (f[j] + b[j]) / 2.0f;
-    }
-    in = merged;
-  }
-}
+// Every layer and merge (stack_driver.h).
+inline void forward_stack(const Q8Args& S) { stack::forward_stack(S, direction); }
 
 }  // namespace q8
 }  // namespace birnn
