@@ -4,6 +4,7 @@ mutation run on ``models/blocks/base.py`` (each applied by hand fails a test her
 own path (the CPU kernel disabled), tolerance 2e-5."""
 
 import contextlib
+import inspect
 import re
 from typing import Iterator, List, Optional
 
@@ -15,6 +16,7 @@ from torch.nn.utils import parametrize
 
 from models import BiGRU, BiLSTM
 from models.blocks import cpu_kernel
+from models.blocks.base import _BiRNNBase
 from models.blocks.factory import block_for_cell
 
 TOL = {"atol": 2e-5, "rtol": 2e-5}
@@ -202,7 +204,8 @@ class FakeCudnn:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: List[tuple] = []
         self.acceptable, self.flatten = True, True
-        monkeypatch.setattr(torch.backends.cudnn, "is_acceptable", lambda tensor: self.acceptable)
+        # Reads the tensor as cuDNN's does (None raises), answers ``acceptable``.
+        monkeypatch.setattr(torch.backends.cudnn, "is_acceptable", lambda tensor: tensor.is_cuda and self.acceptable)
         monkeypatch.setattr(torch.cuda, "device_of", self.device_of)
         monkeypatch.setattr(torch, "_use_cudnn_rnn_flatten_weight", lambda: self.flatten)
         monkeypatch.setattr(torch, "_cudnn_rnn_flatten_weight", lambda *args: self.calls.append(args))
@@ -269,3 +272,28 @@ def test_flatten_parameters_does_nothing_where_cudnn_cannot_take_the_weights(cud
     assert cudnn.flattened(block, swap) == []
     if case == "reset_before":
         assert cudnn.flattened(BiGRU(3, 4)) == [(list(range(8)), 4, 3, 3, 4, 0, 1, False, True)]
+
+
+# -- the constructor ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [BiLSTM, BiGRU])
+def test_the_shared_constructors_defaults_are_the_blocks_and_nn_lstms(cls: type) -> None:
+    """The argument lists repeat on purpose (``models/blocks/modules.py``): the shared constructor's defaults are
+    the public blocks' and ``nn.LSTM``'s (a subclass that leaves them out gets what ``nn.LSTM`` would)."""
+    ours = inspect.signature(_BiRNNBase.__init__).parameters
+    theirs = inspect.signature(cls.__init__).parameters
+    shared = [name for name in ours if name != "self"]
+    assert [(name, ours[name].default) for name in shared] == [(name, theirs[name].default) for name in shared]
+    built = nn.LSTM(3, 4, bidirectional=True)  # nn.LSTM's signature is *args: its defaults as built
+    assert (ours["num_layers"].default, ours["bias"].default, ours["batch_first"].default,
+            ours["dropout"].default) == (built.num_layers, built.bias, built.batch_first, built.dropout)
+    assert ours["merge_mode"].default == "concat" and ours["bidirectional"].default is True
+
+
+@pytest.mark.parametrize(("args", "message"), [((0, 4), "input_size must be a positive int, got 0"),
+                                               ((3, 0), "hidden_size must be a positive int, got 0"),
+                                               ((3, 4, 0), "num_layers must be a positive int, got 0")])
+def test_each_size_is_refused_naming_it(args: tuple, message: str) -> None:
+    with raises(ValueError, message):
+        BiLSTM(*args)
