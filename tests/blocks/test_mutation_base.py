@@ -6,6 +6,7 @@ own path (the CPU kernel disabled), tolerance 2e-5."""
 import contextlib
 import inspect
 import re
+import warnings
 from typing import Iterator, List, Optional
 
 import pytest
@@ -297,3 +298,15 @@ def test_the_shared_constructors_defaults_are_the_blocks_and_nn_lstms(cls: type)
 def test_each_size_is_refused_naming_it(args: tuple, message: str) -> None:
     with raises(ValueError, message):
         BiLSTM(*args)
+
+
+@pytest.mark.parametrize(("num_layers", "dropout", "warns"), [(1, 0.0, False), (2, 0.5, False), (1, 0.5, True)])
+def test_the_dropout_warning_only_for_dropout_on_a_single_layer(num_layers: int, dropout: float, warns: bool) -> None:
+    """``nn.LSTM``'s rule: dropout acts between layers, so only ``dropout > 0`` with one layer warns."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        BiLSTM(3, 4, num_layers, dropout=dropout)
+        nn.LSTM(3, 4, num_layers, dropout=dropout, bidirectional=True)
+    ours, theirs = ([str(w.message) for w in caught if w.filename != nn.modules.rnn.__file__],
+                    [str(w.message) for w in caught if w.filename == nn.modules.rnn.__file__])
+    assert len(ours) == int(warns) and ours == theirs
