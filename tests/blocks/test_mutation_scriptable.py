@@ -53,3 +53,20 @@ def test_scripted_and_eager_twins_are_the_block(cell: str) -> None:
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     out, state = twin(packed, hx)
     assert_same([pad_packed_sequence(out, batch_first=True)[0], *flat((out, state))[1:]], want)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_a_scripted_block_names_the_state_it_refuses(cell: str) -> None:
+    """Under TorchScript the refusals name ``hx`` as in eager code: ``hx[0]``/``hx[1]`` for the LSTM's pair."""
+    block = CELLS[cell][0](3, 4, 1)
+    scripted = torch.jit.script((_LstmParent if cell == "lstm" else _OneStateParent)(block))
+    x, lengths, good, bad = torch.randn(5, 2, 3), torch.tensor([5, 3]), torch.zeros(2, 2, 4), torch.zeros(2, 3, 4)
+    shape = r" must have shape \(2 \* num_layers, B, hidden_size\) = \[2, 2, 4\], got \[2, 3, 4\]"
+    if cell != "lstm":
+        with pytest.raises(torch.jit.Error, match=r"(^|\s)hx" + shape):
+            scripted(x, bad, lengths)
+        return
+    with pytest.raises(torch.jit.Error, match=r"(^|\s)hx\[0\]" + shape):
+        scripted(x, (bad, good), lengths)
+    with pytest.raises(torch.jit.Error, match=r"(^|\s)hx\[1\]" + shape):
+        scripted(x, (good, bad), lengths)
