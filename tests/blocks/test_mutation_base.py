@@ -310,3 +310,13 @@ def test_the_dropout_warning_only_for_dropout_on_a_single_layer(num_layers: int,
     ours, theirs = ([str(w.message) for w in caught if w.filename != nn.modules.rnn.__file__],
                     [str(w.message) for w in caught if w.filename == nn.modules.rnn.__file__])
     assert len(ours) == int(warns) and ours == theirs
+
+
+@pytest.mark.parametrize("cell", [BiLSTM, BiGRU])
+def test_an_empty_batch_with_lengths_stays_off_the_packed_path(monkeypatch: pytest.MonkeyPatch, cell: type) -> None:
+    """The packed path (CUDA's, taken here on the CPU by a patched ``_packed_path``) cannot pack an empty batch:
+    ``B = 0`` runs on the fused kernels with empty outputs and states, wherever the packed path would apply."""
+    block = cell(3, 4, num_layers=2, merge_mode="sum")
+    monkeypatch.setattr(type(block), "_packed_path", lambda self, x: True)
+    out, h_n, c_n = block.run(torch.randn(5, 0, 3), lengths=torch.zeros(0, dtype=torch.int64))
+    assert out.shape == (5, 0, 4) and h_n.shape == c_n.shape == (4, 0, 4)
