@@ -320,3 +320,21 @@ def test_an_empty_batch_with_lengths_stays_off_the_packed_path(monkeypatch: pyte
     monkeypatch.setattr(type(block), "_packed_path", lambda self, x: True)
     out, h_n, c_n = block.run(torch.randn(5, 0, 3), lengths=torch.zeros(0, dtype=torch.int64))
     assert out.shape == (5, 0, 4) and h_n.shape == c_n.shape == (4, 0, 4)
+
+
+def test_run_of_a_bilstm_with_h0_alone_starts_the_cell_state_from_zeros() -> None:
+    """``run(x, h0)`` without ``c0``: the LSTM's cell state starts at zero (not at ``h0``), as ``nn.LSTM`` given
+    ``(h0, zeros)``."""
+    torch.manual_seed(6)
+    block = BiLSTM(3, 4)
+    reference = nn.LSTM(3, 4, bidirectional=True)
+    reference.load_state_dict(block.state_dict())
+    x, h0 = torch.randn(5, 2, 3), torch.randn(2, 2, 4)
+    for disabled in (False, True):
+        with cpu_kernel.disabled() if disabled else torch.no_grad():
+            out, h_n, c_n = block.run(x, h0)
+        with torch.no_grad():
+            want, (want_h, want_c) = reference(x, (h0, torch.zeros(2, 2, 4)))
+        torch.testing.assert_close(out, want, **TOL)
+        torch.testing.assert_close(h_n, want_h, **TOL)
+        torch.testing.assert_close(c_n, want_c, **TOL)
