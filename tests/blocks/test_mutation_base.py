@@ -338,3 +338,22 @@ def test_run_of_a_bilstm_with_h0_alone_starts_the_cell_state_from_zeros() -> Non
         torch.testing.assert_close(out, want, **TOL)
         torch.testing.assert_close(h_n, want_h, **TOL)
         torch.testing.assert_close(c_n, want_c, **TOL)
+
+
+def test_the_speed_policy_is_told_whether_the_batch_has_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cpu_kernel.applies`` (the policy: kernel or PyTorch's kernels) answers per case, and lengths is one of its
+    cases (``policy.kernel_wins``: an LSTM training step at B >= 16 on one thread goes to the kernel only with
+    lengths): the block tells it whether the call has lengths."""
+    asked: List[bool] = []
+    original = cpu_kernel.applies
+
+    def recording(x: torch.Tensor, mode: str, hidden_size: int = 0, has_lengths: bool = False,
+                  training: bool = False) -> bool:
+        asked.append(has_lengths)
+        return original(x, mode, hidden_size, has_lengths, training)
+
+    monkeypatch.setattr(cpu_kernel, "applies", recording)
+    block, x = BiLSTM(3, 4), torch.randn(5, 16, 3)
+    block.run(x, lengths=torch.tensor([5] * 15 + [3]))
+    block.run(x)
+    assert asked == [True, False]
