@@ -3,14 +3,22 @@
 mutation run on ``models/blocks/base.py`` (each applied by hand fails a test here). float32 on the CPU, PyTorch's
 own path (the CPU kernel disabled), tolerance 2e-5."""
 
+import contextlib
+import inspect
 import re
+import warnings
+from typing import Iterator, List, Optional
 
 import pytest
 import torch
 from torch import nn
+from torch.backends.cudnn import rnn as cudnn_rnn
+from torch.nn.utils import parametrize
 
 from models import BiGRU, BiLSTM
 from models.blocks import cpu_kernel
+from models.blocks.base import _BiRNNBase
+from models.blocks.factory import block_for_cell
 
 TOL = {"atol": 2e-5, "rtol": 2e-5}
 
@@ -134,3 +142,218 @@ def test_a_batch_of_one_with_lengths_is_nn_lstm_on_the_cut_sequence() -> None:
         torch.testing.assert_close(out[:3], want, **TOL)
         torch.testing.assert_close(h_n, want_h, **TOL)
         assert torch.equal(out[3:], torch.zeros(2, 1, 8))
+
+
+# -- the flat weight list TorchScript reads, and flatten_parameters' cuDNN call -----------------------------------
+
+
+def flat_parameters(block: nn.Module) -> List[torch.Tensor]:
+    return [getattr(block, name) for name in block._flat_weights_names]
+
+
+def test_the_flat_weights_follow_construction_assignment_and_dtype_changes() -> None:
+    """TorchScript reads ``_flat_weights`` (it cannot look parameters up by name): the module's own parameters in
+    ``nn.LSTM``'s flat order, after construction, a new ``Parameter``, ``.double()``."""
+    block = BiLSTM(3, 4, num_layers=2, merge_mode="sum")
+    assert len(block._flat_weights) == 16
+    assert all(a is b for a, b in zip(block._flat_weights, flat_parameters(block), strict=True))
+    block.weight_hh_l1_reverse = nn.Parameter(torch.zeros(16, 4))
+    assert block._flat_weights[13] is block.weight_hh_l1_reverse
+    block.double()
+    assert all(a is b for a, b in zip(block._flat_weights, flat_parameters(block), strict=True))
+    assert {w.dtype for w in block._flat_weights} == {torch.float64}
+
+
+def test_dtype_changes_reach_a_parametrized_weight() -> None:
+    """A parametrization (``torch.nn.utils.parametrize``) is a child module of the block: ``.double()`` must
+    convert it too, so the parametrized block runs in float64 as ``nn.LSTM`` with the same weights."""
+    torch.manual_seed(5)
+    block = BiLSTM(3, 4)
+    reference = nn.LSTM(3, 4, bidirectional=True)
+    reference.load_state_dict(block.state_dict())
+    for module in (block, reference):
+        parametrize.register_parametrization(module, "weight_hh_l0", _Halved())
+        module.double()
+    assert block.parametrizations.weight_hh_l0.original.dtype == torch.float64
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    with cpu_kernel.disabled():
+        out, (h_n, c_n) = block(x)
+    want, (want_h, want_c) = reference(x)
+    for ours, theirs in ((out, want), (h_n, want_h), (c_n, want_c)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+class _Halved(nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * 0.5
+
+
+class _LooksCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA: ``flatten_parameters``' checks and cuDNN call, without a GPU."""
+
+    @property
+    def is_cuda(self) -> bool:  # type: ignore[override]
+        return True
+
+
+class FakeCudnn:
+    """cuDNN as ``flatten_parameters`` sees it: ``is_acceptable``, ``device_of``, the flatten switch and the
+    flatten call (recorded, never run); ``acceptable`` and ``flatten`` turn the first and the switch off."""
+
+    MODES = {"RNN_RELU": 0, "RNN_TANH": 1, "LSTM": 2, "GRU": 3}   # cudnnRNNMode_t
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: List[tuple] = []
+        self.acceptable, self.flatten = True, True
+        # Reads the tensor as cuDNN's does (None raises), answers ``acceptable``.
+        monkeypatch.setattr(torch.backends.cudnn, "is_acceptable", lambda tensor: tensor.is_cuda and self.acceptable)
+        monkeypatch.setattr(torch.cuda, "device_of", self.device_of)
+        monkeypatch.setattr(torch, "_use_cudnn_rnn_flatten_weight", lambda: self.flatten)
+        monkeypatch.setattr(torch, "_cudnn_rnn_flatten_weight", lambda *args: self.calls.append(args))
+        monkeypatch.setattr(cudnn_rnn, "get_cudnn_mode", self.MODES.__getitem__)
+
+    @staticmethod
+    def device_of(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+        assert tensor.is_cuda, "device_of takes a CUDA tensor here"
+        return contextlib.nullcontext()
+
+    def flattened(self, module: nn.Module, swap: Optional[dict] = None) -> List[tuple]:
+        """``module.flatten_parameters()`` with its flat weights looking CUDA (``swap``: index -> another entry);
+        the calls it made, the tensors of each as the positions of their memory in the module's flat parameter
+        list (``nn.LSTM`` passes its ``_flat_weights``, the blocks their parameters: the same memory)."""
+        self.calls.clear()
+        weights = [w.as_subclass(_LooksCuda) for w in module._flat_weights]
+        for index, entry in (swap or {}).items():
+            weights[index] = entry(weights) if callable(entry) else entry
+        module._flat_weights = weights
+        module.flatten_parameters()
+        position = {w.data_ptr(): i for i, w in enumerate(flat_parameters(module))}
+        return [([position[w.data_ptr()] for w in call[0]], *call[1:]) for call in self.calls]
+
+
+@pytest.fixture
+def cudnn(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCudnn]:
+    yield FakeCudnn(monkeypatch)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_an_all_concat_stack_flattens_as_nn_lstm_does(cudnn: FakeCudnn, batch_first: bool) -> None:
+    """One cuDNN call for the whole stack with ``nn.LSTM.flatten_parameters``' own arguments."""
+    block = BiLSTM(3, 4, num_layers=2, batch_first=batch_first)
+    reference = nn.LSTM(3, 4, num_layers=2, batch_first=batch_first, bidirectional=True)
+    ours = cudnn.flattened(block)
+    assert ours == [(list(range(16)), 4, 3, 2, 4, 0, 2, batch_first, True)]
+    assert ours == cudnn.flattened(reference)
+
+
+@pytest.mark.parametrize(("cell", "mode"), [("gru", 3), ("rnn", 1), ("rnn_relu", 0)])
+def test_a_per_layer_merge_flattens_each_layer_as_its_own_nn_module(cudnn: FakeCudnn, cell: str, mode: int) -> None:
+    """One call per layer (``cudnn_call_sites``), each with ``nn.GRU``/``nn.RNN``'s arguments for that layer alone:
+    two weights per direction without biases, the layer's own input width (``H`` after ``sum``)."""
+    block = block_for_cell(cell, 3, 4, 2, merge_mode=["sum", "concat"], bias=False)
+    assert cudnn.flattened(block) == [([0, 1, 2, 3], 2, 3, mode, 4, 0, 1, False, True),
+                                      ([4, 5, 6, 7], 2, 4, mode, 4, 0, 1, False, True)]
+
+
+@pytest.mark.parametrize("case", ["not_cuda", "not_a_tensor", "other_dtype", "not_acceptable", "aliased",
+                                  "switched_off", "one_missing", "reset_before"])
+def test_flatten_parameters_does_nothing_where_cudnn_cannot_take_the_weights(cudnn: FakeCudnn, case: str) -> None:
+    """As ``nn.LSTM``: a weight off CUDA, not a tensor, of another dtype, refused by cuDNN, two weights sharing
+    memory, flattening switched off, the list being rebuilt; and never for ``reset_after=False``, which never
+    calls cuDNN. The odd weight is the fourth (not the first, which the others are compared with)."""
+    block = BiGRU(3, 4, reset_after=False) if case == "reset_before" else BiLSTM(3, 4)
+    swap = {"not_cuda": {3: lambda w: w[3].as_subclass(torch.Tensor)},
+            "not_a_tensor": {3: "bias_hh_l0"},
+            "other_dtype": {3: lambda w: w[3].double().as_subclass(_LooksCuda)},
+            "aliased": {3: lambda w: w[2]}}.get(case)
+    cudnn.acceptable = case != "not_acceptable"
+    cudnn.flatten = case != "switched_off"
+    if case == "one_missing":
+        block._flat_weights = block._flat_weights[:-1]
+    assert cudnn.flattened(block, swap) == []
+    if case == "reset_before":
+        assert cudnn.flattened(BiGRU(3, 4)) == [(list(range(8)), 4, 3, 3, 4, 0, 1, False, True)]
+
+
+# -- the constructor ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [BiLSTM, BiGRU])
+def test_the_shared_constructors_defaults_are_the_blocks_and_nn_lstms(cls: type) -> None:
+    """The argument lists repeat on purpose (``models/blocks/modules.py``): the shared constructor's defaults are
+    the public blocks' and ``nn.LSTM``'s (a subclass that leaves them out gets what ``nn.LSTM`` would)."""
+    ours = inspect.signature(_BiRNNBase.__init__).parameters
+    theirs = inspect.signature(cls.__init__).parameters
+    shared = [name for name in ours if name != "self"]
+    assert [(name, ours[name].default) for name in shared] == [(name, theirs[name].default) for name in shared]
+    built = nn.LSTM(3, 4, bidirectional=True)  # nn.LSTM's signature is *args: its defaults as built
+    assert (ours["num_layers"].default, ours["bias"].default, ours["batch_first"].default,
+            ours["dropout"].default) == (built.num_layers, built.bias, built.batch_first, built.dropout)
+    assert ours["merge_mode"].default == "concat" and ours["bidirectional"].default is True
+
+
+@pytest.mark.parametrize(("args", "message"), [((0, 4), "input_size must be a positive int, got 0"),
+                                               ((3, 0), "hidden_size must be a positive int, got 0"),
+                                               ((3, 4, 0), "num_layers must be a positive int, got 0")])
+def test_each_size_is_refused_naming_it(args: tuple, message: str) -> None:
+    with raises(ValueError, message):
+        BiLSTM(*args)
+
+
+@pytest.mark.parametrize(("num_layers", "dropout", "warns"), [(1, 0.0, False), (2, 0.5, False), (1, 0.5, True)])
+def test_the_dropout_warning_only_for_dropout_on_a_single_layer(num_layers: int, dropout: float, warns: bool) -> None:
+    """``nn.LSTM``'s rule: dropout acts between layers, so only ``dropout > 0`` with one layer warns."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        BiLSTM(3, 4, num_layers, dropout=dropout)
+        nn.LSTM(3, 4, num_layers, dropout=dropout, bidirectional=True)
+    ours, theirs = ([str(w.message) for w in caught if w.filename != nn.modules.rnn.__file__],
+                    [str(w.message) for w in caught if w.filename == nn.modules.rnn.__file__])
+    assert len(ours) == int(warns) and ours == theirs
+
+
+@pytest.mark.parametrize("cell", [BiLSTM, BiGRU])
+def test_an_empty_batch_with_lengths_stays_off_the_packed_path(monkeypatch: pytest.MonkeyPatch, cell: type) -> None:
+    """The packed path (CUDA's, taken here on the CPU by a patched ``_packed_path``) cannot pack an empty batch:
+    ``B = 0`` runs on the fused kernels with empty outputs and states, wherever the packed path would apply."""
+    block = cell(3, 4, num_layers=2, merge_mode="sum")
+    monkeypatch.setattr(type(block), "_packed_path", lambda self, x: True)
+    out, h_n, c_n = block.run(torch.randn(5, 0, 3), lengths=torch.zeros(0, dtype=torch.int64))
+    assert out.shape == (5, 0, 4) and h_n.shape == c_n.shape == (4, 0, 4)
+
+
+def test_run_of_a_bilstm_with_h0_alone_starts_the_cell_state_from_zeros() -> None:
+    """``run(x, h0)`` without ``c0``: the LSTM's cell state starts at zero (not at ``h0``), as ``nn.LSTM`` given
+    ``(h0, zeros)``."""
+    torch.manual_seed(6)
+    block = BiLSTM(3, 4)
+    reference = nn.LSTM(3, 4, bidirectional=True)
+    reference.load_state_dict(block.state_dict())
+    x, h0 = torch.randn(5, 2, 3), torch.randn(2, 2, 4)
+    for disabled in (False, True):
+        with cpu_kernel.disabled() if disabled else torch.no_grad():
+            out, h_n, c_n = block.run(x, h0)
+        with torch.no_grad():
+            want, (want_h, want_c) = reference(x, (h0, torch.zeros(2, 2, 4)))
+        torch.testing.assert_close(out, want, **TOL)
+        torch.testing.assert_close(h_n, want_h, **TOL)
+        torch.testing.assert_close(c_n, want_c, **TOL)
+
+
+def test_the_speed_policy_is_told_whether_the_batch_has_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cpu_kernel.applies`` (the policy: kernel or PyTorch's kernels) answers per case, and lengths is one of its
+    cases (``policy.kernel_wins``: an LSTM training step at B >= 16 on one thread goes to the kernel only with
+    lengths): the block tells it whether the call has lengths."""
+    asked: List[bool] = []
+    original = cpu_kernel.applies
+
+    def recording(x: torch.Tensor, mode: str, hidden_size: int = 0, has_lengths: bool = False,
+                  training: bool = False) -> bool:
+        asked.append(has_lengths)
+        return original(x, mode, hidden_size, has_lengths, training)
+
+    monkeypatch.setattr(cpu_kernel, "applies", recording)
+    block, x = BiLSTM(3, 4), torch.randn(5, 16, 3)
+    block.run(x, lengths=torch.tensor([5] * 15 + [3]))
+    block.run(x)
+    assert asked == [True, False]

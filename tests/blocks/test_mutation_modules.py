@@ -1,14 +1,18 @@
-"""``BiRNN``'s constructor and ``forward`` and ``BiGRU``'s serving path, against ``nn.RNN``/``nn.GRU`` (issue 37's
-mutation testing of ``models/blocks/modules.py``: a dropped argument or a changed default fails here). float32
-tolerances as in the drop-in tests (1e-5)."""
+"""``BiRNN``'s constructor and ``forward`` and ``BiGRU``'s and ``BiLSTM``'s serving paths, against
+``nn.RNN``/``nn.GRU``/``nn.LSTM`` (issue 37's mutation testing of ``models/blocks/modules.py``: a dropped argument
+or a changed default fails here). float32 tolerances as in the drop-in tests (1e-5)."""
+
+from typing import List
 
 import pytest
 import torch
 from helpers.dropin_pairs import CELLS, assert_same, pair
+from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models import BiRNN
 from models.blocks import cpu_kernel
+from models.blocks.cpu_kernel import inference as cpu_kernel_inference
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -109,3 +113,72 @@ def test_a_bilstm_packed_batch_names_the_state_it_refuses_and_refuses_lengths_to
         block(packed, (good, bad))
     with pytest.raises(ValueError, match=r"^pass either a PackedSequence or lengths, not both"):
         block(packed, lengths=torch.tensor([5, 2, 4]))
+
+
+def counted_serving_calls(block: nn.Module, x: torch.Tensor) -> List[int]:
+    """Build ``block``'s plan with one call on ``x``, then count the serving path's C calls (its entry point,
+    wrapped): the serving path is there for speed, so a forward that silently skips it gives the same numbers
+    and only this count tells."""
+    with torch.no_grad():
+        block(x)
+    fast = cpu_kernel_inference._plans[block].fast
+    original, calls = fast.stack, []
+
+    def counting(args: object) -> None:
+        calls.append(1)
+        original(args)
+
+    fast.stack = counting
+    return calls
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_bilstm_in_serving_mode_takes_one_c_call_and_matches_nn_lstm(batch_first: bool) -> None:
+    """Eval, no gradient, no ``hx``: ``BiLSTM.forward`` returns the serving path's ``(output, (h_n, c_n))``, in
+    that order, each equal to ``nn.LSTM``'s (1e-5), with and without ragged ``lengths``."""
+    if not cpu_kernel.available():
+        pytest.skip("CPU kernel not built (tests/kernel/test_cpu_kernel.py says why): no serving fast path")
+    torch.manual_seed(0)
+    block, reference = pair("lstm", batch_first=batch_first)
+    block.eval()
+    x, lengths = torch.randn(3, 5, 3) if batch_first else torch.randn(5, 3, 3), torch.tensor([5, 2, 4])
+    with torch.no_grad(), cpu_kernel.forced():
+        calls = counted_serving_calls(block, x)
+        out, (h_n, c_n) = block(x)
+        assert calls == [1], "BiLSTM's serving path was not taken"
+        ref_out, (ref_h_n, ref_c_n) = reference(x)
+        assert_same([out, h_n, c_n], [ref_out, ref_h_n, ref_c_n])
+        out, (h_n, c_n) = block(x, lengths=lengths)
+        assert calls == [1, 1], "BiLSTM's serving path was not taken with lengths"
+        packed, (ref_h_n, ref_c_n) = reference(pack_padded_sequence(x, lengths, batch_first=batch_first,
+                                                                    enforce_sorted=False))
+    ref_out, _ = pad_packed_sequence(packed, batch_first=batch_first, total_length=5)
+    assert_same([out, h_n, c_n], [ref_out, ref_h_n, ref_c_n])
+
+
+def test_bilstm_batch_first_with_hx_matches_nn_lstm_on_the_general_path() -> None:
+    """A given ``hx`` takes the general path (never the serving one), which must read ``input`` as ``(B, T, F)``
+    when ``batch_first``: ``T != B`` so a time-major reading fails on shape or values."""
+    torch.manual_seed(0)
+    block, reference = pair("lstm", batch_first=True)
+    x, hx = torch.randn(3, 5, 3), (torch.randn(4, 3, 4), torch.randn(4, 3, 4))
+    out, (h_n, c_n) = block(x, hx)
+    ref_out, (ref_h_n, ref_c_n) = reference(x, hx)
+    assert_same([out, h_n, c_n], [ref_out, ref_h_n, ref_c_n])
+
+
+def test_bigru_in_serving_mode_takes_one_c_call_and_matches_nn_gru() -> None:
+    """Eval, no gradient, no ``hx``: ``BiGRU.forward`` returns the serving path's result (one C call), equal to
+    ``nn.GRU``'s (1e-5)."""
+    if not cpu_kernel.available():
+        pytest.skip("CPU kernel not built (tests/kernel/test_cpu_kernel.py says why): no serving fast path")
+    torch.manual_seed(0)
+    block, reference = pair("gru")
+    block.eval()
+    x = torch.randn(5, 3, 3)
+    with torch.no_grad(), cpu_kernel.forced():
+        calls = counted_serving_calls(block, x)
+        out, h_n = block(x)
+        assert calls == [1], "BiGRU's serving path was not taken"
+        ref_out, ref_h_n = reference(x)
+    assert_same([out, h_n], [ref_out, ref_h_n])
