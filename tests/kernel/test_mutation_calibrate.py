@@ -6,6 +6,7 @@ one (``tests/kernel/test_cpu_kernel_calibrate.py`` does the same)."""
 
 import hashlib
 import json
+import re
 import threading
 import time
 import types
@@ -202,14 +203,14 @@ def test_a_damaged_calibration_is_reported_at_the_policys_caller(monkeypatch: py
     assert caught[0].category is RuntimeWarning
 
 
-@pytest.mark.parametrize("text", ["[]", "3", "null", '"rows"'])
+@pytest.mark.parametrize("text, kind", [("[]", "list"), ("3", "int"), ("null", "NoneType"), ('"rows"', "str")])
 def test_a_calibration_file_of_valid_json_but_no_object_is_ignored_with_a_warning(
-        text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        text: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real bug this found: ``Calibration([])`` raised ``AttributeError``, which ``_read`` does not catch, so
     such a file broke every block's forward instead of giving way to the table."""
     monkeypatch.setenv(calibrate.POLICY_ENV, "calibrated")
     calibrate.cache_path(1, "avx2").write_text(text)
-    with pytest.warns(RuntimeWarning, match="not an object"):
+    with pytest.warns(RuntimeWarning, match=f"not a calibration of format 1: a {kind}, not an object"):
         assert calibrate.cached(1, "avx2") is None
     with pytest.raises(ValueError, match="not a calibration of format 1"):
         calibrate.pin({"source": "calibration", "threads": 1, "capability": "avx2", "calibration": []})
@@ -343,6 +344,10 @@ def test_measure_times_each_cell_of_the_grid_once_in_order_and_summarizes(monkey
             clock.step("", 1.23456789 if cpu_kernel._switch.forced else 1.0)()
         return run
     lines: List[str] = []
+
+    def real_case(*cell: Any) -> None:
+        raise AssertionError("the given case was not used")
+    monkeypatch.setattr(calibrate, "_case", real_case)
     data = calibrate.measure(2, "avx512", progress=lines.append, case=case, clock=clock)
     cells = [(cell, b, h, lengths, training) for cell in calibrate.CELLS for training in (False, True)
              for lengths in (False, True) for b in calibrate.BATCHES for h in calibrate.HIDDENS]
@@ -450,9 +455,10 @@ def test_the_help_describes_the_command_and_its_options(capsys: pytest.CaptureFi
         calibrate.main(["--help"])
     assert raised.value.code == 0
     out = normalized(capsys.readouterr().out)
-    assert normalized(calibrate.__doc__.split("\n\n")[0]) in out
-    assert "thread counts to calibrate (default: torch's current, [1])" in out
-    assert "print the cached calibrations; measure nothing" in out
+    # the first paragraph of the module's docstring, then the options, each help text whole
+    assert re.search(re.escape(normalized(calibrate.__doc__.split("\n\n")[0])) + " options:", out)
+    assert re.search(r"\] thread counts to calibrate \(default: torch's current, \[1\]\) --show ", out)
+    assert out.endswith(" --show print the cached calibrations; measure nothing")
 
 
 def test_show_prints_each_thread_counts_calibration_or_the_table(capsys: pytest.CaptureFixture,
