@@ -74,6 +74,8 @@ class Calibration:
     over PyTorch's, same run, interleaved) with the ``identity`` it was measured under."""
 
     def __init__(self, data: Dict[str, Any]) -> None:
+        if not isinstance(data, dict):  # valid JSON of another shape: refused as damaged, not an AttributeError
+            raise ValueError(f"not a calibration of format {FORMAT}: a {type(data).__name__}, not an object")
         if data.get("format") != FORMAT or not isinstance(data.get("rows"), list):
             raise ValueError(f"not a calibration of format {FORMAT}: keys {sorted(data)}")
         self.data = data
@@ -99,7 +101,7 @@ class Calibration:
         return nearest[2] <= 1.0
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant: cached() holds it while save() (the calibrate mode) takes it again
 _loaded: Dict[Tuple[int, str], Optional[Calibration]] = {}  # (threads, capability) -> what this process uses
 _pinned: Optional[Dict[str, Any]] = None  # a checkpoint's record(), set by pin()
 _pinned_calibration: Optional[Calibration] = None
