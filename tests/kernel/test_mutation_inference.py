@@ -1,15 +1,19 @@
 """Function-level tests of models/blocks/cpu_kernel/inference.py's serving fast path written for mutation testing
 (issue 37): which shape it asks the policy about (a wrong question changes only which path runs, so the tests look
-at the path taken), and its zero initial state when the batch size changes, in float64 too."""
+at the path taken), and its zero initial state when the batch size changes, in float64 too. Round 2: the rest of the
+survivors (the gates ``usable`` and ``fast_forward``'s refusals, the kernel's ``Args``, the prepared plan,
+``run_layers``' errors and recursion); docs/contributing.md's row lists the 14 left as equivalent."""
 
 from typing import Any, List, Tuple
 
 import pytest
 import torch
+from torch import Tensor, nn
 
-from models import BiLSTM
+from models import BiGRU, BiLSTM
 from models.blocks import cpu_kernel
 from models.blocks.cpu_kernel import inference
+from models.blocks.cpu_kernel.policy import SPLIT_MIN_MFLOP
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built")
 
@@ -70,3 +74,372 @@ def test_a_new_batch_size_gets_a_zero_state_of_the_weights_dtype(dtype: torch.dt
             out, h_n, c_n = block.run(x, None, None, None)
             assert torch.equal(fast[0], out) and torch.equal(fast[1], h_n) and torch.equal(fast[2], c_n)
             assert inference._plans[block].fast.zeros.dtype == dtype
+
+
+# --- Round 2 (issue 37): the rest of inference.py's survivors. Most change only which correct path runs or what
+# the kernel is handed, so these tests record the kernel's ``Args`` (a proxy around the C library) or call the
+# gates directly, and compare outputs bit for bit with the block's general path where the result can differ.
+
+
+class _Recorder:
+    """The kernel library with ``birnn_forward_stack_*`` recording the ``Args`` each call hands the C code."""
+
+    def __init__(self, library: Any) -> None:
+        self._library = library
+        self.calls: List[Tuple[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._library, name)
+        if not name.startswith("birnn_forward_stack_"):
+            return target
+
+        def stack(args: Any) -> Any:
+            copied = type(args._obj).from_buffer_copy(args._obj)  # byref(...)._obj: the Args structure
+            self.calls.append((name, copied))
+            return target(args)
+        return stack
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> _Recorder:
+    library = _Recorder(cpu_kernel._kernel())
+    monkeypatch.setattr(cpu_kernel, "_kernel", lambda: library)
+    return library
+
+
+def warmed_block(block: torch.nn.Module, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """``block`` in eval mode with its plan cached by one forced call."""
+    block = block.eval()
+    with torch.no_grad(), cpu_kernel.forced():
+        block(torch.zeros(2, 1, block.input_size, dtype=dtype))
+    assert inference._plans[block].fast is not None
+    return block
+
+
+def general(block: torch.nn.Module, x: Tensor, lengths: Any = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """The block's ``run`` (``run_layers``, not the serving fast path), forced onto the kernel."""
+    with torch.no_grad(), cpu_kernel.forced():
+        return block.run(x, None, None, lengths)
+
+
+def same(a: Tuple[Tensor, ...], b: Tuple[Tensor, ...]) -> None:
+    for left, right in zip(a, b, strict=True):
+        assert left.shape == right.shape and left.dtype == right.dtype
+        assert torch.equal(left, right)
+
+
+# ---- usable: each refusal on its own (a wrong answer only sends the call down the other, equal path).
+
+
+class _FunctionMode(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        return func(*args, **(kwargs or {}))
+
+
+class _DispatchMode(torch.utils._python_dispatch.TorchDispatchMode):
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        return func(*args, **(kwargs or {}))
+
+
+class _Sub(Tensor):
+    pass
+
+
+@needs_kernel
+def test_usable_refuses_each_condition_on_its_own() -> None:
+    x = torch.zeros(2, 1, 3)
+    weights = [torch.zeros(4, 3), nn.Parameter(torch.zeros(4))]  # plain tensors and parameters: both taken
+    with torch.no_grad():
+        assert inference.usable(x, weights)
+        assert inference.usable(x.requires_grad_(), weights)  # needs no gradient under no_grad
+        with _FunctionMode():
+            assert not inference.usable(torch.zeros(2, 1, 3), weights)
+        with _DispatchMode():
+            assert not inference.usable(torch.zeros(2, 1, 3), weights)
+        assert not inference.usable(torch.zeros(2, 1, 3).as_subclass(_Sub), weights)
+        assert not inference.usable(torch.zeros(2, 1, 3), [weights[0].as_subclass(_Sub)])
+    assert inference.usable(torch.zeros(2, 1, 3), [torch.zeros(4, 3)])  # grad on, nothing requires it
+    assert not inference.usable(torch.zeros(2, 1, 3, requires_grad=True), [torch.zeros(4, 3)])
+    assert not inference.usable(torch.zeros(2, 1, 3), [nn.Parameter(torch.zeros(4, 3))])
+
+
+# ---- the plan: what it packs, the addresses it hands the kernel, when it is reused.
+
+
+@needs_kernel
+def test_the_plan_packs_float32_only_in_float32_and_hands_the_packed_addresses() -> None:
+    library = cpu_kernel._kernel()
+    vector = int(library.birnn_packed_hh_floats(0, 9)) > 0  # a vector build packs; else BLAS and per-call packing
+    for dtype in (torch.float32, torch.float64):
+        block = warmed(dtype)
+        plan = inference._plans[block]
+        assert len(plan._addresses) == 6  # six a layer, as birnn_forward_stack_* reads them
+        layer = plan.layers[0]
+        if dtype == torch.float32 and vector:
+            assert layer.packed_ih is not None and layer.packed_hh is not None
+            assert layer.packed_ih.dtype == torch.float32 and layer.packed_hh.dtype == torch.float32
+            assert list(plan._addresses)[1] == layer.packed_ih.data_ptr()
+            assert list(plan._addresses)[4] == layer.packed_hh.data_ptr()
+        else:
+            assert layer.packed_ih is None and layer.packed_hh is None
+            assert list(plan._addresses)[1] == 0 and list(plan._addresses)[4] == 0
+
+
+@needs_kernel
+def test_packed_weights_are_float32_whatever_the_default_dtype() -> None:
+    if int(cpu_kernel._kernel().birnn_packed_hh_floats(0, 9)) == 0:
+        pytest.skip("no packing in this build")
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        block = warmed()
+    finally:
+        torch.set_default_dtype(saved)
+    layer = inference._plans[block].layers[0]
+    assert layer.packed_ih.dtype == torch.float32 and layer.packed_hh.dtype == torch.float32
+
+
+@needs_kernel
+def test_a_build_without_packing_keeps_no_packed_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    library = _Recorder(cpu_kernel._kernel())
+    monkeypatch.setattr(cpu_kernel, "_kernel", lambda: library)
+    for ih, hh in ((0, 1000), (1000, 0)):
+        monkeypatch.setattr(library, "birnn_packed_ih_floats", lambda *a, n=ih: n, raising=False)
+        monkeypatch.setattr(library, "birnn_packed_hh_floats", lambda *a, n=hh: n, raising=False)
+        layer = inference._LayerWeights(cpu_kernel._CELLS["LSTM"], list(BiLSTM(6, 9, 1)._flat_weights), True)
+        assert layer.packed_ih is None and layer.packed_hh is None
+
+
+@needs_kernel
+def test_plan_matches_only_its_cell_and_versioned_weights() -> None:
+    block = warmed()
+    plan = inference._plans[block]
+    weights = list(block._flat_weights)
+    assert plan.matches(plan.cell, weights)
+    assert not plan.matches(cpu_kernel._CELLS["GRU"], weights)  # same weights, another cell
+    assert not plan.matches(plan.cell, weights[:-1])
+    with torch.inference_mode():
+        frozen = [w.clone() for w in weights]
+    stateless = inference._Plan(plan.cell, frozen, True, 1)  # inference tensors: no version counter
+    assert stateless.state is None and not stateless.matches(plan.cell, frozen)
+
+
+# ---- run_layers: its errors, the path it takes (recursion on trailing padding), what it hands the kernel.
+
+
+def call(block: torch.nn.Module, x: Tensor, lengths: Any = None, h0: Any = None, c0: Any = None,
+         merge_modes: Any = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """``run_layers`` on time-major ``x`` with zero states unless given."""
+    layers = 2 * block.num_layers
+    batch = x.shape[1]
+    h0 = torch.zeros(layers, batch, block.hidden_size, dtype=x.dtype) if h0 is None else h0
+    c0 = torch.zeros(layers, batch, block.hidden_size, dtype=x.dtype) if c0 is None else c0
+    with torch.no_grad():
+        return inference.run_layers(block, block._kernel_cell(), x, lengths, h0, c0, list(block._flat_weights),
+                                    block.bias, list(merge_modes or block.merge_modes), block.hidden_size)
+
+
+@needs_kernel
+def test_run_layers_errors_name_value_and_expectation() -> None:
+    block = BiLSTM(6, 9, 1).eval()
+    x = torch.zeros(3, 2, 6)
+    with pytest.raises(TypeError, match=r"^input is torch.float64 but the weights are torch.float32$"):
+        call(block, x.double())
+    shape = r"of shape \[2, 2, 9\], got torch.float"
+    with pytest.raises(ValueError, match=r"^h0 must be torch.float32 " + shape + r"32 \[2, 9\]$"):
+        call(block, x, h0=torch.zeros(2, 9))
+    with pytest.raises(ValueError, match=r"^h0 must be torch.float32 of shape \[2, 2, 9\], got torch.float64 "):
+        call(block, x, h0=torch.zeros(2, 2, 9, dtype=torch.float64))  # right shape, wrong dtype
+    with pytest.raises(ValueError, match=r"^c0 must be torch.float32 " + shape + r"32 \[2, 9\]$"):
+        call(block, x, c0=torch.zeros(2, 9))
+    with pytest.raises(ValueError, match=r"^c0 must be torch.float32 of shape \[2, 2, 9\], got torch.float64 "):
+        call(block, x, c0=torch.zeros(2, 2, 9, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^lengths must have shape \[2\], got \[3\]$"):
+        call(block, x, lengths=torch.tensor([3, 3, 3]))
+    with pytest.raises(ValueError, match=r"^layer 0 takes 6 features, got 5$"):
+        call(block, torch.zeros(3, 2, 5))
+    deep = BiLSTM(6, 9, 2, merge_mode="concat").eval()  # layer 1 takes 18 features
+    with pytest.raises(ValueError, match=r"^layer 1 takes 18 features but layer 0 gives 9 \(merge_mode 'sum'\)$"):
+        call(deep, x, merge_modes=["sum", "concat"])
+
+
+@needs_kernel
+def test_run_layers_recurses_only_on_trailing_padding(monkeypatch: pytest.MonkeyPatch) -> None:
+    block = warmed()
+    calls: List[int] = []
+    original = inference.run_layers
+
+    def counting(module: Any, mode: Any, x: Tensor, *args: Any) -> Any:
+        calls.append(x.shape[0])
+        return original(module, mode, x, *args)
+    monkeypatch.setattr(inference, "run_layers", counting)
+    x = torch.randn(4, 2, 6)
+    reference = call(block, x[:1])
+    calls.clear()
+    with torch.no_grad():
+        out, h_n, c_n = inference.run_layers(block, block._kernel_cell(), x, torch.tensor([1, 1], dtype=torch.int32),
+                                             torch.zeros(2, 2, 9), torch.zeros(2, 2, 9), list(block._flat_weights),
+                                             True, list(block.merge_modes), 9)
+    assert calls == [4, 1]  # the call, then its recursion on the first step only
+    assert torch.equal(out[:1], reference[0]) and torch.equal(out[1:], torch.zeros_like(out[1:]))
+    assert torch.equal(h_n, reference[1]) and torch.equal(c_n, reference[2])
+    calls.clear()
+    with torch.no_grad():
+        inference.run_layers(block, block._kernel_cell(), x, torch.tensor([0, 0]), torch.zeros(2, 2, 9),
+                             torch.zeros(2, 2, 9), list(block._flat_weights), True, list(block.merge_modes), 9)
+    assert calls == [4]  # no valid step at all: one call with lengths, no recursion on zero steps
+
+
+@needs_kernel
+def test_run_layers_without_a_cached_plan_keeps_the_biases_through_the_recursion() -> None:
+    torch.manual_seed(1)
+    block = BiLSTM(6, 9, 1)  # training mode: no plan cached, each call prepares one
+    with torch.no_grad():
+        block.bias_ih_l0.add_(1.0)
+    x = torch.randn(5, 2, 6)
+    lengths = torch.tensor([3, 2])
+    out, h_n, c_n = call(block, x, lengths)
+    reference = call(block.eval(), x[:3], lengths)
+    assert torch.equal(out[:3], reference[0]) and torch.equal(h_n, reference[1]) and torch.equal(c_n, reference[2])
+
+
+@needs_kernel
+def test_run_layers_on_an_empty_batch_with_lengths() -> None:
+    block = BiLSTM(6, 9, 1).eval()
+    out, h_n, c_n = call(block, torch.zeros(3, 0, 6), torch.zeros(0, dtype=torch.int64))
+    assert out.shape == (3, 0, 18) and h_n.shape == (2, 0, 9) and c_n.shape == (2, 0, 9)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_run_layers_hands_the_kernel_the_right_entry_point_threads_and_states(
+        recorder: _Recorder, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+    asked: List[Tuple[Any, ...]] = []
+    real = inference.inference_threads
+
+    def threads(*args: Any) -> int:
+        asked.append(args)
+        return real(*args)
+    monkeypatch.setattr(inference, "inference_threads", threads)
+    torch.manual_seed(2)
+    for block in (BiLSTM(6, 9, 2, merge_mode="sum", dtype=dtype).eval(), BiGRU(6, 9, 1, dtype=dtype).eval()):
+        x = torch.randn(4, 3, 6, dtype=dtype)
+        lengths = torch.tensor([4, 2, 3], dtype=torch.int32)  # int32 is read as int64 by the kernel: converted
+        recorder.calls.clear()
+        asked.clear()
+        out, h_n, c_n = call(block, x, lengths)
+        name, args = recorder.calls[-1]
+        assert name == ("birnn_forward_stack_f32" if dtype == torch.float32 else "birnn_forward_stack_f64")
+        gates = (4 if block.mode == "LSTM" else 3) * 9
+        assert asked == [(4, 3, 9, gates, [6] + [9] * (block.num_layers - 1), torch.get_num_threads())]
+        assert args.threads == real(*asked[0]) and args.hidden == 9 and args.steps == 4 and args.batch == 3
+        if block.mode == "LSTM":
+            assert args.c0 and args.c_n
+        else:
+            assert not args.c0 and not args.c_n and c_n is h_n  # GRU: no cell state handed over
+        with torch.no_grad(), cpu_kernel.disabled():
+            reference = block.run(x, None, None, lengths.long())
+        out_shape = (4, 3, 9) if block.merge_modes[-1] == "sum" else (4, 3, 18)
+        assert out.shape == out_shape and h_n.shape == c_n.shape == (2 * block.num_layers, 3, 9)
+        torch.testing.assert_close(out.reshape(reference[0].shape), reference[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(h_n, reference[1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(c_n, reference[2], atol=1e-5, rtol=1e-5)
+
+
+# ---- fast_forward: each refusal, the memory it hands the kernel, its thread count at the policy's threshold.
+
+
+@needs_kernel
+def test_fast_forward_refuses_each_condition_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    block = warmed()
+    x = torch.randn(4, 3, 6)
+    with torch.no_grad(), cpu_kernel.forced():
+        assert inference.fast_forward(block, x, None) is not None
+        assert inference.fast_forward(block, torch.randn(4, 6), None) is None  # not (T, B, F)
+        assert inference.fast_forward(block, x, torch.tensor([4, 2, 3], dtype=torch.int32)) is None
+        assert inference.fast_forward(block, x, torch.tensor([[4], [2], [3]])) is None
+        assert inference.fast_forward(block, x, torch.tensor([4, 2, 3]).as_subclass(_Sub)) is None
+        with _FunctionMode():
+            assert inference.fast_forward(block, x, None) is None
+        with _DispatchMode():
+            assert inference.fast_forward(block, x, None) is None
+        with monkeypatch.context() as patch:
+            patch.setattr(inference, "exporting", lambda: True)
+            assert inference.fast_forward(block, x, None) is None
+        with monkeypatch.context() as patch:
+            patch.setattr(inference, "_tracing", lambda: True)
+            assert inference.fast_forward(block, x, None) is None
+        block.training = True  # set directly: train() would drop the plan
+        try:
+            assert inference.fast_forward(block, x, None) is None
+        finally:
+            block.training = False
+
+
+@needs_kernel
+def test_fast_forward_hands_the_input_in_place_and_lengths_only_when_rows_differ(recorder: _Recorder) -> None:
+    block = warmed_block(BiLSTM(6, 9, 1))
+    x = torch.randn(4, 3, 6)
+    with torch.no_grad(), cpu_kernel.forced():
+        assert inference.fast_forward(block, x, torch.tensor([4, 4, 4])) is not None
+        args = recorder.calls[-1][1]
+        assert args.x == x.data_ptr() and not args.lengths  # contiguous: read in place; equal rows: no lengths
+        assert inference.fast_forward(block, x, torch.tensor([4, 2, 4])) is not None
+        assert recorder.calls[-1][1].lengths
+
+
+@needs_kernel
+def test_fast_forward_allocates_through_torch_empty_when_the_default_dtype_is_the_weights() -> None:
+    block = warmed()
+    fast = inference._plans[block].fast
+    made: List[Tuple[int, ...]] = []
+    original = fast.empty
+    fast.empty = lambda *sizes: made.append(sizes) or original(*sizes)  # type: ignore[method-assign]
+    with torch.no_grad(), cpu_kernel.forced():
+        assert inference.fast_forward(block, torch.randn(4, 3, 6), None) is not None
+    assert made == []
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(4, 1), (4, 2), (4, 3), (4, 9)])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_fast_forward_first_calls_equal_the_general_path(dtype: torch.dtype, shape: Tuple[int, int],
+                                                         batch_first: bool) -> None:
+    torch.manual_seed(3)
+    steps, batch = shape
+    for block in (BiLSTM(6, 9, 2, merge_mode="sum", batch_first=batch_first, dtype=dtype),
+                  BiGRU(6, 9, 1, batch_first=batch_first, dtype=dtype)):
+        block = warmed_block(block, dtype)  # the cached zero state is (2L, 1, H): batch 1 and batch H = 9 read it
+        x = torch.randn(batch, steps, 6, dtype=dtype) if batch_first else torch.randn(steps, batch, 6, dtype=dtype)
+        with torch.no_grad(), cpu_kernel.forced():
+            fast = inference.fast_forward(block, x, None)
+            assert fast is not None
+            same(fast, general(block, x))
+            if not batch_first:  # a non-contiguous (T, B, F) view
+                strided = torch.randn(batch, steps, 6, dtype=dtype).transpose(0, 1)
+                fast = inference.fast_forward(block, strided, None)
+                assert fast is not None
+                same(fast, general(block, strided))
+
+
+def _threads_at(recorder: _Recorder, block: torch.nn.Module, steps: int, batch: int) -> int:
+    with torch.no_grad(), cpu_kernel.forced():
+        assert inference.fast_forward(block, torch.zeros(steps, batch, 5), None) is not None
+    return recorder.calls[-1][1].threads
+
+
+@needs_kernel
+def test_fast_forward_splits_threads_at_the_policys_threshold(recorder: _Recorder) -> None:
+    block = warmed_block(BiLSTM(5, 10, 1))
+    per_row_step = 2 * 2 * 40 * (5 + 10)  # 2400 flop per (step, row): 60 MFLOP at T x B = 25000
+    assert inference._plans[block].fast.flop_per_row_step == per_row_step
+    assert SPLIT_MIN_MFLOP * 1e6 == 25000 * per_row_step
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _threads_at(recorder, block, 100, 250) == 2  # exactly the threshold: split
+        assert _threads_at(recorder, block, 100, 240) == 1  # 4% under it: one thread
+        assert _threads_at(recorder, block, 100, 250) == inference.inference_threads(100, 250, 10, 40, [5], 2)
+    finally:
+        torch.set_num_threads(saved)
