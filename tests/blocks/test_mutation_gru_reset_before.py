@@ -228,5 +228,17 @@ def test_module_refusals_name_the_argument_and_the_value() -> None:
         with pytest.raises(ValueError, match=r"hx must be \(1, B, hidden_size\)"):
             module(x, bad)
     for name, args in (("input_size", (0, 4)), ("hidden_size", (3, 0))):
-        with pytest.raises((ValueError, TypeError), match=name):
+        with pytest.raises(ValueError) as info:
             GRUResetBefore(*args)
+        assert str(info.value) == f"{name} must be a positive int, got 0"
+
+
+def test_module_defaults_are_nn_grus() -> None:
+    """As ``nn.GRU``: biases on, time-major input by default."""
+    module = GRUResetBefore(3, 4)
+    assert module.bias is True and module.batch_first is False
+    assert module.bias_ih_l0 is not None and module.bias_hh_l0 is not None
+    x = torch.randn(5, 2, 3)                                 # (T, B, F): 5 steps of a batch of 2
+    out, h_n = module(x)
+    assert out.shape == (5, 2, 4)
+    torch.testing.assert_close(h_n[0], out[-1], atol=0, rtol=0)
