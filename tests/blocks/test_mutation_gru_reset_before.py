@@ -118,9 +118,11 @@ def test_bidirectional_loop_with_mask_keeps_state_and_zeroes_output(has_biases: 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("has_biases", [True, False])
-def test_two_layers_match_layer_by_layer_reference(bidirectional: bool, has_biases: bool) -> None:
+@pytest.mark.parametrize("layers", [2, 3])
+def test_stacked_layers_match_layer_by_layer_reference(bidirectional: bool, has_biases: bool, layers: int) -> None:
+    """Two and three layers (the third reads ``hx`` rows past the second's slice)."""
     torch.manual_seed(12)
-    steps, batch, feats, units, layers = 4, 3, 3, 2, 2
+    steps, batch, feats, units = 4, 3, 3, 2
     directions = 2 if bidirectional else 1
     per = 4 if has_biases else 2
     weights = _weights(feats, units, has_biases, directions, layers)
