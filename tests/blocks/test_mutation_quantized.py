@@ -282,3 +282,24 @@ def test_reference_layer_teacher_with_and_without_lengths():
                     torch.testing.assert_close(h_n[1, b], free[0, b, 1], rtol=0, atol=0)
             if mode != "LSTM":
                 assert c_n is h_n
+
+
+class _CallsRun(nn.Module):
+    """A module calling ``block.run`` (as an imported Keras model does)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block.run(x)[0]
+
+
+def test_run_refuses_tracing_and_export_with_the_reason():
+    torch.manual_seed(0)
+    wrapper = _CallsRun(quantize(BiGRU(6, 8, 1).eval()))
+    x = torch.randn(5, 2, 6)
+    with pytest.raises(RuntimeError, match=r"cannot be traced or exported \(torch.export, torch.jit.trace, ONNX\)"):
+        torch.jit.trace(wrapper, (x,))
+    with pytest.raises(RuntimeError, match=r"cannot be traced or exported"):
+        torch.export.export(wrapper, (x,))
