@@ -303,3 +303,16 @@ def test_run_refuses_tracing_and_export_with_the_reason():
         torch.jit.trace(wrapper, (x,))
     with pytest.raises(RuntimeError, match=r"cannot be traced or exported"):
         torch.export.export(wrapper, (x,))
+
+
+@needs_kernel
+def test_reference_layer_returns_the_lstms_cell_state():
+    torch.manual_seed(0)
+    q = quantize(BiLSTM(4, 3, 1).eval())
+    x = torch.randn(6, 2, 4)
+    h0, c0 = torch.randn(2, 2, 3) * 0.5, torch.randn(2, 2, 3) * 0.5
+    _, (h_n, c_n) = q(x, (h0, c0))
+    _, ref_h, ref_c = reference_layer("LSTM", x, None, h0, c0, q.layer_weights(0))
+    torch.testing.assert_close(ref_c.float(), c_n, rtol=0, atol=2e-4)     # tolerance: test_quantize's portable one
+    torch.testing.assert_close(ref_h.float(), h_n, rtol=0, atol=2e-4)
+    assert not torch.allclose(ref_c, ref_h, atol=1e-2)
