@@ -151,3 +151,14 @@ def test_the_reference_for_the_reset_before_rows_is_not_the_reset_after_gru() ->
         out, _ = block(x)
     ref, _ = reference(x)
     assert not torch.allclose(out, ref)
+
+
+def test_a_per_layer_stack_in_eval_drops_nothing_between_layers() -> None:
+    """eval(): the block's between-layer dropout is off, so two calls give the same bits."""
+    torch.manual_seed(0)
+    block = BiGRU(3, 8, num_layers=2, dropout=0.5, merge_mode="sum").eval()
+    x = torch.randn(6, 4, 3)
+    with cpu_kernel.disabled():
+        first, _ = block(x)
+        second, _ = block(x)
+    assert torch.equal(first, second)
