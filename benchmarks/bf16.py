@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from .harness import Column, grid, in_process, interleaved, log, table, write_results
+from .harness import Column, error_column, grid, in_process, interleaved, log, number_column, table, write_results
 from .machine import describe, load_average
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -115,27 +115,25 @@ def run_row(batch: int, hidden: int, threads: int, budget_s: float, amx: bool = 
 
 COLUMNS_AMX: List[Column] = [
     ("H", lambda r: r["H"]), ("B", lambda r: r["B"]), ("threads", lambda r: r["threads"]),
-    ("float32 kernel ms", lambda r: f"{r['float32_ms']:.2f}"), ("vdpbf16ps ms", lambda r: f"{r['bf16_ms']:.2f}"),
-    ("AMX ms", lambda r: f"{r['bf16_amx_ms']:.2f}"), ("oneDNN bf16 ms", lambda r: f"{r['onednn_bf16_ms']:.2f}"),
-    ("AMX / float32", lambda r: f"**{r['bf16_amx_over_float32']:.2f}**"),
-    ("AMX / oneDNN bf16", lambda r: f"**{r['bf16_amx_over_onednn_bf16']:.2f}**"),
-    ("AMX / vdpbf16ps", lambda r: f"{r['bf16_amx_over_bf16']:.2f}"),
-    ("vdpbf16ps / float32", lambda r: f"{r['bf16_over_float32']:.2f}"),
-    ("err max / mean (AMX)", lambda r: f"{r['bf16_amx_max_abs_error']:.1e} / {r['bf16_amx_mean_abs_error']:.1e}"),
-    ("err max / mean (oneDNN)", lambda r: f"{r['onednn_bf16_max_abs_error']:.1e} / "
-                                          f"{r['onednn_bf16_mean_abs_error']:.1e}"),
+    number_column("float32 kernel ms", "float32_ms"), number_column("vdpbf16ps ms", "bf16_ms"),
+    number_column("AMX ms", "bf16_amx_ms"), number_column("oneDNN bf16 ms", "onednn_bf16_ms"),
+    number_column("AMX / float32", "bf16_amx_over_float32", bold=True),
+    number_column("AMX / oneDNN bf16", "bf16_amx_over_onednn_bf16", bold=True),
+    number_column("AMX / vdpbf16ps", "bf16_amx_over_bf16"),
+    number_column("vdpbf16ps / float32", "bf16_over_float32"),
+    error_column("err max / mean (AMX)", "bf16_amx"),
+    error_column("err max / mean (oneDNN)", "onednn_bf16"),
     ("load", lambda r: "-" if r.get("load_average") is None else f"{r['load_average']:.1f}"),
 ]
 
 COLUMNS: List[Column] = [
     ("H", lambda r: r["H"]), ("B", lambda r: r["B"]), ("threads", lambda r: r["threads"]),
-    ("float32 kernel ms", lambda r: f"{r['float32_ms']:.2f}"), ("bf16 kernel ms", lambda r: f"{r['bf16_ms']:.2f}"),
-    ("oneDNN bf16 ms", lambda r: f"{r['onednn_bf16_ms']:.2f}"),
-    ("bf16 / float32", lambda r: f"**{r['bf16_over_float32']:.2f}**"),
-    ("bf16 / oneDNN bf16", lambda r: f"**{r['bf16_over_onednn_bf16']:.2f}**"),
-    ("err max / mean (kernel)", lambda r: f"{r['bf16_max_abs_error']:.1e} / {r['bf16_mean_abs_error']:.1e}"),
-    ("err max / mean (oneDNN)", lambda r: f"{r['onednn_bf16_max_abs_error']:.1e} / "
-                                          f"{r['onednn_bf16_mean_abs_error']:.1e}"),
+    number_column("float32 kernel ms", "float32_ms"), number_column("bf16 kernel ms", "bf16_ms"),
+    number_column("oneDNN bf16 ms", "onednn_bf16_ms"),
+    number_column("bf16 / float32", "bf16_over_float32", bold=True),
+    number_column("bf16 / oneDNN bf16", "bf16_over_onednn_bf16", bold=True),
+    error_column("err max / mean (kernel)", "bf16"),
+    error_column("err max / mean (oneDNN)", "onednn_bf16"),
 ]
 
 

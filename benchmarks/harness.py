@@ -141,6 +141,17 @@ def grid(**axes: Sequence[Any]) -> Iterator[Dict[str, Any]]:
 Column = Tuple[str, Callable[[Dict[str, Any]], Any]]
 
 
+def number_column(header: str, key: str, digits: int = 2, bold: bool = False) -> Column:
+    """A column showing ``row[key]`` with ``digits`` decimals (in bold where it is the table's headline)."""
+    mark = "**" if bold else ""
+    return header, lambda row: f"{mark}{row[key]:.{digits}f}{mark}"
+
+
+def error_column(header: str, prefix: str) -> Column:
+    """A column showing ``row[prefix + "_max_abs_error"] / row[prefix + "_mean_abs_error"]``."""
+    return header, lambda row: f"{row[prefix + '_max_abs_error']:.1e} / {row[prefix + '_mean_abs_error']:.1e}"
+
+
 def table(columns: Sequence[Column], rows: Sequence[Dict[str, Any]], align: str = "") -> List[str]:
     """A Markdown table: one ``(header, row -> cell text)`` per column. ``align``: one character a column, ``l``
     (default) or ``r``."""

@@ -222,7 +222,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     hh_bytes = [4 * gates * encoder.hidden_size * encoder.hidden_size] * (2 * encoder.num_layers)
     model_rate, step_rate = read_bandwidth(sum(ih_bytes) + sum(hh_bytes)), read_bandwidth(hh_bytes[0])
     byte_floors = [request_bytes_floor(n, ih_bytes, hh_bytes, model_rate, step_rate) for n in lengths]
-    floors = [max(f, b) for f, b in zip(flop_floors, byte_floors)]
+    floors = [max(f, b) for f, b in zip(flop_floors, byte_floors, strict=True)]
     median_length = int(statistics.median(lengths))
     machine.update(onnxruntime=ort.__version__, capability=cpu_kernel.capability(), lengths_source=source,
                    model=args.model, max_len=max_len, export_s=round(setup_s, 1), peak_gflops_1thread=round(peak, 1),

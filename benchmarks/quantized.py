@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from . import onnx_rnn
-from .harness import Column, grid, log, table, write_results
+from .harness import Column, grid, log, number_column, table, write_results
 from .machine import describe, load_average
 from .process_timing import WorkerPool, interleaved
 
@@ -215,15 +215,15 @@ def run_row(pool: WorkerPool, folder: Path, batch: int, hidden: int, merge: str,
 COLUMNS: List[Column] = [
     ("H", lambda r: r["H"]), ("B", lambda r: r["B"]), ("merge", lambda r: r["merge"]),
     ("threads", lambda r: r["threads"]),
-    ("float32 kernel ms", lambda r: f"{r['float32_ms']:.2f}"),
+    number_column("float32 kernel ms", "float32_ms"),
     ("int8 ms", lambda r: f"{r['int8_ms']:.2f}" + (f" ({r['int8_product']})" if "int8_product" in r else "")),
-    ("int8 AVX2 ms", lambda r: f"{r['int8_avx2_ms']:.2f}"),
-    ("torch DQ ms", lambda r: f"{r['torch_dq_ms']:.2f}"), ("ORT DQ ms", lambda r: f"{r['ort_dq_ms']:.2f}"),
-    ("int8 / float32", lambda r: f"**{r['int8_over_float32']:.2f}**"),
-    ("int8 AVX2 / float32", lambda r: f"{r['int8_avx2_over_float32']:.2f}"),
-    ("int8 / int8 AVX2", lambda r: f"{r['int8_over_int8_avx2']:.2f}"),
-    ("int8 / torch DQ", lambda r: f"{r['int8_over_torch_dq']:.2f}"),
-    ("int8 / ORT DQ", lambda r: f"{r['int8_over_ort_dq']:.2f}"),
+    number_column("int8 AVX2 ms", "int8_avx2_ms"),
+    number_column("torch DQ ms", "torch_dq_ms"), number_column("ORT DQ ms", "ort_dq_ms"),
+    number_column("int8 / float32", "int8_over_float32", bold=True),
+    number_column("int8 AVX2 / float32", "int8_avx2_over_float32"),
+    number_column("int8 / int8 AVX2", "int8_over_int8_avx2"),
+    number_column("int8 / torch DQ", "int8_over_torch_dq"),
+    number_column("int8 / ORT DQ", "int8_over_ort_dq"),
     ("max err int8 / torch / ORT", lambda r: f"{r['int8_max_abs_error']:.1e} / {r['torch_dq_max_abs_error']:.1e} / "
                                              f"{r['ort_dq_max_abs_error']:.1e}"),
 ]

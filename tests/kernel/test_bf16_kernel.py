@@ -14,6 +14,7 @@ import helpers.bf16_reference as bf16_reference_module
 import pytest
 import torch
 from helpers.bf16_reference import bf16_reference
+from helpers.kernel_aids import record_bf16_calls
 from torch import Tensor, nn
 
 from models import BiGRU, BiLSTM, BiRNN
@@ -53,19 +54,6 @@ def block_of(mode: str, features: int, hidden: int, layers: int, **kwargs: Any) 
     return BiRNN(features, hidden, layers, nonlinearity="relu" if mode == "RNN_RELU" else "tanh", **kwargs)
 
 
-def taken(monkeypatch: pytest.MonkeyPatch) -> List[str]:
-    """The cells of the calls that run on the bf16 kernel."""
-    calls: List[str] = []
-    original = bf16.run
-
-    def counting(module: nn.Module, mode: str, *args: Any) -> Any:
-        calls.append(mode)
-        return original(module, mode, *args)
-
-    monkeypatch.setattr(bf16, "run", counting)
-    return calls
-
-
 def assert_same_math(got: Tensor, want: Tensor) -> None:
     assert got.dtype == want.dtype
     error = (got.double() - want.double()).abs()
@@ -92,7 +80,7 @@ def states(result: Any) -> List[Tensor]:
 def test_bf16_module_is_the_same_math_as_pytorch(mode: str, hidden: int, merges: List[Optional[str]],
                                                  with_lengths: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bf16 module on bf16 input: every cell, merge, lengths, a given initial state, against the reference."""
-    calls = taken(monkeypatch)
+    calls = record_bf16_calls(monkeypatch)
     block = block_of(mode, 11, hidden, len(merges), merge_mode=merges).eval().to(torch.bfloat16)
     steps, batch = 9, 5
     x = torch.randn(steps, batch, 11).bfloat16()
@@ -128,7 +116,7 @@ def test_autocast_takes_the_kernel_in_the_dtypes_of_nn_modules(mode: str, monkey
     """Under CPU bf16 autocast a block runs on the bf16 kernel and returns what nn.LSTM/nn.RNN (bf16) and nn.GRU
     (float32, its products in bf16) return there. A block that ignored autocast would fail the same-math check (and
     for LSTM/RNN the dtype check)."""
-    calls = taken(monkeypatch)
+    calls = record_bf16_calls(monkeypatch)
     block = block_of(mode, 10, 24, 2, merge_mode="sum", batch_first=True).eval()
     x = torch.randn(3, 8, 10)
     kind = {"LSTM": nn.LSTM, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}.get(mode, nn.GRU)
@@ -149,7 +137,7 @@ def test_autocast_takes_the_kernel_in_the_dtypes_of_nn_modules(mode: str, monkey
 def test_not_taken_with_gradients_dropout_or_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     """Training under autocast keeps today's path (oneDNN's bf16 LSTM and its autograd); so do dropout to apply,
     cpu_kernel.disabled() and a float32 module outside autocast."""
-    calls = taken(monkeypatch)
+    calls = record_bf16_calls(monkeypatch)
     block = block_of("LSTM", 6, 16, 2, dropout=0.5)
     x = torch.randn(5, 2, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -173,7 +161,7 @@ def test_the_lstm_leaves_big_two_thread_calls_to_onednn(monkeypatch: pytest.Monk
     """Where oneDNN's bf16 LSTM measured faster than the vdpbf16ps kernel (bf16.onednn_wins: without AMX two threads,
     B >= 64; on an AMX CPU B >= 16) the block takes it, unless forced; the GRU has no oneDNN path and keeps the
     kernel. (The kernel on AMX tiles keeps the LSTM: test_bf16_amx.py.)"""
-    calls = taken(monkeypatch)
+    calls = record_bf16_calls(monkeypatch)
     x = torch.randn(2, 64, 4)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -9,7 +9,7 @@ from typing import Any, Iterator, List
 
 import pytest
 import torch
-from torch import nn
+from helpers.kernel_aids import record_bf16_calls
 
 from models import BiLSTM
 from models.blocks import cpu_kernel
@@ -72,15 +72,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[List[str]]:
     """The cells of the calls that run on the bf16 kernel (bf16.run replaced by a recorder that still runs it)."""
     if not bf16.supported():
         pytest.skip(f"no bf16 kernel here (CPU kernel capability {cpu_kernel.capability()}, AVX512_BF16 needed)")
-    seen: List[str] = []
-    original = bf16.run
-
-    def recording(module: nn.Module, mode: str, *args: Any) -> Any:
-        seen.append(mode)
-        return original(module, mode, *args)
-
-    monkeypatch.setattr(bf16, "run", recording)
-    yield seen
+    yield record_bf16_calls(monkeypatch)
 
 
 def lstm_under_autocast(x: torch.Tensor, threads: int, hidden: int = 8) -> None:

@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 import pytest
 import torch
 from helpers.composing import TINY, compose_config
+from helpers.kernel_aids import isolate_calibrations
 
 from models.blocks import cpu_kernel
 from models.blocks.cpu_kernel import calibrate
@@ -30,15 +31,7 @@ def calibration(ratio: float, capability: str = "avx2", threads: int = 1) -> dic
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private kernel cache for calibrations (the library itself still loads from the real one), nothing read
     or pinned before or after."""
-    from models.blocks.cpu_kernel import build
-
-    real = build.cache_dir()
-    monkeypatch.setattr(build, "cache_dir", lambda root=None: tmp_path if root is None else real)
-    calibrate.forget()
-    calibrate.pin(None)
-    yield tmp_path
-    calibrate.forget()
-    calibrate.pin(None)
+    yield from isolate_calibrations(tmp_path, monkeypatch)
 
 
 def test_the_nearest_measured_cell_decides() -> None:

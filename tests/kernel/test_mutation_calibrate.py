@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import torch
+from helpers.kernel_aids import isolate_calibrations
 
 from models.blocks import cpu_kernel
 from models.blocks.cpu_kernel import build, calibrate
@@ -24,13 +25,7 @@ from models.blocks.cpu_kernel import build, calibrate
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private cache folder for calibrations, nothing read or pinned before or after (as the calibrate tests)."""
-    real = build.cache_dir()
-    monkeypatch.setattr(build, "cache_dir", lambda root=None: tmp_path if root is None else real)
-    calibrate.forget()
-    calibrate.pin(None)
-    yield tmp_path
-    calibrate.forget()
-    calibrate.pin(None)
+    yield from isolate_calibrations(tmp_path, monkeypatch)
 
 
 def grid(ratio: float, capability: str = "avx2", threads: int = 1) -> Dict[str, Any]:
@@ -306,7 +301,7 @@ def test_the_budget_is_time_spent_since_the_cell_began_and_ends_it_only_when_exc
     # first calls 40 s, then 40 s a pair: 160 s after 3 pairs, 200 after 4; a budget of exactly 160 allows a 4th
     monkeypatch.setattr(calibrate, "CELL_BUDGET_S", 160.0)
     clock = ScriptedClock(start=1000.0)
-    got, calls = calibrate.ratio(clock.step("k", 20.0), clock.step("r", 20.0), clock)
+    _got, calls = calibrate.ratio(clock.step("k", 20.0), clock.step("r", 20.0), clock)
     assert calls == 2 + 2 * 4
 
 
