@@ -452,10 +452,17 @@ class _BiRNNBase(_FusedPaths):
                 and cpu_kernel_inference.usable(x, weights)):
             return cpu_kernel_inference.run_layers(self, self._kernel_cell(), x, lengths, h0, c0, weights, self.bias,
                                                    self.merge_modes, self.hidden_size)
+        order: Optional[Tensor] = None
         if lengths is not None:
             # Padded inputs may hold anything (NaN included): zero them so no gradient can pick them up.
             steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
             x = x.masked_fill((steps >= lengths.unsqueeze(0)).unsqueeze(-1), 0.0)
+            if x.shape[1] > 1:
+                # Longest first: the kernel's step products then skip the rows padded at each step
+                # (csrc/args.h, StepRows). Rows never interact, so only their order changes, undone below.
+                order = torch.argsort(lengths, descending=True, stable=True)
+                x, lengths = x.index_select(1, order), lengths.index_select(0, order)
+                h0, c0 = h0.index_select(1, order), c0.index_select(1, order)
         hs: List[Tensor] = []
         cs: List[Tensor] = []
         for layer in range(self.num_layers):
@@ -466,7 +473,11 @@ class _BiRNNBase(_FusedPaths):
                                      layer == self.num_layers - 1)
             hs.append(h)
             cs.append(c)
-        return x, torch.cat(hs, 0), torch.cat(cs, 0)
+        h_n, c_n = torch.cat(hs, 0), torch.cat(cs, 0)
+        if order is not None:
+            back = torch.argsort(order)
+            x, h_n, c_n = x.index_select(1, back), h_n.index_select(1, back), c_n.index_select(1, back)
+        return x, h_n, c_n
 
 
 # Packing has data-dependent sizes: torch.compile leaves the packed paths to eager PyTorch (one graph break each)

@@ -23,7 +23,9 @@
 //   builds; packed_ih is read in inference only).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <type_traits>
 
 #include "cells.h"
@@ -75,6 +77,27 @@ struct Args {
   bool valid(int t, int b) const { return lengths == nullptr || t < lengths[b]; }
   // (T, B, 2, n) element offset of row b, direction d, step t
   int64_t at(int t, int b, int d, int n) const { return ((int64_t(t) * batch + b) * 2 + d) * n; }
+};
+
+// How many of rows [b0, b1) a step's products must cover at step t. A product row depends only on its own input
+// row, so covering the first n rows gives them the values a product over all rows would. With lengths sorted
+// longest first over the rows (models/blocks/base.py sorts a batch with lengths so before the training path), the
+// rows valid at t are a prefix: the padded rows after it are skipped, about half the step products' work when
+// lengths are uniform. Otherwise every row is covered; a padded row's product is then computed and never read.
+class StepRows {
+ public:
+  StepRows(const int64_t* lengths, int b0, int b1) : count_(b1 - b0) {
+    if (lengths != nullptr && std::is_sorted(lengths + b0, lengths + b1, std::greater<int64_t>()))
+      first_ = lengths + b0;
+  }
+  int at(int t) const {
+    if (first_ == nullptr) return count_;
+    return int(std::partition_point(first_, first_ + count_, [t](int64_t n) { return n > t; }) - first_);
+  }
+
+ private:
+  const int64_t* first_ = nullptr;  // lengths of rows [b0, b1) when sorted longest first, else null
+  int count_;
 };
 
 // One layout for both element types: Python's mirror has one set of fields.
