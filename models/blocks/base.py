@@ -44,6 +44,7 @@ from .cpu_kernel import bf16 as cpu_kernel_bf16
 from .cpu_kernel import inference as cpu_kernel_inference
 from .fused import _SATURATE, _FusedPaths
 from .packed import repack, unpack
+from .row_order import longest_first, reorder
 from .validation import check_hidden, check_input, check_lengths, check_not_lengths, check_weights
 
 
@@ -452,7 +453,7 @@ class _BiRNNBase(_FusedPaths):
                 and cpu_kernel_inference.usable(x, weights)):
             return cpu_kernel_inference.run_layers(self, self._kernel_cell(), x, lengths, h0, c0, weights, self.bias,
                                                    self.merge_modes, self.hidden_size)
-        order: Optional[Tensor] = None
+        rows: Optional[Tuple[Tensor, Tensor]] = None  # (order, inverse) when the batch runs longest first
         if lengths is not None:
             # Padded inputs may hold anything (NaN included): zero them so no gradient can pick them up.
             steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
@@ -460,9 +461,9 @@ class _BiRNNBase(_FusedPaths):
             if x.shape[1] > 1:
                 # Longest first: the kernel's step products then skip the rows padded at each step
                 # (csrc/args.h, StepRows). Rows never interact, so only their order changes, undone below.
-                order = torch.argsort(lengths, descending=True, stable=True)
-                x, lengths = x.index_select(1, order), lengths.index_select(0, order)
-                h0, c0 = h0.index_select(1, order), c0.index_select(1, order)
+                rows = order, back = longest_first(lengths)
+                x, lengths = reorder(x, 1, order, back), lengths.index_select(0, order)
+                h0, c0 = reorder(h0, 1, order, back), reorder(c0, 1, order, back)
         hs: List[Tensor] = []
         cs: List[Tensor] = []
         for layer in range(self.num_layers):
@@ -474,9 +475,8 @@ class _BiRNNBase(_FusedPaths):
             hs.append(h)
             cs.append(c)
         h_n, c_n = torch.cat(hs, 0), torch.cat(cs, 0)
-        if order is not None:
-            back = torch.argsort(order)
-            x, h_n, c_n = x.index_select(1, back), h_n.index_select(1, back), c_n.index_select(1, back)
+        if rows is not None:
+            x, h_n, c_n = (reorder(t, 1, rows[1], rows[0]) for t in (x, h_n, c_n))
         return x, h_n, c_n
 
 

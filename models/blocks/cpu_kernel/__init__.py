@@ -334,13 +334,21 @@ def _save_for_backward(ctx: Any, inputs: Tuple[Any, ...], output: _Outputs) -> N
     if not stash:
         raise RuntimeError("birnn_zoo::bidirectional_layer ran with stash=False but a gradient is needed")
     ctx.cell, ctx.has_b_ih, ctx.has_b_hh = cell, b_ih is not None, b_hh is not None
+    # Outputs the loss does not reach (the stash, often h_n / c_n) get None, not zeros: materialized, the stash's
+    # gradients alone were a zero fill of (T, B, 2, G + 2H) floats per layer and step, read by nothing.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, b_ih, b_hh)
 
 
-def _gradients(ctx: Any, d_out: Tensor, d_hn: Tensor, d_cn: Tensor, *_: Tensor) -> Tuple[Optional[Tensor], ...]:
+def _gradients(ctx: Any, d_out: Optional[Tensor], d_hn: Optional[Tensor], d_cn: Optional[Tensor], *_: Optional[Tensor]
+               ) -> Tuple[Optional[Tensor], ...]:
     x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, b_ih, b_hh = ctx.saved_tensors
     cell = ctx.cell
     cell_state = traits(cell).cell_state
+    state_shape = (2, x.shape[1], w_hh.shape[2])
+    d_out = x.new_zeros(*x.shape[:2], *state_shape[::2]) if d_out is None else d_out
+    d_hn = x.new_zeros(state_shape) if d_hn is None else d_hn
+    d_cn = x.new_zeros(state_shape) if d_cn is None else d_cn
     if torch.is_grad_enabled():
         # create_graph=True: the backward itself must be differentiable, and the kernel's reverse loop is not.
         # Recompute the layer on PyTorch's differentiable kernels and differentiate that, with a graph.
