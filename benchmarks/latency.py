@@ -120,13 +120,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def trec_lengths(root: Path) -> Tuple[List[int], str]:
-    """Token counts of TREC's training questions (the project's tokenizer), and where they came from."""
+    """Token counts of TREC's training questions (the project's tokenizer), and which data they came from (named
+    by the file, not by this machine's folders)."""
     path = root / "trec" / "train_5500.label"
     if path.exists():
         from models.data.text import read_trec, tokenize
 
         rows, _ = read_trec(path)
-        return [max(1, len(tokenize(text))) for _, text in rows], str(path)
+        return [max(1, len(tokenize(text))) for _, text in rows], f"TREC {path.name}"
     # Stand-in: TREC's shape (median 10, p99 25, max 37 tokens) as a clipped log-normal
     rng = np.random.default_rng(0)
     return [int(v) for v in np.clip(np.round(rng.lognormal(2.3, 0.35, 5000)), 3, 37)], "stand-in log-normal"
