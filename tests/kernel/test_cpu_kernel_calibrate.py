@@ -207,3 +207,19 @@ def test_a_calibration_costs_a_bounded_number_of_calls() -> None:
     data = calibrate.measure(1, "avx2", case=costs, clock=clock)
     assert data["calls"] == clock.calls == grid * (2 + 3 * 2)
     assert all(row["ratio"] == 0.5 for row in data["rows"])
+
+
+def test_the_documented_command_runs_the_one_calibrate_module_without_a_warning() -> None:
+    """``python -m models.blocks.cpu_kernel.calibrate``: the package does not import ``calibrate`` itself, so runpy
+    neither warns nor runs a second copy beside the one the policy reads (warnings are errors here)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}  # the kernel cache of the other tests: no compile here
+    done = subprocess.run([sys.executable, "-W", "error", "-m", "models.blocks.cpu_kernel.calibrate", "--show",
+                           "--threads", "1"], capture_output=True, text=True, env=env, cwd=root, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "found in sys.modules" not in done.stderr
+    assert done.stdout.startswith("1 thread(s): "), done.stdout

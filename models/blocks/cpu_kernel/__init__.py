@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ...cells import KERNEL_CODES
 from ..compile_boundary import constant_when_traced, exporting
-from . import abi, calibrate
+from . import abi
 from . import build as cpu_kernel_build
 from .policy import kernel_wins
 from .reference import reference_gradients
@@ -156,6 +156,10 @@ def kernel_chosen(mode: str, batch: int, hidden_size: int, steps: int, has_lengt
     and this capability (float32; ``applies`` asks it after ``can_run``): this CPU's calibration where there is
     one (``models/blocks/cpu_kernel/calibrate.py``; a checkpoint's pinned record on a resume), else the fixed
     table ``policy.kernel_wins``."""
+    # Imported here, not with the package: `python -m models.blocks.cpu_kernel.calibrate` then runs the one
+    # calibrate module the policy reads (imported with the package, runpy would run a second copy and warn).
+    from . import calibrate
+
     calibration, threads, capability = calibrate.active(_thread_count() if threads is None else threads,
                                                         _capability or "avx2")
     if calibration is not None and mode in calibrate.CELLS:
