@@ -353,3 +353,14 @@ def test_the_speed_policy_is_told_whether_the_batch_has_lengths(monkeypatch: pyt
     block.run(x)
     assert asked == [True, False]
 
+
+@pytest.mark.parametrize("merge_mode", ["concat", ["sum", "concat"]])
+def test_host_lengths_are_moved_to_the_inputs_device(merge_mode: object) -> None:
+    """On CUDA a caller may pass host ``lengths`` with a GPU input: off the packed path ``_run`` moves them to the
+    input's device, or the layers' masks mix devices. The meta device is a second device on any machine (mixing
+    a host tensor with a meta one raises): a meta block and input with host lengths run to outputs and states of
+    the right shapes on the input's device."""
+    block = BiLSTM(3, 4, num_layers=2, merge_mode=merge_mode).to("meta")
+    out, h_n, c_n = block.run(torch.empty(5, 3, 3, device="meta"), lengths=torch.tensor([5, 2, 4]))
+    assert out.device.type == h_n.device.type == c_n.device.type == "meta"
+    assert out.shape == (5, 3, 8) and h_n.shape == c_n.shape == (4, 3, 4)
