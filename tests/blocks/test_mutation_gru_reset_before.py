@@ -1,9 +1,10 @@
 """Eager tests for the parts of ``models/blocks/gru_reset_before.py`` that mutation testing found unreached or
 weakly checked (issue 37): ``GRUResetBefore`` called eagerly (its other test scripts it, which mutmut's
 trampolines cannot), ``gru_reset_before`` unidirectional, multi-layer, without biases and with dropout,
-``gru_reset_before_bidirectional`` with and without ``lengths`` and biases. The reference is a float64 NumPy loop
-written from the formula in PyTorch's gate order (r, z, n), run per row for ``lengths``; tolerances are float32
-rounding over a few steps (1e-5 absolute)."""
+``gru_reset_before_bidirectional`` with and without ``lengths`` and biases, and the GPU-only parts taken on the CPU:
+the device arguments (meta inputs with host lengths) and the CUDA branch (a CUDA-looking input, a recording stand-in
+for the TorchScript loop). The reference is a float64 NumPy loop written from the formula in PyTorch's gate order
+(r, z, n), run per row for ``lengths``; tolerances are float32 rounding over a few steps (1e-5 absolute)."""
 
 from typing import List, Optional, Tuple
 
