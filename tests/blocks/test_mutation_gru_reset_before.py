@@ -13,8 +13,13 @@ import pytest
 import torch
 
 from models.blocks import gru_reset_before as gru_reset_before_module
-from models.blocks.gru_reset_before import (GRUResetBefore, _bidirectional_loop, gru_reset_before,
-                                            gru_reset_before_bidirectional, gru_reset_before_direction)
+from models.blocks.gru_reset_before import (
+    GRUResetBefore,
+    _bidirectional_loop,
+    gru_reset_before,
+    gru_reset_before_bidirectional,
+    gru_reset_before_direction,
+)
 
 TOL = 1e-5
 
