@@ -207,31 +207,25 @@ def gru_reset_before(
     ``h_n (D * num_layers, B, H)``.
     """
     per = 4 if has_biases else 2
-    directions = 2 if bidirectional else 1
     states: List[Tensor] = []
     for layer in range(num_layers):
         if bidirectional:
+            # Both directions in one recurrence (``gru_reset_before_bidirectional``): weights and ``hx`` rows of
+            # this layer's two directions.
             start = layer * 2 * per
             x, h = gru_reset_before_bidirectional(x, hx[2 * layer:2 * layer + 2], weights[start:start + 2 * per],
                                                   has_biases, lengths)
             states.append(h[0])
             states.append(h[1])
-            if dropout > 0.0 and train and layer < num_layers - 1:
-                x = torch.nn.functional.dropout(x, dropout, True)
-            continue
-        outs: List[Tensor] = []
-        for direction in range(directions):
-            start = (layer * directions + direction) * per
-            w = weights[start:start + per]
+        else:
+            # One direction per layer, always forward: ``hx`` row and weights of layer ``layer`` alone.
+            w = weights[layer * per:(layer + 1) * per]
             b_ih: Optional[Tensor] = None
             b_hh: Optional[Tensor] = None
             if has_biases:
                 b_ih, b_hh = w[2], w[3]
-            out, h = gru_reset_before_direction(x, hx[layer * directions + direction], w[0], w[1], b_ih, b_hh,
-                                                lengths, direction == 1)
-            outs.append(out)
+            x, h = gru_reset_before_direction(x, hx[layer], w[0], w[1], b_ih, b_hh, lengths)
             states.append(h)
-        x = torch.cat(outs, -1) if directions == 2 else outs[0]
         if dropout > 0.0 and train and layer < num_layers - 1:
             x = torch.nn.functional.dropout(x, dropout, True)
     return x, torch.stack(states, 0)

@@ -64,3 +64,44 @@ def test_packed_data_of_another_rank_is_refused_word_for_word() -> None:
         unpack(packed)
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         BiGRU(2, 3)(packed)
+
+
+
+class _Elsewhere(torch.Tensor):
+    """A host tensor standing for one on another device (a GPU's): an operation mixing it with a host tensor of one
+    or more dimensions raises, as PyTorch does across devices, except ``_pack_padded_sequence``, which takes host
+    lengths with data anywhere; ``.to(device)`` and ``.cpu()`` bring it to the host, ``.to(None)`` leaves it."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cpu or (func is torch.Tensor.to and (
+                any(isinstance(a, (str, torch.device)) for a in args[1:]) or kwargs.get("device") is not None)):
+            return args[0].as_subclass(torch.Tensor).to(*args[1:], **kwargs)
+        flat = [a for arg in list(args) + list(kwargs.values()) for a in (arg if isinstance(arg, (list, tuple))
+                                                                            else [arg])]
+        if getattr(func, "__name__", "") != "_pack_padded_sequence" and any(
+                type(a) is torch.Tensor and a.dim() > 0 for a in flat):
+            raise RuntimeError(f"{func.__name__}: expected all tensors to be on the same device, found the host "
+                               "and another")
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_repack_sorts_host_lengths_with_indices_from_another_device() -> None:
+    """On CUDA a ``PackedSequence``'s data and ``sorted_indices`` live on the GPU while ``unpack``'s lengths stay on
+    the host, where ``pack_padded_sequence`` wants them: ``repack`` must bring the indices to the lengths. Without a
+    GPU, the output and the indices are ``_Elsewhere`` (host tensors that refuse to mix with host tensors as a GPU's
+    would): the output is packed as the input was."""
+    packed = pack_sequence(sequences(), enforce_sorted=False)
+    padded, lengths = unpack(packed)
+    like = PackedSequence(packed.data, packed.batch_sizes, packed.sorted_indices.as_subclass(_Elsewhere),
+                          packed.unsorted_indices.as_subclass(_Elsewhere))
+    with pytest.raises(RuntimeError, match="expected all tensors to be on the same device"):
+        lengths.index_select(0, like.sorted_indices)                 # the stand-in refuses to mix, as CUDA does
+    output = torch.cat([padded, -padded], -1).as_subclass(_Elsewhere)
+    again = repack(output, lengths, like)
+    assert type(again.data) is _Elsewhere
+    torch.testing.assert_close(again.data.as_subclass(torch.Tensor), torch.cat([packed.data, -packed.data], -1),
+                               rtol=0, atol=0)
+    assert again.batch_sizes.tolist() == packed.batch_sizes.tolist()
+    assert again.sorted_indices is like.sorted_indices and again.unsorted_indices is like.unsorted_indices

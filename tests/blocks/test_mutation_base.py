@@ -7,7 +7,7 @@ import contextlib
 import inspect
 import re
 import warnings
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import pytest
 import torch
@@ -25,6 +25,16 @@ TOL = {"atol": 2e-5, "rtol": 2e-5}
 
 def raises(error: type, message: str):  # type: ignore[no-untyped-def]
     return pytest.raises(error, match="^" + re.escape(message) + "$")
+
+
+def bilstm_and_nn_lstm(seed: int) -> Tuple[BiLSTM, nn.LSTM]:
+    """A one-layer ``BiLSTM(3, 4)`` drawn from ``seed`` and the ``nn.LSTM(3, 4, bidirectional=True)`` holding its
+    weights: the reference the tests compare with."""
+    torch.manual_seed(seed)
+    block = BiLSTM(3, 4)
+    reference = nn.LSTM(3, 4, bidirectional=True)
+    reference.load_state_dict(block.state_dict())
+    return block, reference
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -58,10 +68,7 @@ def test_run_of_a_bigru_is_nn_gru_and_its_c_n_is_its_h_n() -> None:
 
 
 def test_run_with_lengths_is_nn_lstm_on_each_sequence_alone() -> None:
-    torch.manual_seed(2)
-    block = BiLSTM(3, 4)
-    reference = nn.LSTM(3, 4, bidirectional=True)
-    reference.load_state_dict(block.state_dict())
+    block, reference = bilstm_and_nn_lstm(2)
     x = torch.randn(5, 2, 3)
     with cpu_kernel.disabled():
         out, h_n, _ = block.run(x, lengths=torch.tensor([5, 3]))
@@ -104,10 +111,7 @@ def test_a_float64_input_to_a_float32_block_is_refused_before_any_compute() -> N
 
 @pytest.mark.parametrize("lengths", [torch.tensor(3), torch.tensor([3])])
 def test_unbatched_input_takes_one_length_as_shape_nothing_or_one(lengths: torch.Tensor) -> None:
-    torch.manual_seed(3)
-    block = BiLSTM(3, 4)
-    reference = nn.LSTM(3, 4, bidirectional=True)
-    reference.load_state_dict(block.state_dict())
+    block, reference = bilstm_and_nn_lstm(3)
     x = torch.randn(5, 3)
     with cpu_kernel.disabled():
         out, h_n, _ = block.run(x, lengths=lengths)
@@ -129,10 +133,7 @@ def test_an_empty_batch_gives_empty_outputs_and_states(merge_mode: str, with_len
 
 
 def test_a_batch_of_one_with_lengths_is_nn_lstm_on_the_cut_sequence() -> None:
-    torch.manual_seed(4)
-    block = BiLSTM(3, 4)
-    reference = nn.LSTM(3, 4, bidirectional=True)
-    reference.load_state_dict(block.state_dict())
+    block, reference = bilstm_and_nn_lstm(4)
     x = torch.randn(5, 1, 3)
     for disabled in (False, True):
         with cpu_kernel.disabled() if disabled else torch.no_grad():
@@ -167,10 +168,7 @@ def test_the_flat_weights_follow_construction_assignment_and_dtype_changes() -> 
 def test_dtype_changes_reach_a_parametrized_weight() -> None:
     """A parametrization (``torch.nn.utils.parametrize``) is a child module of the block: ``.double()`` must
     convert it too, so the parametrized block runs in float64 as ``nn.LSTM`` with the same weights."""
-    torch.manual_seed(5)
-    block = BiLSTM(3, 4)
-    reference = nn.LSTM(3, 4, bidirectional=True)
-    reference.load_state_dict(block.state_dict())
+    block, reference = bilstm_and_nn_lstm(5)
     for module in (block, reference):
         parametrize.register_parametrization(module, "weight_hh_l0", _Halved())
         module.double()
@@ -325,10 +323,7 @@ def test_an_empty_batch_with_lengths_stays_off_the_packed_path(monkeypatch: pyte
 def test_run_of_a_bilstm_with_h0_alone_starts_the_cell_state_from_zeros() -> None:
     """``run(x, h0)`` without ``c0``: the LSTM's cell state starts at zero (not at ``h0``), as ``nn.LSTM`` given
     ``(h0, zeros)``."""
-    torch.manual_seed(6)
-    block = BiLSTM(3, 4)
-    reference = nn.LSTM(3, 4, bidirectional=True)
-    reference.load_state_dict(block.state_dict())
+    block, reference = bilstm_and_nn_lstm(6)
     x, h0 = torch.randn(5, 2, 3), torch.randn(2, 2, 4)
     for disabled in (False, True):
         with cpu_kernel.disabled() if disabled else torch.no_grad():
@@ -357,3 +352,15 @@ def test_the_speed_policy_is_told_whether_the_batch_has_lengths(monkeypatch: pyt
     block.run(x, lengths=torch.tensor([5] * 15 + [3]))
     block.run(x)
     assert asked == [True, False]
+
+
+@pytest.mark.parametrize("merge_mode", ["concat", ["sum", "concat"]])
+def test_host_lengths_are_moved_to_the_inputs_device(merge_mode: object) -> None:
+    """On CUDA a caller may pass host ``lengths`` with a GPU input: off the packed path ``_run`` moves them to the
+    input's device, or the layers' masks mix devices. The meta device is a second device on any machine (mixing
+    a host tensor with a meta one raises): a meta block and input with host lengths run to outputs and states of
+    the right shapes on the input's device."""
+    block = BiLSTM(3, 4, num_layers=2, merge_mode=merge_mode).to("meta")
+    out, h_n, c_n = block.run(torch.empty(5, 3, 3, device="meta"), lengths=torch.tensor([5, 2, 4]))
+    assert out.device.type == h_n.device.type == c_n.device.type == "meta"
+    assert out.shape == (5, 3, 8) and h_n.shape == c_n.shape == (4, 3, 4)

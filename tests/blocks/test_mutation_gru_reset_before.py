@@ -1,9 +1,10 @@
 """Eager tests for the parts of ``models/blocks/gru_reset_before.py`` that mutation testing found unreached or
 weakly checked (issue 37): ``GRUResetBefore`` called eagerly (its other test scripts it, which mutmut's
 trampolines cannot), ``gru_reset_before`` unidirectional, multi-layer, without biases and with dropout,
-``gru_reset_before_bidirectional`` with and without ``lengths`` and biases. The reference is a float64 NumPy loop
-written from the formula in PyTorch's gate order (r, z, n), run per row for ``lengths``; tolerances are float32
-rounding over a few steps (1e-5 absolute)."""
+``gru_reset_before_bidirectional`` with and without ``lengths`` and biases, and the GPU-only parts taken on the CPU:
+the device arguments (meta inputs with host lengths) and the CUDA branch (a CUDA-looking input, a recording stand-in
+for the TorchScript loop). The reference is a float64 NumPy loop written from the formula in PyTorch's gate order
+(r, z, n), run per row for ``lengths``; tolerances are float32 rounding over a few steps (1e-5 absolute)."""
 
 from typing import List, Optional, Tuple
 
@@ -11,8 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.blocks.gru_reset_before import (GRUResetBefore, _bidirectional_loop, gru_reset_before,
-                                            gru_reset_before_bidirectional)
+from models.blocks import gru_reset_before as gru_reset_before_module
+from models.blocks.gru_reset_before import (
+    GRUResetBefore,
+    _bidirectional_loop,
+    gru_reset_before,
+    gru_reset_before_bidirectional,
+    gru_reset_before_direction,
+)
 
 TOL = 1e-5
 
@@ -244,3 +251,72 @@ def test_module_defaults_are_nn_grus() -> None:
     out, h_n = module(x)
     assert out.shape == (5, 2, 4)
     torch.testing.assert_close(h_n[0], out[-1], atol=0, rtol=0)
+
+
+# -- the device arguments and the CUDA branch, taken on the CPU --------------------------------------------------
+
+
+def _meta(*shape: int) -> torch.Tensor:
+    return torch.empty(*shape, device="meta")
+
+
+def test_steps_and_lengths_are_moved_to_the_inputs_device() -> None:
+    """On CUDA the blocks may hand host ``lengths`` to a GPU input: ``steps`` must be made on the input's device and
+    ``lengths`` moved there, or the comparisons mix devices. The meta device is a second device on any machine (a
+    tensor made without the input's device lands on the CPU, and mixing it with a meta tensor raises): the layer,
+    forward and reversed, and both directions at once, run on meta inputs with host lengths to outputs of the
+    right shapes on the input's device."""
+    steps, batch, feats, units = 4, 3, 2, 5
+    lengths = torch.tensor([4, 2, 3])
+    weights = [_meta(3 * units, feats), _meta(3 * units, units), _meta(3 * units), _meta(3 * units)]
+    for reverse in (False, True):
+        out, h_n = gru_reset_before_direction(_meta(steps, batch, feats), _meta(batch, units), *weights, lengths,
+                                              reverse)
+        assert out.device.type == h_n.device.type == "meta"
+        assert out.shape == (steps, batch, units) and h_n.shape == (batch, units)
+    out, h_n = gru_reset_before_bidirectional(_meta(steps, batch, feats), _meta(2, batch, units), weights * 2, True,
+                                              lengths)
+    assert out.device.type == h_n.device.type == "meta"
+    assert out.shape == (steps, batch, 2 * units) and h_n.shape == (2, batch, units)
+
+
+class _LooksCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA (operations on it return the same): the CUDA branch without a GPU."""
+
+    @property
+    def is_cuda(self) -> bool:  # type: ignore[override]
+        return True
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_a_cuda_input_runs_the_jit_loop_with_the_layers_arguments(monkeypatch: pytest.MonkeyPatch,
+                                                                   with_lengths: bool) -> None:
+    """On CUDA the bidirectional layer runs its recurrence as ``_scripted_loop`` (``_bidirectional_loop`` compiled
+    by TorchScript: no Python per step); on the CPU eagerly. A stand-in ``_scripted_loop`` records its calls and runs
+    ``_bidirectional_loop`` eagerly on them (compiling needs the unmutated function): a CUDA-looking input calls it
+    exactly once, with the layer's gates, states, weights, biases and mask (the result equals the per-row reference
+    with biases and, with ``lengths``, padding), and a CPU input never calls it."""
+    calls: List[int] = []
+
+    def stand_in(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, bias_hh: Optional[torch.Tensor],
+                 valid: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        calls.append(gates_x.shape[1])
+        plain = [None if t is None else t.as_subclass(torch.Tensor) for t in (gates_x, h, weight_hh, bias_hh, valid)]
+        return _bidirectional_loop(*plain)
+
+    monkeypatch.setattr(gru_reset_before_module, "_scripted_loop", stand_in)
+    torch.manual_seed(15)
+    steps, batch, feats, units = 5, 4, 3, 2
+    weights = _weights(feats, units, True, 2, 1)
+    x, h0 = torch.randn(steps, batch, feats), torch.randn(2, batch, units)
+    lengths = [5, 2, 1, 4] if with_lengths else None
+    lengths_t = None if lengths is None else torch.tensor(lengths)
+    expected, expected_h = _ref_layer(x.double().numpy(), h0.double().numpy(), _np(weights), True, lengths)
+    out, h_n = gru_reset_before_bidirectional(x.as_subclass(_LooksCuda), h0, weights, True, lengths_t)
+    assert calls == [steps]
+    np.testing.assert_allclose(out.as_subclass(torch.Tensor).numpy(), expected, atol=TOL, rtol=0)
+    np.testing.assert_allclose(h_n.as_subclass(torch.Tensor).numpy(), expected_h, atol=TOL, rtol=0)
+    calls.clear()
+    out, _ = gru_reset_before_bidirectional(x, h0, weights, True, lengths_t)
+    assert calls == []
+    np.testing.assert_allclose(out.numpy(), expected, atol=TOL, rtol=0)
