@@ -316,3 +316,25 @@ def test_reference_layer_returns_the_lstms_cell_state():
     torch.testing.assert_close(ref_c.float(), c_n, rtol=0, atol=2e-4)     # tolerance: test_quantize's portable one
     torch.testing.assert_close(ref_h.float(), h_n, rtol=0, atol=2e-4)
     assert not torch.allclose(ref_c, ref_h, atol=1e-2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_portable_path_reads_each_layers_own_initial_states(cell: str):
+    # Two layers, every initial state row different: the portable path must hand layer l rows 2l, 2l + 1 of h0
+    # (and of c0 for the LSTM) as the kernel does. Tolerance: test_quantize's portable one (2e-4).
+    torch.manual_seed(0)
+    make = BiLSTM if cell == "lstm" else BiGRU
+    q = quantize(make(6, 8, 2, merge_mode="concat").eval())
+    x = torch.randn(5, 3, 6, generator=torch.Generator().manual_seed(7))
+    h0 = torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(8))
+    c0 = torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(9))
+    hx = (h0, c0) if cell == "lstm" else h0
+    lengths = torch.tensor([5, 2, 4])
+    kernel_out, kernel_state = q(x, hx, lengths=lengths)
+    with cpu_kernel.disabled():
+        portable_out, portable_state = q(x, hx, lengths=lengths)
+    torch.testing.assert_close(portable_out, kernel_out, rtol=0, atol=2e-4)
+    for got, want in zip(portable_state if cell == "lstm" else (portable_state,),
+                         kernel_state if cell == "lstm" else (kernel_state,), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-4)
