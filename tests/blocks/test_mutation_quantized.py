@@ -338,3 +338,42 @@ def test_the_portable_path_reads_each_layers_own_initial_states(cell: str):
     for got, want in zip(portable_state if cell == "lstm" else (portable_state,),
                          kernel_state if cell == "lstm" else (kernel_state,), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=2e-4)
+
+
+def test_a_wrong_initial_state_is_refused_by_its_name():
+    # Each state is named as the float blocks name it: hx[0] / hx[1] for the LSTM's pair, hx for the others.
+    torch.manual_seed(0)
+    lstm = quantize(BiLSTM(6, 8, 2).eval())
+    x = torch.randn(5, 2, 6)
+    good = torch.zeros(4, 2, 8)
+    with pytest.raises(ValueError, match=r"^hx\[1\] must have shape \(2 \* num_layers, B, hidden_size\) = "
+                                         r"\[4, 2, 8\], got \[4, 3, 8\]$"):
+        lstm(x, (good, torch.zeros(4, 3, 8)))
+    with pytest.raises(TypeError, match=r"^hx\[1\] has dtype torch.float64 but input has dtype torch.float32$"):
+        lstm(x, (good, good.double()))
+    with pytest.raises(ValueError, match=r"^hx\[0\] must have shape \(2 \* num_layers, hidden_size\) for unbatched "
+                                         r"input = \[4, 8\], got \[4, 2, 8\]$"):
+        lstm(x[:, 0], (good, good[:, 0]))
+    gru = quantize(BiGRU(6, 8, 2).eval())
+    with pytest.raises(ValueError, match=r"^hx must have shape \(2 \* num_layers, B, hidden_size\) = \[4, 2, 8\], "
+                                         r"got \[2, 2, 8\]$"):
+        gru(x, torch.zeros(2, 2, 8))
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_the_portable_path_takes_unbatched_input_with_states(batch_first: bool):
+    # Unbatched (T, F) input with (2 * num_layers, H) states: the portable path reads the states' shapes (the kernel
+    # only their memory), so each must be given a batch axis of one at axis 1. Tolerance: the portable one, 2e-4.
+    torch.manual_seed(0)
+    q = quantize(BiLSTM(6, 8, 2, merge_mode="sum", batch_first=batch_first).eval())
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(10))
+    h0 = torch.randn(4, 8, generator=torch.Generator().manual_seed(11))
+    c0 = torch.randn(4, 8, generator=torch.Generator().manual_seed(12))
+    kernel_out, (kernel_h, kernel_c) = q(x, (h0, c0))
+    with cpu_kernel.disabled():
+        out, (h_n, c_n) = q(x, (h0, c0))
+    assert out.shape == (5, 8) and h_n.shape == (4, 8) and c_n.shape == (4, 8)
+    torch.testing.assert_close(out, kernel_out, rtol=0, atol=2e-4)
+    torch.testing.assert_close(h_n, kernel_h, rtol=0, atol=2e-4)
+    torch.testing.assert_close(c_n, kernel_c, rtol=0, atol=2e-4)
