@@ -377,3 +377,17 @@ def test_the_portable_path_takes_unbatched_input_with_states(batch_first: bool):
     torch.testing.assert_close(out, kernel_out, rtol=0, atol=2e-4)
     torch.testing.assert_close(h_n, kernel_h, rtol=0, atol=2e-4)
     torch.testing.assert_close(c_n, kernel_c, rtol=0, atol=2e-4)
+
+
+def test_an_empty_batch_one_layer_and_its_states():
+    # One layer (the last merge mode is merge_modes[-1], the only one); the LSTM's c_n is a tensor of its own, not h_n
+    # again (as on the kernel path); run's c_n *is* h_n for a one-state cell (its docstring; the kernel path too).
+    torch.manual_seed(0)
+    for merge, width in ((None, (2, 8)), ("concat", (16,)), ("mul", (8,))):
+        lstm = quantize(BiLSTM(6, 8, 1, merge_mode=merge).eval())
+        out, (h_n, c_n) = lstm(torch.randn(5, 0, 6))
+        assert out.shape == (5, 0, *width) and h_n.shape == (2, 0, 8) and c_n.shape == (2, 0, 8)
+        assert c_n is not h_n
+    gru = quantize(BiGRU(6, 8, 1, merge_mode="ave").eval())
+    out, h_n, c_n = gru.run(torch.randn(5, 0, 6))
+    assert out.shape == (5, 0, 8) and c_n is h_n
