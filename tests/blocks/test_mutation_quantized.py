@@ -391,3 +391,47 @@ def test_an_empty_batch_one_layer_and_its_states():
     gru = quantize(BiGRU(6, 8, 1, merge_mode="ave").eval())
     out, h_n, c_n = gru.run(torch.randn(5, 0, 6))
     assert out.shape == (5, 0, 8) and c_n is h_n
+
+
+def test_forward_names_what_it_refuses_word_for_word():
+    torch.manual_seed(0)
+    lstm = quantize(BiLSTM(6, 8, 1).eval())
+    x = torch.randn(5, 2, 6)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 2]))
+    with pytest.raises(TypeError, match=r"^QuantizedBiRNN takes a padded tensor and lengths=, not a PackedSequence "
+                                        r"\(torch\.nn\.utils\.rnn\.pad_packed_sequence gives both\)$"):
+        lstm(packed)
+    with pytest.raises(TypeError, match=r"^hx of an LSTM must be a tuple \(h_0, c_0\) of tensors "
+                                        r"\(2 \* num_layers, B, H\)$"):
+        lstm(x, torch.zeros(2, 2, 8))
+    lengths_like = torch.tensor([5, 2])
+    looks = (r" got a 1-D integer tensor \(dtype torch.int64, shape \[2\]\), which looks like lengths: the second "
+             r"positional argument is hx, as in nn.LSTM/nn.GRU/nn.RNN; pass lengths by keyword, "
+             r"block\(input, lengths=lengths\)$")
+    with pytest.raises(TypeError, match=r"^hx\[0\]" + looks):
+        lstm(x, (lengths_like, torch.zeros(2, 2, 8)))
+    gru = quantize(BiGRU(6, 8, 1).eval())
+    with pytest.raises(TypeError, match=r"^hx" + looks):
+        gru(x, lengths_like)
+    with pytest.raises(TypeError, match=r"^hx of a GRU block must be a tensor \(2 \* num_layers, B, H\), got list$"):
+        gru(x, [torch.zeros(2, 2, 8)])
+    with pytest.raises(TypeError, match=r"^input must be a tensor, got tuple$"):
+        gru((x,))
+
+
+def test_from_float_names_what_it_refuses_word_for_word():
+    with pytest.raises(ValueError, match=r"^quantize: BiGRU\(reset_after=False\) \(Keras's original GRU\) has no int8 "
+                                         r"path; quantize a reset_after=True GRU, or serve this one in float32$"):
+        QuantizedBiRNN.from_float(BiGRU(4, 4, reset_after=False))
+    # The first weight off the CPU, the others on it: the device named is the one that is not the CPU.
+    mixed = BiLSTM(4, 4, 1)
+    mixed.weight_ih_l0 = nn.Parameter(mixed.weight_ih_l0.detach().to("meta"))
+    with pytest.raises(ValueError, match=r"^quantize: the block's weights are on meta; the int8 path runs on the "
+                                         r"CPU: quantize\(model.cpu\(\)\)$"):
+        QuantizedBiRNN.from_float(mixed)
+    broken = BiGRU(4, 4, 1)
+    with torch.no_grad():
+        broken.weight_hh_l0_reverse[1, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"^quantize: a weight holds NaN or inf; an int8 copy of it would be "
+                                         r"meaningless$"):
+        QuantizedBiRNN.from_float(broken)
