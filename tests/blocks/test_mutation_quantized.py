@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from models import BiGRU, BiLSTM, BiRNN, quantize
 from models.blocks import cpu_kernel
 from models.blocks.cpu_kernel import q8
-from models.blocks.quantized import QuantizedBiRNN, quantize_rows, reference_layer
+from models.blocks.quantized import QuantizedBiRNN, quantize_rows, quantize_weight, reference_layer
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built on this machine")
 
@@ -435,3 +435,13 @@ def test_from_float_names_what_it_refuses_word_for_word():
     with pytest.raises(ValueError, match=r"^quantize: a weight holds NaN or inf; an int8 copy of it would be "
                                          r"meaningless$"):
         QuantizedBiRNN.from_float(broken)
+
+
+def test_quantize_weight_gives_int8_and_the_rows_scales():
+    # Its documented result: (int8 (G, K), float32 (G,)), the values quantize_rows gives (a gradient-tracking float64
+    # weight included).
+    weight = torch.tensor([[0.5, -1.0, 0.25], [3.0, -1.5, 1.0]], dtype=torch.float64, requires_grad=True)
+    q, scale = quantize_weight(weight)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and not q.requires_grad
+    assert q.tolist() == [[64, -127, 32], [127, -64, 42]]
+    torch.testing.assert_close(scale, torch.tensor([1.0, 3.0]) / 127, rtol=0, atol=0)
