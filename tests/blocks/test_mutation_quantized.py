@@ -445,3 +445,18 @@ def test_quantize_weight_gives_int8_and_the_rows_scales():
     assert q.dtype == torch.int8 and scale.dtype == torch.float32 and not q.requires_grad
     assert q.tolist() == [[64, -127, 32], [127, -64, 42]]
     torch.testing.assert_close(scale, torch.tensor([1.0, 3.0]) / 127, rtol=0, atol=0)
+
+
+def test_quantize_rows_clamps_a_row_whose_inverse_scale_overflows():
+    # For m = max |v| below 127 / FLT_MAX (~3.7e-37), inv = 127 / m is inf in float32 and v * inv is +-inf: only the
+    # clamp to [-127, 127] brings the row's extremes back to +-127 (the kernel's csrc/q8_forward.h clamps alike).
+    q, scale = quantize_rows(torch.tensor([[1e-38, -1e-38], [-2e-38, 2e-38]]))
+    assert q.tolist() == [[127.0, -127.0], [-127.0, 127.0]]
+    torch.testing.assert_close(scale, torch.tensor([1e-38, 2e-38]) / 127, rtol=0, atol=0)
+
+
+@pytest.mark.xfail(strict=True, reason="known bug (issue 37, p37q): for m < 127 / FLT_MAX, inv = 127 / m is inf and a "
+                                       "zero in the row becomes 0 * inf = NaN, so the portable path's outputs turn NaN")
+def test_quantize_rows_of_a_tiny_row_holding_a_zero_gives_no_nan():
+    q, _ = quantize_rows(torch.tensor([[1e-38, -1e-38, 0.0]]))
+    assert not q.isnan().any() and q[0, 2].item() == 0.0
