@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from models import BiGRU, BiLSTM, BiRNN, quantize
 from models.blocks import cpu_kernel
 from models.blocks.cpu_kernel import q8
-from models.blocks.quantized import QuantizedBiRNN, quantize_rows, reference_layer
+from models.blocks.quantized import QuantizedBiRNN, quantize_rows, quantize_weight, reference_layer
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built on this machine")
 
@@ -316,3 +316,147 @@ def test_reference_layer_returns_the_lstms_cell_state():
     torch.testing.assert_close(ref_c.float(), c_n, rtol=0, atol=2e-4)     # tolerance: test_quantize's portable one
     torch.testing.assert_close(ref_h.float(), h_n, rtol=0, atol=2e-4)
     assert not torch.allclose(ref_c, ref_h, atol=1e-2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_portable_path_reads_each_layers_own_initial_states(cell: str):
+    # Two layers, every initial state row different: the portable path must hand layer l rows 2l, 2l + 1 of h0
+    # (and of c0 for the LSTM) as the kernel does. Tolerance: test_quantize's portable one (2e-4).
+    torch.manual_seed(0)
+    make = BiLSTM if cell == "lstm" else BiGRU
+    q = quantize(make(6, 8, 2, merge_mode="concat").eval())
+    x = torch.randn(5, 3, 6, generator=torch.Generator().manual_seed(7))
+    h0 = torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(8))
+    c0 = torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(9))
+    hx = (h0, c0) if cell == "lstm" else h0
+    lengths = torch.tensor([5, 2, 4])
+    kernel_out, kernel_state = q(x, hx, lengths=lengths)
+    with cpu_kernel.disabled():
+        portable_out, portable_state = q(x, hx, lengths=lengths)
+    torch.testing.assert_close(portable_out, kernel_out, rtol=0, atol=2e-4)
+    for got, want in zip(portable_state if cell == "lstm" else (portable_state,),
+                         kernel_state if cell == "lstm" else (kernel_state,), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-4)
+
+
+def test_a_wrong_initial_state_is_refused_by_its_name():
+    # Each state is named as the float blocks name it: hx[0] / hx[1] for the LSTM's pair, hx for the others.
+    torch.manual_seed(0)
+    lstm = quantize(BiLSTM(6, 8, 2).eval())
+    x = torch.randn(5, 2, 6)
+    good = torch.zeros(4, 2, 8)
+    with pytest.raises(ValueError, match=r"^hx\[1\] must have shape \(2 \* num_layers, B, hidden_size\) = "
+                                         r"\[4, 2, 8\], got \[4, 3, 8\]$"):
+        lstm(x, (good, torch.zeros(4, 3, 8)))
+    with pytest.raises(TypeError, match=r"^hx\[1\] has dtype torch.float64 but input has dtype torch.float32$"):
+        lstm(x, (good, good.double()))
+    with pytest.raises(ValueError, match=r"^hx\[0\] must have shape \(2 \* num_layers, hidden_size\) for unbatched "
+                                         r"input = \[4, 8\], got \[4, 2, 8\]$"):
+        lstm(x[:, 0], (good, good[:, 0]))
+    gru = quantize(BiGRU(6, 8, 2).eval())
+    with pytest.raises(ValueError, match=r"^hx must have shape \(2 \* num_layers, B, hidden_size\) = \[4, 2, 8\], "
+                                         r"got \[2, 2, 8\]$"):
+        gru(x, torch.zeros(2, 2, 8))
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_the_portable_path_takes_unbatched_input_with_states(batch_first: bool):
+    # Unbatched (T, F) input with (2 * num_layers, H) states: the portable path reads the states' shapes (the kernel
+    # only their memory), so each must be given a batch axis of one at axis 1. Tolerance: the portable one, 2e-4.
+    torch.manual_seed(0)
+    q = quantize(BiLSTM(6, 8, 2, merge_mode="sum", batch_first=batch_first).eval())
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(10))
+    h0 = torch.randn(4, 8, generator=torch.Generator().manual_seed(11))
+    c0 = torch.randn(4, 8, generator=torch.Generator().manual_seed(12))
+    kernel_out, (kernel_h, kernel_c) = q(x, (h0, c0))
+    with cpu_kernel.disabled():
+        out, (h_n, c_n) = q(x, (h0, c0))
+    assert out.shape == (5, 8) and h_n.shape == (4, 8) and c_n.shape == (4, 8)
+    torch.testing.assert_close(out, kernel_out, rtol=0, atol=2e-4)
+    torch.testing.assert_close(h_n, kernel_h, rtol=0, atol=2e-4)
+    torch.testing.assert_close(c_n, kernel_c, rtol=0, atol=2e-4)
+
+
+def test_an_empty_batch_one_layer_and_its_states():
+    # One layer (the last merge mode is merge_modes[-1], the only one); the LSTM's c_n is a tensor of its own, not h_n
+    # again (as on the kernel path); run's c_n *is* h_n for a one-state cell (its docstring; the kernel path too).
+    torch.manual_seed(0)
+    for merge, width in ((None, (2, 8)), ("concat", (16,)), ("mul", (8,))):
+        lstm = quantize(BiLSTM(6, 8, 1, merge_mode=merge).eval())
+        out, (h_n, c_n) = lstm(torch.randn(5, 0, 6))
+        assert out.shape == (5, 0, *width) and h_n.shape == (2, 0, 8) and c_n.shape == (2, 0, 8)
+        assert c_n is not h_n
+    gru = quantize(BiGRU(6, 8, 1, merge_mode="ave").eval())
+    out, h_n, c_n = gru.run(torch.randn(5, 0, 6))
+    assert out.shape == (5, 0, 8) and c_n is h_n
+
+
+def test_forward_names_what_it_refuses_word_for_word():
+    torch.manual_seed(0)
+    lstm = quantize(BiLSTM(6, 8, 1).eval())
+    x = torch.randn(5, 2, 6)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 2]))
+    with pytest.raises(TypeError, match=r"^QuantizedBiRNN takes a padded tensor and lengths=, not a PackedSequence "
+                                        r"\(torch\.nn\.utils\.rnn\.pad_packed_sequence gives both\)$"):
+        lstm(packed)
+    with pytest.raises(TypeError, match=r"^hx of an LSTM must be a tuple \(h_0, c_0\) of tensors "
+                                        r"\(2 \* num_layers, B, H\)$"):
+        lstm(x, torch.zeros(2, 2, 8))
+    lengths_like = torch.tensor([5, 2])
+    looks = (r" got a 1-D integer tensor \(dtype torch.int64, shape \[2\]\), which looks like lengths: the second "
+             r"positional argument is hx, as in nn.LSTM/nn.GRU/nn.RNN; pass lengths by keyword, "
+             r"block\(input, lengths=lengths\)$")
+    with pytest.raises(TypeError, match=r"^hx\[0\]" + looks):
+        lstm(x, (lengths_like, torch.zeros(2, 2, 8)))
+    gru = quantize(BiGRU(6, 8, 1).eval())
+    with pytest.raises(TypeError, match=r"^hx" + looks):
+        gru(x, lengths_like)
+    with pytest.raises(TypeError, match=r"^hx of a GRU block must be a tensor \(2 \* num_layers, B, H\), got list$"):
+        gru(x, [torch.zeros(2, 2, 8)])
+    with pytest.raises(TypeError, match=r"^input must be a tensor, got tuple$"):
+        gru((x,))
+
+
+def test_from_float_names_what_it_refuses_word_for_word():
+    with pytest.raises(ValueError, match=r"^quantize: BiGRU\(reset_after=False\) \(Keras's original GRU\) has no int8 "
+                                         r"path; quantize a reset_after=True GRU, or serve this one in float32$"):
+        QuantizedBiRNN.from_float(BiGRU(4, 4, reset_after=False))
+    # The first weight off the CPU, the others on it: the device named is the one that is not the CPU.
+    mixed = BiLSTM(4, 4, 1)
+    mixed.weight_ih_l0 = nn.Parameter(mixed.weight_ih_l0.detach().to("meta"))
+    with pytest.raises(ValueError, match=r"^quantize: the block's weights are on meta; the int8 path runs on the "
+                                         r"CPU: quantize\(model.cpu\(\)\)$"):
+        QuantizedBiRNN.from_float(mixed)
+    broken = BiGRU(4, 4, 1)
+    with torch.no_grad():
+        broken.weight_hh_l0_reverse[1, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"^quantize: a weight holds NaN or inf; an int8 copy of it would be "
+                                         r"meaningless$"):
+        QuantizedBiRNN.from_float(broken)
+
+
+def test_quantize_weight_gives_int8_and_the_rows_scales():
+    # Its documented result: (int8 (G, K), float32 (G,)), the values quantize_rows gives (a gradient-tracking float64
+    # weight included).
+    weight = torch.tensor([[0.5, -1.0, 0.25], [3.0, -1.5, 1.0]], dtype=torch.float64, requires_grad=True)
+    q, scale = quantize_weight(weight)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and not q.requires_grad
+    assert q.tolist() == [[64, -127, 32], [127, -64, 42]]
+    torch.testing.assert_close(scale, torch.tensor([1.0, 3.0]) / 127, rtol=0, atol=0)
+
+
+def test_quantize_rows_clamps_a_row_whose_inverse_scale_overflows():
+    # For m = max |v| below 127 / FLT_MAX (~3.7e-37), inv = 127 / m is inf in float32 and v * inv is +-inf: only the
+    # clamp to [-127, 127] brings the row's extremes back to +-127 (the kernel's csrc/q8_forward.h clamps alike).
+    q, scale = quantize_rows(torch.tensor([[1e-38, -1e-38], [-2e-38, 2e-38]]))
+    assert q.tolist() == [[127.0, -127.0], [-127.0, 127.0]]
+    torch.testing.assert_close(scale, torch.tensor([1e-38, 2e-38]) / 127, rtol=0, atol=0)
+
+
+@pytest.mark.xfail(strict=True, reason="known bug (issue 37, p37q): for m < 127 / FLT_MAX, inv = 127 / m is inf and a "
+                                       "zero in the row becomes 0 * inf = NaN, so the portable path's outputs turn NaN")
+def test_quantize_rows_of_a_tiny_row_holding_a_zero_gives_no_nan():
+    q, _ = quantize_rows(torch.tensor([[1e-38, -1e-38, 0.0]]))
+    assert not q.isnan().any() and q[0, 2].item() == 0.0
