@@ -42,14 +42,19 @@ _NO_EXPORT = ("QuantizedBiRNN (models.quantize) cannot be traced or exported (to
 def quantize_rows(values: Tensor) -> Tuple[Tensor, Tensor]:
     """The int8 rule over the last axis, in float32 exactly as the kernel computes it: ``values (..., K)`` ->
     ``(q (..., K) float32 holding integers in [-127, 127], scale (...,) float32)``. An all-zero row gets q = 0,
-    scale 0; a row holding NaN or inf gets q = 0 and scale NaN (its outputs turn NaN, as in float)."""
+    scale 0; a row holding NaN or inf gets q = 0 and scale NaN (its outputs turn NaN, as in float). A row so small
+    that ``127 / m`` overflows (m below about 3.7e-37) is quantized as ``round(v / m * 127)``: the same q without
+    the overflow (``q8_forward.h`` states the rule)."""
     v = values.float()
     m = v.abs().amax(-1)
     finite = torch.isfinite(v).all(-1)
     usable = finite & (m > 0)
-    inv = torch.where(usable, 127.0 / torch.where(usable, m, torch.ones_like(m)), torch.zeros_like(m))
-    q = (v * inv.unsqueeze(-1)).round().clamp(-127.0, 127.0)
-    q = torch.where(usable.unsqueeze(-1), q, torch.zeros_like(q))
+    safe_m = torch.where(usable, m, torch.ones_like(m)).unsqueeze(-1)
+    inv = torch.where(usable, 127.0 / safe_m.squeeze(-1), torch.zeros_like(m))
+    tiny = (usable & torch.isinf(inv)).unsqueeze(-1)
+    q = torch.where(tiny, (v / safe_m * 127.0).round(),
+                    (v * torch.where(tiny.squeeze(-1), torch.zeros_like(inv), inv).unsqueeze(-1)).round())
+    q = torch.where(usable.unsqueeze(-1), q.clamp(-127.0, 127.0), torch.zeros_like(q))
     scale = torch.where(finite, m / 127.0, torch.full_like(m, float("nan")))
     return q, scale
 

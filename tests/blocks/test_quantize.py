@@ -119,6 +119,31 @@ def test_quantize_rows_rule():
     assert scale[0].item() == pytest.approx(1 / 127, rel=1e-7)
     assert q[1].tolist() == [0.0] * 4 and scale[1].item() == 0.0
     assert q[2].tolist() == [0.0] * 4 and torch.isnan(scale[2])
+    # A row whose 127 / m overflows float32 (m < 3.7e-37): round(v / m * 127), zero staying zero.
+    q, scale = quantize_rows(torch.tensor([[1e-38, -1e-38, 0.0, 4e-39]]))
+    assert q[0].tolist() == [127.0, -127.0, 0.0, 51.0]   # 4e-39 / 1e-38 * 127 = 50.8
+    assert scale[0].item() == pytest.approx(1e-38 / 127, rel=1e-3)  # subnormal: fewer digits
+
+
+@needs_kernel
+@pytest.mark.parametrize("cell", list(BLOCKS))
+def test_tiny_inputs_give_the_same_finite_outputs_on_the_kernel_and_the_portable_path(cell: str):
+    """Input rows below 3.7e-37 (where 127 / max overflows), a zero in each, against input weights near 1e37, so
+    that their products matter: both paths quantize them by the same rule, so their outputs agree (as in
+    ``test_portable_path_gives_the_kernels_outputs``) and hold no NaN."""
+    float_block = block(cell, layers=2, merge_mode=["sum", "concat"])
+    with torch.no_grad():
+        float_block.weight_ih_l0.mul_(1e37)
+        float_block.weight_ih_l0_reverse.mul_(1e37)
+    q = quantize(float_block)
+    x = torch.randn(6, 3, 6, generator=torch.Generator().manual_seed(4)) * 1e-38
+    x[:, :, 2] = 0.0
+    out, _ = q(x)
+    with cpu_kernel.disabled():
+        portable, _ = q(x)
+    assert torch.isfinite(out).all() and torch.isfinite(portable).all()
+    assert (out - q(torch.zeros_like(x))[0]).abs().amax() > 0.05  # the tiny inputs do move the outputs
+    torch.testing.assert_close(portable, out, rtol=0, atol=2e-4)
 
 
 # -- exactness against the dequantized reference -------------------------------------------------------------------

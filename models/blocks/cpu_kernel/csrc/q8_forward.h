@@ -4,7 +4,9 @@
 //
 // The quantization rule, mirrored exactly by models/blocks/quantized.py's reference (float32 operations, so the
 // same bits): m = max |v| over the row; m == 0: q = 0, scale 0; otherwise inv = 127 / m, q = clamp(round-half-even(
-// v * inv), -127, 127), scale = m / 127. A row holding NaN or inf gets scale NaN (its outputs are NaN, as in float).
+// v * inv), -127, 127), scale = m / 127; where inv overflows (m < 127 / FLT_MAX, about 3.7e-37), q =
+// round-half-even(v / m * 127) instead (|v / m| <= 1: finite, zero stays zero). A row holding NaN or inf gets scale
+// NaN (its outputs are NaN, as in float).
 // A step's pre-activation is acc_h * (s_h * s_hh[j]) + acc_x * (s_x * s_ih[j]) + bias[j].
 //
 // Entry point: birnn_q8_forward_stack(const Q8Args*), every layer and merge of an inference call (merge codes as
@@ -88,6 +90,11 @@ inline float quantize_row(const float* v, int K, int padded, Q* q) {
     return finite ? 0.0f : std::nanf("");
   }
   const float inv = 127.0f / m;
+  if (!(inv <= 3.4028234663852886e38f)) {  // a tiny row: v * inv would be inf, and a zero in it 0 * inf = NaN
+    for (int j = 0; j < K; ++j) q[j] = Q(int(std::nearbyint(v[j] / m * 127.0f)) + offset);
+    for (int j = K; j < padded; ++j) q[j] = Q(offset);
+    return m / 127.0f;
+  }
   int j = 0;
 #if defined(__AVX2__)
   const __m256 scale = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
