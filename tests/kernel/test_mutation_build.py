@@ -5,6 +5,7 @@ record and its checks, and ``load``'s name, fallback and vector-width check on s
 seconds in all."""
 
 import builtins
+import functools
 import hashlib
 import os
 import re
@@ -243,6 +244,9 @@ def test_cache_dir_refuses_a_shared_or_uncreatable_folder_naming_it(tmp_path: Pa
     with pytest.raises(PermissionError, match=exact(f"{shared} is writable by other users (mode 777)")):
         build.cache_dir(shared)
     (tmp_path / "file").write_text("")
+    (tmp_path / "file").chmod(0o600)
+    with pytest.raises(PermissionError, match=exact(f"{tmp_path / 'file'} is not a folder")):
+        build.cache_dir(tmp_path / "file")
     bad = tmp_path / "file" / "cache"  # under a file: mkdir says it exists; the check says why it is unusable
     with pytest.raises(PermissionError, match=exact(f"{bad} cannot be read ([Errno 20] Not a directory: '{bad}')")):
         build.cache_dir(bad)
@@ -301,8 +305,10 @@ class Compiler:
             raise self.error
 
 
-def test_the_compile_command_and_its_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_compile_command_and_its_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
     compiler = Compiler(monkeypatch)
+    monkeypatch.setattr(build, "_announced", False)  # the first compile of this process says where it goes
     synced: List[Any] = []
     monkeypatch.setattr(build, "_fsync_folder", synced.append)
     target = tmp_path / "lib.so"
@@ -317,6 +323,8 @@ def test_the_compile_command_and_its_temporary_file(tmp_path: Path, monkeypatch:
     assert Path(partial).parent == tmp_path and partial.endswith(".so.partial")
     assert target.read_bytes() == compiler.output and stat.S_IMODE(target.stat().st_mode) == 0o755
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.so"] and synced == [tmp_path]
+    assert capsys.readouterr().err == (f"birnn-zoo: compiling the CPU kernel (avx2) once for this machine, cached "
+                                       f"in {tmp_path} ($BIRNN_ZOO_KERNEL_CACHE sets the folder)\n")
 
 
 def test_the_avx512_compile_adds_its_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -454,6 +462,9 @@ def test_a_planted_library_is_refused_before_anything_is_built(tmp_path: Path, m
     (tmp_path / "k.so").chmod(0o666)
     with pytest.raises(PermissionError, match=exact(f"{tmp_path / 'k.so'} is writable by other users (mode 666)")):
         build._build_in(tmp_path, "k.so", ["c++"], "avx2")
+    (tmp_path / "d.so").mkdir(mode=0o700)  # not a file at all: refused as such, not compiled over
+    with pytest.raises(PermissionError, match=exact(f"{tmp_path / 'd.so'} is not a regular file")):
+        build._build_in(tmp_path, "d.so", ["c++"], "avx2")
     assert calls == []
 
 
@@ -496,6 +507,12 @@ def test_the_fallback_folder_is_one_per_user_else_a_fresh_private_one(tmp_path: 
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    if os.getuid() == 0:  # root's uid is 0, the default: name the folder after another uid (which must own it)
+        (tmp_path / "birnn-zoo-kernels-4321").mkdir(mode=0o700)
+        os.chown(tmp_path / "birnn-zoo-kernels-4321", 4321, -1)
+        with monkeypatch.context() as patched:
+            patched.setattr(build.os, "getuid", lambda: 4321)
+            assert build._fallback_dir() == tmp_path / "birnn-zoo-kernels-4321"
     folder = build._fallback_dir()
     assert folder == tmp_path / f"birnn-zoo-kernels-{os.getuid()}"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and build._fallback_dir() == folder
@@ -520,7 +537,8 @@ def stub_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, width: int = 8) -
     seen: Dict[str, Any] = {"declared": []}
     monkeypatch.setenv("BIRNN_ZOO_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(build, "_compiler", lambda: ["c++"])
-    monkeypatch.setattr(build, "_compiler_identity", lambda cxx: b"compiler 1")
+    seen["identity_of"] = []
+    monkeypatch.setattr(build, "_compiler_identity", lambda cxx: seen["identity_of"].append(cxx) or b"compiler 1")
     monkeypatch.setattr(build.ctypes, "CDLL", lambda path: Library(path, width))
     monkeypatch.setattr(build.abi, "declare", seen["declared"].append)
     seen["compiles"] = fake_compiles(monkeypatch)
@@ -537,7 +555,7 @@ def test_load_names_the_library_by_everything_that_makes_it(tmp_path: Path, monk
     digest.update(b"compiler 1")
     path = tmp_path / "cache" / f"birnn_cpu-avx2-{digest.hexdigest()[:16]}.so"
     assert library._name == str(path) and seen["declared"] == [library]
-    assert [c[2] for c in seen["compiles"]] == [path]
+    assert seen["compiles"] == [(["c++"], "avx2", path)] and seen["identity_of"] == [["c++"]]
 
 
 def test_load_refuses_an_unknown_capability_and_a_library_of_another_width(tmp_path: Path,
@@ -552,7 +570,7 @@ def test_load_refuses_an_unknown_capability_and_a_library_of_another_width(tmp_p
 
 def test_load_falls_back_to_the_private_folder_with_one_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                                 ) -> None:
-    stub_load(monkeypatch, tmp_path, width=16)
+    seen = stub_load(monkeypatch, tmp_path, width=16)
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache").chmod(0o777)
     private = tmp_path / "private"
@@ -563,3 +581,47 @@ def test_load_falls_back_to_the_private_folder_with_one_warning(tmp_path: Path, 
     with pytest.warns(RuntimeWarning, match=exact(message)) as caught:
         library = build.load("avx512")
     assert len(caught) == 1 and Path(library._name).parent == private
+    assert seen["compiles"] == [(["c++"], "avx512", Path(library._name))]
+
+
+# -- where the warnings point --------------------------------------------------------------------------------------
+
+def under_mutmut() -> bool:
+    return "mutants" in Path(build.__file__).parts
+
+
+def via_caller(call: Any) -> Any:
+    """Stands for ``cpu_kernel.available``, the one caller of ``choose_capability`` and ``load``: the warnings name
+    the line that called it (here, the test's)."""
+    return call()
+
+
+def test_the_warnings_point_at_the_line_that_asked_for_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """``choose_capability`` and ``load`` warn with ``stacklevel=3`` (past ``available``), ``_build_in`` with 4
+    (past ``load`` and ``available``): each names this file at the line calling ``via_caller``."""
+    if under_mutmut():
+        pytest.skip("under mutmut each function is wrapped in a trampoline: more frames")
+    import inspect
+    monkeypatch.setenv("BIRNN_ZOO_CPU_CAPABILITY", "avx512")
+    monkeypatch.setattr(build, "supported_capabilities", lambda: ["avx2"])
+    with pytest.warns(RuntimeWarning) as caught:
+        line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        via_caller(build.choose_capability)
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]
+    seen = stub_load(monkeypatch, tmp_path, width=8)
+    via_caller(functools.partial(build.load, "avx2"))
+    library = Path(seen["compiles"][0][2])
+    library.write_bytes(ELF)  # damaged: rebuilt with a warning
+    with pytest.warns(RuntimeWarning, match="is damaged") as caught:
+        line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        via_caller(functools.partial(build.load, "avx2"))
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]
+    (tmp_path / "cache").chmod(0o777)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    monkeypatch.setattr(build, "_fallback_dir", lambda: private)
+    with pytest.warns(RuntimeWarning, match="refusing") as caught:
+        line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        via_caller(functools.partial(build.load, "avx2"))
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]

@@ -436,3 +436,92 @@ def test_first_order_gradients_of_some_inputs_only_equal_torchs(mode: str) -> No
     want = torch.autograd.grad((out.tanh().sum() + h_n.sum() * 2 + c_n.sum() * 3), (x, h0))
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_a_graph_of_the_backward_equals_torchs_second_derivatives(mode: str) -> None:
+    """``create_graph=True`` takes ``_gradients``' recomputation: with ``lengths``, seeds on every output (``c_n``
+    of the LSTM too), the second derivatives of every input equal those through ``nn.LSTM``/``nn.GRU``."""
+    module = flat_module(mode)
+    torch.manual_seed(4)
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([2, 5, 3])
+    weights = list(module._flat_weights)
+    inputs = [x, h0] + ([c0] if mode == "LSTM" else []) + weights
+
+    def second(run: Any) -> List[Tensor]:
+        out, h_n, c_n = run()
+        loss = out.sin().sum() + (h_n * h_n).sum() + (c_n.pow(3).sum() if mode == "LSTM" else 0)
+        first = torch.autograd.grad(loss, inputs, create_graph=True)
+        return list(torch.autograd.grad(sum((g * g).sum() for g in first), inputs))
+
+    got = second(lambda: cpu_kernel.fused_layer(mode, x, h0, c0, lengths, weights, True))
+    want = second(lambda: reference(module, x, h0, c0, lengths))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_first_order_gradients_of_every_input_biases_included_equal_torchs(mode: str) -> None:
+    """Every input needs a gradient, the biases too (the LSTM's folded into one, the GRU's two apart); a GRU's ``c0``
+    (never read) gets none, not an empty one."""
+    module = flat_module(mode)
+    weights = list(module._flat_weights)
+    torch.manual_seed(6)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([3, 5])
+
+    def grads(run: Any) -> List[Optional[Tensor]]:
+        out, h_n, c_n = run()
+        loss = out.tanh().sum() + (h_n * 2).sum() + (c_n * 3).sum()
+        return list(torch.autograd.grad(loss, [x, h0, c0] + weights, allow_unused=True))
+
+    got = grads(lambda: cpu_kernel.fused_layer(mode, x, h0, c0, lengths, weights, True))
+    want = grads(lambda: reference(module, x, h0, c0, lengths))
+    assert (got[2] is None) == (mode == "GRU")
+    for a, b in zip(got, want, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+class LengthsOnAnotherDevice:
+    """Stands for ``lengths`` on another device (a GPU): records what ``.to`` is asked, answers the host copy."""
+
+    def __init__(self, values: Tensor) -> None:
+        self.values, self.asked = values, []
+
+    def to(self, *args: Any, **kwargs: Any) -> Tensor:
+        self.asked.append((args, kwargs))
+        device = kwargs.get("device", args[0] if args else None)
+        return self.values.to(torch.int64) if device in ("cpu", torch.device("cpu")) else self.values.to("meta")
+
+
+@needs_kernel
+def test_lengths_are_copied_to_the_host_before_the_kernel_reads_them() -> None:
+    module = flat_module("GRU")
+    x, h0 = torch.randn(4, 2, 3, dtype=torch.float64), torch.zeros(2, 2, 4, dtype=torch.float64)
+    lengths = LengthsOnAnotherDevice(torch.tensor([4, 2], dtype=torch.int32))
+    out, h_n, _ = cpu_kernel.fused_layer("GRU", x, h0, h0, lengths, list(module._flat_weights), True)  # type: ignore
+    assert lengths.asked == [((), {"device": "cpu", "dtype": torch.int64})]
+    want = reference(module, x, h0, h0, torch.tensor([4, 2]))
+    torch.testing.assert_close(out, want[0], atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(h_n, want[1], atol=1e-12, rtol=1e-12)
+
+
+def test_a_failed_load_warns_at_the_line_that_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``available`` warns with ``stacklevel=2``: at its caller (here, this test)."""
+    if "mutants" in cpu_kernel.__file__.split("/"):
+        pytest.skip("under mutmut each function is wrapped in a trampoline: more frames")
+    import inspect
+    Steps(monkeypatch, error=OSError("no lib"))
+    with pytest.warns(RuntimeWarning) as caught:
+        line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        cpu_kernel.available()
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]

@@ -181,3 +181,15 @@ def test_the_gradients_can_be_differentiated_again() -> None:
     out, h_n, _ = reference_layer(1, *inputs, LENGTHS)  # type: ignore[arg-type]
     first = torch.autograd.grad((out * d_out).sum() + (h_n * d_hn).sum(), inputs[0], create_graph=True)[0]
     close(second, torch.autograd.grad(first.pow(2).sum(), inputs[3])[0])
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_rows_all_shorter_than_the_input_keep_its_length(mode: str) -> None:
+    """No row reaches the last step: the output keeps ``T`` steps, zero past each row's end."""
+    module = torch_module(mode)
+    x, h0, c0 = states()
+    lengths = torch.tensor([2, 4, 3])
+    got = reference_layer(CODES[mode], x, *kernel_layout(module, mode == "LSTM"), h0, c0, lengths)
+    assert got[0].shape == (T, B, 2, H) and not got[0][4].any()
+    for a, b in zip(got, torch_run(module, x, h0, c0, lengths), strict=True):
+        close(a, b)
