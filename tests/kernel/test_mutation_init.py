@@ -346,6 +346,9 @@ class Context:
     def save_for_backward(self, *tensors: Any) -> None:
         self.saved = tensors
 
+    def set_materialize_grads(self, value: bool) -> None:
+        self.materialize = value
+
 
 def test_save_for_backward_keeps_what_the_reverse_loop_reads() -> None:
     t = [torch.full((1,), float(i)) for i in range(16)]
@@ -354,6 +357,7 @@ def test_save_for_backward_keeps_what_the_reverse_loop_reads() -> None:
     cpu_kernel._save_for_backward(ctx, inputs, (t[8], t[9], t[10], t[11], t[12], t[13], t[14]))
     assert (ctx.cell, ctx.has_b_ih, ctx.has_b_hh) == (1, True, False)
     assert ctx.saved == (t[0], t[1], t[3], t[5], t[6], t[7], t[11], t[12], t[13], t[14], t[2], None)
+    assert ctx.materialize is False  # no zero-filled gradients for the stash (test_cpu_kernel_unused_outputs.py)
     ctx = Context()
     cpu_kernel._save_for_backward(ctx, (t[0], t[1], None, t[3], t[4], t[5], t[6], None, 0, True), tuple(t[8:15]))
     assert (ctx.cell, ctx.has_b_ih, ctx.has_b_hh) == (0, False, True)
