@@ -459,3 +459,10 @@ def test_quantize_rows_of_a_tiny_row_holding_a_zero_gives_no_nan():
     # Found by mutation testing: for m < 127 / FLT_MAX, 127 / m is inf and a zero became 0 * inf = NaN.
     q, _ = quantize_rows(torch.tensor([[1e-38, -1e-38, 0.0]]))
     assert not q.isnan().any() and q[0, 2].item() == 0.0
+
+
+def test_quantize_rows_multiplies_by_127_over_m_as_the_kernel_does():
+    # The kernel's rule for a row that is not tiny is round(v * (127 / m)); round(v / m * 127) differs for some
+    # values, e.g. this one (70 against 71): only rows whose 127 / m overflows take the second form.
+    q, _ = quantize_rows(torch.tensor([[5.483242511749268, 3.0438473224639893]]))
+    assert q[0].tolist() == [127.0, 70.0]
