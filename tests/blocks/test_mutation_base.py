@@ -18,6 +18,7 @@ from torch.nn.utils import parametrize
 from models import BiGRU, BiLSTM
 from models.blocks import cpu_kernel
 from models.blocks.base import _BiRNNBase
+from models.blocks.cpu_kernel import inference as cpu_kernel_inference
 from models.blocks.factory import block_for_cell
 
 TOL = {"atol": 2e-5, "rtol": 2e-5}
@@ -364,3 +365,134 @@ def test_host_lengths_are_moved_to_the_inputs_device(merge_mode: object) -> None
     out, h_n, c_n = block.run(torch.empty(5, 3, 3, device="meta"), lengths=torch.tensor([5, 2, 4]))
     assert out.device.type == h_n.device.type == c_n.device.type == "meta"
     assert out.shape == (5, 3, 8) and h_n.shape == c_n.shape == (4, 3, 4)
+
+
+needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built (see test_kernel_builds)")
+
+
+@needs_kernel
+@pytest.mark.parametrize(("training", "dropout", "direct"), [
+    (False, 0.0, True), (False, 0.5, True), (True, 0.0, True),  # no dropout to apply: one call for all the layers
+    (True, 0.5, False),                                         # dropout between layers: layer by layer
+])
+def test_the_kernels_direct_inference_path_is_taken_exactly_when_no_dropout_applies(
+        training: bool, dropout: float, direct: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_run_kernel_layers`` without gradients takes ``cpu_kernel/inference.py``'s one call for the whole stack
+    unless dropout is to be applied (training with ``dropout > 0``), and hands it everything: a 2-layer BiLSTM
+    with biases, per-layer merges, ragged lengths and non-zero states against PyTorch's path
+    (``cpu_kernel.disabled()``), to float32 rounding (5e-6 measured 1e-7)."""
+    calls: List[int] = []
+    original = cpu_kernel_inference.run_layers
+
+    def recording(*args: object) -> object:
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(cpu_kernel_inference, "run_layers", recording)
+    torch.manual_seed(0)
+    block = BiLSTM(3, 5, 2, dropout=dropout, merge_mode=["sum", "concat"]).train(training)
+    x, lengths = torch.randn(6, 4, 3), torch.tensor([6, 2, 4, 1])
+    h0, c0 = torch.randn(4, 4, 5), torch.randn(4, 4, 5)
+    with torch.no_grad(), cpu_kernel.forced():
+        got = block.run(x, h0, c0, lengths)
+    assert calls == ([1] if direct else [])
+    if direct:
+        with torch.no_grad(), cpu_kernel.disabled():
+            want = block.run(x, h0, c0, lengths)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, atol=5e-6, rtol=5e-6)
+
+
+@needs_kernel
+@pytest.mark.parametrize("lengths", [None, torch.tensor([6, 2, 4])])
+def test_the_kernel_training_path_drops_out_between_layers_and_never_after_the_last(lengths: object) -> None:
+    """Training with ``dropout=1.0`` on the kernel's layer-by-layer path: the second layer's input is all zeros
+    (so the result does not depend on ``x``), and the last layer's output is not dropped (not all zeros)."""
+    torch.manual_seed(0)
+    block = BiLSTM(3, 5, 2, dropout=1.0).train()
+    h0 = torch.randn(4, 3, 5)
+    runs = []
+    for x in (torch.randn(6, 3, 3, requires_grad=True), torch.randn(6, 3, 3, requires_grad=True)):
+        with cpu_kernel.forced():
+            runs.append(block.run(x, h0, h0, lengths))
+    (out, h_n, c_n), (out2, h_n2, c_n2) = runs
+    assert bool((out[0] != 0).any()) and bool((h_n[2:] != 0).all())
+    for a, b in ((out, out2), (h_n[2:], h_n2[2:]), (c_n[2:], c_n2[2:])):
+        torch.testing.assert_close(a, b, atol=0.0, rtol=0.0)
+    assert not torch.equal(h_n[:2], h_n2[:2])  # the first layer did see x
+
+
+def test_the_kernel_training_path_makes_its_step_mask_on_the_inputs_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_run_kernel_layers`` masks padded steps with ``torch.arange(T, device=x.device)``: made on the host, the
+    mask would mix devices with a GPU input's lengths. The meta device stands for the GPU (mixing a host tensor
+    with a meta one raises), with a stand-in for the kernel's layer (which runs on the host only) that returns
+    meta outputs of the layer's shapes and records the devices it is handed."""
+    seen: List[str] = []
+
+    def layer(mode: str, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, lengths: torch.Tensor,
+              weights: List[torch.Tensor], has_biases: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        seen.append(f"{x.device.type} {h0.device.type} {c0.device.type} {lengths.device.type}")
+        steps, batch, hidden = x.shape[0], x.shape[1], h0.shape[2]
+        return x.new_empty(steps, batch, 2, hidden), h0.new_empty(2, batch, hidden), c0.new_empty(2, batch, hidden)
+
+    monkeypatch.setattr(cpu_kernel, "fused_layer", layer)
+    block = BiLSTM(3, 4, num_layers=2).to("meta")
+    x = torch.empty(5, 3, 3, device="meta", requires_grad=True)  # a gradient: the layer-by-layer path
+    h0 = torch.empty(4, 3, 4, device="meta")
+    out, h_n, c_n = block._run_kernel_layers(x, torch.tensor([5, 2, 4], device="meta"), h0, h0,
+                                             block._weights_now())
+    assert seen == ["meta meta meta meta"] * 2
+    assert out.device.type == h_n.device.type == c_n.device.type == "meta"
+    assert out.shape == (5, 3, 8) and h_n.shape == c_n.shape == (4, 3, 4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), 1e30])
+def test_what_padding_holds_reaches_neither_outputs_nor_gradients_on_the_kernel_training_path(fill: float) -> None:
+    """Padded steps may hold anything, from the first padded step (``t == lengths[b]``) on: the kernel's
+    training path zeroes them, so that outputs and every gradient are those of a zero-padded input, exactly
+    (NaN, inf or a huge value there would otherwise reach the weight gradients through the input products)."""
+    torch.manual_seed(0)
+    block = BiLSTM(3, 5, 2)
+    lengths = torch.tensor([6, 2, 4, 1])
+    clean = torch.randn(6, 4, 3)
+    clean[2:, 1], clean[4:, 2], clean[1:, 3] = 0.0, 0.0, 0.0
+    dirty = clean.clone()
+    dirty[2:, 1], dirty[4:, 2], dirty[1:, 3] = fill, fill, fill
+    results = []
+    for x in (clean, dirty):
+        x = x.clone().requires_grad_()
+        with cpu_kernel.forced():
+            out, h_n, c_n = block.run(x, lengths=lengths)
+        grads = torch.autograd.grad(out.sum() + h_n.sum() + c_n.sum(), [x] + list(block.parameters()))
+        results.append([out, h_n, c_n, *grads])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, atol=0.0, rtol=0.0)
+
+
+@needs_kernel
+@pytest.mark.parametrize(("features", "lengths"), [(1, [2, 5]), (3, [2, 5]), (1, [1, 3, 2])])
+def test_the_kernel_training_path_sorts_any_batch_of_two_rows_or_more(
+        features: int, lengths: List[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """From two rows on (whatever the feature count) each kernel layer gets the rows longest first, and the
+    caller gets them back in its order: against PyTorch's path (``cpu_kernel.disabled()``) to float32 rounding."""
+    seen: List[List[int]] = []
+    original = cpu_kernel.fused_layer
+
+    def recording(mode: str, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, given: torch.Tensor,
+                  *args: object) -> object:
+        seen.append(given.tolist())
+        return original(mode, x, h0, c0, given, *args)
+
+    monkeypatch.setattr(cpu_kernel, "fused_layer", recording)
+    torch.manual_seed(0)
+    block = BiLSTM(features, 4, 2)
+    x = torch.randn(5, len(lengths), features, requires_grad=True)
+    h0 = torch.randn(4, len(lengths), 4)
+    with cpu_kernel.forced():
+        got = block.run(x, h0, h0, torch.tensor(lengths))
+    assert seen == [sorted(lengths, reverse=True)] * 2
+    with cpu_kernel.disabled():
+        want = block.run(x, h0, h0, torch.tensor(lengths))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
