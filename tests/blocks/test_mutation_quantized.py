@@ -6,7 +6,7 @@ cached kernel plan and when it is dropped, the empty batch, unbatched lengths an
 ``from_float`` / constructor refusals, ``extra_repr`` and the attributes the float blocks have.
 """
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import pytest
 import torch
@@ -125,13 +125,21 @@ def test_an_empty_batch_gives_empty_outputs_of_the_right_shapes(cell: str, merge
     assert out_bf.shape == (0, 5, *width)
 
 
+def unbatched_lstm_case(merge: str, batch_first: bool, steps: int, seed: int
+                        ) -> Tuple[nn.Module, Tensor, Tensor, Tensor]:
+    """A quantized two-layer ``BiLSTM(6, 8)`` in eval mode, an unbatched ``x (steps, 6)`` and states ``(4, 8)``
+    drawn from generators seeded ``seed``, ``seed + 1``, ``seed + 2``."""
+    torch.manual_seed(0)
+    q = quantize(BiLSTM(6, 8, 2, merge_mode=merge, batch_first=batch_first).eval())
+    x = torch.randn(steps, 6, generator=torch.Generator().manual_seed(seed))
+    h0 = torch.randn(4, 8, generator=torch.Generator().manual_seed(seed + 1))
+    c0 = torch.randn(4, 8, generator=torch.Generator().manual_seed(seed + 2))
+    return q, x, h0, c0
+
+
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_unbatched_input_with_lengths_and_states(batch_first: bool):
-    torch.manual_seed(0)
-    q = quantize(BiLSTM(6, 8, 2, merge_mode="concat", batch_first=batch_first).eval())
-    x = torch.randn(7, 6, generator=torch.Generator().manual_seed(2))
-    h0 = torch.randn(4, 8, generator=torch.Generator().manual_seed(3))
-    c0 = torch.randn(4, 8, generator=torch.Generator().manual_seed(4))
+    q, x, h0, c0 = unbatched_lstm_case("concat", batch_first, steps=7, seed=2)
     batched_x = x.unsqueeze(0 if batch_first else 1)
     for lengths in (torch.tensor(4), torch.tensor([4])):
         out, (h, c) = q(x, (h0, c0), lengths=lengths)
@@ -365,11 +373,7 @@ def test_a_wrong_initial_state_is_refused_by_its_name():
 def test_the_portable_path_takes_unbatched_input_with_states(batch_first: bool):
     # Unbatched (T, F) input with (2 * num_layers, H) states: the portable path reads the states' shapes (the kernel
     # only their memory), so each must be given a batch axis of one at axis 1. Tolerance: the portable one, 2e-4.
-    torch.manual_seed(0)
-    q = quantize(BiLSTM(6, 8, 2, merge_mode="sum", batch_first=batch_first).eval())
-    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(10))
-    h0 = torch.randn(4, 8, generator=torch.Generator().manual_seed(11))
-    c0 = torch.randn(4, 8, generator=torch.Generator().manual_seed(12))
+    q, x, h0, c0 = unbatched_lstm_case("sum", batch_first, steps=5, seed=10)
     kernel_out, (kernel_h, kernel_c) = q(x, (h0, c0))
     with cpu_kernel.disabled():
         out, (h_n, c_n) = q(x, (h0, c0))
