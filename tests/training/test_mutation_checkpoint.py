@@ -172,13 +172,14 @@ def test_a_file_holding_code_is_refused_without_torchs_advice_to_unpickle(tmp_pa
                               f"(UnpicklingError: it holds data a weights-only load refuses)")
 
 
-# torch.load is replaced by a stub that raises these; the last-but-one imitates torch's own error text, whose advice
-# to unpickle the loader must never pass on (the loader itself only ever calls torch.load(..., weights_only=True)).
+# torch.load is replaced by a stub that raises these; the last-but-one carries torch's own advice text
+# (torch.serialization.UNSAFE_MESSAGE, which suggests a full unpickle), which the loader must never pass on (the
+# loader itself only ever calls torch.load(..., weights_only=True)).
 @pytest.mark.parametrize(("raised", "shown"), [
     (RuntimeError("first line\nsecond line"), "RuntimeError: first line"),
     (RuntimeError(""), "RuntimeError: "),
     (OSError("Unpickler got something odd"), "OSError: it holds data a weights-only load refuses"),
-    (RuntimeError("pass weights_only=False to load it"), "RuntimeError: it holds data a weights-only load refuses"),
+    (RuntimeError(torch.serialization.UNSAFE_MESSAGE), "RuntimeError: it holds data a weights-only load refuses"),
     (pickle.UnpicklingError("invalid load key, 'x'."), "UnpicklingError: invalid load key, 'x'."),
 ])
 def test_the_reason_shown_is_the_first_line_and_never_torchs_advice(
