@@ -49,12 +49,11 @@ def quantize_rows(values: Tensor) -> Tuple[Tensor, Tensor]:
     m = v.abs().amax(-1)
     finite = torch.isfinite(v).all(-1)
     usable = finite & (m > 0)
-    safe_m = torch.where(usable, m, torch.ones_like(m)).unsqueeze(-1)
-    inv = torch.where(usable, 127.0 / safe_m.squeeze(-1), torch.zeros_like(m))
-    tiny = (usable & torch.isinf(inv)).unsqueeze(-1)
-    q = torch.where(tiny, (v / safe_m * 127.0).round(),
-                    (v * torch.where(tiny.squeeze(-1), torch.zeros_like(inv), inv).unsqueeze(-1)).round())
-    q = torch.where(usable.unsqueeze(-1), q.clamp(-127.0, 127.0), torch.zeros_like(q))
+    safe_m = torch.where(usable, m, torch.ones_like(m))
+    inv = torch.where(usable, 127.0 / safe_m, torch.zeros_like(m))
+    tiny = usable & torch.isinf(inv)
+    scaled = torch.where(tiny.unsqueeze(-1), v / safe_m.unsqueeze(-1) * 127.0, v * inv.unsqueeze(-1))
+    q = torch.where(usable.unsqueeze(-1), scaled.round().clamp(-127.0, 127.0), torch.zeros_like(v))
     scale = torch.where(finite, m / 127.0, torch.full_like(m, float("nan")))
     return q, scale
 

@@ -349,10 +349,10 @@ def _gradients(ctx: Any, d_out: Optional[Tensor], d_hn: Optional[Tensor], d_cn: 
     x, w_ih, w_hh, h0, c0, lengths, h_all, c_all, gates, ghn, b_ih, b_hh = ctx.saved_tensors
     cell = ctx.cell
     cell_state = traits(cell).cell_state
-    state_shape = (2, x.shape[1], w_hh.shape[2])
-    d_out = x.new_zeros(*x.shape[:2], *state_shape[::2]) if d_out is None else d_out
-    d_hn = x.new_zeros(state_shape) if d_hn is None else d_hn
-    d_cn = x.new_zeros(state_shape) if d_cn is None else d_cn
+    steps, batch, hidden = x.shape[0], x.shape[1], w_hh.shape[2]
+    d_out = x.new_zeros(steps, batch, 2, hidden) if d_out is None else d_out
+    d_hn = x.new_zeros(2, batch, hidden) if d_hn is None else d_hn
+    d_cn = x.new_zeros(2, batch, hidden) if d_cn is None else d_cn
     if torch.is_grad_enabled():
         # create_graph=True: the backward itself must be differentiable, and the kernel's reverse loop is not.
         # Recompute the layer on PyTorch's differentiable kernels and differentiate that, with a graph.

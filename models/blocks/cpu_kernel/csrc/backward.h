@@ -38,7 +38,7 @@ void backward_direction(const Args<T>& L, int d, int b0, int b1, T* rh_all) {
   const StepRows active(L.lengths, b0, b1);
   for (int s = L.steps - 1; s >= 0; --s) {
     const int t = L.time(d, s);
-    const int n = active.at(t);  // the step products' rows: [b0, b0 + n)
+    const int valid_rows = active.at(t);  // the step products' rows: [b0, b0 + valid_rows)
     const int tp = d == 0 ? t - 1 : t + 1;  // where the previous state is stored
     const bool from_start = tp < 0 || tp >= L.steps;
     auto row_at = [&](int b) {
@@ -74,7 +74,7 @@ void backward_direction(const Args<T>& L, int d, int b0, int b1, T* rh_all) {
       with_cell(L.cell, [&](auto k) { decltype(k)::backward(row); });
     }
     if (second) {
-      gemm_n(n, d_gi + L.at(t, b0, d, G) + G1, 2 * G, d_rh.data(), H);  // d(r * h) = dn @ W_hn
+      gemm_n(valid_rows, d_gi + L.at(t, b0, d, G) + G1, 2 * G, d_rh.data(), H);  // d(r * h) = dn @ W_hn
       for (int b = b0; b < b1; ++b) {
         if (!L.valid(t, b)) continue;
         const BackwardRow<T> row = row_at(b);
@@ -82,7 +82,7 @@ void backward_direction(const Args<T>& L, int d, int b0, int b1, T* rh_all) {
       }
     }
     // d h_prev = d(W_hh h) @ W_hh over the rows valid at this step; rows padded here keep their carried gradient.
-    gemm(n, dhh + L.at(t, b0, d, G), 2 * G, prev_grad.data(), H);
+    gemm(valid_rows, dhh + L.at(t, b0, d, G), 2 * G, prev_grad.data(), H);
     for (int b = b0; b < b1; ++b) {
       if (!L.valid(t, b)) continue;
       T* dhb = dh + int64_t(b - b0) * H;

@@ -85,7 +85,7 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
   const StepRows active(L.lengths, b0, b1);
   for (int s = 0; s < L.steps; ++s) {
     const int t = L.time(d, s);
-    const int n = active.at(t);  // the step products' rows: [b0, b0 + n)
+    const int valid_rows = active.at(t);  // the step products' rows: [b0, b0 + valid_rows)
     if (!keep_gates && s % chunk == 0) {
       const int n = std::min(chunk, L.steps - s);
       chunk_start = d == 0 ? s : L.steps - s - n;
@@ -107,9 +107,9 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
     T* const first_g = fold ? local.get() + int64_t(t - chunk_start) * nb * G : pre.data();
     if constexpr (kFold<T>) {
       if (fold)  // the gates' pre-activations in place, projection + bias + h @ W_hh^T
-        gemm(n, h, H, first_g, G, true);
+        gemm(valid_rows, h, H, first_g, G, true);
     }
-    if (!fold) gemm(n, h, H, pre.data(), G);  // pre = h @ W_hh^T (with a second product: its first G1 columns)
+    if (!fold) gemm(valid_rows, h, H, pre.data(), G);  // pre = h @ W_hh^T (with a second product: its first G1 columns)
     if (second) {
       // The gates before the second product and its input for every valid row; then the last H columns.
       for (int b = b0; b < b1; ++b) {
@@ -120,7 +120,7 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
         }
         with_cell(L.cell, [&](auto k) { decltype(k)::forward_before(row); });
       }
-      gemm_n(n, rh.data(), H, first_g + G1, G);
+      gemm_n(valid_rows, rh.data(), H, first_g + G1, G);
     }
     for (int b = b0; b < b1; ++b) {
       T* xg = projection(b);
