@@ -25,8 +25,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <type_traits>
+#include <vector>
 
 #include "cells.h"
 
@@ -79,25 +81,65 @@ struct Args {
   int64_t at(int t, int b, int d, int n) const { return ((int64_t(t) * batch + b) * 2 + d) * n; }
 };
 
-// How many of rows [b0, b1) a step's products must cover at step t. A product row depends only on its own input
-// row, so covering the first n rows gives them the values a product over all rows would. With lengths sorted
-// longest first over the rows (models/blocks/base.py sorts a batch with lengths so before the training path), the
-// rows valid at t are a prefix: the padded rows after it are skipped, about half the step products' work when
-// lengths are uniform. Otherwise every row is covered; a padded row's product is then computed and never read.
+// The rows of [b0, b1) each step must compute, and where they sit in a packed sequence. A product row depends only
+// on its own input row, so covering the first n rows gives them the values a product over all rows would. With
+// lengths sorted longest first over the rows (models/blocks/base.py and cpu_kernel/inference.py sort a batch with
+// lengths so), the rows valid at step t are a prefix, at(t) of them, and the padded rows after it are skipped:
+// about half the work when lengths are uniform. Packed, step t's valid rows are rows [offset(t), offset(t) + at(t))
+// of one (total(), n) matrix, PackedSequence's layout: the input projections and the weight and input gradients
+// run as one GEMM over those rows (gathered by pack, scattered back by unpack) instead of over every (t, b).
+// Otherwise (no lengths, or not sorted) every row counts at every step and the packed layout is the plain one.
 class StepRows {
  public:
-  StepRows(const int64_t* lengths, int b0, int b1) : count_(b1 - b0) {
-    if (lengths != nullptr && std::is_sorted(lengths + b0, lengths + b1, std::greater<int64_t>()))
-      first_ = lengths + b0;
+  StepRows(const int64_t* lengths, int steps, int b0, int b1) : rows_(b1 - b0), offset_(size_t(steps) + 1, 0) {
+    const bool prefix = lengths != nullptr && std::is_sorted(lengths + b0, lengths + b1, std::greater<int64_t>());
+    count_.assign(size_t(steps), rows_);
+    for (int t = 0; t < steps; ++t) {
+      if (prefix)
+        count_[t] = int(std::partition_point(lengths + b0, lengths + b1, [t](int64_t n) { return n > t; }) -
+                        (lengths + b0));
+      offset_[t + 1] = offset_[t] + count_[t];
+      padded_ = padded_ || count_[t] < rows_;
+    }
   }
-  int at(int t) const {
-    if (first_ == nullptr) return count_;
-    return int(std::partition_point(first_, first_ + count_, [t](int64_t n) { return n > t; }) - first_);
+  int at(int t) const { return count_[t]; }
+  int64_t offset(int t) const { return offset_[t]; }
+  int64_t total() const { return offset_.back(); }
+  // the first step whose packed rows start at or after `row`
+  int step_from(int64_t row) const {
+    return int(std::partition_point(offset_.begin(), offset_.end() - 1, [row](int64_t o) { return o < row; }) -
+               offset_.begin());
+  }
+  // whether some step skips rows (else the packed layout is the (T, rows) one and packing is a plain copy)
+  bool padded() const { return padded_; }
+  // Steps [t0, t1) of src (step t's first row at src + t * step_stride, rows `width` elements apart, n elements
+  // copied a row) into packed rows of dst (row stride ld), or back (unpack). Rows skipped at a step are not touched.
+  template <typename T>
+  void pack(int t0, int t1, const T* src, int64_t step_stride, int64_t width, int n, T* dst, int64_t ld) const {
+    for (int t = t0; t < t1; ++t) {
+      T* to = dst + (offset_[t] - offset_[t0]) * ld;
+      if (width == n && ld == n)  // the step's rows are one block on both sides
+        std::memcpy(to, src + t * step_stride, sizeof(T) * n * count_[t]);
+      else
+        for (int r = 0; r < count_[t]; ++r) std::memcpy(to + r * ld, src + t * step_stride + r * width, sizeof(T) * n);
+    }
+  }
+  template <typename T>
+  void unpack(int t0, int t1, const T* src, int64_t ld, T* dst, int64_t step_stride, int64_t width, int n) const {
+    for (int t = t0; t < t1; ++t) {
+      const T* from = src + (offset_[t] - offset_[t0]) * ld;
+      if (width == n && ld == n)
+        std::memcpy(dst + t * step_stride, from, sizeof(T) * n * count_[t]);
+      else
+        for (int r = 0; r < count_[t]; ++r) std::memcpy(dst + t * step_stride + r * width, from + r * ld, sizeof(T) * n);
+    }
   }
 
  private:
-  const int64_t* first_ = nullptr;  // lengths of rows [b0, b1) when sorted longest first, else null
-  int count_;
+  int rows_;
+  std::vector<int> count_;
+  std::vector<int64_t> offset_;
+  bool padded_ = false;
 };
 
 // One layout for both element types: Python's mirror has one set of fields.

@@ -12,6 +12,7 @@
 #include "cells.h"
 #include "forward.h"
 #include "products.h"
+#include "scratch.h"
 
 namespace birnn {
 
@@ -35,7 +36,7 @@ void backward_direction(const Args<T>& L, int d, int b0, int b1, T* rh_all) {
   // A second product: d(r * h) = dn @ W_hn, one more product per step.
   const StepGemm<T> gemm_n(w + (second ? int64_t(G1) * H : 0), false, H, second || !kPackedBuild ? H : 0);
   std::vector<T> d_rh(second ? int64_t(nb) * H : 0);
-  const StepRows active(L.lengths, b0, b1);
+  const StepRows active(L.lengths, L.steps, b0, b1);
   for (int s = L.steps - 1; s >= 0; --s) {
     const int t = L.time(d, s);
     const int valid_rows = active.at(t);  // the step products' rows: [b0, b0 + valid_rows)
@@ -114,7 +115,10 @@ void bias_grad(int64_t rows, int G, int n0, int n1, const T* d_g, T* d_b) {
 // Three phases on one thread team: the reverse loops (a direction and a row group per thread), then the weight
 // and bias gradients (a direction and a slice of the gate rows per thread: GEMMs over all steps and rows, so each
 // gradient element is summed by one thread in one order), then the input gradient, its rows split over the team.
-// L.gi holds the activated gates the forward pass kept; d_x and d_b_* may be null.
+// With rows skipped (lengths sorted longest first: StepRows), the sums run over the valid (t, b) only: the team
+// first packs what they read (x, d_gi, d_gh, the state each direction's W_hh met, a second product's input) into
+// PackedSequence's layout, step by step. L.gi holds the activated gates the forward pass kept; d_x and d_b_* may be
+// null.
 template <typename T>
 void backward(const Args<T>& L) {
   const CellTraits cell = traits_of(L.cell);
@@ -125,6 +129,21 @@ void backward(const Args<T>& L) {
   const int G_h = second ? G - H : G;  // rows of W_hh that meet the previous state itself
   const int P = row_groups(L.threads, B);
   std::vector<T> rh_all(second ? 2 * rows * H : 0);  // a second product's input r * h_prev of every step, (2, T, B, H)
+  const StepRows all(L.lengths, steps, 0, B);
+  const bool skip = all.padded();
+  const int64_t N = skip ? all.total() : rows;  // the rows the sums run over
+  // Packed (skip): x (N, F), d_gi (N, 2G), d_gh (N, 2G) where apart, both directions' previous state (N, 2H),
+  // the second product's input (2, N, H).
+  const int64_t apart = cell.apart_hh ? 2 * G : 0, rh = second ? 2 * H : 0;
+  const Scratch<T> packed(Use::kPackedRows, skip ? N * (F + 2 * G + apart + 2 * H + rh) : 0);
+  T* const xs = packed.get();
+  T* const dgs = skip ? xs + N * F : nullptr;
+  T* const dhs = cell.apart_hh ? dgs + N * 2 * G : dgs;
+  T* const hps = skip ? dgs + N * (2 * G + apart) : nullptr;
+  T* const rhs = skip ? hps + N * 2 * H : nullptr;
+  const T* const gx = skip ? xs : L.x;
+  const T* const gd = skip ? dgs : L.d_gi;
+  const T* const gh = skip ? dhs : dhh;
 #pragma omp parallel num_threads(std::min(L.threads, 2 * P))
   {
     const int one = 1, before = mkl_set_num_threads_local_(&one);
@@ -134,19 +153,38 @@ void backward(const Args<T>& L) {
       backward_direction(L, d, group_start(B, p, P), group_start(B, p + 1, P),
                          second ? rh_all.data() + d * rows * H : nullptr);
     }
+    if (skip) {
+#pragma omp for schedule(static)
+      for (int t = 0; t < steps; ++t) {
+        const int64_t o = all.offset(t);
+        all.pack(t, t + 1, L.x, int64_t(B) * F, F, F, xs + o * F, F);
+        all.pack(t, t + 1, L.d_gi, int64_t(B) * 2 * G, 2 * G, 2 * G, dgs + o * 2 * G, 2 * G);
+        if (cell.apart_hh) all.pack(t, t + 1, L.d_gh, int64_t(B) * 2 * G, 2 * G, 2 * G, dhs + o * 2 * G, 2 * G);
+        for (int r = 0; r < all.at(t); ++r) {  // W_hh met h0 at a direction's first step, else its state one step back
+          T* hp = hps + (o + r) * 2 * H;
+          std::memcpy(hp, t == 0 ? L.h0 + int64_t(r) * H : L.h_all + L.at(t - 1, r, 0, H), sizeof(T) * H);
+          std::memcpy(hp + H, t == steps - 1 ? L.h0 + int64_t(B + r) * H : L.h_all + L.at(t + 1, r, 1, H),
+                      sizeof(T) * H);
+        }
+        if (second)
+          for (int d = 0; d < 2; ++d)
+            all.pack(t, t + 1, rh_all.data() + d * rows * H, int64_t(B) * H, H, H, rhs + (d * N + o) * H, H);
+      }
+    }
 #pragma omp for schedule(static, 1)
     for (int item = 0; item < 2 * P; ++item) {
       const int d = item % 2, p = item / 2;
       const int n0 = group_start(G, p, P), n1 = group_start(G, p + 1, P);  // gate rows of W_ih, biases
       const int s0 = group_start(G_h, p, P), s1 = group_start(G_h, p + 1, P);  // of W_hh against the state
       if (n1 > n0)
-        weight_grad(int(rows), n1 - n0, F, L.d_gi + d * G + n0, 2 * G, L.x, F, false,
-                    L.d_w_ih + (int64_t(d) * G + n0) * F);
-      // W_hh met the previous state: h0 at the direction's first step, else h_all one step back in its order.
+        weight_grad(int(N), n1 - n0, F, gd + d * G + n0, 2 * G, gx, F, false, L.d_w_ih + (int64_t(d) * G + n0) * F);
       T* dw = L.d_w_hh + int64_t(d) * G * H;
-      const int first = d == 0 ? 0 : steps - 1;
-      const int later = d == 0 ? 1 : 0;  // d_g rows of the steps after the first, against h_all shifted by one
-      if (s1 > s0) {
+      if (s1 > s0 && skip) {
+        weight_grad(int(N), s1 - s0, H, gh + d * G + s0, 2 * G, hps + d * H, 2 * H, false, dw + int64_t(s0) * H);
+      } else if (s1 > s0) {
+        // W_hh met the previous state: h0 at the direction's first step, else h_all one step back in its order.
+        const int first = d == 0 ? 0 : steps - 1;
+        const int later = d == 0 ? 1 : 0;  // d_g rows of the steps after the first, against h_all shifted by one
         weight_grad(B, s1 - s0, H, dhh + L.at(first, 0, d, G) + s0, 2 * G, L.h0 + int64_t(d) * B * H, H, false,
                     dw + int64_t(s0) * H);
         weight_grad((steps - 1) * B, s1 - s0, H, dhh + L.at(later, 0, d, G) + s0, 2 * G,
@@ -155,16 +193,27 @@ void backward(const Args<T>& L) {
       if (second) {  // W_hn met r * h_prev
         const int r0 = group_start(H, p, P), r1 = group_start(H, p + 1, P);
         if (r1 > r0)
-          weight_grad(int(rows), r1 - r0, H, L.d_gi + d * G + G_h + r0, 2 * G, rh_all.data() + d * rows * H, H,
-                      false, dw + (int64_t(G_h) + r0) * H);
+          weight_grad(int(N), r1 - r0, H, gd + d * G + G_h + r0, 2 * G,
+                      skip ? rhs + d * N * H : rh_all.data() + d * rows * H, H, false, dw + (int64_t(G_h) + r0) * H);
       }
-      if (L.d_b_ih) bias_grad(rows, G, n0, n1, L.d_gi + d * G, L.d_b_ih + int64_t(d) * G);
-      if (L.d_b_hh) bias_grad(rows, G, n0, n1, dhh + d * G, L.d_b_hh + int64_t(d) * G);
+      if (L.d_b_ih) bias_grad(N, G, n0, n1, gd + d * G, L.d_b_ih + int64_t(d) * G);
+      if (L.d_b_hh) bias_grad(N, G, n0, n1, gh + d * G, L.d_b_hh + int64_t(d) * G);
     }
     if (L.d_x) {
       const int parts = omp_get_num_threads();
 #pragma omp for schedule(static, 1)
       for (int part = 0; part < parts; ++part) {
+        if (skip) {  // steps [t0, t1): their packed rows into xs (read by no one now), then to d_x, zeros where padded
+          const int t0 = part == 0 ? 0 : all.step_from(N * part / parts);
+          const int t1 = part == parts - 1 ? steps : all.step_from(N * (part + 1) / parts);
+          const int64_t r0 = all.offset(t0), r1 = all.offset(t1);
+          if (r1 > r0)
+            blas_gemm(false, false, int(r1 - r0), F, 2 * G, dgs + r0 * 2 * G, 2 * G, L.w_ih, F, false, xs + r0 * F, F);
+          all.unpack(t0, t1, xs + r0 * F, F, L.d_x, int64_t(B) * F, F, F);
+          for (int t = t0; t < t1; ++t)
+            std::memset(L.d_x + (int64_t(t) * B + all.at(t)) * F, 0, sizeof(T) * (B - all.at(t)) * F);
+          continue;
+        }
         const int64_t r0 = rows * part / parts, r1 = rows * (part + 1) / parts;
         if (r1 > r0)
           blas_gemm(false, false, int(r1 - r0), F, 2 * G, L.d_gi + r0 * 2 * G, 2 * G, L.w_ih, F, false,

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <omp.h>
 #include <type_traits>
@@ -44,24 +45,43 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
     gemm_ih.reset(new StepGemm<T>(wi, true, G, input_size, L.packed_ih + int64_t(d) * packed_floats(G, input_size)));
   // Steps [t_first, t_first + n) of this thread's rows into dst (row stride ld; step k of a split batch at
   // dst + k * dst_step).
-  auto project = [&](int t_first, int n, T* dst, int ld, int64_t dst_step) {
-    for (int k = 0; k < (nb == B ? 1 : n); ++k) {
-      const int rows = nb == B ? n * B : nb;
-      const T* xk = x + (int64_t(t_first + k) * B + b0) * input_size;
-      if (gemm_ih)
-        (*gemm_ih)(rows, xk, input_size, dst + k * dst_step, ld);
-      else
-        blas_gemm(false, true, rows, G, input_size, xk, input_size, wi, input_size, false, dst + k * dst_step, ld);
-    }
+  auto gemm_rows = [&](int rows, const T* a, T* dst, int ld) {
+    if (rows == 0) return;
+    if (gemm_ih)
+      (*gemm_ih)(rows, a, input_size, dst, ld);
+    else
+      blas_gemm(false, true, rows, G, input_size, a, input_size, wi, input_size, false, dst, ld);
   };
+  auto project = [&](int t_first, int n, T* dst, int ld, int64_t dst_step) {
+    for (int k = 0; k < (nb == B ? 1 : n); ++k)
+      gemm_rows(nb == B ? n * B : nb, x + (int64_t(t_first + k) * B + b0) * input_size, dst + k * dst_step, ld);
+  };
+  const StepRows active(L.lengths, L.steps, b0, b1);
+  // With rows skipped (sorted lengths), the projections cover the valid rows only: those of steps
+  // [t_first, t_first + n) gathered into xs, one GEMM into dst in active's packed layout (row stride G).
+  const bool skip = active.padded();
   // Inference of a foldable cell (LSTM) on the packed step product: the product accumulates onto the projected
   // rows (bias added once per chunk), so no separate pass adds projection and bias to h @ W_hh^T every step.
   const bool fold = kFold<T> && cell.foldable && !keep_gates;
   const int chunk = keep_gates ? L.steps : std::max(1, std::min(L.steps, 256 / std::max(1, nb)));
   // Uninitialised (every element is written by a projection before it is read): zeroing it cost a pass over
-  // up to 512 KB a direction and layer in every inference call.
-  const Scratch<T> local(Use::kProjections, keep_gates ? 0 : int64_t(chunk) * nb * G);
-  if (keep_gates) project(0, L.steps, gi + L.at(0, b0, d, G), 2 * G, L.at(1, 0, 0, G));
+  // up to 512 KB a direction and layer in every inference call. Training with rows skipped: the packed
+  // projections (total rows x G), then xs; inference: a chunk's projections, then xs.
+  const int64_t packed_rows = keep_gates ? active.total() : int64_t(chunk) * nb;
+  const Scratch<T> local(Use::kProjections,
+                         (keep_gates && !skip ? 0 : packed_rows * G) + (skip ? packed_rows * input_size : 0));
+  T* const xs = skip ? local.get() + packed_rows * G : nullptr;
+  auto project_packed = [&](int t_first, int n, T* dst) {
+    active.pack(t_first, t_first + n, x + int64_t(b0) * input_size, int64_t(B) * input_size, input_size,
+                input_size, xs, input_size);
+    gemm_rows(int(active.offset(t_first + n) - active.offset(t_first)), xs, dst, G);
+  };
+  if (keep_gates && skip) {  // packed, then each valid row to its place in gi (the loop zeroes the others)
+    project_packed(0, L.steps, local.get());
+    active.unpack(0, L.steps, local.get(), G, gi + L.at(0, b0, d, G), L.at(1, 0, 0, G), 2 * G, G);
+  } else if (keep_gates) {
+    project(0, L.steps, gi + L.at(0, b0, d, G), 2 * G, L.at(1, 0, 0, G));
+  }
   int chunk_start = 0;  // first time index of the chunk in local
   const T* w = L.w_hh + int64_t(d) * G * H;
   const T* bi = L.b_ih ? L.b_ih + int64_t(d) * G : nullptr;
@@ -82,21 +102,25 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
   const StepGemm<T> gemm_n(w + (second ? int64_t(G1) * H : 0), true, second || !kPackedBuild ? H : 0, H,
                            packed && second ? packed + packed_floats(G1, H) : nullptr);
   std::vector<T> rh(second ? int64_t(nb) * H : 0);
-  const StepRows active(L.lengths, b0, b1);
   for (int s = 0; s < L.steps; ++s) {
     const int t = L.time(d, s);
     const int valid_rows = active.at(t);  // the step products' rows: [b0, b0 + valid_rows)
     if (!keep_gates && s % chunk == 0) {
       const int n = std::min(chunk, L.steps - s);
       chunk_start = d == 0 ? s : L.steps - s - n;
-      project(chunk_start, n, local.get(), G, int64_t(nb) * G);
+      if (skip)
+        project_packed(chunk_start, n, local.get());
+      else
+        project(chunk_start, n, local.get(), G, int64_t(nb) * G);
       if (fold && bi)  // the bias once per projected row; the step product then adds h @ W_hh^T onto these
-        for (int64_t r = 0; r < int64_t(n) * nb; ++r)
+        for (int64_t r = 0; r < active.offset(chunk_start + n) - active.offset(chunk_start); ++r)
           for (int j = 0; j < G; ++j) local.get()[r * G + j] += bi[j];
     }
-    // The projection of row b, read once; in training overwritten by the activated gates.
+    // The projection of row b (valid at t), read once; in training overwritten by the activated gates. Inference
+    // keeps the chunk in active's packed layout (without skipped rows: step k of the chunk at rows k * nb).
+    const int64_t chunk_row = active.offset(t) - active.offset(chunk_start);
     auto projection = [&](int b) {
-      return keep_gates ? gi + L.at(t, b, d, G) : local.get() + (int64_t(t - chunk_start) * nb + b - b0) * G;
+      return keep_gates ? gi + L.at(t, b, d, G) : local.get() + (chunk_row + b - b0) * G;
     };
     auto row_at = [&](int b, T* xg) {
       const int64_t i = int64_t(b - b0) * H;
@@ -104,7 +128,7 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
                            L.out + L.at(t, b, d, H), L.ghn ? L.ghn + L.at(t, b, d, H) : nullptr,
                            second ? rh.data() + i : nullptr, tmp.data(), fold};
     };
-    T* const first_g = fold ? local.get() + int64_t(t - chunk_start) * nb * G : pre.data();
+    T* const first_g = fold ? local.get() + chunk_row * G : pre.data();
     if constexpr (kFold<T>) {
       if (fold)  // the gates' pre-activations in place, projection + bias + h @ W_hh^T
         gemm(valid_rows, h, H, first_g, G, true);
@@ -184,7 +208,7 @@ enum Merge { kConcat = 0, kSum = 1, kMul = 2, kAve = 3, kNone = 4 };
 // call cost 285 us, 140 us now (benchmarks/archive/RESULTS-2026-12.md). S: the stack's Args (args.h: x,
 // input_sizes, merges, weights, h0, c0, lengths, out, h_n, c_n, threads).
 template <typename T>
-void forward_stack(const Args<T>& S) {
+void run_stack(const Args<T>& S) {
   const int steps = S.steps, batch = S.batch, hidden = S.hidden, layers = S.layers;
   const int32_t* merges = S.merges;
   const int64_t rows = int64_t(steps) * batch, raw_size = rows * 2 * hidden, state = int64_t(2) * batch * hidden;
@@ -258,6 +282,63 @@ void forward_stack(const Args<T>& S) {
     }
     mkl_set_num_threads_local_(&before);
   }  // (the region's own barrier: every thread arrives within a spin of the others)
+}
+
+// forward_stack with the rows of a batch with lengths run longest first, so each step's products and the input
+// projections skip the rows already padded (StepRows): x, h0, c0 and lengths are gathered in that order, the stack
+// runs on them, and out, h_n, c_n are scattered back to the caller's rows. Rows never interact and a row's values
+// do not depend on which rows share its products, so only the order of the work changes.
+template <typename T>
+void forward_stack(const Args<T>& S) {
+  const int B = S.batch, H = S.hidden, steps = S.steps;
+  const int64_t* lengths = S.lengths;
+  if (lengths == nullptr || B < 2 || std::is_sorted(lengths, lengths + B, std::greater<int64_t>())) {
+    run_stack(S);
+    return;
+  }
+  std::vector<int> order(B);
+  for (int b = 0; b < B; ++b) order[b] = b;
+  std::stable_sort(order.begin(), order.end(), [lengths](int i, int j) { return lengths[i] > lengths[j]; });
+  std::vector<int64_t> sorted_lengths(B);
+  for (int b = 0; b < B; ++b) sorted_lengths[b] = lengths[order[b]];
+  const bool cell_state = traits_of(S.cell).cell_state != 0;
+  const int F = S.input_sizes[0], last = S.merges[S.layers - 1];
+  const int width = last == kConcat || last == kNone ? 2 * H : H;  // a row of out
+  const int64_t states = int64_t(2) * S.layers;  // (2L, B, H) blocks
+  const int64_t state_size = states * B * H, x_size = int64_t(steps) * B * F, out_size = int64_t(steps) * B * width;
+  const Scratch<T> buffer(Use::kPackedRows, x_size + out_size + (cell_state ? 4 : 2) * state_size);
+  T* const x = buffer.get();
+  T* const out = x + x_size;
+  T* const h0 = out + out_size;
+  T* const h_n = h0 + state_size;
+  T* const c0 = cell_state ? h_n + state_size : nullptr;
+  T* const c_n = cell_state ? c0 + state_size : nullptr;
+  // rows of n elements, block by block (`blocks` of B rows), from the caller's order into the run's or back
+  auto gather = [&](const T* src, T* dst, int64_t blocks, int n) {
+    for (int64_t k = 0; k < blocks; ++k)
+      for (int b = 0; b < B; ++b)
+        std::memcpy(dst + (k * B + b) * n, src + (k * B + order[b]) * n, sizeof(T) * n);
+  };
+  auto scatter = [&](const T* src, T* dst, int64_t blocks, int n) {
+    for (int64_t k = 0; k < blocks; ++k)
+      for (int b = 0; b < B; ++b)
+        std::memcpy(dst + (k * B + order[b]) * n, src + (k * B + b) * n, sizeof(T) * n);
+  };
+  gather(S.x, x, steps, F);
+  gather(S.h0, h0, states, H);
+  if (cell_state) gather(S.c0, c0, states, H);
+  Args<T> R = S;
+  R.x = x;
+  R.h0 = h0;
+  R.c0 = c0;
+  R.lengths = sorted_lengths.data();
+  R.out = out;
+  R.h_n = h_n;
+  R.c_n = c_n;
+  run_stack(R);
+  scatter(out, S.out, steps, width);
+  scatter(h_n, S.h_n, states, H);
+  if (cell_state) scatter(c_n, S.c_n, states, H);
 }
 
 }  // namespace birnn

@@ -17,8 +17,8 @@
 
 namespace birnn {
 
-enum class Use { kLayerOutputs = 0, kProjections = 1 };
-constexpr int kUses = 2;
+enum class Use { kLayerOutputs = 0, kProjections = 1, kPackedRows = 2 };
+constexpr int kUses = 3;
 constexpr std::size_t kKeepBytes = std::size_t(64) << 20;
 
 // `count` uninitialised elements of T, valid while this object lives and no other Scratch of the same Use is made
