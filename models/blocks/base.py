@@ -459,7 +459,7 @@ class _BiRNNBase(_FusedPaths):
             steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
             x = x.masked_fill((steps >= lengths.unsqueeze(0)).unsqueeze(-1), 0.0)
             if x.shape[1] > 1:
-                # Longest first: the kernel's step products then skip the rows padded at each step
+                # Longest first: the kernel's products and gradient sums then skip the rows padded at each step
                 # (csrc/args.h, StepRows). Rows never interact, so only their order changes, undone below.
                 rows = order, back = longest_first(lengths)
                 x, lengths = reorder(x, 1, order, back), lengths.index_select(0, order)

@@ -1,5 +1,5 @@
 """A batch reordered by its rows and back: the CPU kernel's training path runs a batch with ``lengths`` longest first
-(``cpu_kernel/csrc/args.h``, ``StepRows``: each step's products then skip the rows already padded)."""
+(``cpu_kernel/csrc/args.h``, ``StepRows``: its products and gradient sums then skip the rows already padded)."""
 
 from typing import Any, Optional, Tuple
 

@@ -46,12 +46,14 @@ def test_the_nearest_measured_cell_decides() -> None:
     assert table.kernel_wins("LSTM", 16, 128, True, True) is True       # with lengths: measured apart
     assert table.kernel_wins("LSTM", 16, 128, False, False) is True     # inference: measured apart
     assert table.kernel_wins("GRU_RESET_BEFORE", 16, 128, False, True) is None
-    # one doubling above the grid (B 1..64, H 64..256) the nearest cell still answers; further, the table;
+    # one doubling above the grid (B 1..64, H 64..256) the nearest cell still answers; further, its losses
+    # only (the table decides the rest);
     # below it, the smallest cells
     assert table.kernel_wins("LSTM", 128, 512, False, True) is True
     assert table.kernel_wins("LSTM", 4, 32, False, True) is True
     assert table.kernel_wins("LSTM", 256, 64, False, True) is None
-    assert table.kernel_wins("LSTM", 16, 1024, False, True) is None
+    assert table.kernel_wins("LSTM", 16, 1024, False, True) is False   # beyond the grid a measured loss stands
+    assert table.kernel_wins("LSTM", 1, 1024, False, True) is None     # a measured win goes to the table
     assert table.kernel_wins("LSTM", 16, 8, False, True) is False
     with pytest.raises(ValueError, match="format"):
         calibrate.Calibration({"rows": []})

@@ -1,5 +1,6 @@
-"""Lengths sorted longest first: the kernel's step products cover only the rows valid at each step
-(``csrc/args.h``, ``StepRows``), and the blocks' training path sorts a batch so (``models/blocks/base.py``).
+"""Lengths sorted longest first: the kernel's step products, input projections and gradient sums cover only the
+rows valid at each step (``csrc/args.h``, ``StepRows``); the blocks' training path sorts a batch so
+(``models/blocks/base.py``), an inference call sorts inside the kernel (``csrc/forward.h``, ``forward_stack``).
 
 A product row depends only on its own input row, so on the float32 vector builds (the step products on
 ``step_gemm.h``'s micro-kernel) a row's outputs, states and input gradient are the same bits whichever rows share
@@ -122,3 +123,58 @@ def test_the_training_path_sorts_longest_first_and_answers_in_the_callers_order(
                                      inputs + list(reference.parameters()))
     for got, expected in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "GRU_RESET_BEFORE"])
+def test_sorted_rows_never_read_padded_inputs(mode: str) -> None:
+    """With lengths sorted longest first the kernel layer's projections and its weight, bias and input gradients
+    run over the valid (t, b) only (``StepRows.pack``): NaN in every padded input changes no output and no
+    gradient (over every row, padded inputs would reach the weight gradients as 0 * NaN), and the input's
+    gradient is zero at padded steps."""
+    torch.manual_seed(11)
+    gates = {"LSTM": 4, "GRU": 3, "GRU_RESET_BEFORE": 3}[mode]
+    weights = [torch.randn(gates * HIDDEN, FEATURES) * 0.4, torch.randn(gates * HIDDEN, HIDDEN) * 0.4,
+               torch.randn(gates * HIDDEN) * 0.1, torch.randn(gates * HIDDEN) * 0.1] * 2
+    lengths = torch.tensor([STEPS - 1, 9, 9, 4, 1])
+    padded = torch.arange(STEPS).unsqueeze(1) >= lengths.unsqueeze(0)  # (T, B)
+    x = torch.randn(STEPS, 5, FEATURES).masked_fill(padded.unsqueeze(-1), 0.0)
+    h0, c0 = torch.randn(2, 5, HIDDEN), torch.randn(2, 5, HIDDEN)
+
+    clean = layer_run(mode, x, h0, c0, lengths, weights, 1)
+    dirty = layer_run(mode, x.masked_fill(padded.unsqueeze(-1), float("nan")), h0, c0, lengths, weights, 1)
+    for i, (got, want) in enumerate(zip(dirty, clean, strict=True)):
+        assert torch.equal(got, want), f"output {i} differs"
+    d_x = clean[3]
+    assert torch.count_nonzero(d_x[padded]) == 0 and torch.count_nonzero(d_x[~padded]) > 0
+
+
+@needs_kernel
+@needs_vector_build
+@pytest.mark.parametrize("block_type", [BiLSTM, BiGRU])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_inference_runs_rows_longest_first_and_answers_in_the_callers_order(block_type: type, threads: int) -> None:
+    """An inference call with unsorted lengths is run longest first inside the kernel (``forward_stack`` gathers
+    the rows, scatters the answers back): every row's output and final states are the bits of that row run alone,
+    for two layers with a ``sum`` merge between them and distinct initial states per row."""
+    torch.manual_seed(5)
+    batch, layers, steps = 7, 2, 40
+    block = block_type(FEATURES, HIDDEN, layers, merge_mode=["sum", "concat"]).eval()
+    x = torch.randn(steps, batch, FEATURES)
+    lengths = torch.tensor([3, 17, 40, 1, 17, 25, 8])
+    h0 = torch.randn(2 * layers, batch, HIDDEN)
+    c0 = torch.randn(2 * layers, batch, HIDDEN)
+    hx = (lambda rows: (h0[:, rows], c0[:, rows])) if block_type is BiLSTM else (lambda rows: h0[:, rows])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad(), cpu_kernel.forced():
+            out, state = block(x, hx(slice(None)), lengths=lengths)
+            alone = [block(x[:, b:b + 1], hx(slice(b, b + 1)), lengths=lengths[b:b + 1]) for b in range(batch)]
+    finally:
+        torch.set_num_threads(before)
+    states = state if block_type is BiLSTM else (state,)
+    for b, (row_out, row_state) in enumerate(alone):
+        assert torch.equal(out[:, b:b + 1], row_out), f"row {b}: output"
+        for got, want in zip(states, row_state if block_type is BiLSTM else (row_state,), strict=True):
+            assert torch.equal(got[:, b:b + 1], want), f"row {b}: state"

@@ -10,8 +10,8 @@ pairs of samples until every pair's ratio lies clearly on one side of 1 or the c
 clear cells (most) cost three pairs: about 450 calls, 8-9 s of CPU time per thread count on an AMD Zen 4 (the
 first version timed every cell alike: 672 calls, 14 s there, 183 s on a loaded Zen 1). The policy then asks the
 nearest measured cell (``B`` and ``H`` on a log scale) and takes the kernel where it ran at most as long as
-PyTorch's path (``ratio <= 1``); more than one doubling above the grid (``B`` = 256, ``H`` = 1024) the table
-decides. Keras's ``reset_after=False`` GRU always takes the kernel (its other path is a
+PyTorch's path (``ratio <= 1``); more than one doubling above the grid (``B`` = 256, ``H`` = 1024) the nearest
+cell's loss stands and its win goes to the table. Keras's ``reset_after=False`` GRU always takes the kernel (its other path is a
 Python time loop), as in the table.
 
 Where it is kept: ``calibration-<key>.json`` in the kernel cache folder (``$BIRNN_ZOO_KERNEL_CACHE`` or
@@ -64,7 +64,8 @@ MAX_NUMBER = 16
 MIN_PAIRS, MAX_PAIRS = 3, 8
 CLEAR = 0.05
 CELL_BUDGET_S = 0.4
-# How far above its grid a calibration answers (doublings of B or H); beyond, the fixed table decides.
+# How far above its grid a calibration answers (doublings of B or H); beyond, only its losses stand (the table decides
+# the rest).
 REACH = 1.0
 MAX_CALLS = 2 + 2 * MAX_PAIRS * MAX_NUMBER  # per cell
 
@@ -86,18 +87,21 @@ class Calibration:
 
     def kernel_wins(self, cell: str, batch: int, hidden: int, has_lengths: bool, training: bool) -> Optional[bool]:
         """The nearest measured cell's answer (``B`` and ``H`` on a log2 scale, ties to the smaller), or None
-        (the table decides) where this cell, ``lengths`` and ``training`` were not measured, or where ``B`` or
-        ``H`` lies more than ``REACH`` doublings above the measured range: a one-thread GRU training step at
-        B = 256 is not a B = 64 one (measured on a Zen 4: kernel 1.17x ``nn.GRU`` at H = 128, 0.64-0.93x at
-        B = 64). Below the range the smallest cells answer (per-call costs dominate there as in them)."""
+        (the table decides) where this cell, ``lengths`` and ``training`` were not measured. Where ``B`` or ``H``
+        lies more than ``REACH`` doublings above the measured range, only a loss carries over: the nearest cell's
+        "PyTorch's kernels" stands (larger products favour the libraries' GEMMs: the AVX2 kernel on an AVX-512
+        Xeon lost one-thread LSTM inference by 1.2-1.5x at B = 64 and by 1.2-1.4x at B = 256), its "the kernel"
+        goes to the table (a one-thread GRU training step at B = 256 is not a B = 64 one: measured on a Zen 4,
+        kernel 1.17x ``nn.GRU`` at H = 128, 0.64-0.93x at B = 64). Below the range the smallest cells answer
+        (per-call costs dominate there as in them)."""
         rows = self._by.get((cell, has_lengths, training))
         if not rows:
             return None
         b, h = math.log2(max(batch, 1)), math.log2(max(hidden, 1))
+        nearest = min(rows, key=lambda r: (abs(math.log2(r[0]) - b) + abs(math.log2(r[1]) - h), r[0], r[1]))
         for value, measured in ((b, [math.log2(r[0]) for r in rows]), (h, [math.log2(r[1]) for r in rows])):
             if value > max(measured) + REACH:
-                return None
-        nearest = min(rows, key=lambda r: (abs(math.log2(r[0]) - b) + abs(math.log2(r[1]) - h), r[0], r[1]))
+                return False if nearest[2] > 1.0 else None
         return nearest[2] <= 1.0
 
 

@@ -83,8 +83,8 @@ struct Args {
 
 // The rows of [b0, b1) each step must compute, and where they sit in a packed sequence. A product row depends only
 // on its own input row, so covering the first n rows gives them the values a product over all rows would. With
-// lengths sorted longest first over the rows (models/blocks/base.py and cpu_kernel/inference.py sort a batch with
-// lengths so), the rows valid at step t are a prefix, at(t) of them, and the padded rows after it are skipped:
+// lengths sorted longest first over the rows (models/blocks/base.py sorts a training batch with lengths so,
+// forward.h's forward_stack an inference batch), the rows valid at step t are a prefix, at(t) of them, and the padded rows after it are skipped:
 // about half the work when lengths are uniform. Packed, step t's valid rows are rows [offset(t), offset(t) + at(t))
 // of one (total(), n) matrix, PackedSequence's layout: the input projections and the weight and input gradients
 // run as one GEMM over those rows (gathered by pack, scattered back by unpack) instead of over every (t, b).
