@@ -9,8 +9,9 @@ the noise of a shared machine). It is a pure function of its arguments, so a run
 What the measurements say (AVX2 on an AMD EPYC Zen 3, AVX-512 on an Intel Xeon, torch 2.13; ratios are kernel time /
 ``nn.*`` time):
 - GRU: ``nn.GRU`` runs ~10 ATen ops per step; the kernel took 0.03-0.98x of its time at every size measured,
-  except one-thread training steps at B = 256 (0.99-1.41x): PyTorch's kernels there, with lengths too from
-  H = 128 (kernel 1.44x, PyTorch's lengths path 1.13x; at H = 64 the kernel's 0.84-1.31x against 1.21-1.33x).
+  except one-thread training steps at B = 256 without lengths (0.99-1.41x): PyTorch's kernels there. With lengths
+  the kernel's sums skip the padded rows (``csrc/args.h``, ``StepRows``): 0.75-0.90x of ``nn.GRU`` at B = 256 on the
+  AVX-512 Xeon (2026-12-06), against 1.21-1.28x for PyTorch's lengths path.
 - LSTM with ``lengths``: PyTorch's path costs 1.0-1.55x of ``nn.LSTM`` (two single-direction calls and
   gathers), the kernel 0.52-1.10x: the kernel, always.
 - LSTM without ``lengths``, one thread: 0.57-1.03x, except training steps with B >= 16 and H <= 128
@@ -50,7 +51,7 @@ def kernel_wins(cell: str, batch: int, hidden: int, steps: int, has_lengths: boo
     if threads > 2:
         return False
     if cell == "GRU":
-        return not (threads == 1 and training and batch >= 256 and (not has_lengths or hidden >= 128))
+        return not (threads == 1 and training and batch >= 256 and not has_lengths)
     if has_lengths:
         return True
     if threads == 1 and training and batch >= 16 and hidden <= 128:

@@ -110,6 +110,13 @@ class StepRows {
     return int(std::partition_point(offset_.begin(), offset_.end() - 1, [row](int64_t o) { return o < row; }) -
                offset_.begin());
   }
+  // The end of a run of steps from t0 whose packed rows fit in max_rows (at least one step).
+  int chunk_end(int t0, int64_t max_rows) const {
+    const int64_t limit = offset_[t0] + max_rows;
+    const int past = int(std::partition_point(offset_.begin(), offset_.end(), [limit](int64_t o) { return o <= limit; }) -
+                         offset_.begin());  // the first step boundary beyond the limit
+    return std::max(t0 + 1, past - 1);
+  }
   // whether some step skips rows (else the packed layout is the (T, rows) one and packing is a plain copy)
   bool padded() const { return padded_; }
   // Steps [t0, t1) of src (step t's first row at src + t * step_stride, rows `width` elements apart, n elements

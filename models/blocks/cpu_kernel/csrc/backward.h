@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <omp.h>
 #include <vector>
 
@@ -104,21 +105,130 @@ void weight_grad(int rows, int N, int K, const T* d_g, int ldg, const T* v, int 
   if (rows > 0) blas_gemm(true, false, N, K, rows, d_g, ldg, v, ldv, acc, d_w, K);
 }
 
-// Column sums of (rows x G) with row stride 2G, columns [n0, n1) only.
+// Column sums of (rows x G) with row stride 2G, columns [n0, n1) only (+= when acc).
 template <typename T>
-void bias_grad(int64_t rows, int G, int n0, int n1, const T* d_g, T* d_b) {
-  std::memset(d_b + n0, 0, sizeof(T) * (n1 - n0));
+void bias_grad(int64_t rows, int G, int n0, int n1, const T* d_g, bool acc, T* d_b) {
+  if (!acc) std::memset(d_b + n0, 0, sizeof(T) * (n1 - n0));
   for (int64_t r = 0; r < rows; ++r)
     for (int j = n0; j < n1; ++j) d_b[j] += d_g[r * 2 * G + j];
 }
 
+// Phases two and three of backward (below) with rows skipped (lengths sorted longest first: StepRows): the weight,
+// bias and input gradients summed over the valid (t, b) only. Run by every thread of the team, chunk by chunk of
+// steps (at most kPackedBytes of copies, so memory stays bounded at any T and B): the team packs what the chunk's
+// sums read (x, d_gi, d_gh, the state each direction's W_hh met, a second product's input) into PackedSequence's
+// layout, then each (direction, gate slice) item adds the chunk's products onto its gradients, and the chunk's input
+// gradient is computed packed and scattered back, zeros at padded steps. Every gradient element is summed by one
+// thread in one order, so the bits do not depend on timing. rh_all as in backward.
+template <typename T>
+struct PackedSums {
+  const Args<T>& L;
+  const StepRows& all;
+  const T* rh_all;  // (2, T, B, H) or null
+  int64_t max_rows;
+  T* xs;  // (rows, F)
+  T* dgs;  // (rows, 2G)
+  T* dhs;  // (rows, 2G), or dgs
+  T* hps;  // (rows, 2H)
+  T* rhs;  // (2, rows, H)
+  T* dxs;  // (rows, F)
+
+  // Floats a packed row takes, and the rows a chunk may take (at least a step's).
+  static int64_t row_floats(const Args<T>& L) {
+    const CellTraits cell = traits_of(L.cell);
+    const int H = L.hidden, G = cell.gates * H, F = L.input_size;
+    return F + 2 * G + (cell.apart_hh ? 2 * G : 0) + 2 * H + (cell.second_product ? 2 * H : 0) + (L.d_x ? F : 0);
+  }
+  static int64_t chunk_rows(const Args<T>& L) {
+    return std::max<int64_t>(L.batch, kPackedBytes / int64_t(sizeof(T)) / row_floats(L));
+  }
+  // buffer: chunk_rows(args) * row_floats(args) floats
+  PackedSums(const Args<T>& args, const StepRows& rows, const T* rh, T* buffer)
+      : L(args), all(rows), rh_all(rh), max_rows(chunk_rows(args)) {
+    const CellTraits cell = traits_of(L.cell);
+    const int H = L.hidden, G = cell.gates * H, F = L.input_size;
+    xs = buffer;
+    dgs = xs + max_rows * F;
+    dhs = cell.apart_hh ? dgs + max_rows * 2 * G : dgs;
+    hps = dgs + max_rows * (cell.apart_hh ? 4 * G : 2 * G);
+    rhs = hps + max_rows * 2 * H;
+    dxs = rhs + (cell.second_product ? max_rows * 2 * H : 0);
+  }
+
+  // Step t's valid rows into the chunk's packed rows from chunk row o.
+  void pack(int t, int64_t o) const {
+    const CellTraits cell = traits_of(L.cell);
+    const int H = L.hidden, G = cell.gates * H, F = L.input_size, B = L.batch, steps = L.steps;
+    const int64_t rows = int64_t(steps) * B;
+    all.pack(t, t + 1, L.x, int64_t(B) * F, F, F, xs + o * F, F);
+    all.pack(t, t + 1, L.d_gi, int64_t(B) * 2 * G, 2 * G, 2 * G, dgs + o * 2 * G, 2 * G);
+    if (cell.apart_hh) all.pack(t, t + 1, L.d_gh, int64_t(B) * 2 * G, 2 * G, 2 * G, dhs + o * 2 * G, 2 * G);
+    for (int r = 0; r < all.at(t); ++r) {  // W_hh met h0 at a direction's first step, else its state one step back
+      T* hp = hps + (o + r) * 2 * H;
+      std::memcpy(hp, t == 0 ? L.h0 + int64_t(r) * H : L.h_all + L.at(t - 1, r, 0, H), sizeof(T) * H);
+      std::memcpy(hp + H, t == steps - 1 ? L.h0 + int64_t(B + r) * H : L.h_all + L.at(t + 1, r, 1, H),
+                  sizeof(T) * H);
+    }
+    if (cell.second_product)
+      for (int d = 0; d < 2; ++d)
+        all.pack(t, t + 1, rh_all + d * rows * H, int64_t(B) * H, H, H, rhs + (d * max_rows + o) * H, H);
+  }
+
+  // Called by every thread of a team of P row groups' size (backward's team).
+  void run(int P) const {
+    const CellTraits cell = traits_of(L.cell);
+    const int H = L.hidden, G = cell.gates * H, F = L.input_size, B = L.batch, steps = L.steps;
+    const int G_h = cell.second_product ? G - H : G;
+    for (int t0 = 0; t0 < steps;) {
+      const int t1 = all.chunk_end(t0, max_rows);
+      const int64_t base = all.offset(t0), n = all.offset(t1) - base;
+      const bool acc = t0 > 0;  // the first chunk sets the gradients, later ones add
+#pragma omp for schedule(static)
+      for (int t = t0; t < t1; ++t) pack(t, all.offset(t) - base);
+#pragma omp for schedule(static, 1) nowait
+      for (int item = 0; item < 2 * P; ++item) {
+        const int d = item % 2, p = item / 2;
+        const int n0 = group_start(G, p, P), n1 = group_start(G, p + 1, P);  // gate rows of W_ih, biases
+        const int s0 = group_start(G_h, p, P), s1 = group_start(G_h, p + 1, P);  // of W_hh against the state
+        T* dw = L.d_w_hh + int64_t(d) * G * H;
+        if (n1 > n0)
+          weight_grad(int(n), n1 - n0, F, dgs + d * G + n0, 2 * G, xs, F, acc, L.d_w_ih + (int64_t(d) * G + n0) * F);
+        if (s1 > s0)
+          weight_grad(int(n), s1 - s0, H, dhs + d * G + s0, 2 * G, hps + d * H, 2 * H, acc, dw + int64_t(s0) * H);
+        if (cell.second_product) {  // W_hn met r * h_prev
+          const int r0 = group_start(H, p, P), r1 = group_start(H, p + 1, P);
+          if (r1 > r0)
+            weight_grad(int(n), r1 - r0, H, dgs + d * G + G_h + r0, 2 * G, rhs + d * max_rows * H, H, acc,
+                        dw + (int64_t(G_h) + r0) * H);
+        }
+        if (L.d_b_ih) bias_grad(n, G, n0, n1, dgs + d * G, acc, L.d_b_ih + int64_t(d) * G);
+        if (L.d_b_hh) bias_grad(n, G, n0, n1, dhs + d * G, acc, L.d_b_hh + int64_t(d) * G);
+      }
+      if (L.d_x) {  // the chunk's steps split over the team by rows: packed into dxs, then to d_x, zeros where padded
+        const int parts = omp_get_num_threads();
+#pragma omp for schedule(static, 1) nowait
+        for (int part = 0; part < parts; ++part) {
+          const int a = part == 0 ? t0 : std::max(t0, std::min(t1, all.step_from(base + n * part / parts)));
+          const int b = part == parts - 1 ? t1 : std::max(t0, std::min(t1, all.step_from(base + n * (part + 1) / parts)));
+          const int64_t r0 = all.offset(a) - base, r1 = all.offset(b) - base;
+          if (r1 > r0)
+            blas_gemm(false, false, int(r1 - r0), F, 2 * G, dgs + r0 * 2 * G, 2 * G, L.w_ih, F, false, dxs + r0 * F, F);
+          all.unpack(a, b, dxs + r0 * F, F, L.d_x, int64_t(B) * F, F, F);
+          for (int t = a; t < b; ++t)
+            std::memset(L.d_x + (int64_t(t) * B + all.at(t)) * F, 0, sizeof(T) * (B - all.at(t)) * F);
+        }
+      }
+#pragma omp barrier
+      t0 = t1;
+    }
+  }
+};
+
 // Three phases on one thread team: the reverse loops (a direction and a row group per thread), then the weight
 // and bias gradients (a direction and a slice of the gate rows per thread: GEMMs over all steps and rows, so each
 // gradient element is summed by one thread in one order), then the input gradient, its rows split over the team.
-// With rows skipped (lengths sorted longest first: StepRows), the sums run over the valid (t, b) only: the team
-// first packs what they read (x, d_gi, d_gh, the state each direction's W_hh met, a second product's input) into
-// PackedSequence's layout, step by step. L.gi holds the activated gates the forward pass kept; d_x and d_b_* may be
-// null.
+// With rows skipped (lengths sorted longest first), the sums run over the valid (t, b) only: PackedSums. L.gi holds
+// the activated gates the forward pass kept; d_x and d_b_* may be null.
 template <typename T>
 void backward(const Args<T>& L) {
   const CellTraits cell = traits_of(L.cell);
@@ -131,19 +241,8 @@ void backward(const Args<T>& L) {
   std::vector<T> rh_all(second ? 2 * rows * H : 0);  // a second product's input r * h_prev of every step, (2, T, B, H)
   const StepRows all(L.lengths, steps, 0, B);
   const bool skip = all.padded();
-  const int64_t N = skip ? all.total() : rows;  // the rows the sums run over
-  // Packed (skip): x (N, F), d_gi (N, 2G), d_gh (N, 2G) where apart, both directions' previous state (N, 2H),
-  // the second product's input (2, N, H).
-  const int64_t apart = cell.apart_hh ? 2 * G : 0, rh = second ? 2 * H : 0;
-  const Scratch<T> packed(Use::kPackedRows, skip ? N * (F + 2 * G + apart + 2 * H + rh) : 0);
-  T* const xs = packed.get();
-  T* const dgs = skip ? xs + N * F : nullptr;
-  T* const dhs = cell.apart_hh ? dgs + N * 2 * G : dgs;
-  T* const hps = skip ? dgs + N * (2 * G + apart) : nullptr;
-  T* const rhs = skip ? hps + N * 2 * H : nullptr;
-  const T* const gx = skip ? xs : L.x;
-  const T* const gd = skip ? dgs : L.d_gi;
-  const T* const gh = skip ? dhs : dhh;
+  const Scratch<T> packed(Use::kPackedRows, skip ? PackedSums<T>::chunk_rows(L) * PackedSums<T>::row_floats(L) : 0);
+  std::unique_ptr<const PackedSums<T>> sums(skip ? new PackedSums<T>(L, all, rh_all.data(), packed.get()) : nullptr);
 #pragma omp parallel num_threads(std::min(L.threads, 2 * P))
   {
     const int one = 1, before = mkl_set_num_threads_local_(&one);
@@ -154,70 +253,44 @@ void backward(const Args<T>& L) {
                          second ? rh_all.data() + d * rows * H : nullptr);
     }
     if (skip) {
-#pragma omp for schedule(static)
-      for (int t = 0; t < steps; ++t) {
-        const int64_t o = all.offset(t);
-        all.pack(t, t + 1, L.x, int64_t(B) * F, F, F, xs + o * F, F);
-        all.pack(t, t + 1, L.d_gi, int64_t(B) * 2 * G, 2 * G, 2 * G, dgs + o * 2 * G, 2 * G);
-        if (cell.apart_hh) all.pack(t, t + 1, L.d_gh, int64_t(B) * 2 * G, 2 * G, 2 * G, dhs + o * 2 * G, 2 * G);
-        for (int r = 0; r < all.at(t); ++r) {  // W_hh met h0 at a direction's first step, else its state one step back
-          T* hp = hps + (o + r) * 2 * H;
-          std::memcpy(hp, t == 0 ? L.h0 + int64_t(r) * H : L.h_all + L.at(t - 1, r, 0, H), sizeof(T) * H);
-          std::memcpy(hp + H, t == steps - 1 ? L.h0 + int64_t(B + r) * H : L.h_all + L.at(t + 1, r, 1, H),
-                      sizeof(T) * H);
-        }
-        if (second)
-          for (int d = 0; d < 2; ++d)
-            all.pack(t, t + 1, rh_all.data() + d * rows * H, int64_t(B) * H, H, H, rhs + (d * N + o) * H, H);
-      }
-    }
+      sums->run(P);
+    } else {
 #pragma omp for schedule(static, 1)
-    for (int item = 0; item < 2 * P; ++item) {
-      const int d = item % 2, p = item / 2;
-      const int n0 = group_start(G, p, P), n1 = group_start(G, p + 1, P);  // gate rows of W_ih, biases
-      const int s0 = group_start(G_h, p, P), s1 = group_start(G_h, p + 1, P);  // of W_hh against the state
-      if (n1 > n0)
-        weight_grad(int(N), n1 - n0, F, gd + d * G + n0, 2 * G, gx, F, false, L.d_w_ih + (int64_t(d) * G + n0) * F);
-      T* dw = L.d_w_hh + int64_t(d) * G * H;
-      if (s1 > s0 && skip) {
-        weight_grad(int(N), s1 - s0, H, gh + d * G + s0, 2 * G, hps + d * H, 2 * H, false, dw + int64_t(s0) * H);
-      } else if (s1 > s0) {
+      for (int item = 0; item < 2 * P; ++item) {
+        const int d = item % 2, p = item / 2;
+        const int n0 = group_start(G, p, P), n1 = group_start(G, p + 1, P);  // gate rows of W_ih, biases
+        const int s0 = group_start(G_h, p, P), s1 = group_start(G_h, p + 1, P);  // of W_hh against the state
+        if (n1 > n0)
+          weight_grad(int(rows), n1 - n0, F, L.d_gi + d * G + n0, 2 * G, L.x, F, false,
+                      L.d_w_ih + (int64_t(d) * G + n0) * F);
         // W_hh met the previous state: h0 at the direction's first step, else h_all one step back in its order.
+        T* dw = L.d_w_hh + int64_t(d) * G * H;
         const int first = d == 0 ? 0 : steps - 1;
         const int later = d == 0 ? 1 : 0;  // d_g rows of the steps after the first, against h_all shifted by one
-        weight_grad(B, s1 - s0, H, dhh + L.at(first, 0, d, G) + s0, 2 * G, L.h0 + int64_t(d) * B * H, H, false,
-                    dw + int64_t(s0) * H);
-        weight_grad((steps - 1) * B, s1 - s0, H, dhh + L.at(later, 0, d, G) + s0, 2 * G,
-                    L.h_all + L.at(1 - later, 0, d, H), 2 * H, true, dw + int64_t(s0) * H);
-      }
-      if (second) {  // W_hn met r * h_prev
-        const int r0 = group_start(H, p, P), r1 = group_start(H, p + 1, P);
-        if (r1 > r0)
-          weight_grad(int(N), r1 - r0, H, gd + d * G + G_h + r0, 2 * G,
-                      skip ? rhs + d * N * H : rh_all.data() + d * rows * H, H, false, dw + (int64_t(G_h) + r0) * H);
-      }
-      if (L.d_b_ih) bias_grad(N, G, n0, n1, gd + d * G, L.d_b_ih + int64_t(d) * G);
-      if (L.d_b_hh) bias_grad(N, G, n0, n1, gh + d * G, L.d_b_hh + int64_t(d) * G);
-    }
-    if (L.d_x) {
-      const int parts = omp_get_num_threads();
-#pragma omp for schedule(static, 1)
-      for (int part = 0; part < parts; ++part) {
-        if (skip) {  // steps [t0, t1): their packed rows into xs (read by no one now), then to d_x, zeros where padded
-          const int t0 = part == 0 ? 0 : all.step_from(N * part / parts);
-          const int t1 = part == parts - 1 ? steps : all.step_from(N * (part + 1) / parts);
-          const int64_t r0 = all.offset(t0), r1 = all.offset(t1);
-          if (r1 > r0)
-            blas_gemm(false, false, int(r1 - r0), F, 2 * G, dgs + r0 * 2 * G, 2 * G, L.w_ih, F, false, xs + r0 * F, F);
-          all.unpack(t0, t1, xs + r0 * F, F, L.d_x, int64_t(B) * F, F, F);
-          for (int t = t0; t < t1; ++t)
-            std::memset(L.d_x + (int64_t(t) * B + all.at(t)) * F, 0, sizeof(T) * (B - all.at(t)) * F);
-          continue;
+        if (s1 > s0) {
+          weight_grad(B, s1 - s0, H, dhh + L.at(first, 0, d, G) + s0, 2 * G, L.h0 + int64_t(d) * B * H, H, false,
+                      dw + int64_t(s0) * H);
+          weight_grad((steps - 1) * B, s1 - s0, H, dhh + L.at(later, 0, d, G) + s0, 2 * G,
+                      L.h_all + L.at(1 - later, 0, d, H), 2 * H, true, dw + int64_t(s0) * H);
         }
-        const int64_t r0 = rows * part / parts, r1 = rows * (part + 1) / parts;
-        if (r1 > r0)
-          blas_gemm(false, false, int(r1 - r0), F, 2 * G, L.d_gi + r0 * 2 * G, 2 * G, L.w_ih, F, false,
-                    L.d_x + r0 * F, F);
+        if (second) {  // W_hn met r * h_prev
+          const int r0 = group_start(H, p, P), r1 = group_start(H, p + 1, P);
+          if (r1 > r0)
+            weight_grad(int(rows), r1 - r0, H, L.d_gi + d * G + G_h + r0, 2 * G, rh_all.data() + d * rows * H, H,
+                        false, dw + (int64_t(G_h) + r0) * H);
+        }
+        if (L.d_b_ih) bias_grad(rows, G, n0, n1, L.d_gi + d * G, false, L.d_b_ih + int64_t(d) * G);
+        if (L.d_b_hh) bias_grad(rows, G, n0, n1, dhh + d * G, false, L.d_b_hh + int64_t(d) * G);
+      }
+      if (L.d_x) {
+        const int parts = omp_get_num_threads();
+#pragma omp for schedule(static, 1)
+        for (int part = 0; part < parts; ++part) {
+          const int64_t r0 = rows * part / parts, r1 = rows * (part + 1) / parts;
+          if (r1 > r0)
+            blas_gemm(false, false, int(r1 - r0), F, 2 * G, L.d_gi + r0 * 2 * G, 2 * G, L.w_ih, F, false,
+                      L.d_x + r0 * F, F);
+        }
       }
     }
     mkl_set_num_threads_local_(&before);

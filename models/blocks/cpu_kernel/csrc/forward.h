@@ -65,9 +65,10 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
   const bool fold = kFold<T> && cell.foldable && !keep_gates;
   const int chunk = keep_gates ? L.steps : std::max(1, std::min(L.steps, 256 / std::max(1, nb)));
   // Uninitialised (every element is written by a projection before it is read): zeroing it cost a pass over
-  // up to 512 KB a direction and layer in every inference call. Training with rows skipped: the packed
-  // projections (total rows x G), then xs; inference: a chunk's projections, then xs.
-  const int64_t packed_rows = keep_gates ? active.total() : int64_t(chunk) * nb;
+  // up to 512 KB a direction and layer in every inference call. Inference: a chunk's projections, then xs; training
+  // with rows skipped: the same for runs of steps of at most kPackedBytes (memory bounded at any T and B).
+  const int64_t packed_rows = keep_gates ? std::max<int64_t>(nb, kPackedBytes / int64_t(sizeof(T)) / (G + input_size))
+                                         : int64_t(chunk) * nb;
   const Scratch<T> local(Use::kProjections,
                          (keep_gates && !skip ? 0 : packed_rows * G) + (skip ? packed_rows * input_size : 0));
   T* const xs = skip ? local.get() + packed_rows * G : nullptr;
@@ -77,8 +78,11 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
     gemm_rows(int(active.offset(t_first + n) - active.offset(t_first)), xs, dst, G);
   };
   if (keep_gates && skip) {  // packed, then each valid row to its place in gi (the loop zeroes the others)
-    project_packed(0, L.steps, local.get());
-    active.unpack(0, L.steps, local.get(), G, gi + L.at(0, b0, d, G), L.at(1, 0, 0, G), 2 * G, G);
+    for (int t0 = 0, t1 = 0; t0 < L.steps; t0 = t1) {
+      t1 = active.chunk_end(t0, packed_rows);
+      project_packed(t0, t1 - t0, local.get());
+      active.unpack(t0, t1, local.get(), G, gi + L.at(0, b0, d, G), L.at(1, 0, 0, G), 2 * G, G);
+    }
   } else if (keep_gates) {
     project(0, L.steps, gi + L.at(0, b0, d, G), 2 * G, L.at(1, 0, 0, G));
   }

@@ -20,6 +20,9 @@ namespace birnn {
 enum class Use { kLayerOutputs = 0, kProjections = 1, kPackedRows = 2 };
 constexpr int kUses = 3;
 constexpr std::size_t kKeepBytes = std::size_t(64) << 20;
+// The most bytes of packed rows (args.h, StepRows) a training call's projections or gradient sums copy at a time: runs
+// of steps are packed and used in turn, so the copies stay in the kept buffers at any T and B.
+constexpr int64_t kPackedBytes = int64_t(8) << 20;
 
 // `count` uninitialised elements of T, valid while this object lives and no other Scratch of the same Use is made
 // on this thread (each use is made once per call of its function, never nested).
