@@ -46,6 +46,9 @@ def test_the_nearest_measured_cell_decides() -> None:
     assert table.kernel_wins("LSTM", 16, 128, True, True) is True       # with lengths: measured apart
     assert table.kernel_wins("LSTM", 16, 128, False, False) is True     # inference: measured apart
     assert table.kernel_wins("GRU_RESET_BEFORE", 16, 128, False, True) is None
+    near = calibration(0.97)  # a near tie: nn.* itself without lengths, the kernel with them
+    assert calibrate.Calibration(near).kernel_wins("LSTM", 16, 64, False, True) is False
+    assert calibrate.Calibration(near).kernel_wins("LSTM", 16, 64, True, True) is True
     # one doubling above the grid (B 1..64, H 64..256) the nearest cell still answers; further, its losses
     # only (the table decides the rest);
     # below it, the smallest cells

@@ -64,8 +64,16 @@ def test_ties_go_to_the_smaller_batch_then_the_smaller_hidden() -> None:
     assert rows_at((2, 4, 0.5), (2, 1, 2.0)).kernel_wins("LSTM", 2, 2, False, False) is False
 
 
-def test_a_ratio_of_exactly_one_takes_the_kernel() -> None:
-    assert rows_at((16, 64, 1.0)).kernel_wins("LSTM", 16, 64, False, False) is True
+def test_the_threshold_is_inclusive_and_stricter_without_lengths() -> None:
+    """Without lengths the kernel needs a ratio of at most 0.95 (``nn.*`` itself takes near ties); with them 1."""
+    assert rows_at((16, 64, 0.95)).kernel_wins("LSTM", 16, 64, False, False) is True
+    assert rows_at((16, 64, 0.951)).kernel_wins("LSTM", 16, 64, False, False) is False
+    with_lengths = calibrate.Calibration({"format": calibrate.FORMAT, "rows": [
+        {"cell": "LSTM", "batch": 16, "hidden": 64, "lengths": True, "training": False, "ratio": ratio}
+        for ratio in (1.0,)]})
+    assert with_lengths.kernel_wins("LSTM", 16, 64, True, False) is True
+    with_lengths.data["rows"][0]["ratio"] = 1.001
+    assert calibrate.Calibration(with_lengths.data).kernel_wins("LSTM", 16, 64, True, False) is False
 
 
 # -- where a calibration lives and what it is keyed by ----------------------------------------------------------
@@ -483,7 +491,7 @@ def test_calibrating_measures_saves_and_reports(capsys: pytest.CaptureFixture, m
     def fake_measure(threads: int, capability: str, progress: Callable[[str], None]) -> Dict[str, Any]:
         progress("one cell")
         data = grid(2.0, capability, threads)
-        data["rows"][0]["ratio"] = data["rows"][1]["ratio"] = 1.0  # two cells on the kernel (<= 1)
+        data["rows"][0]["ratio"] = data["rows"][1]["ratio"] = 0.95  # two cells on the kernel (<= 0.95, <= 1)
         data.update(seconds=3.5, cpu_seconds=1.2, calls=400)
         return data
     monkeypatch.setattr(calibrate, "measure", fake_measure)
