@@ -216,8 +216,11 @@ def test_kernel_chosen_asks_a_calibration_first_then_the_table(monkeypatch: pyte
     monkeypatch.setattr(cpu_kernel, "_capability", "avx512")
     measured = Calibration(True)
     monkeypatch.setattr(calibrate, "active", lambda t, c: active.append((t, c)) or (measured, t + 10, c + "!"))
-    assert cpu_kernel.kernel_chosen("GRU", 3, 8, 5, True, False, threads=2) is True
-    assert measured.asked == [("GRU", 3, 8, True, False)] and table == [] and active == [(2, "avx512")]
+    assert cpu_kernel.kernel_chosen("GRU", 3, 8, 5, False, False, threads=2) is True
+    assert measured.asked == [("GRU", 3, 8, False, False)] and table == [] and active == [(2, "avx512")]
+    # with lengths the calibration is not asked (calibrate.LENGTHS): the table
+    assert cpu_kernel.kernel_chosen("GRU", 3, 8, 5, True, False, threads=2) == "table"
+    assert len(measured.asked) == 1 and table.pop() == ("GRU", 3, 8, 5, True, 12, "avx512!", False)
     measured.answer = None  # a cell the calibration has no rows for: the table, with the calibration's settings
     assert cpu_kernel.kernel_chosen("LSTM", 4, 16, 9, False, True, threads=1) == "table"
     assert table == [("LSTM", 4, 16, 9, False, 11, "avx512!", True)]

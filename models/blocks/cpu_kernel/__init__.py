@@ -153,16 +153,16 @@ def applies(x: Tensor, mode: str, hidden_size: int = 0, has_lengths: bool = Fals
 def kernel_chosen(mode: str, batch: int, hidden_size: int, steps: int, has_lengths: bool, training: bool,
                   threads: Optional[int] = None) -> bool:
     """The policy's answer for one layer's ``B``, ``H``, ``T`` at ``threads`` (default ``torch.get_num_threads()``)
-    and this capability (float32; ``applies`` asks it after ``can_run``): this CPU's calibration where there is
-    one (``models/blocks/cpu_kernel/calibrate.py``; a checkpoint's pinned record on a resume), else the fixed
-    table ``policy.kernel_wins``."""
+    and this capability (float32; ``applies`` asks it after ``can_run``): without lengths this CPU's calibration
+    where there is one (``models/blocks/cpu_kernel/calibrate.py``; a checkpoint's pinned record on a resume), else
+    (and with lengths) the fixed table ``policy.kernel_wins``."""
     # Imported here, not with the package: `python -m models.blocks.cpu_kernel.calibrate` then runs the one
     # calibrate module the policy reads (imported with the package, runpy would run a second copy and warn).
     from . import calibrate
 
     calibration, threads, capability = calibrate.active(_thread_count() if threads is None else threads,
                                                         _capability or "avx2")
-    if calibration is not None and mode in calibrate.CELLS:
+    if calibration is not None and mode in calibrate.CELLS and not has_lengths:  # lengths: calibrate.LENGTHS
         measured = calibration.kernel_wins(mode, batch, hidden_size, has_lengths, training)
         if measured is not None:
             return measured
