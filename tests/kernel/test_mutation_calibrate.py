@@ -64,6 +64,20 @@ def test_ties_go_to_the_smaller_batch_then_the_smaller_hidden() -> None:
     assert rows_at((2, 4, 0.5), (2, 1, 2.0)).kernel_wins("LSTM", 2, 2, False, False) is False
 
 
+def test_each_shape_is_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serving asks the policy at every call: the nearest cell is found once per shape, the answer kept (at most
+    4096 of them)."""
+    table = rows_at((16, 64, 0.5), (64, 64, 2.0))
+    looked_up: List[Tuple[Any, ...]] = []
+    nearest = table._nearest_answer
+    monkeypatch.setattr(table, "_nearest_answer", lambda *key: looked_up.append(key) or nearest(*key))
+    assert [table.kernel_wins("LSTM", b, 64, False, False) for b in (16, 64, 16, 64)] == [True, False, True, False]
+    assert looked_up == [("LSTM", 16, 64, False, False), ("LSTM", 64, 64, False, False)]
+    for b in range(1, 4100):
+        table.kernel_wins("LSTM", b, 64, False, False)
+    assert len(table._answers) <= 4096
+
+
 def test_the_threshold_is_inclusive() -> None:
     """The kernel needs a ratio of at most 0.95: ``nn.*`` itself takes near ties."""
     assert rows_at((16, 64, 0.95)).kernel_wins("LSTM", 16, 64, False, False) is True
