@@ -6,14 +6,16 @@ A product row depends only on its own input row, so on the float32 vector builds
 ``step_gemm.h``'s micro-kernel) a row's outputs, states and input gradient are the same bits whichever rows share
 its products; only the weight gradients, summed over rows in another order, move within float32 rounding."""
 
+import contextlib
 from typing import Any, List, Tuple
 
 import pytest
 import torch
 from torch import Tensor, nn
 
-from models import BiGRU, BiLSTM
+from models import BiGRU, BiLSTM, quantize
 from models.blocks import cpu_kernel
+from models.blocks.cpu_kernel import bf16
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built (see test_kernel_builds)")
 needs_vector_build = pytest.mark.skipif(
@@ -186,4 +188,38 @@ def test_inference_runs_rows_longest_first_and_answers_in_the_callers_order(bloc
     for b, (row_out, row_state) in enumerate(alone):
         assert torch.equal(out[:, b:b + 1], row_out), f"row {b}: output"
         for got, want in zip(states, row_state if block_type is BiLSTM else (row_state,), strict=True):
+            assert torch.equal(got[:, b:b + 1], want), f"row {b}: state"
+
+
+@needs_kernel
+@pytest.mark.parametrize("block_type", [BiLSTM, BiGRU])
+@pytest.mark.parametrize("path", ["int8", "bf16"])
+def test_low_precision_inference_runs_rows_longest_first(block_type: type, path: str) -> None:
+    """The int8 (``models.quantize``) and bf16 (autocast) inference stacks run a batch with unsorted lengths longest
+    first too (``csrc/row_order.h``), their step products over the valid rows only: the same batch given in another
+    row order answers with the same bits, row for row; int8, whose products are exact integers, gives each row the
+    bits of that row run alone."""
+    if path == "bf16" and not bf16.supported():
+        pytest.skip(f"no bf16 kernel here (CPU kernel capability {cpu_kernel.capability()}, AVX512_BF16 needed)")
+    torch.manual_seed(5)
+    batch, steps = 7, 40
+    block = block_type(FEATURES, HIDDEN, 2, merge_mode=["sum", "concat"]).eval()
+    if path == "int8":
+        block = quantize(block)
+    x = torch.randn(steps, batch, FEATURES)
+    lengths = torch.tensor([3, 17, 40, 1, 17, 25, 8])
+    order = torch.tensor([2, 5, 1, 4, 6, 0, 3])  # longest first
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if path == "bf16" else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
+        out, state = block(x, lengths=lengths)
+        sorted_out, sorted_state = block(x[:, order], lengths=lengths[order])
+        alone = [block(x[:, b:b + 1], lengths=lengths[b:b + 1]) for b in range(batch)] if path == "int8" else []
+    states = state if isinstance(state, tuple) else (state,)
+    sorted_states = sorted_state if isinstance(sorted_state, tuple) else (sorted_state,)
+    assert torch.equal(out[:, order], sorted_out)
+    for got, want in zip(states, sorted_states, strict=True):
+        assert torch.equal(got[:, order], want)
+    for b, (row_out, row_state) in enumerate(alone):
+        assert torch.equal(out[:, b:b + 1], row_out), f"row {b}: output"
+        for got, want in zip(states, row_state if isinstance(row_state, tuple) else (row_state,), strict=True):
             assert torch.equal(got[:, b:b + 1], want), f"row {b}: state"

@@ -38,6 +38,8 @@
 #include <unistd.h>
 
 #include "activations.h"  // defines BIRNN_VECTOR
+#include "args.h"
+#include "row_order.h"
 #include "stack_driver.h"
 
 #if defined(BIRNN_VECTOR) && BIRNN_VECTOR == 16
@@ -365,6 +367,7 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
   // rows (below it most of a 16-row tile would be padding).
   const bool amx_in = S.amx_min_batch > 0 && amx_granted(), amx_step = amx_in && B >= S.amx_min_batch;
   int chunk_start = 0;
+  const StepRows active(S.lengths, T, 0, B);  // sorted lengths (row_order.h): a step's valid rows are a prefix
   for (int s = 0; s < T; ++s) {
     const int t = d == 0 ? s : T - 1 - s;
     if (s % chunk == 0) {
@@ -375,20 +378,24 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
       product(amx_in, false, n * B, Kx, qx, ldx, wi, 0, blocks, gx, ldg, bi);  // the sums start from the bias
     }
     float* g0 = gx + int64_t(t - chunk_start) * B * ldg;  // this step's B rows of pre-activations
-    for (int b = 0; b < B; ++b) round_row(h + int64_t(b) * H, H, Kh, qh + b * ldh);
-    if (cell == kGru)
-      product(amx_step, false, B, Kh, qh, ldh, wh, 0, blocks, gh, ldg);
-    else
-      product(amx_step, true, B, Kh, qh, ldh, wh, 0, first_blocks, g0, ldg);
-    if (cell == kGruResetBefore) {  // r, then (r * h) @ W_hn^T onto the n block
-      for (int b = 0; b < B; ++b) {
+    // The step products' rows: the valid ones (the padded ones after them are skipped below); on tiles up to the
+    // end of the 16-row tile holding the last valid row (the rows past a whole tile would take vdpbf16ps, slower
+    // than the tile's padded rows, which are computed and never read).
+    const int rows = amx_step ? std::min(B, (active.at(t) + 15) / 16 * 16) : active.at(t);
+    for (int b = 0; b < rows; ++b) round_row(h + int64_t(b) * H, H, Kh, qh + b * ldh);
+    if (rows > 0 && cell == kGru)
+      product(amx_step, false, rows, Kh, qh, ldh, wh, 0, blocks, gh, ldg);
+    else if (rows > 0)
+      product(amx_step, true, rows, Kh, qh, ldh, wh, 0, first_blocks, g0, ldg);
+    if (rows > 0 && cell == kGruResetBefore) {  // r, then (r * h) @ W_hn^T onto the n block
+      for (int b = 0; b < rows; ++b) {
         float* g = g0 + b * ldg;
         const float* hb = h + int64_t(b) * H;
         sigmoid_(g, H);
         for (int j = 0; j < H; ++j) tmp[j] = g[j] * hb[j];
         round_row(tmp, H, Kh, qr + b * ldh);
       }
-      product(amx_step, true, B, Kh, qr, ldh, wh, 2 * Hp / 16, blocks, g0 + 2 * Hp, ldg);
+      product(amx_step, true, rows, Kh, qr, ldh, wh, 2 * Hp / 16, blocks, g0 + 2 * Hp, ldg);
     }
     for (int b = 0; b < B; ++b) {
       float* o = raw + ((int64_t(t) * B + b) * 2 + d) * H;
@@ -433,8 +440,17 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
 #endif
 }
 
-// Every layer and merge (stack_driver.h).
-inline void forward_stack(const Bf16Args& S) { stack::forward_stack(S, direction); }
+// Every layer and merge (stack_driver.h). A batch with lengths runs longest first (row_order.h) where the step
+// products run on vdpbf16ps, which then skips the padded rows; on tiles a step multiplies whole 16-row tiles, and at
+// B = 16 sorting saved nothing there but cost its copies (LSTM B = 16, H = 256, T = 64, 2 layers: 8.5-9.7 ms
+// unsorted, 10.0-10.1 sorted).
+inline void forward_stack(const Bf16Args& S) {
+  const bool tiles = S.amx_min_batch > 0 && amx_granted() && S.batch >= S.amx_min_batch;  // as direction()'s amx_step
+  if (tiles)
+    stack::forward_stack(S, direction);
+  else
+    run_longest_first(S, [](const Bf16Args& R) { stack::forward_stack(R, direction); });
+}
 
 }  // namespace bf16
 }  // namespace birnn

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <memory>
 #include <omp.h>
 #include <type_traits>
@@ -14,6 +13,7 @@
 #include "args.h"
 #include "cells.h"
 #include "products.h"
+#include "row_order.h"
 #include "scratch.h"
 #include "spin_barrier.h"
 
@@ -288,61 +288,10 @@ void run_stack(const Args<T>& S) {
   }  // (the region's own barrier: every thread arrives within a spin of the others)
 }
 
-// forward_stack with the rows of a batch with lengths run longest first, so each step's products and the input
-// projections skip the rows already padded (StepRows): x, h0, c0 and lengths are gathered in that order, the stack
-// runs on them, and out, h_n, c_n are scattered back to the caller's rows. Rows never interact and a row's values
-// do not depend on which rows share its products, so only the order of the work changes.
+// Every layer of an inference call, a batch with lengths run longest first (row_order.h).
 template <typename T>
 void forward_stack(const Args<T>& S) {
-  const int B = S.batch, H = S.hidden, steps = S.steps;
-  const int64_t* lengths = S.lengths;
-  if (lengths == nullptr || B < 2 || std::is_sorted(lengths, lengths + B, std::greater<int64_t>())) {
-    run_stack(S);
-    return;
-  }
-  std::vector<int> order(B);
-  for (int b = 0; b < B; ++b) order[b] = b;
-  std::stable_sort(order.begin(), order.end(), [lengths](int i, int j) { return lengths[i] > lengths[j]; });
-  std::vector<int64_t> sorted_lengths(B);
-  for (int b = 0; b < B; ++b) sorted_lengths[b] = lengths[order[b]];
-  const bool cell_state = traits_of(S.cell).cell_state != 0;
-  const int F = S.input_sizes[0], last = S.merges[S.layers - 1];
-  const int width = last == kConcat || last == kNone ? 2 * H : H;  // a row of out
-  const int64_t states = int64_t(2) * S.layers;  // (2L, B, H) blocks
-  const int64_t state_size = states * B * H, x_size = int64_t(steps) * B * F, out_size = int64_t(steps) * B * width;
-  const Scratch<T> buffer(Use::kPackedRows, x_size + out_size + (cell_state ? 4 : 2) * state_size);
-  T* const x = buffer.get();
-  T* const out = x + x_size;
-  T* const h0 = out + out_size;
-  T* const h_n = h0 + state_size;
-  T* const c0 = cell_state ? h_n + state_size : nullptr;
-  T* const c_n = cell_state ? c0 + state_size : nullptr;
-  // rows of n elements, block by block (`blocks` of B rows), from the caller's order into the run's or back
-  auto gather = [&](const T* src, T* dst, int64_t blocks, int n) {
-    for (int64_t k = 0; k < blocks; ++k)
-      for (int b = 0; b < B; ++b)
-        std::memcpy(dst + (k * B + b) * n, src + (k * B + order[b]) * n, sizeof(T) * n);
-  };
-  auto scatter = [&](const T* src, T* dst, int64_t blocks, int n) {
-    for (int64_t k = 0; k < blocks; ++k)
-      for (int b = 0; b < B; ++b)
-        std::memcpy(dst + (k * B + order[b]) * n, src + (k * B + b) * n, sizeof(T) * n);
-  };
-  gather(S.x, x, steps, F);
-  gather(S.h0, h0, states, H);
-  if (cell_state) gather(S.c0, c0, states, H);
-  Args<T> R = S;
-  R.x = x;
-  R.h0 = h0;
-  R.c0 = c0;
-  R.lengths = sorted_lengths.data();
-  R.out = out;
-  R.h_n = h_n;
-  R.c_n = c_n;
-  run_stack(R);
-  scatter(out, S.out, steps, width);
-  scatter(h_n, S.h_n, states, H);
-  if (cell_state) scatter(c_n, S.c_n, states, H);
+  run_longest_first(S, [](const Args<T>& R) { run_stack(R); });
 }
 
 }  // namespace birnn

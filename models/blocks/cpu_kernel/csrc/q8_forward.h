@@ -21,7 +21,9 @@
 #include <vector>
 
 #include "activations.h"
+#include "args.h"
 #include "q8_gemm.h"
+#include "row_order.h"
 #include "stack_driver.h"
 
 namespace birnn {
@@ -190,6 +192,7 @@ inline void direction(const Q8Args& S, int l, int d, const float* in, int F, flo
   float* tmp = sized(buf.tmp, 2 * H);
   const float* zeros = sized(buf.zeros, Gp);  // in place of an absent bias (never written: zero from resize)
   int chunk_start = 0;
+  const StepRows active(S.lengths, T, 0, B);  // sorted lengths (row_order.h): a step's valid rows are a prefix
   for (int s = 0; s < T; ++s) {
     const int t = d == 0 ? s : T - 1 - s;
     if (s % chunk == 0) {
@@ -199,8 +202,9 @@ inline void direction(const Q8Args& S, int l, int d, const float* in, int F, flo
       for (int64_t r = 0; r < int64_t(n) * B; ++r) sx[r] = quantize_into(product, xs + r * F, F, Kx, qx + r * Kx);
       gemm(product, n * B, Kx, Gp, qx, wi, ki, ax);
     }
-    for (int b = 0; b < B; ++b) sh[b] = quantize_into(product, h + int64_t(b) * H, H, Kh, qh + int64_t(b) * Kh);
-    gemm(product, B, Kh, Gp, qh, wh, kh, ah);
+    const int rows = active.at(t);  // the step product's rows; the padded ones after them are skipped below
+    for (int b = 0; b < rows; ++b) sh[b] = quantize_into(product, h + int64_t(b) * H, H, Kh, qh + int64_t(b) * Kh);
+    if (rows > 0) gemm(product, rows, Kh, Gp, qh, wh, kh, ah);
     for (int b = 0; b < B; ++b) {
       float* o = raw + ((int64_t(t) * B + b) * 2 + d) * H;
       if (S.lengths != nullptr && t >= S.lengths[b]) {
@@ -248,8 +252,11 @@ inline void direction(const Q8Args& S, int l, int d, const float* in, int F, flo
   }
 }
 
-// Every layer and merge (stack_driver.h).
-inline void forward_stack(const Q8Args& S) { stack::forward_stack(S, direction); }
+// Every layer and merge (stack_driver.h), a batch with lengths run longest first (row_order.h): each step's product
+// then covers the rows still valid.
+inline void forward_stack(const Q8Args& S) {
+  run_longest_first(S, [](const Q8Args& R) { stack::forward_stack(R, direction); });
+}
 
 }  // namespace q8
 }  // namespace birnn
