@@ -84,10 +84,11 @@ struct Args {
 // The rows of [b0, b1) each step must compute, and where they sit in a packed sequence. A product row depends only
 // on its own input row, so covering the first n rows gives them the values a product over all rows would. With
 // lengths sorted longest first over the rows (models/blocks/base.py sorts a training batch with lengths so,
-// forward.h's forward_stack an inference batch), the rows valid at step t are a prefix, at(t) of them, and the padded rows after it are skipped:
-// about half the work when lengths are uniform. Packed, step t's valid rows are rows [offset(t), offset(t) + at(t))
-// of one (total(), n) matrix, PackedSequence's layout: the input projections and the weight and input gradients
-// run as one GEMM over those rows (gathered by pack, scattered back by unpack) instead of over every (t, b).
+// row_order.h an inference batch), the rows valid at step t are a prefix, at(t) of them, and the padded rows after
+// it are skipped: about half the work when lengths are uniform. Packed, step t's valid rows are rows
+// [offset(t), offset(t) + at(t)) of one (total(), n) matrix, PackedSequence's layout: the input projections and the
+// weight and input gradients run as one GEMM over those rows (gathered by pack, scattered back by unpack) instead of
+// over every (t, b).
 // Otherwise (no lengths, or not sorted) every row counts at every step and the packed layout is the plain one.
 class StepRows {
  public:
@@ -113,8 +114,8 @@ class StepRows {
   // The end of a run of steps from t0 whose packed rows fit in max_rows (at least one step).
   int chunk_end(int t0, int64_t max_rows) const {
     const int64_t limit = offset_[t0] + max_rows;
-    const int past = int(std::partition_point(offset_.begin(), offset_.end(), [limit](int64_t o) { return o <= limit; }) -
-                         offset_.begin());  // the first step boundary beyond the limit
+    const auto beyond = std::partition_point(offset_.begin(), offset_.end(), [limit](int64_t o) { return o <= limit; });
+    const int past = int(beyond - offset_.begin());  // the first step boundary beyond the limit
     return std::max(t0 + 1, past - 1);
   }
   // whether some step skips rows (else the packed layout is the (T, rows) one and packing is a plain copy)
@@ -138,7 +139,8 @@ class StepRows {
       if (width == n && ld == n)
         std::memcpy(dst + t * step_stride, from, sizeof(T) * n * count_[t]);
       else
-        for (int r = 0; r < count_[t]; ++r) std::memcpy(dst + t * step_stride + r * width, from + r * ld, sizeof(T) * n);
+        for (int r = 0; r < count_[t]; ++r)
+          std::memcpy(dst + t * step_stride + r * width, from + r * ld, sizeof(T) * n);
     }
   }
 

@@ -208,8 +208,10 @@ struct PackedSums {
         const int parts = omp_get_num_threads();
 #pragma omp for schedule(static, 1) nowait
         for (int part = 0; part < parts; ++part) {
-          const int a = part == 0 ? t0 : std::max(t0, std::min(t1, all.step_from(base + n * part / parts)));
-          const int b = part == parts - 1 ? t1 : std::max(t0, std::min(t1, all.step_from(base + n * (part + 1) / parts)));
+          // the first step of a part's rows, kept inside the chunk
+          auto from = [&](int k) { return std::max(t0, std::min(t1, all.step_from(base + n * k / parts))); };
+          const int a = part == 0 ? t0 : from(part);
+          const int b = part == parts - 1 ? t1 : from(part + 1);
           const int64_t r0 = all.offset(a) - base, r1 = all.offset(b) - base;
           if (r1 > r0)
             blas_gemm(false, false, int(r1 - r0), F, 2 * G, dgs + r0 * 2 * G, 2 * G, L.w_ih, F, false, dxs + r0 * F, F);

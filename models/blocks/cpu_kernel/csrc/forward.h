@@ -43,8 +43,7 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
   std::unique_ptr<StepGemm<T>> gemm_ih;
   if (L.packed_ih != nullptr && !keep_gates)
     gemm_ih.reset(new StepGemm<T>(wi, true, G, input_size, L.packed_ih + int64_t(d) * packed_floats(G, input_size)));
-  // Steps [t_first, t_first + n) of this thread's rows into dst (row stride ld; step k of a split batch at
-  // dst + k * dst_step).
+  // `rows` contiguous input rows from a into dst (row stride ld).
   auto gemm_rows = [&](int rows, const T* a, T* dst, int ld) {
     if (rows == 0) return;
     if (gemm_ih)
@@ -52,6 +51,8 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
     else
       blas_gemm(false, true, rows, G, input_size, a, input_size, wi, input_size, false, dst, ld);
   };
+  // Steps [t_first, t_first + n) of this thread's rows into dst (row stride ld; step k of a split batch at
+  // dst + k * dst_step).
   auto project = [&](int t_first, int n, T* dst, int ld, int64_t dst_step) {
     for (int k = 0; k < (nb == B ? 1 : n); ++k)
       gemm_rows(nb == B ? n * B : nb, x + (int64_t(t_first + k) * B + b0) * input_size, dst + k * dst_step, ld);
