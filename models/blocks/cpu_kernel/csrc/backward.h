@@ -113,6 +113,31 @@ void bias_grad(int64_t rows, int G, int n0, int n1, const T* d_g, bool acc, T* d
     for (int j = n0; j < n1; ++j) d_b[j] += d_g[r * 2 * G + j];
 }
 
+// One (direction d, gate slice p of P) item of the weight and bias gradients, summed over n rows: x (n, F); dg the
+// gate pre-activations' gradient and dh what multiplied W_hh (rows of 2G, direction d at + d * G); rh a second
+// product's input (n, H), or null without one; state(s0, s1, dw) the W_hh rows [s0, s1) against the state each row
+// met (into dw, those rows of d W_hh: the layouts differ in where that state is). acc: add onto the gradients.
+template <typename T, typename StateProducts>
+void item_gradients(const Args<T>& L, int d, int p, int P, int64_t n, const T* x, const T* dg, const T* dh,
+                    const T* rh, bool acc, StateProducts state) {
+  const CellTraits cell = traits_of(L.cell);
+  const int H = L.hidden, G = cell.gates * H, F = L.input_size;
+  const int G_h = cell.second_product ? G - H : G;  // rows of W_hh that meet the previous state itself
+  const int n0 = group_start(G, p, P), n1 = group_start(G, p + 1, P);  // gate rows of W_ih, biases
+  const int s0 = group_start(G_h, p, P), s1 = group_start(G_h, p + 1, P);  // of W_hh against the state
+  T* dw = L.d_w_hh + int64_t(d) * G * H;
+  if (n1 > n0)
+    weight_grad(int(n), n1 - n0, F, dg + d * G + n0, 2 * G, x, F, acc, L.d_w_ih + (int64_t(d) * G + n0) * F);
+  if (s1 > s0) state(s0, s1, dw + int64_t(s0) * H);
+  if (cell.second_product) {  // W_hn met r * h_prev
+    const int r0 = group_start(H, p, P), r1 = group_start(H, p + 1, P);
+    if (r1 > r0)
+      weight_grad(int(n), r1 - r0, H, dg + d * G + G_h + r0, 2 * G, rh, H, acc, dw + (int64_t(G_h) + r0) * H);
+  }
+  if (L.d_b_ih) bias_grad(n, G, n0, n1, dg + d * G, acc, L.d_b_ih + int64_t(d) * G);
+  if (L.d_b_hh) bias_grad(n, G, n0, n1, dh + d * G, acc, L.d_b_hh + int64_t(d) * G);
+}
+
 // Phases two and three of backward (below) with rows skipped (lengths sorted longest first: StepRows): the weight,
 // bias and input gradients summed over the valid (t, b) only. Run by every thread of the team, chunk by chunk of
 // steps (at most kPackedBytes of copies, so memory stays bounded at any T and B): the team packs what the chunk's
@@ -178,7 +203,6 @@ struct PackedSums {
   void run(int P) const {
     const CellTraits cell = traits_of(L.cell);
     const int H = L.hidden, G = cell.gates * H, F = L.input_size, B = L.batch, steps = L.steps;
-    const int G_h = cell.second_product ? G - H : G;
     for (int t0 = 0; t0 < steps;) {
       const int t1 = all.chunk_end(t0, max_rows);
       const int64_t base = all.offset(t0), n = all.offset(t1) - base;
@@ -187,22 +211,10 @@ struct PackedSums {
       for (int t = t0; t < t1; ++t) pack(t, all.offset(t) - base);
 #pragma omp for schedule(static, 1) nowait
       for (int item = 0; item < 2 * P; ++item) {
-        const int d = item % 2, p = item / 2;
-        const int n0 = group_start(G, p, P), n1 = group_start(G, p + 1, P);  // gate rows of W_ih, biases
-        const int s0 = group_start(G_h, p, P), s1 = group_start(G_h, p + 1, P);  // of W_hh against the state
-        T* dw = L.d_w_hh + int64_t(d) * G * H;
-        if (n1 > n0)
-          weight_grad(int(n), n1 - n0, F, dgs + d * G + n0, 2 * G, xs, F, acc, L.d_w_ih + (int64_t(d) * G + n0) * F);
-        if (s1 > s0)
-          weight_grad(int(n), s1 - s0, H, dhs + d * G + s0, 2 * G, hps + d * H, 2 * H, acc, dw + int64_t(s0) * H);
-        if (cell.second_product) {  // W_hn met r * h_prev
-          const int r0 = group_start(H, p, P), r1 = group_start(H, p + 1, P);
-          if (r1 > r0)
-            weight_grad(int(n), r1 - r0, H, dgs + d * G + G_h + r0, 2 * G, rhs + d * max_rows * H, H, acc,
-                        dw + (int64_t(G_h) + r0) * H);
-        }
-        if (L.d_b_ih) bias_grad(n, G, n0, n1, dgs + d * G, acc, L.d_b_ih + int64_t(d) * G);
-        if (L.d_b_hh) bias_grad(n, G, n0, n1, dhs + d * G, acc, L.d_b_hh + int64_t(d) * G);
+        const int d = item % 2;
+        item_gradients(L, d, item / 2, P, n, xs, dgs, dhs, rhs + d * max_rows * H, acc, [&](int s0, int s1, T* dw) {
+          weight_grad(int(n), s1 - s0, H, dhs + d * G + s0, 2 * G, hps + d * H, 2 * H, acc, dw);  // packed states
+        });
       }
       if (L.d_x) {  // the chunk's steps split over the team by rows: packed into dxs, then to d_x, zeros where padded
         const int parts = omp_get_num_threads();
@@ -238,7 +250,6 @@ void backward(const Args<T>& L) {
   const int64_t rows = int64_t(steps) * B;
   const bool second = cell.second_product;
   const T* dhh = cell.apart_hh ? L.d_gh : L.d_gi;
-  const int G_h = second ? G - H : G;  // rows of W_hh that meet the previous state itself
   const int P = row_groups(L.threads, B);
   std::vector<T> rh_all(second ? 2 * rows * H : 0);  // a second product's input r * h_prev of every step, (2, T, B, H)
   const StepRows all(L.lengths, steps, 0, B);
@@ -259,30 +270,16 @@ void backward(const Args<T>& L) {
     } else {
 #pragma omp for schedule(static, 1)
       for (int item = 0; item < 2 * P; ++item) {
-        const int d = item % 2, p = item / 2;
-        const int n0 = group_start(G, p, P), n1 = group_start(G, p + 1, P);  // gate rows of W_ih, biases
-        const int s0 = group_start(G_h, p, P), s1 = group_start(G_h, p + 1, P);  // of W_hh against the state
-        if (n1 > n0)
-          weight_grad(int(rows), n1 - n0, F, L.d_gi + d * G + n0, 2 * G, L.x, F, false,
-                      L.d_w_ih + (int64_t(d) * G + n0) * F);
-        // W_hh met the previous state: h0 at the direction's first step, else h_all one step back in its order.
-        T* dw = L.d_w_hh + int64_t(d) * G * H;
-        const int first = d == 0 ? 0 : steps - 1;
-        const int later = d == 0 ? 1 : 0;  // d_g rows of the steps after the first, against h_all shifted by one
-        if (s1 > s0) {
-          weight_grad(B, s1 - s0, H, dhh + L.at(first, 0, d, G) + s0, 2 * G, L.h0 + int64_t(d) * B * H, H, false,
-                      dw + int64_t(s0) * H);
+        const int d = item % 2;
+        item_gradients(L, d, item / 2, P, rows, L.x, L.d_gi, dhh, second ? rh_all.data() + d * rows * H : nullptr,
+                       false, [&](int s0, int s1, T* dw) {
+          // W_hh met the previous state: h0 at the direction's first step, else h_all one step back in its order
+          const int first = d == 0 ? 0 : steps - 1;
+          const int later = d == 0 ? 1 : 0;  // d_g rows of the steps after the first, against h_all shifted by one
+          weight_grad(B, s1 - s0, H, dhh + L.at(first, 0, d, G) + s0, 2 * G, L.h0 + int64_t(d) * B * H, H, false, dw);
           weight_grad((steps - 1) * B, s1 - s0, H, dhh + L.at(later, 0, d, G) + s0, 2 * G,
-                      L.h_all + L.at(1 - later, 0, d, H), 2 * H, true, dw + int64_t(s0) * H);
-        }
-        if (second) {  // W_hn met r * h_prev
-          const int r0 = group_start(H, p, P), r1 = group_start(H, p + 1, P);
-          if (r1 > r0)
-            weight_grad(int(rows), r1 - r0, H, L.d_gi + d * G + G_h + r0, 2 * G, rh_all.data() + d * rows * H, H,
-                        false, dw + (int64_t(G_h) + r0) * H);
-        }
-        if (L.d_b_ih) bias_grad(rows, G, n0, n1, L.d_gi + d * G, false, L.d_b_ih + int64_t(d) * G);
-        if (L.d_b_hh) bias_grad(rows, G, n0, n1, dhh + d * G, false, L.d_b_hh + int64_t(d) * G);
+                      L.h_all + L.at(1 - later, 0, d, H), 2 * H, true, dw);
+        });
       }
       if (L.d_x) {
         const int parts = omp_get_num_threads();
