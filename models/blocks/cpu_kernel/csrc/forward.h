@@ -117,8 +117,9 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
         project_packed(chunk_start, n, local.get());
       else
         project(chunk_start, n, local.get(), G, int64_t(nb) * G);
+      const int64_t projected = active.offset(chunk_start + n) - active.offset(chunk_start);  // the chunk's rows
       if (fold && bi)  // the bias once per projected row; the step product then adds h @ W_hh^T onto these
-        for (int64_t r = 0; r < active.offset(chunk_start + n) - active.offset(chunk_start); ++r)
+        for (int64_t r = 0; r < projected; ++r)
           for (int j = 0; j < G; ++j) local.get()[r * G + j] += bi[j];
     }
     // The projection of row b (valid at t), read once; in training overwritten by the activated gates. Inference
