@@ -4,16 +4,16 @@
 ``DynamicQuantizeLSTM`` (``onnxruntime.quantization.quantize_dynamic`` of ``benchmarks/onnx_rnn.py``'s graph), on
 the same weights (issue 35).
 
-Each row: ``BiLSTM``, 2 layers, the row's merge mode after both layers, batch-first, input size H, T = 64,
-inference. ``int8`` is the kernel's fastest product on this CPU (AVX-512 VNNI where present), ``int8_avx2`` the
-same block and library with its weights packed for the AVX2 product (only the product differs). The peers merge as
-the blocks do: ONNX Runtime's graph merges the directions with ``Add``/``Mul``/``Div`` between its quantized LSTM
-nodes; PyTorch's runs one ``DynamicQuantizedLSTM`` a layer and merges in between. Every runtime runs in its own
-worker process (``benchmarks/process_timing.py``, as ``benchmarks/vs_onnxruntime.py``), timed one at a time in
-interleaved rounds; one thread: each worker's process CPU time, two threads: wall time. Ratios are medians over
-rounds of int8 / other within the round. Each runtime's output is compared with the float32 block's (max abs
-difference in the JSON: the int8 error of each). ``merge`` ``None`` is ``concat``'s arithmetic in another layout
-(not a row).
+Each row: ``BiLSTM``, 2 layers, the row's merge mode after both layers, batch-first, input size H, T = 64, inference.
+``int8`` is the kernel's fastest product on this CPU (AMX-INT8 tiles, else AVX-512 VNNI, where present), ``int8_avx2``
+the same block and library with its weights packed for the AVX2 product (only the product differs), and on a CPU with
+AMX ``int8_vnni`` the same on the VNNI product (what an AVX-512 VNNI CPU without tiles runs). The peers merge as the
+blocks do: ONNX Runtime's graph merges the directions with ``Add``/``Mul``/``Div`` between its quantized LSTM nodes;
+PyTorch's runs one ``DynamicQuantizedLSTM`` a layer and merges in between. Every runtime runs in its own worker process
+(``benchmarks/process_timing.py``, as ``benchmarks/vs_onnxruntime.py``), timed one at a time in interleaved rounds; one
+thread: each worker's process CPU time, two threads: wall time. Ratios are medians over rounds of int8 / other within
+the round. Each runtime's output is compared with the float32 block's (max abs difference in the JSON: the int8 error of
+each). ``merge`` ``None`` is ``concat``'s arithmetic in another layout (not a row).
 
 Prediction for the VNNI product, written before its first run (AMD EPYC family 25 model 17, Zen 4, AVX-512 VNNI;
 ``benchmarks/RESULTS.md``): the product alone measured 0.34-0.43x the AVX2 product's time in a C++ loop, but the
@@ -27,6 +27,14 @@ path cannot win on arithmetic there: about 0.85-1.0x the float32 kernel at B = 1
 are 4x smaller: ``W_hh`` at H = 256 fits L2 in int8, not in float32); faster than PyTorch's ``DynamicQuantizedLSTM``
 everywhere (it quantizes per call through ATen ops) and within 0.8x of ONNX Runtime's. The 0.6x goal needs a CPU
 with two ``vpmaddwd`` pipes (Intel since Skylake) or VNNI. Measured: ``benchmarks/RESULTS.md``.
+
+Prediction for the 512-bit VNNI and AMX products, written before the change (Intel Xeon family 6 model 167, AVX-512
+VNNI and AMX-INT8; the 256-bit VNNI product measured 180 GMAC/s alone, so at H = 256, B = 64 its 10.7 G
+multiply-adds were about 59 ms of the int8 block's 86 ms, and ONNX Runtime's ``DynamicQuantizeLSTM`` took 46 ms):
+512-bit ``vpdpbusd`` runs twice the multiply-adds a cycle on this core, AMX tiles 5-8x those of VNNI on the
+projections and the step products of 16 rows or more. So int8 / ORT DQ from 1.3-2.1 to 0.6-0.9 at B >= 16 (the
+quantizing, dequantizing and gate math, about 27 ms of 86, stay), int8 / float32 0.25-0.45 there; B = 1 gains
+from the input projections alone (64 rows: tiles), about 0.8x its time. Measured: ``benchmarks/RESULTS.md``.
 
 Results: ``benchmarks/results/quantized-<capability>.json`` and a Markdown table on stdout.
 """
@@ -128,6 +136,12 @@ def int8_avx2_runner(spec: Dict[str, Any]) -> Tuple[Callable[[], Any], Dict[str,
     return int8_runner(spec, "avx2")
 
 
+def int8_vnni_runner(spec: Dict[str, Any]) -> Tuple[Callable[[], Any], Dict[str, Any]]:
+    """The int8 block on the VNNI product (``vpdpbusd`` alone), in the same library: run where tiles are the
+    fastest product, to show what each adds."""
+    return int8_runner(spec, "vnni")
+
+
 def torch_dq_runner(spec: Dict[str, Any]) -> Tuple[Callable[[], Any], Dict[str, Any]]:
     """PyTorch's ``DynamicQuantizedLSTM`` (``torch.ao.quantization.quantize_dynamic``, qint8 weights)."""
     saved = torch.load(spec["tensors"], weights_only=True)
@@ -181,16 +195,25 @@ def ort_dq_runner(spec: Dict[str, Any]) -> Tuple[Callable[[], Any], Dict[str, An
 
 
 FACTORIES = {"float32": float32_runner, "int8": int8_runner, "int8_avx2": int8_avx2_runner,
-             "torch_dq": torch_dq_runner, "ort_dq": ort_dq_runner}
+             "int8_vnni": int8_vnni_runner, "torch_dq": torch_dq_runner, "ort_dq": ort_dq_runner}
+
+
+def runtimes() -> Tuple[str, ...]:
+    """The runtimes of a row here: ``RUNTIMES``, and ``int8_vnni`` where the fastest int8 product is tiles."""
+    from models.blocks.cpu_kernel import q8
+
+    lib = q8.library()
+    return RUNTIMES + (("int8_vnni",) if lib is not None and q8.best_product(lib) == "amx" else ())
 
 
 def run_row(pool: WorkerPool, folder: Path, batch: int, hidden: int, merge: str, threads: int, budget_s: float
             ) -> Dict[str, Any]:
     spec = {**write_row(batch, hidden, merge, folder), "threads": threads}
-    workers = {key: pool.get(key, threads) for key in RUNTIMES}
-    infos = {key: workers[key].call("load", FACTORIES[key], spec) for key in RUNTIMES}
-    outputs = {key: np.asarray(workers[key].call("output")[0]) for key in RUNTIMES}
-    errors = {key: float(np.abs(outputs[key] - outputs["float32"]).max()) for key in RUNTIMES[1:]}
+    keys = runtimes()
+    workers = {key: pool.get(key, threads) for key in keys}
+    infos = {key: workers[key].call("load", FACTORIES[key], spec) for key in keys}
+    outputs = {key: np.asarray(workers[key].call("output")[0]) for key in keys}
+    errors = {key: float(np.abs(outputs[key] - outputs["float32"]).max()) for key in keys[1:]}
     samples = interleaved(workers, threads == 1, budget_s)
     rounds = len(samples["int8"])
 
@@ -200,8 +223,8 @@ def run_row(pool: WorkerPool, folder: Path, batch: int, hidden: int, merge: str,
     row: Dict[str, Any] = {
         "cell": "LSTM", "layers": LAYERS, "merge": merge, "T": STEPS, "B": batch, "H": hidden,
         "threads": threads, "clock": "process_cpu" if threads == 1 else "wall", "rounds": rounds,
-        **{f"{key}_ms": 1e3 * statistics.median(samples[key]) for key in RUNTIMES},
-        **{f"int8_over_{key}": ratio(key) for key in RUNTIMES if key != "int8"},
+        **{f"{key}_ms": 1e3 * statistics.median(samples[key]) for key in keys},
+        **{f"int8_over_{key}": ratio(key) for key in keys if key != "int8"},
         **{f"{key}_max_abs_error": errors[key] for key in errors},
         "int8_avx2_over_float32": statistics.median(samples["int8_avx2"][i] / samples["float32"][i]
                                                     for i in range(rounds)),
@@ -217,11 +240,11 @@ COLUMNS: List[Column] = [
     ("threads", lambda r: r["threads"]),
     number_column("float32 kernel ms", "float32_ms"),
     ("int8 ms", lambda r: f"{r['int8_ms']:.2f}" + (f" ({r['int8_product']})" if "int8_product" in r else "")),
-    number_column("int8 AVX2 ms", "int8_avx2_ms"),
+    number_column("int8 AVX2 ms", "int8_avx2_ms"), number_column("int8 VNNI ms", "int8_vnni_ms"),
     number_column("torch DQ ms", "torch_dq_ms"), number_column("ORT DQ ms", "ort_dq_ms"),
     number_column("int8 / float32", "int8_over_float32", bold=True),
     number_column("int8 AVX2 / float32", "int8_avx2_over_float32"),
-    number_column("int8 / int8 AVX2", "int8_over_int8_avx2"),
+    number_column("int8 / int8 AVX2", "int8_over_int8_avx2"), number_column("int8 / int8 VNNI", "int8_over_int8_vnni"),
     number_column("int8 / torch DQ", "int8_over_torch_dq"),
     number_column("int8 / ORT DQ", "int8_over_ort_dq"),
     ("max err int8 / torch / ORT", lambda r: f"{r['int8_max_abs_error']:.1e} / {r['torch_dq_max_abs_error']:.1e} / "

@@ -54,7 +54,8 @@ def one_layer(q: QuantizedBiRNN, layer: int, merge: Optional[str]) -> QuantizedB
 
 # -- the product ---------------------------------------------------------------------------------------------------
 def kernel_products() -> List[str]:
-    """The int8 products this machine's kernel has (``["scalar", "avx2", "vnni"]`` on an AVX-512 VNNI CPU)."""
+    """The int8 products this machine's kernel has (``["scalar", "avx2", "vnni"]`` on an AVX-512 VNNI CPU, and
+    ``"amx"`` after them on one with AMX-INT8)."""
     lib = q8.library()
     return q8.products(lib) if lib is not None else []
 
@@ -79,32 +80,53 @@ def test_int8_product_is_exact(rows: int, gates: int, inputs: int):
 
 
 @needs_kernel
+@pytest.mark.parametrize("rows,inputs", [(16, 64), (17, 65), (33, 130), (48, 127), (64, 256), (15, 300)])
+def test_int8_product_is_exact_in_whole_tiles_and_their_tails(rows: int, inputs: int):
+    # Sizes where the AMX product runs tiles: 16-row tiles and 64-input chunks, with the rows and inputs past the last
+    # whole tile or chunk on vpdpbusd (17, 65, 127, 130); 15 rows: no tile at all. Every product: the same integers.
+    gen = torch.Generator().manual_seed(rows * inputs)
+    w = torch.randint(-127, 128, (200, inputs), generator=gen, dtype=torch.int8)
+    a = torch.randint(-127, 128, (rows, inputs), generator=gen, dtype=torch.int16)
+    a[0], a[-1], w[0], w[-1] = 127, -127, 127, -127   # the largest sums of either sign: no saturation anywhere
+    expected = a.long() @ w.long().T
+    for product in kernel_products():
+        got = q8.gemm(a, w, product)
+        assert torch.equal(got[:, :200].long(), expected), product
+        assert not got[:, 200:].any(), product
+
+
+@needs_kernel
 def test_the_fastest_product_is_the_cpus():
     lib = q8.library()
     capability = cpu_kernel.capability()
-    vnni = "avx512_vnni" in cpu_kernel.build._cpu_flags()
-    assert q8.best_product(lib) == ("vnni" if capability == "avx512" and vnni else "avx2")
+    flags = cpu_kernel.build._cpu_flags()
+    vnni = capability == "avx512" and "avx512_vnni" in flags
+    amx = vnni and "amx_int8" in flags and "amx_tile" in flags  # Linux since 5.16 grants the tile state on asking
+    assert q8.best_product(lib) == ("amx" if amx else "vnni" if vnni else "avx2")
     with pytest.raises(ValueError, match="product must be one of"):
         q8.gemm(torch.zeros((1, 4), dtype=torch.int16), torch.zeros((16, 4), dtype=torch.int8), "sse")
 
 
 @needs_kernel
 @pytest.mark.parametrize("cell", list(BLOCKS))
-def test_every_product_gives_the_same_bits(cell: str):
+@pytest.mark.parametrize("inputs,hidden,batch", [(37, 20, 5), (70, 72, 18)])  # the second: AMX tiles and tails
+def test_every_product_gives_the_same_bits(cell: str, inputs: int, hidden: int, batch: int):
     # Whole stacks (two layers, lengths, x with an all-zero row and a NaN row): the same integers in every product,
-    # so the same outputs and states bit for bit, NaN where NaN.
-    q = quantize(block(cell, input_size=37, hidden=20, layers=2, merge_mode=["mul", "concat"]))
-    x = torch.randn(7, 5, 37, generator=torch.Generator().manual_seed(8))
+    # so the same outputs and states bit for bit, NaN where NaN. At 18 rows and 72 units the AMX product runs one
+    # 16-row tile and a 64-input chunk at the longest steps, vpdpbusd for the rest and for the steps of fewer rows.
+    q = quantize(block(cell, input_size=inputs, hidden=hidden, layers=2, merge_mode=["mul", "concat"]))
+    x = torch.randn(7, batch, inputs, generator=torch.Generator().manual_seed(8))
     x[2, 1] = 0.0
     x[4, 3, 5] = float("nan")
-    lengths = torch.tensor([7, 3, 6, 5, 1])
+    lengths = torch.tensor([7, 3, 6, 5, 1] + [7, 6] * ((batch - 5) // 2) + [7] * ((batch - 5) % 2))
     lib = q8.library()
-    h0 = torch.zeros((4, 5, 20))
+    h0 = torch.zeros((4, batch, hidden))
     runs = {}
     for product in kernel_products():
         stack = q.kernel_plan(lib, product)
         assert stack.product == product
-        runs[product] = q8.forward_stack(lib, q.mode, x, lengths, h0, h0 if cell == "lstm" else None, stack, 20, 1)
+        runs[product] = q8.forward_stack(lib, q.mode, x, lengths, h0, h0 if cell == "lstm" else None, stack, hidden,
+                                         1)
     first = runs[kernel_products()[0]]
     assert first[0].isnan().any() and not first[0].isnan().all()
     for product, outputs in runs.items():

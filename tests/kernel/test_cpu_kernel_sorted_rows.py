@@ -58,8 +58,8 @@ def test_sorted_rows_give_each_row_the_bits_of_a_full_product(mode: str, threads
                                                                features: int, hidden: int) -> None:
     """The same rows run sorted longest first (products, projections and gradient sums over the valid rows only)
     and in an unsorted order (over every row): equal outputs, states and input gradients bit for bit, weight
-    gradients to float32 rounding (1e-5 relative, 1e-6 of the largest element). Lengths with ties and none reaching ``T``, so that late steps have no valid row at
-    all."""
+    gradients to float32 rounding (1e-5 relative, 1e-6 of the largest element). Lengths with ties and none
+    reaching ``T``, so that late steps have no valid row at all."""
     torch.manual_seed(7)
     gates = {"LSTM": 4, "GRU": 3, "GRU_RESET_BEFORE": 3}[mode]
     weights = [torch.randn(gates * hidden, features) * 0.4, torch.randn(gates * hidden, hidden) * 0.4,

@@ -29,16 +29,16 @@ def int8_weight(directions: int = 2, gates: int = 11, inputs: int = 7, seed: int
     return weight
 
 
-def packed_by_rule(weight: torch.Tensor, unit: int, dtype: torch.dtype) -> torch.Tensor:
-    """``(2, Gp / 8, ceil(K / unit), 8, unit)``: entry ``[d, j // 8, k // unit, j % 8, k % unit] = w[d, j, k]``,
-    zero past ``G`` and ``K``."""
+def packed_by_rule(weight: torch.Tensor, unit: int, dtype: torch.dtype, block: int = 8) -> torch.Tensor:
+    """``(2, Gp / block, ceil(K / unit), block, unit)``: entry ``[d, j // block, k // unit, j % block, k % unit] =
+    w[d, j, k]``, zero past ``G`` and ``K``."""
     directions, gates, inputs = weight.shape
     gp, ku = (gates + 15) // 16 * 16, -(-inputs // unit)
-    out = torch.zeros((directions, gp // 8, ku, 8, unit), dtype=dtype)
+    out = torch.zeros((directions, gp // block, ku, block, unit), dtype=dtype)
     for d in range(directions):
         for j in range(gates):
             for k in range(inputs):
-                out[d, j // 8, k // unit, j % 8, k % unit] = int(weight[d, j, k])
+                out[d, j // block, k // unit, j % block, k % unit] = int(weight[d, j, k])
     return out
 
 
@@ -51,14 +51,15 @@ def test_the_s16_products_pack_pairs_of_inputs_sign_extended(product: str) -> No
     assert torch.equal(packed, packed_by_rule(weight, 2, torch.int16))
 
 
-def test_the_vnni_product_packs_quads_and_its_offset_corrections() -> None:
-    weight = int8_weight(inputs=9)
-    packed, offsets = q8.pack(weight, "vnni")
-    assert packed.dtype == torch.int8 and packed.is_contiguous() and packed.shape == (2, 2, 3, 8, 4)
-    assert torch.equal(packed, packed_by_rule(weight, 4, torch.int8))
+@pytest.mark.parametrize("product", ["vnni", "amx"])
+def test_the_quad_products_pack_16_channel_blocks_and_their_offset_corrections(product: str) -> None:
+    weight = int8_weight(gates=19, inputs=9)
+    packed, offsets = q8.pack(weight, product)
+    assert packed.dtype == torch.int8 and packed.is_contiguous() and packed.shape == (2, 2, 3, 16, 4)
+    assert torch.equal(packed, packed_by_rule(weight, 4, torch.int8, block=16))
     assert offsets is not None and offsets.dtype == torch.int32 and offsets.is_contiguous()
-    want = torch.zeros((2, 16), dtype=torch.int32)
-    want[:, :11] = 128 * weight.to(torch.int32).sum(-1)
+    want = torch.zeros((2, 32), dtype=torch.int32)
+    want[:, :19] = -128 * weight.to(torch.int32).sum(-1)  # the sums start here: sum (a + 128) w - 128 sum w
     assert torch.equal(offsets, want)
 
 
@@ -97,7 +98,8 @@ class FakeLibrary:
         self.birnn_q8_best_product = Function(lambda: best)
 
 
-@pytest.mark.parametrize("best,offered", [(0, ["scalar"]), (1, ["scalar", "avx2"]), (2, ["scalar", "avx2", "vnni"])])
+@pytest.mark.parametrize("best,offered", [(0, ["scalar"]), (1, ["scalar", "avx2"]), (2, ["scalar", "avx2", "vnni"]),
+                                         (3, ["scalar", "avx2", "vnni", "amx"])])
 def test_the_products_offered_are_those_up_to_the_best(best: int, offered: List[str]) -> None:
     lib = FakeLibrary(best)
     assert q8.best_product(lib) == offered[-1]  # type: ignore[arg-type]

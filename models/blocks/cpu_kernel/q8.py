@@ -1,10 +1,12 @@
 """The int8 inference entry point of the CPU kernel (``csrc/q8_forward.h``, ``csrc/q8_gemm.h``): ``Q8Args``, the
 ctypes mirror of its C struct, the weight packing its products read, and one call for a whole stack.
 
-The products (``PRODUCTS``; ``csrc/q8_gemm.h`` says how each stays exact): ``"vnni"`` (AVX-512 VNNI ``vpdpbusd``
-on u8 x s8, the avx512 library on a CPU that has it), ``"avx2"`` (``vpmaddwd`` on s16) and ``"scalar"`` (the
-portable loop). All give the same integers, so the same outputs bit for bit. The library picks the fastest it has
-at run time (``best_product``); ``BIRNN_ZOO_CPU_CAPABILITY=avx2`` (a library without AVX-512) forces the AVX2 one.
+The products (``PRODUCTS``; ``csrc/q8_gemm.h`` says how each stays exact): ``"amx"`` (AMX-INT8 tiles for whole 16-row
+tiles, ``vpdpbusd`` for the rest, the avx512 library on a CPU with AMX where Linux grants the tile state), ``"vnni"``
+(AVX-512 VNNI ``vpdpbusd`` on u8 x s8, the avx512 library on a CPU that has it), ``"avx2"`` (``vpmaddwd`` on s16) and
+``"scalar"`` (the portable loop). All give the same integers, so the same outputs bit for bit. The library picks the
+fastest it has at run time (``best_product``); ``BIRNN_ZOO_CPU_CAPABILITY=avx2`` (a library without AVX-512) forces the
+AVX2 one.
 
 Kept apart from ``abi.py``'s ``Args`` (the float entry points' struct): the int8 path has its own struct, checked
 against the library by ``birnn_q8_args_layout`` when first used, so neither path's signature moves for the other.
@@ -26,9 +28,10 @@ _I32 = ctypes.c_int32
 # The int8 path's cell codes (csrc/q8_forward.h, q8::Cell): LSTM and GRU as the float kernel's, the Elman RNNs apart.
 CELL_CODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 3, "RNN_RELU": 4}
 # The int8 products, fastest last (csrc/q8_gemm.h, q8::Product), and the inputs each packs into 4 bytes.
-PRODUCTS = {"scalar": 0, "avx2": 1, "vnni": 2}
-_UNIT = {"scalar": 2, "avx2": 2, "vnni": 4}
-_VNNI_OFFSET = 128  # the VNNI product's activations are stored + 128 (u8)
+PRODUCTS = {"scalar": 0, "avx2": 1, "vnni": 2, "amx": 3}
+_UNIT = {"scalar": 2, "avx2": 2, "vnni": 4, "amx": 4}  # inputs in 4 bytes: s16 pairs or u8/s8 quads
+_BLOCK = {"scalar": 8, "avx2": 8, "vnni": 16, "amx": 16}  # output channels a packed block holds
+_VNNI_OFFSET = 128  # the quad products' activations are stored + 128 (u8)
 
 
 class Q8Args(ctypes.Structure):
@@ -74,7 +77,7 @@ def library() -> Optional[ctypes.CDLL]:
 
 
 def best_product(lib: ctypes.CDLL) -> str:
-    """The fastest product ``lib`` runs on this CPU: ``"vnni"``, ``"avx2"`` or ``"scalar"``."""
+    """The fastest product ``lib`` runs on this CPU: ``"amx"``, ``"vnni"``, ``"avx2"`` or ``"scalar"``."""
     code = lib.birnn_q8_best_product()
     return next(name for name, value in PRODUCTS.items() if value == code)
 
@@ -92,24 +95,26 @@ def _check_product(lib: ctypes.CDLL, product: str) -> None:
 
 
 def padded_gates(gates: int) -> int:
-    """Output channels the product computes: ``gates`` rounded up to 16 (two blocks of 8 a tile)."""
+    """Output channels the product computes: ``gates`` rounded up to 16 (one block of the quad layouts, two of the
+    s16 one)."""
     return (gates + 15) // 16 * 16
 
 
 def pack(weight: Tensor, product: str) -> Tuple[Tensor, Optional[Tensor]]:
     """int8 ``(2, G, K)`` -> ``product``'s layout (``csrc/q8_gemm.h``), zero padded to ``Gp`` channels and a whole
-    number of units, and its offset corrections. ``"vnni"``: int8 ``(2, Gp / 8, ceil(K / 4), 8, 4)`` and int32
-    ``(2, Gp)`` ``128 * sum_k w[j, k]``; otherwise int16 ``(2, Gp / 8, ceil(K / 2), 8, 2)`` (the int8 values
-    sign-extended: what the AVX2 product loads) and None."""
+    number of units, and its offset corrections. ``"vnni"`` and ``"amx"``: int8 ``(2, Gp / 16, ceil(K / 4), 16, 4)``
+    and int32 ``(2, Gp)`` ``-128 * sum_k w[j, k]`` (the sums' start); otherwise int16 ``(2, Gp / 8, ceil(K / 2), 8,
+    2)`` (the int8 values sign-extended: what the AVX2 product loads) and None."""
     directions, gates, inputs = weight.shape
-    unit = _UNIT[product]
+    unit, block = _UNIT[product], _BLOCK[product]
     gp, ku = padded_gates(gates), (inputs + unit - 1) // unit
-    full = torch.zeros((directions, gp, unit * ku), dtype=torch.int8 if product == "vnni" else torch.int16)
+    quads = unit == 4
+    full = torch.zeros((directions, gp, unit * ku), dtype=torch.int8 if quads else torch.int16)
     full[:, :gates, :inputs] = weight
-    packed = full.reshape(directions, gp // 8, 8, ku, unit).permute(0, 1, 3, 2, 4).contiguous()
-    if product != "vnni":
+    packed = full.reshape(directions, gp // block, block, ku, unit).permute(0, 1, 3, 2, 4).contiguous()
+    if not quads:
         return packed, None
-    return packed, (_VNNI_OFFSET * full.sum(-1, dtype=torch.int32)).contiguous()
+    return packed, (-_VNNI_OFFSET * full.sum(-1, dtype=torch.int32)).contiguous()
 
 
 def pad_channels(values: Tensor) -> Tensor:
@@ -129,8 +134,8 @@ def gemm(a: Tensor, weight: Tensor, product: str) -> Tensor:
     packed, comp = pack(weight.unsqueeze(0), product)
     unit = _UNIT[product]
     rows, inputs = a.shape
-    ku, gp = packed.shape[2], packed.shape[1] * 8
-    if product == "vnni":
+    ku, gp = packed.shape[2], padded_gates(weight.shape[0])
+    if unit == 4:
         rows_of_a = torch.full((rows, unit * ku), _VNNI_OFFSET, dtype=torch.uint8)
         rows_of_a[:, :inputs] = (a.to(torch.int16) + _VNNI_OFFSET).to(torch.uint8)
     else:

@@ -33,11 +33,8 @@
 #include <cstring>
 #include <vector>
 
-#include <cpuid.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include "activations.h"  // defines BIRNN_VECTOR
+#include "amx.h"
 #include "args.h"
 #include "row_order.h"
 #include "stack_driver.h"
@@ -179,21 +176,8 @@ BIRNN_BF16_TARGET void gemm(int M, int Kp, const uint16_t* a, int64_t lda, const
   }
 }
 
-// AMX: every tile 16 rows x 64 bytes. tmm0..3 the float32 sums of (row tile i, block j) = tmm(2 i + j), tmm4/5 the
-// row tiles of A (16 rows x 16 pairs), tmm6/7 the blocks of W (16 pairs x 16 channels).
-struct alignas(64) TileConfig {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-BIRNN_AMX_TARGET inline void amx_configure() {
-  TileConfig config{};
-  config.palette = 1;
-  for (int t = 0; t < 8; ++t) config.colsb[t] = 64, config.rows[t] = 16;
-  _tile_loadconfig(&config);
-}
-
+// AMX (amx.h's tile shape): tmm4/5 the row tiles of A (16 rows x 16 pairs), tmm6/7 the blocks of W (16 pairs x
+// 16 channels), tmm0..3 the float32 sums.
 // MT row tiles x NT blocks, `chunks` of 16 pairs: C (+)= A @ W^T, pointers as tile's (a and c at the first row).
 // Tile numbers are part of the instructions, hence the spelled-out cases.
 template <int MT, int NT, bool ACC>
@@ -243,7 +227,7 @@ template <bool ACC>
 BIRNN_AMX_TARGET void amx_gemm(int M, int chunks, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block,
                                int n0, int n1, float* c, int64_t ldc, const float* bias) {
   asm volatile("" ::: "memory");  // the tile loads are asm the compiler does not see reading a and c
-  amx_configure();
+  amx::configure();
   for (int n = n0; n < n1; n += 2) {
     const uint16_t* wn = w + n * block;
     float* cn = c + 16 * int64_t(n - n0);
@@ -266,8 +250,6 @@ BIRNN_AMX_TARGET void amx_gemm(int M, int chunks, const uint16_t* a, int64_t lda
   asm volatile("" ::: "memory");
 }
 
-// The tile state back to its initial state (a thread's saved context stays small between calls).
-BIRNN_AMX_TARGET inline void amx_release() { _tile_release(); }
 #endif
 
 // C (M, 16 (n1 - n0)) (+)= A (M, 2 Kp) @ W[blocks n0 .. n1)^T (c at block n0's first channel; bias, not accumulate,
@@ -300,22 +282,13 @@ inline void product(bool amx, bool accumulate, int M, int Kp, const uint16_t* a,
 }
 
 // Whether tile instructions may run here: the library has the bf16 path, the CPU has AVX512_BF16, AMX-TILE and
-// AMX-BF16, and Linux grants this process the tile state (asked once, here; the grant is the process's, for every
-// thread). Without the grant a tile instruction is SIGILL, so direction() asks this too and ignores amx_min_batch
-// where it is false.
+// AMX-BF16, and Linux grants this process the tile state (amx::granted). direction() asks this too and ignores
+// amx_min_batch where it is false.
 inline bool amx_granted() {
 #ifdef BIRNN_BF16
   static const bool granted = [] {
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512bf16")) return false;
-    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-    if (!(edx & (1u << 22)) || !(edx & (1u << 24))) return false;  // AMX-BF16, AMX-TILE
-    constexpr long kGetPerm = 0x1022, kRequestPerm = 0x1023, kTileData = 18;  // asm/prctl.h, XFEATURE_XTILEDATA
-    if (syscall(SYS_arch_prctl, kRequestPerm, kTileData) != 0) return false;  // an old kernel or a refusal
-    unsigned long permitted = 0;
-    if (syscall(SYS_arch_prctl, kGetPerm, &permitted) != 0) return false;
-    return ((permitted >> kTileData) & 1ul) != 0;
+    return __builtin_cpu_supports("avx512bf16") && amx::granted(amx::kBf16);
   }();
   return granted;
 #else
@@ -436,7 +409,7 @@ inline void direction(const Bf16Args& S, int l, int d, const float* in, int F, f
     }
   }
 #ifdef BIRNN_BF16
-  if (amx_in) amx_release();
+  if (amx_in) amx::release();
 #endif
 }
 

@@ -36,13 +36,14 @@ inline int gates_of(int cell) { return cell == kLstm ? 4 : cell == kGru ? 3 : 1;
 inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
 // Layouts (T steps, B rows, H hidden, L layers, G = gates * H, Gp = G rounded up to 16, Ku = ceil(K / unit), unit
-// 2 (kScalar, kAvx2: s16 pairs) or 4 (kVnni: s8 quads), q8_gemm.h):
+// 2 (kScalar, kAvx2: s16 pairs) or 4 (kVnni, kAmx: s8 quads), q8_gemm.h):
 //   x (T, B, F) float32; lengths (B,) int64 or null; h0, c0, h_n, c_n (2L, B, H) (c0, c_n: LSTM only, else null);
 //   out (T, B, 2H) after a last concat/None, else (T, B, H); input_sizes, merges (L,);
-//   weights: 8 addresses a layer: w_ih (2, Gp/8, Ku_in, 8, unit) (int16 pairs or int8 quads: the product's layout),
-//   s_ih (2, Gp) float32, b_ih (2, Gp) float32 or 0 (LSTM and RNN: b_ih + b_hh), w_hh (2, Gp/8, Ku_h, 8, unit),
+//   weights: 8 addresses a layer: w_ih (2, Gp/V, Ku_in, V, unit) (int16 pairs, V = 8, or int8 quads, V = 16: the
+//   product's layout), s_ih (2, Gp) float32, b_ih (2, Gp) float32 or 0 (LSTM and RNN: b_ih + b_hh), w_hh (2, Gp/V,
+//   Ku_h, V, unit),
 //   s_hh (2, Gp), b_hh (2, Gp) (GRU: kept apart, r gates its n block) or 0, k_ih, k_hh (2, Gp) int32 (kVnni's
-//   offset corrections, 128 * sum_k w[j, k]) or 0;
+//   and kAmx's offset corrections, -128 * sum_k w[j, k]) or 0;
 //   product: the int8 product (q8_gemm.h's Product), one best_product() allows; the weights are in its layout.
 struct Q8Args {
   int32_t cell, steps, batch, hidden, layers, threads, product;
@@ -59,7 +60,7 @@ struct Q8Args {
 };
 
 // Quantizes v (K floats) into q (`padded` codes): returns the row's scale (the rule above). Q = int16_t: the values
-// (s16 pairs); Q = uint8_t: the values + 128 (u8 quads of the VNNI product). Padding and zero rows: value 0.
+// (s16 pairs); Q = uint8_t: the values + 128 (u8 quads of the VNNI and AMX products). Padding and zero rows: value 0.
 template <typename Q>
 inline float quantize_row(const float* v, int K, int padded, Q* q) {
   constexpr int offset = sizeof(Q) == 1 ? 128 : 0;
@@ -156,7 +157,7 @@ inline void dequantize(int n, const int32_t* ah, float fh, const float* sw, cons
 
 // Row v (K floats) into a row of A for `product` (Ku int32 at a): returns its scale.
 inline float quantize_into(int product, const float* v, int K, int Ku, int32_t* a) {
-  if (product == kVnni) return quantize_row(v, K, 4 * Ku, reinterpret_cast<uint8_t*>(a));
+  if (unit_of(product) == 4) return quantize_row(v, K, 4 * Ku, reinterpret_cast<uint8_t*>(a));
   return quantize_row(v, K, 2 * Ku, reinterpret_cast<int16_t*>(a));
 }
 
@@ -250,6 +251,9 @@ inline void direction(const Q8Args& S, int l, int d, const float* in, int F, flo
       }
     }
   }
+#if defined(__AVX512F__)
+  if (product == kAmx) amx::release();
+#endif
 }
 
 // Every layer and merge (stack_driver.h), a batch with lengths run longest first (row_order.h): each step's product
@@ -270,12 +274,16 @@ void birnn_q8_args_layout(int64_t* size, int64_t* last_offset) {
 }
 // Every layer of an int8 inference call (q8_forward.h).
 void birnn_q8_forward_stack(const birnn::q8::Q8Args* args) { birnn::q8::forward_stack(*args); }
-// The int8 product alone, for tests: C (M, Gp) = A x W^T by `product` (q8_gemm.h layouts; comp: kVnni's
-// corrections, else null).
-void birnn_q8_gemm(int product, int M, int Ku, int Gp, const int32_t* a, const void* w, const int32_t* comp,
+// The int8 product alone, for tests: C (M, Gp) = A x W^T by `product` (q8_gemm.h layouts; k: kVnni's and kAmx's
+// offset corrections, else null).
+void birnn_q8_gemm(int product, int M, int Ku, int Gp, const int32_t* a, const void* w, const int32_t* k,
                    int32_t* c) {
-  birnn::q8::gemm(product, M, Ku, Gp, a, w, comp, c);
+  birnn::q8::gemm(product, M, Ku, Gp, a, w, k, c);
+#if defined(__AVX512F__)
+  if (product == birnn::q8::kAmx) birnn::amx::release();
+#endif
 }
-// The fastest product this library has on this CPU (q8_gemm.h's Product): kVnni (2), kAvx2 (1) or kScalar (0).
+// The fastest product this library has on this CPU (q8_gemm.h's Product): kAmx (3), kVnni (2), kAvx2 (1) or
+// kScalar (0).
 int birnn_q8_best_product() { return birnn::q8::best_product(); }
 }

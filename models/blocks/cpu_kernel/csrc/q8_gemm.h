@@ -1,18 +1,24 @@
 // The int8 step product of the quantized inference path (q8_forward.h): C (M, Gp) int32 = A (M, K) x W^T, exact,
 // both operands int8 values in [-127, 127]; W (Gp, K) per-output-channel quantized, packed by
-// models/blocks/cpu_kernel/q8.py. Three products give the same integers (tests/blocks/test_quantize.py checks them
+// models/blocks/cpu_kernel/q8.py. Four products give the same integers (tests/blocks/test_quantize.py checks them
 // bit for bit), chosen per call (Product):
 //
 // kVnni (AVX-512 VNNI, the avx512 build on a CPU that has it, checked at run time): vpdpbusd multiplies u8 by s8 in
 // groups of 4 and adds the 4 products to an s32 lane. The activations are stored offset, a + 128 in [1, 255] (u8),
-// so each lane gets sum (a + 128) w = sum a w + 128 sum w; the kernel subtracts 128 sum_k w[j, k], precomputed per
-// channel by q8.pack, at the store. Exact: vpdpbusd does not saturate (vpdpbusds would), s32 adds wrap modulo 2^32
-// and the true result fits s32 (below), so the wrapped intermediate sums still give it exactly. Chosen over
-// vpdpwssd on the s16 layout by measurement (Zen 4, 256-bit forms, one thread): vpdpbusd took 0.34-0.43x the
-// AVX2 product's time at H = 128 and 256, M = 1, 16, 64, vpdpwssd 0.67-0.86x (4 products an instruction
-// instead of 2, and half the weight bytes). 256-bit vectors: Zen 4 runs a 512-bit one as two halves anyway.
-// Layout: W in blocks of 8 channels, block nb, quad p is 32 bytes [w(j, 4p .. 4p + 3)] for j = 8 nb .. 8 nb + 7;
+// so each lane gets sum (a + 128) w = sum a w + 128 sum w; the sums start from k[j] = -128 sum_k w[j, k],
+// precomputed per channel by q8.pack. Exact: vpdpbusd does not saturate (vpdpbusds would), s32 adds wrap modulo
+// 2^32 and the true result fits s32 (below), so the wrapped intermediate sums still give it exactly. Chosen over
+// vpdpwssd on the s16 layout by measurement (Zen 4, one thread): vpdpbusd took 0.34-0.43x the AVX2 product's time
+// at H = 128 and 256, M = 1, 16, 64, vpdpwssd 0.67-0.86x (4 products an instruction instead of 2, and half the
+// weight bytes). 512-bit vectors: a Xeon with two 512-bit FMA ports does twice the products a cycle of the 256-bit
+// form; Zen 4 runs a 512-bit one as two halves, the same products a cycle in half the instructions.
+// Layout: W in blocks of 16 channels, block nb, quad p is 64 bytes [w(j, 4p .. 4p + 3)] for j = 16 nb .. 16 nb + 15;
 // A row m is Kq = ceil(K / 4) quads of u8, read as one int32 per quad (padding: 128, i.e. a = 0; W pads 0).
+//
+// kAmx (AMX-INT8 tiles, Sapphire Rapids and later, where amx.h grants the tile state): kVnni's layout and
+// corrections; 16 quads of a block (1 KB) are exactly the tile B operand _tile_dpbusd reads (16 rows of 16
+// channels' quads), which multiplies u8 by s8 and adds without saturation as vpdpbusd does. Rows in whole 16-row
+// tiles and quads in whole 16-quad chunks run on tiles, the rest on vpdpbusd.
 //
 // kAvx2 (and kScalar, the portable loop): both operands sign-extended to s16 and multiplied by vpmaddwd (pairs of
 // s16 products summed into s32: at most 2 * 127 * 127 = 32258 a lane), then added in s32 (exact for
@@ -27,9 +33,11 @@
 // (measured 0.71-0.74x the time at one row, 0.83-0.92x at 64, H = 128 and 256, s16 over s8 + vpmovsxbw).
 //
 // Both layouts take 4 bytes per channel and int32 of a row (a pair of s16, a quad of s8), so a row of A is Ku int32
-// (Ku = Kp or Kq) and a direction's weights Gp * Ku * 4 bytes. Gp is a multiple of 16 (two blocks a tile).
+// (Ku = Kp or Kq) and a direction's weights Gp * Ku * 4 bytes. Gp is a multiple of 16 (a 16-channel block; two
+// 8-channel blocks of the s16 layout).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -37,14 +45,16 @@
 #include <immintrin.h>
 #endif
 
+#include "amx.h"
+
 namespace birnn {
 namespace q8 {
 
 // The products (q8.py's PRODUCTS): the codes a call passes in Q8Args.product.
-enum Product : int32_t { kScalar = 0, kAvx2 = 1, kVnni = 2 };
+enum Product : int32_t { kScalar = 0, kAvx2 = 1, kVnni = 2, kAmx = 3 };
 
 // Inputs per int32 of a row of A (and per 4 bytes of a channel's packed weights).
-inline int unit_of(int product) { return product == kVnni ? 4 : 2; }
+inline int unit_of(int product) { return product == kVnni || product == kAmx ? 4 : 2; }
 
 // Bytes of one direction's packed weights of Gp channels and Ku input units (pairs or quads).
 inline int64_t packed_bytes(int gp, int ku) { return int64_t(gp) * ku * 4; }
@@ -130,79 +140,154 @@ inline void gemm_avx2(int M, int Kp, int Gp, const int32_t* a, const int16_t* w,
 #endif
 
 #if defined(__AVX512F__)
-// The VNNI product (layout above). target: only this code may use vpdpbusd; best_product() calls it only on a CPU
+// The VNNI product (layout above). target: only this code may use vpdpbusd; best_product() offers it only on a CPU
 // that has AVX512_VNNI (the rest of the avx512 build runs on any AVX-512 CPU).
 #define BIRNN_Q8_VNNI __attribute__((target("avx512vnni")))
+#define BIRNN_Q8_AMX __attribute__((target("avx512vnni,amx-tile,amx-int8")))
 
-// MR rows x 16 channels (blocks nb, nb + 1), each weight vector loaded once for MR rows; comp: the 16 channels'
-// offset corrections, subtracted at the store.
-template <int MR>
-BIRNN_Q8_VNNI inline void tile_vnni(int Kq, int Gp, const int32_t* a, const int8_t* w0, const int32_t* comp,
+// MR rows x NB blocks of 16 channels over quads [p0, Kq): C = k + A W^T, or with ACC C += A W^T. a, c: the first
+// row (strides Kq int32 and Gp int32); w0: the first block; k: its 16 NB offset corrections (not read with ACC).
+template <int MR, int NB, bool ACC>
+BIRNN_Q8_VNNI inline void tile_vnni(int p0, int Kq, int Gp, const int32_t* a, const int8_t* w0, const int32_t* k,
                                     int32_t* c) {
-  __m256i acc0[MR], acc1[MR];
-  for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = _mm256_setzero_si256();
-  const int8_t* w1 = w0 + int64_t(Kq) * 32;
-  for (int p = 0; p < Kq; ++p) {
-    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + p * 32));
-    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + p * 32));
-    for (int m = 0; m < MR; ++m) {
-      const __m256i av = _mm256_set1_epi32(a[int64_t(m) * Kq + p]);
-      acc0[m] = _mm256_dpbusd_epi32(acc0[m], av, b0);
-      acc1[m] = _mm256_dpbusd_epi32(acc1[m], av, b1);
+  __m512i acc[MR][NB];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NB; ++j)
+      acc[i][j] = _mm512_loadu_si512(ACC ? static_cast<const void*>(c + int64_t(i) * Gp + 16 * j) : k + 16 * j);
+  const int64_t block = int64_t(Kq) * 64;
+  for (int p = p0; p < Kq; ++p) {
+    __m512i b[NB];
+    for (int j = 0; j < NB; ++j) b[j] = _mm512_loadu_si512(w0 + j * block + 64 * int64_t(p));
+    for (int i = 0; i < MR; ++i) {
+      const __m512i av = _mm512_set1_epi32(a[int64_t(i) * Kq + p]);
+      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, b[j]);
     }
   }
-  const __m256i k0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(comp));
-  const __m256i k1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(comp + 8));
-  for (int m = 0; m < MR; ++m) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + int64_t(m) * Gp), _mm256_sub_epi32(acc0[m], k0));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + int64_t(m) * Gp + 8), _mm256_sub_epi32(acc1[m], k1));
-  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NB; ++j) _mm512_storeu_si512(c + int64_t(i) * Gp + 16 * j, acc[i][j]);
 }
 
-// One row x 32 channels (blocks nb .. nb + 3): four independent accumulators per broadcast, as row_tile32.
-BIRNN_Q8_VNNI inline void row_tile32_vnni(int Kq, const int32_t* a, const int8_t* w0, const int32_t* comp,
-                                          int32_t* c) {
-  __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-  const int64_t block = int64_t(Kq) * 32;
-  for (int p = 0; p < Kq; ++p) {
-    const __m256i av = _mm256_set1_epi32(a[p]);
-    const int8_t* wp = w0 + p * 32;
-    for (int i = 0; i < 4; ++i)
-      s[i] = _mm256_dpbusd_epi32(s[i], av, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + i * block)));
-  }
-  for (int i = 0; i < 4; ++i)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + 8 * i),
-                        _mm256_sub_epi32(s[i], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(comp + 8 * i))));
+// MR rows over every block: groups of NB, then one at a time.
+template <int MR, int NB, bool ACC>
+BIRNN_Q8_VNNI inline void rows_vnni(int p0, int Kq, int Gp, const int32_t* a, const int8_t* w, const int32_t* k,
+                                    int32_t* c, int n0, int n1) {
+  const int64_t block = int64_t(Kq) * 64;
+  int n = n0;
+  for (; n + NB <= n1; n += NB) tile_vnni<MR, NB, ACC>(p0, Kq, Gp, a, w + n * block, k + 16 * n, c + 16 * n);
+  for (; n < n1; ++n) tile_vnni<MR, 1, ACC>(p0, Kq, Gp, a, w + n * block, k + 16 * n, c + 16 * n);
 }
 
-BIRNN_Q8_VNNI inline void gemm_vnni(int M, int Kq, int Gp, const int32_t* a, const int8_t* w, const int32_t* comp,
-                                    int32_t* c) {
+// C (M, Gp) = k + A W^T over quads [p0, Kq) (ACC: C += A W^T). One row: 8 blocks at a time (8 independent sums
+// per broadcast). More rows: slices of 4 blocks outside (their weights, 256 Kq bytes, stay in L1), 4 rows inside.
+template <bool ACC>
+BIRNN_Q8_VNNI inline void gemm_vnni(int M, int Kq, int Gp, const int32_t* a, const int8_t* w, const int32_t* k,
+                                    int32_t* c, int p0 = 0) {
+  const int blocks = Gp / 16;
   if (M == 1) {
-    int nb = 0;
-    for (; nb + 4 <= Gp / 8; nb += 4) row_tile32_vnni(Kq, a, w + int64_t(nb) * Kq * 32, comp + 8 * nb, c + 8 * nb);
-    if (nb < Gp / 8) tile_vnni<1>(Kq, Gp, a, w + int64_t(nb) * Kq * 32, comp + 8 * nb, c + 8 * nb);
+    rows_vnni<1, 8, ACC>(p0, Kq, Gp, a, w, k, c, 0, blocks);
     return;
   }
-  for (int nb = 0; nb < Gp / 8; nb += 2) {
-    const int8_t* wb = w + int64_t(nb) * Kq * 32;
-    const int32_t* kb = comp + 8 * nb;
+  for (int n = 0; n < blocks; n += 4) {
+    const int e = std::min(blocks, n + 4);
     int m = 0;
-    for (; m + 4 <= M; m += 4) tile_vnni<4>(Kq, Gp, a + int64_t(m) * Kq, wb, kb, c + int64_t(m) * Gp + 8 * nb);
+    for (; m + 4 <= M; m += 4) rows_vnni<4, 4, ACC>(p0, Kq, Gp, a + int64_t(m) * Kq, w, k, c + int64_t(m) * Gp, n, e);
     const int32_t* am = a + int64_t(m) * Kq;
-    int32_t* cm = c + int64_t(m) * Gp + 8 * nb;
+    int32_t* cm = c + int64_t(m) * Gp;
     switch (M - m) {
-      case 3: tile_vnni<3>(Kq, Gp, am, wb, kb, cm); break;
-      case 2: tile_vnni<2>(Kq, Gp, am, wb, kb, cm); break;
-      case 1: tile_vnni<1>(Kq, Gp, am, wb, kb, cm); break;
+      case 3: rows_vnni<3, 4, ACC>(p0, Kq, Gp, am, w, k, cm, n, e); break;
+      case 2: rows_vnni<2, 4, ACC>(p0, Kq, Gp, am, w, k, cm, n, e); break;
+      case 1: rows_vnni<1, 4, ACC>(p0, Kq, Gp, am, w, k, cm, n, e); break;
       default: break;
     }
   }
 }
+
+// AMX int8 (kAmx; amx.h's tile shape): tmm4/5 row tiles of A (16 rows x 16 quads of u8), tmm6/7 blocks of W
+// (16 quads x 16 channels of s8: exactly 16 quads of a packed block, 1 KB), tmm0..3 the int32 sums; _tile_dpbusd
+// multiplies u8 by s8 as vpdpbusd does and adds without saturation. MT row tiles x NT blocks over `chunks` of 16
+// quads, from the blocks' offset corrections (loaded at stride 0: every row of a tile starts from them). Tile
+// numbers are part of the instructions, hence the spelled-out cases.
+template <int MT, int NT>
+BIRNN_Q8_AMX inline void amx_tile(int chunks, int Kq, int Gp, const int32_t* a, const int8_t* w, int64_t block,
+                                  const int32_t* k, int32_t* c) {
+  const int64_t sa = 4 * int64_t(Kq), sc = 4 * int64_t(Gp);  // strides in bytes
+  int32_t* c1 = c + 16 * int64_t(Gp);
+  _tile_loadd(0, k, 0);
+  if (NT > 1) _tile_loadd(1, k + 16, 0);
+  if (MT > 1) _tile_loadd(2, k, 0);
+  if (MT > 1 && NT > 1) _tile_loadd(3, k + 16, 0);
+  for (int q = 0; q < chunks; ++q) {
+    _tile_loadd(4, a + 16 * int64_t(q), sa);
+    _tile_loadd(6, w + 1024 * int64_t(q), 64);
+    if (NT > 1) _tile_loadd(7, w + block + 1024 * int64_t(q), 64);
+    _tile_dpbusd(0, 4, 6);
+    if (NT > 1) _tile_dpbusd(1, 4, 7);
+    if (MT > 1) {
+      _tile_loadd(5, a + 16 * int64_t(Kq) + 16 * int64_t(q), sa);
+      _tile_dpbusd(2, 5, 6);
+      if (NT > 1) _tile_dpbusd(3, 5, 7);
+    }
+  }
+  _tile_stored(0, c, sc);
+  if (NT > 1) _tile_stored(1, c + 16, sc);
+  if (MT > 1) _tile_stored(2, c1, sc);
+  if (MT > 1 && NT > 1) _tile_stored(3, c1 + 16, sc);
+}
+
+// C (M, Gp) = k + A (M, 16 chunks quads) W^T on tiles, M a multiple of 16: two blocks at a time over every row tile,
+// so each weight is read once a call and the rows (a projection chunk: about 256) stay in L2.
+BIRNN_Q8_AMX inline void amx_gemm(int M, int chunks, int Kq, int Gp, const int32_t* a, const int8_t* w,
+                                  const int32_t* k, int32_t* c) {
+  asm volatile("" ::: "memory");  // the tile loads are asm the compiler does not see reading a and k
+  amx::configure();
+  const int blocks = Gp / 16;
+  const int64_t block = int64_t(Kq) * 64;
+  for (int n = 0; n < blocks; n += 2) {
+    const bool two = n + 1 < blocks;
+    const int8_t* wn = w + n * block;
+    int m = 0;
+    for (; m < M; m += 32) {
+      const int32_t* am = a + int64_t(m) * Kq;
+      int32_t* cm = c + int64_t(m) * Gp + 16 * n;
+      if (m + 32 <= M && two) amx_tile<2, 2>(chunks, Kq, Gp, am, wn, block, k + 16 * n, cm);
+      else if (m + 32 <= M) amx_tile<2, 1>(chunks, Kq, Gp, am, wn, block, k + 16 * n, cm);
+      else if (two) amx_tile<1, 2>(chunks, Kq, Gp, am, wn, block, k + 16 * n, cm);
+      else amx_tile<1, 1>(chunks, Kq, Gp, am, wn, block, k + 16 * n, cm);
+    }
+  }
+  asm volatile("" ::: "memory");
+}
+
+// The AMX product: the rows up to the last multiple of 16 over the quads up to the last multiple of 16 on tiles,
+// their remaining quads added on vpdpbusd, the remaining rows on vpdpbusd (the same packed weights and integers).
+BIRNN_Q8_AMX inline void gemm_amx(int M, int Kq, int Gp, const int32_t* a, const int8_t* w, const int32_t* k,
+                                  int32_t* c) {
+  const int chunks = Kq / 16, tiled = chunks > 0 ? M / 16 * 16 : 0;
+  if (tiled > 0) {
+    amx_gemm(tiled, chunks, Kq, Gp, a, w, k, c);
+    if (16 * chunks < Kq) gemm_vnni<true>(tiled, Kq, Gp, a, w, k, c, 16 * chunks);
+  }
+  if (tiled < M) gemm_vnni<false>(M - tiled, Kq, Gp, a + int64_t(tiled) * Kq, w, k, c + int64_t(tiled) * Gp);
+}
 #endif
 
-// The fastest product this build and this CPU have (kVnni only from the avx512 build on a VNNI CPU).
+// Whether the AMX product may run here: the avx512 build, AVX512_VNNI (its tails) and amx.h's grant of AMX-INT8.
+inline bool amx_usable() {
+#if defined(__AVX512F__)
+  static const bool usable = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && amx::granted(amx::kInt8);
+  }();
+  return usable;
+#else
+  return false;
+#endif
+}
+
+// The fastest product this build and this CPU have (kVnni and kAmx only from the avx512 build).
 inline int best_product() {
 #if defined(__AVX512F__)
+  if (amx_usable()) return kAmx;
   if (__builtin_cpu_supports("avx512vnni")) return kVnni;
 #endif
 #if defined(__AVX2__)
@@ -212,12 +297,16 @@ inline int best_product() {
 #endif
 }
 
-// C = A x W^T by `product` (callers pass one best_product() allows: q8.py checks; comp: kVnni's corrections).
-inline void gemm(int product, int M, int Ku, int Gp, const int32_t* a, const void* w, const int32_t* comp,
-                 int32_t* c) {
+// C = A x W^T by `product` (callers pass one best_product() allows: q8.py checks; k: kVnni's and kAmx's offset
+// corrections).
+inline void gemm(int product, int M, int Ku, int Gp, const int32_t* a, const void* w, const int32_t* k, int32_t* c) {
 #if defined(__AVX512F__)
+  if (product == kAmx) {
+    gemm_amx(M, Ku, Gp, a, static_cast<const int8_t*>(w), k, c);
+    return;
+  }
   if (product == kVnni) {
-    gemm_vnni(M, Ku, Gp, a, static_cast<const int8_t*>(w), comp, c);
+    gemm_vnni<false>(M, Ku, Gp, a, static_cast<const int8_t*>(w), k, c);
     return;
   }
 #endif
@@ -227,7 +316,7 @@ inline void gemm(int product, int M, int Ku, int Gp, const int32_t* a, const voi
     return;
   }
 #endif
-  (void)comp;
+  (void)k;
   gemm_scalar(M, Ku, Gp, a, static_cast<const int16_t*>(w), c);
 }
 
