@@ -32,7 +32,8 @@ def _cpu_model() -> str:
 
 
 # The instruction-set flags that decide which CPU kernel runs and how fast PyTorch's kernels are.
-_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16")
+_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16",
+          "amx_int8")
 
 
 def cpu_flags() -> List[str]:

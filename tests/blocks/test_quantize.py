@@ -74,9 +74,10 @@ def test_int8_product_is_exact(rows: int, gates: int, inputs: int):
     w[1] = 127
     expected = a.long() @ w.long().T
     for product in kernel_products():
-        got = q8.gemm(a, w, product)
-        assert torch.equal(got[:, :gates].long(), expected), product
-        assert not got[:, gates:].any(), product
+        for bits in q8.VECTOR_BITS if product in ("vnni", "amx") else (0,):   # both VNNI widths on any VNNI CPU
+            got = q8.gemm(a, w, product, bits)
+            assert torch.equal(got[:, :gates].long(), expected), (product, bits)
+            assert not got[:, gates:].any(), (product, bits)
 
 
 @needs_kernel
@@ -90,9 +91,10 @@ def test_int8_product_is_exact_in_whole_tiles_and_their_tails(rows: int, inputs:
     a[0], a[-1], w[0], w[-1] = 127, -127, 127, -127   # the largest sums of either sign: no saturation anywhere
     expected = a.long() @ w.long().T
     for product in kernel_products():
-        got = q8.gemm(a, w, product)
-        assert torch.equal(got[:, :200].long(), expected), product
-        assert not got[:, 200:].any(), product
+        for bits in q8.VECTOR_BITS if product in ("vnni", "amx") else (0,):
+            got = q8.gemm(a, w, product, bits)
+            assert torch.equal(got[:, :200].long(), expected), (product, bits)
+            assert not got[:, 200:].any(), (product, bits)
 
 
 @needs_kernel
@@ -105,6 +107,8 @@ def test_the_fastest_product_is_the_cpus():
     assert q8.best_product(lib) == ("amx" if amx else "vnni" if vnni else "avx2")
     with pytest.raises(ValueError, match="product must be one of"):
         q8.gemm(torch.zeros((1, 4), dtype=torch.int16), torch.zeros((16, 4), dtype=torch.int8), "sse")
+    with pytest.raises(ValueError, match=r"vector_bits must be one of \(0, 256, 512\), got 128"):
+        q8.gemm(torch.zeros((1, 4), dtype=torch.int16), torch.zeros((16, 4), dtype=torch.int8), "scalar", 128)
 
 
 @needs_kernel

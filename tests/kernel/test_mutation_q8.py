@@ -125,7 +125,7 @@ def test_the_int8_entry_points_are_declared_once_as_their_c_signatures() -> None
            for name in ("birnn_q8_args_layout", "birnn_q8_forward_stack", "birnn_q8_gemm", "birnn_q8_best_product")}
     assert got == {"birnn_q8_args_layout": (None, [ctypes.POINTER(i64), ctypes.POINTER(i64)]),
                    "birnn_q8_forward_stack": (None, [ctypes.POINTER(q8.Q8Args)]),
-                   "birnn_q8_gemm": (None, [ctypes.c_int] * 4 + [p] * 4),
+                   "birnn_q8_gemm": (None, [ctypes.c_int] * 4 + [p] * 4 + [ctypes.c_int]),
                    "birnn_q8_best_product": (ctypes.c_int, [])}
     assert lib._q8_declared is True  # type: ignore[attr-defined]
     lib.birnn_q8_gemm.argtypes = "changed"

@@ -55,7 +55,7 @@ def _declared(library: ctypes.CDLL) -> ctypes.CDLL:
     library.birnn_q8_args_layout.restype = None
     library.birnn_q8_forward_stack.argtypes = [ctypes.POINTER(Q8Args)]
     library.birnn_q8_forward_stack.restype = None
-    library.birnn_q8_gemm.argtypes = [ctypes.c_int] * 4 + [_P] * 4
+    library.birnn_q8_gemm.argtypes = [ctypes.c_int] * 4 + [_P] * 4 + [ctypes.c_int]
     library.birnn_q8_gemm.restype = None
     library.birnn_q8_best_product.argtypes = []
     library.birnn_q8_best_product.restype = ctypes.c_int
@@ -124,13 +124,19 @@ def pad_channels(values: Tensor) -> Tensor:
     return out.contiguous()
 
 
-def gemm(a: Tensor, weight: Tensor, product: str) -> Tensor:
+VECTOR_BITS = (0, 256, 512)  # the VNNI vectors: the kernel's choice for this CPU, or either width
+
+
+def gemm(a: Tensor, weight: Tensor, product: str, vector_bits: int = 0) -> Tensor:
     """The kernel's int8 product alone (tests): integer ``a (M, K)`` and int8 ``weight (G, K)``, values in
-    [-127, 127] -> int32 ``(M, Gp)`` = ``a @ weight.T`` (channels past ``G``: 0), by ``product``."""
+    [-127, 127] -> int32 ``(M, Gp)`` = ``a @ weight.T`` (channels past ``G``: 0), by ``product``; ``vector_bits``:
+    the ``vpdpbusd`` vectors of ``"vnni"`` and ``"amx"`` (0: what the kernel picks for this CPU, 256 or 512)."""
     lib = library()
     if lib is None:
         raise RuntimeError("the CPU kernel is unavailable here; models.blocks.cpu_kernel.available() says why")
     _check_product(lib, product)
+    if vector_bits not in VECTOR_BITS:
+        raise ValueError(f"vector_bits must be one of {VECTOR_BITS}, got {vector_bits!r}")
     packed, comp = pack(weight.unsqueeze(0), product)
     unit = _UNIT[product]
     rows, inputs = a.shape
@@ -143,7 +149,7 @@ def gemm(a: Tensor, weight: Tensor, product: str) -> Tensor:
         rows_of_a[:, :inputs] = a
     c = torch.empty((rows, gp), dtype=torch.int32)
     lib.birnn_q8_gemm(PRODUCTS[product], rows, ku, gp, ptr(rows_of_a), ptr(packed[0]),
-                      ptr(comp[0].contiguous()) if comp is not None else None, ptr(c))
+                      ptr(comp[0].contiguous()) if comp is not None else None, ptr(c), vector_bits)
     return c
 
 

@@ -275,10 +275,10 @@ void birnn_q8_args_layout(int64_t* size, int64_t* last_offset) {
 // Every layer of an int8 inference call (q8_forward.h).
 void birnn_q8_forward_stack(const birnn::q8::Q8Args* args) { birnn::q8::forward_stack(*args); }
 // The int8 product alone, for tests: C (M, Gp) = A x W^T by `product` (q8_gemm.h layouts; k: kVnni's and kAmx's
-// offset corrections, else null).
+// offset corrections, else null; bits: the VNNI vectors, 0 for this CPU's choice, 256 or 512).
 void birnn_q8_gemm(int product, int M, int Ku, int Gp, const int32_t* a, const void* w, const int32_t* k,
-                   int32_t* c) {
-  birnn::q8::gemm(product, M, Ku, Gp, a, w, k, c);
+                   int32_t* c, int bits) {
+  birnn::q8::gemm(product, M, Ku, Gp, a, w, k, c, bits);
 #if defined(__AVX512F__)
   if (product == birnn::q8::kAmx) birnn::amx::release();
 #endif

@@ -145,61 +145,106 @@ inline void gemm_avx2(int M, int Kp, int Gp, const int32_t* a, const int16_t* w,
 #define BIRNN_Q8_VNNI __attribute__((target("avx512vnni")))
 #define BIRNN_Q8_AMX __attribute__((target("avx512vnni,amx-tile,amx-int8")))
 
-// MR rows x NB blocks of 16 channels over quads [p0, Kq): C = k + A W^T, or with ACC C += A W^T. a, c: the first
-// row (strides Kq int32 and Gp int32); w0: the first block; k: its 16 NB offset corrections (not read with ACC).
-template <int MR, int NB, bool ACC>
+// The two vector widths of the VNNI product: a 16-channel block is one 512-bit vector or two 256-bit ones (kParts),
+// each part kLanes channels.
+struct Zmm {
+  using V = __m512i;
+  static constexpr int kParts = 1, kLanes = 16;
+  BIRNN_Q8_VNNI static V load(const void* p) { return _mm512_loadu_si512(p); }
+  BIRNN_Q8_VNNI static void store(void* p, V v) { _mm512_storeu_si512(p, v); }
+  BIRNN_Q8_VNNI static V splat(int32_t x) { return _mm512_set1_epi32(x); }
+  BIRNN_Q8_VNNI static V dot(V acc, V a, V b) { return _mm512_dpbusd_epi32(acc, a, b); }
+};
+struct Ymm {
+  using V = __m256i;
+  static constexpr int kParts = 2, kLanes = 8;
+  BIRNN_Q8_VNNI static V load(const void* p) { return _mm256_loadu_si256(static_cast<const V*>(p)); }
+  BIRNN_Q8_VNNI static void store(void* p, V v) { _mm256_storeu_si256(static_cast<V*>(p), v); }
+  BIRNN_Q8_VNNI static V splat(int32_t x) { return _mm256_set1_epi32(x); }
+  BIRNN_Q8_VNNI static V dot(V acc, V a, V b) { return _mm256_dpbusd_epi32(acc, a, b); }
+};
+
+// MR rows x NB blocks of 16 channels over quads [p0, Kq), in vectors W: C = k + A W^T, or with ACC C += A W^T. a, c:
+// the first row (strides Kq int32 and Gp int32); w0: the first block; k: its 16 NB offset corrections (not read
+// with ACC).
+template <typename W, int MR, int NB, bool ACC>
 BIRNN_Q8_VNNI inline void tile_vnni(int p0, int Kq, int Gp, const int32_t* a, const int8_t* w0, const int32_t* k,
                                     int32_t* c) {
-  __m512i acc[MR][NB];
+  constexpr int N = NB * W::kParts;  // vectors a row: part h of block j is vector j * kParts + h
+  auto lane = [](int v) { return 16 * (v / W::kParts) + W::kLanes * (v % W::kParts); };  // its first channel
+  typename W::V acc[MR][N];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NB; ++j)
-      acc[i][j] = _mm512_loadu_si512(ACC ? static_cast<const void*>(c + int64_t(i) * Gp + 16 * j) : k + 16 * j);
+    for (int v = 0; v < N; ++v) acc[i][v] = W::load(ACC ? c + int64_t(i) * Gp + lane(v) : k + lane(v));
   const int64_t block = int64_t(Kq) * 64;
   for (int p = p0; p < Kq; ++p) {
-    __m512i b[NB];
-    for (int j = 0; j < NB; ++j) b[j] = _mm512_loadu_si512(w0 + j * block + 64 * int64_t(p));
+    typename W::V b[N];
+    for (int v = 0; v < N; ++v) b[v] = W::load(w0 + (v / W::kParts) * block + 64 * int64_t(p) + 4 * (lane(v) % 16));
     for (int i = 0; i < MR; ++i) {
-      const __m512i av = _mm512_set1_epi32(a[int64_t(i) * Kq + p]);
-      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, b[j]);
+      const typename W::V av = W::splat(a[int64_t(i) * Kq + p]);
+      for (int v = 0; v < N; ++v) acc[i][v] = W::dot(acc[i][v], av, b[v]);
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NB; ++j) _mm512_storeu_si512(c + int64_t(i) * Gp + 16 * j, acc[i][j]);
+    for (int v = 0; v < N; ++v) W::store(c + int64_t(i) * Gp + lane(v), acc[i][v]);
 }
 
-// MR rows over every block: groups of NB, then one at a time.
-template <int MR, int NB, bool ACC>
+// MR rows over blocks [n0, n1): groups of NB, then one at a time.
+template <typename W, int MR, int NB, bool ACC>
 BIRNN_Q8_VNNI inline void rows_vnni(int p0, int Kq, int Gp, const int32_t* a, const int8_t* w, const int32_t* k,
                                     int32_t* c, int n0, int n1) {
   const int64_t block = int64_t(Kq) * 64;
   int n = n0;
-  for (; n + NB <= n1; n += NB) tile_vnni<MR, NB, ACC>(p0, Kq, Gp, a, w + n * block, k + 16 * n, c + 16 * n);
-  for (; n < n1; ++n) tile_vnni<MR, 1, ACC>(p0, Kq, Gp, a, w + n * block, k + 16 * n, c + 16 * n);
+  for (; n + NB <= n1; n += NB) tile_vnni<W, MR, NB, ACC>(p0, Kq, Gp, a, w + n * block, k + 16 * n, c + 16 * n);
+  for (; n < n1; ++n) tile_vnni<W, MR, 1, ACC>(p0, Kq, Gp, a, w + n * block, k + 16 * n, c + 16 * n);
 }
 
-// C (M, Gp) = k + A W^T over quads [p0, Kq) (ACC: C += A W^T). One row: 8 blocks at a time (8 independent sums
-// per broadcast). More rows: slices of 4 blocks outside (their weights, 256 Kq bytes, stay in L1), 4 rows inside.
-template <bool ACC>
-BIRNN_Q8_VNNI inline void gemm_vnni(int M, int Kq, int Gp, const int32_t* a, const int8_t* w, const int32_t* k,
-                                    int32_t* c, int p0 = 0) {
+// C (M, Gp) = k + A W^T over quads [p0, Kq) (ACC: C += A W^T) in vectors W. One row: 8 vectors at a time
+// (independent sums per broadcast). More rows: slices of RB blocks outside (their weights, 64 RB Kq bytes, stay in
+// L1), 4 rows inside: 16 zmm or 8 ymm sums.
+template <typename W, bool ACC>
+BIRNN_Q8_VNNI inline void gemm_vnni_in(int M, int Kq, int Gp, const int32_t* a, const int8_t* w, const int32_t* k,
+                                       int32_t* c, int p0) {
+  constexpr int RB = W::kParts == 1 ? 4 : 1;
   const int blocks = Gp / 16;
   if (M == 1) {
-    rows_vnni<1, 8, ACC>(p0, Kq, Gp, a, w, k, c, 0, blocks);
+    rows_vnni<W, 1, 8 / W::kParts, ACC>(p0, Kq, Gp, a, w, k, c, 0, blocks);
     return;
   }
-  for (int n = 0; n < blocks; n += 4) {
-    const int e = std::min(blocks, n + 4);
+  for (int n = 0; n < blocks; n += RB) {
+    const int e = std::min(blocks, n + RB);
     int m = 0;
-    for (; m + 4 <= M; m += 4) rows_vnni<4, 4, ACC>(p0, Kq, Gp, a + int64_t(m) * Kq, w, k, c + int64_t(m) * Gp, n, e);
+    for (; m + 4 <= M; m += 4)
+      rows_vnni<W, 4, RB, ACC>(p0, Kq, Gp, a + int64_t(m) * Kq, w, k, c + int64_t(m) * Gp, n, e);
     const int32_t* am = a + int64_t(m) * Kq;
     int32_t* cm = c + int64_t(m) * Gp;
     switch (M - m) {
-      case 3: rows_vnni<3, 4, ACC>(p0, Kq, Gp, am, w, k, cm, n, e); break;
-      case 2: rows_vnni<2, 4, ACC>(p0, Kq, Gp, am, w, k, cm, n, e); break;
-      case 1: rows_vnni<1, 4, ACC>(p0, Kq, Gp, am, w, k, cm, n, e); break;
+      case 3: rows_vnni<W, 3, RB, ACC>(p0, Kq, Gp, am, w, k, cm, n, e); break;
+      case 2: rows_vnni<W, 2, RB, ACC>(p0, Kq, Gp, am, w, k, cm, n, e); break;
+      case 1: rows_vnni<W, 1, RB, ACC>(p0, Kq, Gp, am, w, k, cm, n, e); break;
       default: break;
     }
   }
+}
+
+// Whether the VNNI product runs 512-bit vectors here: measured 1.45x the 256-bit form's multiply-adds a second on
+// a Xeon (family 6 model 167: two 512-bit ports), and no consistent gain on Zen 4 (0.86-1.85x the time of the
+// 256-bit form at load 7: it splits a 512-bit operation into two halves), so AMD keeps the 256-bit form.
+inline bool wide_vnni() {
+  static const bool wide = [] {
+    __builtin_cpu_init();
+    return !__builtin_cpu_is("amd");
+  }();
+  return wide;
+}
+
+// The VNNI product in 512-bit vectors (wide) or 256-bit ones.
+template <bool ACC>
+BIRNN_Q8_VNNI inline void gemm_vnni(bool wide, int M, int Kq, int Gp, const int32_t* a, const int8_t* w,
+                                    const int32_t* k, int32_t* c, int p0 = 0) {
+  if (wide)
+    gemm_vnni_in<Zmm, ACC>(M, Kq, Gp, a, w, k, c, p0);
+  else
+    gemm_vnni_in<Ymm, ACC>(M, Kq, Gp, a, w, k, c, p0);
 }
 
 // AMX int8 (kAmx; amx.h's tile shape): tmm4/5 row tiles of A (16 rows x 16 quads of u8), tmm6/7 blocks of W
@@ -260,14 +305,14 @@ BIRNN_Q8_AMX inline void amx_gemm(int M, int chunks, int Kq, int Gp, const int32
 
 // The AMX product: the rows up to the last multiple of 16 over the quads up to the last multiple of 16 on tiles,
 // their remaining quads added on vpdpbusd, the remaining rows on vpdpbusd (the same packed weights and integers).
-BIRNN_Q8_AMX inline void gemm_amx(int M, int Kq, int Gp, const int32_t* a, const int8_t* w, const int32_t* k,
-                                  int32_t* c) {
+BIRNN_Q8_AMX inline void gemm_amx(bool wide, int M, int Kq, int Gp, const int32_t* a, const int8_t* w,
+                                  const int32_t* k, int32_t* c) {
   const int chunks = Kq / 16, tiled = chunks > 0 ? M / 16 * 16 : 0;
   if (tiled > 0) {
     amx_gemm(tiled, chunks, Kq, Gp, a, w, k, c);
-    if (16 * chunks < Kq) gemm_vnni<true>(tiled, Kq, Gp, a, w, k, c, 16 * chunks);
+    if (16 * chunks < Kq) gemm_vnni<true>(wide, tiled, Kq, Gp, a, w, k, c, 16 * chunks);
   }
-  if (tiled < M) gemm_vnni<false>(M - tiled, Kq, Gp, a + int64_t(tiled) * Kq, w, k, c + int64_t(tiled) * Gp);
+  if (tiled < M) gemm_vnni<false>(wide, M - tiled, Kq, Gp, a + int64_t(tiled) * Kq, w, k, c + int64_t(tiled) * Gp);
 }
 #endif
 
@@ -298,17 +343,21 @@ inline int best_product() {
 }
 
 // C = A x W^T by `product` (callers pass one best_product() allows: q8.py checks; k: kVnni's and kAmx's offset
-// corrections).
-inline void gemm(int product, int M, int Ku, int Gp, const int32_t* a, const void* w, const int32_t* k, int32_t* c) {
+// corrections). bits: the VNNI vectors, 0 = wide_vnni()'s choice for this CPU, 256 or 512 (tests run both).
+inline void gemm(int product, int M, int Ku, int Gp, const int32_t* a, const void* w, const int32_t* k, int32_t* c,
+                 int bits = 0) {
 #if defined(__AVX512F__)
+  const bool wide = bits == 0 ? wide_vnni() : bits == 512;
   if (product == kAmx) {
-    gemm_amx(M, Ku, Gp, a, static_cast<const int8_t*>(w), k, c);
+    gemm_amx(wide, M, Ku, Gp, a, static_cast<const int8_t*>(w), k, c);
     return;
   }
   if (product == kVnni) {
-    gemm_vnni<false>(M, Ku, Gp, a, static_cast<const int8_t*>(w), k, c);
+    gemm_vnni<false>(wide, M, Ku, Gp, a, static_cast<const int8_t*>(w), k, c);
     return;
   }
+#else
+  (void)bits;
 #endif
 #if defined(__AVX2__)
   if (product == kAvx2) {
