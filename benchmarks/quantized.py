@@ -266,7 +266,8 @@ def markdown(document: Dict[str, Any]) -> str:
     rows = document["rows"]
     head = (f"BiLSTM, {LAYERS} layers, the merge after each, T={STEPS}, batch-first, inference; each runtime in its "
             "own process; ratios: medians over interleaved rounds; max err: max |output - float32 block's output|.")
-    return "\n".join([head, "", *table([c for c in COLUMNS if _recorded(c, rows)], rows)])
+    notes = [document[key] for key in ("prediction", "note") if document.get(key)]  # the file's own words, if any
+    return "\n\n".join([head, *notes, "\n".join(table([c for c in COLUMNS if _recorded(c, rows)], rows))])
 
 
 def main(argv: Optional[List[str]] = None) -> None:
