@@ -173,14 +173,16 @@ def test_tiny_inputs_give_the_same_finite_outputs_on_the_kernel_and_the_portable
 
 
 # -- exactness against the dequantized reference -------------------------------------------------------------------
-def check_exact(cell: str, merges: List[Optional[str]], lengths: Optional[Tensor], bias: bool = True) -> None:
+def check_exact(cell: str, merges: List[Optional[str]], lengths: Optional[Tensor], bias: bool = True,
+                inputs: int = 6, hidden: int = 12) -> None:
     layers = len(merges)
-    float_block = block(cell, layers=layers, merge_mode=merges if layers > 1 else merges[0], bias=bias)
+    float_block = block(cell, input_size=inputs, hidden=hidden, layers=layers,
+                        merge_mode=merges if layers > 1 else merges[0], bias=bias)
     q = quantize(float_block)
     torch.manual_seed(1)
-    x = torch.randn(9, 3, 6)
-    h0 = torch.randn(2 * layers, 3, 12) * 0.5
-    c0 = torch.randn(2 * layers, 3, 12) * 0.5
+    x = torch.randn(9, 3, inputs)
+    h0 = torch.randn(2 * layers, 3, hidden) * 0.5
+    c0 = torch.randn(2 * layers, 3, hidden) * 0.5
     hx = (h0, c0) if cell == "lstm" else h0
     out, state = q(x, hx, lengths=lengths)
     h_n = state[0] if cell == "lstm" else state
@@ -193,7 +195,7 @@ def check_exact(cell: str, merges: List[Optional[str]], lengths: Optional[Tensor
                                         q.layer_weights(layer), teacher=raw)
         torch.testing.assert_close(raw.double(), ref, rtol=0, atol=2e-6)
         torch.testing.assert_close(h_n[pair].double(), ref_h, rtol=0, atol=2e-6)
-        layer_in = merge_stacked(raw.flatten(2), merges[layer], 12)
+        layer_in = merge_stacked(raw.flatten(2), merges[layer], hidden)
     assert torch.equal(out, layer_in)              # the stack in one call is its layers chained, bit for bit
     if lengths is not None:
         for b, n in enumerate(lengths.tolist()):
@@ -205,6 +207,14 @@ def check_exact(cell: str, merges: List[Optional[str]], lengths: Optional[Tensor
 @pytest.mark.parametrize("merges", MERGES, ids=str)
 def test_exact_against_dequantized_reference(cell: str, merges: List[Optional[str]]):
     check_exact(cell, merges, None)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cell", list(BLOCKS))
+def test_exact_at_widths_of_every_vector_loop(cell: str):
+    # 41 inputs and 37 units: the rows' 32-wide maximum, 16-wide quantizing and dequantizing (AVX-512), their 8-wide
+    # tails (AVX2) and the scalar ones all run, and must all give the reference's integers and sums.
+    check_exact(cell, ["concat", "ave"], torch.tensor([9, 5, 7]), inputs=41, hidden=37)
 
 
 @needs_kernel

@@ -67,6 +67,21 @@ inline float quantize_row(const float* v, int K, int padded, Q* q) {
   float m = 0.0f;
   bool finite = true;
   int i = 0;
+#if defined(__AVX512F__)
+  if (K >= 32) {  // two independent maxima: the loop is bound by vmaxps's latency otherwise
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 top0 = _mm512_setzero_ps(), top1 = top0;
+    __mmask16 bad = 0;
+    for (; i + 32 <= K; i += 32) {
+      const __m512 x0 = _mm512_loadu_ps(v + i), x1 = _mm512_loadu_ps(v + i + 16);
+      bad |= _mm512_cmp_ps_mask(x0, x0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(x1, x1, _CMP_UNORD_Q);  // NaN
+      top0 = _mm512_max_ps(top0, _mm512_andnot_ps(sign, x0));
+      top1 = _mm512_max_ps(top1, _mm512_andnot_ps(sign, x1));
+    }
+    m = _mm512_reduce_max_ps(_mm512_max_ps(top0, top1));
+    finite = bad == 0;
+  }
+#endif
 #if defined(__AVX2__)
   {
     const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -79,7 +94,7 @@ inline float quantize_row(const float* v, int K, int padded, Q* q) {
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, top);
     for (float lane : lanes) m = lane > m ? lane : m;
-    finite = _mm256_movemask_ps(bad) == 0;
+    finite = finite && _mm256_movemask_ps(bad) == 0;
   }
 #endif
   for (; i < K; ++i) {
@@ -99,6 +114,23 @@ inline float quantize_row(const float* v, int K, int padded, Q* q) {
     return m / 127.0f;
   }
   int j = 0;
+#if defined(__AVX512F__)
+  {  // the same multiply, rounding and clamp as the 8-wide loop below, 16 values at a time
+    const __m512 scale = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (; j + 16 <= K; j += 16) {
+      __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(v + j), scale),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      r = _mm512_min_ps(hi, _mm512_max_ps(lo, r));
+      const __m512i values = _mm512_cvtps_epi32(r);
+      if constexpr (offset == 0) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j), _mm512_cvtepi32_epi16(values));
+      } else {  // + 128 as u8: flipping the sign bit of the s8
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + j),
+                         _mm_xor_si128(_mm512_cvtepi32_epi8(values), _mm_set1_epi8(char(0x80))));
+      }
+    }
+  }
+#endif
 #if defined(__AVX2__)
   const __m256 scale = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
   for (; j + 8 <= K; j += 8) {
@@ -138,6 +170,19 @@ using stack::sized;
 inline void dequantize(int n, const int32_t* ah, float fh, const float* sw, const int32_t* ax, float fx,
                        const float* si, const float* bias, float* g, const float* extra = nullptr) {
   int j = 0;
+#if defined(__AVX512F__)
+  {  // the 8-wide loop's operations in its order, 16 channels at a time
+    const __m512 vh = _mm512_set1_ps(fh), vx = _mm512_set1_ps(fx);
+    for (; j + 16 <= n; j += 16) {
+      const __m512 h = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(ah + j)),
+                                     _mm512_mul_ps(vh, _mm512_loadu_ps(sw + j)));
+      const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(ax + j)),
+                                     _mm512_mul_ps(vx, _mm512_loadu_ps(si + j)));
+      const __m512 hh = extra ? _mm512_add_ps(h, _mm512_loadu_ps(extra + j)) : h;
+      _mm512_storeu_ps(g + j, _mm512_add_ps(hh, _mm512_add_ps(x, _mm512_loadu_ps(bias + j))));
+    }
+  }
+#endif
 #if defined(__AVX2__)
   const __m256 vh = _mm256_set1_ps(fh), vx = _mm256_set1_ps(fx);
   for (; j + 8 <= n; j += 8) {
