@@ -363,7 +363,7 @@ def test_measure_times_each_cell_of_the_grid_once_in_order_and_summarizes(monkey
     cells = [(cell, b, h, lengths, training) for cell in calibrate.CELLS for training in (False, True)
              for lengths in calibrate.LENGTHS for b in calibrate.BATCHES for h in calibrate.HIDDENS]
     assert calibrate.LENGTHS == (False,)  # batches with lengths take the kernel unmeasured
-    assert asked == cells
+    assert asked == cells  # a loss at the largest inference cell: nothing past it is measured
     assert data["rows"] == [{"cell": c, "batch": b, "hidden": h, "lengths": lengths, "training": training,
                              "ratio": 1.2346, "calls": 8} for c, b, h, lengths, training in cells]
     assert lines == [f"{c} B={b} H={h} lengths={lengths} training={training}: 1.23x (8 calls)"
@@ -372,6 +372,48 @@ def test_measure_times_each_cell_of_the_grid_once_in_order_and_summarizes(monkey
                     "measured_at": "1970-01-01T00:00:00Z", "seconds": 3.5, "cpu_seconds": 1.2, "calls": 24 * 8,
                     "rows": data["rows"]}
     assert torch.get_num_threads() == 1  # put back
+
+
+@pytest.mark.parametrize("corner,extended", [(0.6875, False), (0.75, False), (0.78125, True), (0.875, True),
+                                             (0.90625, False), (1.25, False)])
+def test_inference_past_the_grid_is_measured_only_after_a_narrow_win_at_its_largest_cell(
+        corner: float, extended: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # EXTEND < ratio <= THRESHOLD, both set to binary fractions here: the scripted times give them exactly
+    monkeypatch.setattr(calibrate, "EXTEND", 0.75)
+    monkeypatch.setattr(calibrate, "THRESHOLD", 0.875)
+    clock = ScriptedClock()
+    asked: List[Tuple[str, int, int, bool, bool]] = []
+    largest = (max(calibrate.BATCHES), max(calibrate.HIDDENS))
+
+    def case(cell: str, batch: int, hidden: int, lengths: bool, training: bool) -> Callable[[], None]:
+        asked.append((cell, batch, hidden, lengths, training))
+        slower = corner if (batch, hidden) == largest else 0.5  # only the largest cell's ratio decides
+
+        def run() -> None:
+            clock.step("", slower if cpu_kernel._switch.forced else 1.0)()
+        return run
+    data = calibrate.measure(1, "avx2", case=case, clock=clock)
+    past = [a for a in asked if (a[1], a[2]) in calibrate.LARGER]
+    assert past == ([(cell, b, h, False, False) for cell in calibrate.CELLS for b, h in calibrate.LARGER]
+                    if extended else [])  # inference only: a training step past the grid is never measured
+    assert calibrate.LARGER == ((64, 512), (256, 256))
+    assert len(data["rows"]) == 24 + len(past)
+    assert [row for row in data["rows"] if row.get("past")] == [
+        {"cell": cell, "batch": b, "hidden": h, "lengths": False, "training": False, "ratio": 0.5, "calls": 8,
+         "past": True} for cell, b, h, _, _ in past]
+
+
+def test_a_row_past_the_grid_counts_only_as_a_clear_loss() -> None:
+    def calibration(past_ratio: float) -> calibrate.Calibration:
+        return calibrate.Calibration({"format": calibrate.FORMAT, "rows": [
+            {"cell": "LSTM", "batch": 64, "hidden": 256, "lengths": False, "training": False, "ratio": 0.9},
+            {"cell": "LSTM", "batch": 64, "hidden": 512, "lengths": False, "training": False, "ratio": past_ratio,
+             "past": True}]})
+    assert calibration(1.4).kernel_wins("LSTM", 64, 512, False, False) is False   # a clear loss stands
+    assert calibration(1.4).kernel_wins("LSTM", 64, 1024, False, False) is False  # and reaches one doubling on
+    assert calibration(1.05).kernel_wins("LSTM", 64, 512, False, False) is True   # 1 + CLEAR: a tie, ignored
+    assert calibration(0.5).kernel_wins("LSTM", 64, 512, False, False) is True    # the grid's answer
+    assert calibration(1.05).kernel_wins("LSTM", 64, 1024, False, False) is None  # beyond the grid's reach: table
 
 
 def test_measure_uses_the_clock_of_its_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,24 +1,24 @@
 """``python -m models.blocks.cpu_kernel.calibrate [--threads 1 2] [--show]``: measure, once per CPU, where the
 kernel beats PyTorch's fused kernels, and let the policy use that instead of its fixed table.
 
-Why: ``policy.kernel_wins`` is a table measured on two CPUs (an AVX2 EPYC, an AVX-512 Xeon); on any other CPU it is
-a prediction, and on an AMD Zen 4 it missed (one-thread LSTM training 1.08-1.10x ``nn.LSTM``). A calibration times
-the blocks both ways (``cpu_kernel.forced()`` against ``cpu_kernel.disabled()``, interleaved) on a small grid:
-LSTM and GRU, inference and training steps, ``B`` in (1, 16, 64), ``H`` in (64, 256), ``T = 24``, one layer (the
-policy decides per layer), without ``lengths`` (a batch with lengths takes the kernel: ``LENGTHS`` says why): 24
-cells. Each cell is timed adaptively (``ratio``): pairs of samples until every pair's ratio lies clearly on one
-side of 1 or the cell's budget is spent, so the clear cells (most) cost three pairs (with lengths measured too,
-48 cells: about 450 calls, 8-9 s of CPU time per thread count on an AMD Zen 4; the first version timed every cell
-alike: 672 calls, 14 s there, 183 s on a loaded Zen 1). The policy then asks the nearest measured cell (``B`` and
-``H`` on a log scale) and takes the kernel where it ran clearly faster than ``nn.*`` (``ratio <= THRESHOLD``,
-0.95); more than one doubling above the grid (``B`` = 256, ``H`` = 1024) the nearest cell's loss stands and its
-win goes to the table. Keras's ``reset_after=False`` GRU always takes the kernel (its other path is a Python time
-loop), as in the table.
+Why: ``policy.kernel_wins`` is a table measured on two CPUs (an AVX2 EPYC, an AVX-512 Xeon); on any other CPU it is a
+prediction, and on an AMD Zen 4 it missed (one-thread LSTM training 1.08-1.10x ``nn.LSTM``). A calibration times the
+blocks both ways (``cpu_kernel.forced()`` against ``cpu_kernel.disabled()``, interleaved) on a small grid: LSTM and GRU,
+inference and training steps, ``B`` in (1, 16, 64), ``H`` in (64, 256), ``T = 24``, one layer (the policy decides per
+layer), without ``lengths`` (a batch with lengths takes the kernel: ``LENGTHS`` says why): 24 cells, and for inference
+near a loss at the grid's largest cell two more past it (``LARGER``, ``EXTEND``). Each cell is timed adaptively
+(``ratio``): pairs of samples until every pair's ratio lies clearly on one side of 1 or the cell's budget is spent, so
+the clear cells (most) cost three pairs (with lengths measured too, 48 cells: about 450 calls, 8-9 s of CPU time per
+thread count on an AMD Zen 4; the first version timed every cell alike: 672 calls, 14 s there, 183 s on a loaded Zen 1).
+The policy then asks the nearest measured cell (``B`` and ``H`` on a log scale) and takes the kernel where it ran
+clearly faster than ``nn.*`` (``ratio <= THRESHOLD``, 0.95); more than one doubling above the grid (``B`` = 256, ``H`` =
+1024) the nearest cell's loss stands and its win goes to the table. Keras's ``reset_after=False`` GRU always takes the
+kernel (its other path is a Python time loop), as in the table.
 
 Where it is kept: ``calibration-<key>.json`` in the kernel cache folder (``$BIRNN_ZOO_KERNEL_CACHE`` or
-``~/.cache/birnn-zoo-kernels``), written atomically, ``key`` a hash of what the measurement depends on: the CPU
-model string, the kernel's capability (avx2/avx512), the thread count, torch's version and the kernel's source.
-A new torch, kernel or CPU finds no calibration and uses the table until calibrated again.
+``~/.cache/birnn-zoo-kernels``), written atomically, ``key`` a hash of what the measurement depends on: the CPU model
+string, the kernel's capability (avx2/avx512), the thread count, torch's version and the kernel's source. A new torch,
+kernel or CPU finds no calibration and uses the table until calibrated again.
 
 When it is used (``$BIRNN_ZOO_CPU_POLICY``):
 - ``calibrated`` (default): a calibration made earlier for this CPU, capability, thread count, torch and kernel
@@ -73,6 +73,16 @@ CELL_BUDGET_S = 0.4
 # calibration's short sequences (T = 24) read the kernel 0.03-0.10 faster than T = 64-512 do (docs/benchmarks.md),
 # so a near tie goes to ``nn.*``.
 THRESHOLD = 0.95
+# Past the grid, inference only: where the grid's largest inference cell (the largest B and H) was a win, but a narrow
+# one (ratio in (EXTEND, THRESHOLD]), the cells LARGER (B, H), one step past it, are measured too, and count only as
+# clear losses (ratio above 1 + CLEAR; a row marked "past"). The libraries' GEMMs win first where the products are
+# large, and one doubling turned such a win into a loss (the AVX2 library on an AVX-512 Xeon, two threads, LSTM
+# inference, 2026-12-06: 0.95x ``nn.LSTM`` at B = 64, H = 256, 1.40x at H = 512, 1.22x at B = 256); a near tie there
+# at T = 24 is weaker evidence than the grid's win (on the same Xeon's AVX-512 library, one thread, B = 256, H = 256
+# read 0.97 at T = 24 and 0.89 at T = 64). Not training (a step there costs three times an inference call), not after
+# a loss (one already stands past the grid) nor a clear win.
+EXTEND = 0.7
+LARGER = ((64, 512), (256, 256))
 # How far above its grid a calibration answers (doublings of B or H); beyond, only its losses stand (the table decides
 # the rest).
 REACH = 1.0
@@ -93,6 +103,8 @@ class Calibration:
         # kernel_wins' answers: the rows are read here once, and serving asks the same shapes at every call
         self._answers: Dict[Tuple[str, int, int, bool, bool], Optional[bool]] = {}
         for row in data["rows"]:
+            if row.get("past") and float(row["ratio"]) <= 1 + CLEAR:  # past the grid only a clear loss counts
+                continue
             key = (str(row["cell"]), bool(row["lengths"]), bool(row["training"]))
             self._by.setdefault(key, []).append((int(row["batch"]), int(row["hidden"]), float(row["ratio"])))
 
@@ -329,27 +341,32 @@ def measure(threads: int, capability: str, progress: Optional[Callable[[str], No
     torch.set_num_threads(threads)
     rows = []
     started, cpu_started = time.perf_counter(), time.process_time()
+    def one(cell: str, batch: int, hidden: int, lengths: bool, training: bool, past: bool = False) -> float:
+        fn = case(cell, batch, hidden, lengths, training)
+
+        def on_kernel() -> None:
+            with cpu_kernel.forced():
+                fn()
+
+        def on_torch() -> None:
+            with cpu_kernel.disabled():
+                fn()
+        measured, calls = ratio(on_kernel, on_torch, clock)
+        rows.append({"cell": cell, "batch": batch, "hidden": hidden, "lengths": lengths, "training": training,
+                     "ratio": round(measured, 4), "calls": calls, **({"past": True} if past else {})})
+        if progress is not None:
+            progress(f"{cell} B={batch} H={hidden} lengths={lengths} training={training}: {measured:.2f}x "
+                     f"({calls} calls)")
+        return measured
+
     try:
         for cell in CELLS:
             for training in (False, True):
                 for lengths in LENGTHS:
-                    for batch in BATCHES:
-                        for hidden in HIDDENS:
-                            fn = case(cell, batch, hidden, lengths, training)
-
-                            def on_kernel(fn: Callable[[], Any] = fn) -> None:
-                                with cpu_kernel.forced():
-                                    fn()
-
-                            def on_torch(fn: Callable[[], Any] = fn) -> None:
-                                with cpu_kernel.disabled():
-                                    fn()
-                            measured, calls = ratio(on_kernel, on_torch, clock)
-                            rows.append({"cell": cell, "batch": batch, "hidden": hidden, "lengths": lengths,
-                                         "training": training, "ratio": round(measured, 4), "calls": calls})
-                            if progress is not None:
-                                progress(f"{cell} B={batch} H={hidden} lengths={lengths} training={training}: "
-                                         f"{measured:.2f}x ({calls} calls)")
+                    corner = [one(cell, b, h, lengths, training) for b in BATCHES for h in HIDDENS][-1]
+                    if not training and EXTEND < corner <= THRESHOLD:
+                        for batch, hidden in LARGER:
+                            one(cell, batch, hidden, lengths, training, past=True)
     finally:
         torch.set_num_threads(previous)
     return {"format": FORMAT, "identity": identity(threads, capability), "steps": STEPS,
