@@ -62,6 +62,60 @@ BIRNN_TILE_TARGET inline void configure() {
 
 // The tile state back to its initial state (a thread's saved context stays small between calls).
 BIRNN_TILE_TARGET inline void release() { _tile_release(); }
+
+#define BIRNN_TILE_PRODUCT_TARGET __attribute__((target("amx-tile,amx-int8,amx-bf16")))
+
+// tmmC += tmmA x tmmB: u8 x s8 quads into int32 sums without saturation (INT8), else bf16 pairs into float32 sums.
+// A macro: the tile numbers must be literal tokens of the instruction.
+#define BIRNN_TILE_DOT(INT8, C, A, B) \
+  do {                                \
+    if constexpr (INT8)               \
+      _tile_dpbusd(C, A, B);          \
+    else                              \
+      _tile_dpbf16ps(C, A, B);        \
+  } while (0)
+
+// MT row tiles x NT blocks of W (INT8: u8 x s8 quads, else bf16 pairs) over `chunks` 64-byte columns of A (each 1 KB of
+// a block: 16 rows of 64 bytes). a: the first row, rows sa bytes apart; w: the first block, blocks `block` bytes apart;
+// c: the first row's sums, rows sc bytes apart, the second block's 64 bytes on. The sums start from c (ACC), else from
+// `start` (64 bytes a block, loaded at stride 0: every row of a tile starts from them), else from zero.
+template <bool INT8, int MT, int NT, bool ACC>
+BIRNN_TILE_PRODUCT_TARGET inline void tile_product(int chunks, const char* a, int64_t sa, const char* w,
+                                                   int64_t block, char* c, int64_t sc, const char* start) {
+  char* c1 = c + 16 * sc;
+  if (ACC) {
+    _tile_loadd(0, c, sc);
+    if (NT > 1) _tile_loadd(1, c + 64, sc);
+    if (MT > 1) _tile_loadd(2, c1, sc);
+    if (MT > 1 && NT > 1) _tile_loadd(3, c1 + 64, sc);
+  } else if (start) {
+    _tile_loadd(0, start, 0);
+    if (NT > 1) _tile_loadd(1, start + 64, 0);
+    if (MT > 1) _tile_loadd(2, start, 0);
+    if (MT > 1 && NT > 1) _tile_loadd(3, start + 64, 0);
+  } else {
+    _tile_zero(0);
+    if (NT > 1) _tile_zero(1);
+    if (MT > 1) _tile_zero(2);
+    if (MT > 1 && NT > 1) _tile_zero(3);
+  }
+  for (int k = 0; k < chunks; ++k) {
+    _tile_loadd(4, a + 64 * int64_t(k), sa);
+    _tile_loadd(6, w + 1024 * int64_t(k), 64);
+    if (NT > 1) _tile_loadd(7, w + block + 1024 * int64_t(k), 64);
+    BIRNN_TILE_DOT(INT8, 0, 4, 6);
+    if (NT > 1) BIRNN_TILE_DOT(INT8, 1, 4, 7);
+    if (MT > 1) {
+      _tile_loadd(5, a + 16 * sa + 64 * int64_t(k), sa);
+      BIRNN_TILE_DOT(INT8, 2, 5, 6);
+      if (NT > 1) BIRNN_TILE_DOT(INT8, 3, 5, 7);
+    }
+  }
+  _tile_stored(0, c, sc);
+  if (NT > 1) _tile_stored(1, c + 64, sc);
+  if (MT > 1) _tile_stored(2, c1, sc);
+  if (MT > 1 && NT > 1) _tile_stored(3, c1 + 64, sc);
+}
 #endif
 
 }  // namespace amx

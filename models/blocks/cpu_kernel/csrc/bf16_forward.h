@@ -176,47 +176,16 @@ BIRNN_BF16_TARGET void gemm(int M, int Kp, const uint16_t* a, int64_t lda, const
   }
 }
 
-// AMX (amx.h's tile shape): tmm4/5 the row tiles of A (16 rows x 16 pairs), tmm6/7 the blocks of W (16 pairs x
-// 16 channels), tmm0..3 the float32 sums.
-// MT row tiles x NT blocks, `chunks` of 16 pairs: C (+)= A @ W^T, pointers as tile's (a and c at the first row).
-// Tile numbers are part of the instructions, hence the spelled-out cases.
+// AMX: amx.h's tile_product on bf16 pairs (a 64-byte row of A or of a block of W: 16 pairs), MT row tiles x NT
+// blocks, `chunks` of 16 pairs, pointers and strides as tile's (a and c at the first row; bias or null: the sums'
+// start, not ACC).
 template <int MT, int NT, bool ACC>
 BIRNN_AMX_TARGET inline void amx_tile(int chunks, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block,
                                       float* c, int64_t ldc, const float* bias) {
-  const int64_t sa = 2 * lda, sc = 4 * ldc;  // strides in bytes
-  float* c1 = c + 16 * ldc;
-  if (ACC) {
-    _tile_loadd(0, c, sc);
-    if (NT > 1) _tile_loadd(1, c + 16, sc);
-    if (MT > 1) _tile_loadd(2, c1, sc);
-    if (MT > 1 && NT > 1) _tile_loadd(3, c1 + 16, sc);
-  } else if (bias) {  // stride 0: every row of the tile starts as the block's 16 biases
-    _tile_loadd(0, bias, 0);
-    if (NT > 1) _tile_loadd(1, bias + 16, 0);
-    if (MT > 1) _tile_loadd(2, bias, 0);
-    if (MT > 1 && NT > 1) _tile_loadd(3, bias + 16, 0);
-  } else {
-    _tile_zero(0);
-    if (NT > 1) _tile_zero(1);
-    if (MT > 1) _tile_zero(2);
-    if (MT > 1 && NT > 1) _tile_zero(3);
-  }
-  for (int k = 0; k < chunks; ++k) {
-    _tile_loadd(4, a + 32 * int64_t(k), sa);
-    _tile_loadd(6, w + 512 * int64_t(k), 64);
-    if (NT > 1) _tile_loadd(7, w + block + 512 * int64_t(k), 64);
-    _tile_dpbf16ps(0, 4, 6);
-    if (NT > 1) _tile_dpbf16ps(1, 4, 7);
-    if (MT > 1) {
-      _tile_loadd(5, a + 16 * lda + 32 * int64_t(k), sa);
-      _tile_dpbf16ps(2, 5, 6);
-      if (NT > 1) _tile_dpbf16ps(3, 5, 7);
-    }
-  }
-  _tile_stored(0, c, sc);
-  if (NT > 1) _tile_stored(1, c + 16, sc);
-  if (MT > 1) _tile_stored(2, c1, sc);
-  if (MT > 1 && NT > 1) _tile_stored(3, c1 + 16, sc);
+  amx::tile_product<false, MT, NT, ACC>(chunks, reinterpret_cast<const char*>(a), 2 * lda,
+                                                reinterpret_cast<const char*>(w), 2 * block,
+                                                reinterpret_cast<char*>(c), 4 * ldc,
+                                                reinterpret_cast<const char*>(bias));
 }
 
 // C (M, 16 (n1 - n0)) (+)= A (M, 32 chunks bf16) @ W[blocks n0 .. n1)^T on tiles, M a multiple of 16, c (and bias,

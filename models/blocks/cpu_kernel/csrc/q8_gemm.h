@@ -247,36 +247,15 @@ BIRNN_Q8_VNNI inline void gemm_vnni(bool wide, int M, int Kq, int Gp, const int3
     gemm_vnni_in<Ymm, ACC>(M, Kq, Gp, a, w, k, c, p0);
 }
 
-// AMX int8 (kAmx; amx.h's tile shape): tmm4/5 row tiles of A (16 rows x 16 quads of u8), tmm6/7 blocks of W
-// (16 quads x 16 channels of s8: exactly 16 quads of a packed block, 1 KB), tmm0..3 the int32 sums; _tile_dpbusd
-// multiplies u8 by s8 as vpdpbusd does and adds without saturation. MT row tiles x NT blocks over `chunks` of 16
-// quads, from the blocks' offset corrections (loaded at stride 0: every row of a tile starts from them). Tile
-// numbers are part of the instructions, hence the spelled-out cases.
+// AMX int8 (kAmx): amx.h's tile_product on u8 x s8 quads (a 64-byte row of A: 16 quads; 16 quads of a packed
+// block, 1 KB, are exactly a tile of W), MT row tiles x NT blocks over `chunks` of 16 quads, from the blocks' offset
+// corrections k (every row of a tile starts from them).
 template <int MT, int NT>
 BIRNN_Q8_AMX inline void amx_tile(int chunks, int Kq, int Gp, const int32_t* a, const int8_t* w, int64_t block,
                                   const int32_t* k, int32_t* c) {
-  const int64_t sa = 4 * int64_t(Kq), sc = 4 * int64_t(Gp);  // strides in bytes
-  int32_t* c1 = c + 16 * int64_t(Gp);
-  _tile_loadd(0, k, 0);
-  if (NT > 1) _tile_loadd(1, k + 16, 0);
-  if (MT > 1) _tile_loadd(2, k, 0);
-  if (MT > 1 && NT > 1) _tile_loadd(3, k + 16, 0);
-  for (int q = 0; q < chunks; ++q) {
-    _tile_loadd(4, a + 16 * int64_t(q), sa);
-    _tile_loadd(6, w + 1024 * int64_t(q), 64);
-    if (NT > 1) _tile_loadd(7, w + block + 1024 * int64_t(q), 64);
-    _tile_dpbusd(0, 4, 6);
-    if (NT > 1) _tile_dpbusd(1, 4, 7);
-    if (MT > 1) {
-      _tile_loadd(5, a + 16 * int64_t(Kq) + 16 * int64_t(q), sa);
-      _tile_dpbusd(2, 5, 6);
-      if (NT > 1) _tile_dpbusd(3, 5, 7);
-    }
-  }
-  _tile_stored(0, c, sc);
-  if (NT > 1) _tile_stored(1, c + 16, sc);
-  if (MT > 1) _tile_stored(2, c1, sc);
-  if (MT > 1 && NT > 1) _tile_stored(3, c1 + 16, sc);
+  amx::tile_product<true, MT, NT, false>(chunks, reinterpret_cast<const char*>(a), 4 * int64_t(Kq),
+                                                  reinterpret_cast<const char*>(w), block, reinterpret_cast<char*>(c),
+                                                  4 * int64_t(Gp), reinterpret_cast<const char*>(k));
 }
 
 // C (M, Gp) = k + A (M, 16 chunks quads) W^T on tiles, M a multiple of 16: two blocks at a time over every row tile,
