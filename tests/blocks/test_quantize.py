@@ -129,9 +129,10 @@ def test_every_product_gives_the_same_bits(cell: str, inputs: int, hidden: int, 
     for product in kernel_products():
         stack = q.kernel_plan(lib, product)
         assert stack.product == product
-        runs[product] = q8.forward_stack(lib, q.mode, x, lengths, h0, h0 if cell == "lstm" else None, stack, hidden,
-                                         1)
-    first = runs[kernel_products()[0]]
+        for threads in (1, 2):  # two: a direction a thread, each with its own tile state
+            runs[(product, threads)] = q8.forward_stack(lib, q.mode, x, lengths, h0, h0 if cell == "lstm" else None,
+                                                        stack, hidden, threads)
+    first = runs[(kernel_products()[0], 1)]
     assert first[0].isnan().any() and not first[0].isnan().all()
     for product, outputs in runs.items():
         for got, want in zip(outputs, first, strict=True):
