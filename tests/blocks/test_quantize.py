@@ -136,7 +136,7 @@ def test_every_product_gives_the_same_bits(cell: str, inputs: int, hidden: int, 
     assert first[0].isnan().any() and not first[0].isnan().all()
     for product, outputs in runs.items():
         for got, want in zip(outputs, first, strict=True):
-            torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=product)
+            torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=str(product))
 
 
 def test_quantize_rows_rule():
