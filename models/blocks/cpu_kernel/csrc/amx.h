@@ -116,6 +116,36 @@ BIRNN_TILE_PRODUCT_TARGET inline void tile_product(int chunks, const char* a, in
   if (MT > 1) _tile_stored(2, c1, sc);
   if (MT > 1 && NT > 1) _tile_stored(3, c1 + 64, sc);
 }
+
+// C (M rows, `blocks` blocks) (+)= A W^T on tiles, M a multiple of 16, arguments as tile_product's (c and start at
+// the first block). Two blocks at a time over every row tile, two row tiles at a time: each weight is read once a
+// call, the rows (a projection chunk: about 256) stay in L2.
+template <bool INT8, bool ACC>
+BIRNN_TILE_PRODUCT_TARGET inline void tile_gemm(int M, int chunks, const char* a, int64_t sa, const char* w,
+                                                int64_t block, int blocks, char* c, int64_t sc, const char* start) {
+  asm volatile("" ::: "memory");  // the tile loads are asm the compiler does not see reading a, c and start
+  configure();
+  for (int n = 0; n < blocks; n += 2) {
+    const bool two = n + 1 < blocks;
+    const char* wn = w + n * block;
+    const char* sn = start ? start + 64 * int64_t(n) : nullptr;
+    char* cn = c + 64 * int64_t(n);
+    int m = 0;
+    for (; m + 32 <= M; m += 32) {
+      if (two)
+        tile_product<INT8, 2, 2, ACC>(chunks, a + m * sa, sa, wn, block, cn + m * sc, sc, sn);
+      else
+        tile_product<INT8, 2, 1, ACC>(chunks, a + m * sa, sa, wn, block, cn + m * sc, sc, sn);
+    }
+    if (m < M) {
+      if (two)
+        tile_product<INT8, 1, 2, ACC>(chunks, a + m * sa, sa, wn, block, cn + m * sc, sc, sn);
+      else
+        tile_product<INT8, 1, 1, ACC>(chunks, a + m * sa, sa, wn, block, cn + m * sc, sc, sn);
+    }
+  }
+  asm volatile("" ::: "memory");
+}
 #endif
 
 }  // namespace amx

@@ -176,49 +176,16 @@ BIRNN_BF16_TARGET void gemm(int M, int Kp, const uint16_t* a, int64_t lda, const
   }
 }
 
-// AMX: amx.h's tile_product on bf16 pairs (a 64-byte row of A or of a block of W: 16 pairs), MT row tiles x NT
-// blocks, `chunks` of 16 pairs, pointers and strides as tile's (a and c at the first row; bias or null: the sums'
-// start, not ACC).
-template <int MT, int NT, bool ACC>
-BIRNN_AMX_TARGET inline void amx_tile(int chunks, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block,
-                                      float* c, int64_t ldc, const float* bias) {
-  amx::tile_product<false, MT, NT, ACC>(chunks, reinterpret_cast<const char*>(a), 2 * lda,
-                                                reinterpret_cast<const char*>(w), 2 * block,
-                                                reinterpret_cast<char*>(c), 4 * ldc,
-                                                reinterpret_cast<const char*>(bias));
-}
-
-// C (M, 16 (n1 - n0)) (+)= A (M, 32 chunks bf16) @ W[blocks n0 .. n1)^T on tiles, M a multiple of 16, c (and bias,
-// as gemm's) at block n0.
-// Two blocks at a time over every row tile: the weights are read once a call, the rows (a chunk: about 256) stay in
-// L2.
+// C (M, 16 (n1 - n0)) (+)= A (M, 32 chunks bf16) @ W[blocks n0 .. n1)^T on tiles (amx.h's tile_gemm on bf16
+// pairs: a 64-byte row of A or of a block of W holds 16), M a multiple of 16, c (and bias, as gemm's) at block n0.
 template <bool ACC>
-BIRNN_AMX_TARGET void amx_gemm(int M, int chunks, const uint16_t* a, int64_t lda, const uint16_t* w, int64_t block,
-                               int n0, int n1, float* c, int64_t ldc, const float* bias) {
-  asm volatile("" ::: "memory");  // the tile loads are asm the compiler does not see reading a and c
-  amx::configure();
-  for (int n = n0; n < n1; n += 2) {
-    const uint16_t* wn = w + n * block;
-    float* cn = c + 16 * int64_t(n - n0);
-    const float* bn = bias ? bias + 16 * int64_t(n - n0) : nullptr;
-    const bool two = n + 1 < n1;
-    int m = 0;
-    for (; m + 32 <= M; m += 32) {
-      if (two)
-        amx_tile<2, 2, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc, bn);
-      else
-        amx_tile<2, 1, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc, bn);
-    }
-    if (m < M) {
-      if (two)
-        amx_tile<1, 2, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc, bn);
-      else
-        amx_tile<1, 1, ACC>(chunks, a + m * lda, lda, wn, block, cn + m * ldc, ldc, bn);
-    }
-  }
-  asm volatile("" ::: "memory");
+BIRNN_AMX_TARGET inline void amx_gemm(int M, int chunks, const uint16_t* a, int64_t lda, const uint16_t* w, int Kp,
+                                      int n0, int n1, float* c, int64_t ldc, const float* bias) {
+  const int64_t block = 64 * int64_t(Kp);  // bytes of a block: Kp pairs of 16 channels
+  amx::tile_gemm<false, ACC>(M, chunks, reinterpret_cast<const char*>(a), 2 * lda,
+                             reinterpret_cast<const char*>(w) + n0 * block, block, n1 - n0,
+                             reinterpret_cast<char*>(c), 4 * ldc, reinterpret_cast<const char*>(bias));
 }
-
 #endif
 
 // C (M, 16 (n1 - n0)) (+)= A (M, 2 Kp) @ W[blocks n0 .. n1)^T (c at block n0's first channel; bias, not accumulate,
@@ -231,9 +198,9 @@ inline void product(bool amx, bool accumulate, int M, int Kp, const uint16_t* a,
   const int chunks = Kp / 16, tiled = amx && chunks > 0 ? M / 16 * 16 : 0;
   if (tiled > 0) {
     if (accumulate)
-      amx_gemm<true>(tiled, chunks, a, lda, w, 32 * int64_t(Kp), n0, n1, c, ldc, nullptr);
+      amx_gemm<true>(tiled, chunks, a, lda, w, Kp, n0, n1, c, ldc, nullptr);
     else
-      amx_gemm<false>(tiled, chunks, a, lda, w, 32 * int64_t(Kp), n0, n1, c, ldc, bias);
+      amx_gemm<false>(tiled, chunks, a, lda, w, Kp, n0, n1, c, ldc, bias);
     if (16 * chunks < Kp) gemm<true>(tiled, Kp, a, lda, w, n0, n1, c, ldc, 16 * chunks);
   }
   if (tiled < M) {

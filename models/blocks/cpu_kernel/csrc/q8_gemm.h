@@ -247,39 +247,14 @@ BIRNN_Q8_VNNI inline void gemm_vnni(bool wide, int M, int Kq, int Gp, const int3
     gemm_vnni_in<Ymm, ACC>(M, Kq, Gp, a, w, k, c, p0);
 }
 
-// AMX int8 (kAmx): amx.h's tile_product on u8 x s8 quads (a 64-byte row of A: 16 quads; 16 quads of a packed
-// block, 1 KB, are exactly a tile of W), MT row tiles x NT blocks over `chunks` of 16 quads, from the blocks' offset
-// corrections k (every row of a tile starts from them).
-template <int MT, int NT>
-BIRNN_Q8_AMX inline void amx_tile(int chunks, int Kq, int Gp, const int32_t* a, const int8_t* w, int64_t block,
-                                  const int32_t* k, int32_t* c) {
-  amx::tile_product<true, MT, NT, false>(chunks, reinterpret_cast<const char*>(a), 4 * int64_t(Kq),
-                                                  reinterpret_cast<const char*>(w), block, reinterpret_cast<char*>(c),
-                                                  4 * int64_t(Gp), reinterpret_cast<const char*>(k));
-}
-
-// C (M, Gp) = k + A (M, 16 chunks quads) W^T on tiles, M a multiple of 16: two blocks at a time over every row tile,
-// so each weight is read once a call and the rows (a projection chunk: about 256) stay in L2.
+// AMX int8 (kAmx): C (M, Gp) = k + A (M, 16 chunks quads) W^T on tiles, M a multiple of 16: amx.h's tile_gemm on
+// u8 x s8 quads (a 64-byte row of A holds 16; 16 quads of a packed block, 1 KB, are exactly a tile of W), every row
+// of a tile starting from its blocks' offset corrections k.
 BIRNN_Q8_AMX inline void amx_gemm(int M, int chunks, int Kq, int Gp, const int32_t* a, const int8_t* w,
                                   const int32_t* k, int32_t* c) {
-  asm volatile("" ::: "memory");  // the tile loads are asm the compiler does not see reading a and k
-  amx::configure();
-  const int blocks = Gp / 16;
-  const int64_t block = int64_t(Kq) * 64;
-  for (int n = 0; n < blocks; n += 2) {
-    const bool two = n + 1 < blocks;
-    const int8_t* wn = w + n * block;
-    int m = 0;
-    for (; m < M; m += 32) {
-      const int32_t* am = a + int64_t(m) * Kq;
-      int32_t* cm = c + int64_t(m) * Gp + 16 * n;
-      if (m + 32 <= M && two) amx_tile<2, 2>(chunks, Kq, Gp, am, wn, block, k + 16 * n, cm);
-      else if (m + 32 <= M) amx_tile<2, 1>(chunks, Kq, Gp, am, wn, block, k + 16 * n, cm);
-      else if (two) amx_tile<1, 2>(chunks, Kq, Gp, am, wn, block, k + 16 * n, cm);
-      else amx_tile<1, 1>(chunks, Kq, Gp, am, wn, block, k + 16 * n, cm);
-    }
-  }
-  asm volatile("" ::: "memory");
+  amx::tile_gemm<true, false>(M, chunks, reinterpret_cast<const char*>(a), 4 * int64_t(Kq),
+                              reinterpret_cast<const char*>(w), 64 * int64_t(Kq), Gp / 16, reinterpret_cast<char*>(c),
+                              4 * int64_t(Gp), reinterpret_cast<const char*>(k));
 }
 
 // The AMX product: the rows up to the last multiple of 16 over the quads up to the last multiple of 16 on tiles,
