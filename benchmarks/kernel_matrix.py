@@ -14,6 +14,11 @@ minutes a step); the JSON says which. Results go to ``benchmarks/results/kernel_
 row per configuration, appended as they finish, each with the path the blocks' policy takes there (this CPU's
 calibration where one is cached, else the fixed table), with the machine (CPU model and flags) and the policy's
 record per thread count at the top. The report lists every cell above ``LIMIT`` (1.02x ``nn.*``) under it.
+
+An AVX2 CPU on an AVX-512 one: ``BIRNN_ZOO_CPU_CAPABILITY=avx2`` alone sets the kernel's library against PyTorch's
+AVX-512 kernels; capping those too (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``,
+calibrated under the same variables) runs both sides as an AVX2 CPU would. The file's ``machine.reference_isa`` says
+which.
 """
 
 import os

@@ -72,6 +72,14 @@ def _kernel_capability() -> Optional[str]:
         return None
 
 
+def _reference_isa() -> Dict[str, str]:
+    """The instruction sets PyTorch's own kernels run (ATen's level and the caps set for oneDNN and MKL): an
+    AVX-512 CPU with them at AVX2 measures as an AVX2 one would (``calibrate.reference_isa``)."""
+    from models.blocks.cpu_kernel.calibrate import reference_isa
+
+    return reference_isa()
+
+
 def load_average() -> Optional[float]:
     """The 1-minute load average (how busy the machine was while a row was timed), None where the OS has none."""
     try:
@@ -92,6 +100,7 @@ def describe(device: str, threads: int) -> Dict[str, Any]:
         "threads": threads,
         "torch": torch.__version__,
         "onednn": torch.backends.mkldnn.is_available(),
+        "reference_isa": _reference_isa(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "python": platform.python_version(),
     }
@@ -110,7 +119,8 @@ def describe(device: str, threads: int) -> Dict[str, Any]:
         info["cudnn"] = torch.backends.cudnn.version()
     summary = info.get("gpu") or info["cpu"]
     info["summary"] = (f"{summary}; {info['cpu_family_model']}; flags {' '.join(info['cpu_flags']) or '-'}; "
-                       f"kernel {info['kernel_capability']}; commit {info['commit']}; "
+                       f"kernel {info['kernel_capability']}; PyTorch's kernels {info['reference_isa']}; "
+                       f"commit {info['commit']}; "
                        f"{info['cores']} cores, {threads} intra-op threads; torch {info['torch']}, "
                        f"keras {info['keras']}; load average at start {info.get('load_average_start')}")
     return info

@@ -110,6 +110,19 @@ def test_the_cache_file_is_keyed_by_what_the_measurement_depends_on() -> None:
     assert not list(calibrate.cache_path(2, "avx2").parent.glob("*.partial"))
 
 
+def test_the_cache_file_is_keyed_by_the_instruction_sets_of_pytorchs_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ratio has two sides: PyTorch's kernels capped at AVX2 (as when emulating an AVX2 CPU) are another
+    measurement than the same CPU's AVX-512 ones, so another file."""
+    for name in calibrate.REFERENCE_ISA_ENV:
+        monkeypatch.delenv(name, raising=False)
+    native = calibrate.cache_path(1, "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = calibrate.cache_path(1, "avx2")
+    assert capped != native and calibrate.reference_isa()["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert calibrate.reference_isa()["aten"] == "DEFAULT" and calibrate.cache_path(1, "avx2") not in (native, capped)
+
+
 @needs_kernel
 def test_a_pinned_record_decides_whatever_this_machine_has(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(calibrate.POLICY_ENV, "calibrated")

@@ -17,8 +17,9 @@ kernel (its other path is a Python time loop), as in the table.
 
 Where it is kept: ``calibration-<key>.json`` in the kernel cache folder (``$BIRNN_ZOO_KERNEL_CACHE`` or
 ``~/.cache/birnn-zoo-kernels``), written atomically, ``key`` a hash of what the measurement depends on: the CPU model
-string, the kernel's capability (avx2/avx512), the thread count, torch's version and the kernel's source. A new torch,
-kernel or CPU finds no calibration and uses the table until calibrated again.
+string, the kernel's capability (avx2/avx512), the thread count, torch's version, the kernel's source and the
+instruction sets PyTorch's own kernels run (``reference_isa``). A new torch, kernel or CPU finds no calibration and uses
+the table until calibrated again.
 
 When it is used (``$BIRNN_ZOO_CPU_POLICY``):
 - ``calibrated`` (default): a calibration made earlier for this CPU, capability, thread count, torch and kernel
@@ -170,10 +171,23 @@ def _kernel_source() -> str:
     return digest.hexdigest()[:16]
 
 
+# What caps the instruction sets of PyTorch's own kernels (ATen's, oneDNN's, MKL's) below the CPU's: with all three
+# at AVX2 on an AVX-512 CPU, and ``BIRNN_ZOO_CPU_CAPABILITY=avx2``, both sides of a measurement run as on an AVX2 CPU.
+REFERENCE_ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def reference_isa() -> Dict[str, str]:
+    """The instruction sets PyTorch's kernels run here: ATen's dispatch level (``torch.backends.cpu``) and each of
+    ``REFERENCE_ISA_ENV`` that is set (oneDNN and MKL read theirs at first use, so the environment is the record)."""
+    return {"aten": torch.backends.cpu.get_cpu_capability(),
+            **{name: os.environ[name] for name in REFERENCE_ISA_ENV if os.environ.get(name)}}
+
+
 def identity(threads: int, capability: str) -> Dict[str, Any]:
-    """What a calibration depends on; its hash names the cached file."""
+    """What a calibration depends on; its hash names the cached file. Both sides of each ratio count: the
+    kernel's capability and source, and the instruction sets PyTorch's kernels run (``reference_isa``)."""
     return {"cpu": _cpu_model(), "capability": capability, "threads": threads, "torch": str(torch.__version__),
-            "kernel_source": _kernel_source()}
+            "kernel_source": _kernel_source(), "reference_isa": reference_isa()}
 
 
 def cache_path(threads: int, capability: str, folder: Optional[Path] = None) -> Path:
