@@ -88,7 +88,17 @@ def test_the_threshold_is_inclusive() -> None:
 def test_the_identity_names_everything_the_measurement_depends_on() -> None:
     assert calibrate.identity(2, "avx512") == {
         "cpu": calibrate._cpu_model(), "capability": "avx512", "threads": 2, "torch": str(torch.__version__),
-        "kernel_source": calibrate._kernel_source()}
+        "kernel_source": calibrate._kernel_source(), "reference_isa": calibrate.reference_isa()}
+
+
+def test_the_reference_isa_is_atens_level_and_the_caps_that_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in calibrate.REFERENCE_ISA_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert calibrate.reference_isa() == {"aten": "AVX512"}
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "")  # set but empty: no cap
+    assert calibrate.reference_isa() == {"aten": "AVX512", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def test_the_kernel_source_is_the_first_16_hex_digits_of_the_sources_sha256() -> None:
