@@ -2,6 +2,16 @@
 // (CellBase): the shared part of cell_lstm.h, cell_gru.h, cell_gru_reset_before.h. cells.h says how to add a cell.
 #pragma once
 
+// Before a loop over one row's H elements whose arrays are distinct buffers (ForwardRow, BackwardRow): the compiler
+// cannot prove that, and with more arrays than it checks at run time it leaves the loop scalar.
+#if defined(__clang__)
+#define BIRNN_DISTINCT_ARRAYS _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define BIRNN_DISTINCT_ARRAYS _Pragma("GCC ivdep")
+#else
+#define BIRNN_DISTINCT_ARRAYS
+#endif
+
 namespace birnn {
 
 // One row's forward step at one time step and direction: what the step functions read and write. H elements a

@@ -47,6 +47,7 @@ struct Gru : CellBase {
     const T* g = row.g;
     T* dgi = row.dgi;
     T* dgh = row.dgh;
+    BIRNN_DISTINCT_ARRAYS
     for (int j = 0; j < H; ++j) {
       const T r = g[j], z = g[H + j], n = g[2 * H + j];
       const T dhv = row.dh[j] + row.dout[j];

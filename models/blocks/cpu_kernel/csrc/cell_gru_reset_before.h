@@ -40,6 +40,7 @@ struct GruResetBefore : CellBase {
     const int H = row.H;
     const T* g = row.g;
     T* dgi = row.dgi;
+    BIRNN_DISTINCT_ARRAYS
     for (int j = 0; j < H; ++j) {
       const T r = g[j], z = g[H + j], n = g[2 * H + j];
       const T dhv = row.dh[j] + row.dout[j];
@@ -54,6 +55,7 @@ struct GruResetBefore : CellBase {
   template <typename T>
   static void backward_after(const BackwardRow<T>& row) {
     const int H = row.H;
+    BIRNN_DISTINCT_ARRAYS
     for (int j = 0; j < H; ++j) {
       const T r = row.g[j];
       row.dgi[j] = row.drh[j] * row.hp[j] * r * (T(1) - r);

@@ -35,6 +35,7 @@ struct Lstm : CellBase {
     T* tc = r.tmp;
     std::memcpy(tc, r.c, sizeof(T) * H);
     tanh_(tc, H);
+    BIRNN_DISTINCT_ARRAYS
     for (int j = 0; j < H; ++j) {
       const T i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j];
       const T dhv = r.dh[j] + r.dout[j];
