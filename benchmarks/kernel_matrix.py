@@ -140,7 +140,9 @@ def report(document: Dict[str, Any]) -> str:
     capability = document["machine"]["capability"]
     rows = [r for r in document["rows"] if "seconds" in r]
     sources = sorted({r["policy"]["source"] if "policy" in r else "table (not recorded)" for r in rows})
-    lines = [f"Machine: {document['machine']['lscpu']}, capability `{capability}`, "
+    isa = document["machine"].get("reference_isa")  # absent in files written before it was recorded
+    pytorch = f", PyTorch's kernels {', '.join(f'{k}={v}' for k, v in isa.items())}" if isa else ""
+    lines = [f"Machine: {document['machine']['lscpu']}, capability `{capability}`{pytorch}, "
              f"torch {document['machine']['torch']}; policy: {', '.join(sources)}."]
     groups = sorted({(r["cell"], r["mode"], r["threads"]) for r in rows})
     for cell, mode, threads in groups:
