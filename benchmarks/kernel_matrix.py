@@ -1,7 +1,8 @@
 """``python -m benchmarks.kernel_matrix [--threads 1 2] [--cells LSTM GRU] [--modes infer train] [--quick]``.
 
 The measurements behind ``models/blocks/cpu_kernel/policy.py``: for each cell, thread count, inference or training step,
-B in {1, 16, 64, 256}, H in {64, 128, 256, 512}, T in {64, 512} (one bidirectional layer, input size H), four
+B in {1, 16, 64, 256}, H in {64, 128, 256, 512}, T in {64, 512} (one bidirectional layer, input size H; a training
+step's input is data, or with ``--input-grad`` gets its gradient too, as every layer of a stack after the first), four
 variants timed side by side in interleaved rounds:
 
 - ``nn``: ``nn.LSTM``/``nn.GRU(bidirectional=True)``, no lengths (what the block must never be slower than);
@@ -66,14 +67,16 @@ def cpu_flags() -> str:
     return f"{model}; {' '.join(wanted)}"
 
 
-def variants(cell: str, batch: int, hidden: int, steps: int, train: bool) -> Dict[str, Callable[[], None]]:
+def variants(cell: str, batch: int, hidden: int, steps: int, train: bool, input_grad: bool = False
+             ) -> Dict[str, Callable[[], None]]:
+    """The four timed calls of one configuration; ``input_grad``: training steps also compute the input's gradient."""
     reference = getattr(nn, cell)(hidden, hidden, bidirectional=True)
     block = (BiLSTM if cell == "LSTM" else BiGRU)(hidden, hidden)
     block.load_state_dict(reference.state_dict())
     if not train:  # inference is eval mode: the kernel's prepared weights are cached only there
         reference.eval()
         block.eval()
-    x = torch.randn(steps, batch, hidden)
+    x = torch.randn(steps, batch, hidden, requires_grad=train and input_grad)
     lengths = torch.randint(1, steps + 1, (batch,))
     lengths[0] = steps
 
@@ -167,7 +170,9 @@ def report(document: Dict[str, Any]) -> str:
             table_rows.append(entries)
         columns: List[Column] = [("T", lambda e: e["T"]), ("B", lambda e: e["B"])]
         columns += [(f"H={h}", lambda e, h=h: e[h]) for h in sizes]
-        lines += ["", f"**{cell} {'training step' if mode == 'train' else 'inference'}, {threads} thread(s)**", ""]
+        step = "inference" if mode != "train" else "training step" + (
+            " with the input's gradient" if any(r.get("input_grad") for r in here.values()) else "")
+        lines += ["", f"**{cell} {step}, {threads} thread(s)**", ""]
         lines += table(columns, table_rows, "ll" + "r" * len(sizes))
     over = [f"{r['cell']} {r['mode']} {r['threads']} thread(s) T={r['T']} B={r['B']} H={r['H']} {key}: "
             f"{taken:.2f} (the other path {other:.2f})"
@@ -190,6 +195,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=None, help="B values instead of the matrix's")
     parser.add_argument("--hidden", type=int, nargs="+", default=None, help="H values instead of the matrix's")
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="T values instead of the matrix's")
+    parser.add_argument("--input-grad", action="store_true",
+                        help="training steps also compute the input's gradient, as every layer of a stack after the "
+                             "first does and as the calibration measures (default: the input is data)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--report", default=None, metavar="JSON", help="print the Markdown tables of a results file")
     args = parser.parse_args(argv)
@@ -223,10 +231,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             row["skipped"] = f"{cost:.0f} GFLOP per call > --max-gflop {args.max_gflop:g}"
         else:
             torch.manual_seed(0)
-            items = variants(cell, batch, hidden, steps, mode == "train")
+            items = variants(cell, batch, hidden, steps, mode == "train", args.input_grad)
             clock = args.clock if args.clock != "auto" else ("process" if threads == 1 else "wall")
             series = timed_rounds(items, threads, rounds, clock)
             row["clock"] = clock
+            if mode == "train" and args.input_grad:
+                row["input_grad"] = True
             row["policy"] = policy_choice(cell, batch, hidden, steps, threads, mode == "train")
             row["seconds"] = {k: statistics.median(v) for k, v in series.items()}
             for name in ("kernel", "kernel_len", "aten_len"):  # per-round ratios, then their median
