@@ -302,8 +302,6 @@ def _layer_backward(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, w_ih: 
     dh.copy_(d_hn)  # in: the gradients of h_n / c_n; the kernel turns them into those of h0 / c0
     if kind.cell_state:
         dc.copy_(d_cn)
-    d_gi = torch.empty_like(gates)                                  # the gate pre-activations' gradient
-    d_gh = torch.empty_like(gates) if kind.apart_hh else None       # GRU: that of W_hh h + b_hh
     library = _kernel()
     fn = library.birnn_backward_f32 if gates.dtype == torch.float32 else library.birnn_backward_f64
     steps, batch, input_size = x.shape
@@ -313,8 +311,8 @@ def _layer_backward(d_out: Tensor, d_hn: Tensor, d_cn: Tensor, x: Tensor, w_ih: 
                     threads=_threads(), x=_ptr(x), w_ih=_ptr(w_ih), w_hh=_ptr(w_hh), h0=_ptr(h0),
                     c0=_ptr(c0) if kind.cell_state else None, lengths=_ptr(lengths), gi=_ptr(gates),
                     h_all=_ptr(h_all), c_all=_ptr(c_all), ghn=_ptr(ghn), d_out=_ptr(d_out), dh=_ptr(dh),
-                    dc=_ptr(dc), d_gi=_ptr(d_gi), d_gh=_ptr(d_gh), d_x=_ptr(d_x), d_w_ih=_ptr(d_w_ih),
-                    d_b_ih=_ptr(d_b_ih), d_w_hh=_ptr(d_w_hh), d_b_hh=_ptr(d_b_hh))
+                    dc=_ptr(dc), d_x=_ptr(d_x), d_w_ih=_ptr(d_w_ih), d_b_ih=_ptr(d_b_ih), d_w_hh=_ptr(d_w_hh),
+                    d_b_hh=_ptr(d_b_hh))
     fn(ctypes.byref(args))
     return grads
 

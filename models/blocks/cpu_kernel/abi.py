@@ -23,7 +23,7 @@ class Args(ctypes.Structure):
         ("x", _P), ("w_ih", _P), ("packed_ih", _P), ("b_ih", _P), ("w_hh", _P), ("packed_hh", _P), ("b_hh", _P),
         ("h0", _P), ("c0", _P), ("lengths", _P),
         ("gi", _P), ("out", _P), ("h_n", _P), ("c_n", _P), ("h_all", _P), ("c_all", _P), ("ghn", _P),
-        ("d_out", _P), ("dh", _P), ("dc", _P), ("d_gi", _P), ("d_gh", _P), ("d_x", _P), ("d_w_ih", _P),
+        ("d_out", _P), ("dh", _P), ("dc", _P), ("d_x", _P), ("d_w_ih", _P),
         ("d_b_ih", _P), ("d_w_hh", _P), ("d_b_hh", _P),
         ("input_sizes", _P), ("merges", _P), ("weights", _P),
     ]

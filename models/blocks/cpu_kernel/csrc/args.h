@@ -11,9 +11,9 @@
 //   out (T, B, 2, H) zero at padded steps; h_n, c_n (2, B, H): the state at each row's last valid step.
 //   The stash for the reverse loop: h_all, c_all (T, B, 2, H) the state after each step (carried through
 //   padding), ghn (T, B, 2, H) W_hn h + b_hn (kApartHh); all null when no gradient is needed.
-//   Backward: d_out (T, B, 2, H); dh, dc (2, B, H) in d h_n / d c_n, out d h0 / d c0; d_gi (T, B, 2, G) the
-//   gate pre-activations' gradient, d_gh (T, B, 2, G) that of W_hh h + b_hh (kApartHh); d_x (T, B, F) or null;
-//   d_w_ih, d_w_hh, d_b_ih, d_b_hh as their weights (the biases may be null).
+//   Backward: d_out (T, B, 2, H); dh, dc (2, B, H) in d h_n / d c_n, out d h0 / d c0; d_x (T, B, F) or null;
+//   d_w_ih, d_w_hh, d_b_ih, d_b_hh as their weights (the biases may be null). The gate gradients are the
+//   backward's own scratch (backward.h, GateGrads).
 // At padded steps a row's state is not updated, so the backward direction starts at each row's last valid step and
 // h_n/c_n are exact, with no packing.
 //   forward_stack: input_sizes, merges (layers,) and weights (6 addresses a layer: w_ih, packed_ih, b_ih, w_hh,
@@ -61,8 +61,6 @@ struct Args {
   const T* d_out;
   T* dh;
   T* dc;
-  T* d_gi;
-  T* d_gh;
   T* d_x;
   T* d_w_ih;
   T* d_b_ih;

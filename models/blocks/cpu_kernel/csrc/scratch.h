@@ -17,8 +17,8 @@
 
 namespace birnn {
 
-enum class Use { kLayerOutputs = 0, kProjections = 1, kPackedRows = 2 };
-constexpr int kUses = 3;
+enum class Use { kLayerOutputs = 0, kProjections = 1, kPackedRows = 2, kGateGrads = 3 };
+constexpr int kUses = 4;
 constexpr std::size_t kKeepBytes = std::size_t(64) << 20;
 // The most bytes of packed rows (args.h, StepRows) a training call's projections or gradient sums copy at a time: runs
 // of steps are packed and used in turn, so the copies stay in the kept buffers at any T and B.
