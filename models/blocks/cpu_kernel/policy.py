@@ -32,6 +32,10 @@ What the measurements say (AVX2 on an AMD EPYC Zen 3, AVX-512 on an Intel Xeon, 
   and, re-measured alone, 0.93). Two threads: every cell 0.01-0.87x (``nn.*`` itself runs 1-25x slower on two
   threads than on one on that machine at these sizes). An older kernel measured 1.09-1.19x for one-thread LSTM on
   Zen 4; the current one does not.
+- Re-measured on 2026-12-06 after the backward pass got faster (vectorized gradient loops, padded gate gradients):
+  this table alone gives 0 of 372 cells above 1.02x ``nn.*`` on the AVX-512 Xeon and on an AVX2 CPU emulated there
+  (PyTorch's kernels capped at AVX2 too), leaving 6 and 11 cells where the kernel was more than 5% faster to ``nn.*``
+  (``benchmarks/results/kernel_matrix-spr-{avx512-vectorized,avx2-emulated}.json``).
 - Inference rows are measured with the modules in eval mode (the kernel caches the prepared weights only there;
   the AVX2 inference rows above were measured in training mode, without that cache, so they understate the
   kernel: the AVX2 exception is conservative).
