@@ -33,18 +33,18 @@ class Scratch {
     const std::size_t bytes = std::size_t(count > 0 ? count : 0) * sizeof(T);
     if (bytes == 0) return;
     if (bytes > kKeepBytes) {
-      own_.reset(new T[count]);
-      data_ = own_.get();
+      own_.reset(new char[bytes + kLine]);
+      data_ = on_line(own_.get());
       return;
     }
     Kept& kept = slots()[int(use)];
     if (kept.bytes < bytes) {
       const std::size_t grown = (bytes + 65535) / 65536 * 65536;  // 64 KB steps: fewer regrowths as sizes vary
       kept.data.reset();  // free first: the old and the new buffer are never held together
-      kept.data.reset(new char[grown]);
+      kept.data.reset(new char[grown + kLine]);
       kept.bytes = grown;
     }
-    data_ = reinterpret_cast<T*>(kept.data.get());  // new char[] is aligned for any fundamental type
+    data_ = on_line(kept.data.get());
   }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
@@ -59,8 +59,14 @@ class Scratch {
     thread_local Kept kept[kUses];
     return kept;
   }
+  // The first cache line boundary at or after p: rows the products read and write with 64-byte vectors then
+  // start on a line (a large new[] is mmap'd, 16 bytes past a page: each such vector would span two lines).
+  static constexpr std::size_t kLine = 64;
+  static T* on_line(char* p) {
+    return reinterpret_cast<T*>(p + (kLine - reinterpret_cast<std::uintptr_t>(p) % kLine) % kLine);
+  }
   T* data_ = nullptr;
-  std::unique_ptr<T[]> own_;
+  std::unique_ptr<char[]> own_;
 };
 
 }  // namespace birnn
