@@ -10,11 +10,16 @@
 namespace birnn {
 namespace stack {
 
-// v's data with room for at least n values (grown, never shrunk: kept across calls by its owner).
+// Room for at least n values in v (grown, never shrunk: kept across calls by its owner), starting on a cache line:
+// the tile and vector rows laid out from it (strides a whole number of lines) then never span two lines, as they
+// would from a large vector's own data (mmap'd, 16 bytes past a page).
 template <typename V>
 inline typename V::value_type* sized(V& v, int64_t n) {
-  if (int64_t(v.size()) < n) v.resize(size_t(n));
-  return v.data();
+  using T = typename V::value_type;
+  constexpr int64_t line = 64 / sizeof(T);
+  if (int64_t(v.size()) < n + line) v.resize(size_t(n + line));
+  T* p = v.data();
+  return p + (line - int64_t(reinterpret_cast<std::uintptr_t>(p) / sizeof(T) % line)) % line;
 }
 
 // Every layer and merge (merge codes: 0 concat, 1 sum, 2 mul, 3 ave, 4 None, as forward.h's Merge). The layer
