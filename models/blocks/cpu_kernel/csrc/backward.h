@@ -9,6 +9,7 @@
 #include <omp.h>
 #include <vector>
 
+#include "aligned.h"
 #include "args.h"
 #include "cells.h"
 #include "forward.h"
@@ -49,11 +50,11 @@ void backward_direction(const Args<T>& L, const GateGrads<T>& grads, int d, int 
   T* d_gi = grads.d_gi;
   T* dhh = cell.apart_hh ? grads.d_gh : d_gi;  // what multiplies W_hh (with a second product: its first G1 columns)
   const int64_t ld = grads.row;
-  std::vector<T> prev_grad(int64_t(nb) * H), direct(int64_t(nb) * H, T(0)), tc(H);
+  LineVector<T> prev_grad(int64_t(nb) * H), direct(int64_t(nb) * H, T(0)), tc(H);
   const StepGemm<T> gemm(w, false, H, G1);
   // A second product: d(r * h) = dn @ W_hn, one more product per step.
   const StepGemm<T> gemm_n(w + (second ? int64_t(G1) * H : 0), false, H, second || !kPackedBuild ? H : 0);
-  std::vector<T> d_rh(second ? int64_t(nb) * H : 0);
+  LineVector<T> d_rh(second ? int64_t(nb) * H : 0);
   const StepRows active(L.lengths, L.steps, b0, b1);
   for (int s = L.steps - 1; s >= 0; --s) {
     const int t = L.time(d, s);
@@ -273,7 +274,7 @@ void backward(const Args<T>& L) {
   const GateGrads<T> grads{gate_grads.get(), cell.apart_hh ? gate_grads.get() + rows * ld : nullptr, ld, B, G};
   const T* dhh = cell.apart_hh ? grads.d_gh : grads.d_gi;
   const int P = row_groups(L.threads, B);
-  std::vector<T> rh_all(second ? 2 * rows * H : 0);  // a second product's input r * h_prev of every step, (2, T, B, H)
+  LineVector<T> rh_all(second ? 2 * rows * H : 0);  // a second product's input r * h_prev of every step, (2, T, B, H)
   const StepRows all(L.lengths, steps, 0, B);
   const bool skip = all.padded();
   const Scratch<T> packed(Use::kPackedRows, skip ? PackedSums<T>::chunk_rows(L) * PackedSums<T>::row_floats(L) : 0);

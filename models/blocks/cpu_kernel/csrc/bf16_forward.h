@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "activations.h"  // defines BIRNN_VECTOR
+#include "aligned.h"
 #include "amx.h"
 #include "args.h"
 #include "row_order.h"
@@ -232,10 +233,11 @@ inline bool amx_granted() {
 #endif
 }
 
-// Scratch of one thread, kept across calls (first-touch page faults of fresh buffers cost more than small steps).
+// Scratch of one thread, kept across calls (first-touch page faults of fresh buffers cost more than small steps), on
+// cache lines (aligned.h): the row strides below are whole lines, so no tile or vector row spans two.
 struct Buffers {
-  std::vector<uint16_t> qx, qh, qr;
-  std::vector<float> gx, gh, tmp;
+  LineVector<uint16_t> qx, qh, qr;
+  LineVector<float> gx, gh, tmp;
 };
 inline Buffers& buffers() {
   thread_local Buffers b;

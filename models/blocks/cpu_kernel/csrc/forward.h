@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "aligned.h"
 #include "args.h"
 #include "cells.h"
 #include "products.h"
@@ -95,7 +96,7 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
   T* c = cell.cell_state ? L.c_n + (int64_t(d) * B + b0) * H : nullptr;
   std::memcpy(h, L.h0 + (int64_t(d) * B + b0) * H, sizeof(T) * nb * H);
   if (c) std::memcpy(c, L.c0 + (int64_t(d) * B + b0) * H, sizeof(T) * nb * H);
-  std::vector<T> pre(fold ? 0 : int64_t(nb) * G), tmp(H);  // (folded: the gates live in local)
+  LineVector<T> pre(fold ? 0 : int64_t(nb) * G), tmp(H);  // (folded: the gates live in local)
   // A cell with a second product (reset-before GRU): the first product covers the columns but the last H, the
   // second, (r * h) @ W_hn^T, those last H.
   const bool second = cell.second_product;
@@ -106,7 +107,7 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
   // Only a cell with a second product builds one.
   const StepGemm<T> gemm_n(w + (second ? int64_t(G1) * H : 0), true, second || !kPackedBuild ? H : 0, H,
                            packed && second ? packed + packed_floats(G1, H) : nullptr);
-  std::vector<T> rh(second ? int64_t(nb) * H : 0);
+  LineVector<T> rh(second ? int64_t(nb) * H : 0);
   for (int s = 0; s < L.steps; ++s) {
     const int t = L.time(d, s);
     const int valid_rows = active.at(t);  // the step products' rows: [b0, b0 + valid_rows)

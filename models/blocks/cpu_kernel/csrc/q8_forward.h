@@ -20,6 +20,7 @@
 #include <cstring>
 #include <vector>
 
+#include "aligned.h"
 #include "activations.h"
 #include "args.h"
 #include "q8_gemm.h"
@@ -152,11 +153,12 @@ inline float quantize_row(const float* v, int K, int padded, Q* q) {
   return m / 127.0f;
 }
 
-// Scratch of one thread, kept across calls (first-touch page faults of fresh buffers cost more than small steps).
+// Scratch of one thread, kept across calls (first-touch page faults of fresh buffers cost more than small steps), on
+// cache lines (aligned.h).
 struct Buffers {
-  std::vector<int32_t> qx, qh;  // rows of A: Ku int32 each (q8_gemm.h)
-  std::vector<float> sx, sh, g, tmp, zeros;
-  std::vector<int32_t> ax, ah;
+  LineVector<int32_t> qx, qh;  // rows of A: Ku int32 each (q8_gemm.h); on cache lines (aligned.h)
+  LineVector<float> sx, sh, g, tmp, zeros;
+  LineVector<int32_t> ax, ah;
 };
 inline Buffers& buffers() {
   thread_local Buffers b;

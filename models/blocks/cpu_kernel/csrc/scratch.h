@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "aligned.h"
+
 namespace birnn {
 
 enum class Use { kLayerOutputs = 0, kProjections = 1, kPackedRows = 2, kGateGrads = 3 };
@@ -34,7 +36,7 @@ class Scratch {
     if (bytes == 0) return;
     if (bytes > kKeepBytes) {
       own_.reset(new char[bytes + kLine]);
-      data_ = on_line(own_.get());
+      data_ = on_line<T>(own_.get());
       return;
     }
     Kept& kept = slots()[int(use)];
@@ -44,7 +46,7 @@ class Scratch {
       kept.data.reset(new char[grown + kLine]);
       kept.bytes = grown;
     }
-    data_ = on_line(kept.data.get());
+    data_ = on_line<T>(kept.data.get());  // aligned.h: on a cache line
   }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
@@ -58,12 +60,6 @@ class Scratch {
   static Kept* slots() {
     thread_local Kept kept[kUses];
     return kept;
-  }
-  // The first cache line boundary at or after p: rows the products read and write with 64-byte vectors then
-  // start on a line (a large new[] is mmap'd, 16 bytes past a page: each such vector would span two lines).
-  static constexpr std::size_t kLine = 64;
-  static T* on_line(char* p) {
-    return reinterpret_cast<T*>(p + (kLine - reinterpret_cast<std::uintptr_t>(p) % kLine) % kLine);
   }
   T* data_ = nullptr;
   std::unique_ptr<char[]> own_;

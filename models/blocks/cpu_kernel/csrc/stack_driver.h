@@ -7,19 +7,16 @@
 #include <cstdint>
 #include <vector>
 
+#include "aligned.h"
+
 namespace birnn {
 namespace stack {
 
-// Room for at least n values in v (grown, never shrunk: kept across calls by its owner), starting on a cache line:
-// the tile and vector rows laid out from it (strides a whole number of lines) then never span two lines, as they
-// would from a large vector's own data (mmap'd, 16 bytes past a page).
+// v's data with room for at least n values (grown, never shrunk: kept across calls by its owner).
 template <typename V>
 inline typename V::value_type* sized(V& v, int64_t n) {
-  using T = typename V::value_type;
-  constexpr int64_t line = 64 / sizeof(T);
-  if (int64_t(v.size()) < n + line) v.resize(size_t(n + line));
-  T* p = v.data();
-  return p + (line - int64_t(reinterpret_cast<std::uintptr_t>(p) / sizeof(T) % line)) % line;
+  if (int64_t(v.size()) < n) v.resize(size_t(n));
+  return v.data();
 }
 
 // Every layer and merge (merge codes: 0 concat, 1 sum, 2 mul, 3 ave, 4 None, as forward.h's Merge). The layer
@@ -28,7 +25,7 @@ template <typename Args, typename Direction>
 inline void forward_stack(const Args& S, Direction direction) {
   const int T = S.steps, B = S.batch, H = S.hidden;
   const int64_t rows = int64_t(T) * B, raw_size = rows * 2 * H;
-  thread_local std::vector<float> spare_a, spare_b;
+  thread_local LineVector<float> spare_a, spare_b;
   float* const spare[2] = {sized(spare_a, raw_size), S.layers > 1 ? sized(spare_b, raw_size) : nullptr};
   const float* in = S.x;
   for (int l = 0; l < S.layers; ++l) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "activations.h"
+#include "aligned.h"
 
 namespace birnn {
 
@@ -103,8 +104,6 @@ inline void row_block(int K, int N, const float* a, int lda, const float* packed
 }
 
 class PanelGemm {
-  static constexpr int kLineFloats = 64 / sizeof(float);
-
  public:
   // Floats that B (K x N) takes packed.
   static size_t packed_floats(int n, int k) { return size_t((n + kPanel - 1) / kPanel) * k * kPanel; }
@@ -130,13 +129,9 @@ class PanelGemm {
     if (prepacked != nullptr) {
       data_ = prepacked;
     } else {
-      // On a cache line: the micro-kernel's 64-byte column loads would otherwise each span two lines (a large
-      // vector is mmap'd, 16 bytes past a page), which made a one-row product of four such W 1.7x slower.
-      own_.resize(packed_floats(n, k) + kLineFloats);
-      float* aligned = own_.data() + (kLineFloats - reinterpret_cast<std::uintptr_t>(own_.data()) / sizeof(float) %
-                                                        kLineFloats) % kLineFloats;
-      pack(w, transposed, n, k, aligned);
-      data_ = aligned;
+      own_.resize(packed_floats(n, k));
+      pack(w, transposed, n, k, own_.data());
+      data_ = own_.data();
     }
   }
   PanelGemm(const PanelGemm&) = delete;  // data_ may point into own_
@@ -177,7 +172,7 @@ class PanelGemm {
 
   int n_, k_;
   const float* data_;
-  std::vector<float> own_;
+  LineVector<float> own_;  // on a cache line (aligned.h), as the 64-byte column loads want
 };
 #endif
 
