@@ -85,6 +85,23 @@ def test_direct_path_equals_operator_path(monkeypatch: pytest.MonkeyPatch, mode:
 
 @needs_kernel
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "GRU_RESET_BEFORE"])
+def test_a_request_alone_gives_the_bits_it_gives_in_a_batch(mode: str) -> None:
+    """Each output is the same sum in the same order however the product blocks its rows (step_gemm.h): a request
+    alone (its projections over T rows: 1-6 in small blocks, 7-24 in AVX-512's 12-row blocks) and the same request
+    as every row of a batch of 5 (5 T rows: the usual blocks) agree bit for bit, at every T from 1 to 26."""
+    features, hidden = 37, 24  # a partial panel: 4 gates x 24 = 96 columns
+    block = block_of(mode, features, hidden, 2, merge_mode=["concat", "sum"]).eval()
+    for steps in range(1, 27):
+        x = torch.randn(steps, 1, features)
+        alone = run(block, x, None, None, None)
+        batch = run(block, x.expand(steps, 5, features).contiguous(), None, None, None)
+        for name, a, b in zip(("output", "h_n", "c_n"), alone, batch, strict=True):
+            assert all(torch.equal(a[..., 0:1, :] if name == "output" else a, b[..., r:r + 1, :])
+                       for r in range(5)), f"{name} at T = {steps}"
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "GRU_RESET_BEFORE"])
 @pytest.mark.parametrize("merge", ["concat", "ave", None])
 def test_steps_after_the_longest_sequence_are_skipped_with_the_same_result(
         monkeypatch: pytest.MonkeyPatch, mode: str, merge: Optional[str]) -> None:

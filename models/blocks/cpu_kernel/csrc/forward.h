@@ -43,7 +43,8 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
   // product's micro-kernel, measured 1.2-1.3x MKL's sgemm rate at 64 rows on an AVX2 EPYC.
   std::unique_ptr<StepGemm<T>> gemm_ih;
   if (L.packed_ih != nullptr && !keep_gates)
-    gemm_ih.reset(new StepGemm<T>(wi, true, G, input_size, L.packed_ih + int64_t(d) * packed_floats(G, input_size)));
+    gemm_ih.reset(new StepGemm<T>(wi, true, G, input_size, L.packed_ih + int64_t(d) * packed_floats(G, input_size),
+                                  true));  // read once a call (step_gemm.h's kShortRows)
   // `rows` contiguous input rows from a into dst (row stride ld).
   auto gemm_rows = [&](int rows, const T* a, T* dst, int ld) {
     if (rows == 0) return;

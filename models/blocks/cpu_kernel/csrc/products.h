@@ -61,7 +61,7 @@ class StepGemm<float> : public birnn::PanelGemm {
 template <>
 class StepGemm<float> {
  public:
-  StepGemm(const float* w, bool transposed, int n, int k, const float* = nullptr) : n_(n), k_(k) {
+  StepGemm(const float* w, bool transposed, int n, int k, const float* = nullptr, bool = false) : n_(n), k_(k) {
     const char id = 'A', trans = transposed ? 'T' : 'N';
     const int ld = transposed ? k : n, one_row = 1;  // the packed size does not depend on the row count
     const float one = 1.0f;
@@ -83,7 +83,7 @@ class StepGemm<float> {
 template <>
 class StepGemm<double> {
  public:
-  StepGemm(const double* w, bool transposed, int n, int k, const float* = nullptr)
+  StepGemm(const double* w, bool transposed, int n, int k, const float* = nullptr, bool = false)
       : w_(w), transposed_(transposed), n_(n), k_(k) {}
   void operator()(int rows, const double* a, int lda, double* c, int ldc) const {
     blas_gemm(false, transposed_, rows, n_, k_, a, lda, w_, transposed_ ? k_ : n_, false, c, ldc);

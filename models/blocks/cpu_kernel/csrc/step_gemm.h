@@ -30,9 +30,17 @@ constexpr int kPanel = 2 * BIRNN_VECTOR;  // NR: two vectors of columns per pane
 // 5 x 96 and 3 x 128 1.2-1.5x (benchmarks/archive/RESULTS-2026-12.md, optimisation #19).
 constexpr int kRows = 6;
 constexpr int kPanelsAtOnce = 2;
+// A product whose W is read once a call (the input projections: W_ih comes from L3) over 7 to 24 rows (a short
+// request) takes blocks of 12 rows x 1 panel (24 accumulators) instead: each column load then feeds 12 rows, not 6,
+// so the pass that brings a block of W from L3 asks about 28 GB/s of it instead of 55 and keeps the FMA units busy
+// instead of waiting. 7 to 11 rows run as one block of that many. Measured (benchmarks/archive/RESULTS-2026-12.md,
+// #35): B = 1, H = 128, 2 layers, one thread, the call 0.87-0.95x the time at T = 8-12, 0.95x at T = 15 and 24. Not
+// for the step products: their W_hh is in L2, and there (B = 16) 12-row blocks were up to 8% slower.
+constexpr int kShortRows = 12;
 #else
 constexpr int kRows = 6;  // MR: 12 accumulators of AVX2's 16 registers (the classic 6x16 sgemm kernel)
 constexpr int kPanelsAtOnce = 1;
+constexpr int kShortRows = 0;  // 16 registers: no wider block
 #endif
 
 // MR rows x NP panels of C at once; acc stays in registers (MR, NP compile-time). `cols` is how many columns
@@ -125,7 +133,9 @@ class PanelGemm {
   }
   // Packs W now (owned), or, when `prepacked` is given, uses that buffer as is (packed by `pack` with the same
   // n, k; the caller keeps it alive): inference caches the packed W_hh across calls.
-  PanelGemm(const float* w, bool transposed, int n, int k, const float* prepacked = nullptr) : n_(n), k_(k) {
+  // `read_once`: W is read once a call (the input projections), which picks kShortRows blocks for short calls.
+  PanelGemm(const float* w, bool transposed, int n, int k, const float* prepacked = nullptr, bool read_once = false)
+      : n_(n), k_(k), read_once_(read_once) {
     if (prepacked != nullptr) {
       data_ = prepacked;
     } else {
@@ -152,25 +162,55 @@ class PanelGemm {
     // read from L3/memory once per call, not once per block of rows (W_hh of H = 256 is 1 MB, more than the L2
     // of many CPUs). The same sums in the same order, so the same result.
     const int step = std::max(4, int(131072 / (int64_t(k_) * kPanel * sizeof(float))));
-    const int full = rows - rows % kRows;
+    const bool short_call = read_once_ && kShortRows > 0 && rows > kRows && rows <= 2 * kShortRows;
+    const int block = short_call ? kShortRows : kRows;
+    const int full = rows - rows % block;
     const float* a_rest = a + int64_t(full) * lda;
     float* c_rest = c + int64_t(full) * ldc;
     for (int p = 0; p < panels; p += step) {
       const int e = std::min(panels, p + step);
-      for (int m = 0; m < full; m += kRows)
-        row_block<kRows, kPanelsAtOnce, ACC>(k_, n_, a + int64_t(m) * lda, lda, data_, c + int64_t(m) * ldc, ldc, p, e);
-      switch (rows - full) {  // the last rows: smaller blocks, more panels each to keep enough FMAs in flight
-        case 1: row_block<1, 4, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
-        case 2: row_block<2, 3, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
-        case 3: row_block<3, 2, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
-        case 4: row_block<4, 1, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
-        case 5: row_block<5, 1, ACC>(k_, n_, a_rest, lda, data_, c_rest, ldc, p, e); break;
+      for (int m = 0; m < full; m += block) {
+        const float* am = a + int64_t(m) * lda;
+        float* cm = c + int64_t(m) * ldc;
+        if constexpr (kShortRows > 0) {
+          if (short_call) {
+            row_block<kShortRows, 1, ACC>(k_, n_, am, lda, data_, cm, ldc, p, e);
+            continue;
+          }
+        }
+        row_block<kRows, kPanelsAtOnce, ACC>(k_, n_, am, lda, data_, cm, ldc, p, e);
+      }
+      rest<ACC>(rows - full, a_rest, lda, c_rest, ldc, p, e);
+    }
+  }
+
+  // The last `rows` rows (fewer than a block) over panels [p, e): smaller blocks, more panels each to keep enough
+  // FMAs in flight; 7 to 11 (AVX-512's short calls) one block of them.
+  template <bool ACC>
+  void rest(int rows, const float* a, int lda, float* c, int ldc, int p, int e) const {
+    switch (rows) {
+      case 1: row_block<1, 4, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
+      case 2: row_block<2, 3, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
+      case 3: row_block<3, 2, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
+      case 4: row_block<4, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
+      case 5: row_block<5, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
+      default: break;
+    }
+    if constexpr (kShortRows > 0) {
+      switch (rows) {
+        case 6: row_block<6, 2, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
+        case 7: row_block<7, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
+        case 8: row_block<8, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
+        case 9: row_block<9, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
+        case 10: row_block<10, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
+        case 11: row_block<11, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
         default: break;
       }
     }
   }
 
   int n_, k_;
+  bool read_once_;
   const float* data_;
   LineVector<float> own_;  // on a cache line (aligned.h), as the 64-byte column loads want
 };
