@@ -1,7 +1,8 @@
 // Memory that starts on a cache line. Large new[] and std::vector memory is mmap'd by glibc, 16 bytes past a page,
 // so every 64-byte vector (or 16-row tile row) a product reads or writes there would span two lines. Measured: a
 // one-row step product over four such packed W in turn took 1.7x the time of the same product over aligned ones, and
-// the int8 and bf16 stacks' tile rows cost 7-20% (benchmarks/archive/RESULTS-2026-12.md, #33 and #35).
+// the int8 and bf16 stacks' misaligned rows cost them 7-20% at B = 64 (benchmarks/archive/RESULTS-2026-12.md, #33
+// and #36).
 #pragma once
 
 #include <cstddef>
