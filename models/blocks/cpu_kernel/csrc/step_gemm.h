@@ -185,27 +185,22 @@ class PanelGemm {
   }
 
   // The last `rows` rows (fewer than a block) over panels [p, e): smaller blocks, more panels each to keep enough
-  // FMAs in flight; 7 to 11 (AVX-512's short calls) one block of them.
+  // FMAs in flight; 7 to 11 (AVX-512's short calls, kShortRows) one block of them.
   template <bool ACC>
   void rest(int rows, const float* a, int lda, float* c, int ldc, int p, int e) const {
     switch (rows) {
-      case 1: row_block<1, 4, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
-      case 2: row_block<2, 3, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
-      case 3: row_block<3, 2, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
-      case 4: row_block<4, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
-      case 5: row_block<5, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
+      case 1: row_block<1, 4, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); break;
+      case 2: row_block<2, 3, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); break;
+      case 3: row_block<3, 2, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); break;
+      case 4: row_block<4, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); break;
+      case 5: row_block<5, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); break;
+      case 6: row_block<6, 2, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); break;
+      case 7: row_block<7, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); break;
+      case 8: row_block<8, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); break;
+      case 9: row_block<9, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); break;
+      case 10: row_block<10, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); break;
+      case 11: row_block<11, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); break;
       default: break;
-    }
-    if constexpr (kShortRows > 0) {
-      switch (rows) {
-        case 6: row_block<6, 2, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
-        case 7: row_block<7, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
-        case 8: row_block<8, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
-        case 9: row_block<9, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
-        case 10: row_block<10, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
-        case 11: row_block<11, 1, ACC>(k_, n_, a, lda, data_, c, ldc, p, e); return;
-        default: break;
-      }
     }
   }
 
