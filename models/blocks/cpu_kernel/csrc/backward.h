@@ -29,7 +29,7 @@ struct GateGrads {
   int64_t row;
   int batch, G;
 
-  static int64_t row_of(int G) { return 2 * int64_t(G) + 64 / int64_t(sizeof(T)); }
+  static int64_t row_of(int G) { return 2 * int64_t(G) + int64_t(kLine / sizeof(T)); }
   // where direction d's G values of step t, row b start
   int64_t at(int t, int b, int d) const { return (int64_t(t) * batch + b) * row + int64_t(d) * G; }
 };

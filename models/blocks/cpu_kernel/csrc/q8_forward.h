@@ -20,8 +20,8 @@
 #include <cstring>
 #include <vector>
 
-#include "aligned.h"
 #include "activations.h"
+#include "aligned.h"
 #include "args.h"
 #include "q8_gemm.h"
 #include "row_order.h"
@@ -156,7 +156,7 @@ inline float quantize_row(const float* v, int K, int padded, Q* q) {
 // Scratch of one thread, kept across calls (first-touch page faults of fresh buffers cost more than small steps), on
 // cache lines (aligned.h).
 struct Buffers {
-  LineVector<int32_t> qx, qh;  // rows of A: Ku int32 each (q8_gemm.h); on cache lines (aligned.h)
+  LineVector<int32_t> qx, qh;  // rows of A: Ku int32 each (q8_gemm.h)
   LineVector<float> sx, sh, g, tmp, zeros;
   LineVector<int32_t> ax, ah;
 };
