@@ -11,8 +11,10 @@ import torch
 from helpers.composing import TINY, compose_config
 from helpers.kernel_aids import isolate_calibrations
 
+from models import BiGRU
 from models.blocks import cpu_kernel
 from models.blocks.cpu_kernel import calibrate
+from models.blocks.cpu_kernel import inference as cpu_kernel_inference
 from models.training.checkpoint import load_checkpoint
 from models.training.loop import train
 
@@ -169,6 +171,46 @@ def test_a_resume_on_another_machine_takes_the_recorded_paths_bit_exactly(
     assert whole["model"].keys() == continued["model"].keys()
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, continued["model"][name]), name
+
+
+@needs_kernel
+def test_the_serving_path_asks_again_after_a_pin_a_save_or_a_forget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path (inference.py) remembers the policy's answer per (B, T, lengths, threads): a record pinned or
+    unpinned, a calibration saved or forgotten must change where the next call runs, as in the general path."""
+    monkeypatch.setenv(calibrate.POLICY_ENV, "calibrated")
+    threads, capability = torch.get_num_threads(), cpu_kernel.capability()
+    table = {"format": 1, "source": "table", "threads": threads, "capability": capability, "calibration": None}
+    torch_everywhere = {"format": 1, "source": "calibration", "threads": threads, "capability": capability,
+                        "calibration": calibration(3.0, capability, threads)}
+    block = BiGRU(6, 9, 1).eval()  # GRU inference at B = 1: the table's kernel
+    x = torch.randn(4, 1, 6)
+    calibrate.pin(table)
+    with torch.no_grad():
+        block(x)  # the plan, made by the general path
+    calls = []
+    original = cpu_kernel_inference._plans[block].fast.stack
+    monkeypatch.setattr(cpu_kernel_inference._plans[block].fast, "stack", lambda args: calls.append(original(args)))
+
+    def runs_fast() -> bool:
+        before = len(calls)
+        with torch.no_grad():
+            block(x)
+        return len(calls) > before
+
+    assert runs_fast() and runs_fast()  # the second answer remembered
+    calibrate.pin(torch_everywhere)
+    assert not runs_fast()
+    calibrate.pin(None)
+    assert runs_fast()  # no calibration in this test's cache: the table
+    calibrate.save(calibration(3.0, capability, threads))  # this machine's calibration: PyTorch's kernels
+    assert not runs_fast()
+    calibrate.forget()
+    monkeypatch.setenv(calibrate.POLICY_ENV, "table")  # read again: the table
+    assert runs_fast()
+    calibrate.pin(torch_everywhere)
+    assert not runs_fast()
+    calibrate.pin(table)
+    assert runs_fast()
 
 
 class FakeClock:

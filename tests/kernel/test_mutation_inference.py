@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from models import BiGRU, BiLSTM
 from models.blocks import cpu_kernel
-from models.blocks.cpu_kernel import inference
+from models.blocks.cpu_kernel import calibrate, inference
 from models.blocks.cpu_kernel.policy import SPLIT_MIN_MFLOP
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built")
@@ -45,13 +45,34 @@ def test_the_fast_path_asks_the_policy_about_the_calls_own_shape(monkeypatch: py
         assert asked == [("LSTM", 3, 9, 5, True, False, torch.get_num_threads())]
         assert inference.fast_forward(block, x, None) is not None
         assert asked[-1] == ("LSTM", 3, 9, 5, False, False, torch.get_num_threads())
-        answer[0] = False  # the policy sends this shape to PyTorch: the general path runs it
+        assert inference.fast_forward(block, x, None) is not None and len(asked) == 2  # remembered
+        assert inference.fast_forward(block, x[:4], None) is not None
+        assert asked[-1] == ("LSTM", 3, 9, 4, False, False, torch.get_num_threads())
+        # The policy sends this shape to PyTorch, as a new calibration or pinned record would (each of which tells
+        # the fast path to ask again, as forget() does): the general path runs it.
+        answer[0] = False
+        calibrate.forget()
         assert inference.fast_forward(block, x, lengths) is None
         assert inference.fast_forward(block, x, None) is None
         asked.clear()
         with cpu_kernel.forced():  # forced onto the kernel: the policy is not asked
             assert inference.fast_forward(block, x, None) is not None
         assert asked == []
+
+
+@needs_kernel
+def test_the_remembered_answers_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server sees many (B, T) pairs: at most _CHOSEN_MAX answers are kept, then all are asked again."""
+    block = warmed()
+    asked: List[int] = []
+    monkeypatch.setattr(cpu_kernel, "kernel_chosen", lambda *args: asked.append(args[3]) or True)
+    monkeypatch.setattr(inference, "_CHOSEN_MAX", 2)
+    x = torch.randn(5, 1, 6)
+    with torch.no_grad():
+        for steps in (1, 2, 3, 1):
+            assert inference.fast_forward(block, x[:steps], None) is not None
+    assert asked == [1, 2, 3, 1]  # the third question emptied what was kept, so T = 1 was asked again
+    assert len(inference._plans[block].fast._chosen) <= 2
 
 
 @needs_kernel

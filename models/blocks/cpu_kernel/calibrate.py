@@ -141,6 +141,10 @@ _lock = threading.RLock()  # reentrant: cached() holds it while save() (the cali
 _loaded: Dict[Tuple[int, str], Optional[Calibration]] = {}  # (threads, capability) -> what this process uses
 _pinned: Optional[Dict[str, Any]] = None  # a checkpoint's record(), set by pin()
 _pinned_calibration: Optional[Calibration] = None
+# Bumped whenever what the policy decides with changes: a calibration forgotten or saved, a record pinned or unpinned.
+# The serving path (inference.py) remembers the policy's answers and forgets them when this moves. A first read of a
+# calibration changes nothing remembered: answers for a thread count exist only after its calibration was read.
+policy_version = 0
 
 
 def policy_mode() -> str:
@@ -232,8 +236,10 @@ def cached(threads: int, capability: str) -> Optional[Calibration]:
 
 def forget() -> None:
     """Drop what this process has read (the next question reads the cache again)."""
+    global policy_version
     with _lock:
         _loaded.clear()
+        policy_version += 1
 
 
 def active(threads: int, capability: str) -> Tuple[Optional[Calibration], int, str]:
@@ -261,14 +267,16 @@ def record(threads: Optional[int] = None, capability: Optional[str] = None) -> D
 def pin(recorded: Optional[Dict[str, Any]]) -> None:
     """Decide as ``recorded`` (a ``record()``, e.g. from a checkpoint) says, whatever this machine's calibration,
     thread count or capability; None unpins. Raises ``ValueError`` for a record it cannot read."""
-    global _pinned, _pinned_calibration
+    global _pinned, _pinned_calibration, policy_version
     if recorded is None:
         _pinned, _pinned_calibration = None, None
+        policy_version += 1
         return
     if not isinstance(recorded, dict) or recorded.get("source") not in ("table", "calibration"):
         raise ValueError(f"a CPU policy record has source 'table' or 'calibration', got {recorded!r:.200}")
     calibration = Calibration(recorded["calibration"]) if recorded["source"] == "calibration" else None
     _pinned_calibration, _pinned = calibration, dict(recorded)
+    policy_version += 1
 
 
 def pinned() -> Optional[Dict[str, Any]]:
@@ -397,8 +405,10 @@ def save(data: Dict[str, Any], folder: Optional[Path] = None) -> Dict[str, Any]:
     ident = data["identity"]
     path = cache_path(int(ident["threads"]), str(ident["capability"]), folder)
     write_atomically(path, json.dumps(data, indent=1) + "\n")
+    global policy_version
     with _lock:
         _loaded[(int(ident["threads"]), str(ident["capability"]))] = Calibration(data)
+        policy_version += 1
     return data
 
 

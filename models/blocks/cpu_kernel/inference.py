@@ -27,7 +27,7 @@ import ctypes
 import operator
 import threading
 import weakref
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -135,6 +135,11 @@ class _FastCall:
         self.addresses = [address for address, _ in plan.state or ()]
         self.states = 2 * self.layers
         self.zeros = torch.zeros(self.states, 1, hidden, dtype=self.dtype)
+        from . import calibrate  # imported here, as cpu_kernel.kernel_chosen does (a plan is made after any runpy)
+
+        self._calibrate = calibrate
+        self._chosen: Dict[Tuple[int, int, bool, int], bool] = {}
+        self._chosen_under = calibrate.policy_version
 
     def empty(self, *sizes: int) -> Tensor:
         """``torch.empty(*sizes)`` of the weights' dtype."""
@@ -147,12 +152,30 @@ class _FastCall:
             self.zeros = zeros
         return zeros
 
+    def kernel_chosen(self, batch: int, steps: int, has_lengths: bool, threads: int) -> bool:
+        """``cpu_kernel.kernel_chosen`` for this module's inference calls, remembered per ``(B, T, lengths,
+        threads)`` until the policy's inputs change (``calibrate.policy_version``). Asking the policy costs a
+        request 6-9 us when the caches are cold (as after every request that streams its weights through L2); a
+        remembered answer about 1 us. At most ``_CHOSEN_MAX`` answers are kept (then forgotten and asked again)."""
+        version = self._calibrate.policy_version
+        chosen = self._chosen  # one read: another thread may swap in a fresh one meanwhile
+        if self._chosen_under != version or len(chosen) >= _CHOSEN_MAX:
+            chosen = self._chosen = {}
+            self._chosen_under = version
+        key = (batch, steps, has_lengths, threads)
+        answer = chosen.get(key)
+        if answer is None:
+            answer = chosen[key] = cpu_kernel.kernel_chosen(self.mode, batch, self.hidden, steps, has_lengths, False,
+                                                            threads)
+        return answer
+
     def matches(self, weights: List[Optional[Tensor]]) -> bool:
         """The module holds the very weights prepared, unchanged (no in-place write, no new storage)."""
         return (all(map(operator.is_, weights, self.weights)) and list(map(_VERSION, weights)) == self.versions
                 and list(map(Tensor.data_ptr, weights)) == self.addresses)
 
 
+_CHOSEN_MAX = 4096  # remembered policy answers a module keeps: a server's (B, T) pairs, bounded
 _VERSION = operator.attrgetter("_version")
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
 
@@ -338,9 +361,8 @@ def fast_forward(module: nn.Module, input: Tensor, lengths: Optional[Tensor]
             lengths = lengths.contiguous()
             length_address = lengths.data_ptr()
     threads = max(1, torch.get_num_threads())
-    if (not cpu_kernel._switch.forced and fast.dtype is torch.float32
-            and not cpu_kernel.kernel_chosen(fast.mode, batch, fast.hidden, steps, lengths is not None, False,
-                                             threads)):
+    if not cpu_kernel._switch.forced and fast.dtype is torch.float32 and not fast.kernel_chosen(
+            batch, steps, lengths is not None, threads):
         return None
     # torch.empty(*sizes) without a dtype is the cheapest allocation from Python (a shape tuple and a dtype
     # keyword cost ~2x its time to parse): taken when the default dtype is the weights'.
