@@ -185,6 +185,39 @@ def test_direct_path_equals_torch_module(mode: str, batch: int, threads: int) ->
 
 
 @needs_kernel
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "GRU_RESET_BEFORE"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_a_non_finite_recurrent_weight_reaches_the_first_step_from_a_zero_state(mode: str, value: float,
+                                                                                 steps: int) -> None:
+    """From a zero state the first step's product is skipped only when every W_hh is finite: 0 x Inf is NaN in
+    nn.*, and must be here, on the serving path (no hx) and the direct path alike. T = 1: the first step is all
+    there is. A finite W_hh again (a new plan) skips it and gives the operator path's bits."""
+    torch.manual_seed(0)
+    block = block_of(mode, 4, 8, 1).eval()
+    x = torch.randn(steps, 2, 4)
+    with torch.no_grad():
+        block.weight_hh_l0_reverse[5, 3] = value  # the backward direction starts at the last step
+        for _ in range(2):  # the second call on the cached plan's fast path
+            out, _ = block(x)
+    # Row 5 of W_hh is a gate of unit 5 (LSTM i, GRU r or z): at that direction's first step unit 5 is NaN.
+    assert out[-1, :, 8 + 5].isnan().all()
+    assert not out[:, :, :8].isnan().any()  # the forward direction never reads that weight
+    if mode != "GRU_RESET_BEFORE":
+        reference = getattr(nn, mode)(4, 8, 1, bidirectional=True).eval()
+        reference.load_state_dict(block.state_dict())
+        with torch.no_grad():
+            ref_out, _ = reference(x)
+        assert torch.equal(out.isnan(), ref_out.isnan())
+    with torch.no_grad():
+        block.weight_hh_l0_reverse[5, 3] = 0.5
+        got = block(x)[0]
+    assert not got.isnan().any()
+    with torch.no_grad(), cpu_kernel.disabled():
+        torch.testing.assert_close(got, block(x)[0], atol=2e-6, rtol=2e-6)
+
+
+@needs_kernel
 def test_unbatched_and_no_bias_and_merge_none(monkeypatch: pytest.MonkeyPatch) -> None:
     block = BiLSTM(5, 8, 2, bias=False, merge_mode=["ave", None]).eval()
     x = torch.randn(6, 5)

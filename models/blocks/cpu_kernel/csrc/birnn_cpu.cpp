@@ -56,9 +56,13 @@ void birnn_cell_traits(int cell, birnn::CellTraits* out) { *out = birnn::traits_
 void birnn_sigmoid_f32(float* x, int n) { birnn::sigmoid_(x, n); }
 void birnn_tanh_f32(float* x, int n) { birnn::tanh_(x, n); }
 
-// Floats of the buffer birnn_pack_hh_f32 fills for this cell and hidden size; 0: this build does not pack (pass
-// null as packed_hh).
-int64_t birnn_packed_hh_floats(int cell, int hidden) { return int64_t(birnn::packed_hh_floats(Cell(cell), hidden)); }
+// Floats of the buffer birnn_pack_hh_f32 fills for this cell and hidden size: both directions' packs, then one
+// float saying whether every weight is finite (forward.h's zero_start); 0: this build does not pack (pass null as
+// packed_hh).
+int64_t birnn_packed_hh_floats(int cell, int hidden) {
+  const int64_t packs = int64_t(birnn::packed_hh_floats(Cell(cell), hidden));
+  return packs > 0 ? packs + 1 : 0;
+}
 // Packs both directions' W_hh (2, G, H) for the forward loop's step product into `out`: inference caches it so a
 // call does not repack (measured 35-240 us a direction and layer at H = 128-256).
 void birnn_pack_hh_f32(int cell, int hidden, const float* w_hh, float* out) {
@@ -71,6 +75,9 @@ void birnn_pack_hh_f32(int cell, int hidden, const float* w_hh, float* out) {
     birnn::PanelGemm::pack(w, true, G1, H, o);
     if (c.second_product) birnn::PanelGemm::pack(w + int64_t(G1) * H, true, H, H, o + birnn::packed_floats(G1, H));
   }
+  bool finite = true;
+  for (int64_t i = 0; i < 2 * int64_t(G) * H; ++i) finite = finite && std::isfinite(w_hh[i]);
+  out[birnn::packed_hh_floats(Cell(cell), H)] = finite ? 1.0f : 0.0f;
 #else
   (void)cell;
   (void)hidden;

@@ -109,6 +109,11 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
   const StepGemm<T> gemm_n(w + (second ? int64_t(G1) * H : 0), true, second || !kPackedBuild ? H : 0, H,
                            packed && second ? packed + packed_floats(G1, H) : nullptr);
   LineVector<T> rh(second ? int64_t(nb) * H : 0);
+  // From a zero state (every serving call) the first step's product h0 @ W_hh^T is zero, if every weight is finite
+  // (0 x Inf is NaN, as in nn.*: birnn_pack_hh_f32 records which after the packs): skipped, it does not read W_hh
+  // from L3 once a direction (at T = 1, at all). The same bits: the sums it would add are +0.
+  bool zero_start = packed != nullptr && L.packed_hh[packed_hh_floats(L.cell, H)] == 1.0f;
+  for (int64_t i = 0; zero_start && i < int64_t(nb) * H; ++i) zero_start = h[i] == T(0) && (!c || c[i] == T(0));
   for (int s = 0; s < L.steps; ++s) {
     const int t = L.time(d, s);
     const int valid_rows = active.at(t);  // the step products' rows: [b0, b0 + valid_rows)
@@ -137,11 +142,15 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
                            second ? rh.data() + i : nullptr, tmp.data(), fold};
     };
     T* const first_g = fold ? local.get() + chunk_row * G : pre.data();
+    const bool zero_product = s == 0 && zero_start;
     if constexpr (kFold<T>) {
-      if (fold)  // the gates' pre-activations in place, projection + bias + h @ W_hh^T
+      if (fold && !zero_product)  // the gates' pre-activations in place, projection + bias + h @ W_hh^T
         gemm(valid_rows, h, H, first_g, G, true);
     }
-    if (!fold) gemm(valid_rows, h, H, pre.data(), G);  // pre = h @ W_hh^T (with a second product: its first G1 columns)
+    if (!fold && zero_product)
+      std::memset(pre.data(), 0, sizeof(T) * pre.size());
+    else if (!fold)
+      gemm(valid_rows, h, H, pre.data(), G);  // pre = h @ W_hh^T (with a second product: its first G1 columns)
     if (second) {
       // The gates before the second product and its input for every valid row; then the last H columns.
       for (int b = b0; b < b1; ++b) {
@@ -152,7 +161,7 @@ void forward_direction(const Args<T>& L, int d, int b0, int b1) {
         }
         with_cell(L.cell, [&](auto k) { decltype(k)::forward_before(row); });
       }
-      gemm_n(valid_rows, rh.data(), H, first_g + G1, G);
+      if (!zero_product) gemm_n(valid_rows, rh.data(), H, first_g + G1, G);  // r * h0 is zero too
     }
     for (int b = b0; b < b1; ++b) {
       T* xg = projection(b);
