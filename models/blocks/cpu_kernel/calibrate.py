@@ -400,12 +400,12 @@ def measure(threads: int, capability: str, progress: Optional[Callable[[str], No
 
 def save(data: Dict[str, Any], folder: Optional[Path] = None) -> Dict[str, Any]:
     """Write ``data`` (``measure()``'s) atomically to its cache path; the process uses it from now on."""
+    global policy_version
     from ...atomic import write_atomically
 
     ident = data["identity"]
     path = cache_path(int(ident["threads"]), str(ident["capability"]), folder)
     write_atomically(path, json.dumps(data, indent=1) + "\n")
-    global policy_version
     with _lock:
         _loaded[(int(ident["threads"]), str(ident["capability"]))] = Calibration(data)
         policy_version += 1
