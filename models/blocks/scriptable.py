@@ -14,8 +14,9 @@ from .modules import BiGRU, BiLSTM, BiRNN
 
 
 # TorchScript twins (see _BiRNNBase.__prepare_scriptable__): the same module, forward(input, hx, lengths) on
-# tensors when scripted. torch.jit.script(parent) leaves the twin in parent._modules; called eagerly it acts as the
-# public block (PackedSequence included), and its repr keeps the public name.
+# tensors when scripted. torch.jit.script(parent) leaves the twin in parent._modules (models.deploy.compile.script
+# puts the block back); called eagerly it acts as the public block (PackedSequence included), and its repr keeps the
+# public name.
 class _ScriptableBiLSTM(BiLSTM):
     def forward(  # type: ignore[override]
         self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None, lengths: Optional[Tensor] = None

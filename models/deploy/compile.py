@@ -112,6 +112,23 @@ TORCH_COMPILE_OPTIONS = ("dynamic", "fullgraph", "options", "disable")
 """Other ``torch.compile`` keyword arguments ``compile_model`` passes through."""
 
 
+def script(model: nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script(model)``, leaving ``model``'s own modules in place.
+
+    Why: ``torch.jit.script`` prepares every submodule with its ``__prepare_scriptable__`` and writes what that
+    returns into the parent's ``_modules``, so each block inside ``model`` would be swapped for its TorchScript twin
+    (``models/blocks/scriptable.py``) for good: a reference the caller holds to a block would no longer be the
+    model's, and the twin would prepare the kernel's weights a second time (a second copy, read by the model while
+    the first is read through the reference). The twin shares the block's ``__dict__``, so the modules put back
+    hold the same parameters, buffers and state the script module was compiled from."""
+    children = [(module._modules, dict(module._modules)) for module in model.modules()]
+    try:
+        return torch.jit.script(model)
+    finally:
+        for modules, before in children:
+            modules.update(before)
+
+
 def compile_model(
     model: nn.Module, mode: str = "none", *, max_len: Optional[int] = None, compile_mode: Optional[str] = None,
     **compile_kwargs: Any,
@@ -149,7 +166,7 @@ def compile_model(
     if mode == "none":
         return model
     if mode == "script":
-        return torch.jit.script(model)
+        return script(model)
     if mode in ("aot_eager", "inductor"):
         return torch.compile(model, backend=mode, **compile_kwargs)
     length = DEFAULT_MAX_LEN if max_len is None else max_len

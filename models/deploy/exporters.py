@@ -52,7 +52,7 @@ from torch import nn
 from ..arguments import PathLike, check_positive_int
 from ..atomic import atomic_path, write_atomically
 from ..data.preprocessing import Preprocessing
-from .compile import DEFAULT_MAX_LEN, example_inputs, export_program
+from .compile import DEFAULT_MAX_LEN, example_inputs, export_program, script
 
 EXPORT_FORMATS = ("pt2", "onnx", "torchscript")
 """Formats ``export`` writes; the first is the default."""
@@ -111,7 +111,7 @@ def export(model_or_run: Union[nn.Module, Any, PathLike], path: PathLike, format
         was_training = model.training
         model.eval()
         try:
-            scripted = torch.jit.script(model)
+            scripted = script(model)
         finally:
             model.train(was_training)
         write_atomically(path, lambda file: torch.jit.save(scripted, file))

@@ -57,6 +57,30 @@ def test_compile_model_arguments():
     torch.testing.assert_close(scripted(ids), model(ids), **TOL)
 
 
+def test_scripting_and_exporting_leave_the_model_its_own_modules(tmp_path):
+    """``torch.jit.script`` writes each block's TorchScript twin into its parent; ``compile_model(..., "script")`` and
+    ``export(..., "torchscript")`` put the model's own modules back, and the model's block keeps its one set of
+    prepared kernel weights (a twin would prepare a second)."""
+    from models.blocks.cpu_kernel import inference
+
+    model = tiny("bilstm_attn", "ave")
+    before = list(model.modules())
+    block = next(m for m in before if isinstance(m, models.BiLSTM))
+    ids = padded_batch()
+    with torch.no_grad():
+        want = model(ids)
+        scripted = compile_model(model, "script")
+        assert list(model.modules()) == before and all(a is b for a, b in zip(model.modules(), before, strict=True))
+        export(model, tmp_path / "model.pt", "torchscript")
+        assert all(a is b for a, b in zip(model.modules(), before, strict=True))
+        torch.testing.assert_close(scripted(ids), want, **TOL)
+        torch.testing.assert_close(load_exported(tmp_path / "model.pt")(ids), want, **TOL)
+        torch.testing.assert_close(model(ids), want, atol=0, rtol=0)
+    assert not any("Scriptable" in type(m).__name__ for m in model.modules())
+    sharing = [m for m in list(inference._plans.keys()) if m.__dict__ is block.__dict__]  # the block or its twins
+    assert sharing == [block]
+
+
 def test_graph_breaks_are_the_fused_calls_only(monkeypatch: pytest.MonkeyPatch):
     """Pinned for ``bilstm``: dynamo's count of graphs and breaks on torch 2.13.
 
