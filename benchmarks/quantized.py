@@ -5,15 +5,15 @@
 the same weights (issue 35).
 
 Each row: ``BiLSTM``, 2 layers, the row's merge mode after both layers, batch-first, input size H, T = 64, inference.
-``int8`` is the kernel's fastest product on this CPU (AMX-INT8 tiles, else AVX-512 VNNI, where present), ``int8_avx2``
-the same block and library with its weights packed for the AVX2 product (only the product differs), and on a CPU with
-AMX ``int8_vnni`` the same on the VNNI product (what an AVX-512 VNNI CPU without tiles runs). The peers merge as the
-blocks do: ONNX Runtime's graph merges the directions with ``Add``/``Mul``/``Div`` between its quantized LSTM nodes;
-PyTorch's runs one ``DynamicQuantizedLSTM`` a layer and merges in between. Every runtime runs in its own worker process
-(``benchmarks/process_timing.py``, as ``benchmarks/vs_onnxruntime.py``), timed one at a time in interleaved rounds; one
-thread: each worker's process CPU time, two threads: wall time. Ratios are medians over rounds of int8 / other within
-the round. Each runtime's output is compared with the float32 block's (max abs difference in the JSON: the int8 error of
-each). ``merge`` ``None`` is ``concat``'s arithmetic in another layout (not a row).
+``int8`` is the kernel's fastest product on this CPU (AMX-INT8 tiles, else AVX-512 VNNI or AVX-VNNI, where present),
+``int8_avx2`` the same block and library with its weights packed for the AVX2 product (only the product differs), and
+on a CPU with AMX ``int8_vnni`` the same on the VNNI product (what an AVX-512 VNNI CPU without tiles runs). The peers
+merge as the blocks do: ONNX Runtime's graph merges the directions with ``Add``/``Mul``/``Div`` between its quantized
+LSTM nodes; PyTorch's runs one ``DynamicQuantizedLSTM`` a layer and merges in between. Every runtime runs in its own
+worker process (``benchmarks/process_timing.py``, as ``benchmarks/vs_onnxruntime.py``), timed one at a time in
+interleaved rounds; one thread: each worker's process CPU time, two threads: wall time. Ratios are medians over rounds
+of int8 / other within the round. Each runtime's output is compared with the float32 block's (max abs difference in
+the JSON: the int8 error of each). ``merge`` ``None`` is ``concat``'s arithmetic in another layout (not a row).
 
 Prediction for the VNNI product, written before its first run (AMD EPYC family 25 model 17, Zen 4, AVX-512 VNNI;
 ``benchmarks/RESULTS.md``): the product alone measured 0.34-0.43x the AVX2 product's time in a C++ loop, but the

@@ -5,9 +5,9 @@ What is quantized, and how (one rule, ``quantize_rows``, for weights and activat
   the row, ``q = clamp(round(w * (127 / m)), -127, 127)``, ``scale = m / 127``; biases stay float32;
 - activations: each input row ``x_t`` and each state row ``h_{t-1}`` (every step) quantized the same way, on its
   own scale, just before its product: dynamic, symmetric int8;
-- products exact in int32 (``csrc/q8_gemm.h``: AMX-INT8 tiles for whole 16-row tiles and AVX-512 VNNI ``vpdpbusd``
-  on u8 x s8 with an exact offset correction where the CPU has them, s16 ``vpmaddwd`` on AVX2 otherwise; no
-  saturation, the same integers), then
+- products exact in int32 (``csrc/q8_gemm.h``: AMX-INT8 tiles for whole 16-row tiles and ``vpdpbusd`` (AVX-512
+  VNNI, or AVX-VNNI on an AVX2 CPU) on u8 x s8 with an exact offset correction where the CPU has them, s16
+  ``vpmaddwd`` on AVX2 otherwise; no saturation, the same integers), then
   ``acc * (row scale * channel scale)``; states ``h``, ``c`` and the gate math in float32, as the float kernel.
 
 Where it runs: the CPU kernel's int8 entry point (``csrc/q8_forward.h``, every layer and merge in one call) where
@@ -220,8 +220,8 @@ class QuantizedBiRNN(nn.Module):
     def kernel_plan(self, lib: "ctypes.CDLL", product: Optional[str] = None) -> "q8.StackPlan":
         """What ``q8.forward_stack`` reads: the weights packed for ``product`` (default: the fastest ``lib`` has
         here). The default plan is kept (dropped when buffers change); another product's is built per call
-        (tests, benchmarks)."""
-        if product is not None and product != q8.best_product(lib):
+        (tests, benchmarks: also where they load a second library, whose best product may be another)."""
+        if product is not None and (self._packed is None or product != self._packed.product):
             return self._plan_for(lib, product)
         if self._packed is None:
             self._packed = self._plan_for(lib, None)

@@ -1,7 +1,8 @@
 """``models.quantize``: the int8 blocks (``models/blocks/quantized.py``, the kernel's ``csrc/q8_*.h``).
 
-- the int8 product: every product the kernel has here (AVX-512 VNNI, AVX2, the portable loop) gives torch's integer
-  product, bit for bit, and a whole stack gives the same bits on each;
+- the int8 product: every product the kernel has here (AMX, AVX-512 VNNI, AVX2, the portable loop; the avx2 library's
+  AVX-VNNI where the CPU has it) gives torch's integer product, bit for bit, and a whole stack gives the same bits on
+  each;
 - exactness: every layer's output and state equal the dequantized reference (``reference_layer``: the same
   quantization rule, the int8 weights dequantized, float64 accumulation) to float32 rounding, step by step
   (teacher-forced), for every cell, merge mode, lengths and layer count; the stack equals its layers chained;
@@ -74,7 +75,7 @@ def test_int8_product_is_exact(rows: int, gates: int, inputs: int):
     w[1] = 127
     expected = a.long() @ w.long().T
     for product in kernel_products():
-        for bits in q8.VECTOR_BITS if product in ("vnni", "amx") else (0,):   # both VNNI widths on any VNNI CPU
+        for bits in q8.vector_bits_of(q8.library()) if product in ("vnni", "amx") else (0,):  # every VNNI width here
             got = q8.gemm(a, w, product, bits)
             assert torch.equal(got[:, :gates].long(), expected), (product, bits)
             assert not got[:, gates:].any(), (product, bits)
@@ -91,7 +92,7 @@ def test_int8_product_is_exact_in_whole_tiles_and_their_tails(rows: int, inputs:
     a[0], a[-1], w[0], w[-1] = 127, -127, 127, -127   # the largest sums of either sign: no saturation anywhere
     expected = a.long() @ w.long().T
     for product in kernel_products():
-        for bits in q8.VECTOR_BITS if product in ("vnni", "amx") else (0,):
+        for bits in q8.vector_bits_of(q8.library()) if product in ("vnni", "amx") else (0,):
             got = q8.gemm(a, w, product, bits)
             assert torch.equal(got[:, :200].long(), expected), (product, bits)
             assert not got[:, 200:].any(), (product, bits)
@@ -102,13 +103,47 @@ def test_the_fastest_product_is_the_cpus():
     lib = q8.library()
     capability = cpu_kernel.capability()
     flags = cpu_kernel.build._cpu_flags()
-    vnni = capability == "avx512" and "avx512_vnni" in flags
-    amx = vnni and "amx_int8" in flags and "amx_tile" in flags  # Linux since 5.16 grants the tile state on asking
+    vnni = (capability == "avx512" and "avx512_vnni" in flags) or (capability == "avx2" and "avx_vnni" in flags)
+    # Linux since 5.16 grants the tile state on asking
+    amx = capability == "avx512" and vnni and "amx_int8" in flags and "amx_tile" in flags
     assert q8.best_product(lib) == ("amx" if amx else "vnni" if vnni else "avx2")
     with pytest.raises(ValueError, match="product must be one of"):
         q8.gemm(torch.zeros((1, 4), dtype=torch.int16), torch.zeros((16, 4), dtype=torch.int8), "sse")
     with pytest.raises(ValueError, match=r"vector_bits must be one of \(0, 256, 512\), got 128"):
         q8.gemm(torch.zeros((1, 4), dtype=torch.int16), torch.zeros((16, 4), dtype=torch.int8), "scalar", 128)
+
+
+@pytest.mark.skipif("avx2" not in cpu_kernel.build.supported_capabilities(), reason="needs a CPU with AVX2 and FMA")
+def test_the_avx2_library_runs_vpdpbusd_on_avx_vnni():
+    # The avx2 library (what BIRNN_ZOO_CPU_CAPABILITY=avx2 and every AVX2-only CPU load) offers the VNNI product where
+    # the CPU has AVX-VNNI (Intel from Alder Lake and Sierra Forest, AMD from Zen 5; the build needs GCC 11 or Clang
+    # 12), on ymm only: the same integers as its AVX2 product, so whole stacks give the same bits.
+    lib = q8._declared(cpu_kernel.build.load("avx2"))
+    vnni = "avx_vnni" in cpu_kernel.build._cpu_flags()
+    assert q8.best_product(lib) == ("vnni" if vnni else "avx2")
+    assert q8.products(lib) == ["scalar", "avx2"] + (["vnni"] if vnni else [])
+    gen = torch.Generator().manual_seed(5)
+    for rows, gates, inputs in [(1, 37, 21), (4, 53, 23), (9, 512, 130), (17, 200, 127)]:
+        w = torch.randint(-127, 128, (gates, inputs), generator=gen, dtype=torch.int8)
+        a = torch.randint(-127, 128, (rows, inputs), generator=gen, dtype=torch.int16)
+        a[0], a[-1], w[0], w[-1] = 127, -127, 127, -127   # the largest sums of either sign: no saturation anywhere
+        expected = a.long() @ w.long().T
+        for product in q8.products(lib):
+            got = q8.gemm(a, w, product, lib=lib)
+            assert torch.equal(got[:, :gates].long(), expected), (product, rows, gates, inputs)
+            assert not got[:, gates:].any(), product
+    if vnni:
+        with pytest.raises(ValueError, match=r"vector_bits=512 needs the avx512 library; this one has \(0, 256\)"):
+            q8.gemm(a, w, "vnni", 512, lib=lib)
+    q = quantize(block("lstm", input_size=37, hidden=20, layers=2, merge_mode=["ave", "concat"]))
+    x = torch.randn(7, 5, 37, generator=torch.Generator().manual_seed(8))
+    lengths = torch.tensor([7, 3, 6, 5, 1])
+    h0 = torch.zeros((4, 5, 20))
+    runs = [q8.forward_stack(lib, q.mode, x, lengths, h0, h0, q.kernel_plan(lib, product), 20, 1)
+            for product in q8.products(lib)]
+    for outputs in runs[1:]:
+        for got, want in zip(outputs, runs[0], strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 @needs_kernel

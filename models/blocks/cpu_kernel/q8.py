@@ -3,10 +3,10 @@ ctypes mirror of its C struct, the weight packing its products read, and one cal
 
 The products (``PRODUCTS``; ``csrc/q8_gemm.h`` says how each stays exact): ``"amx"`` (AMX-INT8 tiles for whole 16-row
 tiles, ``vpdpbusd`` for the rest, the avx512 library on a CPU with AMX where Linux grants the tile state), ``"vnni"``
-(AVX-512 VNNI ``vpdpbusd`` on u8 x s8, the avx512 library on a CPU that has it), ``"avx2"`` (``vpmaddwd`` on s16) and
-``"scalar"`` (the portable loop). All give the same integers, so the same outputs bit for bit. The library picks the
-fastest it has at run time (``best_product``); ``BIRNN_ZOO_CPU_CAPABILITY=avx2`` (a library without AVX-512) forces the
-AVX2 one.
+(``vpdpbusd`` on u8 x s8: AVX-512 VNNI in the avx512 library, AVX-VNNI in the avx2 one, on a CPU that has it),
+``"avx2"`` (``vpmaddwd`` on s16) and ``"scalar"`` (the portable loop). All give the same integers, so the same outputs
+bit for bit. The library picks the fastest it has at run time (``best_product``); ``BIRNN_ZOO_CPU_CAPABILITY=avx2`` (a
+library without AVX-512) leaves ``"vnni"`` (on AVX-VNNI), ``"avx2"`` and ``"scalar"``.
 
 Kept apart from ``abi.py``'s ``Args`` (the float entry points' struct): the int8 path has its own struct, checked
 against the library by ``birnn_q8_args_layout`` when first used, so neither path's signature moves for the other.
@@ -127,16 +127,25 @@ def pad_channels(values: Tensor) -> Tensor:
 VECTOR_BITS = (0, 256, 512)  # the VNNI vectors: the kernel's choice for this CPU, or either width
 
 
-def gemm(a: Tensor, weight: Tensor, product: str, vector_bits: int = 0) -> Tensor:
+def vector_bits_of(lib: ctypes.CDLL) -> Tuple[int, ...]:
+    """The ``vector_bits`` ``gemm`` takes with ``lib``: ``VECTOR_BITS`` in the avx512 library, 0 and 256 in the avx2
+    one (AVX-VNNI has ymm only)."""
+    return VECTOR_BITS if lib.birnn_vector_width() >= 16 else VECTOR_BITS[:2]
+
+
+def gemm(a: Tensor, weight: Tensor, product: str, vector_bits: int = 0, lib: Optional[ctypes.CDLL] = None) -> Tensor:
     """The kernel's int8 product alone (tests): integer ``a (M, K)`` and int8 ``weight (G, K)``, values in
     [-127, 127] -> int32 ``(M, Gp)`` = ``a @ weight.T`` (channels past ``G``: 0), by ``product``; ``vector_bits``:
-    the ``vpdpbusd`` vectors of ``"vnni"`` and ``"amx"`` (0: what the kernel picks for this CPU, 256 or 512)."""
-    lib = library()
+    the ``vpdpbusd`` vectors of ``"vnni"`` and ``"amx"`` (0: what the kernel picks for this CPU, 256 or 512; the
+    avx2 library has 256 only); ``lib``: a loaded kernel (default: this process's, ``library()``)."""
+    lib = library() if lib is None else _declared(lib)
     if lib is None:
         raise RuntimeError("the CPU kernel is unavailable here; models.blocks.cpu_kernel.available() says why")
     _check_product(lib, product)
     if vector_bits not in VECTOR_BITS:
         raise ValueError(f"vector_bits must be one of {VECTOR_BITS}, got {vector_bits!r}")
+    if vector_bits not in vector_bits_of(lib):
+        raise ValueError(f"vector_bits={vector_bits} needs the avx512 library; this one has {vector_bits_of(lib)}")
     packed, comp = pack(weight.unsqueeze(0), product)
     unit = _UNIT[product]
     rows, inputs = a.shape

@@ -3,8 +3,8 @@
 // models/blocks/cpu_kernel/q8.py. Four products give the same integers (tests/blocks/test_quantize.py checks them
 // bit for bit), chosen per call (Product):
 //
-// kVnni (AVX-512 VNNI, the avx512 build on a CPU that has it, checked at run time): vpdpbusd multiplies u8 by s8 in
-// groups of 4 and adds the 4 products to an s32 lane. The activations are stored offset, a + 128 in [1, 255] (u8),
+// kVnni (AVX-512 VNNI in the avx512 build, AVX-VNNI in the avx2 build, on a CPU that has it, checked at run time):
+// vpdpbusd multiplies u8 by s8 in groups of 4 and adds the 4 products to an s32 lane. The activations are stored offset, a + 128 in [1, 255] (u8),
 // so each lane gets sum (a + 128) w = sum a w + 128 sum w; the sums start from k[j] = -128 sum_k w[j, k],
 // precomputed per channel by q8.pack. Exact: vpdpbusd does not saturate (vpdpbusds would), s32 adds wrap modulo
 // 2^32 and the true result fits s32 (below), so the wrapped intermediate sums still give it exactly. Chosen over
@@ -139,14 +139,24 @@ inline void gemm_avx2(int M, int Kp, int Gp, const int32_t* a, const int16_t* w,
 }
 #endif
 
-#if defined(__AVX512F__)
 // The VNNI product (layout above). target: only this code may use vpdpbusd; best_product() offers it only on a CPU
-// that has AVX512_VNNI (the rest of the avx512 build runs on any AVX-512 CPU).
+// that has it: AVX512_VNNI in the avx512 build, AVX-VNNI (the same instruction on ymm, VEX-encoded: Intel's cores
+// from Alder Lake and Sierra Forest on, AMD's from Zen 5) in the avx2 build, whose other code runs on any AVX2 CPU.
+// AVX-VNNI needs GCC 11 or Clang 12; an older compiler builds the avx2 library without it (kAvx2 then).
+#if defined(__AVX512F__)
 #define BIRNN_Q8_VNNI __attribute__((target("avx512vnni")))
 #define BIRNN_Q8_AMX __attribute__((target("avx512vnni,amx-tile,amx-int8")))
+#elif defined(__AVX2__) && ((defined(__clang__) && __clang_major__ >= 12) || \
+                            (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define BIRNN_Q8_VNNI __attribute__((target("avxvnni")))
+#define BIRNN_Q8_AVX_VNNI 1
+#endif
+
+#if defined(BIRNN_Q8_VNNI)
 
 // The two vector widths of the VNNI product: a 16-channel block is one 512-bit vector or two 256-bit ones (kParts),
 // each part kLanes channels.
+#if defined(__AVX512F__)
 struct Zmm {
   using V = __m512i;
   static constexpr int kParts = 1, kLanes = 16;
@@ -155,13 +165,18 @@ struct Zmm {
   BIRNN_Q8_VNNI static V splat(int32_t x) { return _mm512_set1_epi32(x); }
   BIRNN_Q8_VNNI static V dot(V acc, V a, V b) { return _mm512_dpbusd_epi32(acc, a, b); }
 };
+#endif
 struct Ymm {
   using V = __m256i;
   static constexpr int kParts = 2, kLanes = 8;
   BIRNN_Q8_VNNI static V load(const void* p) { return _mm256_loadu_si256(static_cast<const V*>(p)); }
   BIRNN_Q8_VNNI static void store(void* p, V v) { _mm256_storeu_si256(static_cast<V*>(p), v); }
   BIRNN_Q8_VNNI static V splat(int32_t x) { return _mm256_set1_epi32(x); }
+#if defined(BIRNN_Q8_AVX_VNNI)
+  BIRNN_Q8_VNNI static V dot(V acc, V a, V b) { return _mm256_dpbusd_avx_epi32(acc, a, b); }
+#else
   BIRNN_Q8_VNNI static V dot(V acc, V a, V b) { return _mm256_dpbusd_epi32(acc, a, b); }
+#endif
 };
 
 // MR rows x NB blocks of 16 channels over quads [p0, Kq), in vectors W: C = k + A W^T, or with ACC C += A W^T. a, c:
@@ -226,6 +241,7 @@ BIRNN_Q8_VNNI inline void gemm_vnni_in(int M, int Kq, int Gp, const int32_t* a, 
   }
 }
 
+#if defined(__AVX512F__)
 // Whether the VNNI product runs 512-bit vectors here: measured 1.45x the 256-bit form's multiply-adds a second on
 // a Xeon (family 6 model 167: two 512-bit ports), and no consistent gain on Zen 4 (0.86-1.85x the time of the
 // 256-bit form at load 7: it splits a 512-bit operation into two halves), so AMD keeps the 256-bit form.
@@ -268,7 +284,15 @@ BIRNN_Q8_AMX inline void gemm_amx(bool wide, int M, int Kq, int Gp, const int32_
   }
   if (tiled < M) gemm_vnni<false>(wide, M - tiled, Kq, Gp, a + int64_t(tiled) * Kq, w, k, c + int64_t(tiled) * Gp);
 }
-#endif
+#else
+// The AVX-VNNI product: 256-bit vectors only.
+template <bool ACC>
+BIRNN_Q8_VNNI inline void gemm_vnni(int M, int Kq, int Gp, const int32_t* a, const int8_t* w, const int32_t* k,
+                                    int32_t* c) {
+  gemm_vnni_in<Ymm, ACC>(M, Kq, Gp, a, w, k, c, 0);
+}
+#endif  // __AVX512F__
+#endif  // BIRNN_Q8_VNNI
 
 // Whether the AMX product may run here: the avx512 build, AVX512_VNNI (its tails) and amx.h's grant of AMX-INT8.
 inline bool amx_usable() {
@@ -283,11 +307,15 @@ inline bool amx_usable() {
 #endif
 }
 
-// The fastest product this build and this CPU have (kVnni and kAmx only from the avx512 build).
+// The fastest product this build and this CPU have (kAmx only from the avx512 build, kVnni from the avx512 build on
+// AVX512_VNNI and from the avx2 build on AVX-VNNI).
 inline int best_product() {
 #if defined(__AVX512F__)
   if (amx_usable()) return kAmx;
   if (__builtin_cpu_supports("avx512vnni")) return kVnni;
+#elif defined(BIRNN_Q8_AVX_VNNI)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avxvnni")) return kVnni;
 #endif
 #if defined(__AVX2__)
   return kAvx2;
@@ -297,7 +325,8 @@ inline int best_product() {
 }
 
 // C = A x W^T by `product` (callers pass one best_product() allows: q8.py checks; k: kVnni's and kAmx's offset
-// corrections). bits: the VNNI vectors, 0 = wide_vnni()'s choice for this CPU, 256 or 512 (tests run both).
+// corrections). bits: the avx512 build's VNNI vectors, 0 = wide_vnni()'s choice for this CPU, 256 or 512 (tests run
+// both; the avx2 build has 256 only, and q8.py refuses 512 there).
 inline void gemm(int product, int M, int Ku, int Gp, const int32_t* a, const void* w, const int32_t* k, int32_t* c,
                  int bits = 0) {
 #if defined(__AVX512F__)
@@ -312,6 +341,12 @@ inline void gemm(int product, int M, int Ku, int Gp, const int32_t* a, const voi
   }
 #else
   (void)bits;
+#if defined(BIRNN_Q8_AVX_VNNI)
+  if (product == kVnni) {
+    gemm_vnni<false>(M, Ku, Gp, a, static_cast<const int8_t*>(w), k, c);
+    return;
+  }
+#endif
 #endif
 #if defined(__AVX2__)
   if (product == kAvx2) {
