@@ -4,14 +4,14 @@
 // bit for bit), chosen per call (Product):
 //
 // kVnni (AVX-512 VNNI in the avx512 build, AVX-VNNI in the avx2 build, on a CPU that has it, checked at run time):
-// vpdpbusd multiplies u8 by s8 in groups of 4 and adds the 4 products to an s32 lane. The activations are stored offset, a + 128 in [1, 255] (u8),
-// so each lane gets sum (a + 128) w = sum a w + 128 sum w; the sums start from k[j] = -128 sum_k w[j, k],
-// precomputed per channel by q8.pack. Exact: vpdpbusd does not saturate (vpdpbusds would), s32 adds wrap modulo
-// 2^32 and the true result fits s32 (below), so the wrapped intermediate sums still give it exactly. Chosen over
-// vpdpwssd on the s16 layout by measurement (Zen 4, one thread): vpdpbusd took 0.34-0.43x the AVX2 product's time
-// at H = 128 and 256, M = 1, 16, 64, vpdpwssd 0.67-0.86x (4 products an instruction instead of 2, and half the
-// weight bytes). 512-bit vectors: a Xeon with two 512-bit FMA ports does twice the products a cycle of the 256-bit
-// form; Zen 4 runs a 512-bit one as two halves, the same products a cycle in half the instructions.
+// vpdpbusd multiplies u8 by s8 in groups of 4 and adds the 4 products to an s32 lane. The activations are stored
+// offset, a + 128 in [1, 255] (u8), so each lane gets sum (a + 128) w = sum a w + 128 sum w; the sums start from k[j] =
+// -128 sum_k w[j, k], precomputed per channel by q8.pack. Exact: vpdpbusd does not saturate (vpdpbusds would), s32 adds
+// wrap modulo 2^32 and the true result fits s32 (below), so the wrapped intermediate sums still give it exactly. Chosen
+// over vpdpwssd on the s16 layout by measurement (Zen 4, one thread): vpdpbusd took 0.34-0.43x the AVX2 product's time
+// at H = 128 and 256, M = 1, 16, 64, vpdpwssd 0.67-0.86x (4 products an instruction instead of 2, and half the weight
+// bytes). 512-bit vectors: a Xeon with two 512-bit FMA ports does twice the products a cycle of the 256-bit form; Zen 4
+// runs a 512-bit one as two halves, the same products a cycle in half the instructions.
 // Layout: W in blocks of 16 channels, block nb, quad p is 64 bytes [w(j, 4p .. 4p + 3)] for j = 16 nb .. 16 nb + 15;
 // A row m is Kq = ceil(K / 4) quads of u8, read as one int32 per quad (padding: 128, i.e. a = 0; W pads 0).
 //
