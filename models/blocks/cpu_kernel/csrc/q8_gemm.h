@@ -42,6 +42,7 @@
 #include <cstring>
 
 #if defined(__AVX2__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -314,8 +315,11 @@ inline int best_product() {
   if (amx_usable()) return kAmx;
   if (__builtin_cpu_supports("avx512vnni")) return kVnni;
 #elif defined(BIRNN_Q8_AVX_VNNI)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avxvnni")) return kVnni;
+  static const bool avx_vnni = [] {  // CPUID.(EAX=7, ECX=1):EAX bit 4 (compilers' cpu builtins name it differently)
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 4)) != 0;
+  }();
+  if (avx_vnni) return kVnni;
 #endif
 #if defined(__AVX2__)
   return kAvx2;
