@@ -139,8 +139,8 @@ def test_the_avx2_library_runs_vpdpbusd_on_avx_vnni():
     x = torch.randn(7, 5, 37, generator=torch.Generator().manual_seed(8))
     lengths = torch.tensor([7, 3, 6, 5, 1])
     h0 = torch.zeros((4, 5, 20))
-    runs = [q8.forward_stack(lib, q.mode, x, lengths, h0, h0, q.kernel_plan(lib, product), 20, 1)
-            for product in q8.products(lib)]
+    runs = [q8.forward_stack(lib, q.mode, x, lengths, h0, h0, q.kernel_plan(lib, product), 20, threads)
+            for product in q8.products(lib) for threads in (1, 2)]  # two: a direction a thread
     for outputs in runs[1:]:
         for got, want in zip(outputs, runs[0], strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
