@@ -204,15 +204,6 @@ void forward(const Args<T>& L) {
   }
 }
 
-// The spin barrier when the team has the size it was made for, else OpenMP's own barrier.
-inline void team_barrier(SpinBarrier* sync) {
-  if (sync != nullptr) {
-    sync->wait();
-  } else {
-#pragma omp barrier
-  }
-}
-
 // Merge codes of forward_stack, in models/merge.py's order: concat, sum, mul, ave, and None (the last layer only:
 // the two directions kept apart, (T, B, 2, H), the same bytes as concat).
 enum Merge { kConcat = 0, kSum = 1, kMul = 2, kAve = 3, kNone = 4 };

@@ -11,6 +11,8 @@
 // oversubscribed machine) does not burn a core.
 #pragma once
 
+#include <omp.h>
+
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -59,5 +61,15 @@ class SpinBarrier {
   std::atomic<int> arrived_{0};
   std::atomic<unsigned> generation_{0};
 };
+
+// The spin barrier when the team has the size it was made for, else OpenMP's own barrier (a team smaller than asked,
+// under OMP_THREAD_LIMIT or nesting, would never fill the spin barrier).
+inline void team_barrier(SpinBarrier* sync) {
+  if (sync != nullptr) {
+    sync->wait();
+  } else {
+#pragma omp barrier
+  }
+}
 
 }  // namespace birnn
