@@ -257,6 +257,8 @@ class _BiRNNBase(_FusedPaths):
             return self  # already a twin, or a user's subclass with its own forward
         twin = twin_class.__new__(twin_class)
         twin.__dict__ = self.__dict__
+        cpu_kernel_inference.share(self, twin)  # torch.jit.script(parent) keeps the twin: it reads the same plans
+        cpu_kernel_bf16.share(self, twin)
         return twin
 
     # -- forward --------------------------------------------------------------------------------------

@@ -206,10 +206,22 @@ _plans: "weakref.WeakKeyDictionary[nn.Module, _Plan]" = weakref.WeakKeyDictionar
 _plans_lock = threading.Lock()
 
 
-def clear(module: nn.Module) -> None:
-    """Drop ``module``'s packed bf16 weights (the next call packs them again)."""
+def share(module: nn.Module, twin: nn.Module) -> None:
+    """Let ``twin``, a module sharing ``module``'s ``__dict__`` (its TorchScript twin, which
+    ``torch.jit.script`` leaves in ``module``'s parent), use ``module``'s prepared bf16 weights: the same weight
+    objects, so the same plan, not a second copy."""
     with _plans_lock:
-        _plans.pop(module, None)
+        plan = _plans.get(module)
+        if plan is not None:
+            _plans[twin] = plan
+
+
+def clear(module: nn.Module) -> None:
+    """Drop ``module``'s packed bf16 weights (the next call packs them again); its TorchScript twins (``share``)
+    lose them with it."""
+    with _plans_lock:
+        for other in [m for m in list(_plans.keys()) if m.__dict__ is module.__dict__]:
+            _plans.pop(other, None)
 
 
 def _plan_for(module: nn.Module, mode: str, weights: List[Tensor], has_biases: bool, merges: List[int]) -> _Plan:

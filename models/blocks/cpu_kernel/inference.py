@@ -188,10 +188,22 @@ def _address(t: Optional[Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
-def clear(module: nn.Module) -> None:
-    """Drop ``module``'s prepared weights (the next inference call prepares them again)."""
+def share(module: nn.Module, twin: nn.Module) -> None:
+    """Let ``twin``, a module sharing ``module``'s ``__dict__`` (its TorchScript twin, which
+    ``torch.jit.script`` leaves in ``module``'s parent), use ``module``'s prepared weights: the same weight objects,
+    so the same plan, not a second copy."""
     with _plans_lock:
-        _plans.pop(module, None)
+        plan = _plans.get(module)
+        if plan is not None:
+            _plans[twin] = plan
+
+
+def clear(module: nn.Module) -> None:
+    """Drop ``module``'s prepared weights (the next inference call prepares them again); its TorchScript twins
+    (``share``) lose them with it."""
+    with _plans_lock:
+        for other in [m for m in list(_plans.keys()) if m.__dict__ is module.__dict__]:
+            _plans.pop(other, None)
 
 
 def usable(x: Tensor, weights: List[Tensor]) -> bool:
