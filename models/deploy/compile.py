@@ -118,9 +118,8 @@ def script(model: nn.Module) -> torch.jit.ScriptModule:
     Why: ``torch.jit.script`` prepares every submodule with its ``__prepare_scriptable__`` and writes what that
     returns into the parent's ``_modules``, so each block inside ``model`` would be swapped for its TorchScript twin
     (``models/blocks/scriptable.py``) for good: a reference the caller holds to a block would no longer be the
-    model's, and the twin would prepare the kernel's weights a second time (a second copy, read by the model while
-    the first is read through the reference). The twin shares the block's ``__dict__``, so the modules put back
-    hold the same parameters, buffers and state the script module was compiled from."""
+    model's. The twin shares the block's ``__dict__``, so the modules put back hold the same parameters, buffers
+    and state the script module was compiled from."""
     children = [(module._modules, dict(module._modules)) for module in model.modules()]
     try:
         return torch.jit.script(model)

@@ -33,7 +33,6 @@ import contextlib
 import ctypes
 import os
 import threading
-import weakref
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -43,6 +42,7 @@ from ...merge import MERGE_MODES, merged_size
 from .. import cpu_kernel
 from . import inference
 from .abi import ptr
+from .plans import ModulePlans
 
 _P = ctypes.c_void_p
 _I32 = ctypes.c_int32
@@ -202,26 +202,17 @@ class _Plan(NamedTuple):
                 and [w._version for w in weights] == self.versions and merges == self.merges.tolist())
 
 
-_plans: "weakref.WeakKeyDictionary[nn.Module, _Plan]" = weakref.WeakKeyDictionary()
-_plans_lock = threading.Lock()
+_plans = ModulePlans()  # {module: _Plan}
 
 
 def share(module: nn.Module, twin: nn.Module) -> None:
-    """Let ``twin``, a module sharing ``module``'s ``__dict__`` (its TorchScript twin, which
-    ``torch.jit.script`` leaves in ``module``'s parent), use ``module``'s prepared bf16 weights: the same weight
-    objects, so the same plan, not a second copy."""
-    with _plans_lock:
-        plan = _plans.get(module)
-        if plan is not None:
-            _plans[twin] = plan
+    """Let ``twin``, ``module``'s TorchScript twin (the same ``__dict__``), read ``module``'s packed bf16 weights."""
+    _plans.share(module, twin)
 
 
 def clear(module: nn.Module) -> None:
-    """Drop ``module``'s packed bf16 weights (the next call packs them again); its TorchScript twins (``share``)
-    lose them with it."""
-    with _plans_lock:
-        for other in [m for m in list(_plans.keys()) if m.__dict__ is module.__dict__]:
-            _plans.pop(other, None)
+    """Drop ``module``'s packed bf16 weights (the next call packs them again), and its twins'."""
+    _plans.drop(module)
 
 
 def _plan_for(module: nn.Module, mode: str, weights: List[Tensor], has_biases: bool, merges: List[int]) -> _Plan:
@@ -239,8 +230,7 @@ def _plan_for(module: nn.Module, mode: str, weights: List[Tensor], has_biases: b
     plan = _Plan(mode, list(weights), [w._version for w in weights] if kept else [], packed,
                  torch.tensor(input_sizes, dtype=torch.int32), torch.tensor(merges, dtype=torch.int32), addresses)
     if kept:
-        with _plans_lock:
-            _plans[module] = plan
+        _plans.put(module, plan)
     return plan
 
 

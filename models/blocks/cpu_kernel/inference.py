@@ -25,8 +25,6 @@ already chose the kernel. Outputs, ``h_n`` and ``c_n`` are those of the custom o
 
 import ctypes
 import operator
-import threading
-import weakref
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -36,14 +34,14 @@ from ...merge import MERGE_MODES, merged_size
 from .. import cpu_kernel
 from ..compile_boundary import exporting
 from . import abi
+from .plans import ModulePlans
 from .policy import SPLIT_MIN_MFLOP, inference_threads
 from .weights import stack_layer
 
 # The merge code birnn_forward_stack_* reads: its position in MERGE_MODES, None after them.
 _MERGE_CODES = {**{mode: code for code, mode in enumerate(MERGE_MODES)}, None: len(MERGE_MODES)}
 
-_plans: "weakref.WeakKeyDictionary[nn.Module, _Plan]" = weakref.WeakKeyDictionary()
-_plans_lock = threading.Lock()
+_plans = ModulePlans()  # {module: _Plan}
 
 
 class _LayerWeights:
@@ -189,21 +187,13 @@ def _address(t: Optional[Tensor]) -> Optional[int]:
 
 
 def share(module: nn.Module, twin: nn.Module) -> None:
-    """Let ``twin``, a module sharing ``module``'s ``__dict__`` (its TorchScript twin, which
-    ``torch.jit.script`` leaves in ``module``'s parent), use ``module``'s prepared weights: the same weight objects,
-    so the same plan, not a second copy."""
-    with _plans_lock:
-        plan = _plans.get(module)
-        if plan is not None:
-            _plans[twin] = plan
+    """Let ``twin``, ``module``'s TorchScript twin (the same ``__dict__``), read ``module``'s prepared weights."""
+    _plans.share(module, twin)
 
 
 def clear(module: nn.Module) -> None:
-    """Drop ``module``'s prepared weights (the next inference call prepares them again); its TorchScript twins
-    (``share``) lose them with it."""
-    with _plans_lock:
-        for other in [m for m in list(_plans.keys()) if m.__dict__ is module.__dict__]:
-            _plans.pop(other, None)
+    """Drop ``module``'s prepared weights (the next inference call prepares them again), and its twins'."""
+    _plans.drop(module)
 
 
 def usable(x: Tensor, weights: List[Tensor]) -> bool:
@@ -236,8 +226,7 @@ def _plan_for(module: nn.Module, cell: int, weights: List[Tensor], has_biases: b
     plan = _Plan(cell, weights, has_biases, len(merge_modes))
     if cacheable:
         plan.fast = _FastCall(plan, merge_modes, hidden)
-        with _plans_lock:
-            _plans[module] = plan
+        _plans.put(module, plan)
     return plan
 
 
