@@ -7,6 +7,7 @@ from typing import List
 import pytest
 import torch
 from helpers.dropin_pairs import CELLS, assert_same, pair
+from helpers.kernel_aids import count_serving_calls
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -121,15 +122,7 @@ def counted_serving_calls(block: nn.Module, x: torch.Tensor) -> List[int]:
     and only this count tells."""
     with torch.no_grad():
         block(x)
-    fast = cpu_kernel_inference._plans[block].fast
-    original, calls = fast.stack, []
-
-    def counting(args: object) -> None:
-        calls.append(1)
-        original(args)
-
-    fast.stack = counting
-    return calls
+    return count_serving_calls(cpu_kernel_inference._plans[block].fast)
 
 
 @pytest.mark.parametrize("batch_first", [False, True])

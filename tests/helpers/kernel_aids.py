@@ -1,12 +1,14 @@
-"""Shared aids of the CPU kernel's tests: a private calibration cache, and a recorder of the bf16 kernel's calls."""
+"""Shared aids of the CPU kernel's tests: a private calibration cache, a recorder of the bf16 kernel's calls, and spies
+on the float kernel's all-layers calls (the library's entry points, and a plan's serving call)."""
 
+import ctypes
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 from torch import nn
 
-from models.blocks.cpu_kernel import bf16, build, calibrate
+from models.blocks.cpu_kernel import abi, bf16, build, calibrate
 
 
 def isolate_calibrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
@@ -32,4 +34,45 @@ def record_bf16_calls(monkeypatch: pytest.MonkeyPatch) -> List[str]:
         return original(module, mode, *args)
 
     monkeypatch.setattr(bf16, "run", recording)
+    return calls
+
+
+class StackSpy:
+    """The kernel library with its all-layers entry points (``birnn_forward_stack_f32``/``_f64``) replaced by
+    C-callable functions that hand ``record`` the entry's name and a copy of the call's ``abi.Args``, then run the
+    real entry. C-callable because a plan's serving call (``csrc/fast_call.cpp``) calls the entry through its
+    address, taken when the plan is made: install the spy (``cpu_kernel._kernel``) before the block's first call."""
+
+    _PROTOTYPE = ctypes.CFUNCTYPE(None, ctypes.POINTER(abi.Args))
+
+    def __init__(self, library: Any, record: Callable[[str, abi.Args], Any]) -> None:
+        self._library = library
+        self._record = record
+        self._entries: Dict[str, Any] = {}  # kept alive: the C code holds their addresses
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._library, name)
+        if not name.startswith("birnn_forward_stack_"):
+            return target
+        if name not in self._entries:
+            def entry(args: Any) -> None:
+                self._record(name, abi.Args.from_buffer_copy(args.contents))
+                target(args)
+            self._entries[name] = self._PROTOTYPE(entry)
+        return self._entries[name]
+
+
+def count_serving_calls(fast: Any) -> List[int]:
+    """Wrap ``fast.call`` (a cached plan's serving call, ``inference._FastCall``) to count the calls that ran the
+    kernel (returned outputs rather than None); the list grows by one per such call."""
+    calls: List[int] = []
+    original = fast.call
+
+    def counting(*args: Any) -> Optional[Any]:
+        result = original(*args)
+        if result is not None:
+            calls.append(1)
+        return result
+
+    fast.call = counting
     return calls

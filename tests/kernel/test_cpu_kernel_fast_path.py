@@ -3,14 +3,18 @@ without ``hx``): bit for bit the general path (``block.run``, the same C call pr
 it should be, and never where it must not: wrong input goes to the general path and its clear errors."""
 
 import contextlib
+import threading
+import weakref
 from typing import Iterator, List, Optional
 
 import pytest
 import torch
+from helpers.kernel_aids import count_serving_calls
 from torch import Tensor, nn
 
 from models import BiGRU, BiLSTM
 from models.blocks import cpu_kernel
+from models.blocks.cpu_kernel import build
 from models.blocks.cpu_kernel import inference as cpu_kernel_inference
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built")
@@ -33,18 +37,9 @@ def block_of(mode: str, batch_first: bool, merges: List[Optional[str]], dtype: t
 
 def fast_calls(block: nn.Module) -> List[int]:
     """Warm the block's plan up, then count the fast path's C calls (the plan's entry point, wrapped)."""
-    calls: List[int] = []
     with torch.no_grad():
         block(torch.zeros((1, 2, 6), dtype=block.weight_ih_l0.dtype))
-    fast = cpu_kernel_inference._plans[block].fast
-    original = fast.stack
-
-    def counting(args: object) -> None:
-        calls.append(1)
-        original(args)
-
-    fast.stack = counting
-    return calls
+    return count_serving_calls(cpu_kernel_inference._plans[block].fast)
 
 
 def general(block: nn.Module, x: Tensor, lengths: Optional[Tensor]) -> List[Tensor]:
@@ -171,9 +166,75 @@ def test_not_taken_where_the_general_path_must_run(monkeypatch: pytest.MonkeyPat
     with torch.no_grad():
         block.weight_hh_l0.mul_(0.5)  # a new plan, its own fast path
         got = block(x)[0]
-    assert calls == [] and cpu_kernel_inference._plans[block].fast.stack is not None
+    assert calls == [] and cpu_kernel_inference._plans[block].fast is not None
     assert torch.equal(got, general(block, x, None)[0])
     block.train()
     with torch.no_grad():
         block(x)
     assert cpu_kernel_inference._plans.get(block) is None
+
+
+@needs_kernel
+def test_without_the_serving_extension_calls_take_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``birnn_fast_call`` cannot be built (no Python headers, a torch whose headers it does not compile
+    against), one warning says why, the plan is still cached, and every eval call gives the general path's bits."""
+    monkeypatch.setattr(cpu_kernel_inference, "_native", [])  # not tried yet in this process
+
+    def unavailable() -> None:
+        raise build.KernelUnavailable("Python's C headers are not installed (/x/Python.h is missing)")
+
+    monkeypatch.setattr(cpu_kernel_inference.cpu_kernel_build, "load_fast_call", unavailable)
+    torch.manual_seed(0)
+    block, x = BiLSTM(6, 9, 2).eval(), torch.randn(5, 2, 6)
+    with torch.no_grad(), cpu_kernel.forced(), pytest.warns(RuntimeWarning) as caught:
+        got = [outputs(block(x)) for _ in range(3)]
+        BiGRU(6, 9, 1).eval()(x)  # another block's plan: asked once per process, so no second warning
+    assert [str(w.message) for w in caught] == [
+        "birnn-zoo: the kernel's serving call is unavailable, inference calls take the general path (Python's C "
+        "headers are not installed (/x/Python.h is missing))"]
+    assert cpu_kernel_inference._plans[block].fast is None
+    with cpu_kernel.forced():
+        want = general(block, x, None)
+    for outs in got:
+        assert all(torch.equal(a, b) for a, b in zip(outs, want, strict=True))
+
+
+@needs_kernel
+def test_a_deleted_block_frees_its_weights_and_serving_call() -> None:
+    """The serving call holds the weights it checks and what its prepared addresses point into, but nothing that
+    holds it: when the block goes, all of it goes (no reference cycle through the extension)."""
+    block = BiLSTM(6, 9, 2).eval()
+    with torch.no_grad(), cpu_kernel.forced():
+        block(torch.randn(4, 1, 6))
+    fast = cpu_kernel_inference._plans[block].fast
+    assert fast is not None
+    alive = [weakref.ref(fast), weakref.ref(block.weight_hh_l1), weakref.ref(cpu_kernel_inference._plans[block])]
+    del block, fast
+    assert [ref() for ref in alive] == [None, None, None]  # freed by reference counts alone, no collection
+
+
+@needs_kernel
+def test_threads_sharing_a_block_get_their_own_results() -> None:
+    """The kernel runs without the GIL: two threads calling one block at different batch sizes (each new size
+    widens the plan's zero state) get what each gets alone."""
+    torch.manual_seed(1)
+    block = BiGRU(6, 9, 2, merge_mode="ave").eval()
+    inputs = {batch: torch.randn(7, batch, 6) for batch in (1, 3, 5, 2)}
+    with torch.no_grad(), cpu_kernel.forced():
+        want = {batch: outputs(block(x)) for batch, x in inputs.items()}
+    failures: List[str] = []
+
+    def serve(order: List[int]) -> None:
+        with torch.no_grad(), cpu_kernel.forced():
+            for _ in range(30):
+                for batch in order:
+                    got = outputs(block(inputs[batch]))
+                    if not all(torch.equal(a, b) for a, b in zip(got, want[batch], strict=True)):
+                        failures.append(f"batch {batch}")
+
+    threads = [threading.Thread(target=serve, args=(order,)) for order in ([1, 3, 5, 2], [5, 2, 1, 3])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

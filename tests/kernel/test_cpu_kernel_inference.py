@@ -2,10 +2,11 @@
 all the layers) against the custom operator's path it replaces without gradients, and against nn.LSTM/nn.GRU; and its
 weight cache: reused while nothing changed, never stale after a change. Fresh random inputs every run."""
 
-from typing import Any, Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import pytest
 import torch
+from helpers.kernel_aids import StackSpy
 from torch import Tensor, nn
 
 from models import BiGRU, BiLSTM
@@ -127,21 +128,9 @@ def test_full_length_rows_run_without_the_lengths_path(monkeypatch: pytest.Monke
     steps, features, hidden = 9, 6, 11
     block = block_of(mode, features, hidden, 2, merge_mode=["ave", "concat"]).eval()
     x = torch.randn(steps, batch, features)
-    library = cpu_kernel._kernel()
     seen: list = []
-
-    class Spy:  # the library, recording the lengths address of each all-layers call
-        def __getattr__(self, name: str) -> object:
-            function = getattr(library, name)
-            if not name.startswith("birnn_forward_stack"):
-                return function
-
-            def stack(args: Any) -> object:
-                seen.append((args._obj.steps, args._obj.lengths))     # steps, lengths address (byref(Args))
-                return function(args)
-            return stack
-
-    monkeypatch.setattr(cpu_kernel_inference.cpu_kernel, "_kernel", lambda: Spy())
+    spy = StackSpy(cpu_kernel._kernel(), lambda name, args: seen.append((args.steps, args.lengths)))
+    monkeypatch.setattr(cpu_kernel_inference.cpu_kernel, "_kernel", lambda: spy)
     full = torch.full((batch,), steps)
     got = run(block, x, full, None, None)
     without = run(block, x, None, None, None)

@@ -5,6 +5,7 @@ import itertools
 
 import pytest
 import torch
+from helpers.kernel_aids import StackSpy
 
 from models import BiGRU, BiLSTM
 from models.blocks import cpu_kernel
@@ -113,17 +114,9 @@ def test_blocks_pass_the_rules_thread_count_to_the_kernel(monkeypatch: pytest.Mo
         pytest.skip("CPU kernel not built")
     from models.blocks.cpu_kernel import inference
 
-    library = cpu_kernel._kernel()
     seen: list = []
-
-    class Spy:  # the library, recording the thread count of each all-layers call (a field of its Args)
-        def __getattr__(self, name: str) -> object:
-            function = getattr(library, name)
-            if not name.startswith("birnn_forward_stack"):
-                return function
-            return lambda args: seen.append(args._obj.threads) or function(args)
-
-    monkeypatch.setattr(inference.cpu_kernel, "_kernel", lambda: Spy())
+    spy = StackSpy(cpu_kernel._kernel(), lambda name, args: seen.append(args.threads))  # each all-layers call's
+    monkeypatch.setattr(inference.cpu_kernel, "_kernel", lambda: spy)
     block = BiLSTM(64, 64, num_layers=2).eval()
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

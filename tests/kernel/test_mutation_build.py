@@ -11,6 +11,8 @@ import os
 import re
 import stat
 import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -598,8 +600,9 @@ def via_caller(call: Any) -> Any:
 
 def test_the_warnings_point_at_the_line_that_asked_for_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                                   ) -> None:
-    """``choose_capability`` and ``load`` warn with ``stacklevel=3`` (past ``available``), ``_build_in`` with 4
-    (past ``load`` and ``available``): each names this file at the line calling ``via_caller``."""
+    """``choose_capability`` warns with ``stacklevel=3`` (past ``available``), ``_cached`` with 4 (past ``load``
+    and ``available``), ``_build_in`` with 5 (past ``_cached`` too): each names this file at the line calling
+    ``via_caller``."""
     if under_mutmut():
         pytest.skip("under mutmut each function is wrapped in a trampoline: more frames")
     import inspect
@@ -625,3 +628,68 @@ def test_the_warnings_point_at_the_line_that_asked_for_the_kernel(tmp_path: Path
         line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
         via_caller(functools.partial(build.load, "avx2"))
     assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]
+
+
+# -- the serving call's extension module (csrc/fast_call.cpp) ------------------------------------------------------
+
+def test_the_serving_call_compiles_against_torchs_and_pythons_headers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    compiler = Compiler(monkeypatch)
+    monkeypatch.setattr(build, "_announced", True)  # after a kernel compile, the serving call still says it compiles
+    build._compile(["g++"], build.FAST_CALL, tmp_path / "ext.so")
+    ((cmd, _),) = compiler.calls
+    partial = cmd[cmd.index("-o") + 1]
+    torch_root = Path(torch.__file__).resolve().parent
+    abi_flag = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    assert cmd == ["g++", "-O2", "-shared", "-fPIC", "-std=c++20", abi_flag, f"-I{torch_root / 'include'}",
+                   f"-I{torch_root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+                   f"-I{sysconfig.get_paths()['include']}", str(build.CSRC / "fast_call.cpp"), "-o", partial,
+                   f"-L{torch_root / 'lib'}", "-lc10", "-ltorch_cpu", "-ltorch_python",
+                   f"-Wl,-rpath,{torch_root / 'lib'}"]
+    assert capsys.readouterr().err == (f"birnn-zoo: compiling the CPU kernel's serving call (a Python extension) once "
+                                       f"for this machine and torch, cached in {tmp_path} ($BIRNN_ZOO_KERNEL_CACHE "
+                                       f"sets the folder)\n")
+
+
+def test_the_serving_call_needs_pythons_headers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(build.sysconfig, "get_paths", lambda: {"include": str(tmp_path)})
+    monkeypatch.setattr(build, "_compile", lambda *args: pytest.fail("no compile without Python.h"))
+    with pytest.raises(build.KernelUnavailable, match=exact(f"Python's C headers are not installed "
+                                                            f"({tmp_path / 'Python.h'} is missing)")):
+        build.load_fast_call()
+
+
+def test_the_serving_call_is_named_by_its_source_flags_torch_python_and_compiler(monkeypatch: pytest.MonkeyPatch,
+                                                                                  tmp_path: Path) -> None:
+    """One cached module per (source, flags, torch, Python, compiler): a change of any builds another."""
+    names: List[str] = []
+
+    def cached(name: str, cxx: List[str], capability: str) -> Path:
+        names.append(name)
+        raise build.KernelUnavailable("stop here")
+
+    monkeypatch.setattr(build, "_cached", cached)
+    monkeypatch.setattr(build, "_compiler_identity", lambda cxx: b"g++ 12")
+
+    def name() -> str:
+        with pytest.raises(build.KernelUnavailable):
+            build.load_fast_call()
+        return names[-1]
+
+    first = name()
+    assert first.startswith("birnn_fast_call-") and first.endswith(".so") and name() == first
+    monkeypatch.setattr(build, "_compiler_identity", lambda cxx: b"g++ 13")
+    assert name() != first
+    monkeypatch.setattr(build.torch, "__version__", "0.0")
+    monkeypatch.setattr(build, "_compiler_identity", lambda cxx: b"g++ 12")
+    assert name() != first
+    monkeypatch.undo()
+    monkeypatch.setattr(build, "_cached", cached)
+    monkeypatch.setattr(build, "_compiler_identity", lambda cxx: b"g++ 12")
+    monkeypatch.setattr(build.sys, "version", "3.99")
+    assert name() != first
+    monkeypatch.setattr(build.sys, "version", sys.version)
+    source = tmp_path / "fast_call.cpp"
+    source.write_text("// another source\n")
+    monkeypatch.setattr(build, "FAST_CALL_SOURCE", source)
+    assert name() != first

@@ -34,6 +34,8 @@ import atexit
 import ctypes
 import fcntl
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import platform
 import shlex
@@ -41,9 +43,11 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -61,6 +65,12 @@ _TARGET_FLAGS: Dict[str, List[str]] = {
 _VECTOR_WIDTH = {"avx512": 16, "avx2": 8}
 _FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-Wl,--no-undefined"]
 FORCE_ENV = "BIRNN_ZOO_CPU_CAPABILITY"
+# The serving call (csrc/fast_call.cpp): a Python extension module built against this torch's headers and
+# libraries, as torch.utils.cpp_extension builds one (its C++ standard and ABI flag), without importing that module.
+FAST_CALL = "fast_call"
+FAST_CALL_SOURCE = CSRC / "fast_call.cpp"
+_FAST_CALL_FLAGS = ["-O2", "-shared", "-fPIC", "-std=c++20",
+                    f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
 
 
 class KernelUnavailable(Exception):
@@ -194,24 +204,36 @@ _announced = False  # the compile message is printed once per process
 
 
 def _announce(capability: str, folder: Path) -> None:
-    """One line on stderr before the first compile in this process (it takes seconds; loading from the cache
-    says nothing)."""
+    """One line on stderr before the first kernel compile in this process, and before the serving call's (each
+    takes seconds; loading from the cache says nothing)."""
     global _announced
+    if capability == FAST_CALL:  # built once per process at most (inference.py keeps the module)
+        print(f"birnn-zoo: compiling the CPU kernel's serving call (a Python extension) once for this machine and "
+              f"torch, cached in {folder} (${KERNEL_CACHE_ENV} sets the folder)", file=sys.stderr, flush=True)
+        return
     if not _announced:
         _announced = True
         print(f"birnn-zoo: compiling the CPU kernel ({capability}) once for this machine, cached in {folder} "
               f"(${KERNEL_CACHE_ENV} sets the folder)", file=sys.stderr, flush=True)
 
 
+def _arguments(capability: str, output: str) -> List[str]:
+    """The compiler's arguments for ``capability``'s library (or ``FAST_CALL``'s extension module) at ``output``."""
+    torch_lib = Path(torch.__file__).resolve().parent / "lib"
+    if capability == FAST_CALL:
+        return [*_FAST_CALL_FLAGS, *(f"-I{folder}" for folder in _fast_call_includes()), str(FAST_CALL_SOURCE), "-o",
+                output, f"-L{torch_lib}", "-lc10", "-ltorch_cpu", "-ltorch_python", f"-Wl,-rpath,{torch_lib}"]
+    return [*_FLAGS, *_TARGET_FLAGS[capability], f"-I{CSRC}", str(SOURCES[0]), "-o", output, f"-L{torch_lib}",
+            "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
+
+
 def _compile(cxx: List[str], capability: str, target: Path) -> None:
     """Compile to ``target`` through a temporary file in the same folder: checked (a non-empty ELF library),
     fsynced, renamed into place, the folder fsynced."""
     _announce(capability, target.parent)
-    torch_lib = Path(torch.__file__).resolve().parent / "lib"
     fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
     os.close(fd)
-    cmd = [*cxx, *_FLAGS, *_TARGET_FLAGS[capability], f"-I{CSRC}", str(SOURCES[0]), "-o", partial,
-           f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
+    cmd = [*cxx, *_arguments(capability, partial)]
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
         with open(partial, "rb") as built:
@@ -290,7 +312,7 @@ def _build_in(folder: Path, name: str, cxx: List[str], capability: str) -> Path:
             if problem is not None:
                 if problem != "missing" and not problem.startswith("it has no readable record"):
                     warnings.warn(f"birnn-zoo: the CPU kernel library {target} is damaged ({problem}); rebuilding "
-                                  "it", RuntimeWarning, stacklevel=4)
+                                  "it", RuntimeWarning, stacklevel=5)
                 _compile(cxx, capability, target)
                 _record(target)
     problem = _is_private(target, "file")
@@ -325,16 +347,49 @@ def load(capability: str) -> ctypes.CDLL:
     digest.update(" ".join(_FLAGS + _TARGET_FLAGS[capability]).encode() + torch.__version__.encode())
     digest.update(_compiler_identity(cxx))
     name = f"birnn_cpu-{capability}-{digest.hexdigest()[:16]}.so"
-    try:
-        path = _build_in(cache_dir(), name, cxx, capability)
-    except PermissionError as problem:
-        private = _fallback_dir()
-        warnings.warn(f"birnn-zoo: refusing the CPU kernel cache ({problem}); building in {private} instead. "
-                      f"Point {KERNEL_CACHE_ENV} at a folder only you can write.", RuntimeWarning, stacklevel=3)
-        path = _build_in(private, name, cxx, capability)
+    path = _cached(name, cxx, capability)
     library = ctypes.CDLL(str(path))
     abi.declare(library)
     width = library.birnn_vector_width()
     if width != _VECTOR_WIDTH[capability]:
         raise KernelUnavailable(f"{path} was built for vector width {width}, expected {_VECTOR_WIDTH[capability]}")
     return library
+
+
+def _fast_call_includes() -> List[Path]:
+    """torch's C++ headers and Python's, for the serving call's extension module."""
+    include = Path(torch.__file__).resolve().parent / "include"
+    return [include, include / "torch" / "csrc" / "api" / "include", Path(sysconfig.get_paths()["include"])]
+
+
+def _cached(name: str, cxx: List[str], capability: str) -> Path:
+    """``name`` built for ``capability`` in the private cache, or in this user's fallback folder (with one warning)
+    when the cache is refused."""
+    try:
+        return _build_in(cache_dir(), name, cxx, capability)
+    except PermissionError as problem:
+        private = _fallback_dir()
+        warnings.warn(f"birnn-zoo: refusing the CPU kernel cache ({problem}); building in {private} instead. "
+                      f"Point {KERNEL_CACHE_ENV} at a folder only you can write.", RuntimeWarning, stacklevel=4)
+        return _build_in(private, name, cxx, capability)
+
+
+def load_fast_call() -> ModuleType:
+    """Build (once per machine, compiler, Python and torch) and import the serving call's extension module,
+    ``birnn_fast_call`` (``csrc/fast_call.cpp``). Raises ``KernelUnavailable`` where Python's or torch's headers
+    are missing or the compile fails."""
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.is_file():
+        raise KernelUnavailable(f"Python's C headers are not installed ({headers} is missing)")
+    cxx = _compiler()
+    digest = hashlib.sha256(FAST_CALL_SOURCE.read_bytes())
+    digest.update(" ".join(_FAST_CALL_FLAGS).encode() + torch.__version__.encode() + sys.version.encode())
+    digest.update(str(sysconfig.get_config_var("EXT_SUFFIX")).encode() + _compiler_identity(cxx))
+    path = _cached(f"birnn_fast_call-{digest.hexdigest()[:16]}.so", cxx, FAST_CALL)
+    loader = importlib.machinery.ExtensionFileLoader("birnn_fast_call", str(path))
+    spec = importlib.util.spec_from_file_location("birnn_fast_call", path, loader=loader)
+    if spec is None:
+        raise KernelUnavailable(f"{path} cannot be imported as an extension module")
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module

@@ -24,7 +24,10 @@ already chose the kernel. Outputs, ``h_n`` and ``c_n`` are those of the custom o
 """
 
 import ctypes
-import operator
+import functools
+import threading
+import warnings
+from types import ModuleType
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -32,8 +35,8 @@ from torch import Tensor, nn
 
 from ...merge import MERGE_MODES, merged_size
 from .. import cpu_kernel
-from ..compile_boundary import exporting
 from . import abi
+from . import build as cpu_kernel_build
 from .plans import ModulePlans
 from .policy import SPLIT_MIN_MFLOP, inference_threads
 from .weights import stack_layer
@@ -83,12 +86,12 @@ class _Plan:
         with torch.no_grad():
             self.layers = [_LayerWeights(cell, weights[i * per:(i + 1) * per], has_biases) for i in range(num_layers)]
         # What birnn_forward_stack_* reads: six addresses a layer (0 for an absent one) and each layer's input size.
-        self._addresses = (ctypes.c_int64 * (6 * num_layers))(*[
+        self.addresses_array = (ctypes.c_int64 * (6 * num_layers))(*[
             address or 0 for layer in self.layers for address in layer.addresses()])
         self.input_sizes = [layer.input_size for layer in self.layers]
-        self._input_sizes = (ctypes.c_int32 * num_layers)(*self.input_sizes)
-        self.addresses_address = ctypes.addressof(self._addresses)
-        self.input_sizes_address = ctypes.addressof(self._input_sizes)
+        self.input_sizes_array = (ctypes.c_int32 * num_layers)(*self.input_sizes)
+        self.addresses_address = ctypes.addressof(self.addresses_array)
+        self.input_sizes_address = ctypes.addressof(self.input_sizes_array)
         self.fast: Optional[_FastCall] = None  # set by _plan_for for a cached plan: what fast_forward reuses
 
     def matches(self, cell: int, weights: List[Tensor]) -> bool:
@@ -104,78 +107,78 @@ class _Plan:
 
 
 class _FastCall:
-    """What ``fast_forward`` reuses on every call of a cached plan: the constant part of the kernel's ``Args``,
-    the entry point, the output's trailing shape, the weights' identity (objects, versions, addresses as lists
-    compared in one C-level pass each) and a zero initial state (the kernel only reads ``h0``/``c0``)."""
+    """A cached plan's serving call: ``call(module, input, lengths)``, the extension ``birnn_fast_call``
+    (``csrc/fast_call.cpp``) bound to this plan's kernel entry point, ``Args`` template, weights (objects, versions,
+    addresses), merge modes and sizes, and to what it reads on every call: this thread's switches
+    (``cpu_kernel._switch``) and the policy's version (``calibrate.policy_version``). It returns ``(output, h_n,
+    c_n)`` or None, as ``fast_forward`` documents. ``chosen`` holds the policy's answers per ``(B, T, lengths,
+    threads)``, kept until the policy's version changes: asking the policy costs a request 6-9 us when the caches
+    are cold, a remembered answer a dictionary lookup. At most ``_CHOSEN_MAX`` answers are kept (then forgotten and
+    asked again)."""
 
-    def __init__(self, plan: "_Plan", merge_modes: List[Optional[str]], hidden: int) -> None:
+    def __init__(self, plan: "_Plan", names: List[str], merge_modes: List[Optional[str]], hidden: int,
+                 native: ModuleType) -> None:
         library = cpu_kernel._kernel()
         first = plan.layers[0].w_hh
-        self.dtype = first.dtype
-        self.mode = cpu_kernel._CELL_NAMES[plan.cell]
-        self.hidden = hidden
-        self.layers = len(merge_modes)
-        self.input_size = plan.input_sizes[0]
-        self.merge_modes = list(merge_modes)
-        self.cell_state = cpu_kernel.traits(plan.cell).cell_state
+        layers = len(merge_modes)
+        mode = cpu_kernel._CELL_NAMES[plan.cell]
+        cell_state = cpu_kernel.traits(plan.cell).cell_state
         last = merge_modes[-1]
-        self.out_tail: Tuple[int, ...] = (2, hidden) if last is None else (merged_size(last, hidden),)
-        self.stack = library.birnn_forward_stack_f32 if self.dtype == torch.float32 else \
-            library.birnn_forward_stack_f64
-        # multiply-adds x 2, both directions, every layer, per (step, row): inference_threads' count
-        self.flop_per_row_step = sum(2 * 2 * first.shape[1] * (size + hidden) for size in plan.input_sizes)
-        self._merges = (ctypes.c_int32 * self.layers)(*[_MERGE_CODES[merge] for merge in merge_modes])
-        self.template = abi.Args(cell=plan.cell, hidden=hidden, layers=self.layers,
-                                 input_sizes=plan.input_sizes_address, merges=ctypes.addressof(self._merges),
-                                 weights=plan.addresses_address)
-        self.weights = plan.weights
-        self.versions = [version for _, version in plan.state or ()]
-        self.addresses = [address for address, _ in plan.state or ()]
-        self.states = 2 * self.layers
-        self.zeros = torch.zeros(self.states, 1, hidden, dtype=self.dtype)
+        out_tail = (2, hidden) if last is None else (merged_size(last, hidden),)
+        entry = library.birnn_forward_stack_f32 if first.dtype == torch.float32 else library.birnn_forward_stack_f64
+        # multiply-adds x 2, both directions, every layer, per (step, row): policy.inference_threads' count
+        flop_per_row_step = sum(2 * 2 * first.shape[1] * (size + hidden) for size in plan.input_sizes)
+        merges = (ctypes.c_int32 * layers)(*[_MERGE_CODES[merge] for merge in merge_modes])
+        template = abi.Args(cell=plan.cell, hidden=hidden, layers=layers, input_sizes=plan.input_sizes_address,
+                            merges=ctypes.addressof(merges), weights=plan.addresses_address)
+        # What the template's addresses point into, held by the call itself (not through this object: no cycle).
+        keep = (plan.addresses_array, plan.input_sizes_array, merges, *[
+            t for layer in plan.layers for t in (layer.w_ih, layer.packed_ih, layer.b_ih, layer.w_hh,
+                                                 layer.packed_hh, layer.b_hh) if t is not None])
         from . import calibrate  # imported here, as cpu_kernel.kernel_chosen does (a plan is made after any runpy)
 
-        self._calibrate = calibrate
-        self._chosen: Dict[Tuple[int, int, bool, int], bool] = {}
-        self._chosen_under = calibrate.policy_version
-
-    def empty(self, *sizes: int) -> Tensor:
-        """``torch.empty(*sizes)`` of the weights' dtype."""
-        return torch.empty(sizes, dtype=self.dtype)
-
-    def zero_state(self, batch: int) -> Tensor:
-        zeros = self.zeros  # one read: another thread may swap in a wider one meanwhile
-        if zeros.shape[1] != batch:
-            zeros = torch.zeros(2 * self.layers, batch, self.hidden, dtype=self.dtype)
-            self.zeros = zeros
-        return zeros
-
-    def kernel_chosen(self, batch: int, steps: int, has_lengths: bool, threads: int) -> bool:
-        """``cpu_kernel.kernel_chosen`` for this module's inference calls, remembered per ``(B, T, lengths,
-        threads)`` until the policy's inputs change (``calibrate.policy_version``). Asking the policy costs a
-        request 6-9 us when the caches are cold (as after every request that streams its weights through L2); a
-        remembered answer about 1 us. At most ``_CHOSEN_MAX`` answers are kept (then forgotten and asked again)."""
-        version = self._calibrate.policy_version
-        chosen = self._chosen  # one read: another thread may swap in a fresh one meanwhile
-        if self._chosen_under != version or len(chosen) >= _CHOSEN_MAX:
-            chosen = self._chosen = {}
-            self._chosen_under = version
-        key = (batch, steps, has_lengths, threads)
-        answer = chosen.get(key)
-        if answer is None:
-            answer = chosen[key] = cpu_kernel.kernel_chosen(self.mode, batch, self.hidden, steps, has_lengths, False,
-                                                            threads)
-        return answer
-
-    def matches(self, weights: List[Optional[Tensor]]) -> bool:
-        """The module holds the very weights prepared, unchanged (no in-place write, no new storage)."""
-        return (all(map(operator.is_, weights, self.weights)) and list(map(_VERSION, weights)) == self.versions
-                and list(map(Tensor.data_ptr, weights)) == self.addresses)
+        self.chosen: Dict[Tuple[int, int, bool, int], bool] = {}
+        self.call = native.bind(
+            first.dtype == torch.float64, ctypes.cast(entry, ctypes.c_void_p).value, bytes(template), _OFFSETS,
+            tuple(names), tuple(plan.weights), list(merge_modes), keep, self.chosen,
+            functools.partial(_ask_policy, mode, hidden), calibrate, cpu_kernel._switch, plan.input_sizes[0], hidden,
+            2 * layers, out_tail, cell_state, float(flop_per_row_step), SPLIT_MIN_MFLOP * 1e6)
 
 
+# The Args fields a serving call sets (the rest is the plan's template): their byte offsets, from abi.Args.
+_OFFSETS = {name: getattr(abi.Args, name).offset
+            for name in ("steps", "batch", "threads", "x", "lengths", "out", "h_n", "h0", "c0", "c_n")}
 _CHOSEN_MAX = 4096  # remembered policy answers a module keeps: a server's (B, T) pairs, bounded
-_VERSION = operator.attrgetter("_version")
-_REQUIRES_GRAD = operator.attrgetter("requires_grad")
+
+
+def _ask_policy(mode: str, hidden: int, chosen: Dict[Tuple[int, int, bool, int], bool],
+                key: Tuple[int, int, bool, int]) -> bool:
+    """``cpu_kernel.kernel_chosen`` for an inference call of ``key = (B, T, has_lengths, threads)``, remembered in
+    ``chosen`` (emptied first when it holds ``_CHOSEN_MAX`` answers)."""
+    if len(chosen) >= _CHOSEN_MAX:
+        chosen.clear()
+    batch, steps, has_lengths, threads = key
+    answer = chosen[key] = cpu_kernel.kernel_chosen(mode, batch, hidden, steps, has_lengths, False, threads)
+    return answer
+
+
+_native: List[Optional[ModuleType]] = []  # the serving call's extension once tried: [module] or [None]
+_native_lock = threading.Lock()
+
+
+def _fast_call_module() -> Optional[ModuleType]:
+    """``birnn_fast_call``, built on first use (``build.load_fast_call``); None where it cannot be built (one
+    warning: every call then takes the general path, the same results a little slower)."""
+    if not _native:
+        with _native_lock:
+            if not _native:
+                try:
+                    _native.append(cpu_kernel_build.load_fast_call())
+                except (OSError, ImportError, cpu_kernel_build.KernelUnavailable) as error:
+                    warnings.warn(f"birnn-zoo: the kernel's serving call is unavailable, inference calls take the "
+                                  f"general path ({error})", RuntimeWarning, stacklevel=2)
+                    _native.append(None)
+    return _native[0]
 
 
 def _state(weights: List[Tensor]) -> Tuple[Tuple[int, int], ...]:
@@ -225,7 +228,9 @@ def _plan_for(module: nn.Module, cell: int, weights: List[Tensor], has_biases: b
     cacheable = not module.training and not any(w.is_inference() for w in weights)
     plan = _Plan(cell, weights, has_biases, len(merge_modes))
     if cacheable:
-        plan.fast = _FastCall(plan, merge_modes, hidden)
+        native = _fast_call_module()
+        if native is not None:
+            plan.fast = _FastCall(plan, list(module._flat_weights_names), merge_modes, hidden, native)
         _plans.put(module, plan)
     return plan
 
@@ -294,100 +299,29 @@ def run_layers(module: nn.Module, mode: str, x: Tensor, lengths: Optional[Tensor
     return (out.unflatten(-1, (2, hidden)) if last is None else out), h_n, c_n
 
 
-_any_autocast = torch._C._is_any_autocast_enabled
-_tracing = torch._C._is_tracing
-_function_mode = torch._C._is_torch_function_mode_enabled
-_dispatch_depth = torch._C._len_torch_dispatch_stack
-_functorch_stack = torch._C._functorch.peek_interpreter_stack
-
-
 def fast_forward(module: nn.Module, input: Tensor, lengths: Optional[Tensor]
                  ) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
     """A block's whole forward for the serving case, or None where any condition below fails: the general path
     then runs (``_BiRNNBase._run``) with its checks and clear errors, so validation of the caller's input stays.
 
     The case: eval mode with the module's plan cached and its weights unchanged (same objects, versions,
-    storage), no ``h0``/``c0``; ``input`` a plain CPU tensor ``(T, B, F)`` (``(B, T, F)`` when ``batch_first``) of
-    the weights' dtype with ``F = input_size`` and ``T, B >= 1``; ``lengths`` None or a CPU int64 ``(B,)`` tensor
-    with values in ``[1, T]``; no gradient needed; eager (no trace, compile, export, autocast, ``torch.func``
-    transform, torch function or dispatch mode, not inside ``cpu_kernel.disabled()``); and the policy choosing
-    the kernel. Returns ``(output, h_n, c_n)`` as ``_run`` does, bit for bit (the same C call with the same
-    arguments: ``run_layers``).
+    storage) and its merge modes too, no ``h0``/``c0``; ``input`` a plain CPU strided tensor ``(T, B, F)``
+    (``(B, T, F)`` when ``batch_first``) of the weights' dtype with ``F = input_size`` and ``T, B >= 1``;
+    ``lengths`` None or a plain CPU int64 ``(B,)`` tensor with values in ``[1, T]``; no gradient needed; eager (no
+    trace, compile, autocast, ``torch.func`` transform, torch function or dispatch mode, not inside
+    ``cpu_kernel.disabled()``; ``torch.export`` traces with Dynamo or under fake-tensor dispatch modes, so an
+    export never gets here); and the policy choosing the kernel (float32; not asked under
+    ``cpu_kernel.forced()``). Returns ``(output, h_n, c_n)`` as ``_run`` does, bit for bit (the same C call with
+    the same arguments as ``run_layers``): steps after the longest row are not run (their outputs are zero), a
+    batch whose rows are all as long as the run takes the call without lengths, and a call under
+    ``SPLIT_MIN_MFLOP`` runs on one thread.
 
-    Why: a TREC-length request (B = 1, T ~ 10, H = 128, 2 layers) costs the kernel ~0.1-0.2 ms, and the general
-    path's Python around it (two zero states, transposes, re-validating the plan and the merges, a ctypes
-    ``Args`` built field by field) cost a third to a half of that. Here every check is one C-level call,
-    the weights are compared in three ``map`` passes, the zero state is cached, a batch-first single request
-    is read and written in place (``(1, T, F)`` and ``(T, 1, F)`` share one memory layout) and the ``Args``
-    is a copy of a prepared template with the call's ten fields set.
+    Why: a TREC-length request (B = 1, T ~ 10, H = 128, 2 layers) costs the kernel 0.1-0.25 ms, and Python around
+    it (a dozen checks through torch's bindings, three ``torch.empty``, a ctypes call) cost another 0.1 ms once the
+    caches are cold. Here the checks, allocations and call are one C++ function (``csrc/fast_call.cpp``); only
+    whether Dynamo is tracing is asked in Python (Dynamo reads it as a constant and never traces the call).
     """
-    if torch.compiler.is_compiling():  # first: under torch.compile the rest is never traced
+    if torch.compiler.is_compiling():
         return None
     plan = _plans.get(module)
-    if plan is None or plan.fast is None or module.training:
-        return None
-    fast = plan.fast
-    if type(input) is not Tensor or input.dtype is not fast.dtype or input.dim() != 3 or not input.is_cpu:
-        return None
-    if (_any_autocast() or _tracing() or exporting() or _function_mode() or _dispatch_depth()
-            or _functorch_stack() is not None or cpu_kernel._switch.off):
-        return None
-    params = module._parameters
-    weights = list(map(params.get, module._flat_weights_names))
-    if torch.is_grad_enabled() and (input.requires_grad or any(map(_REQUIRES_GRAD, weights))):
-        return None
-    if not fast.matches(weights) or module.merge_modes != fast.merge_modes:
-        return None
-    batch_first = module.batch_first
-    if batch_first:
-        batch, steps, features = input.shape
-    else:
-        steps, batch, features = input.shape
-    if features != fast.input_size or steps == 0 or batch == 0:
-        return None
-    run_steps = steps
-    length_address: Optional[int] = None
-    if lengths is not None:
-        if (type(lengths) is not Tensor or lengths.dtype is not torch.int64 or not lengths.is_cpu
-                or lengths.dim() != 1 or lengths.shape[0] != batch):
-            return None
-        values = lengths.tolist()
-        shortest, longest = min(values), max(values)
-        if shortest < 1 or longest > steps:
-            return None  # the general path raises
-        # As run_layers: steps after the longest row are not run (zeros), and rows all as long as the run take
-        # the call without lengths.
-        run_steps = longest
-        if shortest < longest:
-            lengths = lengths.contiguous()
-            length_address = lengths.data_ptr()
-    threads = max(1, torch.get_num_threads())
-    if not cpu_kernel._switch.forced and fast.dtype is torch.float32 and not fast.kernel_chosen(
-            batch, steps, lengths is not None, threads):
-        return None
-    # torch.empty(*sizes) without a dtype is the cheapest allocation from Python (a shape tuple and a dtype
-    # keyword cost ~2x its time to parse): taken when the default dtype is the weights'.
-    empty = torch.empty if torch.get_default_dtype() is fast.dtype else fast.empty
-    if batch_first and batch > 1:
-        x = input.transpose(0, 1)[:run_steps].contiguous()
-        out = empty(steps, batch, *fast.out_tail)
-        result = out.transpose(0, 1)
-    else:
-        x = input if input.is_contiguous() else input.contiguous()  # (T, B, F) or (1, T, F): time-major memory
-        out = empty(batch, steps, *fast.out_tail) if batch_first else empty(steps, batch, *fast.out_tail)
-        result = out
-    if run_steps < steps:
-        (out[0, run_steps:] if batch_first and batch == 1 else out[run_steps:]).zero_()
-    if run_steps * batch * fast.flop_per_row_step < SPLIT_MIN_MFLOP * 1e6:  # policy.inference_threads
-        threads = 1
-    h_n = empty(fast.states, batch, fast.hidden)
-    c_n = empty(fast.states, batch, fast.hidden) if fast.cell_state else h_n
-    zeros = fast.zero_state(batch)
-    args = abi.Args.from_buffer_copy(fast.template)
-    args.steps, args.batch, args.threads = run_steps, batch, threads
-    args.x, args.lengths, args.out, args.h_n = x.data_ptr(), length_address, out.data_ptr(), h_n.data_ptr()
-    args.h0 = zeros.data_ptr()
-    if fast.cell_state:
-        args.c0, args.c_n = args.h0, c_n.data_ptr()
-    fast.stack(ctypes.byref(args))
-    return result, h_n, c_n
+    return None if plan is None or plan.fast is None else plan.fast.call(module, input, lengths)
