@@ -7,7 +7,7 @@ from typing import List
 import pytest
 import torch
 from helpers.dropin_pairs import CELLS, assert_same, pair
-from helpers.kernel_aids import count_serving_calls
+from helpers.kernel_aids import count_serving_calls, serving_call_available
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -129,8 +129,8 @@ def counted_serving_calls(block: nn.Module, x: torch.Tensor) -> List[int]:
 def test_bilstm_in_serving_mode_takes_one_c_call_and_matches_nn_lstm(batch_first: bool) -> None:
     """Eval, no gradient, no ``hx``: ``BiLSTM.forward`` returns the serving path's ``(output, (h_n, c_n))``, in
     that order, each equal to ``nn.LSTM``'s (1e-5), with and without ragged ``lengths``."""
-    if not cpu_kernel.available():
-        pytest.skip("CPU kernel not built (tests/kernel/test_cpu_kernel.py says why): no serving fast path")
+    if not serving_call_available():
+        pytest.skip("the CPU kernel or its serving call is not built here: no serving fast path")
     torch.manual_seed(0)
     block, reference = pair("lstm", batch_first=batch_first)
     block.eval()
@@ -163,8 +163,8 @@ def test_bilstm_batch_first_with_hx_matches_nn_lstm_on_the_general_path() -> Non
 def test_bigru_in_serving_mode_takes_one_c_call_and_matches_nn_gru() -> None:
     """Eval, no gradient, no ``hx``: ``BiGRU.forward`` returns the serving path's result (one C call), equal to
     ``nn.GRU``'s (1e-5)."""
-    if not cpu_kernel.available():
-        pytest.skip("CPU kernel not built (tests/kernel/test_cpu_kernel.py says why): no serving fast path")
+    if not serving_call_available():
+        pytest.skip("the CPU kernel or its serving call is not built here: no serving fast path")
     torch.manual_seed(0)
     block, reference = pair("gru")
     block.eval()

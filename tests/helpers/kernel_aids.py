@@ -8,7 +8,19 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 from torch import nn
 
-from models.blocks.cpu_kernel import abi, bf16, build, calibrate
+from models.blocks import cpu_kernel
+from models.blocks.cpu_kernel import abi, bf16, build, calibrate, inference
+
+
+def serving_call_available() -> bool:
+    """The kernel and its serving call (``birnn_fast_call``: a C++ compiler and Python's C headers) are built here;
+    building them the first time this is asked."""
+    return cpu_kernel.available() and inference._fast_call_module() is not None
+
+
+needs_serving_call = pytest.mark.skipif(not serving_call_available(), reason="the CPU kernel or its serving call "
+                                        "is not built here (tests/kernel/test_cpu_kernel.py and "
+                                        "test_the_serving_call_builds_where_pythons_headers_are say why)")
 
 
 def isolate_calibrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

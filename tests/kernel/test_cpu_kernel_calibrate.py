@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import pytest
 import torch
 from helpers.composing import TINY, compose_config
-from helpers.kernel_aids import count_serving_calls, isolate_calibrations
+from helpers.kernel_aids import count_serving_calls, isolate_calibrations, needs_serving_call
 
 from models import BiGRU
 from models.blocks import cpu_kernel
@@ -173,7 +173,7 @@ def test_a_resume_on_another_machine_takes_the_recorded_paths_bit_exactly(
         assert torch.equal(tensor, continued["model"][name]), name
 
 
-@needs_kernel
+@needs_serving_call
 def test_the_serving_path_asks_again_after_a_pin_a_save_or_a_forget(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path (inference.py) remembers the policy's answer per (B, T, lengths, threads): a record pinned or
     unpinned, a calibration saved or forgotten must change where the next call runs, as in the general path."""

@@ -3,13 +3,15 @@ without ``hx``): bit for bit the general path (``block.run``, the same C call pr
 it should be, and never where it must not: wrong input goes to the general path and its clear errors."""
 
 import contextlib
+import sysconfig
 import threading
 import weakref
+from pathlib import Path
 from typing import Iterator, List, Optional
 
 import pytest
 import torch
-from helpers.kernel_aids import count_serving_calls
+from helpers.kernel_aids import count_serving_calls, needs_serving_call
 from torch import Tensor, nn
 
 from models import BiGRU, BiLSTM
@@ -17,7 +19,7 @@ from models.blocks import cpu_kernel
 from models.blocks.cpu_kernel import build
 from models.blocks.cpu_kernel import inference as cpu_kernel_inference
 
-needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built")
+needs_kernel = needs_serving_call  # every test here but the last two takes the serving call
 
 
 @pytest.fixture(autouse=True)
@@ -174,7 +176,7 @@ def test_not_taken_where_the_general_path_must_run(monkeypatch: pytest.MonkeyPat
     assert cpu_kernel_inference._plans.get(block) is None
 
 
-@needs_kernel
+@pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built")
 def test_without_the_serving_extension_calls_take_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where ``birnn_fast_call`` cannot be built (no Python headers, a torch whose headers it does not compile
     against), one warning says why, the plan is still cached, and every eval call gives the general path's bits."""
@@ -238,3 +240,14 @@ def test_threads_sharing_a_block_get_their_own_results() -> None:
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+def test_the_serving_call_builds_where_pythons_headers_are() -> None:
+    """Where the kernel builds and Python's C headers are installed, its serving call builds too (else every eval
+    call would quietly take the general path)."""
+    if not cpu_kernel.available():
+        pytest.skip("CPU kernel not built")
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.is_file():
+        pytest.skip(f"Python's C headers are not installed ({headers}): the serving call cannot be built")
+    assert cpu_kernel_inference._fast_call_module() is not None

@@ -8,7 +8,7 @@ from typing import Any, List, Tuple
 
 import pytest
 import torch
-from helpers.kernel_aids import StackSpy
+from helpers.kernel_aids import StackSpy, needs_serving_call
 from torch import Tensor, nn
 
 from models import BiGRU, BiLSTM
@@ -16,7 +16,7 @@ from models.blocks import cpu_kernel
 from models.blocks.cpu_kernel import calibrate, inference
 from models.blocks.cpu_kernel.policy import SPLIT_MIN_MFLOP
 
-needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason="CPU kernel not built")
+needs_kernel = needs_serving_call  # most tests here warm a block up to its serving call
 
 
 def warmed(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
