@@ -7,7 +7,7 @@ an installed one may point at another Python.
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import nbformat
 import pytest
@@ -23,7 +23,10 @@ KERNEL_NAME = "python3"
 
 
 class CurrentPythonKernelSpecs(KernelSpecManager):
-    """Resolves ``python3`` to an ipykernel running on ``sys.executable`` (the interpreter running the tests)."""
+    """Resolves ``python3`` to an ipykernel running on ``sys.executable`` (the interpreter running the tests), with
+    ``env`` added to its environment."""
+
+    env: Dict[str, str] = {}
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
         if kernel_name != KERNEL_NAME:
@@ -31,13 +34,19 @@ class CurrentPythonKernelSpecs(KernelSpecManager):
         return KernelSpec(
             argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             display_name="Python 3 (tests)", language="python", name=KERNEL_NAME, resource_dir=str(NOTEBOOKS),
+            env=dict(self.env),
         )
 
 
-def execute_notebook(path: Path, cwd: Optional[Path] = None, timeout: int = 600) -> nbformat.NotebookNode:
-    """Run every cell of ``path`` in a fresh kernel on this interpreter; raises ``CellExecutionError`` on an error."""
+def execute_notebook(path: Path, cwd: Optional[Path] = None, timeout: int = 600,
+                     temporary: Optional[Path] = None) -> nbformat.NotebookNode:
+    """Run every cell of ``path`` in a fresh kernel on this interpreter (its temporary files in ``temporary``, when
+    given: ``TMPDIR``); raises ``CellExecutionError`` on an error."""
     notebook = nbformat.read(path, as_version=4)
-    manager = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=CurrentPythonKernelSpecs())
+    specs = CurrentPythonKernelSpecs()
+    if temporary is not None:
+        specs.env = {"TMPDIR": str(temporary)}
+    manager = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=specs)
     client = NotebookClient(notebook, km=manager, timeout=timeout, kernel_name=KERNEL_NAME,
                             resources={"metadata": {"path": str(cwd or path.parent)}})
     client.execute()
@@ -66,10 +75,14 @@ def test_the_kernel_runs_on_this_interpreter(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.stem)
-def test_notebook_runs_top_to_bottom(path: Path) -> None:
-    # From notebooks/ as a user would; the notebooks write only to temporary folders.
-    executed = execute_notebook(path)
+def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path) -> None:
+    # From notebooks/ as a user would; the notebooks write only to temporary folders, and remove them at the end.
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    executed = execute_notebook(path, temporary=temporary)
     errors = [output for cell in executed.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
               if output.get("output_type") == "error"]
     assert errors == []
     assert all(cell.get("execution_count") for cell in executed.cells if cell.cell_type == "code")
+    # Only torch's own compile cache (torchinductor_<user>, kept across runs by design) may stay.
+    assert sorted(p.name for p in temporary.iterdir() if not p.name.startswith("torchinductor_")) == []
