@@ -10,13 +10,13 @@
 // bind(...) returns a builtin function bound to one plan (a capsule): call(module, input, lengths) returns
 // (output, h_n, c_n) exactly as inference.fast_forward documents, or None where the general path must run.
 // Every condition is the one inference.fast_forward states; the kernel entry point, the Args template and the
-// offsets of its per-call fields come from Python (abi.Args), so the layout is defined once.
+// offsets of its per-call fields come from Python (abi.Args), so the layout is defined once. The kernel runs without
+// the GIL, as a ctypes call does: what it reads is held by this call's locals or by the plan.
 #include <Python.h>
 
 #include <ATen/EmptyTensor.h>
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/GradMode.h>
@@ -28,7 +28,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <vector>
 
 namespace {
@@ -81,7 +80,8 @@ void destroy(PyObject* capsule) {
 bool is_tensor(PyObject* o) { return Py_TYPE(o) == reinterpret_cast<PyTypeObject*>(THPVariableClass); }
 
 // Whatever would make the general path differ from a direct kernel call: autocast, tracing, a torch function or
-// dispatch mode, a torch.func transform (inference.fast_forward's list; compile and export are checked in Python).
+// dispatch mode, a torch.func transform. (Dynamo tracing is checked in Python, before the call; torch.export traces
+// with Dynamo or under fake-tensor dispatch modes.)
 bool plain_eager() {
   const c10::impl::LocalDispatchKeySet keys = c10::impl::tls_local_dispatch_key_set();
   // Autocast for a device is on while its key is not excluded (torch.is_autocast_enabled(device)).
