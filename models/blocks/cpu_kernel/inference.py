@@ -20,7 +20,8 @@ version counter, as they bypass autograd: call ``clear(module)`` (or ``module.ev
 Taken only where it changes nothing but speed: eager mode (not tracing, compiling or exporting), no gradient
 needed, plain tensors (no subclass, no dispatch or function mode), and where ``models.blocks.cpu_kernel.applies``
 already chose the kernel. Outputs, ``h_n`` and ``c_n`` are those of the custom operator's path
-(``tests/kernel/test_cpu_kernel_inference.py``).
+(``tests/kernel/test_cpu_kernel_inference.py``). A block's forward without ``hx`` first tries ``fast_forward``: the
+same call with its checks, outputs and kernel call in C++ (``csrc/fast_call.cpp``, bound to the cached plan).
 """
 
 import ctypes
