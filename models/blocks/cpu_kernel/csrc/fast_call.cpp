@@ -244,8 +244,9 @@ PyObject* forward(Plan& plan, PyObject* attributes, PyObject* input_object, PyOb
     const auto empty = [&plan](at::IntArrayRef sizes) {
       return at::detail::empty_cpu(sizes, plan.dtype, std::nullopt, std::nullopt, std::nullopt, std::nullopt);
     };
-    std::vector<int64_t> out_sizes{batch_first && batch == 1 ? batch : steps, batch_first && batch == 1 ? steps : batch};
-    out_sizes.insert(out_sizes.end(), plan.out_tail.begin(), plan.out_tail.end());
+    c10::SmallVector<int64_t, 4> out_sizes{batch_first && batch == 1 ? batch : steps,
+                                           batch_first && batch == 1 ? steps : batch};  // no heap allocation
+    out_sizes.append(plan.out_tail.begin(), plan.out_tail.end());
     at::Tensor x, out = empty(out_sizes), result;
     if (batch_first && batch > 1) {
       x = input.transpose(0, 1).slice(0, 0, run_steps).contiguous();
